@@ -1,0 +1,1 @@
+"""clipforge.evaluate"""
