@@ -1,0 +1,17 @@
+"""`clipforge demo`: the offline tour on bundled data."""
+from __future__ import annotations
+
+
+def register(sub):
+    p = sub.add_parser("demo", help="run the offline demo (train -> evaluate -> index -> search)",
+                       description="Run the offline tour on data that ships inside installed packages.")
+    p.add_argument("--out", default="clipforge-demo", help="output directory (default: ./clipforge-demo)")
+    p.add_argument("--quick", action="store_true", help="a shorter run (seconds) for smoke tests")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from clipforge.demo import run_demo
+
+    run_demo(args.out, quick=args.quick)
+    return 0

@@ -1,0 +1,120 @@
+"""CLIPModel: two towers, a learnable temperature (and optional bias), one typed output."""
+from __future__ import annotations
+
+import math
+from typing import Optional, Set
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from clipforge.models.config import CLIPConfig
+from clipforge.models.output import CLIPOutput
+from clipforge.models.text import TextTower
+from clipforge.models.vision import VisionTower
+
+
+class CLIPModel(nn.Module):
+    """A contrastive image-text model. Carries its tokenizer and preprocessing (set by create/load).
+
+    encode_image(pixels (B,3,H,W)) -> (B, D); encode_text(ids (B,T)) -> (B, D); forward -> CLIPOutput.
+    """
+
+    def __init__(self, config: CLIPConfig, tokenizer=None):
+        super().__init__()
+        self.config = config
+        self.visual = VisionTower(config.vision, config.embed_dim)
+        self.text = TextTower(config.text, config.embed_dim)
+        self.logit_scale = nn.Parameter(torch.tensor(float(config.logit_scale_init)))  # log-space t, s = exp(t)
+        self.logit_bias = (nn.Parameter(torch.tensor(float(config.logit_bias_init)))
+                           if config.logit_bias_init is not None else None)
+        self._init_weights()
+        self.tokenizer = tokenizer
+        from clipforge.models.transforms import image_transform
+
+        self.preprocess = image_transform(config, train=False)
+        self.preprocess_train = image_transform(config, train=True)
+
+    def _init_weights(self) -> None:
+        # OpenAI-style scaled init: attention/MLP output projections shrink with depth.
+        for tower in (self.visual, self.text):
+            W = tower.transformer.blocks[0].attn.qkv.in_features if len(tower.transformer.blocks) else 1
+            L = max(len(tower.transformer.blocks), 1)
+            proj_std, attn_std, fc_std = (W ** -0.5) * ((2 * L) ** -0.5), W ** -0.5, (2 * W) ** -0.5
+            for blk in tower.transformer.blocks:
+                nn.init.normal_(blk.attn.qkv.weight, std=attn_std)
+                nn.init.normal_(blk.attn.out.weight, std=proj_std)
+                nn.init.normal_(blk.mlp.fc.weight, std=fc_std)
+                nn.init.normal_(blk.mlp.proj.weight, std=proj_std)
+            if isinstance(tower.proj, nn.Linear):
+                nn.init.normal_(tower.proj.weight, std=W ** -0.5)
+
+    @property
+    def device(self) -> torch.device:
+        return self.logit_scale.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.visual.conv.weight.dtype
+
+    def encode_image(self, pixels: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        x = self.visual(pixels.to(self.dtype))
+        return F.normalize(x, dim=-1) if normalize else x
+
+    def encode_text(self, token_ids: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        x = self.text(token_ids)
+        return F.normalize(x, dim=-1) if normalize else x
+
+    def forward(self, pixels: Optional[torch.Tensor] = None, token_ids: Optional[torch.Tensor] = None, *,
+                normalize: bool = True, return_tokens: bool = False) -> CLIPOutput:
+        img = txt = img_tok = txt_tok = mask = None
+        if pixels is not None:
+            if return_tokens:
+                img, img_tok = self.visual(pixels.to(self.dtype), return_tokens=True)
+                img_tok = F.normalize(img_tok, dim=-1) if normalize else img_tok
+            else:
+                img = self.visual(pixels.to(self.dtype))
+            img = F.normalize(img, dim=-1) if normalize else img
+        if token_ids is not None:
+            if return_tokens:
+                txt, txt_tok, mask = self.text(token_ids, return_tokens=True)
+                txt_tok = F.normalize(txt_tok, dim=-1) if normalize else txt_tok
+            else:
+                txt = self.text(token_ids)
+            txt = F.normalize(txt, dim=-1) if normalize else txt
+        return CLIPOutput(
+            image_embeds=img, text_embeds=txt, logit_scale=self.logit_scale.exp(),
+            logit_bias=self.logit_bias, image_tokens=img_tok, text_tokens=txt_tok, text_mask=mask,
+        )
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.visual.transformer.grad_checkpointing = enable
+        self.text.transformer.grad_checkpointing = enable
+
+    def no_weight_decay(self) -> Set[str]:
+        """Names of parameters that take no weight decay: gains, biases, embeddings, temperature, bias."""
+        names = set()
+        for n, p in self.named_parameters():
+            if p.ndim < 2 or "embedding" in n or n.startswith("logit_") or n.endswith("probe"):
+                names.add(n)
+        return names
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def tokenize(self, texts) -> torch.Tensor:
+        if self.tokenizer is None:
+            raise RuntimeError("this model has no tokenizer attached")
+        return self.tokenizer(texts)
+
+    def save_pretrained(self, path) -> None:
+        from clipforge.models.checkpoint import save_pretrained
+
+        save_pretrained(self, path)
+
+
+def clamp_logit_scale_(model: nn.Module, max_log: float = math.log(100.0)) -> None:
+    """Clamp the log temperature to <= ln(100) in place (CLIP does this after every optimizer step)."""
+    m = getattr(model, "module", model)
+    with torch.no_grad():
+        m.logit_scale.clamp_(0, max_log)

@@ -1,0 +1,167 @@
+"""CLIP-style byte-level BPE on the Hugging Face `tokenizers` library.
+
+Text is NFC-normalised, whitespace runs collapsed, lower-cased, split with CLIP's regex, byte-level mapped and
+BPE-merged with an end-of-word suffix `</w>` — the same pipeline as HF's `CLIPTokenizerFast`. The vocabulary
+layout is OpenAI's: 256 byte symbols, the same 256 with `</w>`, one token per merge, then
+`<|startoftext|>` and `<|endoftext|>`. With zero merges this is a complete byte-level tokenizer (514 ids): the
+default for randomly initialised registered models; `train_tokenizer` learns merges for a domain, and
+pretrained models bring their own files.
+"""
+from __future__ import annotations
+
+import json
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+import torch
+from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, trainers
+from tokenizers import Tokenizer as _Backend
+
+from clipforge.errors import ClipforgeError, UsageError
+
+SOT, EOT = "<|startoftext|>", "<|endoftext|>"
+CLIP_PATTERN = r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
+
+
+@lru_cache()
+def bytes_to_unicode() -> Dict[int, str]:
+    """OpenAI/GPT-2's reversible map from bytes to printable unicode symbols (order matters: it is the vocab's)."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, (chr(c) for c in cs)))
+
+
+def _clip_pipeline(tok: _Backend) -> _Backend:
+    tok.normalizer = normalizers.Sequence(
+        [normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()]
+    )
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(CLIP_PATTERN), behavior="removed", invert=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    tok.decoder = decoders.ByteLevel()
+    return tok
+
+
+def build_clip_backend(merges: Sequence[Tuple[str, str]] = ()) -> _Backend:
+    """A CLIP BPE backend with OpenAI's vocab layout for the given merges (in priority order)."""
+    base = list(bytes_to_unicode().values())
+    vocab_list = base + [b + "</w>" for b in base] + ["".join(m) for m in merges] + [SOT, EOT]
+    vocab = {t: i for i, t in enumerate(vocab_list)}
+    if len(vocab) != len(vocab_list):
+        raise ClipforgeError("merges produce duplicate tokens; not a valid CLIP BPE merge list")
+    bpe = models.BPE(vocab=vocab, merges=[tuple(m) for m in merges], end_of_word_suffix="</w>",
+                     continuing_subword_prefix="", fuse_unk=False, unk_token=EOT)
+    tok = _clip_pipeline(_Backend(bpe))
+    tok.add_special_tokens([SOT, EOT])
+    return tok
+
+
+class Tokenizer:
+    """Callable: list of strings -> LongTensor (B, context_length).
+
+    Each row is [sot] + tokens + [eot], padded with `pad_id`; over-long text is truncated so the end token is
+    always kept (pooling reads it). `add_sot=False` gives SigLIP-style rows (tokens + eot, padded).
+    """
+
+    def __init__(self, backend: _Backend, context_length: int = 77, *, pad_id: int = 0, add_sot: bool = True,
+                 add_eot: bool = True, sot_token: str = SOT, eot_token: str = EOT):
+        self.backend = backend
+        self.context_length = int(context_length)
+        self.pad_id = int(pad_id)
+        self.add_sot, self.add_eot = add_sot, add_eot
+        self.sot_token, self.eot_token = sot_token, eot_token
+        self.sot_id = backend.token_to_id(sot_token) if add_sot else None
+        self.eot_id = backend.token_to_id(eot_token) if add_eot else None
+        if (add_sot and self.sot_id is None) or (add_eot and self.eot_id is None):
+            raise ClipforgeError(f"tokenizer vocabulary lacks {sot_token!r} or {eot_token!r}")
+
+    @property
+    def vocab_size(self) -> int:
+        return self.backend.get_vocab_size(with_added_tokens=True)
+
+    def encode(self, text: str) -> List[int]:
+        """Token ids of one text, without start/end tokens or padding."""
+        return self.backend.encode(text, add_special_tokens=False).ids
+
+    def __call__(self, texts: Union[str, Iterable[str]], context_length: Optional[int] = None) -> torch.Tensor:
+        if isinstance(texts, str):
+            texts = [texts]
+        texts = list(texts)
+        L = int(context_length or self.context_length)
+        room = L - int(self.add_sot) - int(self.add_eot)
+        out = torch.full((len(texts), L), self.pad_id, dtype=torch.long)
+        for i, enc in enumerate(self.backend.encode_batch(texts, add_special_tokens=False)):
+            ids = enc.ids[:room]
+            row = ([self.sot_id] if self.add_sot else []) + ids + ([self.eot_id] if self.add_eot else [])
+            out[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        return out
+
+    def decode(self, ids: Iterable[int]) -> str:
+        specials = {self.sot_id, self.eot_id, self.pad_id} - {None}
+        toks = [self.backend.id_to_token(int(i)) for i in ids if int(i) not in specials]
+        text = "".join(t for t in toks if t is not None)
+        inv = {v: k for k, v in bytes_to_unicode().items()}
+        words = [bytes(inv[c] for c in w if c in inv).decode("utf-8", errors="replace") for w in text.split("</w>")]
+        return " ".join(w for w in words if w)
+
+    # ----------------------------------------------------------------------------------------- persistence
+    def config(self) -> dict:
+        return {"context_length": self.context_length, "pad_id": self.pad_id, "add_sot": self.add_sot,
+                "add_eot": self.add_eot, "sot_token": self.sot_token, "eot_token": self.eot_token}
+
+    def save(self, directory: Union[str, Path]) -> None:
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        _atomic_write_text(d / "tokenizer.json", self.backend.to_str())
+        _atomic_write_text(d / "tokenizer_config.json", json.dumps({"clipforge": self.config()}, indent=2))
+
+    @classmethod
+    def load(cls, directory: Union[str, Path], **overrides) -> "Tokenizer":
+        d = Path(directory)
+        path = d / "tokenizer.json" if d.is_dir() else d
+        if not path.exists():
+            raise ClipforgeError(f"no tokenizer.json in {directory}")
+        backend = _Backend.from_file(str(path))
+        cfg = {}
+        cfg_path = path.parent / "tokenizer_config.json"
+        if cfg_path.exists():
+            cfg = json.loads(cfg_path.read_text()).get("clipforge", {})
+        cfg.update(overrides)
+        return cls(backend, **cfg)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def default_tokenizer(context_length: int = 77) -> Tokenizer:
+    """The byte-level CLIP tokenizer with no merges (514 ids): works for any text, any language."""
+    return Tokenizer(build_clip_backend(()), context_length)
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int, context_length: int = 77) -> Tokenizer:
+    """Learn `vocab_size - 514` BPE merges on `texts` (CLIP pipeline, OpenAI vocab layout)."""
+    n_merges = int(vocab_size) - 514
+    if n_merges < 0:
+        raise UsageError(f"vocab_size must be >= 514 (256 bytes x 2 + start/end tokens), got {vocab_size}")
+    probe = _clip_pipeline(_Backend(models.BPE(end_of_word_suffix="</w>", continuing_subword_prefix="")))
+    trainer = trainers.BpeTrainer(
+        vocab_size=int(vocab_size) + 600,  # the trainer's budget counts its own alphabet; we cut merges below
+        min_frequency=2, show_progress=False, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        end_of_word_suffix="</w>", continuing_subword_prefix="",
+    )
+    probe.train_from_iterator(texts, trainer=trainer)
+    merges = json.loads(probe.to_str())["model"]["merges"]
+    merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in merges][:n_merges]
+    return Tokenizer(build_clip_backend(merges), context_length)

@@ -1,0 +1,54 @@
+"""Vision transformer tower: patch embedding, optional class token, transformer, pooling, projection."""
+from __future__ import annotations
+
+from typing import Optional, Tuple, Union
+
+import torch
+from torch import nn
+
+from clipforge.models.config import VisionConfig
+from clipforge.models.layers import AttentionPoolHead, Transformer
+
+
+class VisionTower(nn.Module):
+    def __init__(self, cfg: VisionConfig, embed_dim: int):
+        super().__init__()
+        if cfg.image_size % cfg.patch_size:
+            raise ValueError(f"image_size {cfg.image_size} is not a multiple of patch_size {cfg.patch_size}")
+        if cfg.pool not in ("cls", "mean", "map"):
+            raise ValueError(f"unknown vision pool {cfg.pool!r}; valid: cls, mean, map")
+        if not cfg.proj and cfg.width != embed_dim:
+            raise ValueError(f"vision proj=False needs width ({cfg.width}) == embed_dim ({embed_dim})")
+        self.cfg = cfg
+        W = cfg.width
+        self.grid = cfg.image_size // cfg.patch_size
+        self.conv = nn.Conv2d(3, W, cfg.patch_size, cfg.patch_size, bias=cfg.patch_bias)
+        self.class_embedding = nn.Parameter(torch.randn(W) * W ** -0.5) if cfg.pool == "cls" else None
+        n_tokens = self.grid ** 2 + (1 if cfg.pool == "cls" else 0)
+        self.positional_embedding = nn.Parameter(torch.randn(n_tokens, W) * W ** -0.5)
+        self.ln_pre = nn.LayerNorm(W, eps=cfg.ln_eps) if cfg.ln_pre else nn.Identity()
+        self.transformer = Transformer(W, cfg.layers, cfg.heads, cfg.mlp_ratio, cfg.act, cfg.norm_first, cfg.ln_eps)
+        self.ln_post = nn.LayerNorm(W, eps=cfg.ln_eps)
+        self.head = AttentionPoolHead(W, cfg.heads, cfg.mlp_ratio, cfg.act, cfg.ln_eps) if cfg.pool == "map" else None
+        self.proj = nn.Linear(W, embed_dim, bias=cfg.proj_bias) if cfg.proj else nn.Identity()
+
+    def forward(self, pixels: torch.Tensor, return_tokens: bool = False
+                ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
+        x = self.conv(pixels)  # (B, W, g, g)
+        x = x.flatten(2).transpose(1, 2)  # (B, g*g, W)
+        if self.class_embedding is not None:
+            cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+            x = torch.cat([cls, x], dim=1)  # (B, 1 + g*g, W)
+        x = self.ln_pre(x + self.positional_embedding.to(x.dtype))
+        x = self.ln_post(self.transformer(x))
+        patches = x[:, 1:] if self.class_embedding is not None else x  # (B, g*g, W)
+        if self.cfg.pool == "cls":
+            pooled = x[:, 0]
+        elif self.cfg.pool == "mean":
+            pooled = patches.mean(dim=1)
+        else:
+            pooled = self.head(x)
+        pooled = self.proj(pooled)  # (B, D)
+        if return_tokens:
+            return pooled, self.proj(patches)
+        return pooled

@@ -1,0 +1,30 @@
+"""Shared fixtures: one tiny registered config serves every unit test."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+@pytest.fixture
+def tiny_model():
+    from clipforge.models import create_model
+
+    return create_model("tiny").eval()
+
+
+@pytest.fixture
+def rgb_image():
+    """A deterministic 48x40 RGB PIL image with structure (gradient + a bright square)."""
+    import numpy as np
+    from PIL import Image
+
+    h, w = 40, 48
+    y, x = np.mgrid[0:h, 0:w]
+    arr = np.stack([x * 5 % 256, y * 6 % 256, (x + y) * 3 % 256], -1).astype("uint8")
+    arr[10:20, 14:30] = 250
+    return Image.fromarray(arr)
