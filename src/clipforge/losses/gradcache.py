@@ -60,7 +60,7 @@ def gradcache_step(model: nn.Module, pixels: torch.Tensor, tokens: torch.Tensor,
     `logit_bias`); may be DDP-wrapped. pixels: (N, 3, H, W); tokens: (N, T); sub_batch: rows per forward.
     sync_grads: average gradients over ranks at the end (default: when the model is DDP-wrapped and
     torch.distributed is running). Returns the LossOutput with detached values. Call it inside
-    `torch.autocast(...)` for mixed precision: the loss itself always runs in float32.
+    `torch.autocast(...)` for mixed precision: the loss itself always runs in (at least) float32.
     """
     if sub_batch < 1:
         raise UsageError(f"sub_batch must be a positive number of rows, got {sub_batch}")
@@ -85,9 +85,11 @@ def gradcache_step(model: nn.Module, pixels: torch.Tensor, tokens: torch.Tensor,
     after = _get_rng(device)
     emb_dtype = imgs[0].dtype
 
-    # 2. Loss on detached float32 leaves; backward gives dL/d(embeddings) and the scale/bias gradients.
-    img_leaf = torch.cat(imgs).float().requires_grad_()                 # (N, D)
-    txt_leaf = torch.cat(txts).float().requires_grad_()                 # (N, D)
+    # 2. Loss on detached leaves (at least float32); backward gives dL/d(embeddings) and the scale/bias
+    #    gradients.
+    loss_dtype = torch.promote_types(emb_dtype, torch.float32)
+    img_leaf = torch.cat(imgs).to(loss_dtype).requires_grad_()          # (N, D)
+    txt_leaf = torch.cat(txts).to(loss_dtype).requires_grad_()          # (N, D)
     del imgs, txts
     bias = getattr(core, "logit_bias", None)
     autocast_off = torch.autocast(device.type, enabled=False) if device.type in ("cpu", "cuda") \

@@ -1,0 +1,109 @@
+"""2-process gloo DDP: loss and gradients equal one process on the concatenated batch.
+
+One spawn runs every configuration (spawning costs seconds); each rank writes its loss and its DDP-averaged
+parameter gradients to a file, and the test compares them with a single-process run on the whole batch.
+"""
+import math
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+from torch import nn
+
+from clipforge.losses import get_loss
+from clipforge.losses.gradcache import gradcache_step
+from clipforge.models.output import CLIPOutput
+
+WORLD = 2
+N, D = 8, 6
+CONFIGS = [  # (name, loss kwargs, per-rank batch sizes, use gradient caching)
+    ("clip-dense", "clip", {}, (4, 4), False),
+    ("clip-chunked", "clip", {"chunk_size": 3}, (4, 4), False),
+    ("clip-uneven", "clip", {"chunk_size": 2}, (3, 5), False),
+    ("align", "align", {"chunk_size": 3}, (4, 4), False),
+    ("siglip-ring", "siglip", {}, (4, 4), False),
+    ("siglip-ring-chunked", "siglip", {"chunk_size": 3}, (4, 4), False),
+    ("siglip-gather", "siglip", {"mode": "gather", "chunk_size": 2}, (4, 4), False),
+    ("siglip-uneven", "siglip", {}, (5, 3), False),
+    ("clip-gradcache", "clip", {"chunk_size": 3}, (4, 4), True),
+    ("siglip-gradcache", "siglip", {}, (4, 4), True),
+]
+
+
+class TwoTower(nn.Module):
+    """Stand-in with the model contract: encode_image / encode_text / log-space logit_scale / logit_bias."""
+
+    def __init__(self, bias: bool):
+        super().__init__()
+        torch.manual_seed(0)
+        self.img = nn.Sequential(nn.Flatten(), nn.Linear(12, 16), nn.GELU(), nn.Linear(16, D))
+        self.tok = nn.Embedding(20, 16)
+        self.txt = nn.Linear(16, D)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(10.0)))
+        self.logit_bias = nn.Parameter(torch.tensor(-3.0)) if bias else None
+
+    def encode_image(self, pixels, normalize=True):
+        x = self.img(pixels)
+        return F.normalize(x, dim=-1) if normalize else x
+
+    def encode_text(self, tokens, normalize=True):
+        x = self.txt(self.tok(tokens).mean(1))
+        return F.normalize(x, dim=-1) if normalize else x
+
+    def forward(self, pixels, tokens):
+        return CLIPOutput(self.encode_image(pixels), self.encode_text(tokens), self.logit_scale.exp(),
+                          self.logit_bias)
+
+
+def _data():
+    g = torch.Generator().manual_seed(1)
+    return (torch.randn(N, 3, 2, 2, generator=g, dtype=torch.float64),
+            torch.randint(0, 20, (N, 5), generator=g))
+
+
+def _step(model, loss, pixels, tokens, gradcache):
+    model.zero_grad(set_to_none=True)
+    if gradcache:
+        total = gradcache_step(model, pixels, tokens, loss, sub_batch=3).total
+    else:
+        total = loss(model(pixels, tokens)).total
+        total.backward()
+    core = getattr(model, "module", model)
+    return total.detach(), {k: p.grad.clone() for k, p in core.named_parameters()}
+
+
+def _worker(rank, init_file, out_file):
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    torch.set_num_threads(1)
+    pixels, tokens = _data()
+    results = {}
+    for name, loss_name, kwargs, sizes, gradcache in CONFIGS:
+        model = nn.parallel.DistributedDataParallel(TwoTower(bias=loss_name == "siglip").double())
+        start = sum(sizes[:rank])
+        sl = slice(start, start + sizes[rank])
+        results[name] = _step(model, get_loss(loss_name, **kwargs), pixels[sl], tokens[sl], gradcache)
+    torch.save(results, f"{out_file}.{rank}")
+    dist.destroy_process_group()
+
+
+def test_ddp_two_ranks_equal_one_process(tmp_path):
+    mp.spawn(_worker, args=(str(tmp_path / "init"), str(tmp_path / "out")), nprocs=WORLD, join=True)
+    per_rank = [torch.load(f"{tmp_path / 'out'}.{r}") for r in range(WORLD)]
+    pixels, tokens = _data()
+    for name, loss_name, kwargs, _, gradcache in CONFIGS:
+        model = TwoTower(bias=loss_name == "siglip").double()
+        # The reference is the plain dense loss of one process on the whole batch.
+        ref_loss, ref_grads = _step(model, get_loss(loss_name, distributed=False,
+                                                    **{k: v for k, v in kwargs.items() if k == "label_smoothing"}),
+                                    pixels, tokens, False)
+        losses = [per_rank[r][name][0] for r in range(WORLD)]
+        # The mean of the per-rank losses is the global loss (what a trainer logs after an all-reduce).
+        torch.testing.assert_close(sum(losses) / WORLD, ref_loss, rtol=1e-6, atol=0, msg=name)
+        for r in range(WORLD):
+            grads = per_rank[r][name][1]
+            assert grads.keys() == ref_grads.keys()
+            for k in ref_grads:
+                torch.testing.assert_close(grads[k], ref_grads[k], rtol=1e-6, atol=1e-12,
+                                           msg=lambda m: f"{name} rank {r} grad {k}: {m}")
