@@ -1,0 +1,222 @@
+"""Demo datasets built offline from data that ships inside installed packages.
+
+`build_digits`: scikit-learn's 1,797 handwritten digits (8x8), up-scaled with a little random affine jitter and
+noise, as a pair dataset (train.jsonl, several captions per image from TRAIN_TEMPLATES) and a held-out,
+stratified validation split (an image folder `val/<digit>/` with classnames.txt, and val.jsonl). A second,
+disjoint set of UNSEEN_TEMPLATES is written for zero-shot tests that must not reuse the training phrasing.
+
+`build_photos`: scikit-image's bundled sample photos with hand-written captions (photos_captions.json), as a
+files folder (same-stem .txt captions) and a JSONL manifest.
+
+Both are idempotent: a finished build leaves `.clipforge_demo.json`, and a second call with the same
+parameters returns at once. A build happens in a temporary sibling folder that replaces `out_dir` only when
+complete, so an interrupted build never leaves a half dataset behind.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from importlib import resources
+
+import numpy as np
+from PIL import Image
+
+from clipforge.errors import ClipforgeError, UsageError
+
+DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+TRAIN_TEMPLATES = [
+    "a photo of the digit {c}.",
+    "a handwritten {c}.",
+    "the number {c}.",
+    "an image of a {c}.",
+    "a drawing of the digit {c}.",
+    "a picture of the number {c}.",
+    "a scan of a handwritten {c}.",
+    "the digit {c}, written by hand.",
+    "a blurry {c}.",
+    "a low resolution image of a {c}.",
+]
+UNSEEN_TEMPLATES = [
+    "a pixelated photo of the numeral {c}.",
+    "this is a {c}.",
+    "a close-up of the figure {c}.",
+    "a black and white {c}.",
+    "a sketch of the number {c}.",
+    "a small {c} on a dark background.",
+]
+MARKER = ".clipforge_demo.json"
+DEMO_VERSION = 1
+
+
+def _finished(out_dir: str, params: dict) -> dict | None:
+    try:
+        with open(os.path.join(out_dir, MARKER), encoding="utf-8") as f:
+            done = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if done.get("params") != params:
+        return None
+    paths = done.get("paths", {})
+    if all(os.path.exists(p) for p in paths.values() if isinstance(p, str) and os.path.isabs(p)):
+        return paths
+    return None
+
+
+def _build_atomically(out_dir: str, params: dict, build) -> dict:
+    """Run build(tmp_dir) -> {name: relative path}; swap the result into out_dir; return absolute paths."""
+    out_dir = os.path.abspath(out_dir)
+    paths = _finished(out_dir, params)
+    if paths is not None:
+        return paths
+    if os.path.isdir(out_dir) and os.listdir(out_dir) and not os.path.exists(os.path.join(out_dir, MARKER)):
+        raise UsageError(f"{out_dir} exists and is not an earlier demo build; choose an empty or new folder")
+    parent = os.path.dirname(out_dir)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=os.path.basename(out_dir) + ".partial-", dir=parent)
+    try:
+        rel = build(tmp)
+        paths = {k: (os.path.join(out_dir, v) if isinstance(v, str) else v) for k, v in rel.items()}
+        paths["root"] = out_dir
+        _write_json(os.path.join(tmp, MARKER), {"params": params, "paths": paths})
+        if os.path.isdir(out_dir):
+            shutil.rmtree(out_dir)  # an earlier demo build with other parameters (checked above)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return paths
+
+
+def _write_json(path: str, obj) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=1)
+
+
+def _write_lines(path: str, lines) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("".join(line + "\n" for line in lines))
+
+
+def _digit_image(x8: np.ndarray, size: int, rng: np.random.Generator) -> Image.Image:
+    """(8, 8) values 0..16 -> (size, size) greyscale PIL image, jittered (rotation, scale, shift) and noised."""
+    base = Image.fromarray(np.clip(x8 * (255.0 / 16.0), 0, 255).astype(np.uint8), "L")
+    inner = int(round(size * rng.uniform(0.70, 0.85)))
+    img = base.resize((inner, inner), Image.BICUBIC)
+    canvas = Image.new("L", (size, size), 0)
+    off = (size - inner) // 2
+    shift = rng.integers(-max(1, size // 16), max(1, size // 16) + 1, size=2)
+    canvas.paste(img, (off + int(shift[0]), off + int(shift[1])))
+    canvas = canvas.rotate(float(rng.uniform(-12, 12)), resample=Image.BILINEAR)
+    arr = np.asarray(canvas, dtype=np.float32) + rng.normal(0, 8.0, size=(size, size))
+    return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), "L")
+
+
+def _digit_captions(label: int, rng: np.random.Generator, templates: list[str], k: int) -> list[str]:
+    picks = rng.choice(len(templates), size=min(k, len(templates)), replace=False)
+    # Fill with the word ("seven") or the numeral ("7") so both spellings are learned.
+    return [templates[t].format(c=DIGIT_NAMES[label] if rng.random() < 0.7 else str(label)) for t in picks]
+
+
+def build_digits(out_dir: str, size: int = 32, seed: int = 0, val_fraction: float = 0.2,
+                 captions_per_image: int = 4) -> dict:
+    """Write the digits demo; return {name: absolute path} (root, train_manifest, train_dir, val_dir,
+    val_manifest, classnames, templates_train, templates_unseen) plus counts."""
+    if not 8 <= size <= 512:
+        raise UsageError(f"size must be in [8, 512], got {size}")
+    if not 0.0 < val_fraction < 1.0:
+        raise UsageError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    params = {"name": "digits", "size": size, "seed": seed, "val_fraction": val_fraction,
+              "captions_per_image": captions_per_image, "version": DEMO_VERSION}
+
+    def build(tmp: str) -> dict:
+        from sklearn.datasets import load_digits
+        from sklearn.model_selection import train_test_split
+
+        d = load_digits()
+        idx = np.arange(len(d.target))
+        tr, va = train_test_split(idx, test_size=val_fraction, random_state=seed, stratify=d.target)
+        rng = np.random.default_rng(seed)
+        counts = {}
+        for split, ids in (("train", np.sort(tr)), ("val", np.sort(va))):
+            rows = []
+            for digit in range(10):
+                os.makedirs(os.path.join(tmp, split, str(digit)), exist_ok=True)
+            for i in ids:
+                label = int(d.target[i])
+                rel = f"{split}/{label}/{i:04d}.png"
+                _digit_image(d.images[i], size, rng).save(os.path.join(tmp, rel))
+                templates = TRAIN_TEMPLATES if split == "train" else UNSEEN_TEMPLATES
+                k = captions_per_image if split == "train" else 1
+                rows.append({"id": f"digits-{i:04d}", "image": rel, "captions": _digit_captions(label, rng,
+                             templates, k), "label": label})
+            _write_lines(os.path.join(tmp, f"{split}.jsonl"), (json.dumps(r) for r in rows))
+            _write_lines(os.path.join(tmp, split, "classnames.txt"), DIGIT_NAMES)
+            counts[f"num_{split}"] = len(rows)
+        _write_lines(os.path.join(tmp, "classnames.txt"), DIGIT_NAMES)
+        _write_lines(os.path.join(tmp, "templates_train.txt"), TRAIN_TEMPLATES)
+        _write_lines(os.path.join(tmp, "templates_unseen.txt"), UNSEEN_TEMPLATES)
+        return {"train_manifest": "train.jsonl", "train_dir": "train", "val_manifest": "val.jsonl",
+                "val_dir": "val", "classnames": "classnames.txt", "templates_train": "templates_train.txt",
+                "templates_unseen": "templates_unseen.txt", **counts}
+
+    return _build_atomically(out_dir, params, build)
+
+
+def photo_captions() -> dict:
+    """{name: {"loader": skimage.data function, "captions": [...]}} from the packaged JSON."""
+    text = resources.files("clipforge.data").joinpath("photos_captions.json").read_text(encoding="utf-8")
+    return json.loads(text)
+
+
+def _load_photo(loader: str) -> np.ndarray:
+    import skimage.data
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        arr = getattr(skimage.data, loader)()
+    if isinstance(arr, tuple):  # stereo pairs: keep the left view
+        arr = arr[0]
+    if arr.dtype == bool:
+        arr = arr.astype(np.uint8) * 255
+    elif arr.dtype != np.uint8:
+        arr = np.clip(arr * (255.0 if arr.max() <= 1.0 else 1.0), 0, 255).astype(np.uint8)
+    return arr
+
+
+def build_photos(out_dir: str, max_side: int = 256) -> dict:
+    """Write the photos demo (images/<name>.png + <name>.txt, photos.jsonl); return {name: path} + count.
+
+    Photos whose loader needs a download (not bundled in this scikit-image) are left out and listed under
+    "missing".
+    """
+    params = {"name": "photos", "max_side": max_side, "version": DEMO_VERSION}
+
+    def build(tmp: str) -> dict:
+        os.makedirs(os.path.join(tmp, "images"))
+        rows, missing = [], []
+        for name, entry in photo_captions().items():
+            try:
+                arr = _load_photo(entry["loader"])
+            except Exception:  # noqa: BLE001 - a loader that needs the network or an optional package
+                missing.append(name)
+                continue
+            img = Image.fromarray(arr)
+            if img.mode not in ("RGB", "L"):
+                img = img.convert("RGBA").convert("RGB")
+            img.thumbnail((max_side, max_side), Image.LANCZOS)
+            rel = f"images/{name}.png"
+            img.save(os.path.join(tmp, rel))
+            _write_lines(os.path.join(tmp, "images", f"{name}.txt"), entry["captions"])
+            rows.append({"id": name, "image": rel, "captions": entry["captions"]})
+        if not rows:
+            raise ClipforgeError("no scikit-image sample photo could be loaded")
+        _write_lines(os.path.join(tmp, "photos.jsonl"), (json.dumps(r) for r in rows))
+        return {"images_dir": "images", "manifest": "photos.jsonl", "num_photos": len(rows), "missing": missing}
+
+    return _build_atomically(out_dir, params, build)
+
+
+DEMOS = {"digits": build_digits, "photos": build_photos}

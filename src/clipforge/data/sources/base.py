@@ -1,0 +1,90 @@
+"""The `Source` interface every reader implements.
+
+A Source is an iterable of `Sample`. Readers that know their records up front (folders, manifests, indexed
+local tar shards) are also *map-style*: `len(src)` and `src[i]` work, which the training loader needs for
+deterministic shuffling and exact resume. Streaming readers (remote shards) only iterate.
+
+`skipped` is a `SkipCounter` filled while reading: problems found when the source was opened (a malformed
+manifest row) are kept, and each pass of `iter_decoded` adds the images it could not decode.
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+from PIL import Image
+from tqdm.auto import tqdm
+
+from clipforge.data.decode import BadSample, DecodeOptions, SkipCounter
+from clipforge.data.sample import Sample
+
+
+class Source:
+    """Base class: subclasses implement `__len__`/`_get` (map-style) or override `__iter__` (streaming)."""
+
+    kind = "source"
+    random_access = True
+
+    def __init__(self, spec: str, *, decode: DecodeOptions | None = None, max_pixels: int | None = -1):
+        self.spec = spec
+        opts = decode or DecodeOptions()
+        if max_pixels != -1:  # -1 means "not given"; None disables the bomb check
+            opts = DecodeOptions(max_pixels=max_pixels, background=opts.background, apply_exif=opts.apply_exif)
+        self.decode_options = opts
+        self.classnames: list[str] | None = None
+        self.open_skipped = SkipCounter()  # found while indexing (bad rows, unreadable members)
+        self.skipped = SkipCounter()
+
+    # --- map-style access -------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        raise TypeError(f"{type(self).__name__} does not know its length")
+
+    def _get(self, index: int) -> Sample:
+        raise NotImplementedError
+
+    def __getitem__(self, index: int) -> Sample:
+        n = len(self)
+        if index < 0:
+            index += n
+        if not 0 <= index < n:
+            raise IndexError(f"index {index} out of range for {n} samples")
+        return self._get(index)
+
+    def __iter__(self) -> Iterator[Sample]:
+        for i in range(len(self)):
+            yield self._get(i)
+
+    # --- decoding with counting -------------------------------------------------------------------------
+    def iter_decoded(self, progress: bool | None = False, desc: str = "reading") -> Iterator[tuple[Sample, Image.Image]]:
+        """Yield (sample, RGB image) for every readable sample; count the others in `self.skipped`.
+
+        Each call starts a fresh count (plus what was found when opening), so `skipped` describes one pass.
+        `progress=None` shows a bar only on a terminal.
+        """
+        self.skipped = self.open_skipped.copy()
+        total = self._len_or_none()
+        bar = tqdm(total=total, desc=desc, unit="img", disable=(None if progress is None else not progress))
+        try:
+            for sample in self:
+                bar.update(1)
+                try:
+                    img = sample.load_image()
+                except BadSample as e:
+                    self.skipped.add(sample.id, e.reason)
+                    continue
+                yield sample, img
+        finally:
+            bar.close()
+
+    def _len_or_none(self) -> int | None:
+        try:
+            return len(self)
+        except TypeError:
+            return None
+
+    def describe(self) -> dict:
+        return {"spec": self.spec, "kind": self.kind, "num_samples": self._len_or_none(),
+                "classnames": self.classnames}
+
+    def __repr__(self) -> str:
+        n = self._len_or_none()
+        return f"{type(self).__name__}({self.spec!r}, n={n if n is not None else '?'})"

@@ -1,0 +1,98 @@
+"""`open_source(spec)`: one string picks the reader.
+
+  folder:PATH       class sub-folders -> imagefolder, otherwise a files folder (auto)
+  imagefolder:PATH  ROOT/<class>/<image>
+  files:PATH        images with same-stem .txt captions / .json metadata
+  csv:PATH tsv:PATH jsonl:PATH parquet:PATH   manifests
+  wds:PATTERN       tar shards: DIR, a.tar, path/{000..009}.tar, a.tar::b.tar
+  PATH              auto-detected from what is there (folder, manifest suffix, .tar / brace pattern)
+"""
+from __future__ import annotations
+
+import os
+
+from clipforge.data.sources.base import Source
+from clipforge.data.sources.files import FilesSource
+from clipforge.data.sources.folder import IMAGE_EXTS, ImageFolderSource, ext_of
+from clipforge.data.sources.manifest import ManifestSource, format_of
+from clipforge.data.sources.wds import WdsSource
+from clipforge.errors import ClipforgeError, UsageError
+
+KINDS = ("folder", "imagefolder", "files", "csv", "tsv", "jsonl", "parquet", "wds")
+
+
+def split_spec(spec: str) -> tuple[str | None, str]:
+    """'csv:a.csv' -> ('csv', 'a.csv'); a bare path (or a Windows drive 'C:\\...') -> (None, path)."""
+    if ":" in spec:
+        head, rest = spec.split(":", 1)
+        if head in KINDS:
+            return head, rest
+        if len(head) > 1 and head.isalnum() and not rest.startswith("//"):
+            raise UsageError(f"unknown source kind {head!r} in {spec!r}; valid kinds: {list(KINDS)}")
+    return None, spec
+
+
+def looks_like_imagefolder(root: str) -> bool:
+    """Images only inside first-level sub-folders and no caption files: a classification folder."""
+    try:
+        entries = list(os.scandir(root))
+    except OSError:
+        return False
+    subdirs = [e for e in entries if e.is_dir() and not e.name.startswith(".")]
+    top_images = [e for e in entries if e.is_file() and ext_of(e.name) in IMAGE_EXTS]
+    if top_images or not subdirs:
+        return False
+    for d in subdirs[:20]:
+        for dirpath, _, names in os.walk(d.path):
+            if any(n.endswith((".txt", ".json")) and not n.startswith("classnames") for n in names):
+                return False
+    return True
+
+
+def detect_kind(path: str) -> str:
+    if os.path.isdir(path):
+        if any(n.endswith(".tar") for n in os.listdir(path)):
+            return "wds"
+        return "folder"
+    fmt = format_of(path)
+    if fmt is not None:
+        return fmt
+    if path.endswith((".tar", ".tar.gz", ".tgz")) or "{" in path or "::" in path:
+        return "wds"
+    if not os.path.exists(path):
+        raise ClipforgeError(f"source {path!r} does not exist")
+    raise UsageError(f"cannot tell what kind of source {path!r} is; prefix it with one of {list(KINDS)} "
+                     f"(e.g. csv:{path})")
+
+
+def open_source(spec: str, **opts) -> Source:
+    """Open a collection from a spec string; `opts` go to the reader (e.g. image_col=, max_pixels=)."""
+    if not isinstance(spec, str) or not spec:
+        raise UsageError(f"a source spec must be a non-empty string, got {spec!r}")
+    kind, path = split_spec(spec)
+    path = os.path.expanduser(path)
+    kind = kind or detect_kind(path)
+    try:
+        return _open(kind, path, spec, opts)
+    except TypeError as e:
+        if "unexpected keyword" not in str(e):
+            raise
+        raise UsageError(f"{kind} source: {e}") from None
+
+
+def _open(kind: str, path: str, spec: str, opts: dict) -> Source:
+    if kind == "folder":
+        if not os.path.isdir(path):
+            raise ClipforgeError(f"folder {path!r} does not exist or is not a directory")
+        kind = "imagefolder" if looks_like_imagefolder(path) else "files"
+    if kind == "imagefolder":
+        return ImageFolderSource(path, spec=spec, **opts)
+    if kind == "files":
+        return FilesSource(path, spec=spec, **opts)
+    if kind in ("csv", "tsv", "jsonl", "parquet"):
+        if not os.path.isfile(path):
+            raise ClipforgeError(f"manifest {path!r} does not exist")
+        return ManifestSource(path, fmt=kind, spec=spec, **opts)
+    if kind == "wds":
+        return WdsSource(path, spec=spec, **opts)
+    raise UsageError(f"unknown source kind {kind!r}; valid kinds: {list(KINDS)}")  # pragma: no cover

@@ -1,0 +1,191 @@
+"""Convert any source to webdataset shards or to a JSONL / CSV / parquet manifest.
+
+Shards: `OUT/shard-000000.tar`, ... with members `<key>.<ext>` (the original encoded bytes, so pixels survive a
+round trip exactly), `<key>.txt` (one caption per line), `<key>.cls` (label) and `<key>.json` ({"id",
+"captions", "label", user metadata}). Keys are sequential numbers (`000000042`): webdataset splits a key at
+its first dot, so source ids such as `cat/001.jpg` cannot be keys; the id is kept in the `.json` and the
+reader restores it. `classnames.txt` is written beside the shards when the source has class names.
+
+Manifests reference images where they already are (paths relative to the manifest) and extract images that
+live only inside tar shards to `<manifest stem>_images/`.
+
+Each image is decoded once before it is written (`verify=True`): bad ones are skipped and counted, so the
+output holds only readable samples. Every file is written to a temporary name and renamed when complete.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+import tempfile
+
+from tqdm.auto import tqdm
+
+from clipforge.data.decode import BadSample, SkipCounter
+from clipforge.errors import UsageError
+
+FORMATS = ("wds", "jsonl", "csv", "parquet")
+
+
+def _jsonable(meta: dict) -> dict:
+    out = {}
+    for k, v in meta.items():
+        if k in ("path", "size", "mtime") or k.startswith("__"):
+            continue  # file-system facts of the source, not user metadata
+        try:
+            json.dumps(v)
+            out[k] = v
+        except (TypeError, ValueError):
+            out[k] = str(v)
+    return out
+
+
+def _samples(source, verify: bool, skipped: SkipCounter, progress):
+    """(sample, image bytes) for every usable sample; the others are counted."""
+    source.skipped = source.open_skipped.copy()
+    try:
+        total = len(source)
+    except TypeError:
+        total = None
+    skipped.merge(source.open_skipped)
+    for sample in tqdm(source, total=total, desc="converting", unit="img",
+                       disable=(None if progress is None else not progress)):
+        try:
+            data = sample.image_bytes()
+            if verify:
+                sample.load_image()
+                sample.drop_image()
+        except BadSample as e:
+            skipped.add(sample.id, e.reason)
+            continue
+        yield sample, data
+    # A streaming reader may count broken members while iterating.
+    for item in source.skipped.samples[len(source.open_skipped.samples):]:
+        skipped.add(*item)
+
+
+def _atomic_path(path: str) -> str:
+    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=os.path.dirname(path))
+    os.close(fd)
+    return tmp
+
+
+def write_wds(source, out_dir: str, shard_size: int = 1000, *, verify: bool = True, progress=None) -> dict:
+    if shard_size < 1:
+        raise UsageError(f"shard_size must be >= 1, got {shard_size}")
+    os.makedirs(out_dir, exist_ok=True)
+    skipped = SkipCounter()
+    shards: list[str] = []
+    tf, tmp, n = None, None, 0
+
+    def close():
+        if tf is not None:
+            tf.close()
+            final = os.path.join(out_dir, f"shard-{len(shards):06d}.tar")
+            os.replace(tmp, final)
+            shards.append(final)
+
+    for sample, data in _samples(source, verify, skipped, progress):
+        if n % shard_size == 0:
+            close()
+            tmp = _atomic_path(os.path.join(out_dir, f"shard-{len(shards):06d}.tar"))
+            tf = tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT)
+        key = f"{n:09d}"
+        ext = (sample.ext or "jpg").lower()
+        meta = {"id": sample.id, "captions": sample.captions}
+        if sample.label is not None:
+            meta["label"] = int(sample.label)
+        meta.update({k: v for k, v in _jsonable(sample.meta).items() if k not in meta})
+        members = [(ext, data), ("json", json.dumps(meta, ensure_ascii=False).encode("utf-8"))]
+        if sample.captions:
+            members.append(("txt", "\n".join(c.replace("\n", " ") for c in sample.captions).encode("utf-8")))
+        if sample.label is not None:
+            members.append(("cls", str(int(sample.label)).encode()))
+        for mext, payload in members:
+            info = tarfile.TarInfo(f"{key}.{mext}")
+            info.size, info.mtime, info.mode = len(payload), 0, 0o644  # mtime 0: reproducible shards
+            tf.addfile(info, io.BytesIO(payload))
+        n += 1
+    close()
+    _remove_stale_shards(out_dir, len(shards))
+    if source.classnames:
+        _write_text(os.path.join(out_dir, "classnames.txt"), "".join(c + "\n" for c in source.classnames))
+    return {"format": "wds", "out": out_dir, "written": n, "shards": shards, "skipped": skipped.as_dict()}
+
+
+def _remove_stale_shards(out_dir: str, keep: int) -> None:
+    """Shards numbered >= keep left by an earlier, larger conversion into the same folder would be read back."""
+    for name in os.listdir(out_dir):
+        if name.startswith("shard-") and name.endswith(".tar") and name[6:-4].isdigit() and int(name[6:-4]) >= keep:
+            os.remove(os.path.join(out_dir, name))
+
+
+def _write_text(path: str, text: str) -> None:
+    tmp = _atomic_path(path)
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def write_manifest(source, out_path: str, fmt: str | None = None, *, verify: bool = True, progress=None) -> dict:
+    fmt = fmt or os.path.splitext(out_path)[1].lstrip(".").lower()
+    if fmt not in ("jsonl", "csv", "parquet"):
+        raise UsageError(f"manifest format must be one of ['jsonl', 'csv', 'parquet'], got {fmt!r}")
+    out_dir = os.path.dirname(os.path.abspath(out_path))
+    os.makedirs(out_dir, exist_ok=True)
+    img_dir = os.path.splitext(os.path.abspath(out_path))[0] + "_images"
+    skipped = SkipCounter()
+    rows = []
+    for n, (sample, data) in enumerate(_samples(source, verify, skipped, progress)):
+        if sample.path is not None and "://" not in sample.path and os.path.isfile(sample.path):
+            image = os.path.relpath(os.path.abspath(sample.path), out_dir).replace(os.sep, "/")
+        else:  # bytes that only exist inside a shard: extract them next to the manifest
+            os.makedirs(img_dir, exist_ok=True)
+            name = f"{n:09d}.{(sample.ext or 'jpg').lower()}"
+            with open(os.path.join(img_dir, name), "wb") as f:
+                f.write(data)
+            image = f"{os.path.basename(img_dir)}/{name}"
+        row = {"id": sample.id, "image": image, "captions": list(sample.captions)}
+        if sample.label is not None:
+            row["label"] = int(sample.label)
+        rows.append(row)
+    tmp = _atomic_path(os.path.abspath(out_path))
+    try:
+        if fmt == "jsonl":
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+        elif fmt == "csv":
+            import csv
+
+            with open(tmp, "w", encoding="utf-8", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=["id", "image", "captions", "label"])
+                w.writeheader()
+                for r in rows:
+                    w.writerow({**r, "captions": json.dumps(r["captions"], ensure_ascii=False)})
+        else:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            cols = {"id": [r["id"] for r in rows], "image": [r["image"] for r in rows],
+                    "captions": [r["captions"] for r in rows], "label": [r.get("label") for r in rows]}
+            schema = pa.schema([("id", pa.string()), ("image", pa.string()), ("captions", pa.list_(pa.string())),
+                                ("label", pa.int64())])
+            pq.write_table(pa.table(cols, schema=schema), tmp)
+        os.replace(tmp, out_path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    if source.classnames:
+        _write_text(os.path.join(out_dir, "classnames.txt"), "".join(c + "\n" for c in source.classnames))
+    return {"format": fmt, "out": out_path, "written": len(rows), "skipped": skipped.as_dict()}
+
+
+def convert(source, to: str, out: str, *, shard_size: int = 1000, verify: bool = True, progress=None) -> dict:
+    """Write `source` as `to` (one of FORMATS) at `out` (a folder for wds, a file for manifests)."""
+    if to not in FORMATS:
+        raise UsageError(f"unknown output format {to!r}; valid: {list(FORMATS)}")
+    if to == "wds":
+        return write_wds(source, out, shard_size, verify=verify, progress=progress)
+    return write_manifest(source, out, to, verify=verify, progress=progress)
