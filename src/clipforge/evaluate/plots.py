@@ -1,0 +1,93 @@
+"""PNG plots: confusion matrix and a grouped-bar model comparison.
+
+Uses matplotlib's object API with the Agg canvas (no pyplot global state, no display needed). Files are
+written atomically (temp file in the same directory, then `os.replace`).
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+__all__ = ["plot_confusion_matrix", "plot_comparison"]
+
+
+def _save(fig, path) -> Path:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def plot_confusion_matrix(
+    cm, path, classnames: Sequence[str] | None = None, normalize: bool = True, title: str | None = None,
+    max_labels: int = 40,
+) -> Path:
+    """Rows = true class, columns = predicted. `normalize` shows each row as fractions of its support.
+    Tick labels are drawn only up to `max_labels` classes (beyond that they are unreadable)."""
+    from matplotlib.figure import Figure
+
+    cm = np.asarray(cm, dtype=np.float64)
+    if normalize:
+        cm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    n = cm.shape[0]
+    size = min(4 + 0.3 * n, 20)
+    fig = Figure(figsize=(size, size))
+    ax = fig.add_subplot()
+    im = ax.imshow(cm, cmap="Blues", vmin=0, vmax=1 if normalize else None)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title or ("confusion matrix (row-normalised)" if normalize else "confusion matrix"))
+    if n <= max_labels:
+        names = list(classnames) if classnames is not None else [str(i) for i in range(n)]
+        ax.set_xticks(range(n), names, rotation=90, fontsize=8)
+        ax.set_yticks(range(n), names, fontsize=8)
+        if n <= 15:
+            for i in range(n):
+                for j in range(n):
+                    txt = f"{cm[i, j]:.2f}" if normalize else f"{int(cm[i, j])}"
+                    ax.text(j, i, txt, ha="center", va="center", fontsize=7,
+                            color="white" if cm[i, j] > 0.5 * cm.max() else "black")
+    return _save(fig, path)
+
+
+def plot_comparison(panels: dict[str, dict[str, dict[str, float]]], path, ylabel: str = "score") -> Path:
+    """Grouped bars: one panel per key of `panels` (e.g. task), groups = datasets, bars = models.
+
+    panels: {panel title: {group (dataset): {series (model): value}}}; missing values are left blank.
+    """
+    from matplotlib.figure import Figure
+
+    panels = {k: v for k, v in panels.items() if v}
+    n = max(1, len(panels))
+    fig = Figure(figsize=(max(6, 3 + 1.5 * max((len(g) for g in panels.values()), default=1)), 3.6 * n))
+    for row, (title, groups) in enumerate(panels.items()):
+        ax = fig.add_subplot(n, 1, row + 1)
+        datasets = list(groups)
+        models = sorted({m for g in groups.values() for m in g})
+        width = 0.8 / max(1, len(models))
+        x = np.arange(len(datasets))
+        for i, m in enumerate(models):
+            vals = [groups[d].get(m, np.nan) for d in datasets]
+            bars = ax.bar(x + (i - (len(models) - 1) / 2) * width, vals, width, label=m)
+            ax.bar_label(bars, labels=["" if np.isnan(v) else f"{v:.3g}" for v in vals], fontsize=7, padding=1)
+        ax.set_xticks(x, datasets, rotation=20, ha="right")
+        ax.set_title(title)
+        ax.set_ylabel(ylabel)
+        ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    return _save(fig, path)

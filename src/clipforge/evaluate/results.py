@@ -1,0 +1,132 @@
+"""Benchmark results as JSON lines: one object per (model, dataset, task) run.
+
+Record fields: model, dataset, task, metrics (scalars), config (what was run), config_hash, templates_hash
+(zero-shot runs), versions (python and key packages), time (UTC ISO-8601), elapsed_s.
+
+Appending is crash-safe at the line level: each record is one `write` of one complete line on a file opened
+with O_APPEND, followed by flush + fsync, so concurrent writers never interleave inside a line and a crash
+loses at most the line being written. Readers skip (and count) lines that do not parse.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import logging
+import math
+import os
+import platform
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+from clipforge.errors import ClipforgeError, UsageError
+
+__all__ = ["config_hash", "package_versions", "make_record", "append_result", "read_results", "latest_results"]
+
+log = logging.getLogger(__name__)
+_PACKAGES = ("clipforge", "torch", "numpy", "scikit-learn", "open_clip_torch", "transformers", "faiss-cpu")
+REQUIRED = ("model", "dataset", "task", "metrics")
+
+
+def _clean(x):
+    """JSON-safe copy: numpy scalars/arrays -> Python, NaN/inf -> None, tuples -> lists."""
+    if isinstance(x, dict):
+        return {str(k): _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return _clean(x.tolist())
+    if isinstance(x, np.generic):
+        x = x.item()
+    if hasattr(x, "item") and getattr(x, "ndim", None) == 0:  # 0-d torch tensor
+        x = x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, Path):
+        return str(x)
+    return x
+
+
+def config_hash(config: dict | None) -> str:
+    """Short stable hash of a run configuration (key order does not matter)."""
+    canon = json.dumps(_clean(config or {}), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canon.encode()).hexdigest()[:16]
+
+
+def package_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in _PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def make_record(
+    model: str, dataset: str, task: str, metrics: dict, config: dict | None = None,
+    templates_hash: str | None = None, elapsed_s: float | None = None, **extra,
+) -> dict:
+    """Assemble one result record. Non-scalar diagnostics under metrics["per_query"] are dropped."""
+    metrics = {k: v for k, v in metrics.items() if k != "per_query"}
+    rec = {
+        "model": str(model), "dataset": str(dataset), "task": str(task), "metrics": _clean(metrics),
+        "config": _clean(config or {}), "config_hash": config_hash(config), "templates_hash": templates_hash,
+        "versions": package_versions(),
+        "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "elapsed_s": None if elapsed_s is None else round(float(elapsed_s), 3),
+    }
+    rec.update(_clean(extra))
+    return rec
+
+
+def append_result(path, record: dict) -> None:
+    """Append one record as a single JSON line (O_APPEND, one write, fsync)."""
+    missing = [k for k in REQUIRED if k not in record]
+    if missing:
+        raise UsageError(f"result record lacks {', '.join(missing)}")
+    line = (json.dumps(_clean(record), ensure_ascii=False, allow_nan=False) + "\n").encode()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        written = os.write(fd, line)
+        if written != len(line):  # pragma: no cover - regular files do not short-write in practice
+            raise ClipforgeError(f"short write to {path}: {written} of {len(line)} bytes")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_results(path) -> list[dict]:
+    """All valid records in file order; unparsable or incomplete lines are skipped and counted in a log."""
+    path = Path(path)
+    if not path.is_file():
+        raise ClipforgeError(f"results file {str(path)!r} does not exist")
+    out, bad = [], 0
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                bad += 1
+                continue
+            if not isinstance(rec, dict) or any(k not in rec for k in REQUIRED):
+                bad += 1
+                continue
+            out.append(rec)
+    if bad:
+        log.warning("%s: skipped %d malformed line(s)", path, bad)
+    return out
+
+
+def latest_results(records: list[dict]) -> list[dict]:
+    """Keep the last record per (model, dataset, task), in first-seen order."""
+    latest: dict[tuple, dict] = {}
+    for r in records:
+        latest[(r["model"], r["dataset"], r["task"])] = r  # file order = time order for appends
+    return list(latest.values())
