@@ -1,0 +1,27 @@
+"""`clipforge export MODEL --to hf|open_clip --out DIR`: write a model in another ecosystem's format."""
+from __future__ import annotations
+
+
+def register(sub):
+    from clipforge.models.convert.export import FORMATS
+
+    p = sub.add_parser(
+        "export", help="export a model to Hugging Face transformers or open_clip format",
+        description="Write MODEL (any reference load_model accepts) as a directory that transformers "
+                    "(CLIPModel / SiglipModel.from_pretrained) or open_clip (create_model('local-dir:DIR')) loads.")
+    p.add_argument("model", help="registered name, checkpoint dir, hf:ORG/NAME, open_clip:ARCH/TAG, or local dir")
+    p.add_argument("--to", required=True, choices=FORMATS, help="target format")
+    p.add_argument("--out", required=True, help="output directory (replaced atomically if it exists)")
+    p.add_argument("--weights", default=None, help="weights file for a registered architecture / open_clip:ARCH")
+    p.add_argument("--trust-pickle", action="store_true", help="allow loading pickled .pt/.bin weights")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from clipforge.models import load_model
+    from clipforge.models.convert.export import export_model
+
+    model = load_model(args.model, weights=args.weights, trust_pickle=args.trust_pickle)
+    out = export_model(model, args.to, args.out)
+    print(f"wrote {args.to} model to {out}")
+    return 0

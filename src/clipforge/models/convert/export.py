@@ -1,0 +1,21 @@
+"""Export a native model to another ecosystem's format (one entry point for the CLI and Python)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from clipforge.errors import UsageError
+
+FORMATS = ("hf", "open_clip")
+
+
+def export_model(model, to: str, out_dir) -> Path:
+    """Write `model` as an HF (`transformers` CLIPModel/SiglipModel) or open_clip directory at `out_dir`."""
+    if to == "hf":
+        from clipforge.models.convert.hf import export_hf
+
+        return export_hf(model, out_dir)
+    if to == "open_clip":
+        from clipforge.models.convert.open_clip import export_open_clip
+
+        return export_open_clip(model, out_dir)
+    raise UsageError(f"unknown export format {to!r}; valid: {', '.join(FORMATS)}")
