@@ -175,7 +175,11 @@ def test_blocked_equals_unblocked_and_brute_force(block_size):
     s, ids = topk_blocked(q, k, 12, block_size=block_size)
     s_full, ids_full = topk_blocked(q, k, 12, max_block_elems=10**9)
     np.testing.assert_array_equal(ids, ids_full)
-    np.testing.assert_array_equal(s, s_full)
+    np.testing.assert_allclose(s, s_full, rtol=1e-6)  # float32 blocks may differ by an ulp
+    s64, ids64 = topk_blocked(q, k, 12, block_size=block_size, dtype=torch.float64)
+    s64_full, _ = topk_blocked(q, k, 12, max_block_elems=10**9, dtype=torch.float64)
+    np.testing.assert_array_equal(s64, s64_full)  # float64: bit-identical whatever the block size
+    np.testing.assert_array_equal(ids64, ids)
     brute = np.argsort(-(q.astype(np.float64) @ k.T.astype(np.float64)), axis=1, kind="stable")[:, :12]
     np.testing.assert_array_equal(ids, brute)
 

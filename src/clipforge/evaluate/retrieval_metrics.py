@@ -2,13 +2,14 @@
 
 Similarities are inner products `queries @ keys.T` (pass L2-normalised embeddings for cosine). They are
 computed for a block of query rows at a time, sized so a block holds at most `max_block_elems` scores
-(default 2**23 = 64 MB of float64), so the full (Q, M) matrix is never held for big sets. Within a block
+(default 2**23 scores = 32 MB in float32), so the full (Q, M) matrix is never held for big sets. Within a block
 each query row is complete, so a positive's score and all its competitors' scores come from the same
 matrix product (no round-off mismatch between a separately computed positive score and the block).
-Scores are computed in float64 by default: float32 matrix products round differently depending on the
-block shape (we measured 1-ulp differences between row-block sizes), which could flip near-ties; in float64
-the products of float32 inputs are exact and block size does not change rankings. Pass
-`dtype=torch.float32` for twice the speed on very large collections.
+Precision: scores are computed in float32 by default (speed). float32 matrix products can round
+differently for different block shapes (we measured 1-ulp differences between row-block sizes), so a pair
+of keys within 1 ulp of each other could swap order when the block size changes; ranks within one run are
+always self-consistent. Pass `dtype=torch.float64` for rankings that do not depend on the block size (the
+products of float32 inputs are exact in float64), at roughly twice the matmul cost.
 
 Tie rule: among keys with exactly equal scores, the key with the LOWER index ranks first. Ranks are
 1-based: rank = 1 + #(keys scoring higher) + #(keys scoring equal with a lower index). Top-k lists follow
@@ -60,7 +61,7 @@ def _as_tensor(x) -> torch.Tensor:
 
 def similarity_blocks(
     queries, keys, block_size: int | None = None, max_block_elems: int = DEFAULT_MAX_BLOCK_ELEMS,
-    dtype: torch.dtype = torch.float64,
+    dtype: torch.dtype = torch.float32,
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """Yield `(start, S)` with `S = queries[start:start+b] @ keys.T`, shape (b, M); NaN replaced by -inf.
 
@@ -73,9 +74,10 @@ def similarity_blocks(
     m = max(1, k.shape[0])
     b = block_size or max(1, max_block_elems // m)
     kt = k.T.contiguous()
+    finite = bool(torch.isfinite(q).all() and torch.isfinite(k).all())  # then no NaN can appear
     for start in range(0, q.shape[0], b):
         s = q[start : start + b] @ kt  # (b, M)
-        yield start, torch.nan_to_num(s, nan=float("-inf"))
+        yield start, s if finite else torch.nan_to_num(s, nan=float("-inf"))
 
 
 def _topk_rows(s: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -95,7 +97,8 @@ def _topk_rows(s: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def topk_blocked(
-    queries, keys, k: int, block_size: int | None = None, max_block_elems: int = DEFAULT_MAX_BLOCK_ELEMS
+    queries, keys, k: int, block_size: int | None = None, max_block_elems: int = DEFAULT_MAX_BLOCK_ELEMS,
+    dtype: torch.dtype = torch.float32,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k keys per query: `scores (Q, k) float32, ids (Q, k) int64` (key row positions).
 
@@ -111,7 +114,7 @@ def topk_blocked(
     out_i = np.full((q.shape[0], k), -1, dtype=np.int64)
     if kr == 0:
         return out_s, out_i
-    for start, s in similarity_blocks(q, kk, block_size, max_block_elems):
+    for start, s in similarity_blocks(q, kk, block_size, max_block_elems, dtype):
         vals, idx = _topk_rows(s, kr)
         out_s[start : start + len(s), :kr] = vals.float().numpy()
         out_i[start : start + len(s), :kr] = idx.numpy()
@@ -137,7 +140,8 @@ def _pad_positives(positives, n_queries: int) -> torch.Tensor:
 
 
 def positive_ranks(
-    queries, keys, positives, block_size: int | None = None, max_block_elems: int = DEFAULT_MAX_BLOCK_ELEMS
+    queries, keys, positives, block_size: int | None = None, max_block_elems: int = DEFAULT_MAX_BLOCK_ELEMS,
+    dtype: torch.dtype = torch.float32,
 ) -> np.ndarray:
     """1-based rank of the FIRST-ranked positive key for each query (0 where a query has no positive).
 
@@ -150,14 +154,16 @@ def positive_ranks(
     if pos.numel() and int(pos.max()) >= kk.shape[0]:
         raise UsageError(f"positive id {int(pos.max())} out of range for {kk.shape[0]} keys")
     ranks = np.zeros(q.shape[0], dtype=np.int64)
-    key_ids = torch.arange(kk.shape[0])[None, :]  # (1, M)
-    for start, s in similarity_blocks(q, kk, block_size, max_block_elems):
+    for start, s in similarity_blocks(q, kk, block_size, max_block_elems, dtype):
         p = pos[start : start + len(s)]  # (b, P)
         valid = p >= 0
         ps = s.gather(1, p.clamp(min=0)).masked_fill(~valid, float("-inf"))  # (b, P)
         best = ps.argmax(1, keepdim=True)  # first maximum -> lowest id among tied positives
         bval, bid = ps.gather(1, best), p.gather(1, best)  # (b, 1)
-        r = 1 + (s > bval).sum(1) + ((s == bval) & (key_ids < bid)).sum(1)
+        r = 1 + (s > bval).sum(1)  # (b,)
+        rows, cols = (s == bval).nonzero(as_tuple=True)  # sparse: usually just the positive itself
+        before = cols < bid[rows, 0]
+        r.index_add_(0, rows[before], torch.ones(int(before.sum()), dtype=r.dtype))
         ranks[start : start + len(s)] = np.where(valid.any(1).numpy(), r.numpy(), 0)
     return ranks
 
@@ -178,6 +184,7 @@ def image_text_recall(
     ks: Sequence[int] = (1, 5, 10),
     block_size: int | None = None,
     max_block_elems: int = DEFAULT_MAX_BLOCK_ELEMS,
+    dtype: torch.dtype = torch.float32,
 ) -> dict[str, float]:
     """Flickr30K / COCO style recall@K with several captions per image.
 
@@ -196,8 +203,9 @@ def image_text_recall(
     captions = [[] for _ in range(n_img)]
     for j, i in enumerate(t2i):
         captions[i].append(j)
-    out = _recall_summary(positive_ranks(image_emb, text_emb, captions, block_size, max_block_elems), ks, "i2t")
-    out.update(_recall_summary(positive_ranks(text_emb, image_emb, t2i, block_size, max_block_elems), ks, "t2i"))
+    opts = dict(block_size=block_size, max_block_elems=max_block_elems, dtype=dtype)
+    out = _recall_summary(positive_ranks(image_emb, text_emb, captions, **opts), ks, "i2t")
+    out.update(_recall_summary(positive_ranks(text_emb, image_emb, t2i, **opts), ks, "t2i"))
     return out
 
 
@@ -251,13 +259,13 @@ def ranked_list_metrics(ranked_relevant_rows, n_positives, k: int) -> dict[str, 
 
 def fullrank_metrics(
     queries, keys, relevant, k: int = 50, block_size: int | None = None,
-    max_block_elems: int = DEFAULT_MAX_BLOCK_ELEMS,
+    max_block_elems: int = DEFAULT_MAX_BLOCK_ELEMS, dtype: torch.dtype = torch.float32,
 ) -> dict:
     """INQUIRE Fullrank: rank the whole collection for each query, score the top k (default 50).
 
     relevant: per query, the key ids that are relevant. Returns mean AP@k, nDCG@k, MRR (+ per_query).
     """
-    _, ids = topk_blocked(queries, keys, k, block_size, max_block_elems)  # (Q, k)
+    _, ids = topk_blocked(queries, keys, k, block_size, max_block_elems, dtype)  # (Q, k)
     if len(relevant) != ids.shape[0]:
         raise UsageError(f"need one relevant set per query: {ids.shape[0]} queries, {len(relevant)} sets")
     rows, npos = [], []
