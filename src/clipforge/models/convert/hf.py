@@ -295,6 +295,9 @@ def load_hf_dir(path, *, trust_pickle: bool = False):
         raise ClipforgeError(f"{p}: preprocessor image size {image_size} != model image_size {cfg.vision.image_size}")
     cfg = cfg.replace(preprocess=pre, name=p.name)
     tok = load_hf_tokenizer(p, cfg)
+    if tok is None and cfg.text.vocab_size < 514:
+        raise ClipforgeError(f"{p}: no tokenizer files, and the {cfg.text.vocab_size}-id text tower is too small "
+                             "for clipforge's byte-level fallback tokenizer (514 ids)")
     state = state_from_hf(read_hf_weights(p, trust_pickle=trust_pickle), cfg, f"HF weights in {p}")
     return assemble(cfg, state, tok, f"converted HF weights from {p}")
 
