@@ -71,7 +71,8 @@ def test_balanced_accuracy_and_confusion_match_sklearn():
     with pytest.warns(UserWarning):  # sklearn warns about the absent class; we skip it the same way
         ref = skm.balanced_accuracy_score(y_true, y_pred)
     assert mean_per_class_recall(y_true, y_pred, 6) == pytest.approx(ref, abs=1e-15)
-    np.testing.assert_array_equal(confusion_matrix(y_true, y_pred, 6), skm.confusion_matrix(y_true, y_pred, labels=range(6)))
+    ref_cm = skm.confusion_matrix(y_true, y_pred, labels=range(6))
+    np.testing.assert_array_equal(confusion_matrix(y_true, y_pred, 6), ref_cm)
 
 
 def test_average_precision_matches_sklearn():

@@ -3,7 +3,6 @@ import json
 import math
 
 import numpy as np
-import pytest
 
 from clipforge.cli import main
 from clipforge.evaluate.metrics import confusion_matrix

@@ -59,7 +59,8 @@ class DisclipClassifier:
         sizes = [len(ds) for ds in per_class]
         refs = None if reference_feats is None else [
             None if r is None else F.normalize(torch.as_tensor(r).float(), dim=-1) for r in reference_feats]
-        return cls(F.normalize(class_emb.float(), dim=-1), list(torch.split(emb, sizes)), list(classnames), refs, w, top)
+        class_emb = F.normalize(class_emb.float(), dim=-1)
+        return cls(class_emb, list(torch.split(emb, sizes)), list(classnames), refs, w, top)
 
     def _refs(self, c: int) -> torch.Tensor:
         r = None if self.reference_feats is None else self.reference_feats[c]
