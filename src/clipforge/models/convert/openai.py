@@ -176,9 +176,10 @@ def openai_tokenizer(context_length: int, vocab_size: int):
     spec = find_spec("open_clip")
     bpe = Path(spec.origin).parent / "bpe_simple_vocab_16e6.txt.gz" if spec and spec.origin else None
     if vocab_size != 49408 or bpe is None or not bpe.is_file():
-        warnings.warn(f"no tokenizer for this {vocab_size}-id text tower (OpenAI's BPE file comes with "
-                      "open_clip_torch, which is not installed): texts get clipforge's byte-level tokenizer, "
-                      "whose ids do NOT match the original")
+        why = ("OpenAI's BPE file comes with open_clip_torch, which is not installed" if vocab_size == 49408
+               else "only OpenAI's 49408-id BPE is known for state-dict files")
+        warnings.warn(f"no tokenizer for this {vocab_size}-id text tower ({why}): texts get clipforge's "
+                      "byte-level tokenizer, whose ids do NOT match the original")
         return None
     lines = gzip.open(bpe).read().decode("utf-8").split("\n")
     merges = [tuple(m.split()) for m in lines[1:49152 - 256 - 2 + 1]]  # the slice OpenAI's tokenizer uses
