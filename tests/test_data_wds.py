@@ -115,3 +115,23 @@ def test_wds_to_manifest_round_trip(pairs, tmp_path, fmt):
     summary = convert(orig, fmt, str(tmp_path / "ref" / f"r.{fmt}"))
     assert not os.path.exists(tmp_path / "ref" / "r_images")
     assert _by_id(open_source(summary["out"])) == _by_id(orig)
+
+
+def test_a_truncated_shard_is_counted_once_and_its_head_still_read(pairs, tmp_path):
+    out = str(tmp_path / "s")
+    convert(open_source(f"files:{pairs}"), "wds", out, shard_size=6)  # 6 + 5 samples
+    first = os.path.join(out, "shard-000000.tar")
+    data = open(first, "rb").read()
+    with open(first, "wb") as f:
+        f.write(data[: len(data) // 2 + 1000])  # cut inside a member's data
+    src = open_source(out)
+    indexed = [src[i].id for i in range(len(src))]
+    passed = [s.id for s, _ in src.iter_decoded()]
+    assert passed == indexed
+    orig = [s.id for s in open_source(f"files:{pairs}")]
+    assert 6 + 5 > len(indexed) >= 5 and indexed[-5:] == orig[-5:] and indexed[:-5] == orig[: len(indexed) - 5]
+    assert src.skipped.total == 1 and "shard-000000.tar" in src.skipped.samples[0][0]
+    # Streaming without the index (as for remote shards) counts it too.
+    fresh = open_source(out)
+    ids = [s.id for s in fresh]
+    assert ids[-5:] == orig[-5:] and fresh.skipped.total >= 1

@@ -115,18 +115,20 @@ def decode_image(data: bytes, opts: DecodeOptions = DecodeOptions()) -> Image.Im
         if old_limit is not None and (opts.max_pixels is None or opts.max_pixels > old_limit):
             Image.MAX_IMAGE_PIXELS = opts.max_pixels  # let a caller allow more than Pillow's default
         with warnings.catch_warnings():
-            # Pillow warns (not raises) between 1x and 2x its limit; our own limit below decides.
+            # Pillow warns (not raises) between 1x and 2x its limit (our own limit decides), and about
+            # corrupt EXIF/TIFF tags on every such file: in a job over millions of images that is noise.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", UserWarning)
             im = _open_and_load(data, opts)
+            orig_mode = im.mode
+            try:
+                if opts.apply_exif:
+                    im = ImageOps.exif_transpose(im)
+                rgb = to_rgb(im, opts.background)
+            except Exception as e:  # noqa: BLE001 - any conversion failure is a bad sample, not a crash
+                raise BadSample("unsupported_mode", f"{orig_mode}: {e}") from None
     finally:
         Image.MAX_IMAGE_PIXELS = old_limit
-    orig_mode = im.mode
-    try:
-        if opts.apply_exif:
-            im = ImageOps.exif_transpose(im)
-        rgb = to_rgb(im, opts.background)
-    except Exception as e:  # noqa: BLE001 - any conversion failure is a bad sample, not a crash
-        raise BadSample("unsupported_mode", f"{orig_mode}: {e}") from None
     rgb.info["orig_mode"] = orig_mode
     return rgb
 

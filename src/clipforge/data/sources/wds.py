@@ -66,6 +66,7 @@ class WdsSource(Source):
             raise ClipforgeError(f"{len(missing)} of {len(self.urls)} shards do not exist, e.g. {missing[:3]}")
         self.random_access = len(local) == len(self.urls) and all(u.endswith(".tar") for u in self.urls)
         self._index: list[tuple[str, str, dict]] | None = None  # (url, key, {ext: (offset, size)})
+        self._bad_shards: set[str] = set()
         self.classnames = list(classnames) if classnames else self._find_classnames()
 
     def _find_classnames(self) -> list[str] | None:
@@ -116,11 +117,22 @@ class WdsSource(Source):
             self.skipped.add(f"{self.pattern}: {str(exn)[:200]}", "bad_record")
             return True
 
-        ds = wds.WebDataset(self.urls, shardshuffle=False, handler=handler, nodesplitter=None,
-                            workersplitter=None, empty_check=False)
-        for rec in ds:
-            files = {k: v for k, v in rec.items() if not k.startswith("__") and isinstance(v, bytes)}
-            yield self._make(rec["__key__"], rec.get("__url__", ""), files)
+        for url in self.urls:
+            if url in self._bad_shards:
+                # The index already counted this shard's broken tail: yield its readable head from the index
+                # (as [i] would), so a pass and indexed access agree and nothing is counted twice.
+                for entry in self._index or ():
+                    if entry[0] == url:
+                        try:
+                            yield self._read(entry)
+                        except BadSample as e:
+                            self.skipped.add(entry[1], e.reason)
+                continue
+            ds = wds.WebDataset([url], shardshuffle=False, handler=handler, nodesplitter=None,
+                                workersplitter=None, empty_check=False)
+            for rec in ds:
+                files = {k: v for k, v in rec.items() if not k.startswith("__") and isinstance(v, bytes)}
+                yield self._make(rec["__key__"], rec.get("__url__", url), files)
 
     # --- map-style (local shards) -----------------------------------------------------------------------
     def _build_index(self) -> list:
@@ -129,6 +141,7 @@ class WdsSource(Source):
         index = []
         for url in self.urls:
             try:
+                file_size = os.path.getsize(url)
                 with tarfile.open(url, "r:") as tf:
                     cur_key, cur = None, {}
                     for m in tf:
@@ -137,6 +150,8 @@ class WdsSource(Source):
                         match = _KEY_RE.match(m.name)
                         if not match:
                             continue
+                        if m.offset_data + m.size > file_size:
+                            raise tarfile.ReadError(f"member {m.name} runs past the end of the file")
                         key, ext = match.group(1), match.group(2).lower()
                         if key != cur_key:
                             if cur:
@@ -146,6 +161,8 @@ class WdsSource(Source):
                     if cur:
                         index.append((url, cur_key, cur))
             except (tarfile.TarError, OSError) as e:
+                # Members read before the error stay usable; the rest of the shard is one counted skip.
+                self._bad_shards.add(url)
                 self.open_skipped.add(f"{url}: {e}", "bad_record")
                 self.skipped.add(f"{url}: {e}", "bad_record")
         return index
@@ -156,7 +173,10 @@ class WdsSource(Source):
         return len(self._index)
 
     def _get(self, index: int) -> Sample:
-        url, key, members = self._index[index]
+        return self._read(self._index[index])
+
+    def _read(self, entry) -> Sample:
+        url, key, members = entry
         files = {}
         try:
             with open(url, "rb") as f:
