@@ -186,3 +186,15 @@ def test_clamp_logit_scale():
     m.logit_scale.data.fill_(2.0)
     clamp_logit_scale_(m)
     assert m.logit_scale.item() == 2.0
+
+
+def test_chunked_ignores_autocast_and_stays_float32():
+    img, txt = _feats(n=64, d=16, dtype=torch.float32)
+    s = torch.tensor(50.0)
+    ref = clip_loss(img, txt, s)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = clip_loss(img, txt, s, chunk_size=16)
+        got_sig = siglip_loss(img, txt, s, torch.tensor(-10.0), chunk_size=16)
+    assert got.dtype == torch.float32
+    assert abs(got.item() - ref.item()) <= 1e-6 * ref.item()
+    assert got_sig.item() == pytest.approx(siglip_loss(img, txt, s, torch.tensor(-10.0)).item(), rel=1e-6)

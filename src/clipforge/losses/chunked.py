@@ -18,6 +18,14 @@ from typing import Optional
 import torch
 
 
+def _prepare(a, b, scale):
+    """Run the blocks in at least float32 (an lse over 32k bf16 logits is too coarse) and outside autocast,
+    which would otherwise turn the block matmuls back into bf16."""
+    dtype = torch.promote_types(torch.promote_types(a.dtype, b.dtype), torch.float32)
+    scale = torch.as_tensor(scale, device=a.device).to(dtype)
+    return a.to(dtype), b.to(dtype), scale, torch.autocast(a.device.type, enabled=False)
+
+
 def _blocks(m: int, chunk: int):
     for start in range(0, m, chunk):
         yield start, min(start + chunk, m)
@@ -30,7 +38,7 @@ class _BlockLogSumExp(torch.autograd.Function):
         row_lse = a.new_empty(m)                                   # (M,)
         col_lse = a.new_full((n,), float("-inf")) if want_cols else a.new_empty(0)   # (N,)
         for s0, s1 in _blocks(m, chunk):
-            logits = scale * (a[s0:s1] @ b.t())                    # (c, N), freed after this block
+            logits = torch.mm(a[s0:s1], b.t()).mul_(scale)        # (c, N), freed after this block
             row_lse[s0:s1] = torch.logsumexp(logits, dim=1)
             if want_cols:
                 # Online column reduction: combine this block's lse with the running one.
@@ -45,22 +53,29 @@ class _BlockLogSumExp(torch.autograd.Function):
     def backward(ctx, g_row, g_col):
         a, b, scale, row_lse, col_lse = ctx.saved_tensors
         need_a, need_b, need_s = ctx.needs_input_grad[:3]
+        # Accumulate G·B and Gᵀ·A unscaled (in-place addmm, no (N, D) temporaries); scale once at the end.
         da = torch.zeros_like(a) if need_a else None
         db = torch.zeros_like(b) if need_b else None
         ds = torch.zeros((), dtype=a.dtype, device=a.device)
         for s0, s1 in _blocks(a.shape[0], ctx.chunk):
-            dots = a[s0:s1] @ b.t()                                 # (c, N)
-            logits = scale * dots
-            grad = torch.exp(logits - row_lse[s0:s1, None]) * g_row[s0:s1, None]
+            dots = torch.mm(a[s0:s1], b.t())                        # (c, N)
+            logits = dots * scale
+            # In-place chain: at most three (c, N) buffers alive (dots, logits, grad).
+            grad = (logits - row_lse[s0:s1, None]).exp_().mul_(g_row[s0:s1, None])
             if ctx.want_cols:
-                grad += torch.exp(logits - col_lse[None, :]) * g_col[None, :]
+                grad.add_(logits.sub_(col_lse[None, :]).exp_().mul_(g_col[None, :]))
             del logits
-            if need_a:
-                da[s0:s1] = scale * (grad @ b)
-            if need_b:
-                db += scale * (grad.t() @ a[s0:s1])
             if need_s:
-                ds += (grad * dots).sum()
+                ds += torch.dot(grad.flatten(), dots.flatten())
+            del dots
+            if need_a:
+                torch.mm(grad, b, out=da[s0:s1])
+            if need_b:
+                db.addmm_(grad.t(), a[s0:s1])
+        if need_a:
+            da.mul_(scale)
+        if need_b:
+            db.mul_(scale)
         return da, db, (ds.reshape(scale.shape) if need_s else None), None, None
 
 
@@ -71,8 +86,9 @@ def block_logsumexp(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor, chunk
     a: (M, D), b: (N, D), scale: scalar tensor. Returns row_lse (M,) and col_lse (N,) (None unless
     want_cols). Differentiable in a, b and scale.
     """
-    scale = torch.as_tensor(scale, dtype=a.dtype, device=a.device)
-    row, col = _BlockLogSumExp.apply(a, b, scale, int(chunk), bool(want_cols))
+    a, b, scale, no_autocast = _prepare(a, b, scale)
+    with no_autocast:
+        row, col = _BlockLogSumExp.apply(a, b, scale, int(chunk), bool(want_cols))
     return row, (col if want_cols else None)
 
 
@@ -81,7 +97,8 @@ class _BlockSoftplusSum(torch.autograd.Function):
     def forward(ctx, a, b, scale, bias, chunk: int):
         total = a.new_zeros(())
         for s0, s1 in _blocks(a.shape[0], chunk):
-            total += torch.nn.functional.softplus(scale * (a[s0:s1] @ b.t()) + bias).sum()
+            z = torch.mm(a[s0:s1], b.t()).mul_(scale).add_(bias)   # (c, N)
+            total += torch.nn.functional.softplus(z).sum()
         ctx.save_for_backward(a, b, scale, bias)
         ctx.chunk = chunk
         return total
@@ -95,16 +112,21 @@ class _BlockSoftplusSum(torch.autograd.Function):
         ds = torch.zeros((), dtype=a.dtype, device=a.device)
         dbias = torch.zeros((), dtype=a.dtype, device=a.device)
         for s0, s1 in _blocks(a.shape[0], ctx.chunk):
-            dots = a[s0:s1] @ b.t()                                 # (c, N)
-            grad = torch.sigmoid(scale * dots + bias) * g           # d softplus(x)/dx = sigmoid(x)
-            if need_a:
-                da[s0:s1] = scale * (grad @ b)
-            if need_b:
-                db += scale * (grad.t() @ a[s0:s1])
+            dots = torch.mm(a[s0:s1], b.t())                        # (c, N)
+            grad = (dots * scale).add_(bias).sigmoid_().mul_(g)     # d softplus(x)/dx = sigmoid(x)
             if need_s:
-                ds += (grad * dots).sum()
+                ds += torch.dot(grad.flatten(), dots.flatten())
+            del dots
             if need_bias:
                 dbias += grad.sum()
+            if need_a:
+                torch.mm(grad, b, out=da[s0:s1])
+            if need_b:
+                db.addmm_(grad.t(), a[s0:s1])
+        if need_a:
+            da.mul_(scale)
+        if need_b:
+            db.mul_(scale)
         return (da, db, ds.reshape(scale.shape) if need_s else None,
                 dbias.reshape(bias.shape) if need_bias else None, None)
 
@@ -112,8 +134,7 @@ class _BlockSoftplusSum(torch.autograd.Function):
 def block_softplus_sum(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor,
                        bias: Optional[torch.Tensor], chunk: int) -> torch.Tensor:
     """Σ_ij softplus(s·a_i·b_j + bias) over the (M, N) pairs, in row blocks of `chunk`; scalar."""
-    scale = torch.as_tensor(scale, dtype=a.dtype, device=a.device)
-    if bias is None:
-        bias = a.new_zeros(())
-    bias = torch.as_tensor(bias, dtype=a.dtype, device=a.device)
-    return _BlockSoftplusSum.apply(a, b, scale, bias, int(chunk))
+    a, b, scale, no_autocast = _prepare(a, b, scale)
+    bias = a.new_zeros(()) if bias is None else torch.as_tensor(bias, device=a.device).to(a.dtype)
+    with no_autocast:
+        return _BlockSoftplusSum.apply(a, b, scale, bias, int(chunk))
