@@ -8,7 +8,7 @@ import pytest
 
 from clipforge.cli import main
 from clipforge.data import open_source
-from clipforge.data.demo import DIGIT_NAMES, TRAIN_TEMPLATES, UNSEEN_TEMPLATES, build_digits, build_photos
+from clipforge.data.demo import DIGIT_NAMES, TRAIN_TEMPLATES, UNSEEN_TEMPLATES, build_digits
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +62,13 @@ def test_digits_is_idempotent(digits):
     before = os.stat(marker).st_mtime_ns
     again = build_digits(digits["root"], size=32, seed=0)
     assert again == digits and os.stat(marker).st_mtime_ns == before
+
+
+def test_demo_cli_digits_reuses_a_finished_build(digits, capsys):
+    assert main(["data", "demo", "digits", "--out", digits["root"], "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == digits
+    assert main(["data", "demo", "digits", "--out", digits["root"], "--size", "5"]) == 2  # UsageError
+    assert "size" in capsys.readouterr().err
 
 
 def test_digits_refuses_a_foreign_non_empty_folder(tmp_path):

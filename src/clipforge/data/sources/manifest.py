@@ -71,13 +71,12 @@ def _read_delimited(text: str, delim: str, path: str, bad) -> tuple[list[dict], 
         raise ClipforgeError(f"manifest {path}: bad header: {e}") from None
     header = [h.strip() for h in header]
     rows = []
-    line = 1
     while True:
         try:
             cells = next(reader)
         except StopIteration:
             break
-        except csv.Error as e:
+        except csv.Error:  # e.g. a NUL byte or a field over the size limit: skip that row
             bad.append((f"line {reader.line_num}", "bad_record"))
             continue
         line = reader.line_num
