@@ -27,6 +27,8 @@ def align_loss(img: torch.Tensor, txt: torch.Tensor, logit_scale: torch.Tensor, 
 class ALIGNLoss(CLIPLoss):
     """`CLIPLoss` with label smoothing (same chunking and distributed gather)."""
 
+    part_name = "align"
+
     def __init__(self, label_smoothing: float = 0.1, chunk_size: Optional[int] = None,
                  distributed: Optional[bool] = None):
         super().__init__(chunk_size=chunk_size, distributed=distributed)

@@ -99,6 +99,7 @@ class CLIPLoss(nn.Module):
     """
 
     label_smoothing = 0.0
+    part_name = "clip"     # key of the contrastive term in LossOutput.parts
 
     def __init__(self, chunk_size: Optional[int] = None, distributed: Optional[bool] = None):
         super().__init__()
@@ -112,7 +113,7 @@ class CLIPLoss(nn.Module):
                                      chunk_size=self.chunk_size, label_smoothing=self.label_smoothing,
                                      denom=denom)
         total = (i2t + t2i) / 2
-        return LossOutput(total, {self.registered_name: total.detach(), "image_to_text": i2t.detach(),
+        return LossOutput(total, {self.part_name: total.detach(), "image_to_text": i2t.detach(),
                                   "text_to_image": t2i.detach()})
 
 

@@ -41,7 +41,7 @@ def register_loss(name: str):
 
 def _load_builtin() -> None:
     # Importing the modules runs their @register_loss decorators.
-    from clipforge.losses import align, clip, siglip  # noqa: F401
+    from clipforge.losses import align, clip, counting, cwcl, distill, filip, siglip  # noqa: F401
 
 
 def list_losses() -> list[str]:
