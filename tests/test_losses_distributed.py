@@ -5,7 +5,6 @@ parameter gradients to a file, and the test compares them with a single-process 
 """
 import math
 
-import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
