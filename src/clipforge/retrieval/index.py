@@ -1,0 +1,391 @@
+"""faiss behind one numpy contract: `scores, ids = index.search(q, k)`.
+
+q is float32 (n, d) of unit rows; scores are inner products (= cosine) float32 (n, k), ids are the
+collection's own int64 ids, padded with -1 (score -inf) when fewer than k live vectors exist.
+
+Kinds and how they hold ids / forget vectors:
+  flat      IndexIDMap2(IndexFlatIP)           exact; remove_ids is native
+  hnsw      IndexIDMap2(IndexHNSWFlat)         M, efConstruction, efSearch; HNSW cannot delete, so a removed
+                                               vector's id_map entry becomes -1 and search skips it
+  ivf_flat  IndexIVFFlat (ids stored natively) nlist, nprobe; remove_ids is native
+  ivf_pq    IndexIDMap2(IndexRefine(IVFPQ, fp16|sq8 store) or IVFPQ)  nlist, m, nbits, nprobe, k_factor,
+                                               refine; removal by -1 marking as for hnsw
+
+Saved as one file (a small JSON header, then faiss's own serialisation), written atomically.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import struct
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from clipforge.errors import ClipforgeError, UsageError
+
+KINDS = ("flat", "hnsw", "ivf_flat", "ivf_pq")
+EXACT_THRESHOLD = 200_000  # below this many vectors exact search is fast enough (≈ 30 ms/query at 512-d)
+_MAGIC = b"CFINDEX1"
+_DEFAULTS = {
+    "flat": {},
+    "hnsw": {"M": 32, "efConstruction": 80, "efSearch": 128},
+    "ivf_flat": {"nlist": None, "nprobe": 32},
+    "ivf_pq": {"nlist": None, "m": None, "nbits": 8, "nprobe": 32, "k_factor": 8, "refine": "fp16"},
+}
+# Bytes per dimension of the IVF-PQ refinement store (re-scores the PQ shortlist with better vectors).
+_REFINE_BYTES = {"fp16": 2, "sq8": 1, None: 0}
+
+# This faiss build ships distance_compute_blas_threshold = 128000, so exact search on anything but huge
+# query batches skips BLAS; measured here (200k x 512) BLAS is as fast for 1 query and ~5x faster for 16-64.
+faiss.cvar.distance_compute_blas_threshold = 1
+
+
+def _nlist_for(n: int) -> int:
+    # ≈ 4 sqrt(n) lists, a power of two, with ≥ 39 training points per list (faiss's own floor).
+    return int(max(1, min(2 ** round(math.log2(max(1.0, 4 * math.sqrt(n)))), n // 39)))
+
+
+def _check_vectors(x, d: int | None, what: str) -> np.ndarray:
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if x.ndim != 2 or (d is not None and x.shape[1] != d):
+        raise UsageError(f"{what}: expected float32 (n, {d or 'd'}), got shape {x.shape}")
+    return x
+
+
+@dataclass
+class IndexSpec:
+    """What choose_index decided, with the reason, so a manifest can record it."""
+    kind: str
+    params: dict = field(default_factory=dict)
+    reason: str = ""
+
+
+def estimate_memory(kind: str, n: int, d: int, params: dict | None = None) -> int:
+    """Bytes an index of this kind holds for n vectors (the vector store dominates; ids are 8 B each)."""
+    p = {**_DEFAULTS[kind], **(params or {})}
+    if kind in ("flat", "ivf_flat"):
+        return n * (4 * d + 8)
+    if kind == "hnsw":
+        return n * (4 * d + 8 + int(p["M"] * 2 * 4 * 1.1))  # level-0 has 2M links of 4 B, upper levels ~10%
+    m = p["m"] or _pq_m(d)
+    return n * (m * p["nbits"] // 8 + _REFINE_BYTES[p["refine"]] * d + 16)  # PQ codes + refine store + ids
+
+
+def _pq_m(d: int) -> int:
+    for m in (64, 32, 16, 8, 4, 2, 1):  # m must divide d; ~8 dims per sub-quantiser
+        if d % m == 0 and m <= max(1, d // 8):
+            return m
+    return 1
+
+
+def choose_index(n: int, d: int, max_memory_bytes: int | None = None,
+                 exact_threshold: int = EXACT_THRESHOLD) -> IndexSpec:
+    """Pick an index kind from collection size and a memory budget (None = unlimited).
+
+    Exact below exact_threshold when it fits; then HNSW (best latency/recall on embedding-shaped data);
+    then IVF-Flat (same memory as exact, no graph); IVF-PQ + fp16 refinement as the last resort.
+    """
+    budget = math.inf if max_memory_bytes is None else max_memory_bytes
+    fits = {k: estimate_memory(k, n, d) <= budget for k in KINDS}
+    if n <= exact_threshold and fits["flat"]:
+        return IndexSpec("flat", {}, f"{n} vectors <= exact threshold {exact_threshold}")
+    if fits["hnsw"]:
+        return IndexSpec("hnsw", dict(_DEFAULTS["hnsw"]), f"{n} vectors > {exact_threshold}; HNSW fits budget")
+    if fits["ivf_flat"]:
+        return IndexSpec("ivf_flat", {"nlist": _nlist_for(n), "nprobe": 32}, "HNSW graph exceeds the budget")
+    for refine in _REFINE_BYTES:  # fp16, then sq8, then PQ codes alone
+        p = {"nlist": _nlist_for(n), "m": _pq_m(d), "nbits": 8, "nprobe": 32, "k_factor": 8, "refine": refine}
+        if estimate_memory("ivf_pq", n, d, p) <= budget:
+            return IndexSpec("ivf_pq", p, f"only compressed codes fit the budget (refine={refine})")
+    raise ClipforgeError(f"{n} x {d} vectors need at least {estimate_memory('ivf_pq', n, d, {'refine': None}) / 2**30:.2f} GiB "
+                         f"(IVF-PQ); the memory budget is {budget / 2**30:.2f} GiB")
+
+
+class VectorIndex:
+    """A faiss index holding the collection's ids. Build with `VectorIndex.build(x, ids, kind, **params)`."""
+
+    def __init__(self, index: faiss.Index, kind: str, params: dict, info: dict | None = None):
+        self.index, self.kind, self.params = index, kind, params
+        self.info = dict(info or {})  # free-form facts worth saving, e.g. measured recall
+
+    # -- construction --
+    @classmethod
+    def build(cls, x: np.ndarray, ids: np.ndarray | None = None, kind: str = "flat",
+              train_size: int = 100_000, seed: int = 0, **params) -> "VectorIndex":
+        """x: (N, D) unit rows; ids: (N,) int64 (default 0..N-1). Unknown params raise."""
+        if kind not in KINDS:
+            raise UsageError(f"index kind {kind!r}: choose from {list(KINDS)}")
+        unknown = set(params) - set(_DEFAULTS[kind])
+        if unknown:
+            raise UsageError(f"{kind} index: unknown parameter(s) {sorted(unknown)}; valid: "
+                             f"{sorted(_DEFAULTS[kind])}")
+        x = _check_vectors(x, None, "build")
+        n, d = x.shape
+        p = {**_DEFAULTS[kind], **params}
+        ip = faiss.METRIC_INNER_PRODUCT
+        if kind == "flat":
+            index = faiss.IndexIDMap2(faiss.IndexFlatIP(d))
+        elif kind == "hnsw":
+            inner = faiss.IndexHNSWFlat(d, int(p["M"]), ip)
+            inner.hnsw.efConstruction = int(p["efConstruction"])
+            inner.hnsw.efSearch = int(p["efSearch"])
+            index = faiss.IndexIDMap2(inner)
+        else:
+            p["nlist"] = int(p["nlist"] or _nlist_for(n))
+            quantizer = faiss.IndexFlatIP(d)
+            if kind == "ivf_flat":
+                index = faiss.IndexIVFFlat(quantizer, d, p["nlist"], ip)
+                ivf = index
+            else:
+                p["m"] = int(p["m"] or _pq_m(d))
+                if d % p["m"]:
+                    raise UsageError(f"ivf_pq: m={p['m']} must divide the dimension {d}")
+                if p["refine"] not in _REFINE_BYTES:
+                    raise UsageError(f"ivf_pq: refine={p['refine']!r}; choose from {list(_REFINE_BYTES)}")
+                ivf = faiss.IndexIVFPQ(quantizer, d, p["nlist"], p["m"], int(p["nbits"]), ip)
+                if p["refine"]:
+                    qt = {"fp16": faiss.ScalarQuantizer.QT_fp16, "sq8": faiss.ScalarQuantizer.QT_8bit}[p["refine"]]
+                    refine = faiss.IndexRefine(ivf, faiss.IndexScalarQuantizer(d, qt, ip))
+                    refine.k_factor = float(p["k_factor"])
+                    index = faiss.IndexIDMap2(refine)
+                else:
+                    index = faiss.IndexIDMap2(ivf)
+            # (faiss's python wrappers keep the quantiser / sub-indexes alive via referenced_objects)
+            ivf.cp.seed = seed
+            ivf.nprobe = int(p["nprobe"])
+            sample = x if n <= train_size else x[np.random.default_rng(seed).choice(n, train_size, replace=False)]
+            if len(sample) < p["nlist"]:
+                raise UsageError(f"{kind}: nlist={p['nlist']} needs at least that many vectors, got {n}")
+            index.train(sample)
+        self = cls(index, kind, p)
+        if n:
+            self.add(x, np.arange(n, dtype=np.int64) if ids is None else ids)
+        return self
+
+    # -- facts --
+    @property
+    def d(self) -> int:
+        return self.index.d
+
+    def _inner(self):
+        return faiss.downcast_index(self.index.index) if isinstance(self.index, faiss.IndexIDMap2) else None
+
+    def _id_map(self) -> np.ndarray:
+        return faiss.vector_to_array(self.index.id_map)
+
+    def __len__(self) -> int:
+        """Live vectors."""
+        if self.kind in ("hnsw", "ivf_pq"):
+            return int(np.count_nonzero(self._id_map() >= 0))
+        return int(self.index.ntotal)
+
+    @property
+    def n_dead(self) -> int:
+        """Removed vectors still occupying an hnsw / ivf_pq index (rebuild when this grows large)."""
+        return int(self.index.ntotal) - len(self)
+
+    def set_search_params(self, **params) -> None:
+        """efSearch (hnsw), nprobe / k_factor (ivf kinds)."""
+        valid = {"hnsw": ("efSearch",), "ivf_flat": ("nprobe",), "ivf_pq": ("nprobe", "k_factor")}.get(self.kind, ())
+        for k, v in params.items():
+            if k not in valid:
+                raise UsageError(f"{self.kind} index: search parameter {k!r} unknown; valid: {list(valid)}")
+            self.params[k] = v
+            if k == "efSearch":
+                self._inner().hnsw.efSearch = int(v)
+            elif k == "k_factor" and self.params.get("refine"):
+                self._inner().k_factor = float(v)
+            elif k == "nprobe":
+                ivf = self.index if self.kind == "ivf_flat" else self._inner()
+                if isinstance(ivf, faiss.IndexRefine):
+                    ivf = faiss.downcast_index(ivf.base_index)
+                ivf.nprobe = int(v)
+
+    # -- updates --
+    def add(self, x: np.ndarray, ids: np.ndarray) -> None:
+        """Upsert: ids already present are replaced by the new vectors."""
+        x = _check_vectors(x, self.d, "add")
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        if ids.shape != (len(x),) or len(np.unique(ids)) != len(ids) or (ids < 0).any():
+            raise UsageError("add: ids must be unique non-negative int64, one per vector")
+        self.remove(ids)
+        self.index.add_with_ids(x, ids)
+
+    def remove(self, ids) -> int:
+        """Forget these ids (absent ones are ignored); returns how many were present."""
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        if not len(ids) or not self.index.ntotal:
+            return 0
+        if self.kind in ("flat", "ivf_flat"):
+            return int(self.index.remove_ids(faiss.IDSelectorBatch(ids)))
+        # Graph / refine indexes cannot delete: point the slot's id at -1, which search skips.
+        id_map = self._id_map()
+        hit = np.isin(id_map, ids)
+        if hit.any():
+            id_map[hit] = -1
+            faiss.copy_array_to_vector(id_map, self.index.id_map)
+            self.index.construct_rev_map()
+        return int(hit.sum())
+
+    # -- search --
+    def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """q (n, d) -> scores float32 (n, k), ids int64 (n, k); -1 / -inf where fewer than k live vectors."""
+        if k < 1:
+            raise UsageError(f"k must be >= 1, got {k}")
+        q = _check_vectors(q, self.d, "search")
+        dead = self.n_dead
+        fetch = min(k + dead, self.index.ntotal) if dead else min(k, self.index.ntotal)
+        scores = np.full((len(q), k), -np.inf, dtype=np.float32)
+        out = np.full((len(q), k), -1, dtype=np.int64)
+        if fetch == 0 or len(q) == 0:
+            return scores, out
+        s, i = self.index.search(q, fetch)
+        if not dead:
+            scores[:, :fetch], out[:, :fetch] = s, i
+            out[out < 0] = -1
+            scores[out < 0] = -np.inf
+            return scores, out
+        for r in range(len(q)):  # compact away dead slots (id -1), keep rank order
+            keep = i[r] >= 0
+            n = min(k, int(keep.sum()))
+            scores[r, :n], out[r, :n] = s[r][keep][:n], i[r][keep][:n]
+        return scores, out
+
+    # -- persistence --
+    def save(self, path) -> None:
+        """One file: magic, header length, JSON header (kind, params, info), then faiss's serialisation."""
+        path = Path(path)
+        header = json.dumps({"kind": self.kind, "params": self.params, "info": self.info}).encode()
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(_MAGIC + struct.pack("<Q", len(header)) + header)
+                writer = faiss.PyCallbackIOWriter(f.write)
+                faiss.write_index(self.index, writer)
+                del writer
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    @classmethod
+    def load(cls, path) -> "VectorIndex":
+        path = Path(path)
+        try:
+            with open(path, "rb") as f:
+                if f.read(len(_MAGIC)) != _MAGIC:
+                    raise ClipforgeError(f"{path}: not a clipforge index file")
+                (n,) = struct.unpack("<Q", f.read(8))
+                header = json.loads(f.read(n))
+                index = faiss.read_index(faiss.PyCallbackIOReader(f.read))
+        except (OSError, RuntimeError, ValueError, struct.error) as e:
+            raise ClipforgeError(f"{path}: cannot read index ({e})") from e
+        return cls(index, header["kind"], header["params"], header.get("info"))
+
+    def export_faiss(self, path) -> None:
+        """Plain faiss file (faiss.read_index / autofaiss users); our header is not included."""
+        faiss.write_index(self.index, str(path))
+
+
+def synthetic_embeddings(n: int, d: int = 512, rank: int = 64, noise: float = 0.5, seed: int = 0,
+                         n_queries: int = 0):
+    """Embedding-shaped test data: a low-rank signal with a decaying spectrum plus isotropic noise, unit rows.
+
+    Real CLIP embeddings concentrate in a few dozen directions; isotropic Gaussian vectors (noise only) are
+    the worst case for approximate indexes. noise = noise-to-signal norm ratio. Returns xb (n, d) or, with
+    n_queries, (xb, queries) drawn from the same distribution.
+    """
+    rng = np.random.default_rng(seed)
+    basis = np.linalg.qr(rng.standard_normal((d, rank)))[0].T.astype(np.float32)  # (rank, d) orthonormal
+    spectrum = (1.0 / np.sqrt(np.arange(1, rank + 1))).astype(np.float32)  # (rank,)
+
+    def draw(m: int) -> np.ndarray:
+        z = rng.standard_normal((m, rank), dtype=np.float32) * spectrum  # (m, rank)
+        signal = z @ basis  # (m, d)
+        signal /= np.linalg.norm(signal, axis=1, keepdims=True)
+        eps = rng.standard_normal((m, d), dtype=np.float32)
+        eps *= noise / np.linalg.norm(eps, axis=1, keepdims=True)
+        x = signal + eps
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    xb = draw(n)
+    return (xb, draw(n_queries)) if n_queries else xb
+
+
+def exact_knn(xb: np.ndarray, q: np.ndarray, k: int, ids: np.ndarray | None = None):
+    """Brute-force ground truth: (scores, ids) of the top k by inner product, via a flat index."""
+    ref = VectorIndex.build(xb, ids, kind="flat")
+    return ref.search(q, k)
+
+
+def _recall(got: np.ndarray, truth: np.ndarray) -> float:
+    """Mean over queries of |got ∩ truth| / |truth| (ids, -1 padding ignored)."""
+    return float(np.mean([len(set(g[g >= 0]) & set(t[t >= 0])) / max(1, int((t >= 0).sum()))
+                          for g, t in zip(got, truth)]))
+
+
+def measure_recall(index: VectorIndex, xb: np.ndarray, queries: np.ndarray, k: int = 10,
+                   ids: np.ndarray | None = None, record: bool = True, truth: np.ndarray | None = None) -> dict:
+    """recall@k of `index` against exact search over xb (rows carrying `ids`), on sample queries.
+
+    recall@k = mean over queries of |approx top-k ∩ exact top-k| / k. Also reports p50 latency of
+    one-query searches (as a user's arrive) and the batched cost per query. Recorded into index.info
+    when record=True. truth: precomputed exact top-k ids (n_queries, k), to skip the brute-force pass.
+    """
+    queries = _check_vectors(queries, index.d, "measure_recall")
+    if truth is None:
+        _, truth = exact_knn(xb, queries, k, ids)
+    t0 = time.perf_counter()
+    _, got = index.search(queries, k)
+    batch_s = time.perf_counter() - t0
+    lat = []
+    for qi in queries[: min(len(queries), 100)]:
+        t = time.perf_counter()
+        index.search(qi[None], k)
+        lat.append(time.perf_counter() - t)
+    result = {f"recall@{k}": _recall(got, truth), "k": k, "n_queries": len(queries), "n": len(xb),
+              "p50_ms": float(np.median(lat) * 1e3), "batch_ms_per_query": batch_s * 1e3 / len(queries),
+              "kind": index.kind, "params": dict(index.params), "threads": faiss.omp_get_max_threads()}
+    if record:
+        index.info[f"recall@{k}"] = result
+    return result
+
+
+def tune_recall(index: VectorIndex, xb: np.ndarray, queries: np.ndarray, target: float = 0.95, k: int = 10,
+                ids: np.ndarray | None = None) -> dict:
+    """Smallest efSearch / nprobe whose measured recall@k reaches target (exhaustive if none does).
+
+    Doubles the parameter until the target is met, then bisects between the last miss and the first hit:
+    recall jumps steeply in these parameters, so doubling alone can overshoot the cost by ~2x.
+    Returns (and records) measure_recall's figures at the chosen value.
+    """
+    queries = _check_vectors(queries, index.d, "tune_recall")
+    _, truth = exact_knn(xb, queries, k, ids)
+    if index.kind == "flat":
+        return measure_recall(index, xb, queries, k, ids, truth=truth)
+    name = "efSearch" if index.kind == "hnsw" else "nprobe"
+    limit = len(xb) if name == "efSearch" else index.params["nlist"]
+
+    def ok(v: int) -> bool:
+        index.set_search_params(**{name: v})
+        return _recall(index.search(queries, k)[1], truth) >= target
+
+    lo, hi = 0, int(index.params[name])
+    while not ok(hi) and hi < limit:
+        lo, hi = hi, min(limit, 2 * hi)
+    while hi - lo > max(1, hi // 16):  # bisect to within ~6% of the cheapest passing value
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if ok(mid) else (mid, hi)
+    index.set_search_params(**{name: hi})
+    return measure_recall(index, xb, queries, k, ids, truth=truth)
