@@ -1,0 +1,85 @@
+"""Contact sheet: one PNG showing the hits of a search as a grid of thumbnails with rank, score and caption."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import textwrap
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from PIL import Image, ImageDraw, ImageFont
+
+_BG, _FG, _DIM, _MISSING = (255, 255, 255), (20, 20, 20), (110, 110, 110), (225, 225, 225)
+
+
+def _field(hit: Any, name: str, default=None):
+    """Read a field from a Hit (attribute or metadata) or a plain dict."""
+    if isinstance(hit, dict):
+        return hit.get(name, default)
+    if hasattr(hit, name):
+        return getattr(hit, name)
+    return getattr(hit, "metadata", {}).get(name, default)
+
+
+def _default_loader(hit: Any) -> Image.Image | None:
+    for col in ("path", "image_path"):
+        p = _field(hit, col)
+        if p:
+            try:
+                with Image.open(p) as im:
+                    im.draft("RGB", (512, 512))  # JPEG: decode at reduced size, thumbnails need no more
+                    return im.convert("RGB")
+            except (OSError, ValueError):
+                return None  # unreadable file: a grey tile, never a crash
+    return None
+
+
+def contact_sheet(hits: Sequence[Any], out_path: str | Path | None = None, thumb: int = 160, cols: int = 5,
+                  caption_lines: int = 2, title: str | None = None,
+                  load: Callable[[Any], Image.Image | None] = _default_loader) -> Image.Image:
+    """Render hits (Hit objects or dicts with rank/id/score and path/caption) as a grid; save as PNG if
+    out_path is given (atomically). load(hit) returns the image or None (drawn as a grey tile)."""
+    font = ImageFont.load_default()
+    line_h = 12
+    chars = max(8, thumb // 6)  # the default bitmap font is ~6 px per character
+    cols = max(1, min(cols, len(hits) or 1))
+    rows = max(1, -(-len(hits) // cols))
+    pad, text_h = 8, line_h * (1 + caption_lines)
+    top = line_h + pad if title else 0
+    cell_w, cell_h = thumb + pad, thumb + text_h + pad
+    sheet = Image.new("RGB", (pad + cols * cell_w, pad + top + rows * cell_h), _BG)
+    draw = ImageDraw.Draw(sheet)
+    if title:
+        draw.text((pad, pad), title[: (sheet.width - 2 * pad) // 6], fill=_FG, font=font)
+    if not hits:
+        draw.text((pad, pad + top), "no results", fill=_DIM, font=font)
+    for n, hit in enumerate(hits):
+        x = pad + (n % cols) * cell_w
+        y = pad + top + (n // cols) * cell_h
+        img = load(hit)
+        if img is None:
+            draw.rectangle([x, y, x + thumb - 1, y + thumb - 1], fill=_MISSING)
+            draw.text((x + 4, y + thumb // 2 - 6), "no image", fill=_DIM, font=font)
+        else:
+            img = img.copy()
+            img.thumbnail((thumb, thumb))
+            sheet.paste(img, (x + (thumb - img.width) // 2, y + (thumb - img.height) // 2))
+        rank, score = _field(hit, "rank", n), _field(hit, "score")
+        head = f"#{rank + 1}" + (f"  {score:.3f}" if score is not None else "") + f"  id {_field(hit, 'id', '?')}"
+        draw.text((x, y + thumb + 2), head[:chars], fill=_FG, font=font)
+        caption = str(_field(hit, "caption") or _field(hit, "key") or "")
+        for i, line in enumerate(textwrap.wrap(caption, chars)[:caption_lines]):
+            draw.text((x, y + thumb + 2 + line_h * (i + 1)), line, fill=_DIM, font=font)
+    if out_path is not None:
+        out_path = Path(out_path)
+        fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                sheet.save(f, format="PNG")
+            os.replace(tmp, out_path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+    return sheet
