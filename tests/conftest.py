@@ -28,3 +28,18 @@ def rgb_image():
     arr = np.stack([x * 5 % 256, y * 6 % 256, (x + y) * 3 % 256], -1).astype("uint8")
     arr[10:20, 14:30] = 250
     return Image.fromarray(arr)
+
+
+@pytest.fixture(scope="session")
+def digits_demo(tmp_path_factory):
+    """The digits demo dataset (built once per session, a few seconds)."""
+    from clipforge.data.demo import build_digits
+
+    return build_digits(str(tmp_path_factory.mktemp("demo") / "digits"))
+
+
+@pytest.fixture(scope="session")
+def photos_demo(tmp_path_factory):
+    from clipforge.data.demo import build_photos
+
+    return build_photos(str(tmp_path_factory.mktemp("demo") / "photos"))

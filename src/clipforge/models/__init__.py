@@ -6,7 +6,7 @@ from clipforge.models.checkpoint import (  # noqa: F401
     register_resolver,
     save_pretrained,
 )
-from clipforge.models.clip import CLIPModel, clamp_logit_scale_  # noqa: F401
+from clipforge.models.clip import CLIPModel  # noqa: F401
 from clipforge.models.config import (  # noqa: F401
     CLIPConfig,
     PreprocessConfig,

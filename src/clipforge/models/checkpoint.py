@@ -58,8 +58,12 @@ def build_model(cfg: CLIPConfig, *, tokenizer: Optional[Tokenizer] = None, devic
     return model.to(device) if device is not None else model
 
 
-def save_pretrained(model, path: PathLike) -> Path:
-    """Write `model` as a checkpoint directory at `path`, atomically (temp dir + rename)."""
+def save_pretrained(model, path: PathLike, extra: Optional[Callable[[Path], None]] = None) -> Path:
+    """Write `model` as a checkpoint directory at `path`, atomically (temp dir + rename).
+
+    `extra(tmp_dir)` may write more files (e.g. the trainer's state) before the directory is renamed into
+    place, so they appear together with the weights or not at all.
+    """
     model = getattr(model, "module", model)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -75,11 +79,21 @@ def save_pretrained(model, path: PathLike) -> Path:
             model.tokenizer.save(tmp)
         pre = dict(dataclasses.asdict(cfg.preprocess), image_size=cfg.vision.image_size)
         (tmp / "preprocess.json").write_text(json.dumps(pre, indent=2))
+        if extra is not None:
+            extra(tmp)
+        _fsync_dir_files(tmp)
         _swap_into_place(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
+
+
+def _fsync_dir_files(d: Path) -> None:
+    for f in d.iterdir():
+        if f.is_file():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
 
 
 def _swap_into_place(tmp: Path, path: Path) -> None:

@@ -1,7 +1,6 @@
 """CLIPModel: two towers, a learnable temperature (and optional bias), one typed output."""
 from __future__ import annotations
 
-import math
 from typing import Optional, Set
 
 import torch
@@ -107,14 +106,8 @@ class CLIPModel(nn.Module):
             raise RuntimeError("this model has no tokenizer attached")
         return self.tokenizer(texts)
 
-    def save_pretrained(self, path) -> None:
+    def save_pretrained(self, path, extra=None):
         from clipforge.models.checkpoint import save_pretrained
 
-        save_pretrained(self, path)
+        return save_pretrained(self, path, extra=extra)
 
-
-def clamp_logit_scale_(model: nn.Module, max_log: float = math.log(100.0)) -> None:
-    """Clamp the log temperature to <= ln(100) in place (CLIP does this after every optimizer step)."""
-    m = getattr(model, "module", model)
-    with torch.no_grad():
-        m.logit_scale.clamp_(0, max_log)

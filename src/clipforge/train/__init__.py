@@ -1,1 +1,3 @@
-"""clipforge.train"""
+"""Training: config, loop, schedules, checkpoints/resume, distributed, weight interpolation."""
+from clipforge.train.config import TrainConfig, load_config  # noqa: F401
+from clipforge.train.loop import train  # noqa: F401

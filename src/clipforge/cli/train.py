@@ -1,0 +1,35 @@
+"""`clipforge train`: contrastive training / fine-tuning from a YAML config."""
+from __future__ import annotations
+
+import json
+
+
+def register(sub):
+    p = sub.add_parser("train", help="train or fine-tune a model from a YAML config",
+                       description="Train or fine-tune a contrastive model. Works the same under torchrun.")
+    p.add_argument("--config", "-c", default=None, help="YAML config (see configs/demo-digits.yaml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a config value, e.g. --set optim.lr=1e-3 (repeatable)")
+    p.add_argument("--out", "-o", required=True, help="run directory (config, metrics, checkpoints, final model)")
+    p.add_argument("--resume", default=None, help="'latest' or a checkpoint directory to continue from")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from clipforge.train.config import dump_config, load_config
+
+    cfg = load_config(args.config, args.overrides)
+    if args.print_config:
+        print(dump_config(cfg))
+        return 0
+    from clipforge.train.loop import train
+
+    summary = train(cfg, args.out, resume=args.resume)
+    final = summary.get("final", {})
+    keys = [k for k in ("loss", "zeroshot_top1", "zeroshot_top5") if k in final]
+    print(f"trained {summary['steps']} steps in {summary['train_time_s']} s -> {args.out}/final  "
+          + "  ".join(f"{k}={final[k]:.4f}" for k in keys))
+    if summary["skipped"]["total"]:
+        print(f"skipped {summary['skipped']['total']} bad samples: {json.dumps(summary['skipped']['by_reason'])}")
+    return 0

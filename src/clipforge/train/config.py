@@ -1,0 +1,222 @@
+"""Training configuration: typed sections loaded from YAML, `--set key=value` overrides, strict keys.
+
+    model:    {name: tiny, overrides: {...}, tokenizer: train, tokenizer_vocab_size: 1024, lock_image: false, ...}
+    data:     {train: "jsonl:path/train.jsonl", batch_size: 128, workers: 2, val: "imagefolder:path/val", ...}
+    optim:    {lr: 5e-4, weight_decay: 0.2, betas: [0.9, 0.98], eps: 1e-6, grad_clip: 1.0}
+    schedule: {name: cosine, warmup_steps: 50, min_lr: 0.0}
+    loss:     {name: clip, options: {chunk_size: null}}
+    run:      {steps: 1000, seed: 0, precision: bf16, checkpoint_every: 200, keep_checkpoints: 3, ...}
+
+Unknown keys raise a `UsageError` naming the section and listing the valid keys.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+import yaml
+
+from clipforge.errors import UsageError
+
+
+@dataclass
+class ModelSection:
+    name: str = "tiny"  # registered name (from scratch) or any load_model reference (fine-tune from it)
+    overrides: Dict[str, Any] = field(default_factory=dict)  # config overrides for a registered name
+    tokenizer: Optional[str] = None  # None: the model's own; "train": learn BPE on the training captions; or a dir
+    tokenizer_vocab_size: int = 1024
+    grad_checkpointing: bool = False
+    lock_image: bool = False  # LiT: freeze the image tower ...
+    lock_image_unlocked_groups: int = 0  # ... except its last N blocks (+ final norm/projection when N > 0)
+    lock_text: bool = False
+    lock_text_unlocked_groups: int = 0
+    weights: Optional[str] = None  # a weights file for a registered architecture
+
+
+@dataclass
+class DataSection:
+    train: str = ""  # a data-layer source spec (jsonl:..., csv:..., wds:..., folder path)
+    train_options: Dict[str, Any] = field(default_factory=dict)  # passed to open_source
+    batch_size: int = 128  # global batch (split across ranks)
+    workers: int = 0
+    val: Optional[str] = None  # labelled source for the periodic zero-shot evaluation
+    val_options: Dict[str, Any] = field(default_factory=dict)
+    val_classnames: Optional[Union[List[str], str]] = None  # list or file; default: the source's class names
+    val_templates: Optional[Union[List[str], str]] = None  # list, file or template-set name
+
+
+@dataclass
+class OptimSection:
+    lr: float = 5e-4
+    weight_decay: float = 0.2
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.98])
+    eps: float = 1e-6
+    grad_clip: Optional[float] = 1.0  # max global grad norm; null disables
+
+
+@dataclass
+class ScheduleSection:
+    name: str = "cosine"  # cosine | constant
+    warmup_steps: int = 50
+    min_lr: float = 0.0
+
+
+@dataclass
+class LossSection:
+    name: str = "clip"  # any registered loss (clipforge.losses.list_losses())
+    options: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RunSection:
+    steps: Optional[int] = None  # total optimizer steps (or give epochs)
+    epochs: Optional[float] = None
+    seed: int = 0
+    precision: str = "fp32"  # fp32 | bf16 (autocast) | fp16 (autocast + grad scaler, CUDA)
+    device: Optional[str] = None  # default: cuda when available (per local rank), else cpu
+    gradcache_sub_batch: Optional[int] = None  # gradient caching: exact big-batch gradient, sub-batch memory
+    threads: Optional[int] = None  # torch intra-op threads on CPU
+    log_every: int = 10
+    eval_every: int = 0  # zero-shot eval every N steps (0: only at the end, when data.val is set)
+    checkpoint_every: int = 200
+    keep_checkpoints: int = 3
+    tensorboard: bool = False
+    progress: Optional[bool] = None  # tqdm bar: None = only on a terminal
+
+
+@dataclass
+class TrainConfig:
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    schedule: ScheduleSection = field(default_factory=ScheduleSection)
+    loss: LossSection = field(default_factory=LossSection)
+    run: RunSection = field(default_factory=RunSection)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def hash(self) -> str:
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+
+    def validate(self) -> "TrainConfig":
+        if not self.data.train:
+            raise UsageError("data.train is required (a source spec such as jsonl:path/train.jsonl)")
+        if (self.run.steps is None) == (self.run.epochs is None):
+            raise UsageError("give exactly one of run.steps and run.epochs")
+        if self.run.precision not in ("fp32", "bf16", "fp16"):
+            raise UsageError(f"run.precision must be fp32, bf16 or fp16, got {self.run.precision!r}")
+        if self.schedule.name not in ("cosine", "constant"):
+            raise UsageError(f"schedule.name must be cosine or constant, got {self.schedule.name!r}")
+        for key in ("data.batch_size", "run.log_every", "run.checkpoint_every", "run.keep_checkpoints"):
+            sec, name = key.split(".")
+            if getattr(getattr(self, sec), name) < 1:
+                raise UsageError(f"{key} must be >= 1")
+        if self.model.lock_image and self.model.lock_text:
+            raise UsageError("model.lock_image and model.lock_text together leave nothing to train")
+        return self
+
+
+_SECTIONS = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
+_SECTION_CLASSES = {"model": ModelSection, "data": DataSection, "optim": OptimSection,
+                    "schedule": ScheduleSection, "loss": LossSection, "run": RunSection}
+
+
+def _valid(cls) -> List[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def config_from_dict(d: Dict[str, Any]) -> TrainConfig:
+    d = d or {}
+    unknown = sorted(set(d) - set(_SECTION_CLASSES))
+    if unknown:
+        raise UsageError(f"unknown config section(s) {unknown}; valid sections: {', '.join(_SECTION_CLASSES)}")
+    kwargs = {}
+    for name, cls in _SECTION_CLASSES.items():
+        sec = d.get(name) or {}
+        if not isinstance(sec, dict):
+            raise UsageError(f"config section {name!r} must be a mapping, got {type(sec).__name__}")
+        bad = sorted(set(sec) - set(_valid(cls)))
+        if bad:
+            raise UsageError(f"unknown key(s) {bad} in section {name!r}; valid keys: {', '.join(_valid(cls))}")
+        kwargs[name] = cls(**{k: _coerce(cls, name, k, v) for k, v in sec.items()})
+    return TrainConfig(**kwargs)
+
+
+def _coerce(cls, section: str, key: str, value):
+    """Convert a value to the field's declared type (YAML reads `1e-3` as a string); reject what cannot be."""
+    hint = typing.get_type_hints(cls)[key]
+    args = typing.get_args(hint)
+    optional = type(None) in args
+    if value is None:
+        if optional:
+            return None
+        raise UsageError(f"{section}.{key} cannot be null")
+    base = next((a for a in args if a is not type(None)), hint) if optional else hint
+    try:
+        if base is bool:
+            if isinstance(value, bool):
+                return value
+            raise ValueError
+        if base is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if base is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if base is str:
+            if isinstance(value, (dict, list)):
+                raise ValueError
+            return str(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"{section}.{key}: expected {getattr(base, '__name__', base)}, got {value!r}")
+    return value
+
+
+def apply_overrides(d: Dict[str, Any], overrides: Sequence[str]) -> Dict[str, Any]:
+    """Apply `section.key=value` strings (values parsed as YAML: 1e-3, true, [1, 2], null)."""
+    d = json.loads(json.dumps(d or {}))
+    for item in overrides or ():
+        if "=" not in item:
+            raise UsageError(f"--set expects section.key=value, got {item!r}")
+        path, raw = item.split("=", 1)
+        keys = path.strip().split(".")
+        if len(keys) < 2:
+            raise UsageError(f"--set {item!r}: the key must name a section, e.g. optim.lr=1e-3")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as e:
+            raise UsageError(f"--set {item!r}: value is not valid YAML ({e.problem})")
+        node = d
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise UsageError(f"--set {item!r}: {k!r} is not a section")
+        node[keys[-1]] = value
+    return d
+
+
+def load_config(path: Optional[Union[str, Path]] = None, overrides: Sequence[str] = ()) -> TrainConfig:
+    d: Dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise UsageError(f"config file not found: {p}")
+        try:
+            d = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise UsageError(f"{p}: not valid YAML: {e}")
+        if not isinstance(d, dict):
+            raise UsageError(f"{p}: the config must be a mapping of sections")
+    return config_from_dict(apply_overrides(d, overrides)).validate()
+
+
+def dump_config(cfg: TrainConfig) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

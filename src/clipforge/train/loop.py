@@ -1,0 +1,268 @@
+"""The training loop: one function, `train(config, out_dir)`, used by `clipforge train` and by Python.
+
+Same code on 1 process or N (torchrun): each rank takes its own slice of every global batch, the loss gathers
+features with gradient, and DDP averages gradients, so the update equals one process on the whole batch.
+A step-level checkpoint holds everything needed to continue bit-exactly (CPU): weights, optimizer, grad
+scaler, RNG states, epoch and data position.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Optional
+
+import torch
+from tqdm.auto import tqdm
+
+from clipforge.data.decode import SkipCounter
+from clipforge.errors import UsageError
+from clipforge.train.config import TrainConfig, dump_config
+from clipforge.train.distributed import DistInfo, barrier, init_distributed
+from clipforge.train.logging import MetricsLog, plot_curves
+from clipforge.train.optim import lock_tower, make_optimizer
+from clipforge.train.schedule import lr_at
+from clipforge.train.state import (load_trainer_state, resolve_resume, save_checkpoint, set_rng_state)
+
+log = logging.getLogger("clipforge.train")
+
+
+def _device(cfg: TrainConfig, dist: DistInfo) -> torch.device:
+    if cfg.run.device:
+        if cfg.run.device.startswith("cuda") and not torch.cuda.is_available():
+            raise UsageError(f"run.device={cfg.run.device}: CUDA is not available")
+        return torch.device(cfg.run.device)
+    return torch.device(f"cuda:{dist.local_rank}" if torch.cuda.is_available() else "cpu")
+
+
+def _train_tokenizer(cfg: TrainConfig, source):
+    from clipforge.models import train_tokenizer
+
+    def captions():
+        for i in range(len(source)):
+            yield from source[i].captions
+
+    ctx = cfg.model.overrides.get("text", {}).get("context_length") if cfg.model.overrides else None
+    from clipforge.models import get_model_config
+
+    ctx = ctx or get_model_config(cfg.model.name).text.context_length
+    return train_tokenizer(captions(), cfg.model.tokenizer_vocab_size, context_length=ctx)
+
+
+def build_training_model(cfg: TrainConfig, source):
+    """A fresh model (registered name) or a pretrained one (any load_model reference), with its tokenizer."""
+    from clipforge.models import Tokenizer, create_model, list_models, load_model
+
+    name = cfg.model.name
+    if name in list_models():
+        overrides = json.loads(json.dumps(cfg.model.overrides or {}))
+        tok = None
+        if cfg.model.tokenizer == "train":
+            tok = _train_tokenizer(cfg, source)
+            overrides.setdefault("text", {}).setdefault("vocab_size", cfg.model.tokenizer_vocab_size)
+        elif cfg.model.tokenizer:
+            tok = Tokenizer.load(cfg.model.tokenizer)
+        model = create_model(name, tokenizer=tok, **overrides)
+        if cfg.model.weights:
+            from clipforge.models.checkpoint import load_state_dict_strict, read_state_dict
+
+            load_state_dict_strict(model, read_state_dict(cfg.model.weights), cfg.model.weights)
+        return model
+    if cfg.model.overrides or cfg.model.tokenizer:
+        raise UsageError("model.overrides / model.tokenizer apply to registered names only; "
+                         f"{name!r} is loaded with its own config and tokenizer")
+    return load_model(name)
+
+
+def _autocast(cfg: TrainConfig, device: torch.device):
+    if cfg.run.precision == "fp32":
+        return nullcontext()
+    dtype = torch.bfloat16 if cfg.run.precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def train(cfg: TrainConfig, out_dir, resume: Optional[str] = None) -> dict:
+    """Train per `cfg`, writing the run directory `out_dir`. Returns a summary dict (also summary.json)."""
+    from clipforge.data.loader import make_pair_loader
+    from clipforge.data.sources import open_source
+    from clipforge.losses import clamp_logit_scale_, get_loss
+    from clipforge.losses.distributed import all_reduce_mean
+    from clipforge.losses.gradcache import gradcache_step
+    from clipforge.models import load_model
+
+    cfg.validate()
+    out = Path(out_dir)
+    dist = init_distributed(cfg.run.device)
+    device = _device(cfg, dist)
+    if cfg.run.threads:
+        torch.set_num_threads(cfg.run.threads)
+    if cfg.data.batch_size % dist.world_size:
+        raise UsageError(f"data.batch_size {cfg.data.batch_size} is not divisible by {dist.world_size} processes")
+    per_rank = cfg.data.batch_size // dist.world_size
+    source = open_source(cfg.data.train, **cfg.data.train_options)
+    steps_per_epoch = len(source) // cfg.data.batch_size
+    if steps_per_epoch == 0:
+        raise UsageError(f"{cfg.data.train}: {len(source)} samples is less than one batch of {cfg.data.batch_size}")
+    total = cfg.run.steps or math.ceil(cfg.run.epochs * steps_per_epoch)
+
+    ckpt = resolve_resume(resume, out) if resume else None
+    torch.manual_seed(cfg.run.seed)
+    model = load_model(ckpt) if ckpt else build_training_model(cfg, source)
+    if cfg.model.lock_image:
+        lock_tower(model.visual, cfg.model.lock_image_unlocked_groups)
+    if cfg.model.lock_text:
+        lock_tower(model.text, cfg.model.lock_text_unlocked_groups)
+    model.set_grad_checkpointing(cfg.model.grad_checkpointing)
+    model.to(device).train()
+    core = model
+    if dist.enabled:
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    loss_fn = get_loss(cfg.loss.name, **cfg.loss.options)
+    if cfg.loss.name == "siglip" and core.logit_bias is None:
+        raise UsageError("loss 'siglip' needs a model with a logit bias (e.g. siglip-B-16, or "
+                         "model.overrides: {logit_bias_init: -10, logit_scale_init: 2.302585})")
+    opt = make_optimizer(model, cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.betas, cfg.optim.eps)
+    scaler = torch.amp.GradScaler("cuda") if cfg.run.precision == "fp16" and device.type == "cuda" else None
+    params = [p for p in core.parameters() if p.requires_grad]
+
+    step = epoch = position = 0
+    if ckpt:
+        state = load_trainer_state(ckpt)
+        opt.load_state_dict(state["optimizer"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        step, epoch, position = state["step"], state["epoch"], state["position"]
+        log.info("resumed from %s at step %d (epoch %d, position %d)", ckpt, step, epoch, position)
+    elif resume == "latest":
+        log.info("no checkpoint in %s yet: starting from scratch", out)
+
+    metrics = None
+    if dist.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        tmp = out / ".config.yaml.tmp"
+        tmp.write_text(dump_config(cfg))
+        os.replace(tmp, out / "config.yaml")
+        metrics = MetricsLog(out / "metrics.jsonl", resume_step=step if ckpt else None,
+                             tensorboard_dir=out / "tensorboard" if cfg.run.tensorboard else None)
+    evaluator = _ZeroShotCallback(cfg, core) if cfg.data.val else None
+    skipped = SkipCounter()
+    log.info("training %s for %d steps (%d per epoch), global batch %d on %d process(es), %s, %s",
+             cfg.model.name, total, steps_per_epoch, cfg.data.batch_size, dist.world_size, device, cfg.run.precision)
+    bar = tqdm(total=total, initial=step, desc="train", unit="step",
+               disable=(not dist.is_main) or (None if cfg.run.progress is None else not cfg.run.progress))
+    t_last, step_last, train_time, last_row = time.perf_counter(), step, 0.0, {}
+    while step < total:
+        loader = make_pair_loader(source, core.preprocess_train, core.tokenizer, per_rank, seed=cfg.run.seed,
+                                  epoch=epoch, start=position, rank=dist.rank, world_size=dist.world_size,
+                                  workers=cfg.data.workers)
+        k = 0
+        for batch in loader:
+            lr = lr_at(step, base_lr=cfg.optim.lr, total_steps=total, warmup_steps=cfg.schedule.warmup_steps,
+                       name=cfg.schedule.name, min_lr=cfg.schedule.min_lr)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            pixels = batch["pixels"].to(device, non_blocking=True)
+            tokens = batch["tokens"].to(device, non_blocking=True)
+            with _autocast(cfg, device):
+                if cfg.run.gradcache_sub_batch:
+                    res = gradcache_step(model, pixels, tokens, loss_fn, cfg.run.gradcache_sub_batch, batch=batch)
+                else:
+                    res = loss_fn(model(pixels, tokens), batch)
+            if not cfg.run.gradcache_sub_batch:
+                (scaler.scale(res.total) if scaler else res.total).backward()
+            if scaler is not None:
+                scaler.unscale_(opt)
+            grad_norm = (torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
+                         if cfg.optim.grad_clip else None)
+            if scaler is not None:
+                scaler.step(opt)
+                scaler.update()
+            else:
+                opt.step()
+            opt.zero_grad(set_to_none=True)
+            clamp_logit_scale_(core)
+            step, k = step + 1, k + 1
+            position = loader.position_after(k)
+            bar.update(1)
+            loss_val = float(all_reduce_mean(res.total.detach()) if dist.enabled else res.total.detach())
+            if not math.isfinite(loss_val):
+                raise UsageError(f"loss became {loss_val} at step {step}; lower optim.lr or use fp32")
+            if step % cfg.run.log_every == 0 or step == total:
+                now = time.perf_counter()
+                dt = now - t_last
+                train_time += dt
+                row = {"step": step, "epoch": epoch, "loss": loss_val, "lr": lr,
+                       "logit_scale": float(core.logit_scale.detach().exp()),
+                       "samples_per_s": (step - step_last) * cfg.data.batch_size / max(dt, 1e-9)}
+                if grad_norm is not None:
+                    row["grad_norm"] = float(grad_norm)
+                for name, v in res.parts.items():
+                    row[f"loss/{name}"] = float(v)
+                last_row = row
+                bar.set_postfix(loss=f"{loss_val:.3f}", lr=f"{lr:.2e}")
+                if metrics:
+                    metrics.write(row)
+                t_last, step_last = time.perf_counter(), step
+            if evaluator and ((cfg.run.eval_every and step % cfg.run.eval_every == 0) or step == total):
+                t0 = time.perf_counter()
+                res_eval = evaluator(step, dist)
+                if metrics and res_eval:
+                    metrics.write(res_eval)
+                    last_row.update(res_eval)
+                t_last += time.perf_counter() - t0  # evaluation time is not training time
+            if step % cfg.run.checkpoint_every == 0 or step == total:
+                if dist.is_main:
+                    save_checkpoint(model, out, step=step, epoch=epoch, position=position, optimizer=opt,
+                                    scaler=scaler, config_dict=cfg.to_dict(), keep=cfg.run.keep_checkpoints)
+                barrier(dist)
+            if step >= total:
+                break
+        else:  # the epoch ran out (or a resumed position was already at its end): next epoch
+            epoch, position = epoch + 1, 0
+        skipped.merge(loader.skipped)
+    bar.close()
+    summary = {"steps": step, "epochs_completed": epoch, "train_time_s": round(train_time, 2),
+               "final": last_row, "skipped": skipped.as_dict(), "run_dir": str(out)}
+    if dist.is_main:
+        core.save_pretrained(out / "final")
+        metrics.close()
+        plot_curves(out / "metrics.jsonl", out / "curves.png")
+        tmp = out / ".summary.json.tmp"
+        tmp.write_text(json.dumps(summary, indent=2))
+        os.replace(tmp, out / "summary.json")
+        if skipped.total:
+            log.warning("skipped %d bad samples: %s", skipped.total, dict(skipped.items()))
+    barrier(dist)
+    return summary
+
+
+class _ZeroShotCallback:
+    """Periodic zero-shot evaluation on a labelled validation source (rank 0; others wait)."""
+
+    def __init__(self, cfg: TrainConfig, model):
+        from clipforge.data.sources import open_source
+
+        self.cfg, self.model = cfg, model
+        self.source = open_source(cfg.data.val, **cfg.data.val_options)
+
+    def __call__(self, step: int, dist: DistInfo) -> Optional[dict]:
+        from clipforge.evaluate.zeroshot_classification import evaluate_zeroshot_classification
+
+        row = None
+        if dist.is_main:
+            res = evaluate_zeroshot_classification(
+                self.model, self.source, classnames=self.cfg.data.val_classnames,
+                templates=self.cfg.data.val_templates, batch_size=256, progress=False)
+            m = res["metrics"]
+            row = {"step": step, "zeroshot_top1": m["top1"], "zeroshot_mean_per_class_recall": m["mean_per_class_recall"]}
+            if "top5" in m:
+                row["zeroshot_top5"] = m["top5"]
+            log.info("step %d: zero-shot top-1 %.4f on %s", step, m["top1"], self.cfg.data.val)
+        barrier(dist)
+        return row

@@ -1,0 +1,52 @@
+"""AdamW with parameter groups (no weight decay on gains, biases, embeddings, temperature) and tower locking."""
+from __future__ import annotations
+
+import logging
+from typing import List
+
+import torch
+from torch import nn
+
+from clipforge.errors import UsageError
+
+log = logging.getLogger(__name__)
+
+
+def lock_tower(tower: nn.Module, unlocked_groups: int = 0) -> None:
+    """Freeze a tower (LiT). `unlocked_groups` > 0 keeps its last N transformer blocks and everything after
+    the blocks (final norm, pooling head, projection) trainable."""
+    blocks = tower.transformer.blocks
+    if unlocked_groups > len(blocks):
+        raise UsageError(f"cannot unlock {unlocked_groups} groups: the tower has {len(blocks)} blocks")
+    for p in tower.parameters():
+        p.requires_grad_(False)
+    if unlocked_groups > 0:
+        for blk in blocks[len(blocks) - unlocked_groups:]:
+            for p in blk.parameters():
+                p.requires_grad_(True)
+        for name in ("ln_post", "ln_final", "head", "proj"):
+            mod = getattr(tower, name, None)
+            if mod is not None:
+                for p in mod.parameters():
+                    p.requires_grad_(True)
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> List[dict]:
+    core = getattr(model, "module", model)
+    no_decay = core.no_weight_decay()
+    decay, skip = [], []
+    for name, p in core.named_parameters():
+        if not p.requires_grad:
+            continue
+        (skip if name in no_decay else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": skip, "weight_decay": 0.0}]
+
+
+def make_optimizer(model: nn.Module, lr: float, weight_decay: float, betas, eps: float) -> torch.optim.Optimizer:
+    groups = param_groups(model, weight_decay)
+    n_train = sum(p.numel() for g in groups for p in g["params"])
+    if n_train == 0:
+        raise UsageError("no trainable parameters (are both towers locked?)")
+    log.info("optimizer: AdamW over %s trainable parameters (%d decayed tensors, %d not decayed)",
+             f"{n_train:,}", len(groups[0]["params"]), len(groups[1]["params"]))
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps)

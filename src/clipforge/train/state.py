@@ -1,0 +1,103 @@
+"""Step-level training checkpoints: weights + optimizer + scaler + RNG + data position, atomically.
+
+`RUN/checkpoints/step-00000123/` is a loadable model directory (config.json, model.safetensors, tokenizer)
+plus `trainer_state.pt`. It is written to a temporary sibling and renamed, so a directory under its final
+name is always complete; `latest_checkpoint` only considers complete ones. The last K are kept.
+"""
+from __future__ import annotations
+
+import logging
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from clipforge.errors import ClipforgeError
+
+log = logging.getLogger(__name__)
+STATE_FILE = "trainer_state.pt"
+_STEP_DIR = re.compile(r"^step-(\d{8})$")
+
+
+def rng_state() -> dict:
+    np_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": {"key": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached": float(np_state[4])},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(_to_tuple(state["python"]))
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _to_tuple(x):
+    return tuple(_to_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+def step_dir(run_dir: Path, step: int) -> Path:
+    return Path(run_dir) / "checkpoints" / f"step-{step:08d}"
+
+
+def save_checkpoint(model, run_dir: Path, *, step: int, epoch: int, position: int, optimizer, scaler,
+                    config_dict: dict, keep: int) -> Path:
+    target = step_dir(run_dir, step)
+    trainer_state = {
+        "step": step, "epoch": epoch, "position": position,
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "rng": rng_state(), "config": config_dict,
+    }
+
+    def extra(tmp: Path) -> None:
+        torch.save(trainer_state, tmp / STATE_FILE)
+
+    getattr(model, "module", model).save_pretrained(target, extra=extra)
+    prune_checkpoints(run_dir, keep)
+    return target
+
+
+def list_checkpoints(run_dir: Path) -> list:
+    d = Path(run_dir) / "checkpoints"
+    if not d.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in d.iterdir() if (m := _STEP_DIR.match(p.name))]
+    return [p for _, p in sorted(found) if (p / STATE_FILE).is_file() and (p / "model.safetensors").is_file()]
+
+
+def latest_checkpoint(run_dir: Path) -> Optional[Path]:
+    cks = list_checkpoints(run_dir)
+    return cks[-1] if cks else None
+
+
+def prune_checkpoints(run_dir: Path, keep: int) -> None:
+    for p in list_checkpoints(run_dir)[:-keep]:
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def resolve_resume(resume: str, run_dir: Path) -> Optional[Path]:
+    """`latest` (None when the run has no checkpoint yet) or an explicit checkpoint directory."""
+    if resume == "latest":
+        return latest_checkpoint(run_dir)
+    p = Path(resume)
+    if not (p / STATE_FILE).is_file():
+        raise ClipforgeError(f"--resume {resume}: not a training checkpoint (no {STATE_FILE})")
+    return p
+
+
+def load_trainer_state(ckpt: Path) -> dict:
+    return torch.load(Path(ckpt) / STATE_FILE, map_location="cpu", weights_only=True)
