@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Tuple
-
-import torch
 
 from clipforge.errors import ClipforgeError, UsageError
 from clipforge.models.config import CLIPConfig, PreprocessConfig, TextConfig, VisionConfig

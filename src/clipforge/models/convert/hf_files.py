@@ -2,8 +2,8 @@
 
 Tokenizers: `tokenizer.json` (read with the same Rust library HF's fast tokenizers use, padding and
 truncation switched off: the clipforge Tokenizer pads and truncates itself), else `vocab.json` + `merges.txt`
-(built with CLIP's pipeline, exactly as transformers' CLIPTokenizer does), else SigLIP's `spiece.model`
-(see `spm.py`). Special tokens and the pad token come from `tokenizer_config.json` / `special_tokens_map.json`.
+(built with CLIP's pipeline, exactly as transformers' CLIPTokenizer does). SigLIP's `spiece.model` is not
+converted yet (a loud warning, never a silent substitute). Special tokens and the pad token come from `tokenizer_config.json` / `special_tokens_map.json`.
 Preprocessing: `preprocessor_config.json` gives size, crop vs squash, resample filter and mean/std; a
 directory without one gets the model family's documented defaults and a warning, never a silent guess.
 """
@@ -76,10 +76,11 @@ def load_hf_tokenizer(path, cfg: CLIPConfig) -> Optional[Tokenizer]:
     elif (p / "vocab.json").is_file() and (p / "merges.txt").is_file():
         backend = clip_backend_from_files(p / "vocab.json", p / "merges.txt", (bos, eos, pad))
     elif (p / "spiece.model").is_file():
-        from clipforge.models.convert.spm import siglip_backend
-
-        backend = siglip_backend(p / "spiece.model", lowercase=bool(
-            _read_json(p / "tokenizer_config.json").get("do_lower_case", True)))
+        # SigLIP's SentencePiece tokenizer (plus its Python punctuation stripping) is not converted yet.
+        warnings.warn(f"{p}: SentencePiece tokenizers (spiece.model, SigLIP) are not converted yet: the model gets "
+                      "clipforge's byte-level tokenizer, whose ids do NOT match the original; tokenize with "
+                      "transformers' SiglipTokenizer and pass the ids to encode_text")
+        return None
     else:
         warnings.warn(f"{p} holds no tokenizer files (tokenizer.json, vocab.json+merges.txt, spiece.model): "
                       "the model gets clipforge's byte-level tokenizer, whose ids do NOT match the original")
