@@ -60,7 +60,7 @@ def test_remove_upsert_save_load(kind, tmp_path):
     # upsert: id ids[10] now carries the vector of row 0
     ix.add(xb[:1], ids[10:11])
     assert ix.search(xb[:1], 1)[1][0, 0] == ids[10]
-    assert len(ix) == 798
+    assert len(ix) == 798 and not ix.needs_rebuild
     ix.save(tmp_path / "x.idx")
     back = VectorIndex.load(tmp_path / "x.idx")
     assert back.kind == kind and back.params == ix.params and len(back) == 798

@@ -43,9 +43,16 @@ _DEFAULTS = {
 # Bytes per dimension of the IVF-PQ refinement store (re-scores the PQ shortlist with better vectors).
 _REFINE_BYTES = {"fp16": 2, "sq8": 1, None: 0}
 
-# This faiss build ships distance_compute_blas_threshold = 128000, so exact search on anything but huge
-# query batches skips BLAS; measured here (200k x 512) BLAS is as fast for 1 query and ~5x faster for 16-64.
-faiss.cvar.distance_compute_blas_threshold = 1
+# faiss chooses between a SIMD scan and BLAS for exact (flat) distances via the global
+# distance_compute_blas_threshold; this build ships 128000, so BLAS never runs for realistic batches.
+# Measured here (one thread, 50k-200k x 512): a single query is 3x faster without BLAS (4.7 vs 15 ms at
+# 50k), from 4 queries on BLAS wins (1.2 vs 4.8 ms/query at 16, 0.7 vs 5 at 64). search() sets it per call.
+_BLAS_FROM_NQ = 4
+
+
+def _set_blas_for(nq: int) -> None:
+    # a global: concurrent searches may race on it, which changes speed only, never results
+    faiss.cvar.distance_compute_blas_threshold = 1 if nq >= _BLAS_FROM_NQ else 1 << 30
 
 
 def _nlist_for(n: int) -> int:
@@ -192,6 +199,11 @@ class VectorIndex:
         """Removed vectors still occupying an hnsw / ivf_pq index (rebuild when this grows large)."""
         return int(self.index.ntotal) - len(self)
 
+    @property
+    def needs_rebuild(self) -> bool:
+        """True when removed-but-present vectors exceed 20%: every search over-fetches by n_dead."""
+        return self.n_dead > 0.2 * max(1, int(self.index.ntotal))
+
     def set_search_params(self, **params) -> None:
         """efSearch (hnsw), nprobe / k_factor (ivf kinds)."""
         valid = {"hnsw": ("efSearch",), "ivf_flat": ("nprobe",), "ivf_pq": ("nprobe", "k_factor")}.get(self.kind, ())
@@ -247,6 +259,7 @@ class VectorIndex:
         out = np.full((len(q), k), -1, dtype=np.int64)
         if fetch == 0 or len(q) == 0:
             return scores, out
+        _set_blas_for(len(q))
         s, i = self.index.search(q, fetch)
         if not dead:
             scores[:, :fetch], out[:, :fetch] = s, i
