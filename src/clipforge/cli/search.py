@@ -1,0 +1,55 @@
+"""`clipforge search INDEX_DIR "query"`: ranked hits by text, image, or both; optional contact sheet."""
+from __future__ import annotations
+
+import json
+
+from clipforge.cli._common import positive_int
+
+
+def register(sub):
+    p = sub.add_parser("search", help="search an index by text and/or image",
+                       description='Query language: plain text, or weighted terms such as '
+                                   '\'"golden retriever" + 0.5*"beach" - "indoors"\' and img:PATH terms.')
+    p.add_argument("index_dir")
+    p.add_argument("query", nargs="?", default=None, help="text query (the query language)")
+    p.add_argument("--image", default=None, help="query image file (combined with the text when both given)")
+    p.add_argument("--image-weight", type=float, default=1.0)
+    p.add_argument("--like", type=int, default=None, help="an indexed item's id: more like this")
+    p.add_argument("-k", type=positive_int, default=20, help="results per page")
+    p.add_argument("--offset", type=int, default=0, help="skip this many results (pagination)")
+    p.add_argument("--filter", action="append", default=[], metavar="COL OP VALUE",
+                   help="metadata filter, e.g. 'caption*=dog', 'path~*/beach/*', 'size>=10000' (repeatable)")
+    p.add_argument("--dedup", type=float, default=None, help="collapse hits with cosine above this (e.g. 0.95)")
+    p.add_argument("--json", action="store_true", help="one JSON object per hit")
+    p.add_argument("--sheet", default=None, help="write a contact-sheet PNG of the hits")
+    p.add_argument("--device", default=None)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from clipforge.errors import UsageError
+    from clipforge.retrieval.engine import SearchEngine
+
+    if args.query is None and args.image is None and args.like is None:
+        raise UsageError("give a query, --image PATH, or --like ID")
+    if args.offset < 0:
+        raise UsageError(f"--offset must be >= 0, got {args.offset}")
+    engine = SearchEngine(args.index_dir, device=args.device)
+    hits = engine.search(args.query, args.image, k=args.k, offset=args.offset, filters=args.filter,
+                         dedup=args.dedup, image_weight=args.image_weight, like=args.like)
+    for h in hits:
+        if args.json:
+            print(json.dumps(h.to_dict(), default=str))
+        else:
+            print(f"{h.rank + 1:>4}  {h.id:>8}  {h.score:.4f}  {h.metadata.get('path') or h.metadata.get('key')}"
+                  f"  {h.metadata.get('caption') or ''}")
+    if not hits and not args.json:
+        print("no results")
+    if args.sheet:
+        from clipforge.retrieval.sheet import contact_sheet
+
+        title = args.query or args.image or f"like {args.like}"
+        contact_sheet(hits, args.sheet, title=f"{title}  ({args.index_dir})")
+        if not args.json:
+            print(f"contact sheet: {args.sheet}")
+    return 0

@@ -1,0 +1,376 @@
+"""Embedding jobs: `build_index` (resumable) and `update_index` (incremental), then the faiss index.
+
+An index directory is an `EmbeddingStore` (img_emb/, text_emb/, metadata/, manifest.json) plus:
+    index.faiss   the VectorIndex over the live image embeddings (collection ids)
+    index.json    the job's manifest: source, model, precision, counts, skipped files by reason, the index
+                  kind chosen and its recall@10 against exact search (approximate kinds)
+
+Work is cut into shards of `shard_size` samples, each split into batches; DataLoader workers decode and
+preprocess whole batches while the model runs. A shard is appended to the store atomically, so a killed
+build resumes after the last committed shard: samples whose keys are done are skipped, the rest are embedded
+in the same order, the same batches, and get the same ids. Files that could not be decoded are recorded
+(key -> reason) in index.json and not retried on resume; `update_index` retries them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import pyarrow as pa
+import torch
+from tqdm.auto import tqdm
+
+from clipforge.data.decode import BadSample, SkipCounter
+from clipforge.data.sources import open_source
+from clipforge.errors import ClipforgeError, UsageError
+from clipforge.retrieval.encoder import encode_pixels, encode_texts, load_encoder
+from clipforge.retrieval.index import KINDS, IndexSpec, VectorIndex, choose_index, tune_recall
+from clipforge.retrieval.store import EmbeddingStore, atomic_write_json
+
+log = logging.getLogger("clipforge.retrieval")
+INFO_FILE, INDEX_FILE = "index.json", "index.faiss"
+INFO_VERSION = 1
+DEFAULT_SHARD_SIZE = 10_000
+RECALL_QUERIES = 1000
+_BASE_COLUMNS = {"path": pa.string(), "caption": pa.string(), "captions": pa.string(), "size": pa.int64(),
+                 "mtime": pa.float64(), "label": pa.int64()}
+
+
+def parse_size(text: str | int | None) -> int | None:
+    """'4GB', '512MiB', '2e9', 1000 -> bytes (None stays None). Units are powers of 1024."""
+    if text is None or isinstance(text, int):
+        return text
+    m = re.fullmatch(r"\s*([\d.]+(?:e\d+)?)\s*([kmgt]?)(i?b?)\s*", str(text).lower())
+    if not m:
+        raise UsageError(f"memory size {text!r}: expected a number with an optional unit, e.g. 4GB or 512MB")
+    return int(float(m.group(1)) * 1024 ** " kmgt".index(m.group(2) or " "))
+
+
+def read_info(index_dir) -> dict:
+    p = Path(index_dir) / INFO_FILE
+    if not p.exists():
+        raise ClipforgeError(f"{index_dir}: no {INFO_FILE}; build it with `clipforge index build`")
+    return json.loads(p.read_text())
+
+
+# ---- batches ------------------------------------------------------------------------------------------
+
+class _BatchSet(torch.utils.data.Dataset):
+    """Item b = batch b fully prepared in a worker: keys, pixels (B, 3, H, W), captions, metadata, bad."""
+
+    def __init__(self, source, batches: list[list[int]], transform):
+        self.source, self.batches, self.transform = source, batches, transform
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, b: int) -> dict:
+        return _prepare([self.source[i] for i in self.batches[b]], self.transform)
+
+
+def _prepare(samples, transform) -> dict:
+    keys, pixels, captions, meta, bad = [], [], [], [], []
+    for s in samples:
+        try:
+            px = transform(s.load_image())
+        except BadSample as e:
+            bad.append((s.id, e.reason))
+            continue
+        except Exception as e:  # noqa: BLE001 - a transform failing on one odd image must not end the job
+            bad.append((s.id, "decode_error"))
+            log.debug("%s: %s", s.id, e)
+            continue
+        finally:
+            s.drop_image()
+        keys.append(s.id)
+        pixels.append(px)
+        captions.append(list(s.captions))
+        meta.append({**s.meta, **({"label": s.label} if s.label is not None else {})})
+    return {"keys": keys, "pixels": torch.stack(pixels) if pixels else torch.empty(0), "captions": captions,
+            "meta": meta, "bad": bad}
+
+
+def _identity(x):
+    return x
+
+
+def _iter_batches(source, batches, transform, workers: int) -> Iterator[dict]:
+    ds = _BatchSet(source, batches, transform)
+    kw = {"prefetch_factor": 2} if workers > 0 else {}
+    yield from torch.utils.data.DataLoader(ds, batch_size=None, shuffle=False, num_workers=workers,
+                                           collate_fn=_identity, **kw)
+
+
+def _column(values: list) -> pa.Array:
+    """One user metadata column with a type that stays stable across shards (numbers -> float64)."""
+    present = [v for v in values if v is not None]
+    if present and all(isinstance(v, bool) for v in present):
+        return pa.array(values, pa.bool_())
+    if present and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in present):
+        return pa.array([None if v is None else float(v) for v in values], pa.float64())
+    if all(isinstance(v, str) for v in present):
+        return pa.array(values, pa.string())
+    return pa.array([None if v is None else json.dumps(v, default=str) for v in values], pa.string())
+
+
+def _metadata_table(captions: list[list[str]], meta: list[dict]) -> pa.Table:
+    cols = {"path": [m.get("path") for m in meta], "caption": [c[0] if c else "" for c in captions],
+            "captions": [json.dumps(c) for c in captions], "size": [m.get("size") for m in meta],
+            "mtime": [m.get("mtime") for m in meta], "label": [m.get("label") for m in meta]}
+    arrays = {k: pa.array(v, _BASE_COLUMNS[k]) for k, v in cols.items()}
+    for k in sorted({k for m in meta for k in m} - set(_BASE_COLUMNS) - {"id", "key"}):
+        arrays[k] = _column([m.get(k) for m in meta])
+    return pa.table(arrays)
+
+
+# ---- the embedding loop ---------------------------------------------------------------------------------
+
+def _embed(store: EmbeddingStore, source, indices: list[int], model, info: dict, info_path: Path, *,
+           batch_size: int, shard_size: int, workers: int, replace: bool, progress, on_batch) -> dict:
+    """Embed source[indices] into the store, one atomic shard per `shard_size` samples."""
+    text = "text" in store.modalities
+    shards = [indices[i:i + shard_size] for i in range(0, len(indices), shard_size)]
+    batches, shard_of = [], []  # batches never straddle shards, so a resume re-forms the same batches
+    for j, shard in enumerate(shards):
+        for i in range(0, len(shard), batch_size):
+            batches.append(shard[i:i + batch_size])
+            shard_of.append(j)
+    skipped = SkipCounter()
+    added: list[np.ndarray] = []
+    n_done, t0 = 0, time.perf_counter()
+    bar = tqdm(total=len(indices), desc="embedding", unit="img", disable=None if progress is None else not progress)
+    pending = {"keys": [], "img": [], "captions": [], "meta": []}
+
+    def commit():
+        if pending["keys"]:
+            img = np.concatenate(pending["img"])  # (N, D)
+            txt = None
+            if text:
+                caps = [c[0] if c else "" for c in pending["captions"]]
+                has = np.array([bool(c) for c in caps])
+                txt = np.zeros_like(img)  # rows without a caption get a zero text vector
+                if has.any():
+                    txt[has] = encode_texts(model, [c for c in caps if c])
+            added.append(store.append(pending["keys"], img, txt, _metadata_table(pending["captions"],
+                                                                                  pending["meta"]),
+                                      replace=replace))
+        atomic_write_json(info_path, info)  # records this shard's bad files
+        for v in pending.values():
+            v.clear()
+
+    try:
+        if not getattr(source, "random_access", True):
+            it = _stream_batches(source, set(indices), batch_size, model.preprocess)
+        else:
+            it = _iter_batches(source, batches, model.preprocess, workers)
+        for b, batch in enumerate(it):
+            for key, reason in batch["bad"]:
+                skipped.add(key, reason)
+                info["bad"][key] = reason
+            if batch["keys"]:
+                pending["img"].append(encode_pixels(model, batch["pixels"]))
+                pending["keys"] += batch["keys"]
+                pending["captions"] += batch["captions"]
+                pending["meta"] += batch["meta"]
+            n = len(batch["keys"]) + len(batch["bad"])
+            n_done += n
+            bar.update(n)
+            bar.set_postfix(skipped=skipped.total, refresh=False)
+            if b + 1 == len(batches) or shard_of[b + 1] != shard_of[b]:
+                commit()
+            if on_batch is not None:
+                on_batch({"done": n_done, "total": len(indices), "skipped": skipped.total})
+    finally:
+        bar.close()
+    dt = time.perf_counter() - t0
+    return {"embedded": n_done - skipped.total, "skipped": skipped, "seconds": dt,
+            "images_per_s": n_done / dt if dt > 0 and n_done else 0.0,
+            "ids": np.concatenate(added) if added else np.zeros(0, np.int64)}
+
+
+def _stream_batches(source, wanted_positions: set[int], batch_size: int, transform) -> Iterator[dict]:
+    """Streaming sources (remote shards): read in order in this process, keep the wanted positions."""
+    chunk = []
+    for pos, s in enumerate(source):
+        if pos in wanted_positions:
+            chunk.append(s)
+        if len(chunk) == batch_size:
+            yield _prepare(chunk, transform)
+            chunk = []
+    if chunk:
+        yield _prepare(chunk, transform)
+
+
+def _keys_of(source) -> list:
+    """(position, sample) for every sample, without decoding images."""
+    if getattr(source, "random_access", True):
+        return [(i, source[i]) for i in range(len(source))]
+    return list(enumerate(source))
+
+
+# ---- the faiss index ----------------------------------------------------------------------------------
+
+def build_faiss(index_dir, max_memory=None, kind: str = "auto", target_recall: float = 0.95,
+                seed: int = 0) -> dict:
+    """(Re)build index.faiss from the store's live image embeddings; returns what goes in index.json.
+
+    Approximate kinds are tuned (efSearch / nprobe) until recall@10 against exact search reaches
+    target_recall on up to 1000 stored vectors used as queries, and the measured figure is recorded.
+    """
+    root = Path(index_dir)
+    store = EmbeddingStore.open(root)
+    x, ids = store.load("img")  # (N, D) float32, (N,) int64
+    n, d = x.shape
+    if kind == "auto":
+        spec = choose_index(n, d, parse_size(max_memory))
+    elif kind in KINDS:
+        spec = IndexSpec(kind, {}, "chosen by the user")
+    else:
+        raise UsageError(f"index kind {kind!r}: choose from {['auto', *KINDS]}")
+    t0 = time.perf_counter()
+    vi = VectorIndex.build(x, ids, spec.kind, **spec.params)
+    out = {"kind": spec.kind, "reason": spec.reason, "n": n, "dim": d,
+           "build_s": round(time.perf_counter() - t0, 3)}
+    if spec.kind != "flat" and n:
+        rng = np.random.default_rng(seed)
+        q = x[rng.choice(n, min(n, RECALL_QUERIES), replace=False)]
+        out["recall@10"] = {k: v for k, v in tune_recall(vi, x, q, target_recall, 10, ids).items()
+                            if k != "params"}
+    out["params"] = dict(vi.params)
+    vi.info.update(out)
+    vi.save(root / INDEX_FILE)
+    return out
+
+
+# ---- public jobs --------------------------------------------------------------------------------------
+
+def build_index(source: str, model: str, out_dir, *, batch_size: int = 64, workers: int = 0,
+                max_memory=None, precision: str = "auto", shard_size: int = DEFAULT_SHARD_SIZE,
+                device=None, text: str | bool = "auto", index_kind: str = "auto", progress: bool | None = None,
+                source_options: dict | None = None,
+                on_batch: Callable[[dict], None] | None = None) -> dict:
+    """Embed every image of a data-layer source into out_dir, then build its faiss index.
+
+    Re-running on the same out_dir resumes a killed build (same source and model required). text: "auto"
+    stores caption embeddings (text_emb/) when the source has captions. Returns a summary (also index.json).
+    """
+    if batch_size < 1 or shard_size < 1 or workers < 0:
+        raise UsageError(f"need batch_size >= 1, shard_size >= 1, workers >= 0; got {batch_size}, "
+                         f"{shard_size}, {workers}")
+    root = Path(out_dir)
+    info_path = root / INFO_FILE
+    ref = str(Path(model).resolve()) if Path(model).is_dir() else str(model)
+    info = json.loads(info_path.read_text()) if info_path.exists() else None
+    if info is None and (root / "manifest.json").exists():
+        raise UsageError(f"{root}: holds an embedding store without {INFO_FILE}; choose another --out")
+    if info is not None:
+        if (info["source"], info["model"]) != (source, ref):
+            raise UsageError(f"{root} holds an index of {info['source']!r} with {info['model']!r}; "
+                             "use `clipforge index update` for it, or choose another --out")
+        precision = info["precision"]  # a resumed build embeds exactly like the first run
+    src = open_source(source, **(source_options or {}))
+    enc, prec = load_encoder(ref, device, precision)
+    positions = _keys_of(src)
+    if text == "auto":
+        text = any(s.captions for _, s in positions[:64])
+    if info is None:
+        info = {"format": "clipforge-index", "version": INFO_VERSION, "source": source,
+                "source_options": source_options or {}, "model": ref, "precision": prec, "text": bool(text),
+                "batch_size": batch_size, "shard_size": shard_size, "status": "building", "bad": {},
+                "created": time.time()}
+    mods = ("img", "text") if info["text"] else ("img",)
+    root.mkdir(parents=True, exist_ok=True)
+    with EmbeddingStore.create(root, enc.config.embed_dim, model={"ref": ref, "precision": prec},
+                               modalities=mods, exist_ok=True) as store:
+        atomic_write_json(info_path, info)
+        done, bad = store.done_keys(), set(info["bad"])
+        todo = [i for i, s in positions if s.id not in done and s.id not in bad]
+        resumed = len(done)
+        if resumed:
+            log.info("resuming: %d samples already embedded, %d to go", resumed, len(todo))
+        res = _embed(store, src, todo, enc, info, info_path, batch_size=info["batch_size"],
+                     shard_size=info["shard_size"], workers=workers, replace=False, progress=progress,
+                     on_batch=on_batch)
+    return _finish(root, info, res, max_memory, index_kind, {"resumed_from": resumed})
+
+
+def update_index(index_dir, *, workers: int = 0, max_memory=None, index_kind: str | None = None,
+                 progress: bool | None = None, device=None, on_batch=None) -> dict:
+    """Bring an index up to date with its source: embed new files, re-embed changed ones (size, mtime or
+    caption differ; they keep their ids), remove deleted ones, retry files that failed before."""
+    root = Path(index_dir)
+    info = read_info(root)
+    info_path = root / INFO_FILE
+    src = open_source(info["source"], **info.get("source_options", {}))
+    enc, _ = load_encoder(info["model"], device, info["precision"])
+    with EmbeddingStore.open(root, writable=True) as store:
+        old = store.metadata(["key", "size", "mtime", "caption"]).to_pylist()
+        old = {r["key"]: r for r in old}
+        positions = _keys_of(src)
+        seen, todo, added, changed = set(), [], 0, 0
+        retry = set(info["bad"])
+        for i, s in positions:
+            seen.add(s.id)
+            r = old.get(s.id)
+            cap = s.captions[0] if s.captions else ""
+            if r is None:
+                todo.append(i)
+                added += s.id not in retry
+            elif (r["size"], r["mtime"], r["caption"]) != (s.meta.get("size"), s.meta.get("mtime"), cap):
+                todo.append(i)
+                changed += 1
+        gone = [k for k in old if k not in seen]
+        info["bad"] = {}  # failures are retried (and re-recorded) with everything else
+        deleted = store.delete(gone)
+        res = _embed(store, src, todo, enc, info, info_path, batch_size=info["batch_size"],
+                     shard_size=info["shard_size"], workers=workers, replace=True, progress=progress,
+                     on_batch=on_batch)
+    extra = {"added": added, "changed": changed, "deleted": deleted, "retried": len(retry & seen)}
+    kind = index_kind or info.get("index", {}).get("requested_kind", "auto")
+    unchanged = not (todo or deleted) and (root / INDEX_FILE).exists() and index_kind is None and max_memory is None
+    return _finish(root, info, res, max_memory or info.get("max_memory"), kind, extra, rebuild=not unchanged)
+
+
+def _finish(root: Path, info: dict, res: dict, max_memory, index_kind: str, extra: dict,
+            rebuild: bool = True) -> dict:
+    if rebuild:
+        info["index"] = {**build_faiss(root, max_memory, index_kind), "requested_kind": index_kind}
+    with EmbeddingStore.open(root) as store:
+        stats = store.stats()
+    info.update({"status": "complete", "updated": time.time(), "max_memory": max_memory,
+                 "count": stats["live"], "deleted_rows": stats["deleted"],
+                 "skipped": {"total": len(info["bad"]), "by_reason": _by_reason(info["bad"])},
+                 "last_run": {"embedded": res["embedded"], "skipped_this_run": res["skipped"].total,
+                              "seconds": round(res["seconds"], 3),
+                              "images_per_s": round(res["images_per_s"], 2), **extra}})
+    atomic_write_json(root / INFO_FILE, info)
+    if res["skipped"].total:
+        log.warning("skipped %d unreadable files: %s", res["skipped"].total, dict(res["skipped"]))
+    return {**{k: info[k] for k in ("source", "model", "precision", "count", "skipped", "index")},
+            **info["last_run"], "out_dir": str(root), "skipped_samples": res["skipped"].as_dict()["samples"]}
+
+
+def _by_reason(bad: dict) -> dict:
+    out: dict = {}
+    for reason in bad.values():
+        out[reason] = out.get(reason, 0) + 1
+    return dict(sorted(out.items()))
+
+
+def index_info(index_dir) -> dict:
+    """index.json plus the store's live counts (for `clipforge index info` and /stats)."""
+    info = read_info(index_dir)
+    with EmbeddingStore.open(index_dir) as store:
+        info["store"] = store.stats()
+    info["bad_files"] = len(info.pop("bad", {}))
+    return info
+
+
+__all__ = ["build_index", "update_index", "build_faiss", "index_info", "read_info", "parse_size",
+           "INFO_FILE", "INDEX_FILE"]
