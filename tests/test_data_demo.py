@@ -33,7 +33,7 @@ def test_digits_layout_split_and_captions(digits):
     # Train and val never share a source image.
     assert not {s.id.split("-")[-1] for s in train} & {s.id.split("/")[-1][:4] for s in val}
     s = train[0]
-    assert s.image.size == (32, 32) and s.image.mode == "RGB" and len(s.captions) == 4
+    assert s.image.size == (32, 32) and s.image.mode == "RGB" and len(s.captions) == 6
     word, digit = DIGIT_NAMES[s.label], str(s.label)
     assert all(word in c or digit in c for c in s.captions)
     # Labels match scikit-learn's for the source image named in the id.
@@ -55,6 +55,19 @@ def test_templates_are_disjoint_and_plentiful(digits):
     val = open_source(digits["val_manifest"])  # held-out captions use only unseen phrasing
     filled = {t.format(c=c) for t in un for c in DIGIT_NAMES + [str(i) for i in range(10)]}
     assert all(cap in filled for s in val for cap in s.captions)
+
+
+def test_train_captions_share_no_word_with_unseen_templates(digits):
+    import re
+
+    def words(text):
+        return set(re.findall(r"[a-z]+", text.lower()))
+
+    train_words = set().union(*(words(c) for s in open_source(digits["train_manifest"]) for c in s.captions))
+    template_words = set().union(*(words(t.replace("{c}", "")) for t in TRAIN_TEMPLATES))
+    unseen_only = set().union(*(words(t.replace("{c}", "")) for t in UNSEEN_TEMPLATES)) - template_words
+    assert unseen_only and not train_words & unseen_only
+    assert len(train_words) > len(template_words) + 20  # decorated: far more varied than the bare templates
 
 
 def test_digits_is_idempotent(digits):

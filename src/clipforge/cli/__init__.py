@@ -43,6 +43,7 @@ def main(argv=None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    logging.getLogger("faiss").setLevel(logging.WARNING)  # its loader logs every SIMD variant it tries
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -47,8 +47,16 @@ UNSEEN_TEMPLATES = [
     "a sketch of the number {c}.",
     "a small {c} on a dark background.",
 ]
+# Training captions are decorated with context words so the text tower learns to read the class word through
+# phrasing it has not seen (as web captions teach real CLIP models). The pools share no word with
+# UNSEEN_TEMPLATES, so held-out prompts stay unseen in wording as well as in template.
+ADJECTIVES = ["faint", "bold", "tilted", "noisy", "grainy", "tiny", "large", "centred", "crooked", "thin",
+              "thick", "messy", "neat", "grey", "bright", "blurred", "rotated", "shifted", "scanned", "printed"]
+SUFFIXES = ["in a notebook", "in ink", "in pencil", "with noise", "from a scanner", "at low contrast",
+            "in a light frame", "drawn quickly", "from a form", "in a box", "seen from above", "in a grid",
+            "in grayscale", "at an angle", "with rough edges"]
 MARKER = ".clipforge_demo.json"
-DEMO_VERSION = 1
+DEMO_VERSION = 2
 
 
 def _finished(out_dir: str, params: dict) -> dict | None:
@@ -114,14 +122,24 @@ def _digit_image(x8: np.ndarray, size: int, rng: np.random.Generator) -> Image.I
     return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), "L")
 
 
-def _digit_captions(label: int, rng: np.random.Generator, templates: list[str], k: int) -> list[str]:
+def _digit_captions(label: int, rng: np.random.Generator, templates: list[str], k: int,
+                    decorate: bool = False) -> list[str]:
     picks = rng.choice(len(templates), size=min(k, len(templates)), replace=False)
-    # Fill with the word ("seven") or the numeral ("7") so both spellings are learned.
-    return [templates[t].format(c=DIGIT_NAMES[label] if rng.random() < 0.7 else str(label)) for t in picks]
+    out = []
+    for t in picks:
+        # Fill with the word ("seven") or the numeral ("7") so both spellings are learned.
+        name = DIGIT_NAMES[label] if rng.random() < 0.7 else str(label)
+        if decorate and rng.random() < 0.5:
+            name = f"{ADJECTIVES[rng.integers(len(ADJECTIVES))]} {name}"
+        cap = templates[t].format(c=name)
+        if decorate and rng.random() < 0.5:
+            cap = cap.rstrip(".") + f" {SUFFIXES[rng.integers(len(SUFFIXES))]}."
+        out.append(cap)
+    return out
 
 
 def build_digits(out_dir: str, size: int = 32, seed: int = 0, val_fraction: float = 0.2,
-                 captions_per_image: int = 4) -> dict:
+                 captions_per_image: int = 6) -> dict:
     """Write the digits demo; return {name: absolute path} (root, train_manifest, train_dir, val_dir,
     val_manifest, classnames, templates_train, templates_unseen) plus counts."""
     if not 8 <= size <= 512:
@@ -150,8 +168,8 @@ def build_digits(out_dir: str, size: int = 32, seed: int = 0, val_fraction: floa
                 _digit_image(d.images[i], size, rng).save(os.path.join(tmp, rel))
                 templates = TRAIN_TEMPLATES if split == "train" else UNSEEN_TEMPLATES
                 k = captions_per_image if split == "train" else 1
-                rows.append({"id": f"digits-{i:04d}", "image": rel, "captions": _digit_captions(label, rng,
-                             templates, k), "label": label})
+                rows.append({"id": f"digits-{i:04d}", "image": rel, "captions": _digit_captions(
+                    label, rng, templates, k, decorate=split == "train"), "label": label})
             _write_lines(os.path.join(tmp, f"{split}.jsonl"), (json.dumps(r) for r in rows))
             _write_lines(os.path.join(tmp, split, "classnames.txt"), DIGIT_NAMES)
             counts[f"num_{split}"] = len(rows)

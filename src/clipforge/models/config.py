@@ -31,6 +31,7 @@ class VisionConfig:
     ln_pre: bool = True  # LayerNorm after patch + position embedding (OpenAI CLIP)
     norm_first: bool = True  # pre-norm residual blocks; False = post-norm
     patch_bias: bool = False  # bias in the patch-embedding conv (SigLIP: True)
+    stem: str = "patch"  # patch (one conv, kernel = stride = patch) | conv (stacked 3x3 stride-2 convs, ViT-C)
     proj: bool = True  # final linear projection to embed_dim (SigLIP: none, width == embed_dim)
     proj_bias: bool = False
     ln_eps: float = 1e-5

@@ -10,6 +10,31 @@ from clipforge.models.config import VisionConfig
 from clipforge.models.layers import AttentionPoolHead, Transformer
 
 
+class ConvStem(nn.Module):
+    """ViT-C stem (Xiao et al., "Early Convolutions Help Transformers See Better", 2021): log2(patch) 3x3
+    stride-2 convs with GroupNorm + GELU, then a 1x1 conv to the width. Same token grid as a patch conv, but
+    optimisation is far easier, which matters most for small models trained from scratch."""
+
+    def __init__(self, width: int, patch_size: int):
+        super().__init__()
+        n = patch_size.bit_length() - 1
+        if patch_size < 2 or 2 ** n != patch_size:
+            raise ValueError(f"stem 'conv' needs a power-of-two patch_size >= 2, got {patch_size}")
+        chans = [3] + [max(width // 2 ** (n - i), 8) for i in range(1, n + 1)]
+        layers = []
+        for cin, cout in zip(chans[:-1], chans[1:]):
+            layers += [nn.Conv2d(cin, cout, 3, 2, 1, bias=False), nn.GroupNorm(1, cout), nn.GELU()]
+        layers.append(nn.Conv2d(chans[-1], width, 1))
+        self.net = nn.Sequential(*layers)
+
+    @property
+    def weight(self) -> torch.Tensor:  # the model reads its dtype from here
+        return self.net[0].weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W) -> (B, W, H/p, W/p)
+        return self.net(x)
+
+
 class VisionTower(nn.Module):
     def __init__(self, cfg: VisionConfig, embed_dim: int):
         super().__init__()
@@ -22,7 +47,12 @@ class VisionTower(nn.Module):
         self.cfg = cfg
         W = cfg.width
         self.grid = cfg.image_size // cfg.patch_size
-        self.conv = nn.Conv2d(3, W, cfg.patch_size, cfg.patch_size, bias=cfg.patch_bias)
+        if cfg.stem == "patch":
+            self.conv = nn.Conv2d(3, W, cfg.patch_size, cfg.patch_size, bias=cfg.patch_bias)
+        elif cfg.stem == "conv":
+            self.conv = ConvStem(W, cfg.patch_size)
+        else:
+            raise ValueError(f"unknown vision stem {cfg.stem!r}; valid: patch, conv")
         self.class_embedding = nn.Parameter(torch.randn(W) * W ** -0.5) if cfg.pool == "cls" else None
         n_tokens = self.grid ** 2 + (1 if cfg.pool == "cls" else 0)
         self.positional_embedding = nn.Parameter(torch.randn(n_tokens, W) * W ** -0.5)

@@ -1,0 +1,176 @@
+"""Train-step throughput: clipforge vs open_clip at equal settings, side by side in one run.
+
+Each measurement runs in its own subprocess (so the two libraries never share a process or warm caches):
+clipforge in this environment, open_clip in the environment given by --openclip-python (open_clip needs
+torchvision, which imports only beside torch 2.14.1 here). A step = forward of both towers on synthetic
+pixels/tokens, CLIP loss, backward, AdamW step. Achieved GFLOP/s counts 3x the forward FLOPs (fwd + bwd),
+against a bf16/fp32 matmul peak measured in the same run.
+
+    python bench/bench_train_step.py --openclip-python /work/ocenv/bin/python --out docs/bench_train_step.md
+    python bench/bench_train_step.py --worker clipforge --model tiny --precision bf16 --batch 256   # one cell
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+# The tiny config in open_clip terms (same widths, depths, heads, patching, mean pooling, context, vocab).
+OC_TINY = dict(embed_dim=64,
+               vision_cfg=dict(image_size=32, patch_size=4, width=64, layers=2, head_width=32, pool_type="avg",
+                               final_ln_after_pool=False),
+               text_cfg=dict(context_length=32, vocab_size=1024, width=64, heads=2, layers=2))
+
+
+def vit_flops(image_size, patch, width, layers, mlp_ratio, tokens_extra=1):
+    n = (image_size // patch) ** 2 + tokens_extra
+    per_layer = 2 * n * (4 * width * width + 2 * mlp_ratio * width * width) + 4 * n * n * width
+    return layers * per_layer + 2 * n * 3 * patch * patch * width
+
+
+def text_flops(ctx, width, layers, mlp_ratio=4):
+    per_layer = 2 * ctx * (4 * width * width + 2 * mlp_ratio * width * width) + 4 * ctx * ctx * width
+    return layers * per_layer
+
+
+FLOPS = {  # forward FLOPs per sample (matmuls only)
+    "tiny": vit_flops(32, 4, 64, 2, 4, 0) + text_flops(32, 64, 2),
+    "ViT-B-32": vit_flops(224, 32, 768, 12, 4) + text_flops(77, 512, 12),
+}
+
+
+def worker(impl: str, model_name: str, precision: str, batch: int, steps: int, warmup: int) -> dict:
+    import torch
+
+    torch.manual_seed(0)
+    if impl == "clipforge":
+        from clipforge.losses import get_loss
+        from clipforge.models import create_model
+
+        model = create_model(model_name)
+        loss_mod = get_loss("clip")
+        ctx, vocab, size = model.config.text.context_length, model.config.text.vocab_size, model.config.image_size
+
+        def step_loss(px, ids):
+            return loss_mod(model(px, ids)).total
+    else:
+        import open_clip
+        from open_clip.loss import ClipLoss
+
+        if model_name == "tiny":
+            from open_clip.model import CLIP
+
+            model = CLIP(**OC_TINY)
+        else:
+            model = open_clip.create_model(model_name)
+        loss_mod = ClipLoss()
+        ctx, vocab = model.context_length, model.vocab_size
+        size = model.visual.image_size[0] if isinstance(model.visual.image_size, tuple) else model.visual.image_size
+
+        def step_loss(px, ids):
+            img, txt, scale = model(px, ids)[:3]
+            return loss_mod(img, txt, scale)
+    model.train()
+    if impl == "clipforge":  # each library's own trainer choice: clipforge's make_optimizer, open_clip's main.py
+        from clipforge.train.optim import make_optimizer
+
+        opt = make_optimizer(model, 1e-4, 0.2, (0.9, 0.98), 1e-6)
+    else:
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.2)
+    px = torch.randn(batch, 3, size, size)
+    ids = torch.randint(1, vocab - 1, (batch, ctx))
+    ids[:, -1] = vocab - 1
+    ac = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else torch.autocast("cpu", enabled=False)
+    times = []
+    for i in range(warmup + steps):
+        t0 = time.perf_counter()
+        with ac:
+            loss = step_loss(px, ids)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    times.sort()
+    med = times[len(times) // 2]
+    return {"impl": impl, "model": model_name, "precision": precision, "batch": batch, "steps": steps,
+            "median_step_s": med, "samples_per_s": batch / med,
+            "gflops": 3 * FLOPS[model_name] * batch / med / 1e9, "torch": torch.__version__,
+            "threads": torch.get_num_threads()}
+
+
+def matmul_peak(dtype_name: str) -> float:
+    import torch
+
+    dt = torch.bfloat16 if dtype_name == "bf16" else torch.float32
+    a, b = torch.randn(2048, 2048, dtype=dt), torch.randn(2048, 2048, dtype=dt)
+    for _ in range(2):
+        a @ b
+    t0, n = time.perf_counter(), 8
+    for _ in range(n):
+        a @ b
+    return 2 * 2048 ** 3 * n / (time.perf_counter() - t0) / 1e9
+
+
+def run_cell(python: str, impl: str, model: str, precision: str, batch: int, steps: int, warmup: int) -> dict:
+    cmd = [python, __file__, "--worker", impl, "--model", model, "--precision", precision, "--batch", str(batch),
+           "--steps", str(steps), "--warmup", str(warmup)]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if r.returncode:
+        return {"impl": impl, "model": model, "precision": precision, "error": r.stderr.strip().splitlines()[-1:]}
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--worker", choices=["clipforge", "open_clip"])
+    ap.add_argument("--model", default="tiny")
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--openclip-python", default=None, help="python of an environment with open_clip installed")
+    ap.add_argument("--out", default=None, help="markdown file for the results table")
+    ap.add_argument("--cells", default="tiny:256,ViT-B-32:32")
+    a = ap.parse_args()
+    if a.worker:
+        print(json.dumps(worker(a.worker, a.model, a.precision, a.batch, a.steps, a.warmup)))
+        return
+    peaks = {p: matmul_peak(p) for p in ("fp32", "bf16")}
+    rows = []
+    for cell in a.cells.split(","):
+        model, batch = cell.split(":")
+        steps, warmup = (20, 5) if model == "tiny" else (4, 1)
+        for precision in ("fp32", "bf16"):
+            impls = [("clipforge", sys.executable)] + ([("open_clip", a.openclip_python)] if a.openclip_python else [])
+            for impl, py in impls:
+                row = run_cell(py, impl, model, precision, int(batch), steps, warmup)
+                row["peak_gflops"] = peaks[precision]
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+    lines = ["| model | batch | precision | impl | samples/s | GFLOP/s | % of matmul peak | vs open_clip |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['model']} | | {r['precision']} | {r['impl']} | error: {r['error']} | | | |")
+            continue
+        peer = next((p for p in rows if p.get("impl") == "open_clip" and p["model"] == r["model"]
+                     and p["precision"] == r["precision"] and "samples_per_s" in p), None)
+        ratio = f"{r['samples_per_s'] / peer['samples_per_s']:.2f}x" if peer and r["impl"] == "clipforge" else ""
+        lines.append(f"| {r['model']} | {r['batch']} | {r['precision']} | {r['impl']} (torch {r['torch']}) | "
+                     f"{r['samples_per_s']:.1f} | {r['gflops']:.0f} | {100 * r['gflops'] / r['peak_gflops']:.0f}% | {ratio} |")
+    table = "\n".join(lines)
+    print(table)
+    if a.out:
+        Path(a.out).write_text(f"# Train-step throughput\n\nMatmul peak (2048², 2 threads): fp32 {peaks['fp32']:.0f} "
+                               f"GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s.\n\n{table}\n")
+
+
+if __name__ == "__main__":
+    main()
