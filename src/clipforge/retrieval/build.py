@@ -14,8 +14,10 @@ in the same order, the same batches, and get the same ids. Files that could not 
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import os
 import re
 import time
 from pathlib import Path
@@ -100,9 +102,22 @@ def _identity(x):
     return x
 
 
-def _iter_batches(source, batches, transform, workers: int) -> Iterator[dict]:
+def _close_fd(fd: int, worker_id: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+
+
+def _iter_batches(source, batches, transform, workers: int, lock_fd: int | None) -> Iterator[dict]:
     ds = _BatchSet(source, batches, transform)
-    kw = {"prefetch_factor": 2} if workers > 0 else {}
+    kw = {}
+    if workers > 0:
+        kw["prefetch_factor"] = 2
+        if lock_fd is not None:
+            # Forked workers inherit the store's writer lock; a worker outliving a killed parent would keep
+            # it held and block the resume. Each worker closes its copy (the parent's stays locked).
+            kw["worker_init_fn"] = functools.partial(_close_fd, lock_fd)
     yield from torch.utils.data.DataLoader(ds, batch_size=None, shuffle=False, num_workers=workers,
                                            collate_fn=_identity, **kw)
 
@@ -168,7 +183,7 @@ def _embed(store: EmbeddingStore, source, indices: list[int], model, info: dict,
         if not getattr(source, "random_access", True):
             it = _stream_batches(source, set(indices), batch_size, model.preprocess)
         else:
-            it = _iter_batches(source, batches, model.preprocess, workers)
+            it = _iter_batches(source, batches, model.preprocess, workers, getattr(store, "_lock_fd", None))
         for b, batch in enumerate(it):
             for key, reason in batch["bad"]:
                 skipped.add(key, reason)
