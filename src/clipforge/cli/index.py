@@ -3,7 +3,11 @@ from __future__ import annotations
 
 import json
 
+import logging
+
 from clipforge.cli._common import positive_int
+
+logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its INFO lines about CPU builds are noise here
 
 
 def register(sub):
