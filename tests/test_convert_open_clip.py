@@ -101,15 +101,9 @@ def test_open_clip_tokenizer_and_preprocess(tiny_arch, rgb_image, capsys):
     texts = [" ".join(rng.choice(words) for _ in range(rng.choice([1, 4, 12, 40]))) for _ in range(2000)]
     a, b = oc_tok(texts), ours(texts)
     same = sum(torch.equal(a[i], b[i]) for i in range(len(texts)))
-    differ = [t for i, t in enumerate(texts) if not torch.equal(a[i], b[i])]
-    # open_clip runs ftfy (curly quotes -> straight) and html.unescape before BPE; HF-style pipelines do not.
-    cleaned_by_open_clip = ("&amp;", "“", "”")
     with capsys.disabled():
-        print(f"\n[open_clip tokenizer] identical rows: {same}/{len(texts)}; all differing rows hold an HTML "
-              f"entity or curly quote: {all(any(c in t for c in cleaned_by_open_clip) for t in differ)}")
-    assert all(any(c in t for c in cleaned_by_open_clip) for t in differ)
-    clean = [t for t in texts if not any(c in t for c in cleaned_by_open_clip)]
-    assert len(clean) > 300 and torch.equal(oc_tok(clean), ours(clean))
+        print(f"\n[open_clip tokenizer] identical rows: {same}/{len(texts)}")
+    assert same == len(texts)  # incl. HTML entities and curly quotes: ours cleans text as open_clip does
 
     _, _, pre = open_clip.create_model_and_transforms("ViT-B-32")
     from clipforge.models.convert.open_clip import config_from_open_clip

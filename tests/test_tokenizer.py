@@ -44,3 +44,20 @@ def test_trained_tokenizer_is_shorter_and_round_trips(tmp_path):
     tok.save(tmp_path)
     again = Tokenizer.load(tmp_path)
     assert torch.equal(again(corpus[:5]), tok(corpus[:5])) and again.context_length == 32
+
+
+def test_openai_cleaning_option(tmp_path):
+    import pytest
+
+    from clipforge.errors import UsageError
+    from clipforge.models.tokenizer import build_clip_backend
+
+    plain = Tokenizer(build_clip_backend(()), 32)
+    openai = Tokenizer(build_clip_backend(()), 32, clean="openai")
+    raw = "fish &amp;amp; chips \u201cto go\u201d"
+    assert torch.equal(openai([raw]), plain(['fish & chips "to go"']))
+    assert not torch.equal(plain([raw]), openai([raw]))
+    openai.save(tmp_path)
+    assert Tokenizer.load(tmp_path).clean == "openai"
+    with pytest.raises(UsageError, match="valid: none, openai"):
+        Tokenizer(build_clip_backend(()), 32, clean="ftfy")

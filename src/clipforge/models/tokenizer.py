@@ -9,6 +9,7 @@ pretrained models bring their own files.
 """
 from __future__ import annotations
 
+import html
 import json
 import os
 from functools import lru_cache
@@ -65,6 +66,25 @@ def build_clip_backend(merges: Sequence[Tuple[str, str]] = ()) -> _Backend:
     return tok
 
 
+_CURLY = str.maketrans({"\u201c": '"', "\u201d": '"', "\u201e": '"', "\u2018": "'", "\u2019": "'"})
+
+
+def _clean_openai(text: str) -> str:
+    """OpenAI / open_clip's `basic_clean`: ftfy.fix_text (when installed; otherwise only its quote
+    straightening), then HTML entities unescaped twice. The rest (whitespace, lower case) is the pipeline's."""
+    try:
+        import ftfy
+
+        text = ftfy.fix_text(text)
+    except ImportError:
+        text = text.translate(_CURLY)
+    return html.unescape(html.unescape(text)).strip()
+
+
+# Text cleaning applied before BPE: "none" is HF's CLIPTokenizerFast; "openai" matches OpenAI / open_clip.
+CLEANERS = {"none": lambda t: t, "openai": _clean_openai}
+
+
 class Tokenizer:
     """Callable: list of strings -> LongTensor (B, context_length).
 
@@ -73,12 +93,15 @@ class Tokenizer:
     """
 
     def __init__(self, backend: _Backend, context_length: int = 77, *, pad_id: int = 0, add_sot: bool = True,
-                 add_eot: bool = True, sot_token: str = SOT, eot_token: str = EOT):
+                 add_eot: bool = True, sot_token: str = SOT, eot_token: str = EOT, clean: str = "none"):
         self.backend = backend
         self.context_length = int(context_length)
         self.pad_id = int(pad_id)
         self.add_sot, self.add_eot = add_sot, add_eot
         self.sot_token, self.eot_token = sot_token, eot_token
+        if clean not in CLEANERS:
+            raise UsageError(f"unknown text cleaning {clean!r}; valid: {', '.join(CLEANERS)}")
+        self.clean = clean
         self.sot_id = backend.token_to_id(sot_token) if add_sot else None
         self.eot_id = backend.token_to_id(eot_token) if add_eot else None
         if (add_sot and self.sot_id is None) or (add_eot and self.eot_id is None):
@@ -90,7 +113,7 @@ class Tokenizer:
 
     def encode(self, text: str) -> List[int]:
         """Token ids of one text, without start/end tokens or padding."""
-        return self.backend.encode(text, add_special_tokens=False).ids
+        return self.backend.encode(CLEANERS[self.clean](text), add_special_tokens=False).ids
 
     def __call__(self, texts: Union[str, Iterable[str]], context_length: Optional[int] = None) -> torch.Tensor:
         if isinstance(texts, str):
@@ -99,6 +122,8 @@ class Tokenizer:
         L = int(context_length or self.context_length)
         room = L - int(self.add_sot) - int(self.add_eot)
         out = torch.full((len(texts), L), self.pad_id, dtype=torch.long)
+        if self.clean != "none":
+            texts = [CLEANERS[self.clean](t) for t in texts]
         for i, enc in enumerate(self.backend.encode_batch(texts, add_special_tokens=False)):
             ids = enc.ids[:room]
             row = ([self.sot_id] if self.add_sot else []) + ids + ([self.eot_id] if self.add_eot else [])
@@ -116,7 +141,8 @@ class Tokenizer:
     # ----------------------------------------------------------------------------------------- persistence
     def config(self) -> dict:
         return {"context_length": self.context_length, "pad_id": self.pad_id, "add_sot": self.add_sot,
-                "add_eot": self.add_eot, "sot_token": self.sot_token, "eot_token": self.eot_token}
+                "add_eot": self.add_eot, "sot_token": self.sot_token, "eot_token": self.eot_token,
+                "clean": self.clean}
 
     def save(self, directory: Union[str, Path]) -> None:
         d = Path(directory)

@@ -183,7 +183,7 @@ def openai_tokenizer(context_length: int, vocab_size: int):
         return None
     lines = gzip.open(bpe).read().decode("utf-8").split("\n")
     merges = [tuple(m.split()) for m in lines[1:49152 - 256 - 2 + 1]]  # the slice OpenAI's tokenizer uses
-    return Tokenizer(build_clip_backend(merges), context_length)
+    return Tokenizer(build_clip_backend(merges), context_length, clean="openai")  # open_clip cleans text first
 
 
 def load_openai_state(state: StateDict, *, source: str = "state dict", cfg: Optional[CLIPConfig] = None,
