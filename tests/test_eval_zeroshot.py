@@ -146,3 +146,17 @@ def test_eval_equals_training_callback_on_a_trained_digits_model(digits_demo, tm
     assert rec["metrics"]["top5"] == logged[-1]["zeroshot_top5"]
     assert rec["metrics"]["n"] == 360
     assert rec["metrics"]["top1"] > 0.15  # it learned something (chance 0.1), so agreement is not trivial
+
+
+def test_reduced_precision_is_recorded_and_close(ckpt, digits_demo):
+    kw = dict(classnames=digits_demo["classnames"], templates=digits_demo["templates_unseen"], progress=False)
+    val = f"imagefolder:{digits_demo['val_dir']}"
+    a = run_eval(ckpt, "zeroshot-classification", val, **kw)
+    b = run_eval(ckpt, "zeroshot-classification", val, precision="bf16", **kw)
+    assert a["config"]["precision"] == "fp32" and b["config"]["precision"] == "bf16"
+    assert b["config_hash"] != a["config_hash"] and b["metrics"]["n"] == 360
+    assert abs(a["metrics"]["top1"] - b["metrics"]["top1"]) <= 0.05
+    from clipforge.errors import UsageError
+
+    with pytest.raises(UsageError, match="--precision"):
+        run_eval(ckpt, "zeroshot-classification", val, precision="int8", **kw)

@@ -36,6 +36,8 @@ def register(sub):
     p.add_argument("--out", help="append result records (JSON lines) to this file")
     p.add_argument("--batch-size", type=positive_int, default=256, help="images per batch (default 256)")
     p.add_argument("--workers", type=int, default=0, help="image decoding processes (default 0)")
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+                   help="cast the weights for inference (default fp32; bf16 is ~2x faster on CPUs with bf16 units)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--json", action="store_true", help="print the full records as JSON lines")
     p.set_defaults(func=run)
@@ -66,7 +68,8 @@ def run(args) -> int:
                            classnames=args.classnames, method=args.method, descriptions=args.descriptions,
                            k_shot=args.k_shot, test_dataset=args.test_dataset, test_fraction=args.test_fraction,
                            split=args.split, image_root=args.image_root, seed=args.seed,
-                           batch_size=args.batch_size, workers=args.workers, out=args.out)
+                           batch_size=args.batch_size, workers=args.workers, precision=args.precision,
+                           out=args.out)
             print(json.dumps(rec) if args.json else _summary(rec))
     if args.out:
         print(f"appended {len(args.model) * len(args.dataset)} record(s) to {args.out}", file=sys.stderr)
