@@ -127,3 +127,15 @@ def test_tokenizer_larger_than_text_vocab_is_rejected():
     assert tok.vocab_size > 1024
     with pytest.raises(UsageError, match="vocab_size"):
         create_model("tiny", tokenizer=tok)
+
+
+@pytest.mark.parametrize("name", ["tiny", "ViT-B-32"])
+def test_text_padding_trim_is_exact(name):
+    """Causal towers drop the padding columns after the end token; the pooled output must not change."""
+    torch.manual_seed(0)
+    model = _make(name).eval()
+    ids = model.tokenizer(["a cat", "a much longer caption about two dogs playing in the snow"])
+    with torch.no_grad():
+        trimmed = model.text(ids)
+        full = model.text(ids, return_tokens=True)[0]  # the token path keeps every position
+    torch.testing.assert_close(trimmed, full, rtol=1e-5, atol=1e-6)
