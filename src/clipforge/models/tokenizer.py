@@ -12,6 +12,8 @@ from __future__ import annotations
 import html
 import json
 import os
+import re
+import string
 from functools import lru_cache
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
@@ -81,8 +83,25 @@ def _clean_openai(text: str) -> str:
     return html.unescape(html.unescape(text)).strip()
 
 
-# Text cleaning applied before BPE: "none" is HF's CLIPTokenizerFast; "openai" matches OpenAI / open_clip.
-CLEANERS = {"none": lambda t: t, "openai": _clean_openai}
+_SIGLIP_SPECIALS = re.compile(r"(</s>|<unk>)")  # SiglipTokenizer's special tokens: split off before cleaning
+_NO_PUNCT = str.maketrans("", "", string.punctuation)
+
+
+def _clean_siglip(text: str) -> str:
+    """transformers' SiglipTokenizer before SentencePiece: "▁" + text (inner "▁" read as spaces), split at its
+    special tokens, then each chunk canonicalised as big_vision does: lower case, ASCII punctuation removed,
+    whitespace runs collapsed, stripped. Python's `str.lower` (final sigma) and `\\s` (U+001C..U+001F) have no
+    exact `tokenizers` normaliser, hence a cleaner; the backend is `convert.siglip_tokenizer.siglip_backend`."""
+    parts = _SIGLIP_SPECIALS.split("\u2581" + text.replace("\u2581", " "))
+    out = [p if i % 2 else re.sub(r"\s+", " ", p.lower().translate(_NO_PUNCT)).strip() for i, p in enumerate(parts)]
+    if len(out) > 1 and out[0] == "\u2581":
+        out[0] = ""  # HF drops a lone leading "▁" before a special token
+    return " ".join(out)  # the backend's special tokens strip the spaces around them, as HF's do
+
+
+# Text cleaning applied before the backend: "none" is HF's CLIPTokenizerFast; "openai" matches OpenAI /
+# open_clip; "siglip" is transformers' SiglipTokenizer (with the backend from convert.siglip_tokenizer).
+CLEANERS = {"none": lambda t: t, "openai": _clean_openai, "siglip": _clean_siglip}
 
 
 class Tokenizer:

@@ -2,8 +2,9 @@
 
 Tokenizers: `tokenizer.json` (read with the same Rust library HF's fast tokenizers use, padding and
 truncation switched off: the clipforge Tokenizer pads and truncates itself), else `vocab.json` + `merges.txt`
-(built with CLIP's pipeline, exactly as transformers' CLIPTokenizer does). SigLIP's `spiece.model` is not
-converted yet (a loud warning, never a silent substitute). Special tokens and the pad token come from `tokenizer_config.json` / `special_tokens_map.json`.
+(built with CLIP's pipeline, exactly as transformers' CLIPTokenizer does); for SigLIP, `spiece.model` (as
+transformers' SiglipTokenizer, see `siglip_tokenizer.py`). Special tokens and the pad token come from
+`tokenizer_config.json` / `special_tokens_map.json`.
 Preprocessing: `preprocessor_config.json` gives size, crop vs squash, resample filter and mean/std; a
 directory without one gets the model family's documented defaults and a warning, never a silent guess.
 """
@@ -69,6 +70,16 @@ def load_hf_tokenizer(path, cfg: CLIPConfig) -> Optional[Tokenizer]:
     bos = None if siglip else _special(p, "bos_token", "<|startoftext|>")
     eos = _special(p, "eos_token", "</s>" if siglip else "<|endoftext|>")
     pad = _special(p, "pad_token", eos)
+    tok_class = _read_json(p / "tokenizer_config.json").get("tokenizer_class")
+    if siglip and (p / "spiece.model").is_file() and tok_class in (None, "SiglipTokenizer"):
+        # What transformers loads for SigLIP (SiglipTokenizer, sentencepiece), even beside a tokenizer.json.
+        from clipforge.models.convert.siglip_tokenizer import load_siglip_tokenizer
+
+        tok = load_siglip_tokenizer(p / "spiece.model", cfg.text.context_length, eos=eos, pad=pad,
+                                    unk=_special(p, "unk_token", "<unk>"))
+        if tok.vocab_size > cfg.text.vocab_size:
+            raise ClipforgeError(f"{p}: tokenizer has {tok.vocab_size} ids, the text tower only {cfg.text.vocab_size}")
+        return tok
     if (p / "tokenizer.json").is_file():
         backend = _Backend.from_file(str(p / "tokenizer.json"))
         backend.no_padding()
@@ -76,10 +87,9 @@ def load_hf_tokenizer(path, cfg: CLIPConfig) -> Optional[Tokenizer]:
     elif (p / "vocab.json").is_file() and (p / "merges.txt").is_file():
         backend = clip_backend_from_files(p / "vocab.json", p / "merges.txt", (bos, eos, pad))
     elif (p / "spiece.model").is_file():
-        # SigLIP's SentencePiece tokenizer (plus its Python punctuation stripping) is not converted yet.
-        warnings.warn(f"{p}: SentencePiece tokenizers (spiece.model, SigLIP) are not converted yet: the model gets "
-                      "clipforge's byte-level tokenizer, whose ids do NOT match the original; tokenize with "
-                      "transformers' SiglipTokenizer and pass the ids to encode_text")
+        warnings.warn(f"{p}: spiece.model is only read for SigLIP models (tokenizer_class SiglipTokenizer), not "
+                      f"for this {tok_class or 'CLIP'} tokenizer: the model gets clipforge's byte-level tokenizer, "
+                      "whose ids do NOT match the original")
         return None
     else:
         warnings.warn(f"{p} holds no tokenizer files (tokenizer.json, vocab.json+merges.txt, spiece.model): "
@@ -99,7 +109,12 @@ def load_hf_tokenizer(path, cfg: CLIPConfig) -> Optional[Tokenizer]:
 
 
 def save_hf_tokenizer(tok: Tokenizer, out: Path, model_type: str) -> None:
-    """Write tokenizer.json (+ vocab.json/merges.txt for BPE) and tokenizer_config.json that HF loads."""
+    """Write tokenizer.json (+ vocab.json/merges.txt for BPE) and tokenizer_config.json that HF loads; a SigLIP
+    tokenizer (clean="siglip") is written as spiece.model for transformers' SiglipTokenizer."""
+    if tok.clean == "siglip":
+        from clipforge.models.convert.siglip_tokenizer import save_siglip_tokenizer
+
+        return save_siglip_tokenizer(tok, out)
     backend = _Backend.from_str(tok.backend.to_str())
     specials = []
     if tok.add_sot:
