@@ -44,7 +44,8 @@ FLOPS = {  # forward FLOPs per sample (matmuls only)
 }
 
 
-def worker(impl: str, model_name: str, precision: str, batch: int, steps: int, warmup: int) -> dict:
+def worker(impl: str, model_name: str, precision: str, batch: int, steps: int, warmup: int,
+           caption_tokens: int = 0) -> dict:
     import torch
 
     torch.manual_seed(0)
@@ -83,8 +84,12 @@ def worker(impl: str, model_name: str, precision: str, batch: int, steps: int, w
     else:
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.2)
     px = torch.randn(batch, 3, size, size)
-    ids = torch.randint(1, vocab - 1, (batch, ctx))
-    ids[:, -1] = vocab - 1
+    # caption_tokens = 0: every row fills the context; N: rows of N tokens (end token last) + zero padding, like
+    # real captions. Both libraries get the same tensor.
+    n = caption_tokens or ctx
+    ids = torch.zeros(batch, ctx, dtype=torch.long)
+    ids[:, :n] = torch.randint(1, vocab - 1, (batch, n))
+    ids[:, n - 1] = vocab - 1
     ac = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else torch.autocast("cpu", enabled=False)
     times = []
     for i in range(warmup + steps):
@@ -101,7 +106,7 @@ def worker(impl: str, model_name: str, precision: str, batch: int, steps: int, w
     return {"impl": impl, "model": model_name, "precision": precision, "batch": batch, "steps": steps,
             "median_step_s": med, "samples_per_s": batch / med,
             "gflops": 3 * FLOPS[model_name] * batch / med / 1e9, "torch": torch.__version__,
-            "threads": torch.get_num_threads()}
+            "threads": torch.get_num_threads(), "caption_tokens": n}
 
 
 def matmul_peak(dtype_name: str) -> float:
@@ -117,9 +122,10 @@ def matmul_peak(dtype_name: str) -> float:
     return 2 * 2048 ** 3 * n / (time.perf_counter() - t0) / 1e9
 
 
-def run_cell(python: str, impl: str, model: str, precision: str, batch: int, steps: int, warmup: int) -> dict:
+def run_cell(python: str, impl: str, model: str, precision: str, batch: int, steps: int, warmup: int,
+             caption_tokens: int) -> dict:
     cmd = [python, __file__, "--worker", impl, "--model", model, "--precision", precision, "--batch", str(batch),
-           "--steps", str(steps), "--warmup", str(warmup)]
+           "--steps", str(steps), "--warmup", str(warmup), "--caption-tokens", str(caption_tokens)]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
     r = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if r.returncode:
@@ -137,10 +143,13 @@ def main():
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--openclip-python", default=None, help="python of an environment with open_clip installed")
     ap.add_argument("--out", default=None, help="markdown file for the results table")
+    ap.add_argument("--append", action="store_true", help="append to --out instead of replacing it")
     ap.add_argument("--cells", default="tiny:256,ViT-B-32:32")
+    ap.add_argument("--caption-tokens", type=int, default=0,
+                    help="tokens per caption incl. start/end (0 = fill the context); real captions are ~10-20")
     a = ap.parse_args()
     if a.worker:
-        print(json.dumps(worker(a.worker, a.model, a.precision, a.batch, a.steps, a.warmup)))
+        print(json.dumps(worker(a.worker, a.model, a.precision, a.batch, a.steps, a.warmup, a.caption_tokens)))
         return
     peaks = {p: matmul_peak(p) for p in ("fp32", "bf16")}
     rows = []
@@ -150,11 +159,12 @@ def main():
         for precision in ("fp32", "bf16"):
             impls = [("clipforge", sys.executable)] + ([("open_clip", a.openclip_python)] if a.openclip_python else [])
             for impl, py in impls:
-                row = run_cell(py, impl, model, precision, int(batch), steps, warmup)
+                row = run_cell(py, impl, model, precision, int(batch), steps, warmup, a.caption_tokens)
                 row["peak_gflops"] = peaks[precision]
                 print(json.dumps(row), flush=True)
                 rows.append(row)
-    lines = ["| model | batch | precision | impl | samples/s | GFLOP/s | % of matmul peak | vs open_clip |",
+    lines = [f"Text rows: {a.caption_tokens or 'full context'} tokens.", "",
+             "| model | batch | precision | impl | samples/s | GFLOP/s | % of matmul peak | vs open_clip |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
@@ -168,7 +178,8 @@ def main():
     table = "\n".join(lines)
     print(table)
     if a.out:
-        Path(a.out).write_text(f"# Train-step throughput\n\nMatmul peak (2048², 2 threads): fp32 {peaks['fp32']:.0f} "
+        prev = Path(a.out).read_text() + "\n" if Path(a.out).exists() and a.append else ""
+        Path(a.out).write_text(prev + f"# Train-step throughput\n\nMatmul peak (2048², 2 threads): fp32 {peaks['fp32']:.0f} "
                                f"GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s.\n\n{table}\n")
 
 

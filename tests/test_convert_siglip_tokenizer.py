@@ -187,3 +187,13 @@ def test_export_hf_reloads_in_transformers_with_same_ids(siglip_dir, loaded, tmp
 def test_known_difference_mark_after_rewritten_char(siglip_dir, loaded):
     texts = ["a \u2460\u0301 b", "\ufb01\u0301sh", "x\u00b2\u0301"]  # circled one, fi ligature, superscript two
     assert torch.equal(loaded.tokenizer(texts), _hf_ids(siglip_dir[2], texts))
+
+
+def test_decode_uses_the_backend_for_sentencepiece(siglip_dir):
+    from clipforge.models import load_model
+
+    tok, hf_tok = load_model(siglip_dir[0]).tokenizer, siglip_dir[2]
+    for text in ("a photo of two cats", "the number seven, in ink"):
+        ids = tok([text])[0].tolist()
+        assert tok.decode(ids) == hf_tok.decode(ids, skip_special_tokens=True).strip()
+        assert "▁" not in tok.decode(ids) and tok.decode(ids)

@@ -151,6 +151,8 @@ class Tokenizer:
 
     def decode(self, ids: Iterable[int]) -> str:
         specials = {self.sot_id, self.eot_id, self.pad_id} - {None}
+        if self.backend.token_to_id("a</w>") is None:  # not CLIP's byte-level BPE (e.g. SigLIP's unigram)
+            return self.backend.decode([int(i) for i in ids if int(i) not in specials]).strip()
         toks = [self.backend.id_to_token(int(i)) for i in ids if int(i) not in specials]
         text = "".join(t for t in toks if t is not None)
         inv = {v: k for k, v in bytes_to_unicode().items()}
