@@ -102,7 +102,7 @@ def run_demo(out_dir, quick: bool = False) -> dict:
         for h in hits:
             name = Path(h.metadata.get("path") or str(h.id)).name
             print(f"   {h.rank + 1}. {h.score:.3f}  {name:<22} {_caption(h)}"[:110])
-    sheet = contact_sheet(engine.search("a cup of coffee", k=10), out / "sheet-coffee.png",
+    contact_sheet(engine.search("a cup of coffee", k=10), out / "sheet-coffee.png",
                           title='clipforge search: "a cup of coffee"')
     probe = sorted(Path(photos["root"]).rglob("astronaut*.png"))
     if probe:

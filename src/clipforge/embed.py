@@ -1,7 +1,6 @@
 """Embed texts and images with any model honouring the contract (batched, no grad, eval mode)."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
 import numpy as np

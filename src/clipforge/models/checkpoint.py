@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import shutil
-import uuid
 from pathlib import Path
 from typing import Callable, List, Optional, Union
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from clipforge.atomic import atomic_directory
 from clipforge.errors import ClipforgeError, UsageError
 from clipforge.models.config import CLIPConfig, get_model_config, list_models
 from clipforge.models.tokenizer import Tokenizer, default_tokenizer
@@ -41,8 +39,6 @@ def register_resolver(fn: Callable) -> Callable:
 
 def create_model(name: str, *, tokenizer: Optional[Tokenizer] = None, device=None, **overrides):
     """A randomly initialised model from a registered config, with its tokenizer and preprocessing."""
-    from clipforge.models.clip import CLIPModel
-
     cfg = get_model_config(name, **overrides)
     return build_model(cfg, tokenizer=tokenizer, device=device)
 
@@ -65,12 +61,9 @@ def save_pretrained(model, path: PathLike, extra: Optional[Callable[[Path], None
     place, so they appear together with the weights or not at all.
     """
     model = getattr(model, "module", model)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
-        cfg = model.config
+    cfg = model.config
+
+    def write(tmp: Path) -> None:
         meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": cfg.to_dict()}
         (tmp / "config.json").write_text(json.dumps(meta, indent=2))
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
@@ -81,29 +74,8 @@ def save_pretrained(model, path: PathLike, extra: Optional[Callable[[Path], None
         (tmp / "preprocess.json").write_text(json.dumps(pre, indent=2))
         if extra is not None:
             extra(tmp)
-        _fsync_dir_files(tmp)
-        _swap_into_place(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return path
 
-
-def _fsync_dir_files(d: Path) -> None:
-    for f in d.iterdir():
-        if f.is_file():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-
-
-def _swap_into_place(tmp: Path, path: Path) -> None:
-    if path.exists():
-        old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, path)
+    return atomic_directory(path, write)
 
 
 def is_checkpoint_dir(path: PathLike) -> bool:

@@ -1,7 +1,7 @@
 """Transformer building blocks shared by the vision and text towers."""
 from __future__ import annotations
 
-from typing import Optional
+
 
 import torch
 import torch.nn.functional as F

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import html
 import json
-import os
 import re
 import string
 from functools import lru_cache
@@ -22,6 +21,7 @@ import torch
 from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, trainers
 from tokenizers import Tokenizer as _Backend
 
+from clipforge.atomic import atomic_write_text
 from clipforge.errors import ClipforgeError, UsageError
 
 SOT, EOT = "<|startoftext|>", "<|endoftext|>"
@@ -168,8 +168,8 @@ class Tokenizer:
     def save(self, directory: Union[str, Path]) -> None:
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        _atomic_write_text(d / "tokenizer.json", self.backend.to_str())
-        _atomic_write_text(d / "tokenizer_config.json", json.dumps({"clipforge": self.config()}, indent=2))
+        atomic_write_text(d / "tokenizer.json", self.backend.to_str())
+        atomic_write_text(d / "tokenizer_config.json", json.dumps({"clipforge": self.config()}, indent=2))
 
     @classmethod
     def load(cls, directory: Union[str, Path], **overrides) -> "Tokenizer":
@@ -184,12 +184,6 @@ class Tokenizer:
             cfg = json.loads(cfg_path.read_text()).get("clipforge", {})
         cfg.update(overrides)
         return cls(backend, **cfg)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def default_tokenizer(context_length: int = 77) -> Tokenizer:

@@ -1,7 +1,7 @@
 """Vision transformer tower: patch embedding, optional class token, transformer, pooling, projection."""
 from __future__ import annotations
 
-from typing import Optional, Tuple, Union
+from typing import Tuple, Union
 
 import torch
 from torch import nn

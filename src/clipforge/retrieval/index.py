@@ -16,12 +16,9 @@ Saved as one file (a small JSON header, then faiss's own serialisation), written
 
 from __future__ import annotations
 
-import io
 import json
 import math
-import os
 import struct
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +26,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from clipforge.atomic import atomic_write
 from clipforge.errors import ClipforgeError, UsageError
 
 KINDS = ("flat", "hnsw", "ivf_flat", "ivf_pq")
@@ -277,20 +275,13 @@ class VectorIndex:
         """One file: magic, header length, JSON header (kind, params, info), then faiss's serialisation."""
         path = Path(path)
         header = json.dumps({"kind": self.kind, "params": self.params, "info": self.info}).encode()
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(_MAGIC + struct.pack("<Q", len(header)) + header)
-                writer = faiss.PyCallbackIOWriter(f.write)
-                faiss.write_index(self.index, writer)
-                del writer
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        def write(f) -> None:
+            f.write(_MAGIC + struct.pack("<Q", len(header)) + header)
+            writer = faiss.PyCallbackIOWriter(f.write)
+            faiss.write_index(self.index, writer)
+            del writer
+
+        atomic_write(path, write)
 
     @classmethod
     def load(cls, path) -> "VectorIndex":

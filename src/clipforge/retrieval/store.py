@@ -22,7 +22,6 @@ import fcntl
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -30,6 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from clipforge.atomic import atomic_write, atomic_write_json  # noqa: F401 (re-exported)
 from clipforge.errors import ClipforgeError, UsageError
 
 SCHEMA_VERSION = 1
@@ -39,25 +39,9 @@ _SHARD_RE = re.compile(r"^(img_emb|text_emb|metadata)_(\d+)\.(npy|parquet)$")
 _KEY_COLUMNS = ("key", "image_path", "url", "path")
 
 
-# ---- atomic file writes -------------------------------------------------------------------------------
+# ---- atomic file writes: clipforge.atomic (atomic_write_json is re-exported from here) -------------------
 
-def _atomic_write(path: Path, write) -> None:
-    """Call write(file_object) on a temp file in path's dir, fsync, then os.replace onto path."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    _atomic_write(Path(path), lambda f: f.write(json.dumps(obj, indent=1, sort_keys=True).encode()))
+_atomic_write = atomic_write  # kept for callers of the old private name
 
 
 def normalize_rows(x: np.ndarray) -> np.ndarray:

@@ -1,7 +1,7 @@
 """WiSE-FT weight-space interpolation: θ = (1 − α)·θ_zero-shot + α·θ_fine-tuned, tensor by tensor."""
 from __future__ import annotations
 
-from typing import Iterable, List, Optional
+from typing import Iterable, List
 
 import torch
 

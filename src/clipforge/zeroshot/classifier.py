@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -20,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from clipforge.atomic import atomic_write_path
 from clipforge.errors import ClipforgeError, UsageError
 from clipforge.zeroshot.templates import fill, get_templates, templates_hash
 
@@ -65,8 +65,8 @@ class ZeroShotHead:
         st.parent.mkdir(parents=True, exist_ok=True)
         side = st.with_suffix(".json")
         info = {"classnames": self.classnames, "logit_scale": self.logit_scale, "meta": self.meta}
-        _atomic_write(st, lambda tmp: save_file({"weights": self.weights.contiguous().float()}, tmp))
-        _atomic_write(side, lambda tmp: Path(tmp).write_text(json.dumps(info, indent=1, ensure_ascii=False)))
+        atomic_write_path(st, lambda tmp: save_file({"weights": self.weights.contiguous().float()}, tmp))
+        atomic_write_path(side, lambda tmp: Path(tmp).write_text(json.dumps(info, indent=1, ensure_ascii=False)))
         return st
 
     @classmethod
@@ -80,17 +80,6 @@ class ZeroShotHead:
             raise ClipforgeError(f"zero-shot head not found: need {st} and {side}")
         info = json.loads(side.read_text(encoding="utf-8"))
         return cls(load_file(str(st))["weights"], info["classnames"], info["logit_scale"], info.get("meta", {}))
-
-
-def _atomic_write(dest: Path, write: Callable[[str], object]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _encode_all(encode_text: EncodeText, texts: list[str], batch_size: int, progress) -> torch.Tensor:

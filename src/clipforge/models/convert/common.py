@@ -7,8 +7,6 @@ different model).
 from __future__ import annotations
 
 import math
-import shutil
-import uuid
 from pathlib import Path
 from typing import Callable, Dict, Iterable, Optional
 
@@ -99,15 +97,6 @@ def unwrap(model):
 
 def write_dir_atomically(path: Path, write: Callable[[Path], None]) -> Path:
     """Run `write(tmp_dir)` on a temporary sibling of `path`, then rename it into place (replacing `path`)."""
-    from clipforge.models.checkpoint import _swap_into_place
+    from clipforge.atomic import atomic_directory
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
-        write(tmp)
-        _swap_into_place(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return path
+    return atomic_directory(path, write)

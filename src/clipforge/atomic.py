@@ -1,0 +1,81 @@
+"""Atomic writes: a file or directory appears under its final name complete, or not at all.
+
+Everything clipforge writes that a crash could leave half-done (checkpoints, tokenizers, heads, index files,
+store manifests) goes through here: write to a temporary sibling, fsync, then `os.replace`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any, BinaryIO, Callable, Union
+
+PathLike = Union[str, Path]
+
+
+def atomic_write(path: PathLike, write: Callable[[BinaryIO], object]) -> Path:
+    """Call `write(binary_file)` on a temp file beside `path`, fsync, then rename onto `path`."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_path(path: PathLike, write: Callable[[str], object]) -> Path:
+    """For writers that take a file name (safetensors' save_file, PIL's save): `write(tmp_name)`, then rename."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path: PathLike, text: str) -> Path:
+    return atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def atomic_write_json(path: PathLike, obj: Any, indent: int = 1) -> Path:
+    return atomic_write(path, lambda f: f.write(json.dumps(obj, indent=indent, sort_keys=True).encode()))
+
+
+def atomic_directory(path: PathLike, write: Callable[[Path], object]) -> Path:
+    """Run `write(tmp_dir)` in a temporary sibling directory, fsync its files, then swap it in for `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        write(tmp)
+        for f in tmp.rglob("*"):
+            if f.is_file():
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+        if path.exists():
+            old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
