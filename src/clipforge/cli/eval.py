@@ -17,9 +17,14 @@ def register(sub):
                     "`clipforge report`. Datasets: any source (folder, imagefolder:, csv:/jsonl:/parquet:, "
                     "wds:), a CLIP_benchmark webdataset folder (classnames.txt, "
                     "zeroshot_classification_templates.txt, test/*.tar), or a Karpathy-split JSON "
-                    "(dataset_flickr30k.json, dataset_coco.json) with --image-root.")
-    p.add_argument("--model", "-m", action="append", required=True,
-                   help="model reference (registered name, checkpoint dir, hf:..., open_clip:...); repeatable")
+                    "(dataset_flickr30k.json, dataset_coco.json) with --image-root. An index directory "
+                    "(`clipforge index build`) is evaluated for zero-shot retrieval from its stored image and "
+                    "caption embeddings (one caption per image), without re-embedding.")
+    p.add_argument("--model", "-m", action="append",
+                   help="model reference (registered name, checkpoint dir, hf:..., open_clip:...); repeatable. "
+                        "Optional when every --dataset is an index directory (`clipforge index build`): "
+                        "--task zeroshot-retrieval then scores its stored embeddings, and a --model given "
+                        "must be the index's own")
     p.add_argument("--task", required=True, choices=TASKS)
     p.add_argument("--dataset", "-d", action="append", required=True, help="dataset spec; repeatable")
     p.add_argument("--split", help="split of a CLIP_benchmark folder or Karpathy JSON (default test)")
@@ -53,6 +58,7 @@ def _summary(rec: dict) -> str:
 
 
 def run(args) -> int:
+    from clipforge.evaluate.index_retrieval import is_index_dir
     from clipforge.evaluate.runner import run_eval
     from clipforge.models import load_model
 
@@ -61,9 +67,12 @@ def run(args) -> int:
     if args.workers < 0:
         raise UsageError(f"--workers must be >= 0, got {args.workers}")
     device = pick_device(args.device)
-    for ref in args.model:
-        model = load_model(ref).to(device).eval()
+    refs = args.model or [None]
+    for ref in refs:
+        model = None  # loaded on first use: an index dataset is scored from its stored embeddings
         for ds in args.dataset:
+            if ref is not None and model is None and not is_index_dir(ds):
+                model = load_model(ref).to(device).eval()
             rec = run_eval(model, args.task, ds, model_name=ref, templates=args.templates,
                            classnames=args.classnames, method=args.method, descriptions=args.descriptions,
                            k_shot=args.k_shot, test_dataset=args.test_dataset, test_fraction=args.test_fraction,
@@ -72,5 +81,5 @@ def run(args) -> int:
                            out=args.out)
             print(json.dumps(rec) if args.json else _summary(rec))
     if args.out:
-        print(f"appended {len(args.model) * len(args.dataset)} record(s) to {args.out}", file=sys.stderr)
+        print(f"appended {len(refs) * len(args.dataset)} record(s) to {args.out}", file=sys.stderr)
     return 0

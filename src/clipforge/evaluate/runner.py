@@ -7,7 +7,8 @@
 Tasks:
   zeroshot-classification  `evaluate_zeroshot_classification` (the same function the training callback
                            calls, so both report the same accuracy for the same model, data and templates)
-  zeroshot-retrieval       image<->text recall@1/5/10, mean/median rank (`zeroshot_retrieval.py`)
+  zeroshot-retrieval       image<->text recall@1/5/10, mean/median rank (`zeroshot_retrieval.py`); on a
+                           `clipforge index build` directory, from its stored vectors (`index_retrieval.py`)
   linear-probe             CLIP-protocol probe on cached features (`linear_probe_task.py`)
 Datasets: see `datasets.py` (data-layer sources, CLIP_benchmark folders, Karpathy JSON).
 """
@@ -50,6 +51,10 @@ def run_eval(model, task: str, dataset, *, model_name: Optional[str] = None, tem
              probe_options: Optional[dict] = None, out=None) -> dict:
     """Evaluate `model` (a reference load_model accepts, or a loaded model) on one task and dataset.
 
+    `dataset` may be an index directory (`clipforge index build`) for task "zeroshot-retrieval": its stored
+    image and caption embeddings are scored as they are (no re-embedding, so `model` may be None; when given,
+    its reference must be the one the index was built with). See `_run_index_eval`.
+
     Returns the result record (`evaluate.results.make_record`): model, dataset, task, metrics, config,
     config_hash, templates_hash, versions, time, elapsed_s, plus num_classes / skipped diagnostics.
     `probe_options`: linear probe solver settings (`fit_linear_probe`: c_grid, refine_steps, max_iter).
@@ -58,6 +63,7 @@ def run_eval(model, task: str, dataset, *, model_name: Optional[str] = None, tem
     With `out`, the record is also appended to that JSONL file.
     """
     from clipforge.evaluate.datasets import is_clip_benchmark_dir, open_eval_dataset
+    from clipforge.evaluate.index_retrieval import is_index_dir
     from clipforge.evaluate.results import append_result, make_record
 
     if task not in TASKS:
@@ -73,6 +79,12 @@ def run_eval(model, task: str, dataset, *, model_name: Optional[str] = None, tem
         raise UsageError(f"--batch-size must be >= 1 and --workers >= 0 (got {batch_size}, {workers})")
     if precision not in PRECISIONS:
         raise UsageError(f"unknown --precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+    if is_index_dir(dataset):
+        # nothing is embedded, so batch_size / workers / device / precision do not matter here
+        return _run_index_eval(model, model_name, task, dataset, split=split, image_root=image_root, out=out)
+    if model is None:
+        raise UsageError(f"--task {task} on {dataset!r} needs a --model (only an index directory, evaluated "
+                         "with --task zeroshot-retrieval, carries its own embeddings)")
     name = _model_name(model, model_name)
     if isinstance(model, str):
         from clipforge.models import load_model
@@ -128,6 +140,43 @@ def run_eval(model, task: str, dataset, *, model_name: Optional[str] = None, tem
     elapsed = time.perf_counter() - t0
     rec = make_record(name, ds.name, task, res["metrics"], config=config, templates_hash=templates_hash,
                       elapsed_s=elapsed, **extra)
+    if out is not None:
+        append_result(out, rec)
+    return rec
+
+
+def _run_index_eval(model, model_name: Optional[str], task: str, index_dir, *, split, image_root,
+                    out) -> dict:
+    """zeroshot-retrieval from an index's stored vectors; the record names the index's model and precision.
+
+    The model check compares references (`model_name`, a reference string, or a loaded model's config name)
+    with the one in index.json; the weights of a loaded model are not compared.
+    """
+    from clipforge.evaluate.index_retrieval import evaluate_index_retrieval, index_model_ref, same_model_ref
+    from clipforge.evaluate.results import append_result, make_record
+
+    if task != "zeroshot-retrieval":
+        raise UsageError(f"{index_dir} is a clipforge index: it can be evaluated with --task zeroshot-retrieval "
+                         f"only (it stores embeddings, not labels or pixels), not --task {task}")
+    for flag, value in (("--split", split), ("--image-root", image_root)):
+        if value is not None:
+            raise UsageError(f"{flag} does not apply to an index directory ({index_dir})")
+    index_model = index_model_ref(index_dir)
+    if model is not None or model_name:
+        given = _model_name(model, model_name)
+        if not same_model_ref(given, index_model):
+            raise UsageError(f"--model {given!r} differs from the model the index {index_dir} was built with "
+                             f"({index_model!r}); an index is evaluated with its own embeddings: pass that "
+                             "model or omit --model")
+    t0 = time.perf_counter()
+    res = evaluate_index_retrieval(index_dir)
+    elapsed = time.perf_counter() - t0
+    config = {"task": task, "dataset": str(index_dir), "split": None, "source": "index",
+              "index_precision": res["precision"], "captions_per_image": res["captions_per_image"]}
+    rec = make_record(res["model"], str(index_dir), task, res["metrics"], config=config, elapsed_s=elapsed,
+                      num_images=res["num_images"], num_texts=res["num_texts"],
+                      captions_per_image=res["captions_per_image"], source_captions=res["source_captions"],
+                      dropped_captions=res["dropped_captions"], skipped=res["skipped"])
     if out is not None:
         append_result(out, rec)
     return rec
