@@ -1,4 +1,4 @@
-"""The offline tour behind `clipforge demo`: data -> train -> evaluate -> fine-tune -> index -> search.
+"""The offline tour behind `clipforge demo`: data -> train -> evaluate -> train on photos -> index -> search.
 
 Everything runs on data that ships inside installed packages (scikit-learn's digits, scikit-image's photos),
 so it works on a machine with no network. Each phase prints what it did and where its files are.
@@ -76,13 +76,14 @@ def run_demo(out_dir, quick: bool = False) -> dict:
                                        model=str(run_dir / "final"), metrics=m))
     summary["zeroshot_top1"] = m["top1"]
 
-    _say("4/6 fine-tune the digits model on the photo captions (a few seconds)")
+    _say("4/6 train a second tiny model on the photo captions (its own tokenizer; ~20 s)")
     ft = config_from_dict({
-        "model": {"name": str(run_dir / "final")},
-        "data": {"train": f"jsonl:{photos['manifest']}", "batch_size": 16},
-        "optim": {"lr": 1e-3, "weight_decay": 0.05},
-        "schedule": {"warmup_steps": 5},
-        "run": {"steps": 15 if quick else 120, "log_every": 10, "checkpoint_every": 1000, "keep_checkpoints": 1,
+        "model": {"name": "tiny", "tokenizer": "train", "tokenizer_vocab_size": 768,
+                  "overrides": {"preprocess": {"per_image_norm": True}}},
+        "data": {"train": f"jsonl:{photos['manifest']}", "batch_size": 22},
+        "optim": {"lr": 3e-3, "weight_decay": 0.05},
+        "schedule": {"warmup_steps": 10},
+        "run": {"steps": 20 if quick else 200, "log_every": 20, "checkpoint_every": 1000, "keep_checkpoints": 1,
                 "progress": False},
     }).validate()
     ft_dir = out / "runs" / "photos"
