@@ -61,3 +61,16 @@ def test_openai_cleaning_option(tmp_path):
     assert Tokenizer.load(tmp_path).clean == "openai"
     with pytest.raises(UsageError, match="valid: none, openai"):
         Tokenizer(build_clip_backend(()), 32, clean="ftfy")
+
+
+def test_train_tokenizer_is_deterministic_and_encodes_with_its_merges():
+    import json
+    from pathlib import Path
+
+    caps = [c for v in json.loads((Path(__file__).parents[1] / "src/clipforge/data/photos_captions.json")
+                                  .read_text()).values() for c in v["captions"]]
+    runs = [train_tokenizer(caps, 768, 32) for _ in range(3)]
+    assert all(torch.equal(runs[0](caps), r(caps)) for r in runs[1:])
+    # merges make frequent words single tokens: "photo" appears in many captions
+    assert runs[0].backend.token_to_id("photo</w>") is not None
+    assert all(runs[0].decode(runs[0]([c])[0]) == " ".join(c.lower().split()) for c in caps[:5] if c.isascii())

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
-from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, trainers
+from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers
 from tokenizers import Tokenizer as _Backend
 
 from clipforge.atomic import atomic_write_text
@@ -191,18 +191,56 @@ def default_tokenizer(context_length: int = 77) -> Tokenizer:
     return Tokenizer(build_clip_backend(()), context_length)
 
 
+def learn_merges(texts: Iterable[str], n_merges: int, min_frequency: int = 2) -> List[Tuple[str, str]]:
+    """Learn up to `n_merges` CLIP BPE merges, deterministically: the most frequent adjacent pair wins and ties
+    go to the lexicographically smallest pair (the `tokenizers` trainer breaks ties in hash order, so the same
+    corpus gave different vocabularies run to run)."""
+    from collections import Counter, defaultdict
+
+    probe = _clip_pipeline(_Backend(models.BPE()))
+    words: Counter = Counter()
+    for text in texts:
+        norm = probe.normalizer.normalize_str(text)
+        words.update(w for w, _ in probe.pre_tokenizer.pre_tokenize_str(norm))
+    seqs = {w: list(w[:-1]) + [w[-1] + "</w>"] for w in words}  # symbols; the last carries the word end
+    pairs: Counter = Counter()
+    where = defaultdict(set)  # pair -> words containing it
+    for w, sym in seqs.items():
+        for a, b in zip(sym, sym[1:]):
+            pairs[(a, b)] += words[w]
+            where[(a, b)].add(w)
+    merges: List[Tuple[str, str]] = []
+    while len(merges) < n_merges and pairs:
+        best = min(pairs, key=lambda p: (-pairs[p], p))
+        if pairs[best] < min_frequency:
+            break
+        merges.append(best)
+        a, b = best
+        for w in sorted(where.pop(best, ())):
+            sym, f = seqs[w], words[w]
+            for x, y in zip(sym, sym[1:]):  # remove this word's old pairs
+                pairs[(x, y)] -= f
+                if pairs[(x, y)] <= 0:
+                    del pairs[(x, y)]
+            out, i = [], 0
+            while i < len(sym):
+                if i + 1 < len(sym) and sym[i] == a and sym[i + 1] == b:
+                    out.append(a + b)
+                    i += 2
+                else:
+                    out.append(sym[i])
+                    i += 1
+            seqs[w] = out
+            for x, y in zip(out, out[1:]):
+                pairs[(x, y)] += f
+                where[(x, y)].add(w)
+        pairs.pop(best, None)
+    return merges
+
+
 def train_tokenizer(texts: Iterable[str], vocab_size: int, context_length: int = 77) -> Tokenizer:
-    """Learn `vocab_size - 514` BPE merges on `texts` (CLIP pipeline, OpenAI vocab layout)."""
+    """Learn `vocab_size - 514` BPE merges on `texts` (CLIP pipeline, OpenAI vocab layout), deterministically."""
     n_merges = int(vocab_size) - 514
     if n_merges < 0:
         raise UsageError(f"vocab_size must be >= 514 (256 bytes x 2 + start/end tokens), got {vocab_size}")
-    probe = _clip_pipeline(_Backend(models.BPE(end_of_word_suffix="</w>", continuing_subword_prefix="")))
-    trainer = trainers.BpeTrainer(
-        vocab_size=int(vocab_size) + 600,  # the trainer's budget counts its own alphabet; we cut merges below
-        min_frequency=2, show_progress=False, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        end_of_word_suffix="</w>", continuing_subword_prefix="",
-    )
-    probe.train_from_iterator(texts, trainer=trainer)
-    merges = json.loads(probe.to_str())["model"]["merges"]
-    merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in merges][:n_merges]
-    return Tokenizer(build_clip_backend(merges), context_length)
+    return Tokenizer(build_clip_backend(learn_merges(texts, n_merges)), context_length)
