@@ -136,6 +136,6 @@ def test_text_padding_trim_is_exact(name):
     model = _make(name).eval()
     ids = model.tokenizer(["a cat", "a much longer caption about two dogs playing in the snow"])
     with torch.no_grad():
-        trimmed = model.text(ids)
-        full = model.text(ids, return_tokens=True)[0]  # the token path keeps every position
+        trimmed = model.text(ids).pooled
+        full = model.text(ids, return_tokens=True).pooled  # the token path keeps every position
     torch.testing.assert_close(trimmed, full, rtol=1e-5, atol=1e-6)

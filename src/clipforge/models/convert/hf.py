@@ -14,6 +14,7 @@ from pathlib import Path
 
 from clipforge.errors import ClipforgeError, UsageError
 from clipforge.models.config import CLIPConfig, PreprocessConfig, TextConfig, VisionConfig
+from clipforge.models.unwrap import unwrap_model
 from clipforge.models.convert.common import (
     HF_ACTS, KeyReader, StateDict, fuse_qkv, mlp_hidden, mlp_ratio, native_act, split_qkv,
 )
@@ -304,7 +305,7 @@ def export_hf(model, out_dir) -> Path:
     from clipforge.models.convert.common import write_dir_atomically
     from clipforge.models.convert.hf_files import save_hf_preprocess, save_hf_tokenizer
 
-    model = getattr(model, "module", model)
+    model = unwrap_model(model)
     cfg = model.config
     tok = model.tokenizer
     bos = getattr(tok, "sot_id", None) if tok is not None else None

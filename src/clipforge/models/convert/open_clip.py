@@ -17,6 +17,7 @@ from typing import Optional, Tuple
 from clipforge.errors import ClipforgeError, UsageError
 from clipforge.models.config import OPENAI_MEAN, OPENAI_STD, CLIPConfig, PreprocessConfig, TextConfig, VisionConfig
 from clipforge.models.convert.common import write_dir_atomically
+from clipforge.models.unwrap import unwrap_model
 
 _TEXT_B = {"context_length": 77, "vocab_size": 49408, "width": 512, "heads": 8, "layers": 12}
 _TEXT_L = {"context_length": 77, "vocab_size": 49408, "width": 768, "heads": 12, "layers": 12}
@@ -237,7 +238,7 @@ def export_open_clip(model, out_dir) -> Path:
 
     from clipforge.models.convert.openai import state_to_openai
 
-    model = getattr(model, "module", model)
+    model = unwrap_model(model)
     conf = config_to_open_clip(model.config)
     state = state_to_openai(model.state_dict(), model.config)
 
