@@ -5,7 +5,7 @@ import math
 import numpy as np
 
 from clipforge.cli import main
-from clipforge.evaluate.metrics import confusion_matrix
+from clipforge.metrics.classification import confusion_matrix
 from clipforge.evaluate.plots import plot_confusion_matrix
 from clipforge.evaluate.report import markdown_report, primary_metric
 from clipforge.evaluate.results import append_result, config_hash, latest_results, make_record, read_results

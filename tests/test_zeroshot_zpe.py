@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clipforge.evaluate.metrics import topk_accuracy
+from clipforge.metrics.classification import topk_accuracy
 from clipforge.zeroshot.zpe import (
     build_zpe_classifier,
     mad_select,

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from clipforge.errors import UsageError
-from clipforge.evaluate.metrics import classification_metrics, to_numpy
+from clipforge.metrics.classification import classification_metrics, to_numpy
 
 __all__ = ["kshot_indices", "split_train_val", "C_GRID", "LinearProbeResult", "fit_linear_probe",
            "probe_scores", "linear_probe"]

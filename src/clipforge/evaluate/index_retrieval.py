@@ -2,7 +2,7 @@
 
 An index directory stores one image embedding per item (img_emb/) and one caption embedding per item
 (text_emb/: the item's FIRST caption, a zero row when it has none). This module reads both and scores them
-with `retrieval_metrics.image_text_recall`, the same blocked function (and tie rule) the in-memory
+with `clipforge.metrics.retrieval.image_text_recall`, the same blocked function (and tie rule) the in-memory
 `zeroshot-retrieval` task uses, so for a source with one caption per image the two report the same recall up
 to the float16 rounding of the stored vectors.
 
@@ -56,7 +56,7 @@ def evaluate_index_retrieval(index_dir, *, ks: Sequence[int] = (1, 5, 10),
                              block_size: Optional[int] = None) -> dict:
     """-> {"metrics": {i2t_R@K, ..., t2i_...}, "num_images", "num_texts", "captions_per_image",
     "source_captions", "dropped_captions", "skipped", "model", "precision"} from the stored vectors."""
-    from clipforge.evaluate.retrieval_metrics import image_text_recall
+    from clipforge.metrics.retrieval import image_text_recall
     from clipforge.retrieval.build import read_info
     from clipforge.retrieval.store import EmbeddingStore
 

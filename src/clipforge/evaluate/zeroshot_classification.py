@@ -38,7 +38,7 @@ def evaluate_zeroshot_classification(model, source, *, classnames=None, template
     """
     from clipforge.data.sources import open_source
     from clipforge.evaluate.features import labelled_image_features
-    from clipforge.evaluate.metrics import classification_metrics
+    from clipforge.metrics.classification import classification_metrics
     from clipforge.zeroshot.classifier import build_classifier, model_text_encoder
 
     if isinstance(source, str):

@@ -1,7 +1,7 @@
 """Zero-shot image<->text retrieval on a captioned source (Flickr30K / COCO protocol).
 
 Every readable image is a key for text->image and a query for image->text; every caption of it is a text
-(several per image). Recall@K, mean and median rank come from `retrieval_metrics.image_text_recall`, which
+(several per image). Recall@K, mean and median rank come from `clipforge.metrics.retrieval.image_text_recall`, which
 scores block by block (never the whole N x M matrix) with the documented tie rule (lower index first).
 Images whose file cannot be read are skipped with their captions, and counted.
 """
@@ -41,7 +41,7 @@ def evaluate_zeroshot_retrieval(model, source, *, ks: Sequence[int] = (1, 5, 10)
     "num_texts", "skipped"}. `features`: a precomputed `SourceFeatures` of `source` (optional)."""
     from clipforge.data.sources import open_source
     from clipforge.evaluate.encode import source_features
-    from clipforge.evaluate.retrieval_metrics import image_text_recall
+    from clipforge.metrics.retrieval import image_text_recall
 
     if isinstance(source, str):
         source = open_source(source)

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from clipforge.errors import UsageError
-from clipforge.evaluate.metrics import stable_argsort_desc, to_numpy
+from clipforge.metrics.classification import stable_argsort_desc, to_numpy
 
 __all__ = [
     "similarity_blocks",

@@ -9,7 +9,7 @@ resolves ties the other way (higher index first, from a reversed stable sort), s
 on tie-free scores. `average_precision` ranks tied items by lower index first as well, whereas scikit-learn
 groups tied scores into one threshold.
 
-Retrieval metrics (recall@K, AP@k, nDCG@k, MRR) are in `clipforge.evaluate.retrieval_metrics`.
+Retrieval metrics (recall@K, AP@k, nDCG@k, MRR) are in `clipforge.metrics.retrieval`.
 """
 from __future__ import annotations
 
