@@ -13,7 +13,7 @@ from clipforge.zeroshot.zpe import (
     zpe_weights,
     zpe_weights_from_features,
 )
-from test_zeroshot_classifier import FakeTextEncoder
+from conftest import FakeTextEncoder
 
 
 def _harmful_case(seed):

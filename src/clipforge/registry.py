@@ -2,10 +2,11 @@
 
 Losses, inference engines, zero-shot methods and evaluation tasks are each a registry. An entry is a class;
 its options are either declared explicitly as a tuple of `Option` (what a command line can offer as flags,
-with types and help) or read from its constructor's signature. Building an entry checks the given options
+with types and help; a classmethod returning one when it depends on another registry) or read from its
+constructor's signature. Building an entry checks the given options
 against the declared ones, so a typo'd option is an error that lists the valid ones, never silently ignored.
 
-Messages name parameters in backticks (`k_shot`); the CLI rewrites those it has a flag for (--k-shot).
+Messages name parameters in backticks (`k_shot`); the CLI rewrites each one it has a flag for into the flag.
 
     METHODS = Registry("zero-shot method", param="method")
 
@@ -36,6 +37,7 @@ class Option:
     help: str = ""
     choices: Optional[tuple] = None
     required: bool = False
+    cli: bool = True  # False: Python-only (e.g. a dict of solver settings); a command line does not offer it
 
 
 def _signature_options(cls) -> tuple[Option, ...]:
@@ -84,6 +86,8 @@ class Registry:
         """The options entry `name` declares (its `options` attribute, else its constructor's parameters)."""
         cls = self.get(name)
         declared = getattr(cls, "options", None)
+        if callable(declared):  # computed on demand, e.g. from another registry filled later
+            declared = declared()
         return tuple(declared) if declared is not None else _signature_options(cls)
 
     def all_options(self) -> dict[str, Option]:

@@ -9,13 +9,13 @@ from clipforge.metrics.classification import (
     multilabel_map, predictions, stable_argsort_desc, to_numpy, topk_accuracy,
 )
 from clipforge.metrics.retrieval import (
-    ap_at_k, fullrank_metrics, image_text_recall, ndcg_at_k, positive_ranks, ranked_list_metrics,
+    ap_at_k, fullrank_metrics, image_text_ranked_metrics, image_text_recall, ndcg_at_k, positive_ranks, ranked_list_metrics,
     reciprocal_rank, rerank_metrics, similarity_blocks, topk_blocked,
 )
 
 __all__ = [
     "average_precision", "classification_metrics", "confusion_matrix", "label_ranks", "mean_per_class_recall",
     "multilabel_map", "predictions", "stable_argsort_desc", "to_numpy", "topk_accuracy",
-    "ap_at_k", "fullrank_metrics", "image_text_recall", "ndcg_at_k", "positive_ranks", "ranked_list_metrics",
+    "ap_at_k", "fullrank_metrics", "image_text_ranked_metrics", "image_text_recall", "ndcg_at_k", "positive_ranks", "ranked_list_metrics",
     "reciprocal_rank", "rerank_metrics", "similarity_blocks", "topk_blocked",
 ]
