@@ -15,10 +15,14 @@ import math
 import re
 import warnings
 from typing import Optional
+import gzip
+from importlib.util import find_spec
+from pathlib import Path
 
 from clipforge.errors import ClipforgeError
 from clipforge.models.config import CLIPConfig, PreprocessConfig, TextConfig, VisionConfig
 from clipforge.models.convert.common import KeyReader, StateDict, assemble, mlp_ratio
+from clipforge.models.tokenizer import Tokenizer, build_clip_backend
 
 # Non-weight entries some OpenAI/open_clip state dicts carry (the JIT archive's metadata, causal-mask buffer).
 IGNORED = ("input_resolution", "context_length", "vocab_size", "attn_mask")
@@ -167,12 +171,6 @@ def state_to_openai(sd: StateDict, cfg: CLIPConfig) -> StateDict:
 
 def openai_tokenizer(context_length: int, vocab_size: int):
     """OpenAI's 49408-id BPE, read from open_clip's bundled vocabulary file when open_clip is installed."""
-    import gzip
-    from importlib.util import find_spec
-    from pathlib import Path
-
-    from clipforge.models.tokenizer import Tokenizer, build_clip_backend
-
     spec = find_spec("open_clip")
     bpe = Path(spec.origin).parent / "bpe_simple_vocab_16e6.txt.gz" if spec and spec.origin else None
     if vocab_size != 49408 or bpe is None or not bpe.is_file():
