@@ -24,10 +24,11 @@ from clipforge.train.loop import train
 # Text queries for the photo search, worded unlike any of the photo captions the model was trained on, with
 # the photo each one is about. (Querying with the training captions themselves would only show memorisation.)
 UNSEEN_QUERIES = (
-    ("an espresso on a small plate", "coffee"),
-    ("a spaceship waiting to take off", "rocket"),
-    ("a striped cat", "chelsea"),
-    ("stars and galaxies far away", "hubble_deep_field"),
+    ("a cup of espresso", "coffee"),
+    ("a tabby cat", "chelsea"),
+    ("the night sky full of galaxies", "hubble_deep_field"),
+    ("a motorbike in a garage", "motorcycle"),
+    ("a rocket ready for launch", "rocket"),
 )
 
 

@@ -13,8 +13,10 @@ from clipforge.registry import Option
 ACTIVE = None  # the command being parsed ("" none, None all): set by `build_parser`
 
 
-def wants_registry_flags(command: str) -> bool:
-    """Whether `command`'s parser should offer the flags its registries declare (importing them)."""
+def full_parser_for(command: str) -> bool:
+    """Whether `command`'s parser is built in full: with the flags that need a library import (registry
+    options, choices computed by torch-importing modules). Only the command being run, or all of them when
+    the whole parser is asked for, pays those imports."""
     return ACTIVE is None or ACTIVE == command
 
 

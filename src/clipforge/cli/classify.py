@@ -5,7 +5,7 @@ import json
 import sys
 
 from clipforge.cli._common import (add_model_args, add_options, load_encoder_from_args, option_values,
-                                   positive_int, wants_registry_flags)
+                                   positive_int, full_parser_for)
 from clipforge.errors import UsageError
 
 
@@ -27,7 +27,7 @@ def register(sub):
                    help="image files, or one source: folder, csv:/jsonl:/parquet: manifest, wds: shards")
     p.add_argument("--labels", help='comma-separated class names, e.g. "cat,dog,car"')
     p.add_argument("--labels-file", help="class names, one per line (or a JSON list)")
-    if wants_registry_flags("classify"):
+    if full_parser_for("classify"):
         methods, options = _method_options()
         p.add_argument("--method", choices=methods.names(), default=None,
                        help="zero-shot method (default mean): " + "; ".join(f"{n}: {d}" for n, d in methods.describe()))

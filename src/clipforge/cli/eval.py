@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import sys
 
-from clipforge.cli._common import add_options, option_values, positive_int, wants_registry_flags
+from clipforge.cli._common import add_options, option_values, positive_int, full_parser_for
 from clipforge.errors import UsageError
 
 
@@ -32,7 +32,7 @@ def register(sub):
                         "Optional when every --dataset is an index directory (`clipforge index build`): "
                         "--task zeroshot-retrieval then scores its stored embeddings, and a --model given "
                         "must be the index's own")
-    if wants_registry_flags("eval"):
+    if full_parser_for("eval"):
         tasks, options = _tasks()
         p.add_argument("--task", required=True, choices=tasks.names(),
                        help="; ".join(f"{n}: {d}" for n, d in tasks.describe()))
