@@ -124,8 +124,9 @@ def tokenizer_goldens():
     rows = [r[: int(np.flatnonzero(r).max()) + 1].tolist() for r in ids]         # padding (0) trimmed
     payload = {"tokenizer": "open_clip.get_tokenizer('ViT-B-32') (SimpleTokenizer, clean='lower')",
                "context_length": int(ids.shape[1]), "captions": captions, "ids": rows}
-    with gzip.open(OUT / "tokenizer_open_clip.json.gz", "wt", encoding="utf-8") as f:
-        json.dump(payload, f, ensure_ascii=False)
+    data = json.dumps(payload, ensure_ascii=False).encode("utf-8")
+    with open(OUT / "tokenizer_open_clip.json.gz", "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as f:
+        f.write(data)  # mtime 0: a rerun writes the same bytes
     shutil.copyfile(Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz",
                     OUT / "bpe_simple_vocab_16e6.txt.gz")
     return {"captions": len(captions), "truncated": int(sum(len(r) == ids.shape[1] for r in rows))}
