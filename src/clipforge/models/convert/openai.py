@@ -11,18 +11,18 @@ activation is QuickGELU (what OpenAI's weights were trained with) unless the cal
 """
 from __future__ import annotations
 
+import gzip
 import math
 import re
 import warnings
-from typing import Optional
-import gzip
 from importlib.util import find_spec
 from pathlib import Path
+from typing import Optional
 
 from clipforge.errors import ClipforgeError
 from clipforge.models.config import CLIPConfig, PreprocessConfig, TextConfig, VisionConfig
 from clipforge.models.convert.common import KeyReader, StateDict, assemble, mlp_ratio
-from clipforge.models.tokenizer import Tokenizer, build_clip_backend
+from clipforge.models.tokenizer import OPEN_CLIP_PATTERN, Tokenizer, build_clip_backend
 
 # Non-weight entries some OpenAI/open_clip state dicts carry (the JIT archive's metadata, causal-mask buffer).
 IGNORED = ("input_resolution", "context_length", "vocab_size", "attn_mask")
@@ -179,9 +179,17 @@ def openai_tokenizer(context_length: int, vocab_size: int):
         warnings.warn(f"no tokenizer for this {vocab_size}-id text tower ({why}): texts get clipforge's "
                       "byte-level tokenizer, whose ids do NOT match the original")
         return None
-    lines = gzip.open(bpe).read().decode("utf-8").split("\n")
+    return tokenizer_from_bpe_file(bpe, context_length)
+
+
+def tokenizer_from_bpe_file(path, context_length: int = 77):
+    """open_clip's SimpleTokenizer from an OpenAI merges file (`bpe_simple_vocab_16e6.txt.gz`): the same ids,
+    cleaning, word pattern and rule that the words <start_of_text> / <end_of_text> in a text are the special
+    ids (`parse_special`; "<|endoftext|>" is never special)."""
+    lines = gzip.open(path).read().decode("utf-8").split("\n")
     merges = [tuple(m.split()) for m in lines[1:49152 - 256 - 2 + 1]]  # the slice OpenAI's tokenizer uses
-    return Tokenizer(build_clip_backend(merges), context_length, clean="openai")  # open_clip cleans text first
+    return Tokenizer(build_clip_backend(merges, OPEN_CLIP_PATTERN), context_length, clean="openai",
+                     parse_special=True)
 
 
 def load_openai_state(state: StateDict, *, source: str = "state dict", cfg: Optional[CLIPConfig] = None,
