@@ -26,7 +26,7 @@ def _direct_features(ckpt, spec):
     model = load_model(ckpt).eval()
     src = open_source(spec)
     with torch.no_grad():
-        feats = torch.cat([model.encode_image(model.preprocess(src[i].image)[None]) for i in range(len(src))])
+        feats = model.encode_image(torch.stack([model.preprocess(src[i].image) for i in range(len(src))]))
     return model, src, feats.numpy(), np.array([src[i].label for i in range(len(src))])
 
 
@@ -73,9 +73,9 @@ def test_ranked_retrieval_with_class_queries_matches_a_recomputation(ckpt, digit
         first = np.flatnonzero(ranked[:20])
         rrs.append(1 / (first[0] + 1) if first.size else 0.0)
     m = rec["metrics"]
-    # features encoded one at a time here and in batches there differ by float rounding, which can swap
-    # near-tied images of this random model (a 2.6e-6 change in mAP was seen); a wrong ranking or formula
-    # moves these by far more
+    # features encoded in one batch here and in batches of 256 there can differ by float rounding, which can
+    # swap near-tied images of this random model (one at a time here, mAP moved by 2.6e-6); a wrong ranking or
+    # formula moves these by far more
     assert m["mAP"] == pytest.approx(np.mean(aps), abs=1e-4)
     assert m["AP@20"] == pytest.approx(np.mean(aps20), abs=1e-4) and m["MRR"] == pytest.approx(np.mean(rrs), abs=1e-4)
     assert rec["num_queries"] == 10 and rec["num_images"] == len(labels) and rec["config"]["cutoff"] == 20

@@ -137,4 +137,4 @@ class Registry:
         """(name, first docstring line) of every entry."""
         for n in self.names():
             doc = (self._entries[n].__doc__ or "").strip().splitlines()
-            yield n, doc[0] if doc else ""
+            yield n, doc[0].rstrip(".") if doc else ""
