@@ -17,7 +17,8 @@ def _unit(rng, n, d):
 
 # small params so every kind builds in milliseconds on 2 cores
 _SMALL = {"flat": {}, "hnsw": {"M": 16, "efConstruction": 40, "efSearch": 64},
-          "ivf_flat": {"nlist": 16, "nprobe": 16}, "ivf_pq": {"nlist": 16, "nprobe": 16, "m": 8, "nbits": 6}}
+          "ivf_flat": {"nlist": 16, "nprobe": 16}, "ivf_pq": {"nlist": 16, "nprobe": 16, "m": 8, "nbits": 6},
+          "ivf_pqfs": {"nlist": 16, "nprobe": 16, "m": 8}}
 
 
 def test_exact_equals_bruteforce_numpy():
