@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -38,19 +37,20 @@ TARGET, K = 0.98, 10
 # "factory": a raw faiss index_factory string (inner product), for the peers' defaults.
 CANDIDATES = {
     "hnsw32_faiss_defaults": {
-        "factory": "HNSW32", "note": "faiss defaults: efConstruction 40, efSearch 16",
-        "sweep": [{"efSearch": v} for v in (16, 32, 64, 128, 256, 512)]},
+        "factory": "HNSW32", "note": "faiss defaults: efConstruction 40, efSearch 16 (autofaiss builds exactly "
+                                     "this at 1M x 512 with its default 16G budget: its index is reused then)",
+        "sweep": [{"efSearch": v} for v in (16, 64, 128, 256, 384, 512)]},
     "ivf_pqfs": {
-        "vi": ("ivf_pqfs", {}), "note": "clipforge choose_index at 1M: IVF (HNSW coarse quantizer) + 4-bit "
-                                         "fast-scan PQ + exact re-ranking",
-        "sweep": [{"nprobe": p, "k_factor": f} for p in (16, 32, 64) for f in (10, 20, 40)]},
-    "ivf_flat_hnswq": {
-        "factory": "IVF4096_HNSW32,Flat", "note": "IVF-Flat, many lists",
-        "sweep": [{"nprobe": v} for v in (16, 32, 64, 128)]},
-    "hnsw32_efc80": {
-        "vi": ("hnsw", {"M": 32, "efConstruction": 80}), "note": "clipforge's hnsw kind (efConstruction 80)",
-        "sweep": [{"efSearch": v} for v in (64, 128, 256, 512)]},
+        "vi": ("ivf_pqfs", {"nlist": 2048, "m": 256}),
+        "note": "clipforge ivf_pqfs: IVF2048 with an HNSW coarse quantiser, PQ256x4 fast-scan codes, exact "
+                "re-ranking of k * k_factor candidates (IndexRefineFlat)",
+        "sweep": [{"nprobe": p, "k_factor": f} for p in (64, 96, 128, 192, 256) for f in (20, 40)]},
+    "ivf_pqfs_m128": {
+        "vi": ("ivf_pqfs", {"nlist": 2048, "m": 128}),
+        "note": "as ivf_pqfs with half the code size (PQ128x4: 4 dims per sub-quantiser)",
+        "sweep": [{"nprobe": p, "k_factor": f} for p in (128, 256) for f in (40, 80)]},
 }
+OPTIONAL = {"ivf_pqfs_m128"}  # run with --only
 
 
 # ---- machine facts ------------------------------------------------------------------------------------
@@ -142,21 +142,19 @@ def run_one(name: str, spec: dict, paths: dict, out: Path) -> dict:
     base_rss = _rss_mb()
     faiss.omp_set_num_threads(os.cpu_count())
     t = time.perf_counter()
-    if "factory" in spec:
-        kind = "factory"
-        index = faiss.index_factory(d, spec["factory"], faiss.METRIC_INNER_PRODUCT)
-        if "HNSW" in spec["factory"] and "IVF" not in spec["factory"]:
-            pass  # faiss defaults stay
-        index.train(xb[np.random.default_rng(0).choice(n, min(n, 200_000), replace=False)]
-                    if not index.is_trained else xb[:0])
-        index.add(xb)
-        search = index.search
-        desc = spec["factory"]
-    elif "load" in spec:  # an index another tool built (autofaiss): its build time comes with it
+    if "load" in spec:  # an index another tool built (autofaiss): its build time comes with it
         kind = "factory"
         index = faiss.read_index(spec["load"])
         search = index.search
         desc = spec["desc"]
+    elif "factory" in spec:
+        kind = "factory"
+        index = faiss.index_factory(d, spec["factory"], faiss.METRIC_INNER_PRODUCT)
+        if not index.is_trained:  # faiss's own defaults otherwise (efConstruction, niter...)
+            index.train(xb[np.random.default_rng(0).choice(n, min(n, 200_000), replace=False)])
+        index.add(xb)
+        search = index.search
+        desc = spec["factory"]
     else:
         from clipforge.retrieval.index import VectorIndex
 
@@ -167,7 +165,7 @@ def run_one(name: str, spec: dict, paths: dict, out: Path) -> dict:
         desc = f"{vk} " + ", ".join(f"{k}={v}" for k, v in index.params.items())
     build_s = spec.get("build_s") or (time.perf_counter() - t)
     index_mb = _rss_mb() - base_rss
-    peak_mb = _rss_mb("VmHWM")
+    peak_mb = None if "load" in spec else _rss_mb("VmHWM")  # a loaded index was built elsewhere
     del xb
     faiss.omp_set_num_threads(1)
     rows = []
@@ -245,7 +243,7 @@ def write_report(out: Path, results: list[dict], mach: dict, load_before, load_a
         goal = r["meets_target"] and c["p50_ms"] <= 3 and r["build_s"] <= 120
         p = ", ".join(f"{k}={v}" for k, v in c["params"].items())
         lines.append(f"| {r['name']} | {r['desc']} | {r['build_s']:.0f} | {r['index_rss_mb'] / 1024:.2f} | "
-                     f"{r['peak_rss_mb'] / 1024:.2f} | {p} | {c['recall_eval']:.4f} | {c['p50_ms']:.2f} | "
+                     f"{'n/a' if r['peak_rss_mb'] is None else format(r['peak_rss_mb'] / 1024, '.2f')} | {p} | {c['recall_eval']:.4f} | {c['p50_ms']:.2f} | "
                      f"{c['p99_ms']:.2f} | {'yes' if goal else 'no'} |\n")
     lines.append("\nFull sweeps (recall@10 over all 1000 queries):\n\n")
     for r in results:
@@ -295,10 +293,13 @@ def main(argv=None) -> int:
             nprobe = sweep[0].get("nprobe")
             if nprobe:
                 sweep += [{**sweep[0], "nprobe": v} for v in (2 * nprobe, 4 * nprobe, 8 * nprobe)]
+            if key == "HNSW32":  # the same index as faiss's defaults: measure it once, sweep it as both
+                specs["hnsw32_faiss_defaults"] = {**specs["hnsw32_faiss_defaults"], "load": str(work / "knn.index"),
+                                                  "desc": "HNSW32 (built by autofaiss)", "build_s": info["wall_s"]}
             specs["autofaiss"] = {"load": str(work / "knn.index"), "desc": f"{key} ({info['index_param']})",
                                   "build_s": info["wall_s"], "note": "autofaiss's choice and its own search "
                                   "params (first), then larger nprobe", "sweep": sweep}
-    names = args.only.split(",") if args.only else list(specs)
+    names = args.only.split(",") if args.only else [n for n in specs if n not in OPTIONAL]
     force = set(filter(None, args.force.split(",")))
     results = []
     for name in names:
