@@ -25,7 +25,7 @@ def register(sub):
     b.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                    help="auto: bf16 weights where the hardware multiplies bf16 natively and the model is large")
     b.add_argument("--shard-size", type=positive_int, default=10_000, help="samples per committed shard")
-    b.add_argument("--index-kind", choices=["auto", "flat", "hnsw", "ivf_flat", "ivf_pq"], default="auto")
+    b.add_argument("--index-kind", choices=["auto", "flat", "hnsw", "ivf_flat", "ivf_pq", "ivf_pqfs"], default="auto")
     b.add_argument("--no-text", action="store_true", help="do not embed captions (text_emb/)")
     b.add_argument("--device", default=None)
     b.set_defaults(func=run_build)
@@ -33,7 +33,7 @@ def register(sub):
     u.add_argument("index_dir")
     u.add_argument("--workers", type=int, default=2)
     u.add_argument("--max-memory", default=None)
-    u.add_argument("--index-kind", choices=["auto", "flat", "hnsw", "ivf_flat", "ivf_pq"], default=None)
+    u.add_argument("--index-kind", choices=["auto", "flat", "hnsw", "ivf_flat", "ivf_pq", "ivf_pqfs"], default=None)
     u.add_argument("--device", default=None)
     u.set_defaults(func=run_update)
     i = isub.add_parser("info", help="print an index's manifest")

@@ -108,6 +108,20 @@ def _check_vectors(x, d: int | None, what: str) -> np.ndarray:
     return x
 
 
+def header_bytes(magic: bytes, header: dict) -> bytes:
+    """The start of every clipforge index file: 8 magic bytes, the JSON header's length, the header."""
+    data = json.dumps(header).encode()
+    return magic + struct.pack("<Q", len(data)) + data
+
+
+def read_header(f, magic: bytes) -> dict | None:
+    """The JSON header of a file written with header_bytes(magic, ...), or None if the magic differs."""
+    if f.read(len(magic)) != magic:
+        return None
+    (n,) = struct.unpack("<Q", f.read(8))
+    return json.loads(f.read(n))
+
+
 @dataclass
 class IndexSpec:
     """What choose_index decided, with the reason, so a manifest can record it."""
@@ -167,6 +181,7 @@ class VectorIndex:
     def __init__(self, index: faiss.Index, kind: str, params: dict, info: dict | None = None):
         self.index, self.kind, self.params = index, kind, params
         self.info = dict(info or {})  # free-form facts worth saving, e.g. measured recall
+        self._n_live: int | None = None  # cached: counting live ids copies the whole id map (8 B/vector)
 
     # -- construction --
     @classmethod
@@ -294,9 +309,15 @@ class VectorIndex:
 
     def __len__(self) -> int:
         """Live vectors."""
-        if self._marks_removed():
-            return int(np.count_nonzero(self._id_map() >= 0))
-        return int(self.index.ntotal)
+        if not self._marks_removed():
+            return int(self.index.ntotal)
+        if self._n_live is None:
+            self._n_live = int(np.count_nonzero(self._id_map() >= 0))
+        return self._n_live
+
+    def _contents_changed(self) -> None:
+        """Call after changing the faiss index's rows or id map directly."""
+        self._n_live = None
 
     @property
     def n_dead(self) -> int:
@@ -332,6 +353,7 @@ class VectorIndex:
             raise UsageError("add: ids must be unique non-negative int64, one per vector")
         self.remove(ids)
         self.index.add_with_ids(x, ids)
+        self._contents_changed()
 
     def remove(self, ids) -> int:
         """Forget these ids (absent ones are ignored); returns how many were present."""
@@ -347,6 +369,7 @@ class VectorIndex:
             id_map[hit] = -1
             faiss.copy_array_to_vector(id_map, self.index.id_map)
             self.index.construct_rev_map()
+            self._contents_changed()
         return int(hit.sum())
 
     # -- search --
@@ -401,10 +424,8 @@ class VectorIndex:
             head["faiss_file"] = f"{path.name}.{time.time_ns():x}.faiss"
             head["ivfdata"] = data.name
             atomic_write_path(path.parent / head["faiss_file"], lambda tmp: faiss.write_index(self.index, tmp))
-        header = json.dumps(head).encode()
-
         def write(f) -> None:
-            f.write(_MAGIC + struct.pack("<Q", len(header)) + header)
+            f.write(header_bytes(_MAGIC, head))
             if odl is None:
                 writer = faiss.PyCallbackIOWriter(f.write)
                 faiss.write_index(self.index, writer)
@@ -420,10 +441,7 @@ class VectorIndex:
         """Side files an on-disk index saved at path refers to now (empty for a one-file index)."""
         try:
             with open(path, "rb") as f:
-                if f.read(len(_MAGIC)) != _MAGIC:
-                    return set()
-                (n,) = struct.unpack("<Q", f.read(8))
-                h = json.loads(f.read(n))
+                h = read_header(f, _MAGIC) or {}
         except (OSError, ValueError, struct.error):
             return set()
         return {h[k] for k in ("faiss_file", "ivfdata") if k in h}
@@ -433,10 +451,9 @@ class VectorIndex:
         path = Path(path)
         try:
             with open(path, "rb") as f:
-                if f.read(len(_MAGIC)) != _MAGIC:
+                header = read_header(f, _MAGIC)
+                if header is None:
                     raise ClipforgeError(f"{path}: not a clipforge index file")
-                (n,) = struct.unpack("<Q", f.read(8))
-                header = json.loads(f.read(n))
                 if "faiss_file" in header:  # lists on disk: faiss finds .ivfdata in the faiss file's directory
                     index = faiss.read_index(str(path.parent / header["faiss_file"]), faiss.IO_FLAG_ONDISK_SAME_DIR)
                 else:

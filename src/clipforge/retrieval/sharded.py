@@ -31,7 +31,7 @@ import numpy as np
 
 from clipforge.atomic import atomic_write
 from clipforge.errors import ClipforgeError, UsageError
-from clipforge.retrieval.index import VectorIndex, merge_topk
+from clipforge.retrieval.index import VectorIndex, header_bytes, merge_topk, read_header
 
 _SHARDS_MAGIC = b"CFSHARD1"
 MODES = ("auto", "single", "query")
@@ -142,9 +142,15 @@ def _merge_into(base: VectorIndex, other: VectorIndex) -> None:
     """Append other's vectors to base (same template); other is emptied."""
     if base.kind == "flat":
         base.index.merge_from(other.index)
-        return
-    bw, br, bivf = _ivf_parts(base.index)
-    ow, orf, oivf = _ivf_parts(other.index)
+    else:
+        _merge_ivf(base.index, other.index)
+    base._contents_changed()
+    other._contents_changed()
+
+
+def _merge_ivf(base: faiss.Index, other: faiss.Index) -> None:
+    bw, br, bivf = _ivf_parts(base)
+    ow, orf, oivf = _ivf_parts(other)
     offset = bivf.ntotal if bw is not None else 0  # wrapped IVFs number their rows 0..n-1
     bivf.merge_from(oivf, offset)
     if br is not None:  # the refinement store: append the other shard's codes row for row
@@ -331,22 +337,21 @@ class ShardedIndex:
                 s.save(p)
                 self.paths[i] = p
             names.append(os.path.relpath(Path(p).resolve(), path.parent.resolve()))
-        header = json.dumps({"format": "clipforge-sharded-index", "version": 1, "kind": self.kind, "d": self.d,
-                             "search_params": _search_params(self.shards[0]), "info": self.info,
-                             "shards": [{"path": nm, "n": len(s)} for nm, s in zip(names, self.shards)]}).encode()
-        atomic_write(path, lambda f: f.write(_SHARDS_MAGIC + struct.pack("<Q", len(header)) + header))
+        header = {"format": "clipforge-sharded-index", "version": 1, "kind": self.kind, "d": self.d,
+                  "search_params": _search_params(self.shards[0]), "info": self.info,
+                  "shards": [{"path": nm, "n": len(s)} for nm, s in zip(names, self.shards)]}
+        atomic_write(path, lambda f: f.write(header_bytes(_SHARDS_MAGIC, header)))
 
     @classmethod
     def load(cls, path) -> "ShardedIndex":
         path = Path(path)
         try:
             with open(path, "rb") as f:
-                if f.read(len(_SHARDS_MAGIC)) != _SHARDS_MAGIC:
-                    raise ClipforgeError(f"{path}: not a clipforge sharded index")
-                (n,) = struct.unpack("<Q", f.read(8))
-                header = json.loads(f.read(n))
+                header = read_header(f, _SHARDS_MAGIC)
         except (OSError, ValueError, struct.error) as e:
             raise ClipforgeError(f"{path}: cannot read sharded index ({e})") from e
+        if header is None:
+            raise ClipforgeError(f"{path}: not a clipforge sharded index")
         paths = [path.parent / s["path"] for s in header["shards"]]
         missing = [str(p) for p in paths if not p.exists()]
         if missing:
