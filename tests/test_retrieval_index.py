@@ -133,3 +133,26 @@ def test_recall_100k_x_512():
     print(f"embedding-shaped 100k x 512, ivf_flat nlist=1024 tuned nprobe={nprobe} ({nprobe / 1024:.1%} of lists):"
           f" recall@10 {r['recall@10']:.3f}, p50 {r['p50_ms']:.2f} ms; test took {time.time() - t0:.0f} s")
     assert r["recall@10"] >= 0.95 and nprobe <= 160  # and far from exhaustive
+
+
+def test_choose_index_beyond_hnsw_and_between_budgets():
+    from clipforge.retrieval.index import HNSW_MAX_N
+
+    big = choose_index(4 * HNSW_MAX_N, 512)
+    assert big.kind == "ivf_pqfs" and 512 % big.params["m"] == 0
+    assert big.params["nlist"] & (big.params["nlist"] - 1) == 0 and big.params["nprobe"] < big.params["nlist"]
+    # 1M: a budget that holds the fast-scan index but not the graph's links
+    between = (estimate_memory("ivf_pqfs", 1_000_000, 512) + estimate_memory("hnsw", 1_000_000, 512)) // 2
+    spec = choose_index(1_000_000, 512, between)
+    assert spec.kind == "ivf_pqfs" and estimate_memory("ivf_pqfs", 1_000_000, 512, spec.params) <= between
+
+
+def test_ivf_pqfs_returns_exact_scores_of_what_it_finds():
+    """Fast-scan codes only shortlist; the exact re-ranking means every returned score is the true cosine."""
+    xb, q = synthetic_embeddings(8000, 64, rank=16, seed=11, n_queries=30)
+    ids = np.arange(8000, dtype=np.int64) * 7 + 1
+    ix = VectorIndex.build(xb, ids, "ivf_pqfs", nlist=32, nprobe=8, k_factor=10)
+    s, i = ix.search(q, 10)
+    rows = (i - 1) // 7  # id -> row
+    np.testing.assert_allclose(s, np.einsum("qd,qkd->qk", q, xb[rows]), atol=1e-5)
+    assert (np.diff(s, axis=1) <= 1e-6).all()  # ranked by the exact score

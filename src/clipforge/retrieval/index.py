@@ -38,6 +38,9 @@ from clipforge.atomic import atomic_write, atomic_write_path
 from clipforge.errors import ClipforgeError, UsageError
 
 KINDS = ("flat", "hnsw", "ivf_flat", "ivf_pq", "ivf_pqfs")
+# Up to this many vectors choose_index prefers HNSW (best query speed at a given recall); beyond it
+# ivf_pqfs, whose build is several times faster (1M x 512 on 2 cores: docs/bench_1m.md).
+HNSW_MAX_N = 1_000_000
 EXACT_THRESHOLD = 200_000  # below this many vectors exact search is fast enough (≈ 30 ms/query at 512-d)
 _MAGIC = b"CFINDEX1"
 _DEFAULTS = {
@@ -45,7 +48,7 @@ _DEFAULTS = {
     "hnsw": {"M": 32, "efConstruction": 80, "efSearch": 128},
     "ivf_flat": {"nlist": None, "nprobe": 32},
     "ivf_pq": {"nlist": None, "m": None, "nbits": 8, "nprobe": 32, "k_factor": 8, "refine": "fp16"},
-    "ivf_pqfs": {"nlist": None, "m": None, "nprobe": None, "k_factor": 40, "refine": "flat", "quantizer": None},
+    "ivf_pqfs": {"nlist": None, "m": None, "nprobe": None, "k_factor": 20, "refine": "flat", "quantizer": None},
 }
 # Bytes per dimension of the IVF-PQ refinement store (re-scores the PQ shortlist with better vectors).
 _REFINE_BYTES = {"flat": 4, "fp16": 2, "sq8": 1, None: 0}
@@ -73,12 +76,16 @@ def _set_blas_for(nq: int) -> None:
 
 
 def _nlist_for(n: int, kind: str = "ivf_flat") -> int:
-    # ≈ 4 sqrt(n) lists, a power of two, with ≥ 39 training points per list (faiss's own floor).
-    return int(max(1, min(2 ** round(math.log2(max(1.0, 4 * math.sqrt(n)))), n // 39)))
+    # ≈ 4 sqrt(n) lists (2 sqrt(n) for ivf_pqfs: 2048 at 1M, measured in docs/bench_1m.md), a power of
+    # two, with ≥ 39 training points per list (faiss's own floor).
+    per = 2 if kind == "ivf_pqfs" else 4
+    return int(max(1, min(2 ** round(math.log2(max(1.0, per * math.sqrt(n)))), n // 39)))
 
 
 def _nprobe_for(nlist: int) -> int:
-    return max(1, nlist // 32)
+    # ivf_pqfs at 1M x 512 (embedding-shaped): nprobe 128 of 2048 lists with k_factor 20 gave recall@10
+    # 0.982 (96: 0.975, 192: 0.994); build_faiss still tunes nprobe to the target on the real vectors
+    return max(1, nlist // 16)
 
 
 def _train_size_for(nlist: int) -> int:
@@ -144,9 +151,11 @@ def estimate_memory(kind: str, n: int, d: int, params: dict | None = None) -> in
 
 
 def _pq_m(d: int, fast_scan: bool = False) -> int:
-    """Sub-quantisers: m must divide d; ~8 dims each for 8-bit codes, ~4 dims for 4-bit fast-scan codes."""
-    per = 4 if fast_scan else 8
-    for m in (128, 64, 32, 16, 8, 4, 2, 1):
+    """Sub-quantisers: m must divide d; ~8 dims each for 8-bit codes, ~2 dims for 4-bit fast-scan codes
+    (both 1-2 bits per dimension; at 1M x 512, 4 dims per 4-bit code capped recall@10 at 0.95 whatever the
+    shortlist, 2 dims reached 0.98: docs/bench_1m.md)."""
+    per = 2 if fast_scan else 8
+    for m in (256, 128, 64, 32, 16, 8, 4, 2, 1):
         if d % m == 0 and m <= max(1, d // per):
             return m
     return 1
@@ -156,18 +165,31 @@ def choose_index(n: int, d: int, max_memory_bytes: int | None = None,
                  exact_threshold: int = EXACT_THRESHOLD) -> IndexSpec:
     """Pick an index kind from collection size and a memory budget (None = unlimited).
 
-    Exact below exact_threshold when it fits; then HNSW (best latency/recall on embedding-shaped data);
-    then IVF-Flat (same memory as exact, no graph); IVF-PQ + fp16 refinement as the last resort.
+    From measurements on embedding-shaped vectors (docs/bench_index.md, docs/bench_1m.md; 2 cores):
+      - exact below exact_threshold when it fits (100k x 512: 12 ms per query, recall 1);
+      - HNSW up to HNSW_MAX_N vectors: the best recall per query-millisecond, but its build grows as
+        n log n with slow graph insertions (1M x 512, M=32: see HNSW_MAX_N);
+      - ivf_pqfs above that, or when the graph's links do not fit: IVF with an HNSW coarse quantiser,
+        4-bit fast-scan PQ and exact re-ranking (1M x 512: recall@10 0.98 at nprobe 128/2048);
+      - IVF-Flat when only the raw vectors fit; IVF-PQ with a smaller refinement store (fp16, sq8) or
+        none as the last resort.
     """
     budget = math.inf if max_memory_bytes is None else max_memory_bytes
     fits = {k: estimate_memory(k, n, d) <= budget for k in KINDS}
     if n <= exact_threshold and fits["flat"]:
         return IndexSpec("flat", {}, f"{n} vectors <= exact threshold {exact_threshold}")
-    if fits["hnsw"]:
+    if n <= HNSW_MAX_N and fits["hnsw"]:
         return IndexSpec("hnsw", dict(_DEFAULTS["hnsw"]), f"{n} vectors > {exact_threshold}; HNSW fits budget")
+    if fits["ivf_pqfs"]:
+        nlist = _nlist_for(n, "ivf_pqfs")
+        p = {"nlist": nlist, "m": _pq_m(d, fast_scan=True), "nprobe": _nprobe_for(nlist), "k_factor": 20,
+             "refine": "flat", "quantizer": None}
+        why = (f"{n} vectors > {HNSW_MAX_N}: IVF + fast-scan PQ builds several times faster than HNSW"
+               if n > HNSW_MAX_N else "the HNSW graph exceeds the budget")
+        return IndexSpec("ivf_pqfs", p, why)
     if fits["ivf_flat"]:
-        return IndexSpec("ivf_flat", {"nlist": _nlist_for(n), "nprobe": 32}, "HNSW graph exceeds the budget")
-    for refine in _REFINE_BYTES:  # fp16, then sq8, then PQ codes alone
+        return IndexSpec("ivf_flat", {"nlist": _nlist_for(n), "nprobe": 32}, "only the raw vectors fit the budget")
+    for refine in ("fp16", "sq8", None):
         p = {"nlist": _nlist_for(n), "m": _pq_m(d), "nbits": 8, "nprobe": 32, "k_factor": 8, "refine": refine}
         if estimate_memory("ivf_pq", n, d, p) <= budget:
             return IndexSpec("ivf_pq", p, f"only compressed codes fit the budget (refine={refine})")
