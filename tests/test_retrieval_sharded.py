@@ -235,7 +235,7 @@ def test_200k_x_512_in_four_shards():
     against numpy brute force) and approximate (ivf_pqfs from one training: the same answers, so the same
     recall)."""
     xb, q = synthetic_embeddings(200_000, 512, seed=7, n_queries=100)
-    ids = np.random.default_rng(8).permutation(10**9)[:len(xb)].astype(np.int64)
+    ids = np.random.default_rng(8).choice(10**9, len(xb), replace=False).astype(np.int64)
     parts = _parts(len(xb), 4, seed=9)
     ts, ti = exact_knn(xb, q, 10, ids)
     flat_t = train_template(xb[:10], "flat", n=len(xb))
