@@ -86,7 +86,9 @@ def test_bad_names_and_files(tmp_path):
 def test_choose_index():
     gib = 2**30
     assert choose_index(50_000, 512).kind == "flat"
-    assert choose_index(1_000_000, 512).kind == "hnsw"
+    # measured at 1M x 512 (docs/bench_1m.md): ivf_pqfs reached recall@10 0.98 in less CPU per query than
+    # HNSW32 and built several times faster, so it replaced hnsw as the large-collection choice
+    assert choose_index(1_000_000, 512).kind == "ivf_pqfs"
     flat_1m = estimate_memory("flat", 1_000_000, 512)
     assert choose_index(1_000_000, 512, flat_1m).kind == "ivf_flat"  # graph does not fit, vectors do
     spec = choose_index(1_000_000, 512, gib)
@@ -135,16 +137,18 @@ def test_recall_100k_x_512():
     assert r["recall@10"] >= 0.95 and nprobe <= 160  # and far from exhaustive
 
 
-def test_choose_index_beyond_hnsw_and_between_budgets():
-    from clipforge.retrieval.index import HNSW_MAX_N
-
-    big = choose_index(4 * HNSW_MAX_N, 512)
-    assert big.kind == "ivf_pqfs" and 512 % big.params["m"] == 0
-    assert big.params["nlist"] & (big.params["nlist"] - 1) == 0 and big.params["nprobe"] < big.params["nlist"]
-    # 1M: a budget that holds the fast-scan index but not the graph's links
-    between = (estimate_memory("ivf_pqfs", 1_000_000, 512) + estimate_memory("hnsw", 1_000_000, 512)) // 2
-    spec = choose_index(1_000_000, 512, between)
-    assert spec.kind == "ivf_pqfs" and estimate_memory("ivf_pqfs", 1_000_000, 512, spec.params) <= between
+def test_choose_index_large_collections():
+    spec = choose_index(1_000_000, 512)
+    p = spec.params
+    assert spec.kind == "ivf_pqfs" and 512 % p["m"] == 0 and p["nlist"] & (p["nlist"] - 1) == 0
+    assert 1 <= p["nprobe"] < p["nlist"] and p["refine"] == "flat"
+    assert estimate_memory("ivf_pqfs", 1_000_000, 512, p) < estimate_memory("hnsw", 1_000_000, 512)
+    # it builds: the defaults are valid parameters for VectorIndex
+    ix = VectorIndex.create(512, spec.kind, 1_000_000, **p)
+    assert ix.params["nlist"] == p["nlist"] and not ix.is_trained
+    # one byte short of the fast-scan index: the raw vectors alone
+    below = estimate_memory("ivf_pqfs", 1_000_000, 512, p) - 1
+    assert choose_index(1_000_000, 512, below).kind == "ivf_flat"
 
 
 def test_ivf_pqfs_returns_exact_scores_of_what_it_finds():
