@@ -42,9 +42,9 @@ CANDIDATES = {
         "sweep": [{"efSearch": v} for v in (16, 64, 128, 256, 384, 512)]},
     "ivf_pqfs": {
         "vi": ("ivf_pqfs", {"nlist": 2048, "m": 256}),
-        "note": "clipforge ivf_pqfs: IVF2048 with an HNSW coarse quantiser, PQ256x4 fast-scan codes, exact "
-                "re-ranking of k * k_factor candidates (IndexRefineFlat)",
-        "sweep": [{"nprobe": p, "k_factor": f} for p in (64, 96, 128, 160, 192, 256) for f in (10, 20)]},
+        "note": "clipforge ivf_pqfs as choose_index sets it at 1M: IVF2048 (flat coarse quantiser), PQ256x4 "
+                "fast-scan codes, exact re-ranking of k * k_factor candidates (IndexRefineFlat)",
+        "sweep": [{"nprobe": p, "k_factor": f} for p in (64, 96, 128, 160, 192) for f in (10, 20)]},
     "ivf_pqfs_m128": {
         "vi": ("ivf_pqfs", {"nlist": 2048, "m": 128}),
         "note": "as ivf_pqfs with half the code size (PQ128x4: 4 dims per sub-quantiser)",
