@@ -14,7 +14,7 @@ from clipforge.retrieval.sharded import (ShardedIndex, build_shard, merge_shards
                                          train_template)
 
 _SMALL = {"flat": {}, "ivf_flat": {"nlist": 64, "nprobe": 8}, "ivf_pq": {"nlist": 64, "nprobe": 8, "m": 16},
-          "ivf_pqfs": {"nlist": 64, "nprobe": 8, "m": 32}, "hnsw": {"M": 16, "efConstruction": 40,
+          "ivf_pqfs": {"nlist": 64, "nprobe": 8, "m": 32, "quantizer": "hnsw"}, "hnsw": {"M": 16, "efConstruction": 40,
                                                                     "efSearch": 48}}
 
 
