@@ -13,8 +13,8 @@ under --cache (vectors, ground truth, one JSON per candidate), so a rerun only d
 Each candidate runs in its own process (so its peak RSS is its own): build with all threads, then search
 with ONE thread: a sweep of its search parameter(s); for each setting, recall@10 on the 1000 queries
 (batched) and p50 / p99 of one-query calls on 300 of them. The "chosen" row of a candidate is its fastest
-(p50) setting whose recall@10 on the first 500 queries reaches the target; the row reports recall on the
-other 500 (held out), so tuning does not flatter it. Results go to --out (docs/bench_1m.md).
+(CPU p50) setting whose recall@10 on the first 500 queries reaches the target + 0.005; the row reports
+recall on the other 500 (held out), so tuning does not flatter it, and the goal is judged on those. Results go to --out (docs/bench_1m.md).
 """
 
 from __future__ import annotations
@@ -110,6 +110,15 @@ def ensure_data(cache: Path, n: int, d: int, n_queries: int = 1000) -> dict:
 
 
 # ---- one candidate (child process) ------------------------------------------------------------------
+
+MARGIN = 0.005  # ~2 standard errors of recall@10 over 500 queries: a choice that holds on new queries
+
+
+def choose(rows: list[dict]) -> tuple[dict, bool]:
+    """The cheapest setting (CPU p50) whose recall on the tuning half reaches TARGET + MARGIN."""
+    ok = [r for r in rows if r["recall_tune"] >= TARGET + MARGIN]
+    return (min(ok, key=lambda r: r["p50_cpu_ms"]) if ok else max(rows, key=lambda r: r["recall_tune"])), bool(ok)
+
 
 def _rss_mb(field: str = "VmRSS") -> float:
     for line in open("/proc/self/status"):
@@ -209,8 +218,7 @@ def run_one(name: str, spec: dict, paths: dict, out: Path) -> dict:
         print(f"  {name} {params}: recall@10 {rows[-1]['recall_all']:.4f} p50 {rows[-1]['p50_ms']:.2f} ms "
               f"(cpu {rows[-1]['p50_cpu_ms']:.2f}) p99 {rows[-1]['p99_ms']:.2f} ms (cpu {rows[-1]['p99_cpu_ms']:.2f}) "
               f"load {rows[-1]['load_avg']:.1f}", flush=True)
-    ok = [r for r in rows if r["recall_tune"] >= TARGET]
-    chosen = min(ok, key=lambda r: r["p50_cpu_ms"]) if ok else max(rows, key=lambda r: r["recall_tune"])
+    chosen, ok = choose(rows)
     res = {"name": name, "desc": desc, "note": spec.get("note", ""), "n": n, "d": d, "build_s": build_s, "build_cpu_s": build_cpu, **phases,
            "index_rss_mb": index_mb, "peak_rss_mb": peak_mb, "data_rss_mb": base_rss, "rows": rows,
            "chosen": chosen, "meets_target": bool(ok), "load_avg_after": os.getloadavg(),
@@ -268,9 +276,9 @@ def write_report(out: Path, results: list[dict], mach: dict, load_before, load_a
              "| recall@10 (held out) | p50 ms wall / CPU | p99 ms wall / CPU | goal |\n"
              "|---|---|---:|---:|---:|---:|---|---:|---:|---:|---|\n"]
     for r in results:
-        c = r["chosen"]
+        c, _ = choose(r["rows"])  # (recomputed: cached results follow the current rule)
         cpu = r.get("build_cpu_s")
-        goal = (r["meets_target"] and c["p50_cpu_ms"] <= 3
+        goal = (c["recall_eval"] >= TARGET and c["p50_cpu_ms"] <= 3
                 and (cpu / mach["cores"] if cpu is not None else r["build_s"]) <= 120)
         p = ", ".join(f"{k}={v}" for k, v in c["params"].items())
         peak = "n/a" if r["peak_rss_mb"] is None else format(r["peak_rss_mb"] / 1024, ".2f")
@@ -350,7 +358,7 @@ def main(argv=None) -> int:
                 print(f"{name}: failed", flush=True)
                 continue
         r = json.loads(out.read_text())
-        c = r["chosen"]
+        c, _ = choose(r["rows"])
         print(f"{name:24s} build {r['build_s']:6.0f} s (cpu {r.get('build_cpu_s') or float('nan'):.0f} s)  index "
               f"{r['index_rss_mb'] / 1024:.2f} GB  chosen {c['params']} recall@10 {c['recall_eval']:.4f} "
               f"p50 {c['p50_ms']:.2f} ms (cpu {c['p50_cpu_ms']:.2f})", flush=True)
