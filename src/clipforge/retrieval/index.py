@@ -172,7 +172,7 @@ def choose_index(n: int, d: int, max_memory_bytes: int | None = None,
       - then ivf_pqfs: IVF (a flat coarse quantiser up to 8192 lists), 4-bit fast-scan PQ (2 dims per code) and exact
         re-ranking. At 1M x 512 (nprobe 128 of 2048, k_factor 20) it reached recall@10 0.982 on held-out
         queries at 2.9 ms of CPU per query and built in 158 CPU-seconds, while HNSW32 (faiss defaults,
-        also what autofaiss picks) needed efSearch 384 (5.1 ms) for 0.98 and about 5x the build time;
+        also what autofaiss picks) needed efSearch 384 (5.1 ms) for 0.98 and 4-6x the build CPU;
         HNSW stays available by name;
       - IVF-Flat when only the raw vectors fit; IVF-PQ with a smaller refinement store (fp16, sq8) or
         none as the last resort.
