@@ -64,6 +64,10 @@ class PreprocessConfig:
     crop_scale: Tuple[float, float] = (0.9, 1.0)  # train: random resized crop area range (open_clip default)
     hflip: bool = False  # train: random horizontal flip (off by default: text may say left/right)
     per_image_norm: bool = False  # standardise each image by its own mean/std after normalisation
+    # Whose eval pipeline to copy bit for bit (docs/fidelity.md): "open_clip" (torchvision: crop offset
+    # round-half-even, non-RGB images resized in their own mode and converted after the crop) or "hf"
+    # (transformers' image processors: crop offset floored, transparency composited on white first).
+    convention: str = "open_clip"
 
 
 @dataclass(frozen=True)
