@@ -252,3 +252,28 @@ def test_200k_x_512_in_four_shards():
     r = _recall(i_m, ti)
     print(f"\n200k x 512 ivf_pqfs nlist 512 nprobe 64 k_factor 40, 4 shards merged: recall@10 {r:.3f}")
     assert r >= 0.9
+
+
+def test_cli_merge_into_an_index_directory(data, tmp_path):
+    """--out INDEX_DIR: the merged index becomes its index.faiss and index.json describes it."""
+    import json
+
+    from clipforge.cli import main
+
+    xb, _, _ = data
+    store = tmp_path / "idx"
+    ids = _store(store, xb[:3000], n_store_shards=4)
+    (store / "index.json").write_text(json.dumps({"model": "tiny", "index": {"kind": "flat"}}))
+    t = tmp_path / "t.cfidx"
+    assert main(["index", "shard-train", str(store), "--out", str(t), "--index-kind", "hnsw",
+                 "--param", "M=8", "--param", "efConstruction=20"]) == 0
+    for i in range(2):
+        assert main(["index", "shard-build", str(store), "--trained", str(t), "--part", f"{i}/2",
+                     "--out", str(tmp_path / f"h{i}.cfidx")]) == 0
+    assert main(["index", "merge", str(tmp_path / "h0.cfidx"), str(tmp_path / "h1.cfidx"), "--out", str(store),
+                 "--param", "efSearch=64"]) == 0
+    info = json.loads((store / "index.json").read_text())
+    assert info["index"]["kind"] == "hnsw" and info["index"]["n"] == 3000 and info["model"] == "tiny"
+    served = open_index(store / "index.faiss")  # what SearchEngine opens
+    assert isinstance(served, ShardedIndex) and served.params["efSearch"] == 64
+    assert sorted(served.ids().tolist()) == sorted(ids.tolist())

@@ -187,12 +187,21 @@ def run_merge(args) -> int:
     from clipforge.retrieval.sharded import merge_shards
 
     out = Path(args.out)
-    if out.is_dir():
+    index_dir = out if out.is_dir() else None
+    if index_dir is not None:
         from clipforge.retrieval.build import INDEX_FILE
 
         out = out / INDEX_FILE
     merged = merge_shards(args.shards, out, mode=args.mode, on_disk=args.on_disk,
                           search_params=_parse_params(args.param))
+    if index_dir is not None and (index_dir / "index.json").exists():  # what `index info` and `serve` report
+        from clipforge.atomic import atomic_write_json
+        from clipforge.retrieval.build import read_info
+
+        info = read_info(index_dir)
+        info["index"] = {"kind": merged.kind, "reason": f"merged from {len(args.shards)} shards ({args.mode})",
+                         "n": len(merged), "dim": merged.d, "params": dict(merged.params)}
+        atomic_write_json(index_dir / "index.json", info)
     how = (f"{len(merged.shards)} shards searched together" if hasattr(merged, "shards") else
            "one index" + (" (inverted lists on disk)" if args.on_disk else ""))
     print(f"merged {len(args.shards)} shard(s) into {out}: {len(merged)} vectors, {merged.kind}, {how}")
