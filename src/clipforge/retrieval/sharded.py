@@ -31,7 +31,8 @@ import numpy as np
 
 from clipforge.atomic import atomic_write
 from clipforge.errors import ClipforgeError, UsageError
-from clipforge.retrieval.index import VectorIndex, header_bytes, merge_topk, read_header
+from clipforge.retrieval.index import VectorIndex, choose_index, header_bytes, merge_topk, read_header
+from clipforge.retrieval.store import EmbeddingStore
 
 _SHARDS_MAGIC = b"CFSHARD1"
 MODES = ("auto", "single", "query")
@@ -71,12 +72,6 @@ def build_shard(template: VectorIndex | str | os.PathLike, x: np.ndarray, ids: n
 
 # ---- from an embedding store (an index directory or a clip-retrieval embeddings folder) -----------------
 
-def _open_store(store_dir):
-    from clipforge.retrieval.store import EmbeddingStore
-
-    return EmbeddingStore.open(store_dir)
-
-
 def parse_part(part: str) -> tuple[int, int]:
     """'2/8' -> (2, 8): this worker builds the store shards at positions p with p % 8 == 2."""
     try:
@@ -94,9 +89,7 @@ def train_template_from_store(store_dir, kind: str = "auto", sample: int = 100_0
 
     kind "auto": what choose_index picks for the whole store's size under max_memory (bytes).
     """
-    from clipforge.retrieval.index import choose_index
-
-    store = _open_store(store_dir)
+    store = EmbeddingStore.open(store_dir)
     n, d = len(store), store.dim
     if not n:
         raise UsageError(f"{store_dir}: the store holds no vectors")
@@ -117,7 +110,7 @@ def train_template_from_store(store_dir, kind: str = "auto", sample: int = 100_0
 def build_shard_from_store(store_dir, template, part: str | tuple[int, int]) -> VectorIndex:
     """The shard of worker I of N: the store shards at positions p % N == I, added to the template."""
     i, n_parts = parse_part(part) if isinstance(part, str) else part
-    store = _open_store(store_dir)
+    store = EmbeddingStore.open(store_dir)
     positions = [p for p in range(len(store.manifest["shards"])) if p % n_parts == i]
     shard = build_shard(template, np.zeros((0, store.dim), np.float32), np.zeros(0, np.int64))
     for x, ids in store.iter_shards(positions=positions):  # one store shard in memory at a time
