@@ -1,4 +1,4 @@
-"""The digits learning benchmark: train configs/demo-digits.yaml from scratch and record zero-shot accuracy on
+"""The digits learning benchmark: train the packaged demo-digits config from scratch and record zero-shot accuracy on
 held-out digits with unseen templates, against training wall time (the issue's bar: >= 90% within 3 min).
 
     python bench/bench_demo_learning.py --out docs/bench_learning.md [--repeats 2]
@@ -19,16 +19,15 @@ sys.path.insert(0, str(ROOT / "src"))
 def one_run(work: Path, seed: int, extra) -> dict:
     import yaml
 
-    from clipforge.data.demo import build_digits
-    from clipforge.demo import demo_config_text
-    from clipforge.train.config import apply_overrides, config_from_dict
+    from clipforge.data.demo_sets import build_digits
+    from clipforge.train.config import apply_overrides, config_from_dict, read_config_text
     from clipforge.train.loop import train
 
     digits = build_digits(str(work / "digits"))
     sets = [f"data.train=jsonl:{digits['train_manifest']}", f"data.val=imagefolder:{digits['val_dir']}",
             f"data.val_classnames={digits['classnames']}", f"data.val_templates={digits['templates_unseen']}",
             f"run.seed={seed}", "run.progress=false"] + list(extra)
-    cfg = config_from_dict(apply_overrides(yaml.safe_load(demo_config_text()), sets)).validate()
+    cfg = config_from_dict(apply_overrides(yaml.safe_load(read_config_text("demo-digits")), sets)).validate()
     t0 = time.perf_counter()
     summary = train(cfg, work / f"run-{seed}")
     wall = time.perf_counter() - t0

@@ -50,9 +50,9 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
 
-    from clipforge.data.demo import build_photos
+    from clipforge.data.demo_sets import build_photos
     from clipforge.retrieval.build import build_index
-    from clipforge.retrieval.encoder import cpu_has_native_bf16
+    from clipforge.encode import cpu_has_native_bf16
 
     tmp = tempfile.mkdtemp(prefix="bench-index-")
     photos = build_photos(os.path.join(tmp, "photos"))

@@ -75,7 +75,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None, help="write a markdown report here")
     args = ap.parse_args(argv)
 
-    from clipforge.data.demo import build_photos
+    from clipforge.data.demo_sets import build_photos
     from clipforge.retrieval.build import build_index
 
     tmp = tempfile.mkdtemp(prefix="bench-serve-")

@@ -77,7 +77,7 @@ def main():
     import open_clip
     import torch
 
-    from clipforge.data.demo import DIGIT_NAMES, build_digits
+    from clipforge.data.demo_sets import DIGIT_NAMES, build_digits
     from clipforge.models import create_model
     from clipforge.models.convert.export import export_model
     from clipforge.zeroshot.templates import get_templates

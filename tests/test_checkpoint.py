@@ -68,3 +68,25 @@ def test_mismatched_weights_error_lists_keys(tmp_path):
 def test_unknown_reference_is_a_clear_error(tmp_path):
     with pytest.raises(UsageError, match="cannot load model"):
         load_model(str(tmp_path / "nope"))
+
+
+def test_weights_are_never_silently_ignored(tmp_path, monkeypatch):
+    """A reference that carries its own weights refuses a separate weights file instead of dropping it."""
+    from safetensors.torch import save_file
+
+    create_model("tiny").save_pretrained(tmp_path / "ck")
+    torch.manual_seed(5)
+    other = create_model("tiny")
+    w = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in other.state_dict().items()}, str(w))
+    with pytest.raises(UsageError, match="`weights` does not apply to .*a clipforge checkpoint directory"):
+        load_model(tmp_path / "ck", weights=w)
+    # hf: references are refused before anything is downloaded
+    import clipforge.models.convert as convert
+
+    monkeypatch.setattr(convert, "download_hf", lambda *a, **k: pytest.fail("downloaded despite weights="))
+    with pytest.raises(UsageError, match="`weights` does not apply to 'hf:org/name': a Hugging Face reference"):
+        load_model("hf:org/name", weights=w)
+    # a registered name does take them, and they are loaded
+    loaded = load_model("tiny", weights=w).state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in other.state_dict().items())

@@ -1,4 +1,4 @@
-"""`clipforge classify` and `clipforge.zeroshot.classify`: end to end on a saved tiny model and the digits demo,
+"""`clipforge classify` and `clipforge.zeroshot.classify()`: end to end on a saved tiny model and the digits demo,
 checked against a brute-force recomputation (preprocess -> encode -> softmax) written out here."""
 import csv
 import json
@@ -10,19 +10,11 @@ import torch.nn.functional as F
 
 from clipforge.cli import main
 from clipforge.errors import UsageError
-from clipforge.zeroshot.classify import classify, read_labels
+from clipforge.zeroshot import classify, read_labels
 
 NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    from clipforge.models import create_model
-
-    torch.manual_seed(123)
-    d = tmp_path_factory.mktemp("ckpt") / "tiny"
-    create_model("tiny").save_pretrained(d)
-    return str(d)
+CKPT_SEED = 123  # the `ckpt` fixture (conftest.py) saves a tiny model initialised with this seed
 
 
 @pytest.fixture(scope="module")
@@ -105,9 +97,9 @@ def test_save_head_then_head_gives_same_predictions(ckpt, images, tmp_path, caps
 
 
 def test_zpe_uses_the_test_pool_and_reference(model, images, digits_demo):
-    from clipforge.evaluate.encode import source_features
-    from clipforge.zeroshot.classifier import model_text_encoder
-    from clipforge.zeroshot.classify import open_inputs
+    from clipforge.data.sources.filelist import open_inputs
+    from clipforge.encode import as_encoder
+    from clipforge.zeroshot.heads import model_text_encoder
     from clipforge.zeroshot.zpe import build_zpe_classifier
 
     val = digits_demo["val_dir"]
@@ -116,8 +108,8 @@ def test_zpe_uses_the_test_pool_and_reference(model, images, digits_demo):
     preds = list(res)
     assert res.head.meta["method"] == "zpe" and len(res.head.meta["prompt_weights"]) == 7
     # the same head, built by hand from the test images' features and the reference pool's
-    test_f = source_features(model, open_inputs(images), progress=False).feats
-    ref_f = source_features(model, open_inputs(val), progress=False).feats
+    test_f = as_encoder(model).encode_source(open_inputs(images), progress=False).feats
+    ref_f = as_encoder(model).encode_source(open_inputs(val), progress=False).feats
     head = build_zpe_classifier(model_text_encoder(model), NAMES, test_f, ref_f, "openai_imagenet_7")
     torch.testing.assert_close(res.head.weights, head.weights)
     assert [p.labels for p in preds] == [[NAMES[j] for j in r] for r in head.topk(test_f, 3)[1].tolist()]
@@ -145,8 +137,8 @@ def test_all_unreadable_returns_1(ckpt, tmp_path, capsys):
 @pytest.mark.parametrize("extra, needle", [
     (["--labels-file", "/nonexistent/names.txt"], "class-names file not found"),
     (["--labels", "a,b", "--labels-file", "x.txt"], "exactly one of --labels"),
-    (["--labels", "a,b", "--descriptions", "d.json"], "--descriptions is used by"),
-    (["--labels", "a,b", "--method", "cupl"], "--method cupl needs --descriptions"),
+    (["--labels", "a,b", "--descriptions", "d.json"], "--descriptions does not apply to zero-shot method 'mean'"),
+    (["--labels", "a,b", "--method", "cupl"], "zero-shot method 'cupl' needs --descriptions"),
     (["--labels", "a,b", "--reference", "x"], "--reference"),
     (["--labels", "a,b", "--method", "describe", "--descriptions", "d.json", "--save-head", "h"], "--save-head"),
     (["--labels", "a,b", "--templates", "no_such_set"], "unknown template set"),

@@ -1,10 +1,12 @@
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from clipforge.cli import main
+from clipforge.cli import build_parser, main
 
 
 def test_models_json_lists_registry(capsys):
@@ -31,7 +33,7 @@ def test_embed_text_and_images(tmp_path, capsys):
 def test_usage_errors_are_one_line_exit_2(capsys):
     assert main(["embed", "--model", "no-such-model", "--text", "x"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "unknown" in err[0] or "cannot load model" in err[0]
+    assert len(err) == 1 and "cannot load model 'no-such-model'" in err[0], err
     with pytest.raises(SystemExit) as e:
         main(["embed", "--model", "tiny", "--bogus"])
     assert e.value.code == 2
@@ -44,3 +46,29 @@ def test_help_lists_commands(capsys):
     assert e.value.code == 0
     out = capsys.readouterr().out
     assert "models" in out and "embed" in out and "demo" in out
+
+
+def test_help_does_not_import_the_heavy_libraries():
+    """The CLI imports every command module to build its parser; they import the library lazily."""
+    code = ("import sys; from clipforge.cli import build_parser; build_parser(['--help']); "
+            "print(sorted(m for m in ('torch', 'sklearn', 'faiss', 'fastapi') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_library_errors_name_parameters_and_the_cli_names_flags(capsys, ckpt, digits_demo):
+    from clipforge.cli import command_flags, translate_error
+    from clipforge.errors import UsageError
+    from clipforge.evaluate import run_eval
+
+    val = f"imagefolder:{digits_demo['val_dir']}"
+    with pytest.raises(UsageError) as e:
+        run_eval(ckpt, "zeroshot-classification", val, k_shot=4)
+    assert str(e.value).startswith("`k_shot` does not apply to eval task 'zeroshot-classification'")
+    assert "--" not in str(e.value) and "linear-probe" in str(e.value)  # names the task it belongs to
+    assert main(["eval", "-m", ckpt, "--task", "zeroshot-classification", "-d", val, "--k-shot", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "error: --k-shot does not apply to eval task 'zeroshot-classification'" in err
+    flags = command_flags(build_parser(["classify"]))
+    assert flags["k"] == "--top-k" and flags["mad_threshold"] == "--mad-threshold"
+    assert translate_error("`k` and `unknown_param` and `k`", flags) == "--top-k and `unknown_param` and --top-k"

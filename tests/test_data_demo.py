@@ -8,7 +8,7 @@ import pytest
 
 from clipforge.cli import main
 from clipforge.data import open_source
-from clipforge.data.demo import DIGIT_NAMES, TRAIN_TEMPLATES, UNSEEN_TEMPLATES, build_digits
+from clipforge.data.demo_sets import DIGIT_NAMES, TRAIN_TEMPLATES, UNSEEN_TEMPLATES, build_digits
 
 
 @pytest.fixture(scope="module")

@@ -149,11 +149,8 @@ def test_labelled_loader_and_errors(tmp_path):
     assert sum(len(b["ids"]) for b in pl) == 0 and pl.skipped["no_caption"] == 7  # the empty file has no caption either
 
 
-def test_with_the_tiny_model_transforms_and_tokenizer(folder):
-    models = pytest.importorskip("clipforge.models")
-    if not hasattr(models, "create_model"):
-        pytest.skip("models not available yet")
-    m = models.create_model("tiny")
+def test_with_the_tiny_model_transforms_and_tokenizer(folder, tiny_model):
+    m = tiny_model
     src = open_source(f"files:{folder}")
     ld = make_pair_loader(src, m.preprocess_train, m.tokenizer, 8, seed=0)
     b = next(iter(ld))

@@ -15,7 +15,7 @@ from clipforge.evaluate.runner import run_eval
 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory):
-    from clipforge.data.demo import build_photos
+    from clipforge.data.demo_sets import build_photos
 
     return build_photos(str(tmp_path_factory.mktemp("demo") / "photos"), max_side=64)
 
@@ -63,7 +63,7 @@ def brute_force(img: np.ndarray, txt: np.ndarray, owner: np.ndarray, ks=(1, 5, 1
 def test_index_recall_matches_brute_force_and_in_memory_eval(index, tmp_path):
     from PIL import Image
 
-    from clipforge.retrieval.encoder import encode_images, encode_texts, load_encoder
+    from clipforge.encode import Encoder
     from clipforge.retrieval.store import EmbeddingStore
 
     out = tmp_path / "r.jsonl"
@@ -84,14 +84,14 @@ def test_index_recall_matches_brute_force_and_in_memory_eval(index, tmp_path):
         assert rec["metrics"][k] == pytest.approx(v, abs=1e-12), k
     assert rec["metrics"]["i2t_n"] == n - 1  # the uncaptioned image is a t2i key only
 
-    # The in-memory eval embeds the same images and captions with the same weights (load_encoder's fixed
+    # The in-memory eval embeds the same images and captions with the same weights (Encoder.load's fixed
     # seed). The index holds those vectors rounded to float16, so the two agree wherever that rounding flips
     # no near-tie; this random tiny model has pairs within 1e-6, so the check goes through the fp32 vectors.
-    model, _ = load_encoder("tiny", "cpu", "fp32")
-    mem = run_eval(model, "zeroshot-retrieval", f"jsonl:{index['manifest']}", model_name="tiny", progress=False)
+    enc = Encoder.load("tiny", device="cpu", precision="fp32")
+    mem = run_eval(enc, "zeroshot-retrieval", f"jsonl:{index['manifest']}", model_name="tiny", progress=False)
     assert mem["num_images"] == rec["num_images"] and mem["num_texts"] == rec["num_texts"]
-    img32 = encode_images(model, [Image.open(r["image"]).convert("RGB") for r in index["rows"]])  # (N, D)
-    txt32 = encode_texts(model, [r["captions"][0] for r in index["rows"] if r["captions"]])  # (M, D)
+    img32 = enc.encode_images([Image.open(r["image"]).convert("RGB") for r in index["rows"]]).numpy()  # (N, D)
+    txt32 = enc.encode_texts([r["captions"][0] for r in index["rows"] if r["captions"]]).numpy()  # (M, D)
     assert np.abs(img32 - img).max() < 2e-3 and np.abs(txt32 - txt[has]).max() < 2e-3  # stored = embedded
     want32 = brute_force(img32, txt32, np.flatnonzero(has))
     for k, v in want32.items():
@@ -135,7 +135,7 @@ def test_mismatched_model_and_other_errors(index, tmp_path, capsys):
     assert rc == 2 and "differs from the model the index" in err and "'tiny'" in err
     with pytest.raises(UsageError, match="zeroshot-retrieval only"):
         run_eval(None, "zeroshot-classification", index["dir"])
-    with pytest.raises(UsageError, match="--split does not apply"):
+    with pytest.raises(UsageError, match="`split` does not apply"):
         run_eval(None, "zeroshot-retrieval", index["dir"], split="test")
     rc = main(["eval", "--task", "zeroshot-retrieval", "-d", f"jsonl:{index['manifest']}"])
     assert rc == 2 and "needs a --model" in capsys.readouterr().err

@@ -3,27 +3,19 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
 
 from clipforge.cli import main
 from clipforge.evaluate.results import read_results
 from clipforge.evaluate.runner import run_eval
 
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    from clipforge.models import create_model
-
-    torch.manual_seed(0)
-    d = tmp_path_factory.mktemp("ckpt") / "tiny"
-    create_model("tiny").save_pretrained(d)
-    return str(d)
+CKPT_SEED = 0  # the `ckpt` fixture (conftest.py) saves a tiny model initialised with this seed
 
 
 # A coarse C sweep keeps the unit tests fast; the slow CLI test runs the full protocol.
 COARSE = {"c_grid": (1e4, 1e2, 1.0, 1e-2), "refine_steps": 1, "max_iter": 300}
 
 
+@pytest.mark.slow
 def test_held_out_fraction_beats_chance(ckpt, digits_demo):
     """Even random-init tiny features separate digits linearly: far above chance (0.1)."""
     rec = run_eval(ckpt, "linear-probe", f"imagefolder:{digits_demo['val_dir']}", test_fraction=0.5,
@@ -45,6 +37,7 @@ def test_cli_full_protocol(ckpt, digits_demo, tmp_path):
     assert 1e-7 <= m["best_C"] <= 1e7
 
 
+@pytest.mark.slow
 def test_test_dataset_and_k_shot(ckpt, digits_demo, tmp_path):
     small = tmp_path / "train20"  # 20 training images per class, linked from the demo's train split
     for d in range(10):
@@ -55,7 +48,10 @@ def test_test_dataset_and_k_shot(ckpt, digits_demo, tmp_path):
                    k_shot=10, seed=1, probe_options=COARSE, progress=False)
     m = rec["metrics"]
     assert m["n_train"] + m["n_val"] == 100 and m["n"] == 360 and rec["num_classes"] == 10
-    assert m["top1"] > 0.25, m
+    # chance is 0.1; the bar is 3 binomial standard deviations above it over 360 test images (~0.148). Random
+    # tiny-model features with 10 shots per class gave 0.16-0.30 over 4 model seeds x 3 sampling seeds, so the
+    # old fixed 0.25 failed for most of them.
+    assert m["top1"] > 0.1 + 3 * (0.1 * 0.9 / 360) ** 0.5, m
     assert rec["config"]["k_shot"] == 10 and rec["config"]["test_dataset"].endswith("val")
 
 

@@ -15,19 +15,12 @@ from clipforge.evaluate.runner import run_eval
 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory):
-    from clipforge.data.demo import build_photos
+    from clipforge.data.demo_sets import build_photos
 
     return build_photos(str(tmp_path_factory.mktemp("demo") / "photos"), max_side=64)
 
 
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    from clipforge.models import create_model
-
-    torch.manual_seed(3)
-    d = tmp_path_factory.mktemp("ckpt") / "tiny"
-    create_model("tiny").save_pretrained(d)
-    return str(d)
+CKPT_SEED = 3  # the `ckpt` fixture (conftest.py) saves a tiny model initialised with this seed
 
 
 def karpathy(photos, path: Path, n_test: int, missing: bool = False) -> list[dict]:

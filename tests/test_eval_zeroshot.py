@@ -14,17 +14,7 @@ from clipforge.cli import main
 from clipforge.evaluate.results import read_results
 from clipforge.evaluate.runner import run_eval
 
-ROOT = Path(__file__).parents[1]
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    from clipforge.models import create_model
-
-    torch.manual_seed(7)
-    d = tmp_path_factory.mktemp("ckpt") / "tiny"
-    create_model("tiny").save_pretrained(d)
-    return str(d)
+CKPT_SEED = 7  # the `ckpt` fixture (conftest.py) saves a tiny model initialised with this seed
 
 
 def brute_force_top1(model, paths, labels, names, templates):
@@ -42,6 +32,7 @@ def brute_force_top1(model, paths, labels, names, templates):
     return float((pred == torch.tensor(labels)).float().mean())
 
 
+@pytest.mark.slow
 def test_cli_writes_one_record_per_model_and_dataset(ckpt, digits_demo, tmp_path, capsys):
     out = tmp_path / "results.jsonl"
     val = digits_demo["val_dir"]
@@ -125,7 +116,7 @@ def test_eval_equals_training_callback_on_a_trained_digits_model(digits_demo, tm
     exactly the zeroshot_top1 the training callback logged at the last step."""
     from clipforge.train import load_config, train
 
-    cfg = load_config(ROOT / "configs" / "demo-digits.yaml", [
+    cfg = load_config("demo-digits", [
         f"data.train=jsonl:{digits_demo['train_manifest']}", f"data.val=imagefolder:{digits_demo['val_dir']}",
         f"data.val_classnames={digits_demo['classnames']}", f"data.val_templates={digits_demo['templates_unseen']}",
         "model.overrides.vision.stem=conv", "run.steps=40", "run.eval_every=0", "run.checkpoint_every=40",
@@ -158,5 +149,5 @@ def test_reduced_precision_is_recorded_and_close(ckpt, digits_demo):
     assert abs(a["metrics"]["top1"] - b["metrics"]["top1"]) <= 0.05
     from clipforge.errors import UsageError
 
-    with pytest.raises(UsageError, match="--precision"):
+    with pytest.raises(UsageError, match="`precision`"):
         run_eval(ckpt, "zeroshot-classification", val, precision="int8", **kw)

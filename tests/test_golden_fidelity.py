@@ -171,7 +171,7 @@ MARR = np.load(GOLDEN / "metrics.npz")
 
 @pytest.mark.parametrize("case", ["no_ties", "ties"])
 def test_zeroshot_metrics_equal_clip_benchmark(case):
-    from clipforge.evaluate.metrics import mean_per_class_recall, topk_accuracy
+    from clipforge.metrics.classification import mean_per_class_recall, topk_accuracy
 
     logits, target = MARR[f"zeroshot_{case}/logits"], MARR[f"zeroshot_{case}/target"]
     ref = MET[f"zeroshot_{case}"]
@@ -189,7 +189,7 @@ def test_zeroshot_metrics_equal_clip_benchmark(case):
 
 @pytest.mark.parametrize("case", ["no_ties", "ties"])
 def test_retrieval_recall_equals_clip_benchmark(case):
-    from clipforge.evaluate.retrieval_metrics import image_text_recall
+    from clipforge.metrics.retrieval import image_text_recall
 
     imgs, txts = MARR[f"retrieval_{case}/images"], MARR[f"retrieval_{case}/texts"]
     ours = image_text_recall(imgs, txts, MARR[f"retrieval_{case}/text_to_image"], ks=(1, 5, 10))

@@ -3,39 +3,17 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from clipforge.errors import UsageError
 from clipforge.losses import get_loss
 from clipforge.losses.gradcache import gradcache_step
 from clipforge.models import create_model
 from clipforge.models.output import CLIPOutput
+from conftest import StandInTwoTower
 
 
-class DropoutTwoTower(nn.Module):
-    """Stand-in with the model contract and dropout in both towers (to test RNG replay)."""
-
-    def __init__(self, p=0.0, bias=True):
-        super().__init__()
-        torch.manual_seed(0)
-        self.img = nn.Sequential(nn.Flatten(), nn.Linear(12, 32), nn.GELU(), nn.Dropout(p), nn.Linear(32, 8))
-        self.tok = nn.Embedding(20, 16)
-        self.txt = nn.Sequential(nn.Dropout(p), nn.Linear(16, 8))
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
-        self.logit_bias = nn.Parameter(torch.tensor(-5.0)) if bias else None
-
-    def encode_image(self, pixels, normalize=True):
-        x = self.img(pixels)
-        return F.normalize(x, dim=-1) if normalize else x
-
-    def encode_text(self, tokens, normalize=True):
-        x = self.txt(self.tok(tokens).mean(1))
-        return F.normalize(x, dim=-1) if normalize else x
-
-    def forward(self, pixels, tokens):
-        return CLIPOutput(self.encode_image(pixels), self.encode_text(tokens), self.logit_scale.exp(),
-                          self.logit_bias)
+def DropoutTwoTower(p=0.0, bias=True):
+    return StandInTwoTower(hidden=32, dropout=p, logit_scale=math.log(1 / 0.07), logit_bias=-5.0 if bias else None)
 
 
 def _data(n=13):

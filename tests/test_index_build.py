@@ -17,7 +17,7 @@ from PIL import Image
 
 from clipforge.errors import UsageError
 from clipforge.retrieval.build import build_index, parse_size, read_info, update_index
-from clipforge.retrieval.encoder import load_encoder, resolve_precision
+from clipforge.encode import Encoder, resolve_precision
 from clipforge.retrieval.store import EmbeddingStore
 
 
@@ -51,8 +51,9 @@ def test_vectors_equal_direct_encoding(built, photos_demo):
     out, summary = built
     assert summary["count"] == summary["embedded"] == photos_demo["num_photos"]
     rows = _by_key(out)
-    model, prec = load_encoder("tiny")  # same fixed-seed init as the job
-    assert prec == "fp32"
+    enc = Encoder.load("tiny")  # same fixed-seed init as the job
+    model = enc.model
+    assert enc.precision == "fp32"
     for key in ("astronaut.png", "coffee.png", "rocket.png"):
         img = Image.open(os.path.join(photos_demo["images_dir"], key)).convert("RGB")
         with torch.no_grad():
@@ -98,6 +99,7 @@ _KILL_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume_equals_uninterrupted(photos_demo, tmp_path):
     spec = f"files:{photos_demo['images_dir']}"
     ref = tmp_path / "ref"

@@ -39,6 +39,7 @@ def test_split_is_stratified_and_disjoint():
     assert np.bincount(y[va], minlength=3).tolist() == [2, 1, 0]  # the singleton class stays in train
 
 
+@pytest.mark.slow
 def test_search_picks_best_validation_c_and_refits_on_train_val():
     tx, ty = _blobs(30, 0)
     vx, vy = _blobs(20, 1)

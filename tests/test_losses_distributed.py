@@ -3,8 +3,8 @@
 One spawn runs every configuration (spawning costs seconds); each rank writes its loss and its DDP-averaged
 parameter gradients to a file, and the test compares them with a single-process run on the whole batch.
 """
-import math
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -14,6 +14,7 @@ from torch import nn
 from clipforge.losses import get_loss
 from clipforge.losses.gradcache import gradcache_step
 from clipforge.models.output import CLIPOutput
+from conftest import StandInTwoTower
 
 WORLD = 2
 N, D = 8, 6
@@ -31,29 +32,8 @@ CONFIGS = [  # (name, loss kwargs, per-rank batch sizes, use gradient caching)
 ]
 
 
-class TwoTower(nn.Module):
-    """Stand-in with the model contract: encode_image / encode_text / log-space logit_scale / logit_bias."""
-
-    def __init__(self, bias: bool):
-        super().__init__()
-        torch.manual_seed(0)
-        self.img = nn.Sequential(nn.Flatten(), nn.Linear(12, 16), nn.GELU(), nn.Linear(16, D))
-        self.tok = nn.Embedding(20, 16)
-        self.txt = nn.Linear(16, D)
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(10.0)))
-        self.logit_bias = nn.Parameter(torch.tensor(-3.0)) if bias else None
-
-    def encode_image(self, pixels, normalize=True):
-        x = self.img(pixels)
-        return F.normalize(x, dim=-1) if normalize else x
-
-    def encode_text(self, tokens, normalize=True):
-        x = self.txt(self.tok(tokens).mean(1))
-        return F.normalize(x, dim=-1) if normalize else x
-
-    def forward(self, pixels, tokens):
-        return CLIPOutput(self.encode_image(pixels), self.encode_text(tokens), self.logit_scale.exp(),
-                          self.logit_bias)
+def TwoTower(bias: bool):
+    return StandInTwoTower(dim=D, logit_bias=-3.0 if bias else None)
 
 
 def _data():
@@ -119,6 +99,7 @@ def _worker(rank, init_file, out_file):
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_ddp_two_ranks_equal_one_process(tmp_path):
     mp.spawn(_worker, args=(str(tmp_path / "init"), str(tmp_path / "out")), nprocs=WORLD, join=True)
     per_rank = [torch.load(f"{tmp_path / 'out'}.{r}") for r in range(WORLD)]

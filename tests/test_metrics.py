@@ -5,7 +5,7 @@ import torch
 from sklearn import metrics as skm
 
 from clipforge.errors import UsageError
-from clipforge.evaluate.metrics import (
+from clipforge.metrics.classification import (
     average_precision,
     classification_metrics,
     confusion_matrix,
@@ -14,7 +14,7 @@ from clipforge.evaluate.metrics import (
     predictions,
     topk_accuracy,
 )
-from clipforge.evaluate.retrieval_metrics import (
+from clipforge.metrics.retrieval import (
     ap_at_k,
     fullrank_metrics,
     image_text_recall,

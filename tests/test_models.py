@@ -46,7 +46,8 @@ def test_model_contract(name):
     assert (img[0] - img[1]).abs().max() > 1e-4 and (txt[0] - txt[1]).abs().max() > 1e-4
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in ("ViT-L-14", "siglip-B-16") else n
+                                  for n in list_models()])
 def test_grad_checkpointing_same_result(name):
     torch.manual_seed(0)
     model = _make(name).train()
@@ -136,6 +137,6 @@ def test_text_padding_trim_is_exact(name):
     model = _make(name).eval()
     ids = model.tokenizer(["a cat", "a much longer caption about two dogs playing in the snow"])
     with torch.no_grad():
-        trimmed = model.text(ids)
-        full = model.text(ids, return_tokens=True)[0]  # the token path keeps every position
+        trimmed = model.text(ids).pooled
+        full = model.text(ids, return_tokens=True).pooled  # the token path keeps every position
     torch.testing.assert_close(trimmed, full, rtol=1e-5, atol=1e-6)

@@ -5,9 +5,9 @@ import math
 import numpy as np
 
 from clipforge.cli import main
-from clipforge.evaluate.metrics import confusion_matrix
+from clipforge.metrics.classification import confusion_matrix
 from clipforge.evaluate.plots import plot_confusion_matrix
-from clipforge.evaluate.report import markdown_report, primary_metric
+from clipforge.evaluate.report import _panels, config_labels, markdown_report, primary_metric, short_names
 from clipforge.evaluate.results import append_result, config_hash, latest_results, make_record, read_results
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -16,8 +16,10 @@ PNG = b"\x89PNG\r\n\x1a\n"
 def _fill(path):
     append_result(path, make_record("tiny", "digits", "zeroshot-classification", {"top1": 0.5, "n": 10},
                                     config={"b": 1, "a": 2}, templates_hash="abc", elapsed_s=1.23456))
-    append_result(path, make_record("tiny", "digits", "zeroshot-classification", {"top1": np.float32(0.75)}))
-    append_result(path, make_record("big", "digits", "zeroshot-classification", {"top1": 0.9, "top5": 1.0}))
+    append_result(path, make_record("tiny", "digits", "zeroshot-classification", {"top1": np.float32(0.75)},
+                                    config={"a": 2, "b": 1}))  # the same configuration, run again
+    append_result(path, make_record("big", "digits", "zeroshot-classification", {"top1": 0.9, "top5": 1.0},
+                                    config={"a": 2, "b": 1}))
     append_result(path, make_record("tiny", "flickr", "zeroshot-retrieval",
                                     {"i2t_R@1": 0.4, "t2i_R@1": 0.2, "bad": float("nan"),
                                      "per_query": {"ap": np.zeros(3)}}))
@@ -39,6 +41,31 @@ def test_records_roundtrip_and_dedupe(tmp_path):
     assert len(latest) == 3 and latest[0]["metrics"]["top1"] == 0.75
     for line in path.read_text().splitlines()[:4]:
         json.loads(line)  # every complete line is valid JSON (no NaN literal)
+
+
+def test_records_are_kept_per_full_configuration(tmp_path):
+    """A 4-shot probe must not replace the full-data probe of the same model on the same dataset."""
+    path = tmp_path / "results.jsonl"
+    full = {"task": "linear-probe", "k_shot": None, "seed": 0}
+    for cfg, top1 in ((full, 0.6), ({**full, "k_shot": 4}, 0.3), (full, 0.62)):
+        append_result(path, make_record("/runs/a/final", "imagefolder:/data/digits/val", "linear-probe",
+                                        {"top1": top1}, config=cfg))
+    latest = latest_results(read_results(path))
+    assert [r["metrics"]["top1"] for r in latest] == [0.62, 0.3]  # the rerun replaced its own configuration
+    assert config_labels(latest) == ["/runs/a/final [k_shot=—]", "/runs/a/final [k_shot=4]"]
+    md = markdown_report(read_results(path))
+    assert "| /runs/a/final [k_shot=—] | 0.6200 |" in md and "| /runs/a/final [k_shot=4] | 0.3000 |" in md
+    # the chart uses short names: the last path part that is unique, never the absolute path
+    panels = _panels(latest)
+    assert panels == {"linear-probe (top1)": {"val": {"final [k_shot=—]": 0.62, "final [k_shot=4]": 0.3}}}
+
+
+def test_short_names_are_unique_tails():
+    names = ["/home/u/runs/digits/final", "/home/u/runs/photos/final", "tiny", "hf:openai/clip-vit-b32",
+             "imagefolder:/data/digits/val"]
+    assert short_names(names) == {"/home/u/runs/digits/final": "digits/final",
+                                  "/home/u/runs/photos/final": "photos/final", "tiny": "tiny",
+                                  "hf:openai/clip-vit-b32": "clip-vit-b32", "imagefolder:/data/digits/val": "val"}
 
 
 def test_markdown_report(tmp_path):

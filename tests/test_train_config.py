@@ -38,11 +38,22 @@ def test_validation_messages(tmp_path):
         load_config(tmp_path / "missing.yaml")
 
 
-def test_demo_config_is_valid():
-    from pathlib import Path
+def test_packaged_demo_config_loads_by_name(tmp_path, capsys):
+    """A pip-installed user has no repo checkout: `--config demo-digits` names the packaged config."""
+    from clipforge.cli import main
+    from clipforge.train.config import packaged_configs
 
-    cfg = load_config(Path(__file__).parents[1] / "configs" / "demo-digits.yaml")
+    assert "demo-digits" in packaged_configs()
+    cfg = load_config("demo-digits")
     assert cfg.model.name == "tiny" and cfg.run.steps > 0
+    assert load_config("demo-digits.yaml") == cfg
+    # a file of that name in the working directory wins over the packaged one
+    (tmp_path / "demo-digits.yaml").write_text("model: {name: tiny}\ndata: {train: x}\nrun: {steps: 3}\n")
+    assert load_config(tmp_path / "demo-digits.yaml").run.steps == 3
+    assert main(["train", "--config", "demo-digits", "--out", str(tmp_path / "r"), "--print-config"]) == 0
+    assert "tokenizer_vocab_size: 1024" in capsys.readouterr().out
+    with pytest.raises(UsageError, match="packaged configs: .*demo-digits"):
+        load_config("no-such-config")
 
 
 def test_schedule_warmup_then_cosine():

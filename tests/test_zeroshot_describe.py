@@ -4,7 +4,7 @@ import torch.nn.functional as F
 
 from clipforge.zeroshot.describe import DescriptionScorer, description_prompts
 from clipforge.zeroshot.disclip import DisclipClassifier
-from test_zeroshot_classifier import FakeTextEncoder
+from conftest import FakeTextEncoder
 
 DESC = {"cat": ["which has whiskers", "which purrs"], "dog": ["which barks"]}
 

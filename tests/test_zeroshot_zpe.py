@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clipforge.evaluate.metrics import topk_accuracy
+from clipforge.metrics.classification import topk_accuracy
 from clipforge.zeroshot.zpe import (
     build_zpe_classifier,
     mad_select,
@@ -13,7 +13,7 @@ from clipforge.zeroshot.zpe import (
     zpe_weights,
     zpe_weights_from_features,
 )
-from test_zeroshot_classifier import FakeTextEncoder
+from conftest import FakeTextEncoder
 
 
 def _harmful_case(seed):

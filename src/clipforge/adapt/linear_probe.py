@@ -16,9 +16,11 @@ import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import log_loss
 
 from clipforge.errors import UsageError
-from clipforge.evaluate.metrics import classification_metrics, to_numpy
+from clipforge.metrics.classification import classification_metrics, to_numpy
 
 __all__ = ["kshot_indices", "split_train_val", "C_GRID", "LinearProbeResult", "fit_linear_probe",
            "probe_scores", "linear_probe"]
@@ -66,8 +68,6 @@ class LinearProbeResult:
 
 
 def _fit(x, y, c: float, max_iter: int, random_state: int):
-    from sklearn.linear_model import LogisticRegression
-
     clf = LogisticRegression(C=c, solver="lbfgs", max_iter=max_iter, random_state=random_state)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # ConvergenceWarning at extreme C is expected in a sweep
@@ -76,8 +76,6 @@ def _fit(x, y, c: float, max_iter: int, random_state: int):
 
 
 def _val_score(clf, x, y) -> tuple[float, float]:
-    from sklearn.metrics import log_loss
-
     proba = clf.predict_proba(x)
     acc = float((clf.classes_[proba.argmax(1)] == y).mean())
     return acc, float(log_loss(y, proba, labels=clf.classes_))

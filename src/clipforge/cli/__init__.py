@@ -3,6 +3,9 @@
 Each subcommand lives in its own module under `clipforge.cli` and exposes `register(subparsers)`, which adds
 its parser and sets `func=<callable(args) -> int|None>`. Modules are discovered, so adding a command is
 adding a file. Errors: `UsageError` -> one line, exit 2; `ClipforgeError` -> one line, exit 1.
+
+Library errors name parameters in backticks (`k_shot`); `translate_error` rewrites each one the command has a
+flag for into that flag (--k-shot), so a Python caller reads parameter names and a CLI user reads flags.
 """
 from __future__ import annotations
 
@@ -10,13 +13,19 @@ import argparse
 import importlib
 import logging
 import pkgutil
+import re
 import sys
 
 from clipforge import __version__
+from clipforge.cli import _common
 from clipforge.errors import ClipforgeError, UsageError
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv=None) -> argparse.ArgumentParser:
+    """The whole parser. With `argv`, only the command it names gets the flags that come from the registries
+    (zero-shot methods, eval tasks), so other commands and `--help` do not import torch to build them."""
+    names = [m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")]
+    _common.ACTIVE = None if argv is None else next((a for a in argv if a in names), "")
     parser = argparse.ArgumentParser(
         prog="clipforge",
         description="Train, classify, evaluate, index and search with contrastive image-text models.",
@@ -24,19 +33,44 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"clipforge {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    import clipforge.cli as pkg
-
-    for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda m: m.name):
-        if info.name.startswith("_"):
-            continue
-        module = importlib.import_module(f"clipforge.cli.{info.name}")
+    for name in sorted(names):
+        module = importlib.import_module(f"clipforge.cli.{name}")
         if hasattr(module, "register"):
             module.register(sub)
     return parser
 
 
+def command_flags(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """dest -> the flag a user types (the longest option string), over a parser and its sub-parsers."""
+    out: dict[str, str] = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                for dest, flag in command_flags(sub).items():
+                    out.setdefault(dest, flag)
+        elif action.option_strings and action.dest not in ("help", "version"):
+            out.setdefault(action.dest, max(action.option_strings, key=len))
+    return out
+
+
+_PARAM = re.compile(r"`([A-Za-z_][\w.]*)`")
+
+
+def translate_error(message: str, flags: dict[str, str]) -> str:
+    """Replace each backticked parameter name that has a flag with the flag; others keep their backticks."""
+    return _PARAM.sub(lambda m: flags.get(m.group(1), m.group(0)), message)
+
+
+def _command_parser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and command in action.choices:
+            return action.choices[command]
+    return parser
+
+
 def main(argv=None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
@@ -49,12 +83,10 @@ def main(argv=None) -> int:
         return 2
     try:
         rc = args.func(args)
-    except UsageError as e:
-        print(f"clipforge {args.command}: error: {e}", file=sys.stderr)
-        return 2
     except ClipforgeError as e:
-        print(f"clipforge {args.command}: error: {e}", file=sys.stderr)
-        return 1
+        msg = translate_error(str(e), command_flags(_command_parser(parser, args.command)))
+        print(f"clipforge {args.command}: error: {msg}", file=sys.stderr)
+        return 2 if isinstance(e, UsageError) else 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

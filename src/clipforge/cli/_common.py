@@ -1,9 +1,23 @@
-"""Argument helpers shared by subcommands (not a subcommand itself)."""
+"""Argument helpers shared by subcommands (not a subcommand itself).
+
+CLI modules import the library inside their `run` functions: the CLI imports every command module to build
+its parser, so top-level imports would load torch, scikit-learn, faiss and FastAPI for `clipforge --help`.
+"""
 from __future__ import annotations
 
 import argparse
+from typing import Iterable
 
-from clipforge.errors import UsageError
+from clipforge.registry import Option
+
+ACTIVE = None  # the command being parsed ("" none, None all): set by `build_parser`
+
+
+def full_parser_for(command: str) -> bool:
+    """Whether `command`'s parser is built in full: with the flags that need a library import (registry
+    options, choices computed by torch-importing modules). Only the command being run, or all of them when
+    the whole parser is asked for, pays those imports."""
+    return ACTIVE is None or ACTIVE == command
 
 
 def add_model_args(p: argparse.ArgumentParser, default: str = None) -> None:
@@ -14,21 +28,30 @@ def add_model_args(p: argparse.ArgumentParser, default: str = None) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
 
 
-def pick_device(name=None):
-    import torch
-
-    if name:
-        if name.startswith("cuda") and not torch.cuda.is_available():
-            raise UsageError(f"--device {name}: CUDA is not available on this machine")
-        return torch.device(name)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def load_model_from_args(args):
+def load_encoder_from_args(args):
+    """The model named by --model/--weights/--trust-pickle on --device, as an `Encoder` (weights as saved)."""
+    from clipforge.encode import Encoder, pick_device
     from clipforge.models import load_model
 
     model = load_model(args.model, weights=args.weights, trust_pickle=args.trust_pickle)
-    return model.to(pick_device(args.device)).eval()
+    return Encoder.from_model(model, device=pick_device(args.device))
+
+
+def add_options(p: argparse.ArgumentParser, options: Iterable[Option]) -> None:
+    """Offer registry options as flags (--mad-threshold for `mad_threshold`); unset flags stay None."""
+    for o in options:
+        if not o.cli:
+            continue
+        flag = "--" + o.name.replace("_", "-")
+        if o.type is bool:
+            p.add_argument(flag, dest=o.name, action="store_const", const=True, default=None, help=o.help)
+        else:
+            p.add_argument(flag, dest=o.name, type=o.type, choices=o.choices, default=None, help=o.help)
+
+
+def option_values(args, options: Iterable[Option]) -> dict:
+    """The values of the flags `add_options` added (None where not given)."""
+    return {o.name: getattr(args, o.name, None) for o in options if o.cli}
 
 
 def positive_int(value: str) -> int:

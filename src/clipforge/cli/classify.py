@@ -4,12 +4,18 @@ from __future__ import annotations
 import json
 import sys
 
-from clipforge.cli._common import add_model_args, load_model_from_args, positive_int
+from clipforge.cli._common import (add_model_args, add_options, load_encoder_from_args, option_values,
+                                   positive_int, full_parser_for)
+from clipforge.errors import UsageError
+
+
+def _method_options():
+    from clipforge.zeroshot import METHODS
+
+    return METHODS, list(METHODS.all_options().values())
 
 
 def register(sub):
-    from clipforge.zeroshot.classify import METHODS
-
     p = sub.add_parser(
         "classify", help="label images zero-shot from class names (no training)",
         description="Print the top-k class names with scores for each image, or write them for a whole source "
@@ -21,13 +27,11 @@ def register(sub):
                    help="image files, or one source: folder, csv:/jsonl:/parquet: manifest, wds: shards")
     p.add_argument("--labels", help='comma-separated class names, e.g. "cat,dog,car"')
     p.add_argument("--labels-file", help="class names, one per line (or a JSON list)")
-    p.add_argument("--templates", help="template set name (openai_imagenet, openai_imagenet_7, photo, ...) or a "
-                   "file with one template per line using {c}; default openai_imagenet (80)")
-    p.add_argument("--descriptions", help="JSON {class: [sentences]} for --method cupl/describe/disclip")
-    p.add_argument("--method", choices=METHODS, default=None, help="how class vectors are built (default mean)")
-    p.add_argument("--pool-templates", action="store_true", help="cupl: pool descriptions with template prompts")
-    p.add_argument("--reference", help="zpe: an unlabelled source of 'pretraining-like' images for debiasing")
-    p.add_argument("--mad-threshold", type=float, help="zpe: keep prompts whose robust z-score exceeds this")
+    if full_parser_for("classify"):
+        methods, options = _method_options()
+        p.add_argument("--method", choices=methods.names(), default=None,
+                       help="zero-shot method (default mean): " + "; ".join(f"{n}: {d}" for n, d in methods.describe()))
+        add_options(p, options)
     p.add_argument("-k", "--top-k", dest="k", type=positive_int, default=5, help="labels per image (default 5)")
     p.add_argument("--json", action="store_true", help="print one JSON object per image")
     p.add_argument("--out", help="write predictions to FILE.csv or FILE.jsonl instead of printing them")
@@ -46,19 +50,17 @@ def _print_prediction(p, as_json: bool) -> None:
 
 
 def run(args) -> int:
-    from clipforge.errors import UsageError
-    from clipforge.zeroshot.classify import classify, read_labels, write_predictions
+    from clipforge.zeroshot import classify, read_labels, write_predictions
 
     if args.workers < 0:
         raise UsageError(f"--workers must be >= 0, got {args.workers}")
     names = None
     if args.head is None or args.labels is not None or args.labels_file is not None:
         names = read_labels(args.labels, args.labels_file)
-    model = load_model_from_args(args)
-    res = classify(model, args.inputs, names, method=args.method, templates=args.templates,
-                   descriptions=args.descriptions, k=args.k, head=args.head, reference=args.reference,
-                   mad_threshold=args.mad_threshold, pool_templates=args.pool_templates,
-                   save_head=args.save_head, batch_size=args.batch_size, workers=args.workers)
+    encoder = load_encoder_from_args(args)
+    res = classify(encoder, args.inputs, names, method=args.method, k=args.k, head=args.head,
+                   save_head=args.save_head, batch_size=args.batch_size, workers=args.workers,
+                   **option_values(args, _method_options()[1]))
     if args.out:
         n = write_predictions(res, args.out, args.k)
         print(f"wrote {n} predictions to {args.out}", file=sys.stderr)

@@ -93,7 +93,7 @@ def run_check(args) -> int:
 
 
 def run_demo(args) -> int:
-    from clipforge.data.demo import build_digits, build_photos
+    from clipforge.data.demo_sets import build_digits, build_photos
 
     if args.name == "digits":
         paths = build_digits(args.out, size=args.size, seed=args.seed)

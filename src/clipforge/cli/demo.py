@@ -11,7 +11,7 @@ def register(sub):
 
 
 def run(args) -> int:
-    from clipforge.demo import run_demo
+    from clipforge.tour import run_demo
 
     run_demo(args.out, quick=args.quick)
     return 0

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import json
+import sys
 
-from clipforge.cli._common import add_model_args, load_model_from_args
+from clipforge.cli._common import add_model_args, load_encoder_from_args
 from clipforge.errors import UsageError
 
 
@@ -18,21 +19,20 @@ def register(sub):
 
 
 def run(args) -> int:
-    from clipforge.embed import embed_images, embed_texts
+    from clipforge.data.sources.filelist import FileListSource
 
     if not args.text and not args.image:
         raise UsageError("give --text and/or --image")
-    model = load_model_from_args(args)
+    encoder = load_encoder_from_args(args)
     rows = []
     if args.text:
-        vecs = embed_texts(model, args.text, normalize=not args.no_normalize)
+        vecs = encoder.encode_texts(args.text, normalize=not args.no_normalize).numpy()
         rows += [{"kind": "text", "input": t, "vector": v} for t, v in zip(args.text, vecs)]
     if args.image:
-        vecs, bad = embed_images(model, args.image, normalize=not args.no_normalize)
-        good = [p for p in args.image if p not in bad]
-        rows += [{"kind": "image", "input": p, "vector": v} for p, v in zip(good, vecs)]
-        for path, reason in bad.items():
-            print(f"skipped {path}: {reason}", file=__import__("sys").stderr)
+        res = encoder.encode_source(FileListSource(args.image), 64, normalize=not args.no_normalize, progress=False)
+        rows += [{"kind": "image", "input": p, "vector": v} for p, v in zip(res.ids, res.feats.numpy())]
+        for path, reason in res.skipped.samples:
+            print(f"skipped {path}: {reason}", file=sys.stderr)
     if args.json:
         print(json.dumps([{**r, "vector": [round(float(x), 6) for x in r["vector"]]} for r in rows]))
     else:

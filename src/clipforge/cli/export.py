@@ -1,16 +1,19 @@
 """`clipforge export MODEL --to hf|open_clip --out DIR`: write a model in another ecosystem's format."""
 from __future__ import annotations
 
+from clipforge.cli._common import full_parser_for
+
 
 def register(sub):
-    from clipforge.models.convert.export import FORMATS
-
     p = sub.add_parser(
         "export", help="export a model to Hugging Face transformers or open_clip format",
         description="Write MODEL (any reference load_model accepts) as a directory that transformers "
                     "(CLIPModel / SiglipModel.from_pretrained) or open_clip (create_model('local-dir:DIR')) loads.")
     p.add_argument("model", help="registered name, checkpoint dir, hf:ORG/NAME, open_clip:ARCH/TAG, or local dir")
-    p.add_argument("--to", required=True, choices=FORMATS, help="target format")
+    if full_parser_for("export"):  # the converters import torch: only when this command runs
+        from clipforge.models.convert.export import FORMATS
+
+        p.add_argument("--to", required=True, choices=FORMATS, help="target format")
     p.add_argument("--out", required=True, help="output directory (replaced atomically if it exists)")
     p.add_argument("--weights", default=None, help="weights file for a registered architecture / open_clip:ARCH")
     p.add_argument("--trust-pickle", action="store_true", help="allow loading pickled .pt/.bin weights")

@@ -18,12 +18,13 @@ def register(sub):
     b = isub.add_parser("build", help="embed a source into a new index (re-run to resume a killed build)")
     b.add_argument("source", help="data source spec: a folder, files:DIR, csv:/jsonl:/parquet: manifest, wds:...")
     b.add_argument("--model", "-m", required=True, help="registered name or checkpoint directory")
-    b.add_argument("--out", "-o", required=True, help="index directory to write")
+    b.add_argument("--out", "-o", dest="out_dir", required=True, help="index directory to write")
     b.add_argument("--batch-size", type=positive_int, default=64)
     b.add_argument("--workers", type=int, default=2, help="DataLoader workers decoding images (0: in-process)")
     b.add_argument("--max-memory", default=None, help="memory budget of the faiss index, e.g. 4GB")
-    b.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
-                   help="auto: bf16 weights where the hardware multiplies bf16 natively and the model is large")
+    b.add_argument("--precision", default="auto",
+                   help="auto (default: bf16 weights where the hardware multiplies bf16 natively and the model is "
+                        "large, else fp32), fp32, bf16 or fp16")
     b.add_argument("--shard-size", type=positive_int, default=10_000, help="samples per committed shard")
     b.add_argument("--index-kind", choices=["auto", "flat", "hnsw", "ivf_flat", "ivf_pq", "ivf_pqfs"], default="auto")
     b.add_argument("--no-text", action="store_true", help="do not embed captions (text_emb/)")
@@ -60,7 +61,7 @@ def _print_summary(s: dict) -> None:
 def run_build(args) -> int:
     from clipforge.retrieval.build import build_index
 
-    s = build_index(args.source, args.model, args.out, batch_size=args.batch_size, workers=args.workers,
+    s = build_index(args.source, args.model, args.out_dir, batch_size=args.batch_size, workers=args.workers,
                     max_memory=args.max_memory, precision=args.precision, shard_size=args.shard_size,
                     device=args.device, text=False if args.no_text else "auto", index_kind=args.index_kind)
     _print_summary(s)

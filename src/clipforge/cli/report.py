@@ -9,8 +9,9 @@ def register(subparsers) -> None:
         "report",
         help="summarise results.jsonl as a markdown table and a comparison chart",
         description="Read benchmark results (one JSON object per line, as `clipforge eval --out` writes), "
-        "keep the latest run per (model, dataset, task), and print a markdown report: a table per task with "
-        "its primary metric, then every metric. With --out the report is written to a file and a chart "
+        "keep the latest run per full configuration (model, dataset, task and every setting, so a k-shot and a "
+        "full-data probe are both shown), and print a markdown report: a table per task with its primary metric "
+        "(rows labelled by the settings that differ), then every metric. With --out the report is written to a file and a chart "
         "(PNG) next to it.",
     )
     p.add_argument("results", help="results file (JSON lines)")

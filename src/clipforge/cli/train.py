@@ -7,7 +7,8 @@ import json
 def register(sub):
     p = sub.add_parser("train", help="train or fine-tune a model from a YAML config",
                        description="Train or fine-tune a contrastive model. Works the same under torchrun.")
-    p.add_argument("--config", "-c", default=None, help="YAML config (see configs/demo-digits.yaml)")
+    p.add_argument("--config", "-c", default=None,
+                   help="YAML config file, or the name of a packaged one (demo-digits: the digits demo)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a config value, e.g. --set optim.lr=1e-3 (repeatable)")
     p.add_argument("--out", "-o", required=True, help="run directory (config, metrics, checkpoints, final model)")

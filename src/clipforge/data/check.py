@@ -74,7 +74,7 @@ def format_report(r: dict) -> str:
         for sid, reason in r["bad"]["samples"][:50]:
             lines.append(f"  {reason:16s} {sid}")
         if len(r["bad"]["samples"]) > 50:
-            lines.append(f"  ... {len(r['bad']['samples']) - 50} more (see --json)")
+            lines.append(f"  ... {len(r['bad']['samples']) - 50} more (all of them in the JSON report)")
     for key in ("image_width", "image_height"):
         s = r[key]
         if s:

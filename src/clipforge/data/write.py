@@ -14,14 +14,18 @@ output holds only readable samples. Every file is written to a temporary name an
 """
 from __future__ import annotations
 
+import csv
 import io
 import json
 import os
+import itertools
 import tarfile
-import tempfile
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
+from clipforge.atomic import atomic_write_path, atomic_write_text
 from clipforge.data.decode import BadSample, SkipCounter
 from clipforge.errors import UsageError
 
@@ -65,53 +69,48 @@ def _samples(source, verify: bool, skipped: SkipCounter, progress):
         skipped.add(*item)
 
 
-def _atomic_path(path: str) -> str:
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=os.path.dirname(path))
-    os.close(fd)
-    return tmp
-
-
 def write_wds(source, out_dir: str, shard_size: int = 1000, *, verify: bool = True, progress=None) -> dict:
     if shard_size < 1:
         raise UsageError(f"shard_size must be >= 1, got {shard_size}")
     os.makedirs(out_dir, exist_ok=True)
     skipped = SkipCounter()
     shards: list[str] = []
-    tf, tmp, n = None, None, 0
+    samples = _samples(source, verify, skipped, progress)
+    n = 0
 
-    def close():
-        if tf is not None:
-            tf.close()
-            final = os.path.join(out_dir, f"shard-{len(shards):06d}.tar")
-            os.replace(tmp, final)
-            shards.append(final)
+    def write_shard(tmp: str, first) -> None:  # the next `shard_size` samples, streamed into one tar
+        nonlocal n
+        with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tf:
+            for sample, data in itertools.chain([first], itertools.islice(samples, shard_size - 1)):
+                _add_sample(tf, f"{n:09d}", sample, data)
+                n += 1
 
-    for sample, data in _samples(source, verify, skipped, progress):
-        if n % shard_size == 0:
-            close()
-            tmp = _atomic_path(os.path.join(out_dir, f"shard-{len(shards):06d}.tar"))
-            tf = tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT)
-        key = f"{n:09d}"
-        ext = (sample.ext or "jpg").lower()
-        meta = {"id": sample.id, "captions": sample.captions}
-        if sample.label is not None:
-            meta["label"] = int(sample.label)
-        meta.update({k: v for k, v in _jsonable(sample.meta).items() if k not in meta})
-        members = [(ext, data), ("json", json.dumps(meta, ensure_ascii=False).encode("utf-8"))]
-        if sample.captions:
-            members.append(("txt", "\n".join(c.replace("\n", " ") for c in sample.captions).encode("utf-8")))
-        if sample.label is not None:
-            members.append(("cls", str(int(sample.label)).encode()))
-        for mext, payload in members:
-            info = tarfile.TarInfo(f"{key}.{mext}")
-            info.size, info.mtime, info.mode = len(payload), 0, 0o644  # mtime 0: reproducible shards
-            tf.addfile(info, io.BytesIO(payload))
-        n += 1
-    close()
+    for first in samples:
+        final = os.path.join(out_dir, f"shard-{len(shards):06d}.tar")
+        atomic_write_path(final, lambda tmp: write_shard(tmp, first))  # noqa: B023 - called right here
+        shards.append(final)
     _remove_stale_shards(out_dir, len(shards))
     if source.classnames:
-        _write_text(os.path.join(out_dir, "classnames.txt"), "".join(c + "\n" for c in source.classnames))
+        atomic_write_text(os.path.join(out_dir, "classnames.txt"), "".join(c + "\n" for c in source.classnames))
     return {"format": "wds", "out": out_dir, "written": n, "shards": shards, "skipped": skipped.as_dict()}
+
+
+def _add_sample(tf: tarfile.TarFile, key: str, sample, data: bytes) -> None:
+    """The members of one sample: the image bytes as stored, .json (id, captions, label, metadata), .txt, .cls."""
+    ext = (sample.ext or "jpg").lower()
+    meta = {"id": sample.id, "captions": sample.captions}
+    if sample.label is not None:
+        meta["label"] = int(sample.label)
+    meta.update({k: v for k, v in _jsonable(sample.meta).items() if k not in meta})
+    members = [(ext, data), ("json", json.dumps(meta, ensure_ascii=False).encode("utf-8"))]
+    if sample.captions:
+        members.append(("txt", "\n".join(c.replace("\n", " ") for c in sample.captions).encode("utf-8")))
+    if sample.label is not None:
+        members.append(("cls", str(int(sample.label)).encode()))
+    for mext, payload in members:
+        info = tarfile.TarInfo(f"{key}.{mext}")
+        info.size, info.mtime, info.mode = len(payload), 0, 0o644  # mtime 0: reproducible shards
+        tf.addfile(info, io.BytesIO(payload))
 
 
 def _remove_stale_shards(out_dir: str, keep: int) -> None:
@@ -119,13 +118,6 @@ def _remove_stale_shards(out_dir: str, keep: int) -> None:
     for name in os.listdir(out_dir):
         if name.startswith("shard-") and name.endswith(".tar") and name[6:-4].isdigit() and int(name[6:-4]) >= keep:
             os.remove(os.path.join(out_dir, name))
-
-
-def _write_text(path: str, text: str) -> None:
-    tmp = _atomic_path(path)
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def write_manifest(source, out_path: str, fmt: str | None = None, *, verify: bool = True, progress=None) -> dict:
@@ -150,35 +142,26 @@ def write_manifest(source, out_path: str, fmt: str | None = None, *, verify: boo
         if sample.label is not None:
             row["label"] = int(sample.label)
         rows.append(row)
-    tmp = _atomic_path(os.path.abspath(out_path))
-    try:
+    def write(tmp: str) -> None:
         if fmt == "jsonl":
             with open(tmp, "w", encoding="utf-8") as f:
                 f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
         elif fmt == "csv":
-            import csv
-
             with open(tmp, "w", encoding="utf-8", newline="") as f:
                 w = csv.DictWriter(f, fieldnames=["id", "image", "captions", "label"])
                 w.writeheader()
                 for r in rows:
                     w.writerow({**r, "captions": json.dumps(r["captions"], ensure_ascii=False)})
         else:
-            import pyarrow as pa
-            import pyarrow.parquet as pq
-
             cols = {"id": [r["id"] for r in rows], "image": [r["image"] for r in rows],
                     "captions": [r["captions"] for r in rows], "label": [r.get("label") for r in rows]}
             schema = pa.schema([("id", pa.string()), ("image", pa.string()), ("captions", pa.list_(pa.string())),
                                 ("label", pa.int64())])
             pq.write_table(pa.table(cols, schema=schema), tmp)
-        os.replace(tmp, out_path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+
+    atomic_write_path(os.path.abspath(out_path), write)
     if source.classnames:
-        _write_text(os.path.join(out_dir, "classnames.txt"), "".join(c + "\n" for c in source.classnames))
+        atomic_write_text(os.path.join(out_dir, "classnames.txt"), "".join(c + "\n" for c in source.classnames))
     return {"format": fmt, "out": out_path, "written": len(rows), "skipped": skipped.as_dict()}
 
 

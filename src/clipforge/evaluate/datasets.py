@@ -20,8 +20,11 @@ from dataclasses import dataclass
 from typing import List, Optional
 
 from clipforge.data.sample import Sample
+from clipforge.data.sources import open_source
 from clipforge.data.sources.base import Source
+from clipforge.data.sources.wds import WdsSource
 from clipforge.errors import ClipforgeError, UsageError
+from clipforge.zeroshot.templates import load_template_file
 
 __all__ = ["EvalDataset", "KarpathySource", "open_eval_dataset", "is_clip_benchmark_dir", "is_karpathy_json"]
 
@@ -115,9 +118,6 @@ def _read_lines(path: str) -> list[str]:
 
 
 def _open_clip_benchmark(root: str, spec: str, split: Optional[str]) -> EvalDataset:
-    from clipforge.data.sources.wds import WdsSource
-    from clipforge.zeroshot.templates import load_template_file
-
     split = split or "test"
     shard_dir = os.path.join(root, split)
     if not os.path.isdir(shard_dir):
@@ -132,14 +132,12 @@ def _open_clip_benchmark(root: str, spec: str, split: Optional[str]) -> EvalData
 
 def open_eval_dataset(spec, split: Optional[str] = None, image_root: Optional[str] = None) -> EvalDataset:
     """Open an evaluation dataset from a spec (see module doc); `split` applies to the two layouts above."""
-    from clipforge.data.sources import open_source
-
     if isinstance(spec, EvalDataset):
         return spec
     if isinstance(spec, Source):
         return EvalDataset(spec, spec.spec, spec.classnames)
     if not isinstance(spec, str) or not spec:
-        raise UsageError(f"--dataset must be a non-empty source spec, got {spec!r}")
+        raise UsageError(f"`dataset` must be a non-empty source spec, got {spec!r}")
     path = os.path.expanduser(spec)
     if spec.startswith("karpathy:") or is_karpathy_json(path):
         path = path.split(":", 1)[1] if spec.startswith("karpathy:") else path
@@ -148,10 +146,10 @@ def open_eval_dataset(spec, split: Optional[str] = None, image_root: Optional[st
         src = KarpathySource(path, split=split or "test", image_root=image_root, spec=spec)
         return EvalDataset(src, spec, None, None, src.split)
     if image_root is not None:
-        raise UsageError("--image-root applies to Karpathy-split JSON datasets only")
+        raise UsageError("`image_root` applies to Karpathy-split JSON datasets only")
     if is_clip_benchmark_dir(path):
         return _open_clip_benchmark(path, spec, split)
     if split is not None:
-        raise UsageError(f"--split applies to CLIP_benchmark folders and Karpathy JSON; {spec!r} is neither")
+        raise UsageError(f"`split` applies to CLIP_benchmark folders and Karpathy JSON; {spec!r} is neither")
     src = open_source(spec)
     return EvalDataset(src, spec, src.classnames, None, None)

@@ -2,7 +2,7 @@
 
 An index directory stores one image embedding per item (img_emb/) and one caption embedding per item
 (text_emb/: the item's FIRST caption, a zero row when it has none). This module reads both and scores them
-with `retrieval_metrics.image_text_recall`, the same blocked function (and tie rule) the in-memory
+with `clipforge.metrics.retrieval.image_text_recall`, the same blocked function (and tie rule) the in-memory
 `zeroshot-retrieval` task uses, so for a source with one caption per image the two report the same recall up
 to the float16 rounding of the stored vectors.
 
@@ -24,6 +24,9 @@ from typing import Optional, Sequence
 import numpy as np
 
 from clipforge.errors import ClipforgeError, UsageError
+from clipforge.metrics.retrieval import image_text_ranked_metrics, image_text_recall
+from clipforge.retrieval.build import read_info
+from clipforge.retrieval.store import EmbeddingStore
 
 __all__ = ["is_index_dir", "index_model_ref", "same_model_ref", "evaluate_index_retrieval"]
 
@@ -43,8 +46,6 @@ def _canonical(ref: str) -> str:
 
 
 def index_model_ref(index_dir) -> str:
-    from clipforge.retrieval.build import read_info
-
     return str(read_info(index_dir)["model"])
 
 
@@ -52,14 +53,11 @@ def same_model_ref(ref: str, index_ref: str) -> bool:
     return _canonical(ref) == _canonical(index_ref)
 
 
-def evaluate_index_retrieval(index_dir, *, ks: Sequence[int] = (1, 5, 10),
+def evaluate_index_retrieval(index_dir, *, ks: Sequence[int] = (1, 5, 10), cutoff: Optional[int] = None,
                              block_size: Optional[int] = None) -> dict:
-    """-> {"metrics": {i2t_R@K, ..., t2i_...}, "num_images", "num_texts", "captions_per_image",
-    "source_captions", "dropped_captions", "skipped", "model", "precision"} from the stored vectors."""
-    from clipforge.evaluate.retrieval_metrics import image_text_recall
-    from clipforge.retrieval.build import read_info
-    from clipforge.retrieval.store import EmbeddingStore
-
+    """-> {"metrics": {i2t_R@K, ..., t2i_... (+ AP@k, nDCG@k, MRR with a cutoff)}, "num_images", "num_texts",
+    "captions_per_image", "source_captions", "dropped_captions", "skipped", "model", "precision"} from the
+    stored vectors."""
     info = read_info(index_dir)
     with EmbeddingStore.open(index_dir) as store:
         if "text" not in store.modalities:
@@ -77,6 +75,8 @@ def evaluate_index_retrieval(index_dir, *, ks: Sequence[int] = (1, 5, 10),
         raise UsageError(f"{index_dir}: no item has a caption; retrieval needs image-text pairs")
     text_to_image = np.flatnonzero(has_caption)  # (M,) text j is item text_to_image[j]'s caption
     metrics = image_text_recall(img, txt[has_caption], text_to_image, ks=ks, block_size=block_size)
+    if cutoff is not None:
+        metrics.update(image_text_ranked_metrics(img, txt[has_caption], text_to_image, cutoff))
     n_src = [len(json.loads(c)) if c else 0 for c in meta["captions"]]  # captions each item had at build time
     skipped = info.get("skipped") or {"total": len(info.get("bad", {})), "by_reason": {}}
     return {"metrics": metrics, "num_images": int(len(img_ids)), "num_texts": int(has_caption.sum()),

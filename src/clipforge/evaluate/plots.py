@@ -1,35 +1,28 @@
 """PNG plots: confusion matrix and a grouped-bar model comparison.
 
 Uses matplotlib's object API with the Agg canvas (no pyplot global state, no display needed). Files are
-written atomically (temp file in the same directory, then `os.replace`).
+written atomically (`clipforge.atomic`).
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
-__all__ = ["plot_confusion_matrix", "plot_comparison"]
+from clipforge.atomic import atomic_write
+
+__all__ = ["plot_confusion_matrix", "plot_comparison", "save_figure"]
 
 
-def _save(fig, path) -> Path:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
+def save_figure(fig: Figure, path, dpi: int = 110) -> Path:
+    """Render `fig` to a PNG at `path`, atomically."""
     FigureCanvasAgg(fig)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi, bbox_inches="tight"))
 
 
 def plot_confusion_matrix(
@@ -38,8 +31,6 @@ def plot_confusion_matrix(
 ) -> Path:
     """Rows = true class, columns = predicted. `normalize` shows each row as fractions of its support.
     Tick labels are drawn only up to `max_labels` classes (beyond that they are unreadable)."""
-    from matplotlib.figure import Figure
-
     cm = np.asarray(cm, dtype=np.float64)
     if normalize:
         cm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
@@ -62,7 +53,7 @@ def plot_confusion_matrix(
                     txt = f"{cm[i, j]:.2f}" if normalize else f"{int(cm[i, j])}"
                     ax.text(j, i, txt, ha="center", va="center", fontsize=7,
                             color="white" if cm[i, j] > 0.5 * cm.max() else "black")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_comparison(panels: dict[str, dict[str, dict[str, float]]], path, ylabel: str = "score") -> Path:
@@ -70,8 +61,6 @@ def plot_comparison(panels: dict[str, dict[str, dict[str, float]]], path, ylabel
 
     panels: {panel title: {group (dataset): {series (model): value}}}; missing values are left blank.
     """
-    from matplotlib.figure import Figure
-
     panels = {k: v for k, v in panels.items() if v}
     n = max(1, len(panels))
     fig = Figure(figsize=(max(6, 3 + 1.5 * max((len(g) for g in panels.values()), default=1)), 3.6 * n))
@@ -90,4 +79,4 @@ def plot_comparison(panels: dict[str, dict[str, dict[str, float]]], path, ylabel
         ax.set_ylabel(ylabel)
         ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -1,20 +1,27 @@
 """results.jsonl -> a markdown report (a summary table per task + all metrics) and a comparison chart.
 
-Only the latest record per (model, dataset, task) is reported. Each task has a primary metric shown in the
-summary and chart: top-1 accuracy for classification and probes, the mean of image->text and text->image
-R@1 for image-text retrieval, AP@50 for INQUIRE-style retrieval; other tasks use their first metric.
+The latest record per full configuration is reported (`results.record_key`: model, dataset, task and the
+config hash), so a 4-shot probe and a full-data probe of the same model are two rows, not one replacing the
+other. Within a task, a row is labelled by its model plus the configuration settings that differ between the
+task's records (e.g. `tiny [k_shot=4]`). Each task has a primary metric shown in the summary and chart:
+top-1 accuracy for classification and probes, the mean of image->text and text->image R@1 for image-text
+retrieval, AP@50 for INQUIRE-style retrieval; other tasks use their first metric. The chart names models and
+datasets by the shortest trailing part of their path or spec that tells them apart (`digits/final`, not
+`/home/me/runs/digits/final`); the tables keep the full names.
 """
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
+from clipforge.atomic import atomic_write_text
+from clipforge.evaluate.plots import plot_comparison
 from clipforge.evaluate.results import latest_results, read_results
 
-__all__ = ["primary_metric", "markdown_report", "write_report"]
+__all__ = ["primary_metric", "config_labels", "short_names", "markdown_report", "write_report"]
 
 _PRIMARY = ("top1", "AP@50", "mean_per_class_recall", "mAP")
+_NOT_CONFIG = ("task", "dataset")  # already in their own columns
 
 
 def primary_metric(record: dict) -> tuple[str, float | None]:
@@ -43,13 +50,51 @@ def _esc(s) -> str:
     return str(s).replace("|", "\\|")
 
 
+def config_labels(records: list[dict]) -> list[str]:
+    """Per record: its model, plus `[key=value, ...]` for the config settings that vary among `records`."""
+    configs = [{k: v for k, v in (r.get("config") or {}).items() if k not in _NOT_CONFIG} for r in records]
+    keys = sorted({k for c in configs for k in c})
+    varying = [k for k in keys if len({repr(c.get(k)) for c in configs}) > 1]
+    out = []
+    for r, c in zip(records, configs):
+        shown = [f"{k}={_fmt(c.get(k))}" for k in varying]
+        out.append(f"{r['model']} [{', '.join(shown)}]" if shown else str(r["model"]))
+    return out
+
+
+def short_names(names) -> dict[str, str]:
+    """name -> the shortest trailing part of it (path components, after a `kind:` prefix) that is unique."""
+    names = list(dict.fromkeys(str(n) for n in names))
+
+    def parts(n: str) -> list[str]:
+        body = n.split(":", 1)[1] if ":" in n and not os.path.isabs(n) and "/" in n.split(":", 1)[1] else n
+        return [p for p in body.replace("\\", "/").split("/") if p] or [n]
+
+    split = {n: parts(n) for n in names}
+    out = {}
+    for n in names:
+        for depth in range(1, len(split[n]) + 1):
+            tail = "/".join(split[n][-depth:])
+            if all("/".join(split[m][-depth:]) != tail for m in names if m != n):
+                break
+        out[n] = tail
+    return out
+
+
 def _panels(records: list[dict]) -> dict[str, dict[str, dict[str, float]]]:
-    """{task (metric): {dataset: {model: primary value}}} for the chart."""
+    """{task (metric): {dataset: {row label: primary value}}} for the chart, with short names."""
     out: dict[str, dict[str, dict[str, float]]] = {}
-    for r in records:
-        name, v = primary_metric(r)
-        if v is not None:
-            out.setdefault(f"{r['task']} ({name})", {}).setdefault(r["dataset"], {})[r["model"]] = v
+    tasks = list(dict.fromkeys(r["task"] for r in records))
+    short_ds = short_names(r["dataset"] for r in records)
+    for task in tasks:
+        rs = [r for r in records if r["task"] == task]
+        labels = config_labels(rs)
+        short_models = short_names(r["model"] for r in rs)
+        for r, label in zip(rs, labels):
+            name, v = primary_metric(r)
+            if v is not None:
+                label = short_models[r["model"]] + label[len(str(r["model"])):]
+                out.setdefault(f"{task} ({name})", {}).setdefault(short_ds[r["dataset"]], {})[label] = v
     return out
 
 
@@ -63,14 +108,15 @@ def markdown_report(records: list[dict], chart_name: str | None = None, title: s
     tasks = list(dict.fromkeys(r["task"] for r in records))
     for task in tasks:
         rs = [r for r in records if r["task"] == task]
+        labels = config_labels(rs)
         metric = primary_metric(rs[0])[0]
         datasets = list(dict.fromkeys(r["dataset"] for r in rs))
-        models = list(dict.fromkeys(r["model"] for r in rs))
-        cell = {(r["model"], r["dataset"]): primary_metric(r)[1] for r in rs}
+        rows = list(dict.fromkeys(labels))
+        cell = {(label, r["dataset"]): primary_metric(r)[1] for label, r in zip(labels, rs)}
         lines += [f"## {task} — {metric}", "", "| model | " + " | ".join(map(_esc, datasets)) + " |",
                   "|---|" + "---:|" * len(datasets)]
-        for m in models:
-            lines.append(f"| {_esc(m)} | " + " | ".join(_fmt(cell.get((m, d))) for d in datasets) + " |")
+        for row in rows:
+            lines.append(f"| {_esc(row)} | " + " | ".join(_fmt(cell.get((row, d))) for d in datasets) + " |")
         lines.append("")
     lines += ["## All metrics", "", "| model | dataset | task | metrics | templates | config | time (s) | when |",
               "|---|---|---|---|---|---|---:|---|"]
@@ -97,8 +143,6 @@ def write_report(results_path, out=None, chart=None) -> tuple[str, Path | None, 
     if chart is not None:
         panels = _panels(latest_results(records))
         if panels:
-            from clipforge.evaluate.plots import plot_comparison
-
             chart_path = plot_comparison(panels, chart)
     chart_ref = None
     if chart_path is not None:
@@ -108,12 +152,5 @@ def write_report(results_path, out=None, chart=None) -> tuple[str, Path | None, 
     if out is not None:
         out_path = Path(out)
         out_path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(md)
-            os.replace(tmp, out_path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write_text(out_path, md)
     return md, out_path, chart_path

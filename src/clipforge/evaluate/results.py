@@ -23,7 +23,8 @@ import numpy as np
 
 from clipforge.errors import ClipforgeError, UsageError
 
-__all__ = ["config_hash", "package_versions", "make_record", "append_result", "read_results", "latest_results"]
+__all__ = ["config_hash", "package_versions", "make_record", "append_result", "read_results", "latest_results",
+           "record_key"]
 
 log = logging.getLogger(__name__)
 _PACKAGES = ("clipforge", "torch", "numpy", "scikit-learn", "open_clip_torch", "transformers", "faiss-cpu")
@@ -124,9 +125,16 @@ def read_results(path) -> list[dict]:
     return out
 
 
+def record_key(record: dict) -> tuple:
+    """What makes two records the same experiment: model, dataset, task and the full configuration (its
+    hash; a k-shot probe and a full-data probe of one model are different experiments)."""
+    cfg = record.get("config_hash") or config_hash(record.get("config"))
+    return record["model"], record["dataset"], record["task"], cfg
+
+
 def latest_results(records: list[dict]) -> list[dict]:
-    """Keep the last record per (model, dataset, task), in first-seen order."""
+    """Keep the last record per full configuration (`record_key`), in first-seen order."""
     latest: dict[tuple, dict] = {}
     for r in records:
-        latest[(r["model"], r["dataset"], r["task"])] = r  # file order = time order for appends
+        latest[record_key(r)] = r  # file order = time order for appends
     return list(latest.values())

@@ -1,58 +1,77 @@
 """Zero-shot image<->text retrieval on a captioned source (Flickr30K / COCO protocol).
 
 Every readable image is a key for text->image and a query for image->text; every caption of it is a text
-(several per image). Recall@K, mean and median rank come from `retrieval_metrics.image_text_recall`, which
-scores block by block (never the whole N x M matrix) with the documented tie rule (lower index first).
-Images whose file cannot be read are skipped with their captions, and counted.
+(several per image). Recall@K, mean and median rank come from `clipforge.metrics.retrieval.image_text_recall`,
+which scores block by block (never the whole N x M matrix) with the documented tie rule (lower index first).
+With a `cutoff` k, the ranked-list metrics AP@k, nDCG@k and MRR are added for both directions (image->text:
+the relevant texts are the image's captions; text->image: its one image). Images whose file cannot be read
+are skipped with their captions, and counted. An index directory (`clipforge index build`) is scored from
+its stored embeddings instead (`index_retrieval.py`).
 """
 from __future__ import annotations
 
 from typing import Optional, Sequence
 
 import numpy as np
-import torch
-from tqdm.auto import tqdm
 
+from clipforge.data.sources import open_source
+from clipforge.encode import as_encoder
 from clipforge.errors import UsageError
+from clipforge.evaluate.index_retrieval import evaluate_index_retrieval
+from clipforge.evaluate.tasks import CUTOFF, TASKS, EvalTask, TaskResult
+from clipforge.metrics.retrieval import image_text_ranked_metrics, image_text_recall
 
-__all__ = ["encode_texts", "evaluate_zeroshot_retrieval"]
-
-
-@torch.inference_mode()
-def encode_texts(model, texts: Sequence[str], batch_size: int = 256, progress: Optional[bool] = None) -> torch.Tensor:
-    """L2-normalised float32 text embeddings on CPU.  # (M, D)"""
-    was_training = model.training
-    model.eval()
-    dev = next(model.parameters()).device
-    out = []
-    try:
-        for i in tqdm(range(0, len(texts), batch_size), desc="texts", unit="batch",
-                      disable=None if progress is None else not progress):
-            ids = model.tokenizer(list(texts[i : i + batch_size])).to(dev)
-            out.append(model.encode_text(ids, normalize=True).float().cpu())
-    finally:
-        model.train(was_training)
-    return torch.cat(out) if out else torch.zeros(0, model.config.embed_dim)
+__all__ = ["evaluate_zeroshot_retrieval", "ZeroShotRetrieval"]
 
 
-def evaluate_zeroshot_retrieval(model, source, *, ks: Sequence[int] = (1, 5, 10), batch_size: int = 256,
-                                workers: int = 0, progress: Optional[bool] = None, features=None) -> dict:
-    """-> {"metrics": {i2t_R@K, i2t_mean_rank, i2t_median_rank, i2t_n, t2i_... }, "num_images",
-    "num_texts", "skipped"}. `features`: a precomputed `SourceFeatures` of `source` (optional)."""
-    from clipforge.data.sources import open_source
-    from clipforge.evaluate.encode import source_features
-    from clipforge.evaluate.retrieval_metrics import image_text_recall
-
+def evaluate_zeroshot_retrieval(model, source, *, ks: Sequence[int] = (1, 5, 10), cutoff: Optional[int] = None,
+                                batch_size: int = 256, workers: int = 0, progress: Optional[bool] = None,
+                                features=None) -> dict:
+    """-> {"metrics": {i2t_R@K, i2t_mean_rank, i2t_median_rank, i2t_n, t2i_... (+ AP@k, nDCG@k, MRR with a
+    cutoff)}, "num_images", "num_texts", "skipped"}. `model`: a model or an `Encoder`; `features`: a
+    precomputed `SourceFeatures` of `source` (optional)."""
+    encoder = as_encoder(model)
     if isinstance(source, str):
         source = open_source(source)
-    feats = features or source_features(model, source, batch_size, workers, progress, desc="retrieval images")
+    feats = features or encoder.encode_source(source, batch_size, workers=workers, progress=progress,
+                                              desc="retrieval images")
     texts = [c for caps in feats.captions for c in caps]
     t2i = np.repeat(np.arange(len(feats.captions)), [len(c) for c in feats.captions])  # (M,) image of each text
     if len(feats.ids) == 0:
         raise UsageError(f"{source.spec}: no readable images")
     if not texts:
         raise UsageError(f"{source.spec}: the images have no captions; retrieval needs image-text pairs")
-    text_emb = encode_texts(model, texts, batch_size, progress)
+    text_emb = encoder.encode_texts(texts, batch_size, progress=progress)
     metrics = image_text_recall(feats.feats, text_emb, t2i, ks=ks)
+    if cutoff is not None:
+        metrics.update(image_text_ranked_metrics(feats.feats, text_emb, t2i, _check_cutoff(cutoff)))
     return {"metrics": metrics, "num_images": len(feats.ids), "num_texts": len(texts),
             "skipped": feats.skipped.as_dict()}
+
+
+def _check_cutoff(cutoff: int) -> int:
+    if int(cutoff) < 1:
+        raise UsageError(f"`cutoff` must be >= 1, got {cutoff}")
+    return int(cutoff)
+
+
+@TASKS.register("zeroshot-retrieval")
+class ZeroShotRetrieval(EvalTask):
+    """Image<->text recall@1/5/10 and ranks (plus AP@k, nDCG@k, MRR with a cutoff); also on an index."""
+
+    options = (CUTOFF,)
+    accepts_index = True
+
+    def run(self, encoder, dataset, ctx, *, cutoff=None) -> TaskResult:
+        res = evaluate_zeroshot_retrieval(encoder, dataset.source, cutoff=cutoff, batch_size=ctx.batch_size,
+                                          workers=ctx.workers, progress=ctx.progress)
+        extra = {"num_images": res["num_images"], "num_texts": res["num_texts"], "skipped": res["skipped"]}
+        return TaskResult(res["metrics"], {"cutoff": cutoff} if cutoff is not None else {}, extra)
+
+    def run_index(self, index_dir, ctx, *, cutoff=None) -> TaskResult:
+        res = evaluate_index_retrieval(index_dir, cutoff=None if cutoff is None else _check_cutoff(cutoff))
+        config = {"source": "index", "index_precision": res["precision"],
+                  "captions_per_image": res["captions_per_image"], **({"cutoff": cutoff} if cutoff else {})}
+        extra = {k: res[k] for k in ("model", "num_images", "num_texts", "captions_per_image", "source_captions",
+                                     "dropped_captions", "skipped")}
+        return TaskResult(res["metrics"], config, extra)

@@ -26,6 +26,7 @@ from torch import nn
 from clipforge.losses.chunked import block_cross_entropy
 from clipforge.losses.distributed import all_gather_with_grad, is_distributed, rank_and_world
 from clipforge.losses.registry import LossOutput, register_loss
+from clipforge.models.unwrap import unwrap_model
 
 CLIP_INIT_LOGIT_SCALE = math.log(1 / 0.07)   # t at init; the model stores t, forward returns exp(t)
 MAX_LOG_LOGIT_SCALE = math.log(100)
@@ -120,5 +121,5 @@ class CLIPLoss(nn.Module):
 def clamp_logit_scale_(model: nn.Module, max_log: float = MAX_LOG_LOGIT_SCALE,
                        min_log: Optional[float] = None) -> None:
     """Clamp the model's log-space `logit_scale` parameter in place (call after each optimizer step)."""
-    param = getattr(model, "module", model).logit_scale   # unwrap DDP
+    param = unwrap_model(model).logit_scale
     param.clamp_(min=min_log, max=max_log)

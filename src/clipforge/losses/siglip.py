@@ -65,6 +65,7 @@ class SigLIPLoss(nn.Module):
     """
 
     MODES = ("ring", "gather")
+    needs_logit_bias = True  # the trainer refuses a model without one
 
     def __init__(self, chunk_size: Optional[int] = None, mode: str = "ring",
                  distributed: Optional[bool] = None):

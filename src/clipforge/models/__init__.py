@@ -1,11 +1,5 @@
-"""Native CLIP-style models: configs + registry, towers, tokenizer, preprocessing, checkpoints."""
-from clipforge.models.checkpoint import (  # noqa: F401
-    build_model,
-    create_model,
-    load_model,
-    register_resolver,
-    save_pretrained,
-)
+"""Native CLIP-style models: configs + registry, towers, tokenizer, preprocessing, checkpoints, loading."""
+from clipforge.models.checkpoint import save_pretrained  # noqa: F401
 from clipforge.models.clip import CLIPModel  # noqa: F401
 from clipforge.models.config import (  # noqa: F401
     CLIPConfig,
@@ -16,5 +10,8 @@ from clipforge.models.config import (  # noqa: F401
     list_models,
     register_model,
 )
-from clipforge.models.output import CLIPOutput  # noqa: F401
+from clipforge.models.factory import build_model, create_model  # noqa: F401
+from clipforge.models.loading import load_model, register_resolver  # noqa: F401
+from clipforge.models.output import CLIPOutput, TowerOutput  # noqa: F401
 from clipforge.models.tokenizer import Tokenizer, default_tokenizer, train_tokenizer  # noqa: F401
+from clipforge.models.unwrap import unwrap_model  # noqa: F401

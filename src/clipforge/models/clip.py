@@ -7,9 +7,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from clipforge.models.checkpoint import save_pretrained
 from clipforge.models.config import CLIPConfig
 from clipforge.models.output import CLIPOutput
 from clipforge.models.text import TextTower
+from clipforge.models.transforms import image_transform
 from clipforge.models.vision import VisionTower
 
 
@@ -29,8 +31,6 @@ class CLIPModel(nn.Module):
                            if config.logit_bias_init is not None else None)
         self._init_weights()
         self.tokenizer = tokenizer
-        from clipforge.models.transforms import image_transform
-
         self.preprocess = image_transform(config, train=False)
         self.preprocess_train = image_transform(config, train=True)
 
@@ -54,33 +54,29 @@ class CLIPModel(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.visual.conv.weight.dtype
+        return self.visual.positional_embedding.dtype
 
     def encode_image(self, pixels: torch.Tensor, normalize: bool = True) -> torch.Tensor:
-        x = self.visual(pixels.to(self.dtype))
+        x = self.visual(pixels.to(self.dtype)).pooled  # (B, D)
         return F.normalize(x, dim=-1) if normalize else x
 
     def encode_text(self, token_ids: torch.Tensor, normalize: bool = True) -> torch.Tensor:
-        x = self.text(token_ids)
+        x = self.text(token_ids).pooled  # (B, D)
         return F.normalize(x, dim=-1) if normalize else x
 
     def forward(self, pixels: Optional[torch.Tensor] = None, token_ids: Optional[torch.Tensor] = None, *,
                 normalize: bool = True, return_tokens: bool = False) -> CLIPOutput:
         img = txt = img_tok = txt_tok = mask = None
+
+        def norm(x):
+            return F.normalize(x, dim=-1) if normalize and x is not None else x
+
         if pixels is not None:
-            if return_tokens:
-                img, img_tok = self.visual(pixels.to(self.dtype), return_tokens=True)
-                img_tok = F.normalize(img_tok, dim=-1) if normalize else img_tok
-            else:
-                img = self.visual(pixels.to(self.dtype))
-            img = F.normalize(img, dim=-1) if normalize else img
+            v = self.visual(pixels.to(self.dtype), return_tokens=return_tokens)
+            img, img_tok = norm(v.pooled), norm(v.tokens)
         if token_ids is not None:
-            if return_tokens:
-                txt, txt_tok, mask = self.text(token_ids, return_tokens=True)
-                txt_tok = F.normalize(txt_tok, dim=-1) if normalize else txt_tok
-            else:
-                txt = self.text(token_ids)
-            txt = F.normalize(txt, dim=-1) if normalize else txt
+            t = self.text(token_ids, return_tokens=return_tokens)
+            txt, txt_tok, mask = norm(t.pooled), norm(t.tokens), t.mask
         return CLIPOutput(
             image_embeds=img, text_embeds=txt, logit_scale=self.logit_scale.exp(),
             logit_bias=self.logit_bias, image_tokens=img_tok, text_tokens=txt_tok, text_mask=mask,
@@ -107,7 +103,6 @@ class CLIPModel(nn.Module):
         return self.tokenizer(texts)
 
     def save_pretrained(self, path, extra=None):
-        from clipforge.models.checkpoint import save_pretrained
-
+        """Write this model as a checkpoint directory (`checkpoint.save_pretrained`)."""
         return save_pretrained(self, path, extra=extra)
 

@@ -1,10 +1,25 @@
-"""The one typed output every CLIP-style model returns."""
+"""The typed outputs: `CLIPOutput` from every CLIP-style model, `TowerOutput` from each of its towers."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
+
+
+@dataclass
+class TowerOutput:
+    """What each tower (`VisionTower`, `TextTower`) returns.
+
+    pooled: (B, D) projected embedding (not normalised)
+    tokens: (B, N, D) projected tokens (vision: patches without the class token; text: every position),
+            only when asked for
+    mask:   (B, T) bool, True on real (non-padding) text tokens; text tower with tokens only
+    """
+
+    pooled: torch.Tensor
+    tokens: Optional[torch.Tensor] = None
+    mask: Optional[torch.Tensor] = None
 
 
 @dataclass

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import List
 
+from clipforge.models.convert.hub import ALLOW, parse_repo
+
 
 @dataclass(frozen=True)
 class Pretrained:
@@ -41,7 +43,6 @@ def is_cached(ref: str) -> bool:
     try:
         from huggingface_hub import snapshot_download
 
-        from clipforge.models.convert.hub import ALLOW, parse_repo
 
         repo, rev = parse_repo(ref[3:])
         snapshot_download(repo_id=repo, revision=rev, allow_patterns=ALLOW, local_files_only=True)

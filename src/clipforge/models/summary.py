@@ -6,13 +6,12 @@ from typing import Dict, List
 import torch
 
 from clipforge.models.config import get_model_config, list_models
+from clipforge.models.clip import CLIPModel
+from clipforge.models.tokenizer import default_tokenizer
 
 
 def count_parameters(name: str) -> Dict[str, int]:
     """Parameter counts of a registered config (total, vision, text) without allocating any memory."""
-    from clipforge.models.clip import CLIPModel
-    from clipforge.models.tokenizer import default_tokenizer
-
     cfg = get_model_config(name)
     with torch.device("meta"):
         model = CLIPModel(cfg, tokenizer=default_tokenizer(cfg.text.context_length))

@@ -1,13 +1,12 @@
 """Text transformer tower: token + position embedding, causal (CLIP) or bidirectional (SigLIP), pooling."""
 from __future__ import annotations
 
-from typing import Tuple, Union
-
 import torch
 from torch import nn
 
 from clipforge.models.config import TextConfig
 from clipforge.models.layers import Transformer
+from clipforge.models.output import TowerOutput
 
 POOLS = ("argmax", "eos", "last", "first", "mean")
 
@@ -41,8 +40,7 @@ class TextTower(nn.Module):
             return torch.full(ids.shape[:1], ids.shape[1] - 1, dtype=torch.long, device=ids.device)
         return torch.zeros(ids.shape[:1], dtype=torch.long, device=ids.device)
 
-    def forward(self, ids: torch.Tensor, return_tokens: bool = False
-                ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    def forward(self, ids: torch.Tensor, return_tokens: bool = False) -> TowerOutput:
         if ids.shape[1] > self.cfg.context_length:
             raise ValueError(f"token sequence of length {ids.shape[1]} exceeds context_length "
                              f"{self.cfg.context_length}")
@@ -61,5 +59,5 @@ class TextTower(nn.Module):
             pooled = x[torch.arange(B, device=ids.device), self.pool_index(ids)]
         pooled = self.proj(pooled)  # (B, D)
         if return_tokens:
-            return pooled, self.proj(x), mask
-        return pooled
+            return TowerOutput(pooled, self.proj(x), mask)
+        return TowerOutput(pooled)

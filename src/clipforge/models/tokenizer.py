@@ -16,6 +16,7 @@ import string
 from functools import lru_cache
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from collections import Counter, defaultdict
 
 import torch
 from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers
@@ -241,8 +242,6 @@ def learn_merges(texts: Iterable[str], n_merges: int, min_frequency: int = 2) ->
     """Learn up to `n_merges` CLIP BPE merges, deterministically: the most frequent adjacent pair wins and ties
     go to the lexicographically smallest pair (the `tokenizers` trainer breaks ties in hash order, so the same
     corpus gave different vocabularies run to run)."""
-    from collections import Counter, defaultdict
-
     probe = _clip_pipeline(_Backend(models.BPE()))
     words: Counter = Counter()
     for text in texts:

@@ -1,13 +1,12 @@
 """Vision transformer tower: patch embedding, optional class token, transformer, pooling, projection."""
 from __future__ import annotations
 
-from typing import Tuple, Union
-
 import torch
 from torch import nn
 
 from clipforge.models.config import VisionConfig
 from clipforge.models.layers import AttentionPoolHead, Transformer
+from clipforge.models.output import TowerOutput
 
 
 class ConvStem(nn.Module):
@@ -26,10 +25,6 @@ class ConvStem(nn.Module):
             layers += [nn.Conv2d(cin, cout, 3, 2, 1, bias=False), nn.GroupNorm(1, cout), nn.GELU()]
         layers.append(nn.Conv2d(chans[-1], width, 1))
         self.net = nn.Sequential(*layers)
-
-    @property
-    def weight(self) -> torch.Tensor:  # the model reads its dtype from here
-        return self.net[0].weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W) -> (B, W, H/p, W/p)
         return self.net(x)
@@ -62,8 +57,7 @@ class VisionTower(nn.Module):
         self.head = AttentionPoolHead(W, cfg.heads, cfg.mlp_ratio, cfg.act, cfg.ln_eps) if cfg.pool == "map" else None
         self.proj = nn.Linear(W, embed_dim, bias=cfg.proj_bias) if cfg.proj else nn.Identity()
 
-    def forward(self, pixels: torch.Tensor, return_tokens: bool = False
-                ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
+    def forward(self, pixels: torch.Tensor, return_tokens: bool = False) -> TowerOutput:
         x = self.conv(pixels)  # (B, W, g, g)
         x = x.flatten(2).transpose(1, 2)  # (B, g*g, W)
         if self.class_embedding is not None:
@@ -79,6 +73,4 @@ class VisionTower(nn.Module):
         else:
             pooled = self.head(x)
         pooled = self.proj(pooled)  # (B, D)
-        if return_tokens:
-            return pooled, self.proj(patches)
-        return pooled
+        return TowerOutput(pooled, self.proj(patches) if return_tokens else None)

@@ -5,8 +5,8 @@ An index directory is an `EmbeddingStore` (img_emb/, text_emb/, metadata/, manif
     index.json    the job's manifest: source, model, precision, counts, skipped files by reason, the index
                   kind chosen and its recall@10 against exact search (approximate kinds)
 
-Work is cut into shards of `shard_size` samples, each split into batches; DataLoader workers decode and
-preprocess whole batches while the model runs. A shard is appended to the store atomically, so a killed
+Work is cut into shards of `shard_size` samples, each split into batches; `clipforge.encode` reads them (its
+DataLoader workers decode and preprocess whole batches while the model runs). A shard is appended to the store atomically, so a killed
 build resumes after the last committed shard: samples whose keys are done are skipped, the rest are embedded
 in the same order, the same batches, and get the same ids. Files that could not be decoded are recorded
 (key -> reason) in index.json and not retried on resume; `update_index` retries them.
@@ -21,17 +21,16 @@ import os
 import re
 import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 import pyarrow as pa
-import torch
 from tqdm.auto import tqdm
 
-from clipforge.data.decode import BadSample, SkipCounter
+from clipforge.data.decode import SkipCounter
 from clipforge.data.sources import open_source
+from clipforge.encode import Encoder
 from clipforge.errors import ClipforgeError, UsageError
-from clipforge.retrieval.encoder import encode_pixels, encode_texts, load_encoder
 from clipforge.retrieval.index import KINDS, IndexSpec, VectorIndex, choose_index, tune_recall
 from clipforge.retrieval.store import EmbeddingStore, atomic_write_json
 
@@ -61,65 +60,13 @@ def read_info(index_dir) -> dict:
     return json.loads(p.read_text())
 
 
-# ---- batches ------------------------------------------------------------------------------------------
-
-class _BatchSet(torch.utils.data.Dataset):
-    """Item b = batch b fully prepared in a worker: keys, pixels (B, 3, H, W), captions, metadata, bad."""
-
-    def __init__(self, source, batches: list[list[int]], transform):
-        self.source, self.batches, self.transform = source, batches, transform
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-    def __getitem__(self, b: int) -> dict:
-        return _prepare([self.source[i] for i in self.batches[b]], self.transform)
-
-
-def _prepare(samples, transform) -> dict:
-    keys, pixels, captions, meta, bad = [], [], [], [], []
-    for s in samples:
-        try:
-            px = transform(s.load_image())
-        except BadSample as e:
-            bad.append((s.id, e.reason))
-            continue
-        except Exception as e:  # noqa: BLE001 - a transform failing on one odd image must not end the job
-            bad.append((s.id, "decode_error"))
-            log.debug("%s: %s", s.id, e)
-            continue
-        finally:
-            s.drop_image()
-        keys.append(s.id)
-        pixels.append(px)
-        captions.append(list(s.captions))
-        meta.append({**s.meta, **({"label": s.label} if s.label is not None else {})})
-    return {"keys": keys, "pixels": torch.stack(pixels) if pixels else torch.empty(0), "captions": captions,
-            "meta": meta, "bad": bad}
-
-
-def _identity(x):
-    return x
-
+# ---- the embedding loop ---------------------------------------------------------------------------------
 
 def _close_fd(fd: int, worker_id: int) -> None:
     try:
         os.close(fd)
     except OSError:
         pass
-
-
-def _iter_batches(source, batches, transform, workers: int, lock_fd: int | None) -> Iterator[dict]:
-    ds = _BatchSet(source, batches, transform)
-    kw = {}
-    if workers > 0:
-        kw["prefetch_factor"] = 2
-        if lock_fd is not None:
-            # Forked workers inherit the store's writer lock; a worker outliving a killed parent would keep
-            # it held and block the resume. Each worker closes its copy (the parent's stays locked).
-            kw["worker_init_fn"] = functools.partial(_close_fd, lock_fd)
-    yield from torch.utils.data.DataLoader(ds, batch_size=None, shuffle=False, num_workers=workers,
-                                           collate_fn=_identity, **kw)
 
 
 def _column(values: list) -> pa.Array:
@@ -144,9 +91,7 @@ def _metadata_table(captions: list[list[str]], meta: list[dict]) -> pa.Table:
     return pa.table(arrays)
 
 
-# ---- the embedding loop ---------------------------------------------------------------------------------
-
-def _embed(store: EmbeddingStore, source, indices: list[int], model, info: dict, info_path: Path, *,
+def _embed(store: EmbeddingStore, source, indices: list[int], encoder: Encoder, info: dict, info_path: Path, *,
            batch_size: int, shard_size: int, workers: int, replace: bool, progress, on_batch) -> dict:
     """Embed source[indices] into the store, one atomic shard per `shard_size` samples."""
     text = "text" in store.modalities
@@ -171,7 +116,7 @@ def _embed(store: EmbeddingStore, source, indices: list[int], model, info: dict,
                 has = np.array([bool(c) for c in caps])
                 txt = np.zeros_like(img)  # rows without a caption get a zero text vector
                 if has.any():
-                    txt[has] = encode_texts(model, [c for c in caps if c])
+                    txt[has] = encoder.encode_texts([c for c in caps if c]).numpy()
             added.append(store.append(pending["keys"], img, txt, _metadata_table(pending["captions"],
                                                                                   pending["meta"]),
                                       replace=replace))
@@ -179,21 +124,24 @@ def _embed(store: EmbeddingStore, source, indices: list[int], model, info: dict,
         for v in pending.values():
             v.clear()
 
+    lock_fd = getattr(store, "_lock_fd", None)
+    # Forked decoding workers inherit the store's writer lock; a worker outliving a killed parent would keep it
+    # held and block the resume. Each worker closes its copy (the parent's stays locked).
+    init = functools.partial(_close_fd, lock_fd) if lock_fd is not None else None
     try:
-        if not getattr(source, "random_access", True):
-            it = _stream_batches(source, set(indices), batch_size, model.preprocess)
-        else:
-            it = _iter_batches(source, batches, model.preprocess, workers, getattr(store, "_lock_fd", None))
+        it = encoder.iter_source(source, batch_size, batches=batches, workers=workers, progress=False,
+                                 worker_init_fn=init)
         for b, batch in enumerate(it):
-            for key, reason in batch["bad"]:
+            for key, reason in batch.skipped.samples:
                 skipped.add(key, reason)
                 info["bad"][key] = reason
-            if batch["keys"]:
-                pending["img"].append(encode_pixels(model, batch["pixels"]))
-                pending["keys"] += batch["keys"]
-                pending["captions"] += batch["captions"]
-                pending["meta"] += batch["meta"]
-            n = len(batch["keys"]) + len(batch["bad"])
+            if batch.ids:
+                pending["img"].append(batch.feats.numpy())
+                pending["keys"] += batch.ids
+                pending["captions"] += batch.captions
+                pending["meta"] += [{**m, **({"label": y} if y is not None else {})}
+                                    for m, y in zip(batch.meta, batch.labels)]
+            n = len(batch.ids) + batch.skipped.total
             n_done += n
             bar.update(n)
             bar.set_postfix(skipped=skipped.total, refresh=False)
@@ -207,19 +155,6 @@ def _embed(store: EmbeddingStore, source, indices: list[int], model, info: dict,
     return {"embedded": n_done - skipped.total, "skipped": skipped, "seconds": dt,
             "images_per_s": n_done / dt if dt > 0 and n_done else 0.0,
             "ids": np.concatenate(added) if added else np.zeros(0, np.int64)}
-
-
-def _stream_batches(source, wanted_positions: set[int], batch_size: int, transform) -> Iterator[dict]:
-    """Streaming sources (remote shards): read in order in this process, keep the wanted positions."""
-    chunk = []
-    for pos, s in enumerate(source):
-        if pos in wanted_positions:
-            chunk.append(s)
-        if len(chunk) == batch_size:
-            yield _prepare(chunk, transform)
-            chunk = []
-    if chunk:
-        yield _prepare(chunk, transform)
 
 
 def _keys_of(source) -> list:
@@ -283,14 +218,15 @@ def build_index(source: str, model: str, out_dir, *, batch_size: int = 64, worke
     ref = str(Path(model).resolve()) if Path(model).is_dir() else str(model)
     info = json.loads(info_path.read_text()) if info_path.exists() else None
     if info is None and (root / "manifest.json").exists():
-        raise UsageError(f"{root}: holds an embedding store without {INFO_FILE}; choose another --out")
+        raise UsageError(f"{root}: holds an embedding store without {INFO_FILE}; choose another `out_dir`")
     if info is not None:
         if (info["source"], info["model"]) != (source, ref):
             raise UsageError(f"{root} holds an index of {info['source']!r} with {info['model']!r}; "
-                             "use `clipforge index update` for it, or choose another --out")
+                             "use `clipforge index update` for it, or choose another `out_dir`")
         precision = info["precision"]  # a resumed build embeds exactly like the first run
     src = open_source(source, **(source_options or {}))
-    enc, prec = load_encoder(ref, device, precision)
+    enc = Encoder.load(ref, device=device, precision=precision)
+    prec = enc.precision
     positions = _keys_of(src)
     if text == "auto":
         text = any(s.captions for _, s in positions[:64])
@@ -301,7 +237,7 @@ def build_index(source: str, model: str, out_dir, *, batch_size: int = 64, worke
                 "created": time.time()}
     mods = ("img", "text") if info["text"] else ("img",)
     root.mkdir(parents=True, exist_ok=True)
-    with EmbeddingStore.create(root, enc.config.embed_dim, model={"ref": ref, "precision": prec},
+    with EmbeddingStore.create(root, enc.embed_dim, model={"ref": ref, "precision": prec},
                                modalities=mods, exist_ok=True) as store:
         atomic_write_json(info_path, info)
         done, bad = store.done_keys(), set(info["bad"])
@@ -323,7 +259,7 @@ def update_index(index_dir, *, workers: int = 0, max_memory=None, index_kind: st
     info = read_info(root)
     info_path = root / INFO_FILE
     src = open_source(info["source"], **info.get("source_options", {}))
-    enc, _ = load_encoder(info["model"], device, info["precision"])
+    enc = Encoder.load(info["model"], device=device, precision=info["precision"])
     with EmbeddingStore.open(root, writable=True) as store:
         old = store.metadata(["key", "size", "mtime", "caption"]).to_pylist()
         old = {r["key"]: r for r in old}

@@ -21,7 +21,7 @@ import numpy as np
 
 from clipforge.errors import ClipforgeError, UsageError
 from clipforge.retrieval.build import INDEX_FILE, read_info
-from clipforge.retrieval.encoder import encode_images, encode_texts, load_encoder
+from clipforge.encode import Encoder
 from clipforge.retrieval.index import VectorIndex
 from clipforge.retrieval.query import Hit, Searcher, Term, embed_query, parse_query
 from clipforge.retrieval.sharded import open_index
@@ -44,7 +44,10 @@ class SearchEngine:
         paths = self.metadata.column("path").to_pylist() if "path" in cols else [None] * len(ids)
         # The only way from a request to a file: an id present in the index maps to its recorded path.
         self._paths = {int(i): p for i, p in zip(self.metadata.column("id").to_pylist(), paths) if p}
-        self._device, self._model = device, model
+        self._device = device
+        if model is not None and not isinstance(model, Encoder):
+            model = Encoder.from_model(model, precision=self.info["precision"])
+        self._encoder = model  # None: loaded on first use
         self._lock = threading.Lock()
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._cache_size = text_cache
@@ -52,19 +55,20 @@ class SearchEngine:
 
     # -- the model --
     @property
-    def model(self):
+    def encoder(self) -> Encoder:
+        """The index's model in the index's precision (loaded on first use)."""
         with self._lock:
-            if self._model is None:
-                self._model, _ = load_encoder(self.info["model"], self._device, self.info["precision"])
-            return self._model
+            if self._encoder is None:
+                self._encoder = Encoder.load(self.info["model"], device=self._device, precision=self.info["precision"])
+            return self._encoder
 
     def encode_text(self, texts: Sequence[str]) -> np.ndarray:
         """(n, D) float32, cached per text."""
         missing = [t for t in dict.fromkeys(texts) if t not in self._cache]
-        model = self.model if missing else None
+        encoder = self.encoder if missing else None
         with self._lock:
             if missing:
-                for t, v in zip(missing, encode_texts(model, missing)):
+                for t, v in zip(missing, encoder.encode_texts(missing).numpy()):
                     self._cache[t] = v
                 while len(self._cache) > self._cache_size:
                     self._cache.popitem(last=False)
@@ -77,9 +81,10 @@ class SearchEngine:
         return np.stack(out)
 
     def encode_image(self, images: Sequence) -> np.ndarray:
-        model = self.model
+        """(n, D) float32 for images given as paths, bytes or PIL images (`clipforge.encode.open_image`)."""
+        encoder = self.encoder
         with self._lock:
-            return encode_images(model, list(images))
+            return encoder.encode_images(list(images)).numpy()
 
     # -- queries --
     def query_vector(self, text: str | None = None, image: Any = None, *, text_weight: float = 1.0,

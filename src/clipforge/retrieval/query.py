@@ -24,7 +24,6 @@ case-insensitive, e.g. caption*=dog). `path` means the first of path / image_pat
 
 from __future__ import annotations
 
-import io
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,9 +33,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from clipforge.data.sources.folder import IMAGE_EXTS
+from clipforge.encode import open_image
 from clipforge.errors import ClipforgeError, UsageError
 
-IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 _EXPR_START = re.compile(r"\s*(?:[+-]\s*)?(?:(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?\s*\*\s*)?(?:[\"']|img:|text:)")
 _NUMBER = re.compile(r"(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
 _BARE = re.compile(r"[^\s+*]+")
@@ -57,7 +57,7 @@ def _fail(query: str, pos: int, msg: str):
 def _is_image_file(s: str, base: Path | None) -> Path | None:
     p = Path(s).expanduser()
     p = p if p.is_absolute() or base is None else base / p
-    return p if p.suffix.lower() in IMAGE_EXTS and p.is_file() else None
+    return p if p.suffix.lower().lstrip(".") in IMAGE_EXTS and p.is_file() else None
 
 
 def parse_query(query: str, allow_paths: bool = True, base_dir: str | Path | None = None) -> list[Term]:
@@ -177,30 +177,13 @@ def compose(text: str | None = None, image: Any = None, text_weight: float = 1.0
     return terms
 
 
-def load_image(value: Any, max_pixels: int = 50_000_000):
-    """Path, bytes or PIL image -> RGB PIL image; refuses images over max_pixels (decompression bombs)."""
-    from PIL import Image
-
-    if isinstance(value, Image.Image):
-        img = value
-    else:
-        try:
-            img = Image.open(io.BytesIO(value) if isinstance(value, (bytes, bytearray)) else value)
-        except (OSError, ValueError) as e:
-            raise ClipforgeError(f"cannot read query image: {e}") from e
-    if img.width * img.height > max_pixels:
-        raise UsageError(f"query image is {img.width}x{img.height}, over the {max_pixels} pixel limit")
-    try:
-        return img.convert("RGB")
-    except (OSError, ValueError) as e:
-        raise ClipforgeError(f"cannot decode query image: {e}") from e
-
-
 def embed_query(terms: Sequence[Term], encode_text: Callable[[list[str]], np.ndarray],
                 encode_image: Callable[[list], np.ndarray] | None = None) -> np.ndarray:
     """Weighted sum of normalised term embeddings, normalised: -> (D,) float32.
 
-    encode_text(list[str]) -> (n, D); encode_image(list[PIL.Image]) -> (n, D). Each is called once.
+    encode_text(list[str]) -> (n, D); encode_image(list[PIL.Image]) -> (n, D). Each is called once. Image
+    terms (a path, bytes or a PIL image) are opened with `clipforge.encode.open_image`: the same decoder as
+    the index build, so a file gives the same pixels (EXIF orientation included) on every path.
     """
     texts = [t for t in terms if t.kind == "text"]
     images = [t for t in terms if t.kind == "image"]
@@ -211,7 +194,7 @@ def embed_query(terms: Sequence[Term], encode_text: Callable[[list[str]], np.nda
         parts.append(np.asarray(encode_text([t.value for t in texts]), dtype=np.float32))
         weights += [t.weight for t in texts]
     if images:
-        parts.append(np.asarray(encode_image([load_image(t.value) for t in images]), dtype=np.float32))
+        parts.append(np.asarray(encode_image([open_image(t.value) for t in images]), dtype=np.float32))
         weights += [t.weight for t in images]
     e = np.concatenate(parts)  # (n_terms, D)
     e /= np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 import textwrap
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from PIL import Image, ImageDraw, ImageFont
+
+from clipforge.atomic import atomic_write
 
 _BG, _FG, _DIM, _MISSING = (255, 255, 255), (20, 20, 20), (110, 110, 110), (225, 225, 225)
 
@@ -72,14 +72,5 @@ def contact_sheet(hits: Sequence[Any], out_path: str | Path | None = None, thumb
         for i, line in enumerate(textwrap.wrap(caption, chars)[:caption_lines]):
             draw.text((x, y + thumb + 2 + line_h * (i + 1)), line, fill=_DIM, font=font)
     if out_path is not None:
-        out_path = Path(out_path)
-        fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                sheet.save(f, format="PNG")
-            os.replace(tmp, out_path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        atomic_write(Path(out_path), lambda f: sheet.save(f, format="PNG"))
     return sheet

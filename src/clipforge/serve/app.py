@@ -28,6 +28,7 @@ import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
+import json
 
 import numpy as np
 from fastapi import Depends, FastAPI, Path as PathParam, Request
@@ -37,8 +38,9 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
+from PIL import Image, ImageOps
 
-from clipforge.data.decode import BadSample, DecodeOptions, decode_image
+from clipforge.data.decode import BadSample, DecodeOptions, decode_image, to_rgb
 from clipforge.errors import ClipforgeError, UsageError
 from clipforge.retrieval.engine import SearchEngine
 from clipforge.retrieval.query import Term
@@ -137,10 +139,6 @@ def _decode_b64_image(data: str, max_pixels: int, what: str):
 
 
 def _thumbnail(path: str, size: int, max_pixels: int) -> bytes:
-    from PIL import Image, ImageOps
-
-    from clipforge.data.decode import to_rgb
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with Image.open(path) as im:
@@ -159,8 +157,6 @@ def _public(hit_dict: dict) -> dict:
     d = {k: v for k, v in hit_dict.items() if k != "path"}
     if isinstance(d.get("captions"), str):
         try:
-            import json
-
             d["captions"] = json.loads(d["captions"])
         except ValueError:
             pass
@@ -176,7 +172,7 @@ def _public(hit_dict: dict) -> dict:
 def create_app(index_dir, api_key: str | None = None, limits: Limits = Limits(), device=None,
                engine: SearchEngine | None = None) -> FastAPI:
     engine = engine or SearchEngine(index_dir, device=device)
-    engine.model  # load now, so the first request is not slow  # noqa: B018
+    engine.encoder  # load now, so the first request is not slow  # noqa: B018
     app = FastAPI(title="clipforge search", version="1",
                   description=f"Search {engine.stats()['count']} items of {engine.info['source']}.")
     app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)

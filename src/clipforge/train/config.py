@@ -1,4 +1,4 @@
-"""Training configuration: typed sections loaded from YAML, `--set key=value` overrides, strict keys.
+"""Training configuration: typed sections loaded from YAML, `section.key=value` overrides, strict keys.
 
     model:    {name: tiny, overrides: {...}, tokenizer: train, tokenizer_vocab_size: 1024, lock_image: false, ...}
     data:     {train: "jsonl:path/train.jsonl", batch_size: 128, workers: 2, val: "imagefolder:path/val", ...}
@@ -7,7 +7,8 @@
     loss:     {name: clip, options: {chunk_size: null}}
     run:      {steps: 1000, seed: 0, precision: bf16, checkpoint_every: 200, keep_checkpoints: 3, ...}
 
-Unknown keys raise a `UsageError` naming the section and listing the valid keys.
+Unknown keys raise a `UsageError` naming the section and listing the valid keys. A config is a YAML file or
+the name of one shipped inside the package (`load_config("demo-digits")`; `packaged_configs()` lists them).
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import hashlib
 import json
 import typing
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
@@ -185,36 +187,52 @@ def apply_overrides(d: Dict[str, Any], overrides: Sequence[str]) -> Dict[str, An
     d = json.loads(json.dumps(d or {}))
     for item in overrides or ():
         if "=" not in item:
-            raise UsageError(f"--set expects section.key=value, got {item!r}")
+            raise UsageError(f"`overrides`: expected section.key=value, got {item!r}")
         path, raw = item.split("=", 1)
         keys = path.strip().split(".")
         if len(keys) < 2:
-            raise UsageError(f"--set {item!r}: the key must name a section, e.g. optim.lr=1e-3")
+            raise UsageError(f"`overrides` {item!r}: the key must name a section, e.g. optim.lr=1e-3")
         try:
             value = yaml.safe_load(raw)
         except yaml.YAMLError as e:
-            raise UsageError(f"--set {item!r}: value is not valid YAML ({e.problem})")
+            raise UsageError(f"`overrides` {item!r}: value is not valid YAML ({e.problem})")
         node = d
         for k in keys[:-1]:
             node = node.setdefault(k, {})
             if not isinstance(node, dict):
-                raise UsageError(f"--set {item!r}: {k!r} is not a section")
+                raise UsageError(f"`overrides` {item!r}: {k!r} is not a section")
         node[keys[-1]] = value
     return d
 
 
+def packaged_configs() -> list[str]:
+    """Names of the configs shipped inside the package (usable wherever a config path is)."""
+    return sorted(f.name[:-5] for f in resources.files("clipforge").joinpath("configs").iterdir()
+                  if f.name.endswith(".yaml"))
+
+
+def read_config_text(config: Union[str, Path]) -> str:
+    """The YAML text of a config file, or of a packaged config named with or without `.yaml`."""
+    p = Path(config)
+    if p.is_file():
+        return p.read_text()
+    name = p.name[:-5] if p.name.endswith(".yaml") else p.name
+    if str(config) in (name, f"{name}.yaml") and name in packaged_configs():
+        return resources.files("clipforge").joinpath("configs").joinpath(f"{name}.yaml").read_text()
+    raise UsageError(f"config file not found: {p} (packaged configs: {', '.join(packaged_configs())})")
+
+
 def load_config(path: Optional[Union[str, Path]] = None, overrides: Sequence[str] = ()) -> TrainConfig:
+    """A validated TrainConfig from a YAML file or packaged config name (or defaults) plus overrides."""
     d: Dict[str, Any] = {}
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise UsageError(f"config file not found: {p}")
+        text = read_config_text(path)
         try:
-            d = yaml.safe_load(p.read_text()) or {}
+            d = yaml.safe_load(text) or {}
         except yaml.YAMLError as e:
-            raise UsageError(f"{p}: not valid YAML: {e}")
+            raise UsageError(f"{path}: not valid YAML: {e}")
         if not isinstance(d, dict):
-            raise UsageError(f"{p}: the config must be a mapping of sections")
+            raise UsageError(f"{path}: the config must be a mapping of sections")
     return config_from_dict(apply_overrides(d, overrides)).validate()
 
 

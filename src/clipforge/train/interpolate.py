@@ -1,6 +1,7 @@
 """WiSE-FT weight-space interpolation: θ = (1 − α)·θ_zero-shot + α·θ_fine-tuned, tensor by tensor."""
 from __future__ import annotations
 
+import copy
 from typing import Iterable, List
 
 import torch
@@ -10,10 +11,8 @@ from clipforge.errors import UsageError
 
 def interpolate_models(model_a, model_b, alpha: float):
     """A copy of `model_a` whose floating-point weights are (1 − alpha)·A + alpha·B (alpha=0: A, 1: B)."""
-    import copy
-
     if not 0.0 <= alpha <= 1.0:
-        raise UsageError(f"alpha must be in [0, 1], got {alpha}")
+        raise UsageError(f"`alpha` must be in [0, 1], got {alpha}")
     if model_a.config != model_b.config:
         diff = [k for k, v in model_a.config.to_dict().items() if model_b.config.to_dict().get(k) != v]
         raise UsageError(f"models have different architectures (differ in {diff}); cannot interpolate")
@@ -26,13 +25,15 @@ def interpolate_models(model_a, model_b, alpha: float):
     return out
 
 
-def parse_alphas(text: str) -> List[float]:
+def parse_alphas(alphas: str) -> List[float]:
+    """'0,0.25,0.5' -> [0.0, 0.25, 0.5]."""
+    text = alphas
     try:
         alphas = [float(a) for a in text.split(",") if a.strip()]
     except ValueError:
-        raise UsageError(f"--alphas expects comma-separated numbers in [0, 1], got {text!r}")
+        raise UsageError(f"`alphas` expects comma-separated numbers in [0, 1], got {text!r}")
     if not alphas or any(not 0 <= a <= 1 for a in alphas):
-        raise UsageError(f"--alphas expects comma-separated numbers in [0, 1], got {text!r}")
+        raise UsageError(f"`alphas` expects comma-separated numbers in [0, 1], got {text!r}")
     return alphas
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -19,44 +18,41 @@ from typing import Optional
 import torch
 from tqdm.auto import tqdm
 
+from clipforge.atomic import atomic_write_text
 from clipforge.data.decode import SkipCounter
+from clipforge.data.loader import make_pair_loader
+from clipforge.data.sources import open_source
+from clipforge.encode import pick_device
 from clipforge.errors import UsageError
+from clipforge.evaluate.zeroshot_classification import evaluate_zeroshot_classification
+from clipforge.losses import clamp_logit_scale_, get_loss
+from clipforge.losses.distributed import all_reduce_mean
+from clipforge.losses.gradcache import gradcache_step
+from clipforge.models import (Tokenizer, create_model, get_model_config, list_models, load_model,
+                              train_tokenizer)
+from clipforge.models.checkpoint import load_state_dict_strict, read_state_dict
 from clipforge.train.config import TrainConfig, dump_config
 from clipforge.train.distributed import DistInfo, barrier, init_distributed
-from clipforge.train.logging import MetricsLog, plot_curves
 from clipforge.train.optim import lock_tower, make_optimizer
+from clipforge.train.run_log import MetricsLog, plot_curves, progress_line
 from clipforge.train.schedule import lr_at
-from clipforge.train.state import (load_trainer_state, resolve_resume, save_checkpoint, set_rng_state)
+from clipforge.train.state import load_trainer_state, resolve_resume, save_checkpoint, set_rng_state
 
 log = logging.getLogger("clipforge.train")
 
 
-def _device(cfg: TrainConfig, dist: DistInfo) -> torch.device:
-    if cfg.run.device:
-        if cfg.run.device.startswith("cuda") and not torch.cuda.is_available():
-            raise UsageError(f"run.device={cfg.run.device}: CUDA is not available")
-        return torch.device(cfg.run.device)
-    return torch.device(f"cuda:{dist.local_rank}" if torch.cuda.is_available() else "cpu")
-
-
 def _train_tokenizer(cfg: TrainConfig, source):
-    from clipforge.models import train_tokenizer
-
     def captions():
         for i in range(len(source)):
             yield from source[i].captions
 
     ctx = cfg.model.overrides.get("text", {}).get("context_length") if cfg.model.overrides else None
-    from clipforge.models import get_model_config
-
     ctx = ctx or get_model_config(cfg.model.name).text.context_length
     return train_tokenizer(captions(), cfg.model.tokenizer_vocab_size, context_length=ctx)
 
 
 def build_training_model(cfg: TrainConfig, source):
     """A fresh model (registered name) or a pretrained one (any load_model reference), with its tokenizer."""
-    from clipforge.models import Tokenizer, create_model, list_models, load_model
-
     name = cfg.model.name
     if name in list_models():
         overrides = json.loads(json.dumps(cfg.model.overrides or {}))
@@ -68,8 +64,6 @@ def build_training_model(cfg: TrainConfig, source):
             tok = Tokenizer.load(cfg.model.tokenizer)
         model = create_model(name, tokenizer=tok, **overrides)
         if cfg.model.weights:
-            from clipforge.models.checkpoint import load_state_dict_strict, read_state_dict
-
             load_state_dict_strict(model, read_state_dict(cfg.model.weights), cfg.model.weights)
         return model
     if cfg.model.overrides or cfg.model.tokenizer:
@@ -86,18 +80,15 @@ def _autocast(cfg: TrainConfig, device: torch.device):
 
 
 def train(cfg: TrainConfig, out_dir, resume: Optional[str] = None) -> dict:
-    """Train per `cfg`, writing the run directory `out_dir`. Returns a summary dict (also summary.json)."""
-    from clipforge.data.loader import make_pair_loader
-    from clipforge.data.sources import open_source
-    from clipforge.losses import clamp_logit_scale_, get_loss
-    from clipforge.losses.distributed import all_reduce_mean
-    from clipforge.losses.gradcache import gradcache_step
-    from clipforge.models import load_model
+    """Train per `cfg`, writing the run directory `out_dir`. Returns a summary dict (also summary.json).
 
+    Progress: a tqdm bar on a terminal; otherwise (a log file, the demo, CI) one log line every
+    `run.log_every` steps with the step, loss, learning rate, samples/s and ETA.
+    """
     cfg.validate()
     out = Path(out_dir)
     dist = init_distributed(cfg.run.device)
-    device = _device(cfg, dist)
+    device = pick_device(cfg.run.device, local_rank=dist.local_rank, param="run.device")
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
     if cfg.data.batch_size % dist.world_size:
@@ -123,8 +114,8 @@ def train(cfg: TrainConfig, out_dir, resume: Optional[str] = None) -> dict:
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
     loss_fn = get_loss(cfg.loss.name, **cfg.loss.options)
-    if cfg.loss.name == "siglip" and core.logit_bias is None:
-        raise UsageError("loss 'siglip' needs a model with a logit bias (e.g. siglip-B-16, or "
+    if getattr(loss_fn, "needs_logit_bias", False) and core.logit_bias is None:
+        raise UsageError(f"loss {cfg.loss.name!r} needs a model with a logit bias (e.g. siglip-B-16, or "
                          "model.overrides: {logit_bias_init: -10, logit_scale_init: 2.302585})")
     opt = make_optimizer(model, cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.betas, cfg.optim.eps)
     scaler = torch.amp.GradScaler("cuda") if cfg.run.precision == "fp16" and device.type == "cuda" else None
@@ -145,9 +136,7 @@ def train(cfg: TrainConfig, out_dir, resume: Optional[str] = None) -> dict:
     metrics = None
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        tmp = out / ".config.yaml.tmp"
-        tmp.write_text(dump_config(cfg))
-        os.replace(tmp, out / "config.yaml")
+        atomic_write_text(out / "config.yaml", dump_config(cfg))
         metrics = MetricsLog(out / "metrics.jsonl", resume_step=step if ckpt else None,
                              tensorboard_dir=out / "tensorboard" if cfg.run.tensorboard else None)
     evaluator = _ZeroShotCallback(cfg, core) if cfg.data.val else None
@@ -156,6 +145,7 @@ def train(cfg: TrainConfig, out_dir, resume: Optional[str] = None) -> dict:
              cfg.model.name, total, steps_per_epoch, cfg.data.batch_size, dist.world_size, device, cfg.run.precision)
     bar = tqdm(total=total, initial=step, desc="train", unit="step",
                disable=(not dist.is_main) or (None if cfg.run.progress is None else not cfg.run.progress))
+    log_lines = dist.is_main and bar.disable  # no bar (not a terminal, or progress off): log lines instead
     t_last, step_last, train_time, last_row = time.perf_counter(), step, 0.0, {}
     while step < total:
         loader = make_pair_loader(source, core.preprocess_train, core.tokenizer, per_rank, seed=cfg.run.seed,
@@ -206,6 +196,8 @@ def train(cfg: TrainConfig, out_dir, resume: Optional[str] = None) -> dict:
                     row[f"loss/{name}"] = float(v)
                 last_row = row
                 bar.set_postfix(loss=f"{loss_val:.3f}", lr=f"{lr:.2e}")
+                if log_lines:
+                    log.info(progress_line(row, total, train_time))
                 if metrics:
                     metrics.write(row)
                 t_last, step_last = time.perf_counter(), step
@@ -233,9 +225,7 @@ def train(cfg: TrainConfig, out_dir, resume: Optional[str] = None) -> dict:
         core.save_pretrained(out / "final")
         metrics.close()
         plot_curves(out / "metrics.jsonl", out / "curves.png")
-        tmp = out / ".summary.json.tmp"
-        tmp.write_text(json.dumps(summary, indent=2))
-        os.replace(tmp, out / "summary.json")
+        atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
         if skipped.total:
             log.warning("skipped %d bad samples: %s", skipped.total, dict(skipped.items()))
     barrier(dist)
@@ -246,14 +236,10 @@ class _ZeroShotCallback:
     """Periodic zero-shot evaluation on a labelled validation source (rank 0; others wait)."""
 
     def __init__(self, cfg: TrainConfig, model):
-        from clipforge.data.sources import open_source
-
         self.cfg, self.model = cfg, model
         self.source = open_source(cfg.data.val, **cfg.data.val_options)
 
     def __call__(self, step: int, dist: DistInfo) -> Optional[dict]:
-        from clipforge.evaluate.zeroshot_classification import evaluate_zeroshot_classification
-
         row = None
         if dist.is_main:
             res = evaluate_zeroshot_classification(

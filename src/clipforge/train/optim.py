@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from clipforge.errors import UsageError
+from clipforge.models.unwrap import unwrap_model
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ def lock_tower(tower: nn.Module, unlocked_groups: int = 0) -> None:
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> List[dict]:
-    core = getattr(model, "module", model)
+    core = unwrap_model(model)
     no_decay = core.no_weight_decay()
     decay, skip = [], []
     for name, p in core.named_parameters():

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from clipforge.errors import ClipforgeError
+from clipforge.models.unwrap import unwrap_model
 
 log = logging.getLogger(__name__)
 STATE_FILE = "trainer_state.pt"
@@ -66,7 +67,7 @@ def save_checkpoint(model, run_dir: Path, *, step: int, epoch: int, position: in
     def extra(tmp: Path) -> None:
         torch.save(trainer_state, tmp / STATE_FILE)
 
-    getattr(model, "module", model).save_pretrained(target, extra=extra)
+    unwrap_model(model).save_pretrained(target, extra=extra)
     prune_checkpoints(run_dir, keep)
     return target
 
@@ -95,7 +96,7 @@ def resolve_resume(resume: str, run_dir: Path) -> Optional[Path]:
         return latest_checkpoint(run_dir)
     p = Path(resume)
     if not (p / STATE_FILE).is_file():
-        raise ClipforgeError(f"--resume {resume}: not a training checkpoint (no {STATE_FILE})")
+        raise ClipforgeError(f"`resume` {resume}: not a training checkpoint (no {STATE_FILE})")
     return p
 
 

@@ -18,16 +18,19 @@ import torch
 import torch.nn.functional as F
 
 from clipforge.errors import UsageError
-from clipforge.zeroshot.classifier import EncodeText, _encode_all
+from clipforge.registry import Option
 from clipforge.zeroshot.cupl import load_descriptions, match_descriptions
+from clipforge.zeroshot.heads import EncodeText, encode_normalized, model_text_encoder
+from clipforge.zeroshot.methods import DESCRIPTIONS, METHODS, TEMPLATES, ZeroShotMethod
 from clipforge.zeroshot.templates import fill, get_templates
 
-__all__ = ["DescriptionScorer", "description_prompts"]
+__all__ = ["DescriptionScorer", "description_prompts", "DescribeMethod"]
+DEFAULT_FORMAT = "{prompt}, {description}"
 
 
 def description_prompts(
     classnames: Sequence[str], descriptions: dict[str, list[str]], templates: Sequence[str],
-    prompt_format: str = "{prompt}, {description}",
+    prompt_format: str = DEFAULT_FORMAT,
 ) -> tuple[list[str], list[int]]:
     """All "template(class) + description" texts and the class index owning each."""
     texts, owner = [], []
@@ -53,13 +56,13 @@ class DescriptionScorer:
     @classmethod
     def build(
         cls, encode_text: EncodeText, classnames: Sequence[str], descriptions, templates=("a photo of a {c}.",),
-        prompt_format: str = "{prompt}, {description}", logit_scale: float = 100.0, batch_size: int = 1024,
+        prompt_format: str = DEFAULT_FORMAT, logit_scale: float = 100.0, batch_size: int = 1024,
         progress=None,
     ) -> "DescriptionScorer":
         desc = descriptions if isinstance(descriptions, dict) else load_descriptions(descriptions)
         tmpl = get_templates(list(templates) if isinstance(templates, tuple) else templates)
         texts, owner = description_prompts(list(classnames), desc, tmpl, prompt_format)
-        emb = _encode_all(encode_text, texts, batch_size, progress)
+        emb = encode_normalized(encode_text, texts, batch_size, progress)
         return cls(emb, torch.tensor(owner), list(classnames), logit_scale)
 
     def scores(self, image_feats, block_size: int = 1024) -> torch.Tensor:
@@ -79,3 +82,25 @@ class DescriptionScorer:
     def predict(self, image_feats, k: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
         """(scores, class indices), each (N, min(k, C)), best first."""
         return self.scores(image_feats).topk(min(k, len(self.classnames)), dim=-1)
+
+    topk = predict
+
+    @property
+    def meta(self) -> dict:
+        return {"method": "describe", "n_prompts": int(len(self.owner))}
+
+
+@METHODS.register("describe")
+class DescribeMethod(ZeroShotMethod):
+    """Description scoring: class score = mean probability of its "template + description" prompts."""
+
+    options = (Option(TEMPLATES.name, str, help=TEMPLATES.help.replace("openai_imagenet, 80 templates",
+                                                                       "describe: 'a photo of a {c}.'")),
+               DESCRIPTIONS,
+               Option("prompt_format", str, DEFAULT_FORMAT, help="describe: how a prompt and a description join"))
+    score_kind = "mean probability of the class's prompts"
+
+    def build(self, encoder, classnames, *, test_features=None, batch_size=256, workers=0, progress=None):
+        templates = ("a photo of a {c}.",) if self.templates is None else self.templates
+        return DescriptionScorer.build(model_text_encoder(encoder, batch_size), classnames, self.descriptions,
+                                       templates, self.prompt_format, progress=progress)

@@ -23,10 +23,12 @@ import torch
 import torch.nn.functional as F
 
 from clipforge.errors import UsageError
-from clipforge.zeroshot.classifier import EncodeText, _encode_all
+from clipforge.registry import Option
 from clipforge.zeroshot.cupl import load_descriptions, match_descriptions
+from clipforge.zeroshot.heads import EncodeText, build_classifier, encode_normalized, model_text_encoder
+from clipforge.zeroshot.methods import DESCRIPTIONS, METHODS, TEMPLATES, ZeroShotMethod
 
-__all__ = ["DisclipClassifier"]
+__all__ = ["DisclipClassifier", "DisclipMethod"]
 
 
 @dataclass
@@ -38,6 +40,7 @@ class DisclipClassifier:
     w: float = 1.0
     top: int = 3
     _cache: dict = field(default_factory=dict, repr=False)
+    meta: dict = field(default_factory=dict)
 
     def __post_init__(self):
         c = len(self.classnames)
@@ -55,7 +58,7 @@ class DisclipClassifier:
         desc = descriptions if isinstance(descriptions, dict) else load_descriptions(descriptions)
         per_class = match_descriptions(list(classnames), desc)
         flat = [d for ds in per_class for d in ds]
-        emb = _encode_all(encode_text, flat, batch_size, progress) if flat else torch.zeros(0, class_emb.shape[1])
+        emb = encode_normalized(encode_text, flat, batch_size, progress) if flat else torch.zeros(0, class_emb.shape[1])
         sizes = [len(ds) for ds in per_class]
         refs = None if reference_feats is None else [
             None if r is None else F.normalize(torch.as_tensor(r).float(), dim=-1) for r in reference_feats]
@@ -92,3 +95,35 @@ class DisclipClassifier:
                 rescored[n, j] = self.w * base[n, c] + (d @ f[n]).mean()
         pred = cand.gather(1, rescored.argmax(1, keepdim=True)).squeeze(1)
         return pred, cand, rescored
+
+    def topk(self, image_feats, k: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
+        """(rescored values, class indices), each (N, min(k, top)): only the candidate classes are ranked."""
+        _, cand, rescored = self.predict(image_feats)  # (N, top) each
+        order = rescored.argsort(dim=1, descending=True, stable=True)[:, :k]
+        return rescored.gather(1, order), cand.gather(1, order)
+
+    def scores(self, image_feats) -> torch.Tensor:
+        """(N, C): the candidates by their rescored value, every other class below them by its plain score."""
+        f = F.normalize(torch.as_tensor(image_feats).float(), dim=-1)
+        base = f @ self.class_emb.T  # (N, C), cosines in [-1, 1]
+        _, cand, rescored = self.predict(f)
+        # shift the non-candidates so the best of them stays below the worst candidate of its row
+        offset = (rescored.min(1, keepdim=True).values - base.max(1, keepdim=True).values - 1.0)  # (N, 1)
+        return (base + offset).scatter(1, cand, rescored)
+
+
+@METHODS.register("disclip")
+class DisclipMethod(ZeroShotMethod):
+    """DisCLIP-style rescoring of the top candidate classes with the descriptions that tell them apart."""
+
+    options = (TEMPLATES, DESCRIPTIONS,
+               Option("disclip_top", int, 3, help="disclip: candidate classes rescored per image"))
+    score_kind = "rescored similarity (candidate classes only)"
+
+    def build(self, encoder, classnames, *, test_features=None, batch_size=256, workers=0, progress=None):
+        encode = model_text_encoder(encoder, batch_size)
+        base = build_classifier(encode, classnames, self.templates, progress=progress)
+        clf = DisclipClassifier.build(encode, base.weights, classnames, self.descriptions, top=self.disclip_top,
+                                      progress=progress)
+        clf.meta = {"method": "disclip", "top": self.disclip_top, **base.meta}
+        return clf

@@ -1,4 +1,5 @@
-"""ZPE: zero-shot prompt-ensemble weighting (Allingham et al.), as written in shared TECHNIQUES.md.
+"""ZPE: zero-shot prompt-ensemble weighting (Allingham et al., "A Simple Zero-shot Prompt Weighting Technique
+to Improve Prompt Ensembling in Text-Image Models", ICML 2023).
 
 Per-prompt logits l[n, p, c]. Debias each (prompt, class) by half the sum of its mean over a pool of
 unlabelled reference ("pretraining-like") images and its mean over the test images:
@@ -6,7 +7,7 @@ unlabelled reference ("pretraining-like") images and its mean over the test imag
 Score each prompt by its average debiased confidence on the test images, s_p = mean_n max_c l~[n, p, c];
 weights w = softmax_p(s); final logits = sum_p w_p l[n, p, c]. Optional selection first: keep only prompts
 with (s_p - median(s)) / MAD(s) > threshold (0.5 general, 2.0 fine-grained), MAD = median |s - median(s)|.
-The selection variant is from the technique notes; its exact form in the paper is unconfirmed, so it is
+The selection variant follows our implementation notes; its exact form in the paper is unconfirmed, so it is
 off by default. When MAD is 0 every prompt is kept; when no prompt passes, the best one is kept.
 
 Because logits are linear in the image features, the means over images are means of features, and the
@@ -21,12 +22,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from clipforge.data.sources.filelist import open_inputs
 from clipforge.errors import UsageError
-from clipforge.zeroshot.classifier import EncodeText, ZeroShotHead, encode_prompt_matrix
+from clipforge.registry import Option
+from clipforge.zeroshot.heads import EncodeText, ZeroShotHead, encode_prompt_matrix, model_text_encoder
+from clipforge.zeroshot.methods import METHODS, TEMPLATES, ZeroShotMethod
 from clipforge.zeroshot.templates import get_templates, templates_hash
 
 __all__ = ["zpe_scores", "mad_select", "weights_from_scores", "zpe_weights", "zpe_weights_from_features",
-           "build_zpe_classifier"]
+           "build_zpe_classifier", "ZpeMethod"]
 
 
 def _t(x) -> torch.Tensor:
@@ -120,3 +124,27 @@ def build_zpe_classifier(
     meta = {"method": "zpe", "n_templates": len(tmpl), "templates_hash": templates_hash(tmpl),
             "mad_threshold": mad_threshold, "prompt_weights": [float(x) for x in w]}
     return ZeroShotHead(weights, list(classnames), logit_scale, meta)
+
+
+@METHODS.register("zpe")
+class ZpeMethod(ZeroShotMethod):
+    """ZPE: template prompts weighted by their debiased confidence on the images being classified."""
+
+    options = (TEMPLATES,
+               Option("reference", str, help="zpe: an unlabelled source of 'pretraining-like' images for debiasing"),
+               Option("mad_threshold", float, help="zpe: keep prompts whose robust z-score exceeds this (0.5 "
+                      "general, 2.0 fine-grained)"))
+    transductive = True
+    linear = True
+
+    def build(self, encoder, classnames, *, test_features=None, batch_size=256, workers=0, progress=None):
+        if test_features is None or len(test_features) == 0:
+            raise UsageError("zpe weights its prompts on the images being classified; none were given")
+        ref = None
+        if self.reference is not None:
+            ref = encoder.encode_source(open_inputs(self.reference), batch_size, workers=workers, progress=progress,
+                                        desc="reference").feats
+            if len(ref) == 0:
+                raise UsageError("`reference` has no readable images")
+        return build_zpe_classifier(model_text_encoder(encoder, batch_size), classnames, test_features, ref,
+                                    self.templates, self.mad_threshold, progress=progress)

@@ -16,6 +16,8 @@ import json
 import math
 import os
 
+import pyarrow.parquet as pq
+
 from clipforge.data.sample import Sample, file_meta
 from clipforge.data.sources.base import Source
 from clipforge.data.sources.folder import ext_of
@@ -41,8 +43,6 @@ def read_rows(path: str, fmt: str, bad: list[tuple[str, str]]) -> tuple[list[dic
     """All rows as dicts plus the column names; unparseable rows go to `bad` as (where, reason)."""
     if fmt == "parquet":
         try:
-            import pyarrow.parquet as pq
-
             table = pq.read_table(path)
         except Exception as e:  # noqa: BLE001 - pyarrow raises many types for a broken file
             raise ClipforgeError(f"cannot read parquet manifest {path}: {e}") from None

@@ -1,7 +1,7 @@
 """Converters from other checkpoint layouts (HF, open_clip, OpenAI) into native clipforge models, and back.
 
-Importing this package registers their model-reference resolvers with `clipforge.models.checkpoint`
-(`load_model` imports it lazily for any reference that is not a registered name or a clipforge directory):
+`RESOLVERS` is the explicit list of model references they understand, in the order `load_model` tries them
+(after registered names and clipforge checkpoint directories):
 
   hf:ORG/NAME[@REVISION]     downloaded with huggingface_hub (cache, HF_HUB_OFFLINE honoured)
   DIR                        a local HF CLIPModel / SiglipModel directory (config.json with model_type)
@@ -9,50 +9,72 @@ Importing this package registers their model-reference resolvers with `clipforge
   open_clip:ARCH/TAG         through open_clip's pretrained registry (when open_clip is installed)
   open_clip:ARCH + weights   an open_clip architecture with a local weights file
   FILE.safetensors / .pt     an OpenAI-CLIP- or open_clip-layout state dict (config inferred from shapes)
+
+A reference that carries its own weights refuses a separate `weights` file instead of ignoring it.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
-from clipforge.models.checkpoint import register_resolver
+from clipforge.errors import ClipforgeError, UsageError
+from clipforge.models.checkpoint import read_state_dict
+from clipforge.models.convert.hf import is_hf_dir, load_hf_dir
+from clipforge.models.convert.hub import download_hf
+from clipforge.models.convert.open_clip import is_open_clip_dir, load_open_clip, load_open_clip_dir
+from clipforge.models.convert.openai import load_openai_state
+
+__all__ = ["Resolver", "RESOLVERS", "refuse_weights"]
 
 
-@register_resolver
-def _resolve_hf(ref: str, *, weights=None, trust_pickle: bool = False, **kwargs):
-    from clipforge.models.convert.hf import is_hf_dir, load_hf_dir
+@dataclass(frozen=True)
+class Resolver:
+    """One kind of model reference: `matches(ref)` is cheap (no download); `load(ref, weights=, trust_pickle=)`
+    returns the native model."""
 
+    name: str
+    matches: Callable[[str], bool]
+    load: Callable[..., object]
+
+
+def refuse_weights(ref: str, weights, what: str) -> None:
+    if weights is not None:
+        raise UsageError(f"`weights` does not apply to {ref!r}: {what} carries its own weights")
+
+
+def _load_hf(ref: str, *, weights=None, trust_pickle: bool = False):
+    refuse_weights(ref, weights, "a Hugging Face reference")
     if ref.startswith("hf:"):
-        from clipforge.models.convert.hub import download_hf
-
         path = download_hf(ref[3:])
         if not is_hf_dir(path):
-            from clipforge.errors import ClipforgeError
-
             raise ClipforgeError(f"{ref}: not a CLIP or SigLIP model (config.json model_type must be clip/siglip)")
         return load_hf_dir(path, trust_pickle=trust_pickle)
-    if is_hf_dir(ref):
-        return load_hf_dir(ref, trust_pickle=trust_pickle)
-    return None
+    return load_hf_dir(ref, trust_pickle=trust_pickle)
 
 
-@register_resolver
-def _resolve_open_clip(ref: str, *, weights=None, trust_pickle: bool = False, **kwargs):
-    from clipforge.models.convert.open_clip import is_open_clip_dir, load_open_clip, load_open_clip_dir
-
+def _load_open_clip(ref: str, *, weights=None, trust_pickle: bool = False):
     if is_open_clip_dir(ref):
+        refuse_weights(ref, weights, "an open_clip directory")
         return load_open_clip_dir(ref, trust_pickle=trust_pickle)
-    if not ref.startswith("open_clip:"):
-        return None
+    spec = ref[len("open_clip:"):]
+    if "/" in spec:
+        refuse_weights(ref, weights, "an open_clip ARCH/TAG reference")
+    return load_open_clip(spec, weights=weights, trust_pickle=trust_pickle)
 
-    return load_open_clip(ref[len("open_clip:"):], weights=weights, trust_pickle=trust_pickle)
 
-
-@register_resolver
-def _resolve_state_dict_file(ref: str, *, weights=None, trust_pickle: bool = False, **kwargs):
+def _is_state_dict_file(ref: str) -> bool:
     p = Path(ref)
-    if not (p.is_file() and p.suffix in (".safetensors", ".pt", ".pth", ".bin")):
-        return None
-    from clipforge.models.checkpoint import read_state_dict
-    from clipforge.models.convert.openai import load_openai_state
+    return p.is_file() and p.suffix in (".safetensors", ".pt", ".pth", ".bin")
 
-    return load_openai_state(read_state_dict(p, trust_pickle=trust_pickle), source=str(p))
+
+def _load_state_dict_file(ref: str, *, weights=None, trust_pickle: bool = False):
+    refuse_weights(ref, weights, "a weights file")
+    return load_openai_state(read_state_dict(ref, trust_pickle=trust_pickle), source=ref)
+
+
+RESOLVERS: tuple[Resolver, ...] = (
+    Resolver("hf", lambda ref: ref.startswith("hf:") or is_hf_dir(ref), _load_hf),
+    Resolver("open_clip", lambda ref: ref.startswith("open_clip:") or is_open_clip_dir(ref), _load_open_clip),
+    Resolver("state-dict file", _is_state_dict_file, _load_state_dict_file),
+)

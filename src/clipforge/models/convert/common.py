@@ -12,7 +12,10 @@ from typing import Callable, Dict, Iterable, Optional
 
 import torch
 
+from clipforge.atomic import atomic_directory
 from clipforge.errors import ClipforgeError
+from clipforge.models.checkpoint import load_state_dict_strict
+from clipforge.models.factory import build_model
 
 StateDict = Dict[str, torch.Tensor]
 
@@ -82,8 +85,6 @@ def mlp_hidden(width: int, ratio: float) -> int:
 
 def assemble(cfg, state: StateDict, tokenizer=None, source: str = "weights"):
     """Build the native model for `cfg` and load `state` strictly (every native key must be filled)."""
-    from clipforge.models.checkpoint import build_model, load_state_dict_strict
-
     if tokenizer is not None and tokenizer.context_length != cfg.text.context_length:
         tokenizer.context_length = cfg.text.context_length
     model = build_model(cfg, tokenizer=tokenizer)
@@ -91,12 +92,6 @@ def assemble(cfg, state: StateDict, tokenizer=None, source: str = "weights"):
     return model.eval()
 
 
-def unwrap(model):
-    return getattr(model, "module", model)
-
-
 def write_dir_atomically(path: Path, write: Callable[[Path], None]) -> Path:
     """Run `write(tmp_dir)` on a temporary sibling of `path`, then rename it into place (replacing `path`)."""
-    from clipforge.atomic import atomic_directory
-
     return atomic_directory(path, write)

@@ -4,6 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from clipforge.errors import UsageError
+from clipforge.models.convert.hf import export_hf
+from clipforge.models.convert.open_clip import export_open_clip
 
 FORMATS = ("hf", "open_clip")
 
@@ -11,11 +13,7 @@ FORMATS = ("hf", "open_clip")
 def export_model(model, to: str, out_dir) -> Path:
     """Write `model` as an HF (`transformers` CLIPModel/SiglipModel) or open_clip directory at `out_dir`."""
     if to == "hf":
-        from clipforge.models.convert.hf import export_hf
-
         return export_hf(model, out_dir)
     if to == "open_clip":
-        from clipforge.models.convert.open_clip import export_open_clip
-
         return export_open_clip(model, out_dir)
     raise UsageError(f"unknown export format {to!r}; valid: {', '.join(FORMATS)}")

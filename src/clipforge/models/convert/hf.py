@@ -12,11 +12,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from safetensors.torch import load_file, save_file
+
 from clipforge.errors import ClipforgeError, UsageError
 from clipforge.models.config import CLIPConfig, PreprocessConfig, TextConfig, VisionConfig
-from clipforge.models.convert.common import (
-    HF_ACTS, KeyReader, StateDict, fuse_qkv, mlp_hidden, mlp_ratio, native_act, split_qkv,
-)
+from clipforge.models.unwrap import unwrap_model
+from clipforge.models.convert.common import HF_ACTS, KeyReader, StateDict, assemble, fuse_qkv, mlp_hidden, mlp_ratio, native_act, split_qkv, write_dir_atomically
+from clipforge.models.checkpoint import read_state_dict
+from clipforge.models.convert.hf_files import load_hf_preprocess, load_hf_tokenizer, save_hf_preprocess, save_hf_tokenizer
 
 HF_TYPES = ("clip", "siglip")
 _LEGACY_ARGMAX_EOS = 2
@@ -262,10 +265,6 @@ def is_hf_dir(path) -> bool:
 
 def read_hf_weights(path: Path, *, trust_pickle: bool = False) -> StateDict:
     """All weights of an HF directory: model.safetensors, sharded safetensors, or (trusted) pytorch_model.bin."""
-    from safetensors.torch import load_file
-
-    from clipforge.models.checkpoint import read_state_dict
-
     if (path / "model.safetensors").is_file():
         return load_file(str(path / "model.safetensors"))
     index = path / "model.safetensors.index.json"
@@ -281,9 +280,6 @@ def read_hf_weights(path: Path, *, trust_pickle: bool = False) -> StateDict:
 
 def load_hf_dir(path, *, trust_pickle: bool = False):
     """A native CLIPModel from a local HF CLIP/SigLIP directory: config, weights, tokenizer, preprocessing."""
-    from clipforge.models.convert.common import assemble
-    from clipforge.models.convert.hf_files import load_hf_preprocess, load_hf_tokenizer
-
     p = Path(path)
     hf = json.loads((p / "config.json").read_text())
     cfg = config_from_hf(hf)
@@ -301,10 +297,7 @@ def load_hf_dir(path, *, trust_pickle: bool = False):
 
 def export_hf(model, out_dir) -> Path:
     """Write `model` as an HF directory (config, model.safetensors, tokenizer, preprocessor), atomically."""
-    from clipforge.models.convert.common import write_dir_atomically
-    from clipforge.models.convert.hf_files import save_hf_preprocess, save_hf_tokenizer
-
-    model = getattr(model, "module", model)
+    model = unwrap_model(model)
     cfg = model.config
     tok = model.tokenizer
     bos = getattr(tok, "sot_id", None) if tok is not None else None
@@ -313,8 +306,6 @@ def export_hf(model, out_dir) -> Path:
     state = state_to_hf(model.state_dict(), cfg)
 
     def write(tmp: Path) -> None:
-        from safetensors.torch import save_file
-
         (tmp / "config.json").write_text(json.dumps(hf, indent=2))
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         if tok is not None:

@@ -21,6 +21,7 @@ from tokenizers import models, processors
 from clipforge.errors import ClipforgeError, UsageError
 from clipforge.models.config import CLIPConfig, PreprocessConfig
 from clipforge.models.tokenizer import Tokenizer, _clip_pipeline
+from clipforge.models.convert.siglip_tokenizer import load_siglip_tokenizer, save_siglip_tokenizer
 
 # PIL resample codes as stored by HF image processors.
 _RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic"}
@@ -75,7 +76,6 @@ def load_hf_tokenizer(path, cfg: CLIPConfig) -> Optional[Tokenizer]:
     tok_class = _read_json(p / "tokenizer_config.json").get("tokenizer_class")
     if siglip and (p / "spiece.model").is_file() and tok_class in (None, "SiglipTokenizer"):
         # What transformers loads for SigLIP (SiglipTokenizer, sentencepiece), even beside a tokenizer.json.
-        from clipforge.models.convert.siglip_tokenizer import load_siglip_tokenizer
 
         tok = load_siglip_tokenizer(p / "spiece.model", cfg.text.context_length, eos=eos, pad=pad,
                                     unk=_special(p, "unk_token", "<unk>"))
@@ -114,8 +114,6 @@ def save_hf_tokenizer(tok: Tokenizer, out: Path, model_type: str) -> None:
     """Write tokenizer.json (+ vocab.json/merges.txt for BPE) and tokenizer_config.json that HF loads; a SigLIP
     tokenizer (clean="siglip") is written as spiece.model for transformers' SiglipTokenizer."""
     if tok.clean == "siglip":
-        from clipforge.models.convert.siglip_tokenizer import save_siglip_tokenizer
-
         return save_siglip_tokenizer(tok, out)
     backend = _Backend.from_str(tok.backend.to_str())
     specials = []

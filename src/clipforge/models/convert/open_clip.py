@@ -14,9 +14,16 @@ import json
 from pathlib import Path
 from typing import Optional, Tuple
 
+from safetensors.torch import save_file
+
 from clipforge.errors import ClipforgeError, UsageError
 from clipforge.models.config import OPENAI_MEAN, OPENAI_STD, CLIPConfig, PreprocessConfig, TextConfig, VisionConfig
 from clipforge.models.convert.common import write_dir_atomically
+from clipforge.models.unwrap import unwrap_model
+from clipforge.models.convert.hub import network_error
+from clipforge.models.checkpoint import read_state_dict
+from clipforge.models.convert.openai import load_openai_state, openai_tokenizer, state_to_openai
+from clipforge.models.tokenizer import Tokenizer
 
 _TEXT_B = {"context_length": 77, "vocab_size": 49408, "width": 512, "heads": 8, "layers": 12}
 _TEXT_L = {"context_length": 77, "vocab_size": 49408, "width": 768, "heads": 12, "layers": 12}
@@ -133,12 +140,11 @@ def _download_tag(arch: str, tag: str) -> Tuple[Path, dict]:
     oc = _open_clip()
     if oc is None:
         raise UsageError(f"open_clip:{arch}/{tag} needs open_clip_torch for its pretrained registry "
-                         "(pip install open_clip_torch), or pass open_clip:ARCH with a local --weights file")
+                         "(pip install open_clip_torch), or pass open_clip:ARCH with a local `weights` file")
     pcfg = oc.get_pretrained_cfg(arch, tag)
     if not pcfg:
         tags = [t for m, t in oc.list_pretrained() if m == arch]
         raise UsageError(f"open_clip has no pretrained tag {tag!r} for {arch}; tags: {', '.join(tags) or 'none'}")
-    from clipforge.models.convert.hub import network_error
 
     try:
         path = oc.download_pretrained(pcfg)
@@ -151,9 +157,6 @@ def _download_tag(arch: str, tag: str) -> Tuple[Path, dict]:
 
 def load_open_clip(spec: str, *, weights=None, trust_pickle: bool = False):
     """`ARCH/TAG` (open_clip registry + download) or `ARCH` with a local `weights` file -> native model."""
-    from clipforge.models.checkpoint import read_state_dict
-    from clipforge.models.convert.openai import load_openai_state, openai_tokenizer
-
     arch, _, tag = spec.partition("/")
     model_cfg = _arch_config(arch)
     pre, quick = dict(model_cfg.get("preprocess_cfg", {})), None
@@ -164,7 +167,7 @@ def load_open_clip(spec: str, *, weights=None, trust_pickle: bool = False):
         weights = weights or path
     elif weights is None:
         raise UsageError(f"open_clip:{arch} needs weights: give a pretrained tag (open_clip:{arch}/TAG) or a local "
-                         "weights file (--weights / weights=)")
+                         "`weights` file")
     cfg = config_from_open_clip(model_cfg, pre, quick_gelu=quick, name=spec)
     # Files open_clip itself fetched for a registry tag are as trusted as open_clip (still weights_only=True).
     state = read_state_dict(weights, trust_pickle=trust_pickle or bool(tag))
@@ -178,10 +181,6 @@ def is_open_clip_dir(path) -> bool:
 
 def load_open_clip_dir(path, *, trust_pickle: bool = False):
     """An open_clip directory (open_clip_config.json + weights, as on the HF hub or `export_open_clip`)."""
-    from clipforge.models.checkpoint import read_state_dict
-    from clipforge.models.convert.openai import load_openai_state, openai_tokenizer
-    from clipforge.models.tokenizer import Tokenizer
-
     p = Path(path)
     conf = json.loads((p / "open_clip_config.json").read_text())
     cfg = config_from_open_clip(conf["model_cfg"], conf.get("preprocess_cfg"), name=p.name)
@@ -233,11 +232,7 @@ def config_to_open_clip(cfg: CLIPConfig) -> dict:
 
 def export_open_clip(model, out_dir) -> Path:
     """Write open_clip_config.json + open_clip_model.safetensors (open_clip: `create_model('local-dir:DIR')`)."""
-    from safetensors.torch import save_file
-
-    from clipforge.models.convert.openai import state_to_openai
-
-    model = getattr(model, "module", model)
+    model = unwrap_model(model)
     conf = config_to_open_clip(model.config)
     state = state_to_openai(model.state_dict(), model.config)
 

@@ -11,14 +11,18 @@ activation is QuickGELU (what OpenAI's weights were trained with) unless the cal
 """
 from __future__ import annotations
 
+import gzip
 import math
 import re
 import warnings
+from importlib.util import find_spec
+from pathlib import Path
 from typing import Optional
 
 from clipforge.errors import ClipforgeError
 from clipforge.models.config import CLIPConfig, PreprocessConfig, TextConfig, VisionConfig
 from clipforge.models.convert.common import KeyReader, StateDict, assemble, mlp_ratio
+from clipforge.models.tokenizer import OPEN_CLIP_PATTERN, Tokenizer, build_clip_backend
 
 # Non-weight entries some OpenAI/open_clip state dicts carry (the JIT archive's metadata, causal-mask buffer).
 IGNORED = ("input_resolution", "context_length", "vocab_size", "attn_mask")
@@ -167,9 +171,6 @@ def state_to_openai(sd: StateDict, cfg: CLIPConfig) -> StateDict:
 
 def openai_tokenizer(context_length: int, vocab_size: int):
     """OpenAI's 49408-id BPE, read from open_clip's bundled vocabulary file when open_clip is installed."""
-    from importlib.util import find_spec
-    from pathlib import Path
-
     spec = find_spec("open_clip")
     bpe = Path(spec.origin).parent / "bpe_simple_vocab_16e6.txt.gz" if spec and spec.origin else None
     if vocab_size != 49408 or bpe is None or not bpe.is_file():
@@ -185,10 +186,6 @@ def tokenizer_from_bpe_file(path, context_length: int = 77):
     """open_clip's SimpleTokenizer from an OpenAI merges file (`bpe_simple_vocab_16e6.txt.gz`): the same ids,
     cleaning, word pattern and rule that the words <start_of_text> / <end_of_text> in a text are the special
     ids (`parse_special`; "<|endoftext|>" is never special)."""
-    import gzip
-
-    from clipforge.models.tokenizer import OPEN_CLIP_PATTERN, Tokenizer, build_clip_backend
-
     lines = gzip.open(path).read().decode("utf-8").split("\n")
     merges = [tuple(m.split()) for m in lines[1:49152 - 256 - 2 + 1]]  # the slice OpenAI's tokenizer uses
     return Tokenizer(build_clip_backend(merges, OPEN_CLIP_PATTERN), context_length, clean="openai",

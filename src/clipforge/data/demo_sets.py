@@ -16,14 +16,16 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 import warnings
 from importlib import resources
 
 import numpy as np
+import skimage.data
 from PIL import Image
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
 
+from clipforge.atomic import atomic_directory
 from clipforge.errors import ClipforgeError, UsageError
 
 DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
@@ -81,20 +83,15 @@ def _build_atomically(out_dir: str, params: dict, build) -> dict:
         return paths
     if os.path.isdir(out_dir) and os.listdir(out_dir) and not os.path.exists(os.path.join(out_dir, MARKER)):
         raise UsageError(f"{out_dir} exists and is not an earlier demo build; choose an empty or new folder")
-    parent = os.path.dirname(out_dir)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=os.path.basename(out_dir) + ".partial-", dir=parent)
-    try:
-        rel = build(tmp)
-        paths = {k: (os.path.join(out_dir, v) if isinstance(v, str) else v) for k, v in rel.items()}
+    paths: dict = {}
+
+    def write(tmp) -> None:  # an earlier demo build with other parameters (checked above) is replaced
+        rel = build(str(tmp))
+        paths.update({k: (os.path.join(out_dir, v) if isinstance(v, str) else v) for k, v in rel.items()})
         paths["root"] = out_dir
         _write_json(os.path.join(tmp, MARKER), {"params": params, "paths": paths})
-        if os.path.isdir(out_dir):
-            shutil.rmtree(out_dir)  # an earlier demo build with other parameters (checked above)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    atomic_directory(out_dir, write)
     return paths
 
 
@@ -150,8 +147,6 @@ def build_digits(out_dir: str, size: int = 32, seed: int = 0, val_fraction: floa
               "captions_per_image": captions_per_image, "version": DEMO_VERSION}
 
     def build(tmp: str) -> dict:
-        from sklearn.datasets import load_digits
-        from sklearn.model_selection import train_test_split
 
         d = load_digits()
         idx = np.arange(len(d.target))
@@ -190,8 +185,6 @@ def photo_captions() -> dict:
 
 
 def _load_photo(loader: str) -> np.ndarray:
-    import skimage.data
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         arr = getattr(skimage.data, loader)()

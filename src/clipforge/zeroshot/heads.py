@@ -1,7 +1,7 @@
-"""Zero-shot classifier heads built from a text encoder: prompt ensembles (mean) and CuPL descriptions.
+"""Linear zero-shot heads built from a text encoder: prompt ensembles ("mean") and CuPL descriptions ("cupl").
 
 Everything works on an `encode_text(list[str]) -> (N, D)` callable, so heads can be built from any model
-(`model_text_encoder(model)` wraps a clipforge model) or from synthetic embeddings in tests. All texts for
+(`model_text_encoder(model)` wraps a clipforge model or `Encoder`) or from synthetic embeddings in tests. All texts for
 all classes are flattened into one list and encoded in batches of `batch_size` (1,000 classes x 80
 templates = 80,000 texts is ~79 calls of 1,024), then averaged per class with one `index_add_`.
 
@@ -19,14 +19,21 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from clipforge.atomic import atomic_write_path
+from safetensors.torch import load_file, save_file
+
+from clipforge.atomic import atomic_write_path, atomic_write_text
+from clipforge.encode import as_encoder
 from clipforge.errors import ClipforgeError, UsageError
+from clipforge.registry import Option
+from clipforge.zeroshot.cupl import cupl_groups, load_descriptions
+from clipforge.zeroshot.methods import DESCRIPTIONS, METHODS, TEMPLATES, ZeroShotMethod
 from clipforge.zeroshot.templates import fill, get_templates, templates_hash
 
-__all__ = ["ZeroShotHead", "build_classifier", "encode_groups", "encode_prompt_matrix", "model_text_encoder"]
+__all__ = ["ZeroShotHead", "build_classifier", "encode_groups", "encode_prompt_matrix", "model_text_encoder",
+           "MeanMethod", "CuplMethod", "encode_normalized"]
 
 EncodeText = Callable[[list[str]], torch.Tensor]
-METHODS = ("mean", "cupl")
+HEAD_METHODS = ("mean", "cupl")
 
 
 @dataclass
@@ -41,6 +48,10 @@ class ZeroShotHead:
     def __post_init__(self):
         if self.weights.ndim != 2 or self.weights.shape[0] != len(self.classnames):
             raise UsageError(f"weights {tuple(self.weights.shape)} do not match {len(self.classnames)} class names")
+
+    def scores(self, image_feats: torch.Tensor) -> torch.Tensor:
+        """(N, D) image features -> (N, C) logits (the `Scorer` interface)."""
+        return self.logits(image_feats)
 
     def logits(self, image_feats: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         """(N, D) image features -> (N, C) logits."""
@@ -58,21 +69,17 @@ class ZeroShotHead:
 
     def save(self, path) -> Path:
         """Write `<path>.safetensors` (weights) and `<path>.json` (class names, scale, meta), atomically."""
-        from safetensors.torch import save_file
-
         path = Path(path)
         st = path if path.suffix == ".safetensors" else path.with_name(path.name + ".safetensors")
         st.parent.mkdir(parents=True, exist_ok=True)
         side = st.with_suffix(".json")
         info = {"classnames": self.classnames, "logit_scale": self.logit_scale, "meta": self.meta}
         atomic_write_path(st, lambda tmp: save_file({"weights": self.weights.contiguous().float()}, tmp))
-        atomic_write_path(side, lambda tmp: Path(tmp).write_text(json.dumps(info, indent=1, ensure_ascii=False)))
+        atomic_write_text(side, json.dumps(info, indent=1, ensure_ascii=False))
         return st
 
     @classmethod
     def load(cls, path) -> "ZeroShotHead":
-        from safetensors.torch import load_file
-
         path = Path(path)
         st = path if path.suffix == ".safetensors" else path.with_name(path.name + ".safetensors")
         side = st.with_suffix(".json")
@@ -82,7 +89,7 @@ class ZeroShotHead:
         return cls(load_file(str(st))["weights"], info["classnames"], info["logit_scale"], info.get("meta", {}))
 
 
-def _encode_all(encode_text: EncodeText, texts: list[str], batch_size: int, progress) -> torch.Tensor:
+def encode_normalized(encode_text: EncodeText, texts: list[str], batch_size: int, progress) -> torch.Tensor:
     """Encode texts in batches and L2-normalise.  # (T, D)"""
     chunks = []
     disable = None if progress is None else not progress  # None: tqdm shows a bar only on a TTY
@@ -107,7 +114,7 @@ def encode_groups(
         raise UsageError(f"{len(empty)} class(es) have no prompt text, e.g. index {empty[0]}")
     texts = [t for g in groups for t in g]
     owner = torch.repeat_interleave(torch.arange(len(groups)), torch.tensor([len(g) for g in groups]))
-    emb = _encode_all(encode_text, texts, batch_size, progress)  # (T, D)
+    emb = encode_normalized(encode_text, texts, batch_size, progress)  # (T, D)
     sums = torch.zeros(len(groups), emb.shape[1]).index_add_(0, owner, emb)
     return F.normalize(sums, dim=-1)  # normalising the sum == normalising the mean
 
@@ -118,7 +125,7 @@ def encode_prompt_matrix(
 ) -> torch.Tensor:
     """Normalised embedding of every (template, class) prompt.  # (P, C, D)"""
     texts = [fill(t, c) for t in templates for c in classnames]
-    emb = _encode_all(encode_text, texts, batch_size, progress)
+    emb = encode_normalized(encode_text, texts, batch_size, progress)
     return emb.reshape(len(templates), len(classnames), -1)
 
 
@@ -146,18 +153,16 @@ def build_classifier(
         raise UsageError("no class names given")
     if len(set(classnames)) != len(classnames):
         raise UsageError("class names must be unique")
-    if method not in METHODS:
-        raise UsageError(f"unknown zero-shot method {method!r}; choose from {', '.join(METHODS)} "
-                         "(ZPE: clipforge.zeroshot.zpe.build_zpe_classifier)")
+    if method not in HEAD_METHODS:
+        raise UsageError(f"`method` {method!r} does not build a head from texts alone; choose from "
+                         f"{', '.join(HEAD_METHODS)} (ZPE: clipforge.zeroshot.zpe.build_zpe_classifier)")
     tmpl = get_templates(templates)
     meta = {"method": method, "n_templates": len(tmpl), "templates_hash": templates_hash(tmpl)}
     if method == "mean":
         groups = [[fill(t, c) for t in tmpl] for c in classnames]
     else:
-        from clipforge.zeroshot.cupl import cupl_groups, load_descriptions
-
         if descriptions is None:
-            raise UsageError("method 'cupl' needs descriptions (a {class: [sentences]} dict or JSON file)")
+            raise UsageError("method 'cupl' needs `descriptions` (a {class: [sentences]} dict or JSON file)")
         desc = descriptions if isinstance(descriptions, dict) else load_descriptions(descriptions)
         groups = cupl_groups(classnames, desc, tmpl if pool_templates else None)
         meta.update(pool_templates=pool_templates, n_descriptions=sum(len(g) for g in groups))
@@ -167,19 +172,37 @@ def build_classifier(
     return ZeroShotHead(weights, classnames, logit_scale, meta)
 
 
-def model_text_encoder(model, batch_size: int = 256, device=None) -> EncodeText:
-    """Wrap a clipforge model (`tokenizer`, `encode_text`) as an `encode_text(list[str])` callable."""
-    dev = device or next(model.parameters()).device
+def model_text_encoder(model, batch_size: int = 256) -> EncodeText:
+    """Wrap a clipforge model (as it is) or an `Encoder` as an `encode_text(list[str]) -> (N, D)` callable."""
+    encoder = as_encoder(model)
 
-    @torch.no_grad()
     def encode(texts: list[str]) -> torch.Tensor:
-        was_training = model.training
-        model.eval()
-        out = []
-        for i in range(0, len(texts), batch_size):
-            ids = model.tokenizer(texts[i : i + batch_size]).to(dev)
-            out.append(model.encode_text(ids, normalize=True).float().cpu())
-        model.train(was_training)
-        return torch.cat(out)
+        return encoder.encode_texts(texts, batch_size)
 
     return encode
+
+
+@METHODS.register("mean")
+class MeanMethod(ZeroShotMethod):
+    """Prompt ensemble: class vector = normalised mean of its normalised template prompts (CLIP)."""
+
+    options = (TEMPLATES,)
+    linear = True
+
+    def build(self, encoder, classnames, *, test_features=None, batch_size=256, workers=0, progress=None):
+        return build_classifier(model_text_encoder(encoder, batch_size), classnames, self.templates,
+                                progress=progress)
+
+
+@METHODS.register("cupl")
+class CuplMethod(ZeroShotMethod):
+    """CuPL: class vector from its description sentences, optionally pooled with its template prompts."""
+
+    options = (TEMPLATES, DESCRIPTIONS,
+               Option("pool_templates", bool, False, help="cupl: pool the descriptions with the template prompts"))
+    linear = True
+
+    def build(self, encoder, classnames, *, test_features=None, batch_size=256, workers=0, progress=None):
+        return build_classifier(model_text_encoder(encoder, batch_size), classnames, self.templates, method="cupl",
+                                descriptions=self.descriptions, pool_templates=self.pool_templates,
+                                progress=progress)

@@ -15,7 +15,7 @@ lowest tied index — our rule. On tie-free scores all agree exactly; with exact
 embeddings) our top-1 equals CLIP_benchmark's argmax accuracy and may differ from its top-k path (on the
 golden tie set: 0.626 vs 0.656; docs/fidelity.md).
 
-Retrieval metrics (recall@K, AP@k, nDCG@k, MRR) are in `clipforge.evaluate.retrieval_metrics`.
+Retrieval metrics (recall@K, AP@k, nDCG@k, MRR) are in `clipforge.metrics.retrieval`.
 """
 from __future__ import annotations
 

@@ -1,11 +1,16 @@
-"""Run logging: JSONL metrics (resume-safe), optional TensorBoard, and a PNG of the training curves."""
+"""Run logging: JSONL metrics (resume-safe), optional TensorBoard, progress lines for logs, and a PNG of the
+training curves."""
 from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Dict, List, Optional
+
+from matplotlib.figure import Figure
+
+from clipforge.atomic import atomic_write_text
+from clipforge.evaluate.plots import save_figure
 
 log = logging.getLogger(__name__)
 
@@ -19,9 +24,7 @@ class MetricsLog:
         if resume_step is not None and self.path.exists():
             kept = [ln for ln in self.path.read_text().splitlines()
                     if ln.strip() and json.loads(ln).get("step", 0) <= resume_step]
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text("".join(k + "\n" for k in kept))
-            os.replace(tmp, self.path)
+            atomic_write_text(self.path, "".join(k + "\n" for k in kept))
         elif resume_step is None and self.path.exists():
             self.path.unlink()
         self._fh = open(self.path, "a", encoding="utf-8")
@@ -55,30 +58,39 @@ def read_metrics(path: Path) -> List[Dict]:
     return [json.loads(ln) for ln in p.read_text().splitlines() if ln.strip()]
 
 
+def _duration(seconds: float) -> str:
+    seconds = int(round(max(seconds, 0)))
+    h, rem = divmod(seconds, 3600)
+    m, sec = divmod(rem, 60)
+    return f"{h}h{m:02d}m{sec:02d}s" if h else (f"{m}m{sec:02d}s" if m else f"{sec}s")
+
+
+def progress_line(row: Dict, total_steps: int, train_time_s: float) -> str:
+    """One log line for a metrics row: step, loss, lr, samples/s and the ETA at the pace so far.
+
+    e.g. "step 40/200  loss 2.3120  lr 1.20e-03  128.4 samples/s  elapsed 31s  ETA 2m04s"
+    """
+    step = row["step"]
+    eta = train_time_s / step * (total_steps - step) if step else 0.0
+    return (f"step {step}/{total_steps}  loss {row['loss']:.4f}  lr {row['lr']:.2e}  "
+            f"{row['samples_per_s']:.1f} samples/s  elapsed {_duration(train_time_s)}  ETA {_duration(eta)}")
+
+
 def plot_curves(metrics_path: Path, out_png: Path) -> Optional[Path]:
     """Loss, learning rate, logit scale and zero-shot accuracy against the step, one panel each."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     rows = read_metrics(metrics_path)
     panels = [("loss", "training loss"), ("lr", "learning rate"), ("logit_scale", "logit scale"),
               ("zeroshot_top1", "zero-shot top-1")]
     panels = [(k, t) for k, t in panels if any(k in r for r in rows)]
     if not panels:
         return None
-    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2))
-    axes = [axes] if len(panels) == 1 else axes
-    for ax, (key, title) in zip(axes, panels):
+    fig = Figure(figsize=(4 * len(panels), 3.2))
+    for i, (key, title) in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), i + 1)
         pts = [(r["step"], r[key]) for r in rows if key in r]
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o" if len(pts) < 20 else None, ms=3)
         ax.set_title(title)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = Path(out_png).with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, out_png)
-    return Path(out_png)
+    return save_figure(fig, out_png)

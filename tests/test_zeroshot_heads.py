@@ -1,31 +1,15 @@
 """Zero-shot heads: mean ensembles, CuPL descriptions, save/load."""
 import json
-import zlib
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from clipforge.errors import ClipforgeError, UsageError
-from clipforge.zeroshot.classifier import ZeroShotHead, build_classifier
 from clipforge.zeroshot.cupl import load_descriptions
+from clipforge.zeroshot.heads import ZeroShotHead, build_classifier
+from conftest import FakeTextEncoder
 
-
-class FakeTextEncoder:
-    """Deterministic stand-in text encoder: normalised bag of random word vectors seeded by the word."""
-
-    def __init__(self, dim=32):
-        self.dim = dim
-        self.calls = []  # batch sizes seen
-
-    def word(self, w):
-        return np.random.default_rng(zlib.crc32(w.encode())).normal(size=self.dim)
-
-    def __call__(self, texts):
-        self.calls.append(len(texts))
-        vecs = [sum(self.word(w) for w in t.lower().strip(".").split()) for t in texts]
-        return F.normalize(torch.tensor(np.stack(vecs), dtype=torch.float32), dim=-1)
 
 
 CLASSES = ["cat", "dog", "red car"]
@@ -91,7 +75,7 @@ def test_cupl_missing_and_bad_files(tmp_path):
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(UsageError, match="not valid JSON"):
         load_descriptions(tmp_path / "bad.json")
-    with pytest.raises(UsageError, match="unknown zero-shot method"):
+    with pytest.raises(UsageError, match="does not build a head from texts alone"):
         build_classifier(enc, CLASSES, method="nope")
 
 
@@ -108,7 +92,7 @@ def test_save_load_roundtrip(tmp_path):
 
 
 def test_with_tiny_model(tiny_model):
-    from clipforge.zeroshot.classifier import model_text_encoder
+    from clipforge.zeroshot.heads import model_text_encoder
 
     enc = model_text_encoder(tiny_model, batch_size=2)
     head = build_classifier(enc, CLASSES, TEMPLATES)

@@ -17,7 +17,7 @@ the same order. NaN scores rank last. CLIP_benchmark's recall@K takes `torch.top
 ties is unspecified: the two agree exactly on tie-free scores (checked against its outputs in
 tests/test_golden_fidelity.py) and may differ where keys tie (duplicated images).
 
-INQUIRE definitions (see shared TECHNIQUES.md):
+INQUIRE definitions (Vendrow et al., "INQUIRE: A Natural World Text-to-Image Retrieval Benchmark", 2024):
 - AP@k = (AP over the top k) * (#hits in top k) / min(#positives, k)
        = sum over relevant ranks i <= k of precision@i, divided by min(#positives, k).
 - nDCG@k: binary gains, discount 1/log2(rank + 1); positives that were not retrieved are appended at the
@@ -33,13 +33,14 @@ import numpy as np
 import torch
 
 from clipforge.errors import UsageError
-from clipforge.evaluate.metrics import stable_argsort_desc, to_numpy
+from clipforge.metrics.classification import stable_argsort_desc, to_numpy
 
 __all__ = [
     "similarity_blocks",
     "topk_blocked",
     "positive_ranks",
     "image_text_recall",
+    "image_text_ranked_metrics",
     "ap_at_k",
     "ndcg_at_k",
     "reciprocal_rank",
@@ -208,6 +209,23 @@ def image_text_recall(
     opts = dict(block_size=block_size, max_block_elems=max_block_elems, dtype=dtype)
     out = _recall_summary(positive_ranks(image_emb, text_emb, captions, **opts), ks, "i2t")
     out.update(_recall_summary(positive_ranks(text_emb, image_emb, t2i, **opts), ks, "t2i"))
+    return out
+
+
+def image_text_ranked_metrics(image_emb, text_emb, text_to_image, k: int) -> dict:
+    """i2t_/t2i_ AP@k, nDCG@k and MRR (INQUIRE definitions, full ranking). Images without captions are left
+    out of the image->text queries."""
+    t2i = np.asarray(text_to_image, dtype=np.int64)
+    captions = [[] for _ in range(len(image_emb))]
+    for j, i in enumerate(t2i):
+        captions[i].append(j)
+    with_caps = [i for i, c in enumerate(captions) if c]
+    out = {}
+    i2t = fullrank_metrics(_as_tensor(image_emb)[with_caps], text_emb,
+                           [captions[i] for i in with_caps], k=k)
+    t2i_m = fullrank_metrics(text_emb, image_emb, [[int(i)] for i in t2i], k=k)
+    for prefix, m in (("i2t", i2t), ("t2i", t2i_m)):
+        out.update({f"{prefix}_{name}": m[name] for name in (f"AP@{k}", f"nDCG@{k}", "MRR")})
     return out
 
 

@@ -1,0 +1,64 @@
+"""The engine seam: what actually runs a model's two towers.
+
+An `Engine` wraps one model's image and text towers behind two calls, `encode_pixels` and `encode_tokens`,
+and carries the model's preprocessing and tokenizer. Everything that encodes (embedding, evaluation, index
+builds, queries, classification) goes through an engine, never `model.encode_image` directly, so another
+runtime (ONNX Runtime, OpenVINO) is one new module registering one class here:
+
+    @ENGINES.register("onnx")
+    class OnnxEngine(Engine):
+        options = (Option("providers", str, help="..."),)
+        def __init__(self, model, device=None, precision=None, providers=None): ...
+
+`create_engine("torch", model, device="cpu", precision="auto")` builds one with its options checked.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Callable, ClassVar
+
+import torch
+from PIL import Image
+
+from clipforge.registry import Option, Registry
+
+__all__ = ["Engine", "ENGINES", "create_engine", "list_engines"]
+
+ENGINES = Registry("inference engine", param="engine")
+
+
+class Engine(ABC):
+    """Runs a model's towers. Outputs are float32 CPU tensors (B, D), L2-normalised unless asked otherwise.
+
+    Attributes every engine sets: `model` (the clipforge model it was built from), `device`, `precision`
+    (the resolved one: fp32 | bf16 | fp16), `embed_dim`, `preprocess` (PIL image -> (3, H, W) tensor) and
+    `tokenizer` (list of texts -> (B, T) ids).
+    """
+
+    name: ClassVar[str]
+    options: ClassVar[tuple[Option, ...]] = ()
+    device: torch.device
+    precision: str
+    embed_dim: int
+    preprocess: Callable[[Image.Image], torch.Tensor]
+    tokenizer: Callable[[list[str]], torch.Tensor]
+
+    @abstractmethod
+    def encode_pixels(self, pixels: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """(B, 3, H, W) preprocessed pixels -> (B, D) float32 on the CPU."""
+
+    @abstractmethod
+    def encode_tokens(self, token_ids: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """(B, T) token ids -> (B, D) float32 on the CPU."""
+
+    def describe(self) -> dict:
+        return {"engine": self.name, "device": str(self.device), "precision": self.precision}
+
+
+def create_engine(name: str, model, **options) -> Engine:
+    """An engine of kind `name` for `model` (`device`, `precision` and the engine's own options)."""
+    return ENGINES.create(name, model, **options)
+
+
+def list_engines() -> list[str]:
+    return ENGINES.names()

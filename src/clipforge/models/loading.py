@@ -1,0 +1,63 @@
+"""`load_model(ref)`: any model reference -> a native `CLIPModel`.
+
+A reference is a registered name (random init, optionally with a `weights` file), a clipforge checkpoint
+directory, or one of the converters' references (`convert.RESOLVERS`: `hf:ORG/NAME`, local HF / open_clip
+directories, `open_clip:ARCH[/TAG]`, OpenAI-layout state-dict files). `register_resolver` adds more.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Union
+
+from clipforge.errors import UsageError
+from clipforge.models.checkpoint import (PathLike, is_checkpoint_dir, load_state_dict_strict, read_checkpoint_dir,
+                                         read_state_dict)
+from clipforge.models.clip import CLIPModel
+from clipforge.models.config import list_models
+from clipforge.models.convert import RESOLVERS, Resolver, refuse_weights
+from clipforge.models.factory import build_model, create_model
+
+__all__ = ["load_model", "load_checkpoint_dir", "register_resolver", "resolvers"]
+
+_EXTRA_RESOLVERS: list[Resolver] = []
+
+
+def register_resolver(resolver: Resolver) -> Resolver:
+    """Add a kind of model reference, tried after the built-in ones."""
+    _EXTRA_RESOLVERS.append(resolver)
+    return resolver
+
+
+def resolvers() -> list[Resolver]:
+    return [*RESOLVERS, *_EXTRA_RESOLVERS]
+
+
+def load_checkpoint_dir(path: PathLike, device=None) -> CLIPModel:
+    cfg, tok, state = read_checkpoint_dir(path)
+    model = build_model(cfg, tokenizer=tok)
+    load_state_dict_strict(model, state, f"weights in {path}")
+    return model.to(device) if device is not None else model
+
+
+def load_model(ref: Union[str, PathLike], *, weights: Optional[PathLike] = None, trust_pickle: bool = False,
+               device=None, **overrides) -> CLIPModel:
+    """Resolve a model reference (see the module docstring). `overrides` apply to registered names only."""
+    ref_s = str(ref)
+    if is_checkpoint_dir(ref_s):
+        refuse_weights(ref_s, weights, "a clipforge checkpoint directory")
+        model = load_checkpoint_dir(ref_s)
+    elif ref_s in list_models():
+        model = create_model(ref_s, **overrides)
+        if weights is not None:
+            load_state_dict_strict(model, read_state_dict(weights, trust_pickle=trust_pickle), str(weights))
+    else:
+        resolver = next((r for r in resolvers() if r.matches(ref_s)), None)
+        if resolver is None:
+            hint = "a directory without config.json" if Path(ref_s).is_dir() else "not found"
+            raise UsageError(f"cannot load model {ref_s!r}: not a registered name ({', '.join(list_models())}), "
+                             f"not a clipforge checkpoint directory ({hint}), and no converter recognises it "
+                             "(hf:ORG/NAME, open_clip:ARCH/TAG, or a local HF/OpenAI checkpoint)")
+        if overrides:
+            raise UsageError(f"config overrides {sorted(overrides)} apply to registered names only, not {ref_s!r}")
+        model = resolver.load(ref_s, weights=weights, trust_pickle=trust_pickle)
+    return model.to(device) if device is not None else model

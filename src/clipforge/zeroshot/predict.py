@@ -1,0 +1,178 @@
+"""Label images with no training: top-k class names (with scores) for image files or a whole source.
+
+    res = classify(model, ["cat.jpg", "dog.png"], ["cat", "dog", "car"], k=2)
+    for p in res:                      # Prediction(id, labels, scores), in input order
+        print(p.id, p.labels, p.scores)
+    res.skipped                        # SkipCounter: unreadable images by reason
+
+Any registered zero-shot method (`clipforge.zeroshot.methods.METHODS`) with its own options:
+  mean      template ensemble head; scores are softmax probabilities over the classes
+  zpe       ZPE-weighted templates; the prompt weights are fitted on the images being classified (the test
+            pool) plus an optional unlabelled `reference` pool, so ALL images are encoded before the first
+            prediction comes out; scores are probabilities
+  cupl      class vectors from description sentences (optionally pooled with templates); probabilities
+  describe  mean probability of a class's "template + description" prompts (not a softmax over classes)
+  disclip   DisCLIP-style rescoring of the top `disclip_top` candidate classes with selected descriptions;
+            scores are the rescored similarities, at most `disclip_top` labels per image
+Non-transductive methods stream: features are computed and classified batch by batch.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Optional
+
+import torch
+
+from clipforge.atomic import atomic_write
+from clipforge.data.decode import SkipCounter
+from clipforge.data.sources.filelist import open_inputs
+from clipforge.encode import as_encoder
+from clipforge.errors import UsageError
+from clipforge.zeroshot.heads import ZeroShotHead
+from clipforge.zeroshot.methods import METHODS
+
+__all__ = ["Prediction", "Classification", "classify", "write_predictions"]
+
+
+@dataclass
+class Prediction:
+    id: str
+    labels: list[str]  # best first
+    scores: list[float]
+
+    def as_dict(self) -> dict:
+        return {"id": self.id, "labels": self.labels, "scores": [round(s, 6) for s in self.scores]}
+
+
+class Classification:
+    """The result of `classify`: iterate once for predictions (input order); `skipped` fills as you go.
+
+    `head` is the linear head used (None for methods that score image by image, and for a transductive
+    method until iteration has fitted it); `meta` describes the method once iteration has started.
+    """
+
+    def __init__(self, encoder, source, classnames, method, scorer, k, batch_size, workers, progress,
+                 save_head=None):
+        self.encoder, self.source, self.classnames = encoder, source, classnames
+        self.method, self._scorer, self.k = method, scorer, k
+        self.batch_size, self.workers, self.progress = batch_size, workers, progress
+        self.save_head = save_head
+        self.skipped = SkipCounter()
+        self.head = scorer if isinstance(scorer, ZeroShotHead) else None
+        self.meta: dict = dict(getattr(scorer, "meta", {}))
+        self.count = 0
+
+    def _batches(self):
+        for b in self.encoder.iter_source(self.source, self.batch_size, workers=self.workers, skipped=self.skipped,
+                                          progress=self.progress, desc="classify"):
+            yield b.ids, b.feats
+
+    def __iter__(self) -> Iterator[Prediction]:
+        stream: Iterable = self._batches()
+        if self._scorer is None:  # transductive: every feature first, then the scorer
+            batches = list(stream)
+            if batches:
+                feats = torch.cat([f for _, f in batches])
+                self._scorer = self.method.build(self.encoder, self.classnames, test_features=feats,
+                                                 batch_size=self.batch_size, workers=self.workers,
+                                                 progress=self.progress)
+                if isinstance(self._scorer, ZeroShotHead):
+                    self.head = self._scorer
+                    if self.save_head:
+                        self.head.save(self.save_head)
+                self.meta = dict(getattr(self._scorer, "meta", {}))
+            stream = iter(batches)
+        for ids, feats in stream:
+            if not ids:
+                continue
+            scores, idx = self._scorer.topk(feats, self.k)  # (B, k') each
+            for i, sid in enumerate(ids):
+                self.count += 1
+                yield Prediction(sid, [self.classnames[j] for j in idx[i].tolist()],
+                                 [float(s) for s in scores[i].tolist()])
+
+    def __repr__(self) -> str:
+        return f"Classification({self.source!r}, classes={len(self.classnames)}, k={self.k})"
+
+
+def classify(model, inputs, classnames=None, *, method: Optional[str] = None, k: int = 5, head=None,
+             save_head=None, batch_size: int = 256, workers: int = 0, progress: Optional[bool] = None,
+             **method_options) -> Classification:
+    """Zero-shot top-k labels for `inputs` (image paths, a source spec, or a Source).
+
+    `model`: a loaded model or an `Encoder`. `method`: a registered zero-shot method (None: "mean");
+    `method_options` are that method's own (e.g. templates=, descriptions=, reference=, mad_threshold=).
+    `classnames`: list of names (may be None when `head` is given). `head`: a `ZeroShotHead` or a path saved
+    with `save_head` — skips building. Options are checked and the head (except a transductive method's) is
+    built before this returns; images are read while iterating the result.
+    """
+    if not isinstance(k, int) or k < 1:
+        raise UsageError(f"`k` must be a positive integer, got {k!r}")
+    encoder = as_encoder(model)
+    if head is not None:
+        given = sorted(n for n, v in method_options.items() if v is not None)
+        if method not in (None, "mean") or given or save_head is not None:
+            what = ", ".join(f"`{n}`" for n in given + (["save_head"] if save_head is not None else []))
+            raise UsageError(f"a ready `head` cannot be changed by " + (what or f"`method` {method}"))
+        head = head if isinstance(head, ZeroShotHead) else ZeroShotHead.load(head)
+        if classnames is not None and list(classnames) != list(head.classnames):
+            raise UsageError(f"the head's {len(head.classnames)} class names differ from the given `labels`; "
+                             "drop them or rebuild the head")
+        classnames, m, scorer = list(head.classnames), None, head
+    else:
+        if classnames is None:
+            raise UsageError("no class names: give `labels` / `labels_file` (or a `head`)")
+        name = method or "mean"
+        m = METHODS.create(name, **method_options)
+        if save_head is not None and not m.linear:
+            raise UsageError(f"`save_head` needs a linear head (`method` "
+                             f"{'/'.join(n for n in METHODS.names() if METHODS.get(n).linear)}); {name} scores "
+                             "image by image")
+        classnames = [str(c) for c in classnames]
+        scorer = None
+        if not m.transductive:
+            scorer = m.build(encoder, classnames, batch_size=batch_size, workers=workers, progress=progress)
+            if save_head is not None:
+                scorer.save(save_head)
+    source = open_inputs(inputs)
+    return Classification(encoder, source, classnames, m, scorer, k, batch_size, workers, progress, save_head)
+
+
+def _csv_row(p: Prediction, k: int) -> list:
+    row = [p.id]
+    for j in range(k):
+        row += [p.labels[j], f"{p.scores[j]:.6g}"] if j < len(p.labels) else ["", ""]
+    return row
+
+
+def write_predictions(predictions: Iterable[Prediction], out, k: int) -> int:
+    """Write predictions as CSV (id,label_1,score_1,...) or JSONL by suffix, atomically. Returns the count."""
+    path = Path(out)
+    fmt = path.suffix.lower().lstrip(".")
+    if fmt not in ("csv", "jsonl"):
+        raise UsageError(f"`out` must end in .csv or .jsonl, got {str(path)!r}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    n = 0
+
+    def write(f) -> None:
+        nonlocal n
+        text = io.TextIOWrapper(f, encoding="utf-8", newline="")
+        if fmt == "csv":
+            w = csv.writer(text)
+            w.writerow(["id"] + [c for j in range(1, k + 1) for c in (f"label_{j}", f"score_{j}")])
+            for p in predictions:
+                w.writerow(_csv_row(p, k))
+                n += 1
+        else:
+            for p in predictions:
+                text.write(json.dumps(p.as_dict(), ensure_ascii=False) + "\n")
+                n += 1
+        text.flush()
+        text.detach()  # leave the binary file open for atomic_write's fsync
+
+    atomic_write(path, write)
+    return n
