@@ -221,6 +221,34 @@ def test_chunked_clip_float32_near_zero_loss_keeps_relative_precision():
     dense_err = abs(clip_loss(img, txt, s).item() - truth) / truth
     chunked_err = abs(clip_loss(img, txt, s, chunk_size=32).item() - truth) / truth
     assert chunked_err < 2e-5 and chunked_err < dense_err / 100
+    # Float64 block products (the default on CPUs): the float32 matmul's rounding is gone as well.
+    got64 = clip_loss(img, txt, s, chunk_size=32, dot_precision="float64")
+    assert got64.dtype == torch.float32
+    assert abs(got64.item() - truth) / truth <= 1e-6
+
+
+@pytest.mark.parametrize("noise", [0.05, 0.1, 0.15])
+def test_chunked_clip_float64_dots_within_1e6_near_zero_loss(noise):
+    """The #11 acceptance: ≤ 1e-6 relative error near zero loss at logit scale 100, value and gradient,
+    over several seeds; `auto` is float64 on a CPU."""
+    from clipforge.losses.chunked import resolve_dot_precision
+
+    assert resolve_dot_precision("auto", "cpu") == torch.float64
+    s = torch.tensor(100.0)
+    for seed in range(3):
+        img, txt = _near_zero_feats(noise=noise, seed=seed)
+
+        def value_grad(a, b, precision):
+            a, b = a.clone().requires_grad_(), b.clone().requires_grad_()
+            v = clip_loss(a, b, s.to(a.dtype), chunk_size=32, dot_precision=precision)
+            v.backward()
+            return v.item(), torch.cat([a.grad.flatten(), b.grad.flatten()]).double()
+
+        truth, g64 = value_grad(img.double(), txt.double(), "float64")
+        got, g32 = value_grad(img, txt, "auto")
+        assert abs(got - truth) <= 1e-6 * truth
+        assert ((g32 - g64).norm() / g64.norm()).item() <= 1e-6
+        assert get_loss("clip", chunk_size=32)(CLIPOutput(img, txt, s)).total.item() == pytest.approx(got, rel=0)
 
 
 def test_chunked_clip_float32_gradients_near_zero_loss():

@@ -1,8 +1,12 @@
-"""`clipforge data`: convert, check and build demo collections (a thin layer over clipforge.data)."""
+"""`clipforge data`: convert, check, reinforce and build demo collections (a thin layer over clipforge.data
+and, for `reinforce`, clipforge.train.reinforce)."""
 from __future__ import annotations
 
+import argparse
 import json
 import sys
+
+from clipforge.cli._common import positive_int
 
 SOURCE_HELP = ("a source spec: folder:PATH, imagefolder:PATH, files:PATH, csv:/tsv:/jsonl:/parquet:PATH, "
                "wds:PATH/{000..009}.tar, or a path to auto-detect")
@@ -50,11 +54,39 @@ def register(subparsers) -> None:
     k.add_argument("--limit", type=int, default=None, help="stop after this many samples")
     k.set_defaults(func=run_check)
 
-    d = sub.add_parser("demo", help="build an offline demo dataset (digits or photos)")
-    d.add_argument("name", choices=["digits", "photos"], help="which demo dataset")
+    r = sub.add_parser("reinforce", help="store teacher embeddings of augmented views and captions "
+                                         "(MobileCLIP dataset reinforcement) for training with clip+distill",
+                       description="Run one or more teachers over SRC once: for every image, draw N augmentation "
+                                   "parameter sets (crop box + flip) and store each teacher's embedding of each "
+                                   "view, plus its embedding of every caption. Training with "
+                                   "data.reinforcement: OUT replays the stored views; no teacher runs then.")
+    _add_source_options(r)
+    r.add_argument("--teacher", action="append", required=True, metavar="MODEL",
+                   help="teacher model reference; repeat for an ensemble")
+    r.add_argument("--augmentations", type=positive_int, default=5, help="stored views per image (default 5)")
+    r.add_argument("--out", required=True, help="output folder for the store")
+    r.add_argument("--synthetic-captions", default=None, metavar="FILE.jsonl",
+                   help='extra captions per sample, one {"id": ..., "captions": [...]} per line')
+    r.add_argument("--crop-scale", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
+                   help="area range of the random resized crop (default: the first teacher's train setting)")
+    r.add_argument("--hflip", action=argparse.BooleanOptionalAction, default=None,
+                   help="random horizontal flips (default: the first teacher's train setting)")
+    r.add_argument("--seed", type=int, default=0, help="seed of the augmentation draws")
+    r.add_argument("--batch-size", type=positive_int, default=64, help="images per teacher batch")
+    r.add_argument("--workers", type=int, default=0, help="decoding worker processes")
+    r.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    r.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="teacher inference precision (default auto)")
+    r.add_argument("--embed-dtype", default="float16", choices=["float16", "float32"],
+                   help="stored embedding precision (default float16)")
+    r.add_argument("--json", action="store_true", help="print the summary as JSON")
+    r.set_defaults(func=run_reinforce)
+
+    d = sub.add_parser("demo", help="build an offline demo dataset (digits, photos, counting, long-captions)")
+    d.add_argument("name", choices=["digits", "photos", "counting", "long-captions"], help="which demo dataset")
     d.add_argument("--out", required=True, help="output folder")
-    d.add_argument("--size", type=int, default=32, help="digits: image side in pixels (default 32)")
-    d.add_argument("--seed", type=int, default=0, help="digits: split and augmentation seed")
+    d.add_argument("--size", type=int, default=32, help="digits, counting: image side in pixels (default 32)")
+    d.add_argument("--seed", type=int, default=0, help="digits, counting, long-captions: generation seed")
     d.add_argument("--json", action="store_true", help="print the written paths as JSON")
     d.set_defaults(func=run_demo)
 
@@ -92,11 +124,36 @@ def run_check(args) -> int:
     return 0
 
 
+def run_reinforce(args) -> int:
+    from clipforge.train.reinforce import reinforce
+
+    summary = reinforce(_open(args), args.teacher, args.out, augmentations=args.augmentations, seed=args.seed,
+                        synthetic_captions=args.synthetic_captions, crop_scale=args.crop_scale,
+                        hflip=args.hflip, batch_size=args.batch_size, workers=args.workers, device=args.device,
+                        precision=args.precision, embed_dtype=args.embed_dtype, progress=_progress())
+    if args.json:
+        print(json.dumps(summary, indent=1))
+    else:
+        print(f"reinforced {summary['num_samples']} samples ({summary['num_captions']} captions, "
+              f"{summary['augmentations']} views each) into {summary['out']} in {summary['seconds']} s")
+        sk = summary["skipped"]
+        if sk["total"]:
+            print(f"skipped {sk['total']}: " + ", ".join(f"{k}={v}" for k, v in sk["by_reason"].items()),
+                  file=sys.stderr)
+    return 0
+
+
 def run_demo(args) -> int:
+    from clipforge.data.demo_counting import build_counting
+    from clipforge.data.demo_long_captions import build_long_captions
     from clipforge.data.demo_sets import build_digits, build_photos
 
     if args.name == "digits":
         paths = build_digits(args.out, size=args.size, seed=args.seed)
+    elif args.name == "counting":
+        paths = build_counting(args.out, size=args.size, seed=args.seed)
+    elif args.name == "long-captions":
+        paths = build_long_captions(args.out, seed=args.seed)
     else:
         paths = build_photos(args.out)
     if args.json:

@@ -26,7 +26,7 @@ DEFAULT_MAX_PIXELS = 89_478_485
 REASONS = (
     "missing_file", "unreadable", "empty_file", "not_an_image", "truncated", "too_large", "bad_size",
     "unsupported_mode", "decode_error", "no_image", "bad_record", "remote_url",
-    "no_caption", "no_label",
+    "no_caption", "no_label", "not_reinforced", "reinforcement_mismatch",
 )
 
 

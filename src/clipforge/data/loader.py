@@ -7,6 +7,13 @@ uninterrupted pass would have given after that point. Everything random per samp
 among several, the seed of a random train transform — is derived from (seed, epoch, source index), never
 from a process-global RNG, so it does not depend on workers, batch boundaries or restarts.
 
+Besides one caption per image, a pair batch can carry what an objective needs (`PairExtras`, set by the
+trainer from the loss's declared needs): a counterfactual copy of each caption that holds a number (counting),
+K sub-captions per image drawn from the sentences of all its captions (DreamLIP), each caption's first
+sentence (Long-CLIP), and — from a reinforcement store — one stored augmentation per image replayed exactly
+with the teacher's embeddings for that view and for the chosen caption (MobileCLIP). Every choice among
+several is again drawn from (seed, epoch, source index).
+
 Batches are built inside `torch.utils.data.DataLoader` workers (one batch per dataset item, so the DataLoader
 keeps their order). A bad sample is never a crash: its (id, reason) travels in the batch's `skipped` field to
 the main process, where `loader.skipped` adds them up. With `on_bad="replace"` (training) the slot is filled
@@ -16,12 +23,16 @@ equal-sized batches to a distributed contrastive loss; with `on_bad="drop"` (eva
 from __future__ import annotations
 
 import random
-from typing import Callable
+from dataclasses import dataclass
+from typing import Callable, Optional
 
 import numpy as np
 import torch
 
+from clipforge.data.captions import first_sentence, sub_captions
+from clipforge.data.counterfactual import counterfactual_caption
 from clipforge.data.decode import BadSample, SkipCounter
+from clipforge.data.reinforced import ReinforcementStore
 from clipforge.errors import UsageError
 
 MAX_REPLACE_TRIES = 32
@@ -41,26 +52,54 @@ def sample_seed(seed: int, epoch: int, index: int, stream: int) -> int:
                >> np.uint64(1))
 
 
+# sample_seed streams: 1 caption choice, 2 transform, 3 stored augmentation, 4 counterfactual, 5 sub-captions
+def pick_caption_index(n: int, seed: int, epoch: int, index: int) -> int:
+    return 0 if n == 1 else sample_seed(seed, epoch, index, 1) % n
+
+
 def pick_caption(captions: list[str], seed: int, epoch: int, index: int) -> str:
-    if len(captions) == 1:
-        return captions[0]
-    return captions[sample_seed(seed, epoch, index, 1) % len(captions)]
+    return captions[pick_caption_index(len(captions), seed, epoch, index)]
+
+
+@dataclass(frozen=True)
+class PairExtras:
+    """What a pair batch carries beyond pixels and one caption's tokens (see the module docstring).
+
+    counterfactuals: "counterfactual_tokens" (C, T) + "count_index" (C,) for the rows whose caption has a number.
+    sub_captions: K > 0 -> "sub_caption_tokens" (M, T) + "sub_caption_index" (M,), up to K per row.
+    short_captions: "short_tokens" (B, T), each chosen caption's first sentence.
+    reinforcement: a store -> the view and caption are the stored ones, plus "teacher_image_embeds" and
+        "teacher_text_embeds" (one (B, D_e) tensor per teacher).
+    """
+
+    counterfactuals: bool = False
+    sub_captions: int = 0
+    short_captions: bool = False
+    reinforcement: Optional[ReinforcementStore] = None
 
 
 class _BatchDataset(torch.utils.data.Dataset):
     """Item b = the b-th batch of this rank, fully built (decoded, transformed, tokenized)."""
 
     def __init__(self, source, order, positions, batch_size, image_transform, tokenizer, seed, epoch, mode,
-                 on_bad, end):
+                 on_bad, end, extras: Optional[PairExtras] = None):
         self.source, self.order, self.positions = source, order, positions
         self.batch_size, self.transform, self.tokenizer = batch_size, image_transform, tokenizer
         self.seed, self.epoch, self.mode, self.on_bad, self.end = seed, epoch, mode, on_bad, end
+        self.extras = extras or PairExtras()
+        if self.extras.reinforcement is not None and not hasattr(image_transform, "apply"):
+            raise UsageError("a reinforcement store needs a train transform that can replay stored "
+                             "augmentations (with `apply(image, params)`)")
 
     def __len__(self) -> int:
         return (len(self.positions) + self.batch_size - 1) // self.batch_size
 
+    def _rng(self, idx: int, stream: int) -> np.random.Generator:
+        return np.random.default_rng(sample_seed(self.seed, self.epoch, idx, stream))
+
     def _load(self, pos: int):
-        """The sample at epoch position `pos`, transformed: (sample, pixels, caption or None) or BadSample."""
+        """The sample at epoch position `pos`, transformed: (index, sample, pixels, caption or None, extras
+        dict) or BadSample."""
         idx = int(self.order[pos])
         sample = self.source[idx]
         if self.mode == "pairs" and not sample.captions:
@@ -68,18 +107,41 @@ class _BatchDataset(torch.utils.data.Dataset):
         if self.mode == "labelled" and sample.label is None:
             raise BadSample("no_label", sample.id)
         img = sample.load_image()
-        # Seed a random transform from the sample itself; restore the caller's RNG state afterwards.
-        with torch.random.fork_rng(devices=[]):
-            state = random.getstate()
-            s = sample_seed(self.seed, self.epoch, idx, 2)
-            torch.manual_seed(s)
-            random.seed(s)
-            try:
-                pixels = self.transform(img)
-            finally:
-                random.setstate(state)
-        cap = pick_caption(sample.captions, self.seed, self.epoch, idx) if self.mode == "pairs" else None
-        return idx, sample, pixels, cap
+        store = self.extras.reinforcement if self.mode == "pairs" else None
+        extra: dict = {}
+        captions = sample.captions
+        if store is not None:
+            row = store.row_of(sample.id)
+            if row is None:
+                raise BadSample("not_reinforced", sample.id)
+            if store.image_size(row) != tuple(img.size):
+                raise BadSample("reinforcement_mismatch", sample.id)
+            aug = sample_seed(self.seed, self.epoch, idx, 3) % store.augmentations
+            pixels = self.transform.apply(img, store.params(row, aug))   # exactly the view the teacher saw
+            captions = store.captions(row)
+            c = pick_caption_index(len(captions), self.seed, self.epoch, idx)
+            extra["teacher_image"], extra["teacher_text"] = store.image_embeds(row, aug), store.text_embeds(row, c)
+            cap = captions[c]
+        else:
+            # Seed a random transform from the sample itself; restore the caller's RNG state afterwards.
+            with torch.random.fork_rng(devices=[]):
+                state = random.getstate()
+                s = sample_seed(self.seed, self.epoch, idx, 2)
+                torch.manual_seed(s)
+                random.seed(s)
+                try:
+                    pixels = self.transform(img)
+                finally:
+                    random.setstate(state)
+            cap = pick_caption(captions, self.seed, self.epoch, idx) if self.mode == "pairs" else None
+        if cap is not None:
+            if self.extras.counterfactuals:
+                extra["counterfactual"] = counterfactual_caption(cap, self._rng(idx, 4))
+            if self.extras.sub_captions:
+                extra["sub_captions"] = sub_captions(captions, self.extras.sub_captions, self._rng(idx, 5), cap)
+            if self.extras.short_captions:
+                extra["short"] = first_sentence(cap)
+        return idx, sample, pixels, cap, extra
 
     def __getitem__(self, b: int) -> dict:
         slots = self.positions[b * self.batch_size:(b + 1) * self.batch_size]
@@ -123,12 +185,36 @@ class _BatchDataset(torch.utils.data.Dataset):
         batch["pixels"] = torch.stack([r[2] for r in rows]) if rows else torch.empty(0)  # (B, 3, H, W)
         if self.mode == "pairs":
             batch["captions"] = [r[3] for r in rows]
-            batch["tokens"] = self.tokenizer(batch["captions"]) if rows else torch.empty(0, dtype=torch.long)
+            batch["tokens"] = self._tokens(batch["captions"])
             batch["labels"] = torch.tensor([-1 if r[1].label is None else r[1].label for r in rows],
                                            dtype=torch.long)
+            self._collate_extras(batch, [r[4] for r in rows])
         else:
             batch["labels"] = torch.tensor([r[1].label for r in rows], dtype=torch.long)  # (B,)
         return batch
+
+    def _tokens(self, texts: list[str]) -> torch.Tensor:
+        return self.tokenizer(texts) if texts else torch.empty(0, dtype=torch.long)
+
+    def _collate_extras(self, batch: dict, extras: list[dict]) -> None:
+        ex = self.extras
+        if ex.counterfactuals:
+            rows = [(i, e["counterfactual"]) for i, e in enumerate(extras) if e.get("counterfactual")]
+            batch["counterfactual_captions"] = [c for _, c in rows]
+            batch["counterfactual_tokens"] = self._tokens(batch["counterfactual_captions"])   # (C, T)
+            batch["count_index"] = torch.tensor([i for i, _ in rows], dtype=torch.long)        # (C,)
+        if ex.sub_captions:
+            rows = [(i, c) for i, e in enumerate(extras) for c in e["sub_captions"]]
+            batch["sub_captions"] = [c for _, c in rows]
+            batch["sub_caption_tokens"] = self._tokens(batch["sub_captions"])                 # (M, T)
+            batch["sub_caption_index"] = torch.tensor([i for i, _ in rows], dtype=torch.long)  # (M,)
+        if ex.short_captions:
+            batch["short_captions"] = [e["short"] for e in extras]
+            batch["short_tokens"] = self._tokens(batch["short_captions"])                     # (B, T)
+        if ex.reinforcement is not None and extras:
+            for key, name in (("teacher_image", "teacher_image_embeds"), ("teacher_text", "teacher_text_embeds")):
+                batch[name] = [torch.from_numpy(np.stack([e[key][t] for e in extras]))          # (B, D_t) each
+                               for t in range(ex.reinforcement.num_teachers)]
 
 
 def _identity(x):
@@ -189,14 +275,15 @@ def _plan(source, batch_size, seed, epoch, start, rank, world_size, shuffle, dro
 
 def make_pair_loader(source, image_transform: Callable, tokenizer: Callable, batch_size: int, *, seed: int = 0,
                      epoch: int = 0, start: int = 0, rank: int = 0, world_size: int = 1, workers: int = 0,
-                     shuffle: bool = True, drop_last: bool = True, on_bad: str = "replace") -> BatchLoader:
+                     shuffle: bool = True, drop_last: bool = True, on_bad: str = "replace",
+                     extras: Optional[PairExtras] = None) -> BatchLoader:
     """Image-text batches: {"pixels" (B,3,H,W), "tokens" (B,T), "captions", "ids", "indices", "labels" (B,)
-    (-1 where unknown), "skipped" (SkipCounter of this batch), "num_slots"}."""
+    (-1 where unknown), "skipped" (SkipCounter of this batch), "num_slots"}, plus what `extras` asks for."""
     if on_bad not in ON_BAD:
         raise UsageError(f"on_bad must be one of {list(ON_BAD)}, got {on_bad!r}")
     order, positions, end = _plan(source, batch_size, seed, epoch, start, rank, world_size, shuffle, drop_last)
     ds = _BatchDataset(source, order, positions, batch_size, image_transform, tokenizer, seed, epoch, "pairs",
-                       on_bad, end)
+                       on_bad, end, extras)
     return BatchLoader(ds, workers, start, world_size)
 
 

@@ -9,6 +9,10 @@ its own (`batches=[[0, 1, 2], [3, 4], ...]`, e.g. so that no batch straddles a s
 streaming source then yields exactly those positions in the same groups. Every planned batch is yielded,
 even one whose images were all unreadable (it has no rows but carries its skips), so callers can count and
 commit batch by batch.
+
+A transform may return several views of an image, (V, 3, H, W), and/or a `(pixels, info)` pair: the batch's
+pixels are then (B, V, 3, H, W) (and its features (B, V, D), see `Encoder.iter_source`), and each row's
+`info` (e.g. the augmentation parameters a view was made with) is kept in `ImageBatch.info`.
 """
 from __future__ import annotations
 
@@ -40,6 +44,7 @@ class ImageBatch:
     skipped: SkipCounter = field(default_factory=SkipCounter)  # what this batch could not use
     pixels: Optional[torch.Tensor] = None
     feats: Optional[torch.Tensor] = None
+    info: list = field(default_factory=list)  # per row: what a `(pixels, info)` transform returned, else None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -81,7 +86,9 @@ def _build(pairs, transform: Callable, require: Optional[str], skipped: SkipCoun
         except BadSample as e:
             skipped.add(sample.id, e.reason)
             continue
+        px, info = px if isinstance(px, tuple) else (px, None)
         pixels.append(px)
+        batch.info.append(info)
         batch.ids.append(sample.id)
         batch.captions.append(list(sample.captions))
         batch.labels.append(sample.label)

@@ -137,16 +137,22 @@ class Encoder:
     def iter_source(self, source, batch_size: int = 256, *, batches=None, workers: int = 0,
                     require: Optional[str] = None, skipped: Optional[SkipCounter] = None,
                     progress: Optional[bool] = None, desc: str = "images", normalize: bool = True,
-                    worker_init_fn=None) -> Iterator[ImageBatch]:
+                    worker_init_fn=None, transform=None) -> Iterator[ImageBatch]:
         """Yield every planned batch of `source` with `feats` (B, D) set and the pixels released.
 
         Options are those of `clipforge.encode.batches.iter_image_batches` (a custom `batches` plan,
-        decoding `workers`, `require` a label or caption, a `skipped` counter to fill).
+        decoding `workers`, `require` a label or caption, a `skipped` counter to fill). `transform`
+        replaces the model's eval preprocessing; one that returns V views per image gives feats (B, V, D).
         """
-        for batch in iter_image_batches(source, self.preprocess, batch_size, batches=batches, workers=workers,
-                                        require=require, skipped=skipped, progress=progress, desc=desc,
-                                        worker_init_fn=worker_init_fn):
-            batch.feats = self.encode_pixels(batch.pixels, normalize=normalize)
+        for batch in iter_image_batches(source, transform or self.preprocess, batch_size, batches=batches,
+                                        workers=workers, require=require, skipped=skipped, progress=progress,
+                                        desc=desc, worker_init_fn=worker_init_fn):
+            px = batch.pixels
+            if px.dim() == 5:  # (B, V, 3, H, W): every view of every image in one pass
+                batch.feats = self.encode_pixels(px.flatten(0, 1), normalize=normalize).view(
+                    px.shape[0], px.shape[1], -1)
+            else:
+                batch.feats = self.encode_pixels(px, normalize=normalize)
             batch.pixels = None
             yield batch
 

@@ -30,6 +30,6 @@ class ALIGNLoss(CLIPLoss):
     part_name = "align"
 
     def __init__(self, label_smoothing: float = 0.1, chunk_size: Optional[int] = None,
-                 distributed: Optional[bool] = None):
-        super().__init__(chunk_size=chunk_size, distributed=distributed)
+                 distributed: Optional[bool] = None, dot_precision: str = "auto"):
+        super().__init__(chunk_size=chunk_size, distributed=distributed, dot_precision=dot_precision)
         self.label_smoothing = float(label_smoothing)

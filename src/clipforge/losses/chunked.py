@@ -13,7 +13,11 @@ Gradients, with S = s·A·Bᵀ (block of rows A_blk) and G = dLoss/dS for that b
 
 Precision: both work in a form that stays accurate near zero loss, where a float32 loss matters most (a
 trained model's batches): the positive logit is subtracted inside the exponentials (CE) or its term is
-softplus(−z) rather than softplus(z) − z (sigmoid); docs/fidelity.md has the measured errors.
+softplus(−z) rather than softplus(z) − z (sigmoid). What float32 cannot avoid is the rounding of each block
+product (≈ s·2⁻²⁴ per logit: 1–7e-6 relative near zero loss at s = 100), so `dot_precision="float64"` runs
+the blocks in float64 (inputs upcast once, gradients cast back): ≤ 1e-6 there, at a cost that is small
+against a training step (the loss is O(N²·D), the towers O(N·GFLOPs)). "auto" picks float64 on CPUs and on
+GPUs with full-rate float64, float32 elsewhere. docs/fidelity.md has the measured errors and costs.
 """
 from __future__ import annotations
 
@@ -21,11 +25,34 @@ from typing import Optional
 
 import torch
 
+from clipforge.errors import UsageError
 
-def _prepare(a, b, scale):
-    """Run the blocks in at least float32 (an lse over 32k bf16 logits is too coarse) and outside autocast,
-    which would otherwise turn the block matmuls back into bf16."""
-    dtype = torch.promote_types(torch.promote_types(a.dtype, b.dtype), torch.float32)
+DOT_PRECISIONS = ("auto", "float32", "float64")
+# CUDA compute capabilities whose float64 runs at half the float32 rate (data-centre parts: P100, V100, A100,
+# H100/H200, B200); every other GPU has 1/32–1/64-rate float64, where float64 blocks would dominate a step.
+_FAST_FP64_CAPABILITIES = {(6, 0), (7, 0), (8, 0), (9, 0), (10, 0)}
+
+
+def resolve_dot_precision(precision: str, device) -> torch.dtype:
+    """The working dtype of the block products: float64 or float32 ("auto": float64 on a CPU or a GPU with
+    full-rate float64, as the device reports it; float32 elsewhere)."""
+    if precision not in DOT_PRECISIONS:
+        raise UsageError(f"`dot_precision` must be one of {', '.join(DOT_PRECISIONS)}, got {precision!r}")
+    if precision != "auto":
+        return torch.float64 if precision == "float64" else torch.float32
+    device = torch.device(device)
+    if device.type == "cpu":
+        return torch.float64
+    if device.type == "cuda":
+        return torch.float64 if torch.cuda.get_device_capability(device) in _FAST_FP64_CAPABILITIES \
+            else torch.float32
+    return torch.float32   # mps and others: no (fast) float64
+
+
+def _prepare(a, b, scale, precision: str = "float32"):
+    """Run the blocks in at least float32 (an lse over 32k bf16 logits is too coarse; float64 with
+    `precision`) and outside autocast, which would otherwise turn the block matmuls back into bf16."""
+    dtype = torch.promote_types(torch.promote_types(a.dtype, b.dtype), resolve_dot_precision(precision, a.device))
     scale = torch.as_tensor(scale, device=a.device).to(dtype)
     return a.to(dtype), b.to(dtype), scale, torch.autocast(a.device.type, enabled=False)
 
@@ -130,19 +157,22 @@ class _BlockCrossEntropy(torch.autograd.Function):
 
 
 def block_cross_entropy(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor, chunk: int, offset: int = 0,
-                        want_cols: bool = True) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+                        want_cols: bool = True, dot_precision: str = "float32"
+                        ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Per-row (and per-column) softmax cross-entropy of s·a·bᵀ without materialising it.
 
     a: (M, D), b: (N, D), scale: scalar tensor; row i's positive is column `offset + i`. Returns row_ce (M,)
     = lse_j(S_ij) − S_i,offset+i and, when `want_cols` (square batch, offset 0), col_ce (N,) = lse_i(S_ij) −
-    S_jj; else None. Differentiable in a, b and scale.
+    S_jj; else None; in the working dtype (float64 with `dot_precision` "float64"). Differentiable in a, b
+    and scale.
     """
     if want_cols and (a.shape[0] != b.shape[0] or offset):
         raise ValueError("column cross-entropy needs a square batch with offset 0")
-    a, b, scale, no_autocast = _prepare(a, b, scale)
+    out_dtype = torch.promote_types(torch.promote_types(a.dtype, b.dtype), torch.float32)
+    a, b, scale, no_autocast = _prepare(a, b, scale, dot_precision)
     with no_autocast:
         row, col = _BlockCrossEntropy.apply(a, b, scale, int(chunk), int(offset), bool(want_cols))
-    return row, (col if want_cols else None)
+    return row.to(out_dtype), (col.to(out_dtype) if want_cols else None)
 
 
 class _BlockSoftplusSum(torch.autograd.Function):
@@ -199,10 +229,13 @@ class _BlockSoftplusSum(torch.autograd.Function):
 
 
 def block_softplus_sum(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor,
-                       bias: Optional[torch.Tensor], chunk: int, offset: Optional[int] = None) -> torch.Tensor:
+                       bias: Optional[torch.Tensor], chunk: int, offset: Optional[int] = None,
+                       dot_precision: str = "float32") -> torch.Tensor:
     """Σ_ij −log σ(z_ij (s·a_i·b_j + bias)) over the (M, N) pairs, in row blocks of `chunk`; scalar.
     z = +1 for the positives (i, offset + i) when `offset` is given, −1 everywhere else."""
-    a, b, scale, no_autocast = _prepare(a, b, scale)
+    out_dtype = torch.promote_types(torch.promote_types(a.dtype, b.dtype), torch.float32)
+    a, b, scale, no_autocast = _prepare(a, b, scale, dot_precision)
     bias = a.new_zeros(()) if bias is None else torch.as_tensor(bias, device=a.device).to(a.dtype)
     with no_autocast:
-        return _BlockSoftplusSum.apply(a, b, scale, bias, int(chunk), -1 if offset is None else int(offset))
+        total = _BlockSoftplusSum.apply(a, b, scale, bias, int(chunk), -1 if offset is None else int(offset))
+    return total.to(out_dtype)

@@ -6,8 +6,9 @@
 Per row i with label smoothing ε (ALIGN uses ε = 0.1, CLIP ε = 0):
     CE_i = [lse_j(S_ij) − S_i,pos] + ε·S_i,pos − (ε/N)·Σ_j S_ij,    Σ_j S_ij = s · q_i·(Σ_j k_j)
 so the smoothing term costs one vector sum, and the only N-wide reduction is the bracket, which
-`chunked.block_cross_entropy` computes without an N×N matrix, in a form that keeps float32 accurate near zero
-loss (within 1e-6 relative of float64 at logit scale 100; the dense path is F.cross_entropy, as open_clip).
+`chunked.block_cross_entropy` computes without an N×N matrix, in a form that stays accurate near zero loss
+(with `dot_precision` float64, the default on CPUs and full-rate-float64 GPUs: within 1e-6 relative of the
+float64 loss at logit scale 100; float32 blocks: 1–7e-6). The dense path is F.cross_entropy, as open_clip.
 
 Distributed (one rank of W, local batch B_r, global N): the rank's images are scored against ALL texts and
 its texts against ALL images (features gathered with gradient), and the sum of those rows is divided by
@@ -23,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clipforge.losses.chunked import block_cross_entropy
+from clipforge.errors import UsageError
+from clipforge.losses.chunked import DOT_PRECISIONS, block_cross_entropy
 from clipforge.losses.distributed import all_gather_with_grad, is_distributed, rank_and_world
 from clipforge.losses.registry import LossOutput, register_loss
 from clipforge.models.unwrap import unwrap_model
@@ -42,12 +44,14 @@ def _smoothing(q: torch.Tensor, k_all: torch.Tensor, k_pos: torch.Tensor, scale:
 
 def contrastive_terms(img: torch.Tensor, txt: torch.Tensor, img_all: torch.Tensor, txt_all: torch.Tensor,
                       offset: int, scale: torch.Tensor, *, chunk_size: Optional[int] = None,
-                      label_smoothing: float = 0.0, denom: Optional[float] = None):
+                      label_smoothing: float = 0.0, denom: Optional[float] = None,
+                      dot_precision: str = "float32"):
     """(image→text, text→image) cross-entropy terms for local rows against gathered columns.
 
     img, txt: (B, D) this rank's features; img_all, txt_all: (N, D) all ranks' features (the same tensors
     when not distributed); offset: index of this rank's first row in the gathered batch; denom: divisor of
-    the row sums (default B). Returns two scalars.
+    the row sums (default B); dot_precision: working precision of the chunked blocks (`chunked.py`).
+    Returns two scalars.
     """
     b, eps = img.shape[0], float(label_smoothing)
     denom = float(b if denom is None else denom)
@@ -62,10 +66,13 @@ def contrastive_terms(img: torch.Tensor, txt: torch.Tensor, img_all: torch.Tenso
         return i2t / denom, t2i / denom
     if single:
         # One pass over row blocks gives both the row and the column cross-entropies.
-        row_ce, col_ce = block_cross_entropy(img, txt, scale, chunk_size, want_cols=True)
+        row_ce, col_ce = block_cross_entropy(img, txt, scale, chunk_size, want_cols=True,
+                                             dot_precision=dot_precision)
     else:
-        row_ce, _ = block_cross_entropy(img, txt_all, scale, chunk_size, offset, want_cols=False)
-        col_ce, _ = block_cross_entropy(txt, img_all, scale, chunk_size, offset, want_cols=False)
+        row_ce, _ = block_cross_entropy(img, txt_all, scale, chunk_size, offset, want_cols=False,
+                                        dot_precision=dot_precision)
+        col_ce, _ = block_cross_entropy(txt, img_all, scale, chunk_size, offset, want_cols=False,
+                                        dot_precision=dot_precision)
     if eps:
         row_ce = row_ce + _smoothing(img, txt_all, txt, scale, eps)
         col_ce = col_ce + _smoothing(txt, img_all, img, scale, eps)
@@ -73,9 +80,10 @@ def contrastive_terms(img: torch.Tensor, txt: torch.Tensor, img_all: torch.Tenso
 
 
 def clip_loss(img: torch.Tensor, txt: torch.Tensor, logit_scale: torch.Tensor, *,
-              chunk_size: Optional[int] = None) -> torch.Tensor:
+              chunk_size: Optional[int] = None, dot_precision: str = "float32") -> torch.Tensor:
     """Symmetric InfoNCE of one batch. img, txt: (B, D) normalised features; logit_scale: exp'd scalar."""
-    i2t, t2i = contrastive_terms(img, txt, img, txt, 0, logit_scale, chunk_size=chunk_size)
+    i2t, t2i = contrastive_terms(img, txt, img, txt, 0, logit_scale, chunk_size=chunk_size,
+                                 dot_precision=dot_precision)
     return (i2t + t2i) / 2
 
 
@@ -96,22 +104,31 @@ class CLIPLoss(nn.Module):
 
     chunk_size: rows per block for the memory-bounded path (None: dense logits).
     distributed: gather across ranks (None: whenever torch.distributed is initialised with >1 rank).
+    dot_precision: working precision of the chunked blocks, auto | float32 | float64 (`chunked.py`).
     """
 
     label_smoothing = 0.0
     part_name = "clip"     # key of the contrastive term in LossOutput.parts
 
-    def __init__(self, chunk_size: Optional[int] = None, distributed: Optional[bool] = None):
+    def __init__(self, chunk_size: Optional[int] = None, distributed: Optional[bool] = None,
+                 dot_precision: str = "auto"):
         super().__init__()
+        if dot_precision not in DOT_PRECISIONS:
+            raise UsageError(f"`dot_precision` must be one of {', '.join(DOT_PRECISIONS)}, got {dot_precision!r}")
         self.chunk_size = chunk_size
         self.distributed = distributed
+        self.dot_precision = dot_precision
 
-    def forward(self, output, batch: Optional[dict] = None) -> LossOutput:
+    def terms(self, output) -> tuple:
+        """(image→text, text→image) terms of `output`'s pairs, gathered across ranks when distributed."""
         img, txt = output.image_embeds, output.text_embeds
         img_all, txt_all, offset, denom = gather_pairs(img, txt, self.distributed)
-        i2t, t2i = contrastive_terms(img, txt, img_all, txt_all, offset, output.logit_scale,
-                                     chunk_size=self.chunk_size, label_smoothing=self.label_smoothing,
-                                     denom=denom)
+        return contrastive_terms(img, txt, img_all, txt_all, offset, output.logit_scale,
+                                 chunk_size=self.chunk_size, label_smoothing=self.label_smoothing,
+                                 denom=denom, dot_precision=self.dot_precision)
+
+    def forward(self, output, batch: Optional[dict] = None) -> LossOutput:
+        i2t, t2i = self.terms(output)
         total = (i2t + t2i) / 2
         return LossOutput(total, {self.part_name: total.detach(), "image_to_text": i2t.detach(),
                                   "text_to_image": t2i.detach()})

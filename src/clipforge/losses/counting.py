@@ -1,13 +1,14 @@
 """Counting hard negatives ("Teaching CLIP to Count").
 
-For a caption with a number word (two … ten) the data pipeline makes a counterfactual caption with a
-different number. For those counting samples
+For a caption with a number from two to ten (word or digits) the data pipeline makes a counterfactual
+caption with a different number (`clipforge.data.counterfactual`). For those counting samples
 
     L_count = −log[ e^{s(i,t)} / (e^{s(i,t)} + e^{s(i,t_cf)}) ] = softplus(s(i,t_cf) − s(i,t))
 
 with s(·,·) the scaled similarity, and the total is L_CLIP + λ·L_count (λ = 1), the counting term averaged
-over the counting samples only. The trainer encodes the counterfactual captions with the same text tower
-and passes, in `batch`:
+over the counting samples only: it is zero exactly for batches without a number in any caption. The loss
+declares `needs_counterfactual_captions`; the trainer has the loader make them and encodes them with the
+same text tower in the same forward, and passes, in `batch`:
     "counterfactual_text_embeds": (C, D) normalised embeddings of the counterfactual captions
     "count_index": (C,) long, row of the batch each counterfactual belongs to
 Under DDP the counting term is the mean over each rank's own counting samples (no gather needed: each
@@ -36,9 +37,12 @@ def counting_loss(img: torch.Tensor, txt: torch.Tensor, cf_txt: torch.Tensor, lo
 class CountingCLIPLoss(CLIPLoss):
     """CLIP loss (chunked/distributed as `clip`) plus λ·L_count on the samples that have a counterfactual."""
 
+    needs_counterfactual_captions = True
+    part_name = "clip"
+
     def __init__(self, weight: float = 1.0, chunk_size: Optional[int] = None,
-                 distributed: Optional[bool] = None):
-        super().__init__(chunk_size=chunk_size, distributed=distributed)
+                 distributed: Optional[bool] = None, dot_precision: str = "auto"):
+        super().__init__(chunk_size=chunk_size, distributed=distributed, dot_precision=dot_precision)
         self.weight = float(weight)
 
     def forward(self, output, batch: Optional[dict] = None) -> LossOutput:

@@ -53,6 +53,14 @@ class TextConfig:
     proj: bool = True
     proj_bias: bool = False  # SigLIP's text head has a bias
     ln_eps: float = 1e-5
+    # Long-CLIP stretching (models/stretch.py): the context length this tower had before its positions were
+    # stretched (None: never stretched), how many leading positions were kept and by what factor the rest
+    # were interpolated, and which positions a text that still fits in the old context uses: "original"
+    # (exactly its old ones, so its embedding is unchanged) or "stretched" (consecutive new ones, as Long-CLIP).
+    stretched_from: Optional[int] = None
+    stretch_keep: int = 20
+    stretch_factor: int = 4
+    short_positions: str = "original"
 
 
 @dataclass(frozen=True)

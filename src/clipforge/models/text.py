@@ -9,6 +9,14 @@ from clipforge.models.layers import Transformer
 from clipforge.models.output import TowerOutput
 
 POOLS = ("argmax", "eos", "last", "first", "mean")
+SHORT_POSITIONS = ("original", "stretched")
+
+
+def original_position_ids(length: int, keep: int, factor: int, table: int) -> torch.Tensor:
+    """(length,) the row, in a table stretched by `models.stretch`, that holds each old position p: p itself
+    for the `keep` kept ones, then keep + factor·(p − keep) (the interpolation copies them exactly there)."""
+    p = torch.arange(length)
+    return torch.where(p < keep, p, keep + factor * (p - keep)).clamp(max=table - 1)
 
 
 class TextTower(nn.Module):
@@ -20,6 +28,11 @@ class TextTower(nn.Module):
             raise ValueError("text pool 'eos' needs eos_token_id in the text config")
         if not cfg.proj and cfg.width != embed_dim:
             raise ValueError(f"text proj=False needs width ({cfg.width}) == embed_dim ({embed_dim})")
+        if cfg.stretched_from is not None:
+            if not cfg.causal or cfg.pool not in ("argmax", "eos"):
+                raise ValueError("stretched positions need a causal text tower pooled at its end token")
+            if cfg.short_positions not in SHORT_POSITIONS:
+                raise ValueError(f"unknown short_positions {cfg.short_positions!r}; valid: {', '.join(SHORT_POSITIONS)}")
         self.cfg = cfg
         W = cfg.width
         self.token_embedding = nn.Embedding(cfg.vocab_size, W)
@@ -40,6 +53,17 @@ class TextTower(nn.Module):
             return torch.full(ids.shape[:1], ids.shape[1] - 1, dtype=torch.long, device=ids.device)
         return torch.zeros(ids.shape[:1], dtype=torch.long, device=ids.device)
 
+    def _positions(self, ids: torch.Tensor) -> torch.Tensor:
+        """Position embeddings for ids (B, T): (T, W), or (B, T, W) when a stretched tower keeps texts that fit
+        the old context on their original positions."""
+        T, c = ids.shape[1], self.cfg
+        if c.stretched_from is None or c.short_positions == "stretched":
+            return self.positional_embedding[:T]
+        short = self.pool_index(ids) < c.stretched_from                         # (B,) fits the old context
+        old = original_position_ids(T, c.stretch_keep, c.stretch_factor, c.context_length).to(ids.device)
+        rows = torch.where(short[:, None], old[None], torch.arange(T, device=ids.device)[None])   # (B, T)
+        return self.positional_embedding[rows]
+
     def forward(self, ids: torch.Tensor, return_tokens: bool = False) -> TowerOutput:
         if ids.shape[1] > self.cfg.context_length:
             raise ValueError(f"token sequence of length {ids.shape[1]} exceeds context_length "
@@ -49,7 +73,7 @@ class TextTower(nn.Module):
             # columns every row has. Exact, and prompts of ~10 tokens in a 77-token context cost ~7x less.
             ids = ids[:, : int(self.pool_index(ids).max()) + 1]
         B, T = ids.shape
-        x = self.token_embedding(ids) + self.positional_embedding[:T].to(self.token_embedding.weight.dtype)
+        x = self.token_embedding(ids) + self._positions(ids).to(self.token_embedding.weight.dtype)
         x = self.ln_final(self.transformer(x, causal=self.cfg.causal))  # (B, T, W)
         mask = ids != self.cfg.pad_token_id  # (B, T) real tokens
         if self.cfg.pool == "mean":

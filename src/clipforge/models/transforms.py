@@ -3,13 +3,17 @@
 Eval: resize the shortest side to the model's size, centre crop (or squash to a square), normalise — exactly as
 open_clip (torchvision) or transformers' image processors do, by `PreprocessConfig.convention`.
 Train: random resized crop (area in `crop_scale`, aspect 3/4..4/3), optional horizontal flip, normalise.
+The train transform's randomness is explicit: `sample_params(w, h)` draws an `AugParams` (crop box in the
+decoded image's pixels, flip) and `apply(img, params)` replays exactly it, at any output size — what dataset
+reinforcement stores per image so a student later sees the very crop its teacher saw.
 Transforms are picklable classes so DataLoader worker processes can use them; randomness comes from torch's
-RNG, which DataLoader seeds per worker.
+RNG (seeded per sample by the training loader) or a given `torch.Generator`.
 """
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -94,32 +98,72 @@ class EvalTransform:
         return f"EvalTransform(size={self.size}, {self.cfg})"
 
 
+@dataclass(frozen=True)
+class AugParams:
+    """One draw of the train augmentation: crop box (x0, y0, x1, y1) in pixels of the decoded image, then
+    a horizontal flip or not. Independent of the output size, so a teacher and a student of different
+    resolutions can see the same view. `as_row()` / `from_row()`: 5 floats, for storage."""
+
+    box: tuple
+    flip: bool = False
+
+    def as_row(self) -> list[float]:
+        return [float(v) for v in self.box] + [1.0 if self.flip else 0.0]
+
+    @classmethod
+    def from_row(cls, row) -> "AugParams":
+        x0, y0, x1, y1, flip = (float(v) for v in row)
+        return cls((int(round(x0)), int(round(y0)), int(round(x1)), int(round(y1))), flip >= 0.5)
+
+
+def _uniform(lo: float, hi: float, generator: Optional[torch.Generator]) -> float:
+    return float(torch.empty(1).uniform_(lo, hi, generator=generator))
+
+
 class TrainTransform:
+    """Random resized crop + optional flip + normalise. `__call__(img)` draws fresh parameters;
+    `sample_params` + `apply` split the draw from its application (see `AugParams`)."""
+
     def __init__(self, image_size: int, cfg: PreprocessConfig):
         self.size, self.cfg = int(image_size), cfg
         self.resample = _RESAMPLE[cfg.interpolation]
 
-    def _crop_box(self, w: int, h: int):
+    def _crop_box(self, w: int, h: int, generator: Optional[torch.Generator] = None):
         lo, hi = self.cfg.crop_scale
         log_r = (math.log(3 / 4), math.log(4 / 3))
         for _ in range(10):
-            area = w * h * float(torch.empty(1).uniform_(lo, hi))
-            ratio = math.exp(float(torch.empty(1).uniform_(*log_r)))
+            area = w * h * _uniform(lo, hi, generator)
+            ratio = math.exp(_uniform(*log_r, generator))
             cw, ch = round(math.sqrt(area * ratio)), round(math.sqrt(area / ratio))
             if 0 < cw <= w and 0 < ch <= h:
-                x = int(torch.randint(0, w - cw + 1, (1,)))
-                y = int(torch.randint(0, h - ch + 1, (1,)))
+                x = int(torch.randint(0, w - cw + 1, (1,), generator=generator))
+                y = int(torch.randint(0, h - ch + 1, (1,), generator=generator))
                 return x, y, x + cw, y + ch
         c = min(w, h)  # fallback: central square crop
         return (w - c) // 2, (h - c) // 2, (w - c) // 2 + c, (h - c) // 2 + c
 
-    def __call__(self, img: Image.Image) -> torch.Tensor:
+    def sample_params(self, w: int, h: int, generator: Optional[torch.Generator] = None) -> AugParams:
+        """Draw the augmentation for a w x h image (torch's global RNG unless a generator is given)."""
+        box = self._crop_box(int(w), int(h), generator)
+        flip = bool(self.cfg.hflip and bool(torch.rand(1, generator=generator) < 0.5))
+        return AugParams(box, flip)
+
+    def apply(self, img: Image.Image, params) -> torch.Tensor:
+        """The view `params` (an `AugParams` or its 5-number row) describes, at this transform's size and
+        normalisation: (3, size, size)."""
+        if not isinstance(params, AugParams):
+            params = AugParams.from_row(params)
         img = img.convert("RGB")
-        box = self._crop_box(*img.size)
-        img = img.resize((self.size, self.size), self.resample, box=box)
-        if self.cfg.hflip and bool(torch.rand(1) < 0.5):
+        x0, y0, x1, y1 = params.box
+        if not (0 <= x0 < x1 <= img.size[0] and 0 <= y0 < y1 <= img.size[1]):
+            raise ValueError(f"crop box {params.box} does not fit a {img.size[0]}x{img.size[1]} image")
+        img = img.resize((self.size, self.size), self.resample, box=params.box)
+        if params.flip:
             img = img.transpose(Image.FLIP_LEFT_RIGHT)
         return to_tensor(img, self.cfg.mean, self.cfg.std, self.cfg.per_image_norm)
+
+    def __call__(self, img: Image.Image) -> torch.Tensor:
+        return self.apply(img, self.sample_params(*img.size))
 
     def __repr__(self) -> str:
         return f"TrainTransform(size={self.size}, {self.cfg})"

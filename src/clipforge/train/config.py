@@ -2,6 +2,7 @@
 
     model:    {name: tiny, overrides: {...}, tokenizer: train, tokenizer_vocab_size: 1024, lock_image: false, ...}
     data:     {train: "jsonl:path/train.jsonl", batch_size: 128, workers: 2, val: "imagefolder:path/val", ...}
+              (reinforcement: DIR, a store from `clipforge data reinforce`, for clip+distill)
     optim:    {lr: 5e-4, weight_decay: 0.2, betas: [0.9, 0.98], eps: 1e-6, grad_clip: 1.0}
     schedule: {name: cosine, warmup_steps: 50, min_lr: 0.0}
     loss:     {name: clip, options: {chunk_size: null}}
@@ -24,6 +25,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 import yaml
 
 from clipforge.errors import UsageError
+from clipforge.train.step import check_loss_inputs
 
 
 @dataclass
@@ -44,6 +46,7 @@ class ModelSection:
 class DataSection:
     train: str = ""  # a data-layer source spec (jsonl:..., csv:..., wds:..., folder path)
     train_options: Dict[str, Any] = field(default_factory=dict)  # passed to open_source
+    reinforcement: Optional[str] = None  # a store from `clipforge data reinforce` (teacher embeddings, views)
     batch_size: int = 128  # global batch (split across ranks)
     workers: int = 0
     val: Optional[str] = None  # labelled source for the periodic zero-shot evaluation
@@ -121,6 +124,7 @@ class TrainConfig:
                 raise UsageError(f"{key} must be >= 1")
         if self.model.lock_image and self.model.lock_text:
             raise UsageError("model.lock_image and model.lock_text together leave nothing to train")
+        check_loss_inputs(self)  # a loss whose inputs the pipeline cannot supply is refused here
         return self
 
 

@@ -37,6 +37,7 @@ from clipforge.train.optim import lock_tower, make_optimizer
 from clipforge.train.run_log import MetricsLog, plot_curves, progress_line
 from clipforge.train.schedule import lr_at
 from clipforge.train.state import load_trainer_state, resolve_resume, save_checkpoint, set_rng_state
+from clipforge.train.step import forward_loss, pair_extras, reinforcement_store
 
 log = logging.getLogger("clipforge.train")
 
@@ -114,6 +115,7 @@ def train(cfg: TrainConfig, out_dir, resume: Optional[str] = None) -> dict:
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
     loss_fn = get_loss(cfg.loss.name, **cfg.loss.options)
+    extras = pair_extras(loss_fn, reinforcement_store(cfg))   # what the loss needs from the data
     if getattr(loss_fn, "needs_logit_bias", False) and core.logit_bias is None:
         raise UsageError(f"loss {cfg.loss.name!r} needs a model with a logit bias (e.g. siglip-B-16, or "
                          "model.overrides: {logit_bias_init: -10, logit_scale_init: 2.302585})")
@@ -150,20 +152,20 @@ def train(cfg: TrainConfig, out_dir, resume: Optional[str] = None) -> dict:
     while step < total:
         loader = make_pair_loader(source, core.preprocess_train, core.tokenizer, per_rank, seed=cfg.run.seed,
                                   epoch=epoch, start=position, rank=dist.rank, world_size=dist.world_size,
-                                  workers=cfg.data.workers)
+                                  workers=cfg.data.workers, extras=extras)
         k = 0
         for batch in loader:
             lr = lr_at(step, base_lr=cfg.optim.lr, total_steps=total, warmup_steps=cfg.schedule.warmup_steps,
                        name=cfg.schedule.name, min_lr=cfg.schedule.min_lr)
             for g in opt.param_groups:
                 g["lr"] = lr
-            pixels = batch["pixels"].to(device, non_blocking=True)
-            tokens = batch["tokens"].to(device, non_blocking=True)
             with _autocast(cfg, device):
                 if cfg.run.gradcache_sub_batch:
+                    pixels = batch["pixels"].to(device, non_blocking=True)
+                    tokens = batch["tokens"].to(device, non_blocking=True)
                     res = gradcache_step(model, pixels, tokens, loss_fn, cfg.run.gradcache_sub_batch, batch=batch)
                 else:
-                    res = loss_fn(model(pixels, tokens), batch)
+                    res = forward_loss(model, loss_fn, batch, device)
             if not cfg.run.gradcache_sub_batch:
                 (scaler.scale(res.total) if scaler else res.total).backward()
             if scaler is not None:

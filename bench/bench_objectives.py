@@ -1,0 +1,228 @@
+"""Objectives at equal steps on the offline synthetic sets (docs/objectives.md, docs/benchmarks.md).
+
+    python bench/bench_objectives.py counting  [--steps 200] [--seeds 0 1 2] [--json out.json]
+    python bench/bench_objectives.py distill   [--teacher-steps 400] [--steps 100] [--seeds 0 1 2]
+    python bench/bench_objectives.py longclip  [--base-steps 300] [--steps 150] [--seeds 0 1 2]
+
+counting  Trains the tiny model on `clipforge data demo counting` with `clip` and with `clip+count` (same
+          seeds, steps, batch, schedule) and scores counting accuracy: each held-out image against the six
+          captions "a picture showing {1..6} {its colour} {its shape}s." (an unseen phrasing).
+distill   Trains a teacher on the digits demo, reinforces the training set with it (stored views and
+          embeddings), then trains the same student with `clip` and with `clip+distill` on the reinforced
+          set at equal steps; zero-shot top-1 on held-out digits with unseen templates.
+longclip  Trains a base model (context 32) on the long-caption set, then continues it for equal steps
+          either as is (captions truncated at 32 tokens) or stretched to 68 positions with the Long-CLIP
+          loss (full captions); text->image and image->text R@1 on held-out pairs with the full captions.
+
+Each arm runs every seed; the table gives each seed's value, the mean and the spread (max - min). Wall
+times depend on the machine's load (printed with `uptime`'s load average).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from clipforge.data import open_source  # noqa: E402
+from clipforge.encode import Encoder  # noqa: E402
+from clipforge.models import load_model  # noqa: E402
+from clipforge.train import load_config, train  # noqa: E402
+
+BASE = [  # the digits demo's recipe (tiny, conv stem, trained BPE), smaller batch
+    "model.name=tiny", "model.tokenizer=train", "model.tokenizer_vocab_size=1024",
+    "model.overrides={vision: {stem: conv}, preprocess: {per_image_norm: true}}",
+    "data.batch_size=64", "optim.lr=0.002", "optim.weight_decay=0.1", "schedule.warmup_steps=20",
+    "run.log_every=25", "run.checkpoint_every=100000", "run.progress=false", "run.threads=2",
+]
+
+
+def load() -> float:
+    return os.getloadavg()[0]
+
+
+FINE_TUNE = [s for s in BASE if not s.startswith(("model.tokenizer", "model.overrides", "model.name"))]
+
+
+def run(sets: list[str], out: Path, base: list[str] = BASE) -> dict:
+    t0 = time.perf_counter()
+    summary = train(load_config(None, base + sets), out)
+    return {"wall_s": round(time.perf_counter() - t0, 1), "train_s": summary["train_time_s"],
+            "final_loss": summary["final"].get("loss")}
+
+
+def stats(values: list[float]) -> dict:
+    v = np.asarray(values, dtype=float)
+    return {"values": [round(float(x), 4) for x in v], "mean": round(float(v.mean()), 4),
+            "spread": round(float(v.max() - v.min()), 4)}
+
+
+# ---------------------------------------------------------------------------------------------- counting
+def counting_accuracy(model_dir: Path, val_manifest: str) -> float:
+    from clipforge.data.demo_counting import EVAL_TEMPLATE, count_caption
+
+    enc = Encoder.from_model(load_model(str(model_dir)))
+    src = open_source(f"jsonl:{val_manifest}")
+    feats = enc.encode_source(src, progress=False)
+    correct = 0
+    for f, meta in zip(feats.feats, feats.meta):
+        cands = [count_caption(EVAL_TEMPLATE, k, meta["color"], meta["shape"]) for k in range(1, 7)]
+        pred = int((enc.encode_texts(cands) @ f).argmax()) + 1
+        correct += pred == int(meta["count"])
+    return correct / len(feats)
+
+
+def bench_counting(args, work: Path) -> dict:
+    from clipforge.data.demo_counting import build_counting
+
+    data = build_counting(str(work / "counting"))
+    out = {"steps": args.steps, "seeds": args.seeds, "arms": {}}
+    for loss in ("clip", "clip+count"):
+        accs, runs = [], []
+        for seed in args.seeds:
+            d = work / f"count-{loss}-{seed}"
+            r = run([f"data.train=jsonl:{data['train_manifest']}", f"loss.name={loss}", f"run.steps={args.steps}",
+                     f"run.seed={seed}"], d)
+            r["accuracy"] = counting_accuracy(d / "final", data["val_manifest"])
+            r["load"] = round(load(), 1)
+            runs.append(r)
+            accs.append(r["accuracy"])
+            print(f"counting {loss} seed {seed}: accuracy {r['accuracy']:.4f} ({r['wall_s']} s, load {r['load']})",
+                  flush=True)
+        out["arms"][loss] = {"accuracy": stats(accs), "runs": runs}
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ distill
+def zeroshot_top1(model_dir: Path, digits: dict) -> float:
+    from clipforge.evaluate.zeroshot_classification import evaluate_zeroshot_classification
+
+    res = evaluate_zeroshot_classification(load_model(str(model_dir)), open_source(digits["val_dir"]),
+                                           classnames=digits["classnames"], templates=digits["templates_unseen"],
+                                           progress=False)
+    return res["metrics"]["top1"]
+
+
+def bench_distill(args, work: Path) -> dict:
+    from clipforge.data.demo_sets import build_digits
+    from clipforge.train.reinforce import reinforce
+
+    digits = build_digits(str(work / "digits"))
+    train_spec = f"jsonl:{digits['train_manifest']}"
+    teacher = work / "teacher"
+    t = run([f"data.train={train_spec}", "data.batch_size=128", f"run.steps={args.teacher_steps}", "run.seed=100"],
+            teacher)
+    t["top1"] = zeroshot_top1(teacher / "final", digits)
+    print(f"teacher: top-1 {t['top1']:.4f} ({t['wall_s']} s)", flush=True)
+    t0 = time.perf_counter()
+    store = work / "reinforced"
+    summary = reinforce(open_source(train_spec), [str(teacher / "final")], store,
+                        augmentations=args.augmentations, seed=0, progress=False)
+    t["reinforce_s"] = round(time.perf_counter() - t0, 1)
+    out = {"steps": args.steps, "seeds": args.seeds, "teacher": t, "reinforce": summary, "arms": {}}
+    student = ["model.overrides={vision: {stem: conv, layers: 1}, text: {layers: 1}, "
+               "preprocess: {per_image_norm: true}}"]
+    for loss in ("clip", "clip+distill"):
+        accs, runs = [], []
+        for seed in args.seeds:
+            d = work / f"student-{loss}-{seed}"
+            sets = student + [f"data.train={train_spec}", f"loss.name={loss}", f"run.steps={args.steps}",
+                              f"run.seed={seed}"]
+            if loss == "clip+distill":
+                sets.append(f"data.reinforcement={store}")
+            r = run(sets, d)
+            r["top1"] = zeroshot_top1(d / "final", digits)
+            r["load"] = round(load(), 1)
+            runs.append(r)
+            accs.append(r["top1"])
+            print(f"distill {loss} seed {seed}: top-1 {r['top1']:.4f} ({r['wall_s']} s, load {r['load']})", flush=True)
+        out["arms"][loss] = {"top1": stats(accs), "runs": runs}
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- longclip
+def retrieval_r1(model_dir: Path, manifest: str, short: bool = False) -> dict:
+    """R@1 both ways over the held-out pairs (one caption per image): full captions, or first sentences."""
+    from clipforge.data.captions import first_sentence
+
+    enc = Encoder.from_model(load_model(str(model_dir)))
+    feats = enc.encode_source(open_source(f"jsonl:{manifest}"), progress=False)
+    caps = [c[0] for c in feats.captions]
+    if short:
+        caps = [first_sentence(c) for c in caps]
+    txt = enc.encode_texts(caps)
+    sim = txt @ feats.feats.t()                                   # (texts, images), row i's image is i
+    target = torch.arange(len(caps))
+    return {"text_to_image_r1": float((sim.argmax(1) == target).float().mean()),
+            "image_to_text_r1": float((sim.argmax(0) == target).float().mean())}
+
+
+def bench_longclip(args, work: Path) -> dict:
+    from clipforge.data.demo_long_captions import build_long_captions
+    from clipforge.models.stretch import stretch_model
+
+    data = build_long_captions(str(work / "long"))
+    spec = f"jsonl:{data['train_manifest']}"
+    base = work / "base"
+    b = run([f"data.train={spec}", f"run.steps={args.base_steps}", "run.seed=100"], base)
+    b.update(retrieval_r1(base / "final", data["test_manifest"]))
+    print(f"base: {b}", flush=True)
+    stretched = work / "base-stretched"
+    stretch_model(load_model(str(base / "final")), context_length=68).save_pretrained(stretched)
+    out = {"steps": args.steps, "seeds": args.seeds, "base": b, "arms": {}}
+    arms = {"truncate (clip, 32 tokens)": [f"model.name={base / 'final'}", "loss.name=clip"],
+            "stretch 68 + longclip": [f"model.name={stretched}", "loss.name=longclip"]}
+    for arm, sets in arms.items():
+        rows = []
+        for seed in args.seeds:
+            d = work / f"long-{arm.split()[0]}-{seed}"
+            r = run(sets + [f"data.train={spec}", f"run.steps={args.steps}", f"run.seed={seed}",
+                            "optim.lr=0.0005", "schedule.warmup_steps=10"], d, base=FINE_TUNE)
+            r.update({"full": retrieval_r1(d / "final", data["test_manifest"]),
+                      "first_sentence": retrieval_r1(d / "final", data["test_manifest"], short=True)})
+            r["load"] = round(load(), 1)
+            rows.append(r)
+            print(f"longclip {arm} seed {seed}: {r['full']} short {r['first_sentence']}", flush=True)
+        out["arms"][arm] = {"text_to_image_r1": stats([r["full"]["text_to_image_r1"] for r in rows]),
+                            "image_to_text_r1": stats([r["full"]["image_to_text_r1"] for r in rows]),
+                            "runs": rows}
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("which", choices=["counting", "distill", "longclip"])
+    ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--teacher-steps", type=int, default=400)
+    ap.add_argument("--base-steps", type=int, default=300)
+    ap.add_argument("--augmentations", type=int, default=4)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--work", default=None, help="working folder (default: a temporary one)")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    args.steps = args.steps or {"counting": 200, "distill": 100, "longclip": 150}[args.which]
+    logging.basicConfig(level=logging.WARNING)
+    torch.set_num_threads(2)
+    work = Path(args.work or tempfile.mkdtemp(prefix=f"bench-{args.which}-"))
+    work.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    res = {"counting": bench_counting, "distill": bench_distill, "longclip": bench_longclip}[args.which](args, work)
+    res.update({"bench": args.which, "wall_s": round(time.perf_counter() - t0, 1), "load_end": round(load(), 1),
+                "torch": torch.__version__, "cpus": os.cpu_count()})
+    print(json.dumps(res, indent=1))
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=1))
+
+
+if __name__ == "__main__":
+    main()
