@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import pkgutil
 import sys
 
@@ -49,6 +50,12 @@ def main(argv=None) -> int:
         return 2
     try:
         rc = args.func(args)
+        sys.stdout.flush()  # a closed pipe surfaces here, not at interpreter exit
+    except BrokenPipeError:
+        # `clipforge ... | head`: the reader left; stop quietly, as a SIGPIPE-killed tool would (exit 141).
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
     except UsageError as e:
         print(f"clipforge {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -18,11 +18,12 @@ import io
 import json
 import os
 import tarfile
-import tempfile
 
 from tqdm.auto import tqdm
 
+from clipforge.atomic import temp_sibling
 from clipforge.data.decode import BadSample, SkipCounter
+from clipforge.data.sample import text_safe
 from clipforge.errors import UsageError
 
 FORMATS = ("wds", "jsonl", "csv", "parquet")
@@ -66,7 +67,7 @@ def _samples(source, verify: bool, skipped: SkipCounter, progress):
 
 
 def _atomic_path(path: str) -> str:
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=os.path.dirname(path))
+    fd, tmp = temp_sibling(path)  # the umask's permissions, not mkstemp's 0600
     os.close(fd)
     return tmp
 
@@ -97,7 +98,8 @@ def write_wds(source, out_dir: str, shard_size: int = 1000, *, verify: bool = Tr
         if sample.label is not None:
             meta["label"] = int(sample.label)
         meta.update({k: v for k, v in _jsonable(sample.meta).items() if k not in meta})
-        members = [(ext, data), ("json", json.dumps(meta, ensure_ascii=False).encode("utf-8"))]
+        # ASCII JSON: metadata may hold lone surrogates (from JSON escapes); escaped, they round-trip
+        members = [(ext, data), ("json", json.dumps(meta).encode("ascii"))]
         if sample.captions:
             members.append(("txt", "\n".join(c.replace("\n", " ") for c in sample.captions).encode("utf-8")))
         if sample.label is not None:
@@ -154,20 +156,22 @@ def write_manifest(source, out_path: str, fmt: str | None = None, *, verify: boo
     try:
         if fmt == "jsonl":
             with open(tmp, "w", encoding="utf-8") as f:
-                f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+                # ASCII JSON keeps non-UTF-8 file names exact: "\udce9" reads back as the same path
+                f.writelines(json.dumps(r) + "\n" for r in rows)
         elif fmt == "csv":
             import csv
 
             with open(tmp, "w", encoding="utf-8", newline="") as f:
                 w = csv.DictWriter(f, fieldnames=["id", "image", "captions", "label"])
                 w.writeheader()
-                for r in rows:
-                    w.writerow({**r, "captions": json.dumps(r["captions"], ensure_ascii=False)})
+                for r in rows:  # a non-UTF-8 file name is written escaped (CSV has no lossless form)
+                    w.writerow({**r, "image": text_safe(r["image"]),
+                                "captions": json.dumps(r["captions"], ensure_ascii=False)})
         else:
             import pyarrow as pa
             import pyarrow.parquet as pq
 
-            cols = {"id": [r["id"] for r in rows], "image": [r["image"] for r in rows],
+            cols = {"id": [r["id"] for r in rows], "image": [text_safe(r["image"]) for r in rows],
                     "captions": [r["captions"] for r in rows], "label": [r.get("label") for r in rows]}
             schema = pa.schema([("id", pa.string()), ("image", pa.string()), ("captions", pa.list_(pa.string())),
                                 ("label", pa.int64())])

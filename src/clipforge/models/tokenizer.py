@@ -99,6 +99,18 @@ def _clean_siglip(text: str) -> str:
     return " ".join(out)  # the backend's special tokens strip the spaces around them, as HF's do
 
 
+def valid_text(text: str) -> str:
+    """`text` with lone UTF-16 surrogates (from JSON "\\ud800" escapes, or undecodable file names) replaced by
+    U+FFFD: the Rust backend only accepts valid Unicode. Valid text is returned unchanged."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:  # a surrogate pair split across escapes rejoins; a lone half becomes U+FFFD
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    except AttributeError:
+        raise UsageError(f"texts must be strings, got {type(text).__name__}") from None
+
+
 # Text cleaning applied before the backend: "none" is HF's CLIPTokenizerFast; "openai" matches OpenAI /
 # open_clip; "siglip" is transformers' SiglipTokenizer (with the backend from convert.siglip_tokenizer).
 CLEANERS = {"none": lambda t: t, "openai": _clean_openai, "siglip": _clean_siglip}
@@ -132,12 +144,12 @@ class Tokenizer:
 
     def encode(self, text: str) -> List[int]:
         """Token ids of one text, without start/end tokens or padding."""
-        return self.backend.encode(CLEANERS[self.clean](text), add_special_tokens=False).ids
+        return self.backend.encode(CLEANERS[self.clean](valid_text(text)), add_special_tokens=False).ids
 
     def __call__(self, texts: Union[str, Iterable[str]], context_length: Optional[int] = None) -> torch.Tensor:
         if isinstance(texts, str):
             texts = [texts]
-        texts = list(texts)
+        texts = [valid_text(t) for t in texts]
         L = int(context_length or self.context_length)
         room = L - int(self.add_sot) - int(self.add_eot)
         out = torch.full((len(texts), L), self.pad_id, dtype=torch.long)
@@ -200,7 +212,7 @@ def learn_merges(texts: Iterable[str], n_merges: int, min_frequency: int = 2) ->
     probe = _clip_pipeline(_Backend(models.BPE()))
     words: Counter = Counter()
     for text in texts:
-        norm = probe.normalizer.normalize_str(text)
+        norm = probe.normalizer.normalize_str(valid_text(text))
         words.update(w for w, _ in probe.pre_tokenizer.pre_tokenize_str(norm))
     seqs = {w: list(w[:-1]) + [w[-1] + "</w>"] for w in words}  # symbols; the last carries the word end
     pairs: Counter = Counter()
