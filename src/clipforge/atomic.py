@@ -39,6 +39,19 @@ def current_umask() -> int:
     return mask
 
 
+def _new_file_mode(old_mode: int = 0) -> int:
+    """0666 (plus any execute bits the file had) minus the umask: what `open()` would have created."""
+    return (0o666 | (old_mode & 0o111)) & ~current_umask()
+
+
+def _honour_umask(path: PathLike) -> None:
+    """Some writers (safetensors' save_file) create files 0600 whatever the umask: give the usual mode."""
+    try:
+        os.chmod(path, _new_file_mode(os.stat(path).st_mode))
+    except OSError:  # a filesystem without permissions
+        pass
+
+
 def temp_sibling(path: PathLike) -> tuple[int, str]:
     """(fd, name) of a new temporary file beside `path`, with the permissions the umask gives new files."""
     path = Path(path)
@@ -49,7 +62,7 @@ def temp_sibling(path: PathLike) -> tuple[int, str]:
     except OSError as e:
         raise ClipforgeError(f"cannot write {path}: {e.strerror or e}") from None
     try:
-        os.fchmod(fd, 0o666 & ~current_umask())
+        os.fchmod(fd, _new_file_mode())
     except OSError:  # e.g. a filesystem without permissions: keep mkstemp's mode
         pass
     return fd, tmp
@@ -78,6 +91,7 @@ def atomic_write_path(path: PathLike, write: Callable[[str], object]) -> Path:
     os.close(fd)
     try:
         write(tmp)
+        _honour_umask(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -105,6 +119,7 @@ def atomic_directory(path: PathLike, write: Callable[[Path], object]) -> Path:
         write(tmp)
         for f in tmp.rglob("*"):
             if f.is_file():
+                _honour_umask(f)
                 with open(f, "rb") as fh:
                     os.fsync(fh.fileno())
         if path.exists():

@@ -6,11 +6,12 @@ written atomically (temp file in the same directory, then `os.replace`).
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+
+from clipforge.atomic import temp_sibling
 
 __all__ = ["plot_confusion_matrix", "plot_comparison"]
 
@@ -21,7 +22,7 @@ def _save(fig, path) -> Path:
     FigureCanvasAgg(fig)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = temp_sibling(path)  # the umask's permissions, not mkstemp's 0600
     os.close(fd)
     try:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")

@@ -7,9 +7,9 @@ R@1 for image-text retrieval, AP@50 for INQUIRE-style retrieval; other tasks use
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
+from clipforge.atomic import temp_sibling
 from clipforge.evaluate.results import latest_results, read_results
 
 __all__ = ["primary_metric", "markdown_report", "write_report"]
@@ -108,7 +108,7 @@ def write_report(results_path, out=None, chart=None) -> tuple[str, Path | None, 
     if out is not None:
         out_path = Path(out)
         out_path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.", suffix=".tmp")
+        fd, tmp = temp_sibling(out_path)  # the umask's permissions, not mkstemp's 0600
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 f.write(md)

@@ -22,13 +22,13 @@ import csv
 import io
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Optional, Sequence
 
 import torch
 
+from clipforge.atomic import temp_sibling
 from clipforge.data.decode import SkipCounter
 from clipforge.data.sample import Sample, file_meta
 from clipforge.data.sources.base import Source
@@ -305,7 +305,7 @@ def write_predictions(predictions: Iterable[Prediction], path, k: int) -> int:
     if fmt not in ("csv", "jsonl"):
         raise UsageError(f"--out must end in .csv or .jsonl, got {str(path)!r}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = temp_sibling(path)  # the umask's permissions, not mkstemp's 0600
     n = 0
     try:
         with io.open(fd, "w", encoding="utf-8", newline="") as f:
