@@ -12,6 +12,7 @@ import logging
 import os
 import pkgutil
 import sys
+import warnings
 
 from clipforge import __version__
 from clipforge.errors import ClipforgeError, UsageError
@@ -36,7 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return f"warning: {message}\n"  # the CLI user needs the message, not the library's source line
+
+
 def main(argv=None) -> int:
+    warnings.formatwarning = _one_line_warning
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(

@@ -48,11 +48,13 @@ def _resolve_open_clip(ref: str, *, weights=None, trust_pickle: bool = False, **
 
 
 @register_resolver
-def _resolve_state_dict_file(ref: str, *, weights=None, trust_pickle: bool = False, **kwargs):
+def _resolve_state_dict_file(ref: str, *, weights=None, trust_pickle: bool = False, vision_heads=None,
+                             text_heads=None, **kwargs):
     p = Path(ref)
     if not (p.is_file() and p.suffix in (".safetensors", ".pt", ".pth", ".bin")):
         return None
     from clipforge.models.checkpoint import read_state_dict
     from clipforge.models.convert.openai import load_openai_state
 
-    return load_openai_state(read_state_dict(p, trust_pickle=trust_pickle), source=str(p))
+    return load_openai_state(read_state_dict(p, trust_pickle=trust_pickle), source=str(p),
+                             vision_heads=vision_heads, text_heads=text_heads)
