@@ -122,6 +122,8 @@ def test_docs_and_errors_do_not_leak_server_paths(client, corpus):
         assert root not in json.dumps(it) and "path" not in it
     r = client.post("/search", json={"text": "the moon", "k": 4}, headers=H)
     assert root not in r.text
+    stats = client.get("/stats", headers=H).json()
+    assert root not in json.dumps(stats) and stats["source"] == "files:corpus" and stats["count"] == 4
 
 
 def test_old_absolute_meta_errors_are_scrubbed():

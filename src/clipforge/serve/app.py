@@ -223,6 +223,14 @@ def _thumbnail(path: str, size: int, max_pixels: int) -> bytes:
 _ABS_PATH = re.compile(r"(?:[A-Za-z]:)?[/\\](?:[^\s/\\:'\"]+[/\\])+")  # the folders of an absolute path
 
 
+def _short_ref(ref: str) -> str:
+    """A model or source reference without its folders: 'files:/srv/photos' -> 'files:photos'."""
+    kind, sep, rest = str(ref).rpartition(":") if ":" in str(ref) and not str(ref).startswith("/") else ("", "", str(ref))
+    if rest.startswith(("/", "\\")) or (len(rest) > 2 and rest[1] == ":"):  # absolute: keep the last name
+        rest = Path(rest.rstrip("/\\")).name or rest
+    return f"{kind}{sep}{rest}"
+
+
 def _public(hit_dict: dict) -> dict:
     """A result as the API shows it: no server paths, captions decoded, a thumbnail URL."""
     d = {k: v for k, v in hit_dict.items() if k not in HIDDEN_COLUMNS}
@@ -306,7 +314,9 @@ def create_app(index_dir, api_key: str | None = None, limits: Limits = Limits(),
     @app.get("/stats", dependencies=[Depends(auth)])
     async def get_stats():
         lat = np.array(latencies) if latencies else np.zeros(1)
-        return {**engine.stats(), "uptime_s": round(time.time() - stats["started"], 1),
+        base = engine.stats()
+        base["model"], base["source"] = _short_ref(base["model"]), _short_ref(base["source"])  # no server paths
+        return {**base, "uptime_s": round(time.time() - stats["started"], 1),
                 "searches": stats["searches"], "errors": stats["errors"], "thumbs_cached": len(thumbs),
                 "search_ms_p50": round(float(np.percentile(lat, 50)), 3),
                 "search_ms_p99": round(float(np.percentile(lat, 99)), 3), "limits": asdict(limits)}
