@@ -43,3 +43,13 @@ def photos_demo(tmp_path_factory):
     from clipforge.data.demo import build_photos
 
     return build_photos(str(tmp_path_factory.mktemp("demo") / "photos"))
+
+
+@pytest.fixture(scope="session")
+def photos_index(photos_demo, tmp_path_factory):
+    """An index of the photos demo with the random-init tiny model (read-only: tests must not change it)."""
+    from clipforge.retrieval.build import build_index
+
+    out = tmp_path_factory.mktemp("photos_index") / "idx"
+    build_index(f"files:{photos_demo['images_dir']}", "tiny", out, batch_size=8, progress=False)
+    return out

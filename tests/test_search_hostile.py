@@ -9,15 +9,12 @@ import pytest
 from PIL import Image
 
 from clipforge.cli import main
-from clipforge.retrieval.build import build_index
 from data_fixtures import exif_rotated_jpeg
 
 
 @pytest.fixture(scope="module")
-def index_dir(photos_demo, tmp_path_factory):
-    out = tmp_path_factory.mktemp("search") / "idx"
-    build_index(f"files:{photos_demo['images_dir']}", "tiny", out, batch_size=8, progress=False)
-    return str(out)
+def index_dir(photos_index):
+    return str(photos_index)
 
 
 def header_bomb_png(width: int, height: int) -> bytes:

@@ -15,7 +15,6 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from schemathesis.generation.modes import GenerationMode  # noqa: E402
 
-from clipforge.retrieval.build import build_index  # noqa: E402
 from clipforge.serve.app import PUBLIC_PATHS, Limits, create_app  # noqa: E402
 
 KEY = "fuzz-key"
@@ -24,10 +23,8 @@ LIMITS = Limits(max_body_bytes=200_000, max_image_pixels=1_000_000, max_k=50)
 
 
 @pytest.fixture(scope="module")
-def index_dir(photos_demo, tmp_path_factory):
-    out = tmp_path_factory.mktemp("fuzz") / "idx"
-    build_index(f"files:{photos_demo['images_dir']}", "tiny", out, batch_size=8, progress=False)
-    return out
+def index_dir(photos_index):
+    return photos_index
 
 
 @pytest.fixture(scope="module")
