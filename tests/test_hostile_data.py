@@ -199,3 +199,13 @@ def test_broken_pipe_is_quiet(tmp_path):
     err = p.stderr.read().decode()
     assert p.wait(timeout=60) == 141, err
     assert "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+def test_embed_cli_skips_hostile_images_without_hanging(hostile, capsys):
+    root, expect = hostile
+    names = ["fifo.jpg", "zero.jpg", "bomb.png", "loop_a.jpg", "good one.png"]
+    rc = main(["embed", "--model", "tiny", "--image", *[os.path.join(root, n) for n in names]])
+    out, err = capsys.readouterr()
+    assert rc == 0 and out.count("dim=64") == 1
+    for n in names[:-1]:
+        assert f"{n}: {expect[n]}" in err, err

@@ -19,12 +19,11 @@ def embed_texts(model, texts: Sequence[str], batch_size: int = 256, normalize: b
 
 
 def open_image(path) -> Image.Image:
-    """Decode an image file to RGB with EXIF orientation applied (raises on unreadable files)."""
-    from PIL import ImageOps
+    """Decode an image file to RGB with EXIF orientation applied, through the data layer's safe decoder
+    (regular files only: a FIFO cannot block; pixel-bomb limit). Raises `BadSample` on unreadable files."""
+    from clipforge.data.decode import decode_image, read_bytes
 
-    with Image.open(path) as im:
-        im = ImageOps.exif_transpose(im)
-        return im.convert("RGB")
+    return decode_image(read_bytes(path))
 
 
 @torch.inference_mode()
@@ -33,11 +32,13 @@ def embed_images(model, paths: Sequence, batch_size: int = 64, normalize: bool =
     """(N_good, D) image embeddings for the files that decode, and {path: reason} for those that do not."""
     good: List[torch.Tensor] = []
     bad: Dict[str, str] = {}
+    from clipforge.data.decode import BadSample
+
     for p in paths:
         try:
             good.append(model.preprocess(open_image(p)))
-        except FileNotFoundError:
-            bad[str(p)] = "file not found"
+        except BadSample as e:
+            bad[str(p)] = e.reason
         except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
             bad[str(p)] = f"unreadable image ({type(e).__name__})"
     out = []
