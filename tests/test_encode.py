@@ -41,10 +41,14 @@ def rotated(photos_demo, tmp_path_factory):
     return d / "rotated.jpg", upright
 
 
-def test_open_image_applies_exif_from_path_bytes_and_pil(rotated):
+def test_open_image_applies_exif_to_files_and_bytes_and_takes_pil_images_as_given(rotated):
     path, upright = rotated
-    for given in (path, str(path), path.read_bytes(), Image.open(path)):
+    for given in (path, str(path), path.read_bytes()):
         np.testing.assert_array_equal(np.asarray(open_image(given)), upright)
+    raw = Image.open(path)  # decoded by the caller: its pixels are used as they are (EXIF tag not re-applied)
+    np.testing.assert_array_equal(np.asarray(open_image(raw)), np.asarray(raw.convert("RGB")))
+    turned = Image.open(path).transpose(Image.Transpose.ROTATE_270)  # keeps the source's EXIF tag in .info
+    np.testing.assert_array_equal(np.asarray(open_image(turned)), upright)
     with pytest.raises(ImageError, match="missing_file") as e:
         open_image(path.parent / "nope.jpg")
     assert e.value.reason == "missing_file" and isinstance(e.value, UsageError)

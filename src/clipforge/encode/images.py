@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from typing import Union
 
-from PIL import Image, ImageOps
+from PIL import Image
 
 from clipforge.data.decode import DEFAULT_MAX_PIXELS, BadSample, DecodeOptions, decode_image, read_bytes, to_rgb
 from clipforge.errors import UsageError
@@ -32,7 +32,9 @@ def open_image(image: ImageInput, *, max_pixels: int | None = DEFAULT_MAX_PIXELS
     """A path, encoded bytes or a PIL image -> an RGB PIL image, upright (EXIF applied).
 
     Raises `ImageError` (a `UsageError`) naming the reason when the image is missing, unreadable, or over
-    `max_pixels` (None disables the limit). A PIL image is checked against the limit and converted as is.
+    `max_pixels` (None disables the limit). A PIL image is taken as the caller decoded it: checked against the
+    limit and converted to RGB, its pixels not reoriented (a transposed copy keeps its source's EXIF tag, so
+    applying it again would turn the image twice).
     """
     what = "image" if isinstance(image, (bytes, bytearray, Image.Image)) else f"image {str(image)!r}"
     try:
@@ -41,7 +43,7 @@ def open_image(image: ImageInput, *, max_pixels: int | None = DEFAULT_MAX_PIXELS
                 raise BadSample("too_large", f"{image.width}x{image.height} = {image.width * image.height} px "
                                              f"> max_pixels {max_pixels}")
             try:
-                return to_rgb(ImageOps.exif_transpose(image))
+                return to_rgb(image)
             except Exception as e:  # noqa: BLE001 - any conversion failure is the image's fault
                 raise BadSample("unsupported_mode", f"{image.mode}: {e}") from None
         data = bytes(image) if isinstance(image, (bytes, bytearray)) else read_bytes(image)
