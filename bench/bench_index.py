@@ -1,7 +1,7 @@
 """Search latency and recall@10 of clipforge's faiss indexes on embedding-shaped vectors.
 
     python bench/bench_index.py                       # 50k x 512, exact / hnsw / ivf_flat, a few minutes
-    python bench/bench_index.py --n 1000000           # the issue's 1M x 512 target (HNSW build ~6 min on 2 cores)
+    python bench/bench_index.py --kinds flat,ivf_pqfs # any VectorIndex kinds (1M x 512: bench/bench_1m.py)
     python bench/bench_index.py --data random         # isotropic Gaussian vectors: the worst case for ANN
 
 Data: low-rank signal (rank 64, decaying spectrum) + isotropic noise, unit rows (see
@@ -79,7 +79,7 @@ def main(argv=None) -> int:
     print(f"data {args.n} x {args.d} ({args.data}) ready in {time.perf_counter() - t0:.1f} s", flush=True)
 
     params = {"flat": {}, "hnsw": {"M": args.hnsw_m, "efConstruction": args.ef_construction, "efSearch": 32},
-              "ivf_flat": {"nprobe": 8}, "ivf_pq": {"nprobe": 8}}
+              "ivf_flat": {"nprobe": 8}, "ivf_pq": {"nprobe": 8}, "ivf_pqfs": {"nprobe": 8}}
     rows = []
     for kind in args.kinds.split(","):
         r = bench_kind(kind, params[kind], xb, q_tune, q_eval, truth, args.target)

@@ -113,7 +113,7 @@ def loaded(siglip_dir):
 
 def test_ids_equal_siglip_tokenizer(siglip_dir, loaded):
     _, _, hf_tok = siglip_dir
-    tok = loaded.tokenizer
+    tok = loaded.tokenizer.with_options(parse_special=True)  # transformers' default: "</s>" in text is eos
     assert (tok.add_sot, tok.eot_id, tok.pad_id, tok.context_length) == (False, hf_tok.eos_token_id,
                                                                          hf_tok.pad_token_id, CTX)
     ref, ours = _hf_ids(hf_tok, CAPTIONS), tok(CAPTIONS)
@@ -124,6 +124,23 @@ def test_ids_equal_siglip_tokenizer(siglip_dir, loaded):
     assert (ours == 2).any()  # unknown pieces occur: the unk path is exercised
 
 
+def test_special_tokens_in_text_are_text_by_default(siglip_dir, loaded):
+    """Without parse_special a literal "</s>" / "<unk>" is ordinary text (punctuation dropped, as big_vision's
+    canonicalisation does), never the eos/unk id; texts without them tokenize as transformers does."""
+    _, _, hf_tok = siglip_dir
+    tok = loaded.tokenizer
+    assert not tok.parse_special
+    texts = ["</s>", "a </s> b", "cat</s>dog", "<unk><unk>", "x <unk>"]
+    ids = tok(texts)
+    for row in ids:
+        body = row[: (row != tok.pad_id).nonzero().max() + 1] if (row != tok.pad_id).any() else row[:0]
+        assert (body[:-1] != tok.eot_id).all()
+    assert torch.equal(ids, tok([t.replace("<", "").replace(">", "").replace("/", "") for t in texts]))
+    assert not torch.equal(ids, tok.with_options(parse_special=True)(texts))
+    plain = [c for c in CAPTIONS if "</s>" not in c and "<unk>" not in c]
+    assert torch.equal(tok(plain), _hf_ids(hf_tok, plain))
+
+
 @pytest.mark.parametrize("normalization", ["identity", "nfkc"])
 def test_ids_equal_for_other_normalisers(tmp_path, normalization):
     """SigLIP ships nmt_nfkc; the whitespace rules must follow the model's spec for any normaliser."""
@@ -132,7 +149,8 @@ def test_ids_equal_for_other_normalisers(tmp_path, normalization):
     f = _train_spiece(tmp_path, normalization)
     hf_tok = transformers.SiglipTokenizer(vocab_file=str(f))
     texts = CAPTIONS[:600]
-    assert torch.equal(load_siglip_tokenizer(f, CTX)(texts), _hf_ids(hf_tok, texts))
+    tok = load_siglip_tokenizer(f, CTX).with_options(parse_special=True)
+    assert torch.equal(tok(texts), _hf_ids(hf_tok, texts))
 
 
 def test_text_embeddings_equal_get_text_features(siglip_dir, loaded):
@@ -150,7 +168,7 @@ def test_clipforge_save_and_reload_keeps_ids(siglip_dir, loaded, tmp_path):
     assert (tmp_path / "cf" / "tokenizer.json").is_file() and not (tmp_path / "cf" / "spiece.model").exists()
     back = load_model(str(tmp_path / "cf"))
     assert back.tokenizer.clean == "siglip"
-    assert torch.equal(back.tokenizer(CAPTIONS), _hf_ids(siglip_dir[2], CAPTIONS))
+    assert torch.equal(back.tokenizer.with_options(parse_special=True)(CAPTIONS), _hf_ids(siglip_dir[2], CAPTIONS))
 
 
 def test_spiece_codec_roundtrip(siglip_dir, loaded, tmp_path):
@@ -179,7 +197,7 @@ def test_export_hf_reloads_in_transformers_with_same_ids(siglip_dir, loaded, tmp
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         back = load_model(str(tmp_path / "hf"))
-    assert torch.equal(back.tokenizer(CAPTIONS), ref)
+    assert torch.equal(back.tokenizer.with_options(parse_special=True)(CAPTIONS), ref)
 
 
 @pytest.mark.xfail(strict=True, reason="tokenizers' Precompiled normaliser maps a whole short grapheme by its first "

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from clipforge.errors import UsageError
 from clipforge.losses import (LossOutput, align_loss, clamp_logit_scale_, clip_loss, get_loss, list_losses,
                               register_loss, siglip_loss)
-from clipforge.losses.chunked import block_logsumexp, block_softplus_sum
+from clipforge.losses.chunked import block_cross_entropy, block_softplus_sum
 from clipforge.models.output import CLIPOutput
 
 
@@ -110,10 +110,13 @@ def test_block_functions_pass_gradcheck():
     a, b = img.clone().requires_grad_(), txt.clone().requires_grad_()
     s = torch.tensor(3.0, dtype=torch.float64, requires_grad=True)
     bias = torch.tensor(-1.0, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda a, b, s: block_logsumexp(a, b, s, 4), (a, b, s))
-    assert torch.autograd.gradcheck(lambda a, b, s: block_logsumexp(a, b, s, 2, want_cols=False)[0],
+    assert torch.autograd.gradcheck(lambda a, b, s: block_cross_entropy(a, b, s, 4), (a, b, s))
+    assert torch.autograd.gradcheck(lambda a, b, s: block_cross_entropy(a, b, s, 2, want_cols=False)[0],
+                                    (a, b, s))
+    assert torch.autograd.gradcheck(lambda a, b, s: block_cross_entropy(a[:4], b, s, 3, 5, want_cols=False)[0],
                                     (a, b, s))
     assert torch.autograd.gradcheck(lambda a, b, s, c: block_softplus_sum(a, b, s, c, 4), (a, b, s, bias))
+    assert torch.autograd.gradcheck(lambda a, b, s, c: block_softplus_sum(a, b, s, c, 4, 0), (a, b, s, bias))
 
 
 @pytest.mark.parametrize("name", ["clip", "siglip", "align"])
@@ -198,3 +201,56 @@ def test_chunked_ignores_autocast_and_stays_float32():
     assert got.dtype == torch.float32
     assert abs(got.item() - ref.item()) <= 1e-6 * ref.item()
     assert got_sig.item() == pytest.approx(siglip_loss(img, txt, s, torch.tensor(-10.0)).item(), rel=1e-6)
+
+
+def _near_zero_feats(n=128, d=32, noise=0.1, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    img = F.normalize(torch.randn(n, d, generator=g, dtype=torch.float64), dim=-1)
+    txt = F.normalize(img + noise * torch.randn(n, d, generator=g, dtype=torch.float64), dim=-1)
+    return img.float(), txt.float()
+
+
+def test_chunked_clip_float32_near_zero_loss_keeps_relative_precision():
+    """Issue #11: at logit scale 100 near zero loss, lse − positive computed apart lost every digit. The
+    chunked path subtracts the positive inside the exponentials; the dense path (F.cross_entropy, open_clip's
+    formula) is the contrast. Ground truth: the same loss in float64 on the same float32 features."""
+    img, txt = _near_zero_feats()
+    s = torch.tensor(100.0)
+    truth = clip_loss(img.double(), txt.double(), s.double(), chunk_size=32).item()
+    assert 0 < truth < 1e-6  # the regime of a trained model's easy batches
+    dense_err = abs(clip_loss(img, txt, s).item() - truth) / truth
+    chunked_err = abs(clip_loss(img, txt, s, chunk_size=32).item() - truth) / truth
+    assert chunked_err < 2e-5 and chunked_err < dense_err / 100
+
+
+def test_chunked_clip_float32_gradients_near_zero_loss():
+    img, txt = _near_zero_feats(noise=0.12)
+    s = torch.tensor(100.0)
+
+    def grads(a, b, chunk):
+        a, b = a.clone().requires_grad_(), b.clone().requires_grad_()
+        clip_loss(a, b, s.to(a.dtype), chunk_size=chunk).backward()
+        return torch.cat([a.grad.flatten(), b.grad.flatten()]).double()
+
+    truth = grads(img.double(), txt.double(), 32)
+    rel = lambda g: ((g - truth).norm() / truth.norm()).item()  # noqa: E731
+    assert rel(grads(img, txt, 32)) < 2e-5
+    assert rel(grads(img, txt, 32)) < rel(grads(img, txt, None))
+
+
+def test_siglip_exact_above_logit_20_and_near_zero_loss():
+    """Dense and chunked SigLIP sum −log σ(z·x) term by term (no softplus threshold at 20, no softplus(x) − x
+    for positives): value and bias gradient match an independent float64 evaluation of every pair."""
+    img, txt = _feats(n=10, d=4)
+    txt = img.clone()  # positives at cosine 1: with s = 40, b = −10 their logits are 30
+    s, b = 40.0, -10.0
+    logits = (s * img @ txt.t() + b).numpy()
+    z = 2 * np.eye(10) - 1
+    ref = sum(math.log1p(math.exp(-u)) if u > 0 else -u + math.log1p(math.exp(u)) for u in (z * logits).ravel()) / 10
+    ref_db = sum(-zz / (1 + math.exp(zz * u)) for zz, u in zip(z.ravel(), logits.ravel())) / 10  # d/db
+    for chunk in (None, 3):
+        bias = torch.tensor(b, dtype=torch.float64, requires_grad=True)
+        got = siglip_loss(img, txt, torch.tensor(s, dtype=torch.float64), bias, chunk_size=chunk)
+        got.backward()
+        assert got.item() == pytest.approx(ref, rel=1e-12)
+        assert bias.grad.item() == pytest.approx(ref_db, rel=1e-12)

@@ -47,3 +47,44 @@ def test_model_carries_its_preprocessing(rgb_image):
     import pickle
 
     pickle.dumps(m.preprocess)  # DataLoader workers need picklable transforms
+
+
+def test_resized_long_side_is_truncated_like_torchvision_and_hf():
+    """Issue #11: 640x480, 500x375 and 375x500 photos resize to 298 (int), not 299 (round), at 224."""
+    from clipforge.models.transforms import resized_size
+
+    assert resized_size(640, 480, 224) == (298, 224)
+    assert resized_size(500, 375, 224) == (298, 224)
+    assert resized_size(375, 500, 224) == (224, 298)
+    for w, h in [(640, 480), (500, 375), (333, 500), (1000, 37), (224, 224), (225, 224)]:
+        nw, nh = resized_size(w, h, 224)
+        short, long = sorted((w, h))
+        assert min(nw, nh) == 224 and max(nw, nh) == int(224 * long / short)
+
+
+def test_crop_offset_conventions():
+    from clipforge.models.transforms import crop_offset
+
+    # margin 75 (299 -> 224): torchvision's round(37.5) is 38 (half to even), transformers floors to 37
+    assert (crop_offset(299, 224, "open_clip"), crop_offset(299, 224, "hf")) == (38, 37)
+    assert (crop_offset(297, 224, "open_clip"), crop_offset(297, 224, "hf")) == (36, 36)  # round(36.5) = 36
+    for extent in range(224, 260):
+        a, b = crop_offset(extent, 224, "open_clip"), crop_offset(extent, 224, "hf")
+        assert 0 <= b <= a <= b + 1 and a + 224 <= extent
+
+
+def test_convention_decides_rgb_conversion_of_transparent_images():
+    """hf composites transparency on white before resizing; open_clip resizes RGBA (premultiplied) and drops
+    alpha after the crop: a fully transparent red image is white for hf, black (premultiplied) for open_clip."""
+    img = Image.new("RGBA", (40, 30), (255, 0, 0, 0))
+    zero = dict(mean=(0, 0, 0), std=(1, 1, 1))
+    hf = EvalTransform(16, PreprocessConfig(**zero, convention="hf"))(img)
+    oc = EvalTransform(16, PreprocessConfig(**zero, convention="open_clip"))(img)
+    assert torch.allclose(hf, torch.ones_like(hf))
+    assert torch.allclose(oc, torch.zeros_like(oc))
+    import pytest
+
+    from clipforge.errors import UsageError
+
+    with pytest.raises(UsageError, match="convention"):
+        EvalTransform(16, PreprocessConfig(convention="timm"))

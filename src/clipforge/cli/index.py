@@ -25,7 +25,7 @@ def register(sub):
     b.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                    help="auto: bf16 weights where the hardware multiplies bf16 natively and the model is large")
     b.add_argument("--shard-size", type=positive_int, default=10_000, help="samples per committed shard")
-    b.add_argument("--index-kind", choices=["auto", "flat", "hnsw", "ivf_flat", "ivf_pq"], default="auto")
+    b.add_argument("--index-kind", choices=["auto", "flat", "hnsw", "ivf_flat", "ivf_pq", "ivf_pqfs"], default="auto")
     b.add_argument("--no-text", action="store_true", help="do not embed captions (text_emb/)")
     b.add_argument("--device", default=None)
     b.set_defaults(func=run_build)
@@ -33,13 +33,14 @@ def register(sub):
     u.add_argument("index_dir")
     u.add_argument("--workers", type=int, default=2)
     u.add_argument("--max-memory", default=None)
-    u.add_argument("--index-kind", choices=["auto", "flat", "hnsw", "ivf_flat", "ivf_pq"], default=None)
+    u.add_argument("--index-kind", choices=["auto", "flat", "hnsw", "ivf_flat", "ivf_pq", "ivf_pqfs"], default=None)
     u.add_argument("--device", default=None)
     u.set_defaults(func=run_update)
     i = isub.add_parser("info", help="print an index's manifest")
     i.add_argument("index_dir")
     i.add_argument("--json", action="store_true")
     i.set_defaults(func=run_info)
+    _register_sharded(isub)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
 
@@ -91,4 +92,117 @@ def run_info(args) -> int:
     print(f"  faiss {idx.get('kind')}: {idx.get('reason')}" + (f"; recall@10 {rec:.3f}" if rec is not None else ""))
     sk = info.get("skipped", {})
     print(f"  unreadable files: {sk.get('total', 0)} {json.dumps(sk.get('by_reason', {}))}")
+    return 0
+
+
+# ---- sharded builds: shard-train, shard-build, merge --------------------------------------------------
+
+_SHARD_KINDS = ["auto", "flat", "hnsw", "ivf_flat", "ivf_pq", "ivf_pqfs"]
+
+
+def _register_sharded(isub) -> None:
+    t = isub.add_parser("shard-train", help="train the empty index every shard starts from (sharded build, step 1)",
+                        description="Train an empty faiss index on a sample of a store's embeddings. Copy the "
+                                    "file to every worker; each runs `index shard-build`, then `index merge`.")
+    t.add_argument("store", help="index directory or clip-retrieval embeddings folder (img_emb/, metadata/)")
+    t.add_argument("--out", "-o", required=True, help="trained template file to write")
+    t.add_argument("--index-kind", choices=_SHARD_KINDS, default="auto",
+                   help="auto: what `index build` would choose for the whole store")
+    t.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                   help="index parameter, e.g. nlist=4096 or m=64 (repeatable)")
+    t.add_argument("--sample", type=positive_int, default=100_000, help="training rows (default 100000)")
+    t.add_argument("--max-memory", default=None, help="memory budget of the merged index (auto kind), e.g. 8GB")
+    t.add_argument("--seed", type=int, default=0)
+    t.set_defaults(func=run_shard_train)
+    b = isub.add_parser("shard-build", help="add one part of a store to a copy of the template (step 2, per worker)")
+    b.add_argument("store")
+    b.add_argument("--trained", required=True, help="template file from `index shard-train`")
+    b.add_argument("--part", required=True, help="I/N: this worker takes the store shards at positions p %% N == I")
+    b.add_argument("--out", "-o", required=True, help="shard file to write")
+    b.set_defaults(func=run_shard_build)
+    m = isub.add_parser("merge", help="merge shard files into one index, or into shards searched together (step 3)")
+    m.add_argument("shards", nargs="+", help="shard files from `index shard-build`")
+    m.add_argument("--out", "-o", required=True,
+                   help="index file to write; an index directory gets it as its index.faiss (then `search` uses it)")
+    m.add_argument("--mode", choices=["auto", "single", "query"], default="auto",
+                   help="single: one index (flat, IVF kinds); query: keep the files, search them as one "
+                        "(any kind); auto: single unless hnsw")
+    m.add_argument("--on-disk", action="store_true",
+                   help="IVF without a refine store: write the inverted lists to an .ivfdata file beside --out "
+                        "that search memory-maps (the index need not fit in RAM)")
+    m.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                   help="search parameter to store with the index, e.g. nprobe=64 or efSearch=128")
+    m.set_defaults(func=run_merge)
+
+
+def _parse_params(items: list[str]) -> dict:
+    from clipforge.errors import UsageError
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--param {item!r}: expected KEY=VALUE")
+        for cast in (int, float):
+            try:
+                out[key] = cast(value)
+                break
+            except ValueError:
+                continue
+        else:
+            out[key] = None if value.lower() == "none" else value
+    return out
+
+
+def _size(path) -> str:
+    from pathlib import Path
+
+    return f"{Path(path).stat().st_size / 2**20:.1f} MiB"
+
+
+def run_shard_train(args) -> int:
+    from clipforge.retrieval.build import parse_size
+    from clipforge.retrieval.sharded import train_template_from_store
+
+    t = train_template_from_store(args.store, args.index_kind, args.sample, parse_size(args.max_memory),
+                                  args.seed, **_parse_params(args.param))
+    t.save(args.out)
+    print(f"template {args.out}: {t.kind} {json.dumps(t.params)}, trained on {t.info['template']['train_rows']} "
+          f"of {t.info['template']['n_planned']} vectors ({_size(args.out)})")
+    return 0
+
+
+def run_shard_build(args) -> int:
+    from clipforge.retrieval.sharded import build_shard_from_store
+
+    s = build_shard_from_store(args.store, args.trained, args.part)
+    s.save(args.out)
+    print(f"shard {args.out}: part {args.part}, {len(s)} vectors, {s.kind} ({_size(args.out)})")
+    return 0
+
+
+def run_merge(args) -> int:
+    from pathlib import Path
+
+    from clipforge.retrieval.sharded import merge_shards
+
+    out = Path(args.out)
+    index_dir = out if out.is_dir() else None
+    if index_dir is not None:
+        from clipforge.retrieval.build import INDEX_FILE
+
+        out = out / INDEX_FILE
+    merged = merge_shards(args.shards, out, mode=args.mode, on_disk=args.on_disk,
+                          search_params=_parse_params(args.param))
+    if index_dir is not None and (index_dir / "index.json").exists():  # what `index info` and `serve` report
+        from clipforge.atomic import atomic_write_json
+        from clipforge.retrieval.build import read_info
+
+        info = read_info(index_dir)
+        info["index"] = {"kind": merged.kind, "reason": f"merged from {len(args.shards)} shards ({args.mode})",
+                         "n": len(merged), "dim": merged.d, "params": dict(merged.params)}
+        atomic_write_json(index_dir / "index.json", info)
+    how = (f"{len(merged.shards)} shards searched together" if hasattr(merged, "shards") else
+           "one index" + (" (inverted lists on disk)" if args.on_disk else ""))
+    print(f"merged {len(args.shards)} shard(s) into {out}: {len(merged)} vectors, {merged.kind}, {how}")
     return 0

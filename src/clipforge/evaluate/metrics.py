@@ -9,6 +9,12 @@ resolves ties the other way (higher index first, from a reversed stable sort), s
 on tie-free scores. `average_precision` ranks tied items by lower index first as well, whereas scikit-learn
 groups tied scores into one threshold.
 
+CLIP_benchmark: its top-1/top-5 accuracy ranks classes with `torch.topk`, whose order among tied scores is
+unspecified (it depends on the kernel), while its mean-per-class recall uses `argmax`, which returns the
+lowest tied index — our rule. On tie-free scores all agree exactly; with exact ties (duplicated class
+embeddings) our top-1 equals CLIP_benchmark's argmax accuracy and may differ from its top-k path (on the
+golden tie set: 0.626 vs 0.656; docs/fidelity.md).
+
 Retrieval metrics (recall@K, AP@k, nDCG@k, MRR) are in `clipforge.evaluate.retrieval_metrics`.
 """
 from __future__ import annotations
@@ -82,7 +88,8 @@ def topk_accuracy(scores, labels, ks=(1, 5)) -> dict[str, float]:
     """Top-k accuracy for each k in `ks` that is <= the number of classes.
 
     Returns `{"top1": ..., "top5": ...}`. A k larger than the number of classes would be trivially 1.0 and is
-    left out rather than reported (no NaN, no misleading 100%). Ties: lower class index wins.
+    left out rather than reported (no NaN, no misleading 100%). Ties: lower class index wins, as `argmax`
+    does (CLIP_benchmark's `torch.topk` path may order exact ties differently; see the module docstring).
     """
     scores, labels = _check_scores_labels(scores, labels)
     n, c = scores.shape

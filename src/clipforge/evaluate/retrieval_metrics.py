@@ -13,7 +13,9 @@ products of float32 inputs are exact in float64), at roughly twice the matmul co
 
 Tie rule: among keys with exactly equal scores, the key with the LOWER index ranks first. Ranks are
 1-based: rank = 1 + #(keys scoring higher) + #(keys scoring equal with a lower index). Top-k lists follow
-the same order. NaN scores rank last.
+the same order. NaN scores rank last. CLIP_benchmark's recall@K takes `torch.topk`, whose order among exact
+ties is unspecified: the two agree exactly on tie-free scores (checked against its outputs in
+tests/test_golden_fidelity.py) and may differ where keys tie (duplicated images).
 
 INQUIRE definitions (see shared TECHNIQUES.md):
 - AP@k = (AP over the top k) * (#hits in top k) / min(#positives, k)

@@ -1,10 +1,11 @@
 """SigLIP's pairwise sigmoid loss, chunked and distributed without any N×N matrix.
 
     L = −(1/N) Σ_i Σ_j log σ(z_ij · (s·⟨x_i, y_j⟩ + b)),   z = +1 on the diagonal, −1 elsewhere
-      =  (1/N) [ Σ_ij softplus(S_ij + b) − Σ_i (S_ii + b) ]          (softplus(u) − softplus(−u) = u)
+      =  (1/N) Σ_ij softplus(−z_ij (S_ij + b))
 
-so the loss is a sum of softplus over all pairs (blockwise, `chunked.block_softplus_sum`) minus a cheap
-diagonal term: no B×B label matrix. Init t' = ln 10 (s = 10), b = −10.
+summed blockwise by `chunked.block_softplus_sum` (no B×B matrix, not even a label matrix). Every term is
+its own softplus, positives included: rewriting a positive's softplus(−x) as softplus(x) − x would cancel
+catastrophically for the large x of a trained model. Init t' = ln 10 (s = 10), b = −10.
 
 Distributed (rank r of W): the rank scores its images against its own texts (positives on the diagonal),
 then passes text features around a ring W−1 times, adding negative-only blocks. Received features carry
@@ -32,28 +33,27 @@ SIGLIP_INIT_LOGIT_SCALE = math.log(10.0)   # t'; the model returns s = exp(t')
 SIGLIP_INIT_LOGIT_BIAS = -10.0
 
 
-def _softplus_sum(img, txt, scale, bias, chunk_size):
-    """Σ over the (B, M) pairs of softplus(s·img·txtᵀ + b); scalar."""
-    if chunk_size is None:
-        logits = scale * img @ txt.t()                                   # (B, M)
-        if bias is not None:
-            logits = logits + bias
-        return F.softplus(logits).sum()
-    return block_softplus_sum(img, txt, scale, bias, chunk_size)
-
-
-def _positive_sum(img, txt, scale, bias):
-    """Σ_i (s·⟨x_i, y_i⟩ + b) over the matched pairs; scalar."""
-    pos = scale * (img * txt).sum(-1)                                    # (B,)
-    return pos.sum() + (0.0 if bias is None else bias * img.shape[0])
+def _pair_loss_sum(img, txt, scale, bias, chunk_size, offset: Optional[int]):
+    """Σ over the (B, M) pairs of −log σ(z_ij (s·⟨x_i, y_j⟩ + b)); z = +1 at (i, offset + i) when `offset` is
+    given, −1 elsewhere. Each term is one softplus (−logsigmoid, no threshold), positives included: exact
+    gradients above any logit, and full precision near zero loss."""
+    if chunk_size is not None:
+        return block_softplus_sum(img, txt, scale, bias, chunk_size, offset)
+    logits = scale * img @ txt.t()                                       # (B, M)
+    if bias is not None:
+        logits = logits + bias
+    if offset is None:
+        return -F.logsigmoid(-logits).sum()
+    r = torch.arange(img.shape[0], device=img.device)
+    labels = torch.full_like(logits, -1.0)
+    labels[r, offset + r] = 1.0
+    return -F.logsigmoid(labels * logits).sum()                          # open_clip's dense formula
 
 
 def siglip_loss(img: torch.Tensor, txt: torch.Tensor, logit_scale: torch.Tensor,
                 logit_bias: Optional[torch.Tensor], *, chunk_size: Optional[int] = None) -> torch.Tensor:
     """Sigmoid loss of one batch. img, txt: (B, D); logit_scale exp'd scalar; logit_bias scalar or None."""
-    total = _softplus_sum(img, txt, logit_scale, logit_bias, chunk_size) \
-        - _positive_sum(img, txt, logit_scale, logit_bias)
-    return total / img.shape[0]
+    return _pair_loss_sum(img, txt, logit_scale, logit_bias, chunk_size, 0) / img.shape[0]
 
 
 @register_loss("siglip")
@@ -82,20 +82,19 @@ class SigLIPLoss(nn.Module):
             return LossOutput(total, {"siglip": total.detach()})
 
         _, world = rank_and_world()
-        positives = _positive_sum(img, txt, scale, bias)
         # The ring exchanges equal shapes; uneven local batches (a last partial batch) fall back to gather.
         ring = self.mode == "ring" and len(set(gather_sizes(img.shape[0], img.device, None))) == 1
         if not ring:
-            txt_all, _ = all_gather_with_grad(txt)                       # (N, D)
+            txt_all, offset = all_gather_with_grad(txt)                  # (N, D); own texts at offset
             n_global = txt_all.shape[0]
-            pairs = _softplus_sum(img, txt_all, scale, bias, self.chunk_size)
+            pairs = _pair_loss_sum(img, txt_all, scale, bias, self.chunk_size, offset)
         else:
-            # Own texts first, then the texts of rank r−1, r−2, ... (negatives only).
+            # Own texts first (positives on the diagonal), then those of rank r−1, r−2, ... (negatives only).
             n_global = img.shape[0] * world
-            pairs = _softplus_sum(img, txt, scale, bias, self.chunk_size)
+            pairs = _pair_loss_sum(img, txt, scale, bias, self.chunk_size, 0)
             neighbour = txt
             for _ in range(world - 1):
                 neighbour = ring_shift(neighbour)
-                pairs = pairs + _softplus_sum(img, neighbour, scale, bias, self.chunk_size)
-        total = (pairs - positives) / (n_global / world)
+                pairs = pairs + _pair_loss_sum(img, neighbour, scale, bias, self.chunk_size, None)
+        total = pairs / (n_global / world)
         return LossOutput(total, {"siglip": total.detach()})

@@ -26,6 +26,7 @@ TEXT_POOLS = ("argmax", "eos", "last", "first", "mean")
 STEMS = ("patch", "conv")
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
 RESIZE_MODES = ("shortest", "squash")
+CONVENTIONS = ("open_clip", "hf")  # whose eval preprocessing to copy (models/transforms.py)
 
 
 # ------------------------------------------------------------------------------------------- validation
@@ -158,6 +159,10 @@ class PreprocessConfig:
     crop_scale: Tuple[float, float] = (0.9, 1.0)  # train: random resized crop area range (open_clip default)
     hflip: bool = False  # train: random horizontal flip (off by default: text may say left/right)
     per_image_norm: bool = False  # standardise each image by its own mean/std after normalisation
+    # Whose eval pipeline to copy bit for bit (docs/fidelity.md): "open_clip" (torchvision: crop offset
+    # round-half-even, non-RGB images resized in their own mode and converted after the crop) or "hf"
+    # (transformers' image processors: crop offset floored, transparency composited on white first).
+    convention: str = "open_clip"
 
     def __post_init__(self):
         w = "preprocess"
@@ -170,6 +175,7 @@ class PreprocessConfig:
             _fail("preprocess.crop_scale", "[lo, hi] with 0 < lo <= hi <= 1", self.crop_scale)
         _choice(self, "interpolation", w, INTERPOLATIONS)
         _choice(self, "resize_mode", w, RESIZE_MODES)
+        _choice(self, "convention", w, CONVENTIONS)
         _bool(self, ("hflip", "per_image_norm"), w)
 
 

@@ -26,6 +26,9 @@ from clipforge.errors import ClipforgeError, UsageError
 
 SOT, EOT = "<|startoftext|>", "<|endoftext|>"
 CLIP_PATTERN = r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
+# open_clip's SimpleTokenizer: its own special words first, matched case-insensitively (so "'ſ" is a contraction).
+OPEN_CLIP_SOT, OPEN_CLIP_EOT = "<start_of_text>", "<end_of_text>"
+OPEN_CLIP_PATTERN = r"""(?i)<start_of_text>|<end_of_text>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
 
 
 @lru_cache()
@@ -42,20 +45,21 @@ def bytes_to_unicode() -> Dict[int, str]:
     return dict(zip(bs, (chr(c) for c in cs)))
 
 
-def _clip_pipeline(tok: _Backend) -> _Backend:
+def _clip_pipeline(tok: _Backend, pattern: str = CLIP_PATTERN) -> _Backend:
     tok.normalizer = normalizers.Sequence(
         [normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()]
     )
     tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(CLIP_PATTERN), behavior="removed", invert=True),
+        pre_tokenizers.Split(Regex(pattern), behavior="removed", invert=True),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
     ])
     tok.decoder = decoders.ByteLevel()
     return tok
 
 
-def build_clip_backend(merges: Sequence[Tuple[str, str]] = ()) -> _Backend:
-    """A CLIP BPE backend with OpenAI's vocab layout for the given merges (in priority order)."""
+def build_clip_backend(merges: Sequence[Tuple[str, str]] = (), pattern: str = CLIP_PATTERN) -> _Backend:
+    """A CLIP BPE backend with OpenAI's vocab layout for the given merges (in priority order). `pattern` splits
+    words: HF's CLIP pattern, or `OPEN_CLIP_PATTERN` for open_clip's tokenizer."""
     base = list(bytes_to_unicode().values())
     vocab_list = base + [b + "</w>" for b in base] + ["".join(m) for m in merges] + [SOT, EOT]
     vocab = {t: i for i, t in enumerate(vocab_list)}
@@ -63,7 +67,7 @@ def build_clip_backend(merges: Sequence[Tuple[str, str]] = ()) -> _Backend:
         raise ClipforgeError("merges produce duplicate tokens; not a valid CLIP BPE merge list")
     bpe = models.BPE(vocab=vocab, merges=[tuple(m) for m in merges], end_of_word_suffix="</w>",
                      continuing_subword_prefix="", fuse_unk=False, unk_token=EOT)
-    tok = _clip_pipeline(_Backend(bpe))
+    tok = _clip_pipeline(_Backend(bpe), pattern)
     tok.add_special_tokens([SOT, EOT])
     return tok
 
@@ -71,28 +75,31 @@ def build_clip_backend(merges: Sequence[Tuple[str, str]] = ()) -> _Backend:
 _CURLY = str.maketrans({"\u201c": '"', "\u201d": '"', "\u201e": '"', "\u2018": "'", "\u2019": "'"})
 
 
-def _clean_openai(text: str) -> str:
-    """OpenAI / open_clip's `basic_clean`: ftfy.fix_text (when installed; otherwise only its quote
-    straightening), then HTML entities unescaped twice. The rest (whitespace, lower case) is the pipeline's."""
+def _clean_openai(text: str, parse_special: bool = False) -> str:
+    """open_clip's `_clean_lower` (OpenAI's, plus whitespace): ftfy.fix_text (when installed; otherwise only
+    its quote straightening), HTML entities unescaped twice, whitespace runs joined, then Python's `str.lower`
+    — which, unlike a per-character lower case, turns a word-final capital sigma into "ς"."""
     try:
         import ftfy
 
         text = ftfy.fix_text(text)
     except ImportError:
         text = text.translate(_CURLY)
-    return html.unescape(html.unescape(text)).strip()
+    return " ".join(html.unescape(html.unescape(text)).split()).lower()
 
 
 _SIGLIP_SPECIALS = re.compile(r"(</s>|<unk>)")  # SiglipTokenizer's special tokens: split off before cleaning
 _NO_PUNCT = str.maketrans("", "", string.punctuation)
 
 
-def _clean_siglip(text: str) -> str:
+def _clean_siglip(text: str, parse_special: bool = False) -> str:
     """transformers' SiglipTokenizer before SentencePiece: "▁" + text (inner "▁" read as spaces), split at its
-    special tokens, then each chunk canonicalised as big_vision does: lower case, ASCII punctuation removed,
-    whitespace runs collapsed, stripped. Python's `str.lower` (final sigma) and `\\s` (U+001C..U+001F) have no
-    exact `tokenizers` normaliser, hence a cleaner; the backend is `convert.siglip_tokenizer.siglip_backend`."""
-    parts = _SIGLIP_SPECIALS.split("\u2581" + text.replace("\u2581", " "))
+    special tokens (only with `parse_special`; otherwise they are text like any other), then each chunk
+    canonicalised as big_vision does: lower case, ASCII punctuation removed, whitespace runs collapsed,
+    stripped. Python's `str.lower` (final sigma) and `\\s` (U+001C..U+001F) have no exact `tokenizers`
+    normaliser, hence a cleaner; the backend is `convert.siglip_tokenizer.siglip_backend`."""
+    text = "\u2581" + text.replace("\u2581", " ")
+    parts = _SIGLIP_SPECIALS.split(text) if parse_special else [text]
     out = [p if i % 2 else re.sub(r"\s+", " ", p.lower().translate(_NO_PUNCT)).strip() for i, p in enumerate(parts)]
     if len(out) > 1 and out[0] == "\u2581":
         out[0] = ""  # HF drops a lone leading "▁" before a special token
@@ -113,7 +120,7 @@ def valid_text(text: str) -> str:
 
 # Text cleaning applied before the backend: "none" is HF's CLIPTokenizerFast; "openai" matches OpenAI /
 # open_clip; "siglip" is transformers' SiglipTokenizer (with the backend from convert.siglip_tokenizer).
-CLEANERS = {"none": lambda t: t, "openai": _clean_openai, "siglip": _clean_siglip}
+CLEANERS = {"none": lambda t, parse_special=False: t, "openai": _clean_openai, "siglip": _clean_siglip}
 
 
 class Tokenizer:
@@ -121,10 +128,18 @@ class Tokenizer:
 
     Each row is [sot] + tokens + [eot], padded with `pad_id`; over-long text is truncated so the end token is
     always kept (pooling reads it). `add_sot=False` gives SigLIP-style rows (tokens + eot, padded).
+
+    Special tokens never come from the text unless `parse_special=True`: by default a caption containing
+    "<|endoftext|>" (or "</s>", "<end_of_text>") tokenizes it as ordinary characters. With `parse_special`
+    the tokenizer follows its reference: transformers' added-token matching for HF tokenizers (any
+    occurrence of a special token string), open_clip's rule for the "openai" cleaner (only the words
+    `<start_of_text>` / `<end_of_text>`, found by its word pattern after cleaning), SiglipTokenizer's for
+    "siglip" ("</s>", "<unk>").
     """
 
     def __init__(self, backend: _Backend, context_length: int = 77, *, pad_id: int = 0, add_sot: bool = True,
-                 add_eot: bool = True, sot_token: str = SOT, eot_token: str = EOT, clean: str = "none"):
+                 add_eot: bool = True, sot_token: str = SOT, eot_token: str = EOT, clean: str = "none",
+                 parse_special: bool = False):
         self.backend = backend
         self.context_length = int(context_length)
         self.pad_id = int(pad_id)
@@ -133,6 +148,7 @@ class Tokenizer:
         if clean not in CLEANERS:
             raise UsageError(f"unknown text cleaning {clean!r}; valid: {', '.join(CLEANERS)}")
         self.clean = clean
+        self.parse_special = bool(parse_special)
         self.sot_id = backend.token_to_id(sot_token) if add_sot else None
         self.eot_id = backend.token_to_id(eot_token) if add_eot else None
         if (add_sot and self.sot_id is None) or (add_eot and self.eot_id is None):
@@ -142,22 +158,52 @@ class Tokenizer:
     def vocab_size(self) -> int:
         return self.backend.get_vocab_size(with_added_tokens=True)
 
+    def _clean(self, text: str) -> str:
+        return CLEANERS[self.clean](valid_text(text), self.parse_special)
+
+    def _open_clip_specials(self, cleaned: str) -> bool:
+        return self.parse_special and self.clean == "openai" and (OPEN_CLIP_SOT in cleaned or OPEN_CLIP_EOT in cleaned)
+
+    def _open_clip_words(self, cleaned: str) -> List[int]:
+        """open_clip's encode on cleaned text: its word pattern, the words `<start_of_text>` / `<end_of_text>`
+        as the start / end ids, every other word through the BPE model."""
+        specials = {OPEN_CLIP_SOT: self.backend.token_to_id(SOT), OPEN_CLIP_EOT: self.backend.token_to_id(EOT)}
+        ids: List[int] = []
+        norm = self.backend.normalizer.normalize_str(cleaned)
+        for word, _ in self.backend.pre_tokenizer.pre_tokenize_str(norm):
+            if word in specials and specials[word] is not None:
+                ids.append(specials[word])
+            else:
+                ids.extend(t.id for t in self.backend.model.tokenize(word))
+        return ids
+
+    def _encode_cleaned(self, texts: List[str]) -> List[List[int]]:
+        # The backend matches its added tokens in raw text only for HF-style special parsing (set per call: a
+        # backend may be shared); open_clip's special words are found after cleaning, by `_open_clip_words`.
+        self.backend.encode_special_tokens = not (self.parse_special and self.clean != "openai")
+        out = [e.ids for e in self.backend.encode_batch(texts, add_special_tokens=False)]
+        for i, t in enumerate(texts):
+            if self._open_clip_specials(t):
+                out[i] = self._open_clip_words(t)
+        return out
+
+    def with_options(self, **options) -> "Tokenizer":
+        """A tokenizer on the same backend with some options changed, e.g. `with_options(parse_special=True)`."""
+        return Tokenizer(self.backend, **{**self.config(), **options})
+
     def encode(self, text: str) -> List[int]:
         """Token ids of one text, without start/end tokens or padding."""
-        return self.backend.encode(CLEANERS[self.clean](valid_text(text)), add_special_tokens=False).ids
+        return self._encode_cleaned([self._clean(text)])[0]
 
     def __call__(self, texts: Union[str, Iterable[str]], context_length: Optional[int] = None) -> torch.Tensor:
         if isinstance(texts, str):
             texts = [texts]
-        texts = [valid_text(t) for t in texts]
+        texts = [self._clean(t) for t in texts]
         L = int(context_length or self.context_length)
         room = L - int(self.add_sot) - int(self.add_eot)
         out = torch.full((len(texts), L), self.pad_id, dtype=torch.long)
-        if self.clean != "none":
-            texts = [CLEANERS[self.clean](t) for t in texts]
-        for i, enc in enumerate(self.backend.encode_batch(texts, add_special_tokens=False)):
-            ids = enc.ids[:room]
-            row = ([self.sot_id] if self.add_sot else []) + ids + ([self.eot_id] if self.add_eot else [])
+        for i, ids in enumerate(self._encode_cleaned(texts)):
+            row = ([self.sot_id] if self.add_sot else []) + ids[:room] + ([self.eot_id] if self.add_eot else [])
             out[i, : len(row)] = torch.tensor(row, dtype=torch.long)
         return out
 
@@ -175,7 +221,7 @@ class Tokenizer:
     def config(self) -> dict:
         return {"context_length": self.context_length, "pad_id": self.pad_id, "add_sot": self.add_sot,
                 "add_eot": self.add_eot, "sot_token": self.sot_token, "eot_token": self.eot_token,
-                "clean": self.clean}
+                "clean": self.clean, "parse_special": self.parse_special}
 
     def save(self, directory: Union[str, Path]) -> None:
         d = Path(directory)

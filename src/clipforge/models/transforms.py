@@ -1,6 +1,7 @@
 """Image preprocessing without torchvision: Pillow + numpy + torch.
 
-Eval: resize the shortest side to the model's size, centre crop (or squash to a square), normalise.
+Eval: resize the shortest side to the model's size, centre crop (or squash to a square), normalise — exactly as
+open_clip (torchvision) or transformers' image processors do, by `PreprocessConfig.convention`.
 Train: random resized crop (area in `crop_scale`, aspect 3/4..4/3), optional horizontal flip, normalise.
 Transforms are picklable classes so DataLoader worker processes can use them; randomness comes from torch's
 RNG, which DataLoader seeds per worker.
@@ -14,6 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from clipforge.errors import UsageError
 from clipforge.models.config import CLIPConfig, PreprocessConfig
 
 _RESAMPLE = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}
@@ -29,23 +31,62 @@ def to_tensor(img: Image.Image, mean: Sequence[float], std: Sequence[float], per
     return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
 
 
+CONVENTIONS = ("open_clip", "hf")
+
+
+def composite_rgb(img: Image.Image) -> Image.Image:
+    """transformers' `convert_to_rgb`: transparency (alpha band or palette/tRNS key) composited on white."""
+    if img.mode == "RGB":
+        return img
+    if "A" in img.getbands() or img.info.get("transparency") is not None:
+        rgba = img.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", img.size, (255, 255, 255, 255)), rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def resized_size(w: int, h: int, size: int) -> tuple[int, int]:
+    """(w, h) after resizing the shortest side to `size`: the long side is truncated, `int(size * long /
+    short)`, as torchvision's `Resize(int)` and transformers' `shortest_edge` both do (not rounded)."""
+    short, long = (w, h) if w <= h else (h, w)
+    new_long = int(size * long / short)
+    return (size, new_long) if w <= h else (new_long, size)
+
+
+def crop_offset(extent: int, size: int, convention: str) -> int:
+    """Left/top offset of a centre crop: torchvision rounds half to even (`int(round(d / 2.0))`), transformers
+    floors (`d // 2`); they differ by one pixel when the margin `d` is 3 mod 4 (e.g. 299 -> 224: 38 vs 37)."""
+    d = extent - size
+    return int(round(d / 2.0)) if convention == "open_clip" else d // 2
+
+
 class EvalTransform:
+    """Resize the shortest side + centre crop (or squash to a square), then normalise; equal to the reference
+    pipeline named by `cfg.convention` bit for bit (docs/fidelity.md):
+
+    open_clip  torchvision `Resize(size, BICUBIC)`, `CenterCrop(size)`, convert to RGB, `ToTensor`, `Normalize`
+               (the image is resized in its own mode: palette images nearest-neighbour, RGBA premultiplied).
+    hf         transformers' CLIPImageProcessor / SiglipImageProcessor (PIL backend): composite on white to
+               RGB, resize, crop with a floored offset, rescale, normalise.
+    """
+
     def __init__(self, image_size: int, cfg: PreprocessConfig):
         self.size, self.cfg = int(image_size), cfg
         self.resample = _RESAMPLE[cfg.interpolation]
+        if cfg.convention not in CONVENTIONS:
+            raise UsageError(f"unknown preprocess convention {cfg.convention!r}; valid: {', '.join(CONVENTIONS)}")
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
-        img = img.convert("RGB")
-        s = self.size
+        conv, s = self.cfg.convention, self.size
+        if conv == "hf":
+            img = composite_rgb(img)
         if self.cfg.resize_mode == "squash":
-            img = img.resize((s, s), self.resample)
+            if img.size != (s, s):
+                img = img.resize((s, s), self.resample)
         else:
-            w, h = img.size
-            scale = s / min(w, h)
-            nw, nh = max(s, round(w * scale)), max(s, round(h * scale))
-            if (nw, nh) != (w, h):
+            nw, nh = resized_size(*img.size, s)
+            if (nw, nh) != img.size:
                 img = img.resize((nw, nh), self.resample)
-            left, top = (nw - s) // 2, (nh - s) // 2
+            left, top = crop_offset(nw, s, conv), crop_offset(nh, s, conv)
             img = img.crop((left, top, left + s, top + s))
         return to_tensor(img, self.cfg.mean, self.cfg.std, self.cfg.per_image_norm)
 

@@ -24,6 +24,7 @@ from clipforge.retrieval.build import INDEX_FILE, read_info
 from clipforge.retrieval.encoder import encode_images, encode_texts, load_encoder
 from clipforge.retrieval.index import VectorIndex
 from clipforge.retrieval.query import Hit, Searcher, Term, embed_query, parse_query
+from clipforge.retrieval.sharded import open_index
 from clipforge.retrieval.store import EmbeddingStore
 
 
@@ -36,7 +37,7 @@ class SearchEngine:
         x, ids = store.load("img")  # (N, D) float32 unit rows, (N,) int64
         self.metadata = store.metadata()
         p = self.root / INDEX_FILE
-        self.index = VectorIndex.load(p) if p.exists() else VectorIndex.build(x, ids, "flat")
+        self.index = open_index(p) if p.exists() else VectorIndex.build(x, ids, "flat")  # file or shards
         self.searcher = Searcher(self.index, self.metadata, x, ids)
         self.dim = x.shape[1]
         cols = self.metadata.column_names

@@ -365,6 +365,20 @@ class EmbeddingStore:
         # float16 rounding leaves norms at 1 +- 1e-3; renormalise so cosine scores are exact dot products.
         return (normalize_rows(x) if as_float32 else x), i
 
+    def iter_shards(self, modality: str = "img", positions=None):
+        """Yield ((n_i, D) float32 unit rows, (n_i,) int64 ids) per committed shard, live rows only.
+
+        positions: the shards' positions in the manifest to read (default all), so a job can process a
+        collection larger than memory one shard at a time, or a worker only its part."""
+        if modality not in self.modalities:
+            raise UsageError(f"modality {modality!r} not in this store: {self.modalities}")
+        shards = self.manifest["shards"]
+        for pos in (range(len(shards)) if positions is None else positions):
+            s = shards[pos]
+            keep = self._live_rows(s)
+            x = np.load(self._path(f"{modality}_emb", s["index"]), mmap_mode="r")
+            yield normalize_rows(np.asarray(x[keep])), self._shard_ids(s)[keep]
+
     def metadata(self, columns: list[str] | None = None) -> pa.Table:
         """Live rows' metadata as one table (columns `id`, `key`, then user columns), in shard order."""
         tables = []

@@ -75,7 +75,7 @@ def config_from_hf(hf: dict, preprocess: PreprocessConfig = None) -> CLIPConfig:
         text.update(causal=False, pool="last", proj=True, proj_bias=True)
         cfg = CLIPConfig(embed_dim=embed_dim, vision=VisionConfig(**vision), text=TextConfig(**text),
                          preprocess=preprocess or PreprocessConfig(mean=(0.5,) * 3, std=(0.5,) * 3,
-                                                                   resize_mode="squash"),
+                                                                   resize_mode="squash", convention="hf"),
                          logit_scale_init=0.0, logit_bias_init=0.0)
     else:
         eos = tc.get("eos_token_id")
@@ -88,7 +88,7 @@ def config_from_hf(hf: dict, preprocess: PreprocessConfig = None) -> CLIPConfig:
         vision.update(pool="cls", ln_pre=True, patch_bias=False, proj=True)
         text.update(causal=True, proj=True, proj_bias=False)
         cfg = CLIPConfig(embed_dim=embed_dim, vision=VisionConfig(**vision), text=TextConfig(**text),
-                         preprocess=preprocess or PreprocessConfig(),
+                         preprocess=preprocess or PreprocessConfig(convention="hf"),
                          logit_scale_init=float(hf.get("logit_scale_init_value", 2.6592)))
     return cfg
 

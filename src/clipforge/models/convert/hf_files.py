@@ -67,7 +67,9 @@ def load_hf_tokenizer(path, cfg: CLIPConfig) -> Optional[Tokenizer]:
     """The clipforge Tokenizer equivalent to the HF tokenizer saved in `path` (None, with a warning, if none)."""
     p = Path(path)
     siglip = cfg.vision.pool == "map"
-    bos = None if siglip else _special(p, "bos_token", "<|startoftext|>")
+    # A start token is added when the directory names one (SigLIP's own tokenizers have none, but a
+    # CLIP-style BPE exported beside a SigLIP model does, and transformers adds it).
+    bos = _special(p, "bos_token", None if siglip else "<|startoftext|>")
     eos = _special(p, "eos_token", "</s>" if siglip else "<|endoftext|>")
     pad = _special(p, "pad_token", eos)
     tok_class = _read_json(p / "tokenizer_config.json").get("tokenizer_class")
@@ -141,6 +143,10 @@ def save_hf_tokenizer(tok: Tokenizer, out: Path, model_type: str) -> None:
     }
     if tok.add_sot:
         conf["bos_token"] = tok.sot_token
+    if model_type == "siglip":
+        # SigLIP's text tower attends to padding (no mask, as big_vision and SiglipTokenizer): without this
+        # transformers would pass an attention_mask that SiglipModel applies and clipforge does not.
+        conf["model_input_names"] = ["input_ids"]
     (out / "tokenizer_config.json").write_text(json.dumps({k: v for k, v in conf.items() if v is not None},
                                                           indent=2), encoding="utf-8")
 
@@ -188,7 +194,7 @@ def load_hf_preprocess(path, cfg: CLIPConfig) -> Tuple[Optional[int], Preprocess
         mean = tuple(float(x) for x in pc.get("image_mean", cfg.preprocess.mean))
         std = tuple(float(x) for x in pc.get("image_std", cfg.preprocess.std))
     pre = PreprocessConfig(mean=mean, std=std, interpolation=_RESAMPLE[resample], resize_mode=mode,
-                           crop_scale=cfg.preprocess.crop_scale, hflip=cfg.preprocess.hflip)
+                           crop_scale=cfg.preprocess.crop_scale, hflip=cfg.preprocess.hflip, convention="hf")
     return out_size, pre
 
 

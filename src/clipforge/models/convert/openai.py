@@ -185,11 +185,8 @@ def state_to_openai(sd: StateDict, cfg: CLIPConfig) -> StateDict:
 
 def openai_tokenizer(context_length: int, vocab_size: int):
     """OpenAI's 49408-id BPE, read from open_clip's bundled vocabulary file when open_clip is installed."""
-    import gzip
     from importlib.util import find_spec
     from pathlib import Path
-
-    from clipforge.models.tokenizer import Tokenizer, build_clip_backend
 
     spec = find_spec("open_clip")
     bpe = Path(spec.origin).parent / "bpe_simple_vocab_16e6.txt.gz" if spec and spec.origin else None
@@ -199,9 +196,21 @@ def openai_tokenizer(context_length: int, vocab_size: int):
         warnings.warn(f"no tokenizer for this {vocab_size}-id text tower ({why}): texts get clipforge's "
                       "byte-level tokenizer, whose ids do NOT match the original")
         return None
-    lines = gzip.open(bpe).read().decode("utf-8").split("\n")
+    return tokenizer_from_bpe_file(bpe, context_length)
+
+
+def tokenizer_from_bpe_file(path, context_length: int = 77):
+    """open_clip's SimpleTokenizer from an OpenAI merges file (`bpe_simple_vocab_16e6.txt.gz`): the same ids,
+    cleaning, word pattern and rule that the words <start_of_text> / <end_of_text> in a text are the special
+    ids (`parse_special`; "<|endoftext|>" is never special)."""
+    import gzip
+
+    from clipforge.models.tokenizer import OPEN_CLIP_PATTERN, Tokenizer, build_clip_backend
+
+    lines = gzip.open(path).read().decode("utf-8").split("\n")
     merges = [tuple(m.split()) for m in lines[1:49152 - 256 - 2 + 1]]  # the slice OpenAI's tokenizer uses
-    return Tokenizer(build_clip_backend(merges), context_length, clean="openai")  # open_clip cleans text first
+    return Tokenizer(build_clip_backend(merges, OPEN_CLIP_PATTERN), context_length, clean="openai",
+                     parse_special=True)
 
 
 def load_openai_state(state: StateDict, *, source: str = "state dict", cfg: Optional[CLIPConfig] = None,
