@@ -26,6 +26,7 @@ TEXT_POOLS = ("argmax", "eos", "last", "first", "mean")
 STEMS = ("patch", "conv")
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
 RESIZE_MODES = ("shortest", "squash")
+CONVENTIONS = ("open_clip", "hf")  # whose eval preprocessing to copy (models/transforms.py)
 
 
 # ------------------------------------------------------------------------------------------- validation
@@ -174,6 +175,7 @@ class PreprocessConfig:
             _fail("preprocess.crop_scale", "[lo, hi] with 0 < lo <= hi <= 1", self.crop_scale)
         _choice(self, "interpolation", w, INTERPOLATIONS)
         _choice(self, "resize_mode", w, RESIZE_MODES)
+        _choice(self, "convention", w, CONVENTIONS)
         _bool(self, ("hflip", "per_image_norm"), w)
 
 
