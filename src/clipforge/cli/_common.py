@@ -29,6 +29,9 @@ def add_model_args(p: argparse.ArgumentParser, default: str = None) -> None:
     p.add_argument("--heads", default=None, metavar="VISION,TEXT",
                    help="attention heads of an OpenAI-layout state-dict file (default: width // 64, with a warning)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--truncate", default="warn", choices=["warn", "silent", "error"],
+                   help="texts longer than the model's context: cut them and say so once (warn, the default), "
+                        "cut quietly (silent), or stop (error); `clipforge stretch` makes a longer context")
 
 
 def load_encoder_from_args(args):
@@ -44,6 +47,8 @@ def load_encoder_from_args(args):
             raise UsageError(f"--heads expects VISION,TEXT head counts such as 12,8; got {args.heads!r}") from None
         heads = {"vision_heads": v, "text_heads": t}
     model = load_model(args.model, weights=args.weights, trust_pickle=args.trust_pickle, **heads)
+    if getattr(args, "truncate", None) and getattr(model, "tokenizer", None) is not None:
+        model.tokenizer = model.tokenizer.with_options(truncate=args.truncate)
     return Encoder.from_model(model, device=pick_device(args.device))
 
 

@@ -106,16 +106,23 @@ class Encoder:
 
     # -- texts --
     def encode_texts(self, texts: Sequence[str], batch_size: int = 256, *, normalize: bool = True,
-                     progress: Optional[bool] = False, desc: str = "texts") -> torch.Tensor:
-        """Texts -> (N, D) float32."""
+                     progress: Optional[bool] = False, desc: str = "texts",
+                     truncate: Optional[str] = None) -> torch.Tensor:
+        """Texts -> (N, D) float32. Texts over the context length are cut by the tokenizer, which warns once
+        (`truncate`: "warn", "silent" or "error", default the tokenizer's own policy)."""
         texts = list(texts)
         out = []
         with tqdm(total=len(texts), desc=desc, unit="text", disable=None if progress is None else not progress) as bar:
             for i in range(0, len(texts), batch_size):
                 chunk = texts[i:i + batch_size]
-                out.append(self.engine.encode_tokens(self.tokenizer(chunk), normalize=normalize))
+                out.append(self.engine.encode_tokens(self._tokens(chunk, truncate), normalize=normalize))
                 bar.update(len(chunk))
         return torch.cat(out) if out else self._empty()
+
+    def _tokens(self, texts: list, truncate: Optional[str]) -> torch.Tensor:
+        if truncate is None or not hasattr(self.tokenizer, "truncate"):  # a plain callable has no policy
+            return self.tokenizer(texts)
+        return self.tokenizer(texts, truncate=truncate)
 
     # -- images given one by one --
     def encode_pixels(self, pixels: torch.Tensor, *, normalize: bool = True) -> torch.Tensor:

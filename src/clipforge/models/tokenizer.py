@@ -13,6 +13,7 @@ import html
 import json
 import re
 import string
+import warnings
 from functools import lru_cache
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
@@ -124,11 +125,21 @@ def valid_text(text: str) -> str:
 CLEANERS = {"none": lambda t, parse_special=False: t, "openai": _clean_openai, "siglip": _clean_siglip}
 
 
+TRUNCATE = ("warn", "silent", "error")
+
+
+class TextTruncatedWarning(UserWarning):
+    """Texts longer than the tokenizer's context were cut (shown once per tokenizer)."""
+
+
 class Tokenizer:
     """Callable: list of strings -> LongTensor (B, context_length).
 
     Each row is [sot] + tokens + [eot], padded with `pad_id`; over-long text is truncated so the end token is
-    always kept (pooling reads it). `add_sot=False` gives SigLIP-style rows (tokens + eot, padded).
+    always kept (pooling reads it). This is the one place texts are truncated, and it is never silent unless
+    asked: `truncate="warn"` (default) cuts and warns once per tokenizer (`TextTruncatedWarning`, with the
+    count and the longest length), "silent" cuts quietly, "error" refuses the batch (UsageError).
+    `num_truncated` counts the texts cut so far. Longer texts need a longer context: `clipforge stretch`. `add_sot=False` gives SigLIP-style rows (tokens + eot, padded).
 
     Special tokens never come from the text unless `parse_special=True`: by default a caption containing
     "<|endoftext|>" (or "</s>", "<end_of_text>") tokenizes it as ordinary characters. With `parse_special`
@@ -140,8 +151,13 @@ class Tokenizer:
 
     def __init__(self, backend: _Backend, context_length: int = 77, *, pad_id: int = 0, add_sot: bool = True,
                  add_eot: bool = True, sot_token: str = SOT, eot_token: str = EOT, clean: str = "none",
-                 parse_special: bool = False):
+                 parse_special: bool = False, truncate: str = "warn"):
         self.backend = backend
+        if truncate not in TRUNCATE:
+            raise UsageError(f"`truncate` must be one of {', '.join(TRUNCATE)}, got {truncate!r}")
+        self.truncate = truncate
+        self.num_truncated = 0
+        self._warned = False
         self.context_length = int(context_length)
         self.pad_id = int(pad_id)
         self.add_sot, self.add_eot = add_sot, add_eot
@@ -190,23 +206,45 @@ class Tokenizer:
 
     def with_options(self, **options) -> "Tokenizer":
         """A tokenizer on the same backend with some options changed, e.g. `with_options(parse_special=True)`."""
-        return Tokenizer(self.backend, **{**self.config(), **options})
+        return Tokenizer(self.backend, **{**self.config(), "truncate": self.truncate, **options})
 
     def encode(self, text: str) -> List[int]:
         """Token ids of one text, without start/end tokens or padding."""
         return self._encode_cleaned([self._clean(text)])[0]
 
-    def __call__(self, texts: Union[str, Iterable[str]], context_length: Optional[int] = None) -> torch.Tensor:
+    def __call__(self, texts: Union[str, Iterable[str]], context_length: Optional[int] = None,
+                 truncate: Optional[str] = None) -> torch.Tensor:
+        """(B, L) ids; `truncate` overrides the tokenizer's policy for this call."""
         if isinstance(texts, str):
             texts = [texts]
         texts = [self._clean(t) for t in texts]
         L = int(context_length or self.context_length)
         room = L - int(self.add_sot) - int(self.add_eot)
+        encoded = self._encode_cleaned(texts)
+        self._check_length(encoded, room, L, self.truncate if truncate is None else truncate)
         out = torch.full((len(texts), L), self.pad_id, dtype=torch.long)
-        for i, ids in enumerate(self._encode_cleaned(texts)):
+        for i, ids in enumerate(encoded):
             row = ([self.sot_id] if self.add_sot else []) + ids[:room] + ([self.eot_id] if self.add_eot else [])
             out[i, : len(row)] = torch.tensor(row, dtype=torch.long)
         return out
+
+    def _check_length(self, encoded: List[List[int]], room: int, L: int, policy: str) -> None:
+        if policy not in TRUNCATE:
+            raise UsageError(f"`truncate` must be one of {', '.join(TRUNCATE)}, got {policy!r}")
+        long = [len(ids) for ids in encoded if len(ids) > room]
+        if not long:
+            return
+        specials = int(self.add_sot) + int(self.add_eot)
+        what = (f"{len(long)} of {len(encoded)} texts exceed the {L}-token context (longest: "
+                f"{max(long) + specials} tokens)")
+        if policy == "error":
+            raise UsageError(f"{what}; shorten them, allow truncation (`truncate`), or stretch the model's "
+                             "context (clipforge.models.stretch)")
+        self.num_truncated += len(long)
+        if policy == "warn" and not self._warned:
+            self._warned = True
+            warnings.warn(f"{what} and were truncated (warned once per tokenizer; a stretched model takes "
+                          "longer texts)", TextTruncatedWarning, stacklevel=3)
 
     def decode(self, ids: Iterable[int]) -> str:
         specials = {self.sot_id, self.eot_id, self.pad_id} - {None}

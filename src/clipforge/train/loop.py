@@ -37,6 +37,7 @@ from clipforge.train.optim import lock_tower, make_optimizer
 from clipforge.train.run_log import MetricsLog, plot_curves, progress_line
 from clipforge.train.schedule import lr_at
 from clipforge.train.state import load_trainer_state, resolve_resume, save_checkpoint, set_rng_state
+from clipforge.models.stretch import freeze_kept_positions
 from clipforge.train.step import forward_loss, pair_extras, reinforcement_store
 
 log = logging.getLogger("clipforge.train")
@@ -109,6 +110,7 @@ def train(cfg: TrainConfig, out_dir, resume: Optional[str] = None) -> dict:
     if cfg.model.lock_text:
         lock_tower(model.text, cfg.model.lock_text_unlocked_groups)
     model.set_grad_checkpointing(cfg.model.grad_checkpointing)
+    freeze_kept_positions(model)  # a stretched text tower (Long-CLIP) trains only its interpolated positions
     model.to(device).train()
     core = model
     if dist.enabled:
