@@ -6,7 +6,11 @@ Reported per case (batch 256, feature dim D, text = image + noise, five seeds: m
 error of the value, and of the gradient w.r.t. both feature matrices (‖g32 − g64‖ / ‖g64‖). Runs clipforge's dense and chunked CLIP and SigLIP losses, and open_clip's ClipLoss /
 SigLipLoss when open_clip is importable (run it in the reference environment for those rows):
 
-    PYTHONPATH=src python bench/bench_loss_precision.py [--json out.json]
+    PYTHONPATH=src python bench/bench_loss_precision.py [--json out.json] [--cost]
+
+`--cost` times the chunked CLIP loss (forward + backward) with float32 and with float64 block products
+(`dot_precision`) at a few batch sizes, D = 512, chunk 1024 — the price of the float64 option; compare it with
+the model's step time (docs/bench_train_step.md).
 """
 from __future__ import annotations
 
@@ -30,6 +34,8 @@ def losses():
     out = {
         "clipforge clip dense": lambda a, b, s, bias: clip_loss(a, b, s),
         "clipforge clip chunked": lambda a, b, s, bias: clip_loss(a, b, s, chunk_size=64),
+        "clipforge clip chunked f64dots": lambda a, b, s, bias: clip_loss(a, b, s, chunk_size=64,
+                                                                          dot_precision="float64"),
         "clipforge siglip dense": lambda a, b, s, bias: siglip_loss(a, b, s, bias),
         "clipforge siglip chunked": lambda a, b, s, bias: siglip_loss(a, b, s, bias, chunk_size=64),
     }
@@ -79,11 +85,45 @@ def run(cases, dims=(32, 256), seeds=range(5)):
     return rows
 
 
+def cost(sizes=(1024, 4096, 8192), d=512, chunk=1024, reps=3):
+    """Median seconds of one forward + backward of the chunked CLIP loss, float32 vs float64 block products."""
+    import os
+    import time
+
+    from clipforge.losses import clip_loss
+
+    rows = []
+    for n in sizes:
+        img, txt = features(n=n, d=d, noise=0.5)
+        row = {"batch": n, "dim": d, "chunk": chunk}
+        for precision in ("float32", "float64"):
+            times = []
+            for _ in range(reps):
+                a, b = img.clone().requires_grad_(), txt.clone().requires_grad_()
+                t0 = time.perf_counter()
+                clip_loss(a, b, torch.tensor(100.0), chunk_size=chunk, dot_precision=precision).backward()
+                times.append(time.perf_counter() - t0)
+            row[f"{precision}_s"] = sorted(times)[reps // 2]
+        row["ratio"] = row["float64_s"] / row["float32_s"]
+        row["load"] = os.getloadavg()[0]
+        rows.append(row)
+        print(f"batch {n:6d} D {d}: float32 {row['float32_s']:.3f} s, float64 {row['float64_s']:.3f} s "
+              f"(x{row['ratio']:.2f}; load {row['load']:.1f})", flush=True)
+    return rows
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json")
+    ap.add_argument("--cost", action="store_true", help="time float32 vs float64 block products instead")
     args = ap.parse_args()
     torch.set_num_threads(2)
+    if args.cost:
+        rows = cost()
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(rows, f, indent=1)
+        return
     rows = run([0.05, 0.1, 0.15, 0.5])
     print(f"{'loss':26s} {'D':>4s} {'noise':>5s} {'loss (fp64)':>11s} {'value err med/max':>19s} {'grad err med/max':>19s}")
     for r in rows:

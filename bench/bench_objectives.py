@@ -69,15 +69,17 @@ def stats(values: list[float]) -> dict:
 
 # ---------------------------------------------------------------------------------------------- counting
 def counting_accuracy(model_dir: Path, val_manifest: str) -> float:
-    from clipforge.data.demo_counting import EVAL_TEMPLATE, count_caption
+    from clipforge.data.demo_counting import COLORS, EVAL_TEMPLATE, SHAPES, count_caption
 
     enc = Encoder.from_model(load_model(str(model_dir)))
-    src = open_source(f"jsonl:{val_manifest}")
-    feats = enc.encode_source(src, progress=False)
+    feats = enc.encode_source(open_source(f"jsonl:{val_manifest}"), progress=False)
+    keys = [(c, s) for c in COLORS for s in SHAPES]                 # every candidate caption, encoded once
+    texts = [count_caption(EVAL_TEMPLATE, k, c, s) for c, s in keys for k in range(1, 7)]
+    cands = enc.encode_texts(texts).view(len(keys), 6, -1)           # (colour x shape, count, D)
+    where = {key: i for i, key in enumerate(keys)}
     correct = 0
     for f, meta in zip(feats.feats, feats.meta):
-        cands = [count_caption(EVAL_TEMPLATE, k, meta["color"], meta["shape"]) for k in range(1, 7)]
-        pred = int((enc.encode_texts(cands) @ f).argmax()) + 1
+        pred = int((cands[where[(meta["color"], meta["shape"])]] @ f).argmax()) + 1
         correct += pred == int(meta["count"])
     return correct / len(feats)
 
@@ -120,7 +122,7 @@ def bench_distill(args, work: Path) -> dict:
     digits = build_digits(str(work / "digits"))
     train_spec = f"jsonl:{digits['train_manifest']}"
     teacher = work / "teacher"
-    t = run([f"data.train={train_spec}", "data.batch_size=128", f"run.steps={args.teacher_steps}", "run.seed=100"],
+    t = run([f"data.train={train_spec}", f"run.steps={args.teacher_steps}", "run.seed=100"],
             teacher)
     t["top1"] = zeroshot_top1(teacher / "final", digits)
     print(f"teacher: top-1 {t['top1']:.4f} ({t['wall_s']} s)", flush=True)
@@ -207,11 +209,14 @@ def main():
     ap.add_argument("--base-steps", type=int, default=300)
     ap.add_argument("--augmentations", type=int, default=4)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--batch", type=int, default=64, help="global batch of every run (default 64)")
     ap.add_argument("--work", default=None, help="working folder (default: a temporary one)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     args.steps = args.steps or {"counting": 200, "distill": 100, "longclip": 150}[args.which]
     logging.basicConfig(level=logging.WARNING)
+    BASE[:] = [f"data.batch_size={args.batch}" if s.startswith("data.batch_size") else s for s in BASE]
+    FINE_TUNE[:] = [f"data.batch_size={args.batch}" if s.startswith("data.batch_size") else s for s in FINE_TUNE]
     torch.set_num_threads(2)
     work = Path(args.work or tempfile.mkdtemp(prefix=f"bench-{args.which}-"))
     work.mkdir(parents=True, exist_ok=True)
