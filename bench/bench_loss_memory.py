@@ -34,8 +34,9 @@ def _one(loss_name: str, n: int, d: int, chunk: int | None) -> dict:
     from clipforge.losses import clip_loss, siglip_loss
 
     def run(img, txt, scale, bias):
-        if loss_name == "clip":
-            loss = clip_loss(img, txt, scale, chunk_size=chunk)
+        if loss_name in ("clip", "clip-f64dots"):   # clip-f64dots: float64 block products (dot_precision)
+            loss = clip_loss(img, txt, scale, chunk_size=chunk,
+                             dot_precision="float64" if loss_name == "clip-f64dots" else "float32")
         else:
             loss = siglip_loss(img, txt, scale, bias, chunk_size=chunk)
         loss.backward()
@@ -116,7 +117,7 @@ def main(argv=None) -> int:
     p.add_argument("--sizes", type=int, nargs="+", default=[4096, 16384, 32768])
     p.add_argument("--dim", type=int, default=512)
     p.add_argument("--chunk", type=int, default=1024, help="rows per block in the chunked runs")
-    p.add_argument("--losses", nargs="+", default=["clip", "siglip"], choices=["clip", "siglip"])
+    p.add_argument("--losses", nargs="+", default=["clip", "siglip"], choices=["clip", "clip-f64dots", "siglip"])
     p.add_argument("--mem-fraction", type=float, default=0.4,
                    help="skip dense runs predicted to need more than this share of available memory")
     p.add_argument("--out", type=Path, default=DOC)
