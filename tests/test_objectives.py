@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from clipforge.errors import UsageError
 from clipforge.losses import get_loss, list_losses, loss_needs
@@ -46,17 +47,23 @@ def reinforced(digits_demo, tiny_checkpoint, tmp_path_factory):
 
 
 # What each loss needs from the config beyond the name (the model's logit bias, a reinforcement store).
-def _extra_sets(name, reinforced):
+def _extra_sets(name, options, reinforced):
     if name == "siglip":
         return ["model.overrides={logit_bias_init: -10, logit_scale_init: 2.302585}"]
-    if "teacher_embeddings" in loss_needs(get_loss(name)):
+    if "teacher_embeddings" in loss_needs(get_loss(name, **yaml.safe_load(options or "{}"))):
         return [f"data.reinforcement={reinforced['store']}"]
     return []
 
 
+# Every registered loss with its defaults, plus the option combinations docs/objectives.md advertises.
+ADVERTISED = [(name, None) for name in list_losses()] + [
+    ("cwcl", "{weights: teacher}"), ("filip", "{token_fraction: 0.25, chunk_size: 4}"),
+    ("clip+multipos", "{sub_captions: 2, dot_precision: float32}")]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name", list_losses())
-def test_every_registered_loss_trains_from_yaml(name, digits_demo, reinforced, tmp_path, monkeypatch):
+@pytest.mark.parametrize("name, options", ADVERTISED, ids=[n + ("-" + "-".join(yaml.safe_load(o)) if o else "") for n, o in ADVERTISED])
+def test_every_registered_loss_trains_from_yaml(name, options, digits_demo, reinforced, tmp_path, monkeypatch):
     """50 steps on the digits demo: finite loss everywhere, and the last steps lower than the first ones."""
     import clipforge.models.loading as loading
 
@@ -67,8 +74,8 @@ def test_every_registered_loss_trains_from_yaml(name, digits_demo, reinforced, t
         return real_load(ref, *a, **k)
 
     monkeypatch.setattr(loading, "load_model", no_teacher)
-    cfg = load_config(None, _cfg(digits_demo, f"loss.name={name}", f"run.steps={STEPS}",
-                                 *_extra_sets(name, reinforced)))
+    sets = [f"loss.name={name}", f"run.steps={STEPS}", *([f"loss.options={options}"] if options else [])]
+    cfg = load_config(None, _cfg(digits_demo, *sets, *_extra_sets(name, options, reinforced)))
     train(cfg, tmp_path / "run")
     losses = _losses(tmp_path / "run")
     assert len(losses) == STEPS and all(np.isfinite(losses))
