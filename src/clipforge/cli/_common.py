@@ -16,7 +16,8 @@ ACTIVE = None  # the command being parsed ("" none, None all): set by `build_par
 def full_parser_for(command: str) -> bool:
     """Whether `command`'s parser is built in full: with the flags that need a library import (registry
     options, choices computed by torch-importing modules). Only the command being run, or all of them when
-    the whole parser is asked for, pays those imports."""
+    the whole parser is asked for, pays those imports. `command` is the module name (embed_dataset for
+    `clipforge embed-dataset`)."""
     return ACTIVE is None or ACTIVE == command
 
 
@@ -62,3 +63,23 @@ def positive_int(value: str) -> int:
     if v <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
     return v
+
+
+def add_executor_args(p: argparse.ArgumentParser, command: str) -> None:
+    """--engine local|ray and every option the executors declare (--address, --num-gpus-per-worker, ...)."""
+    if not full_parser_for(command):
+        return
+    from clipforge.scale import EXECUTORS
+
+    p.add_argument("--engine", dest="executor", choices=EXECUTORS.names(), default="local",
+                   help="where images are encoded: " + "; ".join(f"{n}: {d}" for n, d in EXECUTORS.describe())
+                        + " (default local; docs/scale.md)")
+    add_options(p, EXECUTORS.all_options().values())
+
+
+def executor_from_args(args) -> tuple[str, dict]:
+    """(executor name, the executor options given on the command line)."""
+    from clipforge.scale import EXECUTORS
+
+    given = option_values(args, EXECUTORS.all_options().values())
+    return args.executor, {k: v for k, v in given.items() if v is not None}
