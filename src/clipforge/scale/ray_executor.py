@@ -57,7 +57,9 @@ def _connect(ray, address: Optional[str]) -> bool:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage reports leave the machine by default
     try:
         if address in (None, "local") and not (address is None and os.environ.get("RAY_ADDRESS")):
-            ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", configure_logging=False)
+            # "local": a new cluster even if another one runs on this machine (never join one by accident)
+            ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1",
+                     configure_logging=False)
         else:
             ray.init(address=address, configure_logging=False)
     except (ConnectionError, RuntimeError, ValueError) as e:

@@ -1,0 +1,126 @@
+"""clipforge.scale without a cluster: unit planning, option checks, the local executor, embed-dataset's layout,
+resume and hand-over to `index build`, and the CLI's flags and errors. (Ray itself: test_scale_ray.py.)"""
+import builtins
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from clipforge.cli import main
+from clipforge.encode import Encoder, plan_batches
+from clipforge.errors import ClipforgeError, UsageError
+from clipforge.retrieval.build import build_index
+from clipforge.retrieval.embed_dataset import embed_dataset
+from clipforge.retrieval.store import EmbeddingStore
+from clipforge.scale import EXECUTORS, EncodeJob, create_executor, plan_units
+
+
+def test_plan_units_groups_runs_and_rejects_bad_grouping():
+    plan = [[0, 1], [2, 3], [4, 5], [6]]
+    assert plan_units(plan, [0, 0, 1, 1]) == [[0, 1], [2, 3]]
+    assert plan_units(plan, [3, 5, 5, 9]) == [[0], [1, 2], [3]]
+    assert plan_units(plan, None, batches_per_unit=3) == [[0, 1, 2], [3]]
+    assert plan_units([], None) == []
+    with pytest.raises(UsageError, match="non-decreasing"):
+        plan_units(plan, [0, 1, 0, 1])
+    with pytest.raises(UsageError, match="`units` has 3 entries for 4"):
+        plan_units(plan, [0, 0, 1])
+
+
+def test_options_are_checked_against_the_executor():
+    job = EncodeJob("files:/nowhere", "tiny")
+    with pytest.raises(UsageError, match="`address` does not apply to execution engine 'local'.*ray"):
+        create_executor("local", job, address="auto")
+    with pytest.raises(UsageError, match="`executor` 'spark' is unknown.*local, ray"):
+        create_executor("spark", job)
+    with pytest.raises(UsageError, match="`require`"):
+        EncodeJob("files:/nowhere", "tiny", require="labels")
+    assert {"address", "num_workers", "num_cpus_per_worker", "num_gpus_per_worker"} <= \
+        {o.name for o in EXECUTORS.options("ray") if o.cli}
+
+
+def test_ray_missing_is_a_one_line_error(monkeypatch):
+    real_import = builtins.__import__
+
+    def no_ray(name, *a, **kw):
+        if name == "ray" or name.startswith("ray."):
+            raise ImportError("No module named 'ray'")
+        return real_import(name, *a, **kw)
+
+    monkeypatch.setattr(builtins, "__import__", no_ray)
+    with pytest.raises(ClipforgeError, match=r"pip install 'clipforge\[scale\]'"):
+        create_executor("ray", EncodeJob("files:/nowhere", "tiny"))
+
+
+def test_local_executor_batches_and_captions(photos_demo):
+    job = EncodeJob(f"files:{photos_demo['images_dir']}", "tiny", captions=True)
+    with create_executor("local", job) as ex:
+        assert ex.precision == "fp32" and ex.embed_dim == ex.encoder.embed_dim
+        plan = plan_batches(range(len(ex.source)), 5)[::-1]  # any plan, yielded in plan order
+        got = list(ex.iter_batches(plan))
+    assert [b.positions for b in got] == plan
+    enc = Encoder.load("tiny")
+    src = job.open_source()
+    for b in got:
+        want_img = enc.encode_images([src[p].load_image() for p in b.positions])
+        want_txt = enc.encode_texts([c[0] for c in b.captions])
+        assert torch.allclose(b.feats, want_img, atol=1e-5)
+        assert torch.allclose(b.text_feats, want_txt, atol=1e-5)
+
+
+def test_first_caption_rows_without_one_are_zero():
+    enc = Encoder.load("tiny")
+    out = enc.encode_first_captions([["a red car", "ignored"], [], [""], ["a dog"]])
+    assert out.shape == (4, enc.embed_dim)
+    assert torch.count_nonzero(out[1]) == 0 and torch.count_nonzero(out[2]) == 0
+    assert torch.allclose(out[[0, 3]], enc.encode_texts(["a red car", "a dog"]), atol=1e-6)
+
+
+def _store_rows(root, modality="img"):
+    s = EmbeddingStore.open(root)
+    x, ids = s.load(modality, as_float32=False)
+    keys = s.metadata(["id", "key"]).to_pylist()
+    return [r["key"] for r in keys], ids, x
+
+
+def test_embed_dataset_layout_resume_and_index_handover(photos_demo, tmp_path):
+    src = f"files:{photos_demo['images_dir']}"
+    out = tmp_path / "emb"
+    s = embed_dataset(src, "tiny", out, batch_size=4, shard_size=8, progress=False)
+    n = photos_demo["num_photos"]
+    assert s["count"] == s["embedded"] == n and s["index"] is None
+    shards = -(-n // 8)
+    for sub, ext in (("img_emb", "npy"), ("text_emb", "npy"), ("metadata", "parquet")):
+        assert sorted(os.listdir(out / sub)) == sorted(f"{sub}_{i}.{ext}" for i in range(shards))
+    x = np.load(out / "img_emb" / "img_emb_0.npy")
+    assert x.dtype == np.float16 and x.shape == (8, Encoder.load("tiny").embed_dim)
+    assert np.allclose(np.linalg.norm(x.astype(np.float32), axis=1), 1, atol=2e-3)
+    assert not (out / "index.faiss").exists() and json.loads((out / "index.json").read_text())["status"] == "embedded"
+    keys, ids, _ = _store_rows(out)
+
+    again = embed_dataset(src, "tiny", out, batch_size=4, shard_size=8, progress=False)  # nothing left to do
+    assert again["embedded"] == 0 and again["resumed_from"] == n
+
+    built = build_index(src, "tiny", out, progress=False, index_kind="flat")  # adds the index, embeds nothing
+    assert built["embedded"] == 0 and built["index"]["kind"] == "flat" and (out / "index.faiss").exists()
+    assert _store_rows(out)[0] == keys and len(set(keys)) == n
+
+
+def test_cli_embed_dataset_and_engine_flags(photos_demo, tmp_path, capsys):
+    src = f"files:{photos_demo['images_dir']}"
+    out = tmp_path / "cli"
+    assert main(["embed-dataset", src, "-m", "tiny", "--out", str(out), "--shard-size", "10", "--workers", "0",
+                 "--no-text", "--json"]) == 0
+    s = json.loads(capsys.readouterr().out)
+    assert s["count"] == photos_demo["num_photos"] and s["executor"] == {"executor": "local"}
+    assert not (out / "text_emb").exists()
+    # an executor option the chosen engine does not take is an error naming the flags, before any work
+    rc = main(["index", "build", src, "-m", "tiny", "--out", str(tmp_path / "x"), "--address", "auto"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--address does not apply to execution engine 'local'" in err and "ray" in err
+    assert not (tmp_path / "x").exists()
+    rc = main(["embed-dataset", src, "-m", "tiny", "--out", str(tmp_path / "y"), "--engine", "ray",
+               "--num-workers", "0"])
+    assert rc == 2 and "--num-workers must be >= 1" in capsys.readouterr().err
