@@ -124,3 +124,61 @@ def test_cli_embed_dataset_and_engine_flags(photos_demo, tmp_path, capsys):
     rc = main(["embed-dataset", src, "-m", "tiny", "--out", str(tmp_path / "y"), "--engine", "ray",
                "--num-workers", "0"])
     assert rc == 2 and "--num-workers must be >= 1" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def photo_shards(photos_demo, tmp_path_factory):
+    """The photos demo as webdataset shards of 5 samples (5 shards)."""
+    from clipforge.data.sources import open_source
+    from clipforge.data.write import write_wds
+
+    out = tmp_path_factory.mktemp("wds") / "shards"
+    write_wds(open_source(f"files:{photos_demo['images_dir']}"), str(out), shard_size=5, progress=False)
+    return f"wds:{out}"
+
+
+def test_wds_locate_splits_by_shard_and_reads_the_same_samples(photo_shards, photos_demo):
+    from clipforge.data.sources import open_source
+
+    src = open_source(photo_shards)
+    n = len(src)
+    parts = src.locate([1, 4, 5, 6, n - 1])
+    assert [len(g) for _, g, _ in parts] == [2, 2, 1] and all(spec.startswith("wds:") for spec, _, _ in parts)
+    for spec, glob, loc in parts:
+        alone = open_source(spec)
+        assert len(alone.urls) == 1
+        assert [alone[i].id for i in loc] == [src[p].id for p in glob]
+        assert [alone[i].image_bytes() for i in loc] == [src[p].image_bytes() for p in glob]
+    files = open_source(f"files:{photos_demo['images_dir']}")  # not sharded: the whole source
+    assert files.locate([0, 2]) == [(None, [0, 2], [0, 2])]
+
+
+def test_unit_worker_reads_only_its_shards_and_equals_local(photo_shards, monkeypatch):
+    """The Ray actor's logic, run here without Ray: it opens the single shards its unit lives in, never the
+    whole collection, and returns the same batches (positions, ids, vectors, captions) as the local run."""
+    import pickle
+
+    import clipforge.scale.ray_executor as rx
+    from clipforge.data.sources import open_source
+
+    job = EncodeJob(photo_shards, "tiny", captions=True)
+    src = job.open_source()
+    plan = plan_batches(range(len(src)), 3)
+    with create_executor("local", job) as ex:
+        want = list(ex.iter_batches(plan))
+    opened = []
+    monkeypatch.setattr(rx, "open_source", lambda spec, **kw: opened.append(spec) or open_source(spec, **kw))
+    monkeypatch.setattr(EncodeJob, "open_source", lambda self: pytest.fail("the actor opened the whole source"))
+    worker = rx._worker_class(job, 1)()
+    got = []
+    for unit in plan_units(plan, None, batches_per_unit=2):
+        unit_plan = [plan[b] for b in unit]
+        parts = src.locate([p for b in unit_plan for p in b])
+        out = worker({"unit": np.array([0]), "work": np.array([json.dumps({"plan": unit_plan, "parts": parts})],
+                                                              dtype=object)})
+        got += pickle.loads(out["payload"][0])
+    assert opened and all(len(open_source(s).urls) == 1 for s in opened)
+    assert [b.positions for b in got] == [b.positions for b in want] == plan
+    for a, b in zip(want, got):
+        assert a.ids == b.ids and a.captions == b.captions
+        assert torch.allclose(a.feats, b.feats, atol=1e-6) and torch.allclose(a.text_feats, b.text_feats, atol=1e-6)

@@ -86,6 +86,22 @@ def test_ray_build_equals_local(cluster, photos, local_build, tmp_path):
     assert (ia == ib).all() and np.allclose(sa, sb, atol=1e-3)
 
 
+def test_ray_webdataset_shards_equal_local(cluster, photos_demo, tmp_path):
+    """Shards as the source: each unit is read from the single tar shards it lives in."""
+    from clipforge.data.sources import open_source
+    from clipforge.data.write import write_wds
+
+    write_wds(open_source(f"files:{photos_demo['images_dir']}"), str(tmp_path / "wds"), shard_size=5,
+              progress=False)
+    outs = {}
+    for ex in ("local", "ray"):
+        outs[ex] = tmp_path / ex
+        s = build_index(f"wds:{tmp_path / 'wds'}", "tiny", outs[ex], batch_size=2, shard_size=6,
+                        index_kind="flat", progress=False, executor=ex)
+        assert s["count"] == photos_demo["num_photos"]
+    _assert_same(outs["local"], outs["ray"])
+
+
 def _descendants(pid: int) -> list[int]:
     children: dict[int, list[int]] = {}
     for d in os.listdir("/proc"):

@@ -142,7 +142,7 @@ def _embed(store: EmbeddingStore, source, indices: list[int], encoder: Encoder, 
     init = functools.partial(_close_fd, lock_fd) if lock_fd is not None else None
     try:
         if runner is not None:
-            it = runner.iter_batches(batches, shard_of)
+            it = runner.iter_batches(batches, shard_of, source=source)
         else:
             it = encoder.iter_source(source, batch_size, batches=batches, workers=workers, progress=False,
                                      worker_init_fn=init, captions=text)

@@ -39,9 +39,12 @@ class Executor(ABC):
 
     @abstractmethod
     def iter_batches(self, plan: Sequence[Sequence[int]], units: Optional[Sequence[int]] = None, *,
-                     progress: Optional[bool] = False) -> Iterator[ImageBatch]:
+                     source=None, progress: Optional[bool] = False) -> Iterator[ImageBatch]:
         """Yield every planned batch, encoded (`feats`, and `text_feats` when the job asks for captions), in
-        plan order, including batches whose images were all unreadable (they carry their skips)."""
+        plan order, including batches whose images were all unreadable (they carry their skips).
+
+        `source`: the job's source as the caller opened it, if it has, so that a distributed executor can
+        tell each worker which part of the collection a unit lives in (`Source.locate`)."""
 
     def describe(self) -> dict:
         return {"executor": self.name, "precision": self.precision}

@@ -14,7 +14,7 @@ from clipforge.encode import Encoder, ImageBatch
 from clipforge.encode.batches import REQUIRE
 from clipforge.errors import UsageError
 
-__all__ = ["EncodeJob", "encode_batches"]
+__all__ = ["EncodeJob", "encode_batches", "UnitView"]
 
 
 @dataclass(frozen=True)
@@ -51,3 +51,17 @@ def encode_batches(job: EncodeJob, source, encoder: Encoder, plan: Sequence[Sequ
     return encoder.iter_source(source, batches=plan, workers=job.workers, require=job.require,
                                normalize=job.normalize, captions=job.captions, progress=progress,
                                worker_init_fn=worker_init_fn)
+
+
+class UnitView:
+    """One unit's positions read from the smaller sources that hold them (`Source.locate`): `view[p]` is the
+    sample at position p of the whole collection, so batches keep their global positions and ids."""
+
+    random_access = True
+
+    def __init__(self, where: dict[int, tuple[object, int]]):
+        self.where = where  # global position -> (source, position in it)
+
+    def __getitem__(self, pos: int):
+        src, local = self.where[int(pos)]
+        return src[local]

@@ -29,6 +29,6 @@ class LocalExecutor(Executor):
         self.worker_init_fn = worker_init_fn
 
     def iter_batches(self, plan: Sequence[Sequence[int]], units: Optional[Sequence[int]] = None, *,
-                     progress: Optional[bool] = False) -> Iterator[ImageBatch]:
+                     source=None, progress: Optional[bool] = False) -> Iterator[ImageBatch]:
         return encode_batches(self.job, self.source, self.encoder, plan, progress=progress,
                               worker_init_fn=self.worker_init_fn)

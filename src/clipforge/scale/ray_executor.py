@@ -1,9 +1,11 @@
 """The Ray executor: the job's units of work on a pool of Ray Data actors.
 
-Each actor opens the job's source through the data layer (`open_source(spec)`, the same reader a local run
-uses, so ids and skip reasons are identical) and loads the model once, then encodes whole units: a unit is a
-list of planned batches of source positions, and the actor runs exactly the call the local executor runs
-(`encode_batches`) on them. Units go through `Dataset.map_batches` with a fixed-size actor pool
+Each actor loads the model once, then encodes whole units: a unit is a list of planned batches of source
+positions, and the actor runs exactly the call the local executor runs (`encode_batches`) on them, reading
+through the data layer's own readers (`open_source(spec)`), so ids and skip reasons are identical. When the
+caller passes its opened source, each unit also carries where its positions live (`Source.locate`): for
+webdataset shards, the single shards holding them, so an actor opens (and indexes) only the shards it reads,
+never the whole collection. Units go through `Dataset.map_batches` with a fixed-size actor pool
 (`concurrency=num_workers`, each actor reserving `num_cpus_per_worker` CPUs and `num_gpus_per_worker` GPUs);
 results come back to the caller in plan order (`preserve_order`), so a caller that commits them in order
 assigns the same ids as a local run.
@@ -29,11 +31,12 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 import torch
 
+from clipforge.data.sources import open_source
 from clipforge.encode import ImageBatch
 from clipforge.errors import ClipforgeError, UsageError
 from clipforge.registry import Option
 from clipforge.scale.executor import EXECUTORS, Executor, plan_units
-from clipforge.scale.job import EncodeJob, encode_batches
+from clipforge.scale.job import EncodeJob, UnitView, encode_batches
 
 __all__ = ["RayExecutor", "import_ray"]
 
@@ -75,14 +78,33 @@ class _UnitWorker:
 
     def __init__(self):
         torch.set_num_threads(max(1, self.threads))
-        job = self.job
-        self.source = job.open_source()
-        self.encoder = job.load_encoder()
+        self.encoder = self.job.load_encoder()
+        self.sources: dict = {}  # spec (None: the job's whole source) -> opened source, the few last used
+
+    def _open(self, spec: Optional[str]):
+        if spec not in self.sources:
+            if len(self.sources) >= 8:
+                self.sources.pop(next(iter(self.sources)))
+            self.sources[spec] = self.job.open_source() if spec is None else \
+                open_source(spec, **self.job.source_options)
+        return self.sources[spec]
+
+    def _unit_source(self, parts: list):
+        """The whole source, or a view over the parts (e.g. single tar shards) that hold this unit."""
+        if all(spec is None for spec, _, _ in parts):
+            return self._open(None)
+        where = {}
+        for spec, glob, loc in parts:
+            src = self._open(spec)
+            where.update((g, (src, lp)) for g, lp in zip(glob, loc))
+        return UnitView(where)
 
     def __call__(self, rows: dict) -> dict:
         units, payloads = [], []
-        for unit, plan in zip(rows["unit"], rows["plan"]):
-            batches = list(encode_batches(self.job, self.source, self.encoder, json.loads(str(plan))))
+        for unit, work in zip(rows["unit"], rows["work"]):
+            work = json.loads(str(work))
+            source = self._unit_source(work["parts"])
+            batches = list(encode_batches(self.job, source, self.encoder, work["plan"]))
             units.append(int(unit))
             payloads.append(pickle.dumps(batches, protocol=pickle.HIGHEST_PROTOCOL))
         return {"unit": np.array(units, dtype=np.int64), "payload": np.array(payloads, dtype=object)}
@@ -148,13 +170,17 @@ class RayExecutor(Executor):
                 "num_cpus_per_worker": self.cpus, "num_gpus_per_worker": self.gpus}
 
     def iter_batches(self, plan: Sequence[Sequence[int]], units: Optional[Sequence[int]] = None, *,
-                     progress: Optional[bool] = False) -> Iterator[ImageBatch]:
+                     source=None, progress: Optional[bool] = False) -> Iterator[ImageBatch]:
         plan = [[int(p) for p in b] for b in plan]
         groups = plan_units(plan, units, self.batches_per_unit)
         if not groups:
             return
         ray = self.ray
-        rows = [{"unit": u, "plan": json.dumps([plan[b] for b in g])} for u, g in enumerate(groups)]
+        rows = []
+        for u, g in enumerate(groups):
+            unit_plan = [plan[b] for b in g]
+            parts = [[None, [], []]] if source is None else source.locate([p for b in unit_plan for p in b])
+            rows.append({"unit": u, "work": json.dumps({"plan": unit_plan, "parts": parts})})
         ctx = ray.data.DataContext.get_current()
         saved = (ctx.execution_options.preserve_order, ctx.enable_progress_bars)
         ctx.execution_options.preserve_order = True  # units come back in plan order
