@@ -182,3 +182,45 @@ def test_unit_worker_reads_only_its_shards_and_equals_local(photo_shards, monkey
     for a, b in zip(want, got):
         assert a.ids == b.ids and a.captions == b.captions
         assert torch.allclose(a.feats, b.feats, atol=1e-6) and torch.allclose(a.text_feats, b.text_feats, atol=1e-6)
+
+
+def _norms_and_ids(encoder, batch, *, scale):
+    """A module-level `after` (it must pickle): what a job would compute where the batch was encoded."""
+    return {"positions": list(batch.positions), "ids": list(batch.ids),
+            "score": (batch.feats @ batch.text_feats.T).diagonal().mul(scale).tolist() if batch.ids else [],
+            "dim": encoder.embed_dim, "skipped": batch.skipped.total}
+
+
+def test_after_runs_where_the_batch_was_encoded(photo_shards):
+    """`EncodeJob.after`: each batch's own result replaces the batch, the same from the local executor and the
+    Ray actor's logic (run here without Ray, through a pickled job, as a worker receives it)."""
+    import functools
+    import pickle
+
+    import clipforge.scale.ray_executor as rx
+
+    after = functools.partial(_norms_and_ids, scale=2.0)
+    job = EncodeJob(photo_shards, "tiny", captions=True, after=after)
+    plain = EncodeJob(photo_shards, "tiny", captions=True)
+    src = job.open_source()
+    plan = plan_batches(range(len(src)), 4)
+    with create_executor("local", plain) as ex:
+        batches = list(ex.iter_batches(plan))
+    with create_executor("local", job) as ex:
+        local = list(ex.iter_batches(plan))
+    assert [r["positions"] for r in local] == plan and [r["ids"] for r in local] == [b.ids for b in batches]
+    for r, b in zip(local, batches):  # the function really ran on the encoded batch
+        want = 2.0 * (b.feats * b.text_feats).sum(1)
+        assert np.allclose(r["score"], want.tolist(), atol=1e-5)
+    worker = rx._worker_class(pickle.loads(pickle.dumps(job)), 1)()
+    remote = []
+    for unit in plan_units(plan, None, batches_per_unit=3):
+        unit_plan = [plan[b] for b in unit]
+        parts = src.locate([p for b in unit_plan for p in b])
+        out = worker({"unit": np.array([0]), "work": np.array([json.dumps({"plan": unit_plan, "parts": parts})],
+                                                              dtype=object)})
+        remote += pickle.loads(out["payload"][0])
+    assert [r["ids"] for r in remote] == [r["ids"] for r in local]
+    assert np.allclose(sum((r["score"] for r in remote), []), sum((r["score"] for r in local), []), atol=1e-6)
+    with pytest.raises(UsageError, match="`after` must be a function"):
+        EncodeJob(photo_shards, "tiny", after="score")

@@ -7,7 +7,7 @@ every worker gets the same weights (see `Encoder.load`).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 from clipforge.data.sources import open_source
 from clipforge.encode import Encoder, ImageBatch
@@ -31,12 +31,18 @@ class EncodeJob:
     workers: int = 0  # decoding processes per encoder
     normalize: bool = True
     seed: int = 0
+    # per-batch work done where the batch was encoded: after(encoder, batch) -> what the executor yields for
+    # that batch instead of the batch (e.g. a job's scores, so only they travel back). It must pickle (a
+    # module-level function, or functools.partial of one) and depend only on its arguments.
+    after: Optional[Callable[[Encoder, ImageBatch], Any]] = None
 
     def __post_init__(self):
         if self.require not in REQUIRE:
             raise UsageError(f"`require` must be one of {REQUIRE}, got {self.require!r}")
         if self.workers < 0:
             raise UsageError(f"`workers` must be >= 0, got {self.workers}")
+        if self.after is not None and not callable(self.after):
+            raise UsageError(f"`after` must be a function (encoder, batch) -> result, got {type(self.after).__name__}")
 
     def open_source(self):
         return open_source(self.source, **self.source_options)
@@ -46,11 +52,15 @@ class EncodeJob:
 
 
 def encode_batches(job: EncodeJob, source, encoder: Encoder, plan: Sequence[Sequence[int]], *,
-                   progress: Optional[bool] = False, worker_init_fn=None) -> Iterator[ImageBatch]:
-    """The planned batches of `source`, encoded: the one call every executor makes, here or in a worker."""
-    return encoder.iter_source(source, batches=plan, workers=job.workers, require=job.require,
-                               normalize=job.normalize, captions=job.captions, progress=progress,
-                               worker_init_fn=worker_init_fn)
+                   progress: Optional[bool] = False, worker_init_fn=None) -> Iterator[Any]:
+    """The planned batches of `source`, encoded (then passed through `job.after`, if set): the one call every
+    executor makes, here or in a worker."""
+    batches = encoder.iter_source(source, batches=plan, workers=job.workers, require=job.require,
+                                  normalize=job.normalize, captions=job.captions, progress=progress,
+                                  worker_init_fn=worker_init_fn)
+    if job.after is None:
+        return batches
+    return (job.after(encoder, batch) for batch in batches)
 
 
 class UnitView:
