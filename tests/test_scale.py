@@ -224,3 +224,35 @@ def test_after_runs_where_the_batch_was_encoded(photo_shards):
     assert np.allclose(sum((r["score"] for r in remote), []), sum((r["score"] for r in local), []), atol=1e-6)
     with pytest.raises(UsageError, match="`after` must be a function"):
         EncodeJob(photo_shards, "tiny", after="score")
+
+
+class _FlakyRay:
+    """Stands in for the `ray` module: its node start-up times out `fail` times (as on a loaded machine)."""
+
+    def __init__(self, fail):
+        self.fail, self.inits, self.shutdowns = fail, 0, 0
+
+    def is_initialized(self):
+        return False
+
+    def init(self, **kw):
+        self.inits += 1
+        assert kw["address"] == "local" and kw["_node_ip_address"] == "127.0.0.1"  # loopback only
+        if self.inits <= self.fail:
+            raise Exception("The current node timed out during startup. This could happen because ...")
+
+    def shutdown(self):
+        self.shutdowns += 1
+
+
+def test_local_ray_start_retries_once_then_fails_in_one_line(monkeypatch):
+    from clipforge.scale.ray_executor import _connect
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    ray = _FlakyRay(fail=1)
+    assert _connect(ray, None) is True and ray.inits == 2 and ray.shutdowns == 1
+    ray = _FlakyRay(fail=5)
+    with pytest.raises(ClipforgeError, match=r"could not start a local Ray cluster \(2 tries\): The current node "
+                                             r"timed out during startup.*`address`='auto'") as e:
+        _connect(ray, None)
+    assert "\n" not in str(e.value) and ray.inits == 2 and ray.shutdowns == 2

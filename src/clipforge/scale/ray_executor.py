@@ -58,16 +58,35 @@ def _connect(ray, address: Optional[str]) -> bool:
     if ray.is_initialized():
         return False
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage reports leave the machine by default
+    if address in (None, "local") and not (address is None and os.environ.get("RAY_ADDRESS")):
+        # "local": a new cluster even if another one runs on this machine (never join one by accident)
+        _start_local(ray)
+        return True
     try:
-        if address in (None, "local") and not (address is None and os.environ.get("RAY_ADDRESS")):
-            # "local": a new cluster even if another one runs on this machine (never join one by accident)
-            ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1",
-                     configure_logging=False)
-        else:
-            ray.init(address=address, configure_logging=False)
+        ray.init(address=address, configure_logging=False)
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise ClipforgeError(f"cannot connect to Ray at `address` {address!r}: {e}") from None
     return True
+
+
+def _start_local(ray, attempts: int = 2) -> None:
+    """A new single-node cluster on 127.0.0.1. Ray gives its node 30 s to register, which a busy machine can
+    miss (seen on 2 cores at load 25): such a failed start is cleaned up and tried once more."""
+    for attempt in range(attempts):
+        try:
+            ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1",
+                     configure_logging=False)
+            return
+        except Exception as e:  # noqa: BLE001 - Ray raises a bare Exception for a node start-up time-out
+            try:
+                ray.shutdown()  # the processes the failed start left
+            except Exception:  # noqa: BLE001
+                pass
+            if attempt + 1 == attempts:
+                msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise ClipforgeError(f"could not start a local Ray cluster ({attempts} tries): {msg}; on a busy "
+                                     "machine start a head node first (see docs/scale.md) and pass "
+                                     "`address`='auto'") from None
 
 
 class _UnitWorker:
