@@ -75,6 +75,16 @@ def positive_int(value: str) -> int:
     return v
 
 
+def add_collection_job_args(p: argparse.ArgumentParser, *, model_help: str, out_help: str) -> None:
+    """SRC, --model, --out, --batch-size, --workers: what every whole-collection encoding job takes."""
+    p.add_argument("source", help="data source spec: a folder, files:DIR, csv:/jsonl:/parquet: manifest, wds:...")
+    p.add_argument("--model", "-m", required=True, help=model_help)
+    p.add_argument("--out", "-o", dest="out_dir", required=True, help=out_help)
+    p.add_argument("--batch-size", type=positive_int, default=64)
+    p.add_argument("--workers", type=int, default=2,
+                   help="DataLoader workers decoding images (0: in-process); per actor with --engine ray")
+
+
 def add_executor_args(p: argparse.ArgumentParser, command: str) -> None:
     """--engine local|ray and every option the executors declare (--address, --num-gpus-per-worker, ...)."""
     if not full_parser_for(command):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from clipforge.cli._common import add_executor_args, executor_from_args, positive_int
+from clipforge.cli._common import add_collection_job_args, add_executor_args, executor_from_args, positive_int
 
 
 def register(sub):
@@ -14,12 +14,8 @@ def register(sub):
                     "path, caption, ...), one committed shard per --shard-size samples. Re-run the same command "
                     "to resume a killed job; `clipforge index build SRC --model M --out DIR` later adds the "
                     "faiss index without embedding again. Unreadable images are skipped and counted.")
-    p.add_argument("source", help="data source spec: a folder, files:DIR, csv:/jsonl:/parquet: manifest, wds:...")
-    p.add_argument("--model", "-m", required=True, help="registered name, checkpoint dir, hf:ORG/NAME, ...")
-    p.add_argument("--out", "-o", dest="out_dir", required=True, help="output directory")
-    p.add_argument("--batch-size", type=positive_int, default=64)
-    p.add_argument("--workers", type=int, default=2,
-                   help="DataLoader workers decoding images (0: in-process); per actor with --engine ray")
+    add_collection_job_args(p, model_help="registered name, checkpoint dir, hf:ORG/NAME, ...",
+                            out_help="output directory")
     p.add_argument("--precision", default="auto", help="auto (default), fp32, bf16 or fp16")
     p.add_argument("--shard-size", type=positive_int, default=10_000, help="samples per committed shard")
     p.add_argument("--no-text", action="store_true", help="do not embed captions (text_emb/)")
@@ -43,7 +39,8 @@ def run(args) -> int:
     print(f"embedded {s['out_dir']}: {s['count']} items, model {s['model']} ({s['precision']}), "
           f"engine {ex.get('executor', 'local')}" + (f" ({ex['num_workers']} workers)" if "num_workers" in ex else ""))
     print(f"  this run: embedded {s['embedded']} in {s['seconds']:.1f} s ({s['images_per_s']:.1f} images/s), "
-          f"skipped {s['skipped_this_run']}" + (f", resumed after {s['resumed_from']}" if s.get("resumed_from") else ""))
+          f"skipped {s['skipped_this_run']}"
+          + (f", resumed after {s['resumed_from']}" if s.get("resumed_from") else ""))
     if s["skipped"]["total"]:
         print(f"  unreadable files: {s['skipped']['total']} " + json.dumps(s["skipped"]["by_reason"]))
     return 0

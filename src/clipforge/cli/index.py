@@ -5,7 +5,7 @@ import json
 
 import logging
 
-from clipforge.cli._common import add_executor_args, executor_from_args, positive_int
+from clipforge.cli._common import add_collection_job_args, add_executor_args, executor_from_args, positive_int
 
 logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its INFO lines about CPU builds are noise here
 
@@ -16,12 +16,8 @@ def register(sub):
                                    "embeddings in clip-retrieval's layout, parquet metadata, a faiss index.")
     isub = p.add_subparsers(dest="index_command", metavar="ACTION")
     b = isub.add_parser("build", help="embed a source into a new index (re-run to resume a killed build)")
-    b.add_argument("source", help="data source spec: a folder, files:DIR, csv:/jsonl:/parquet: manifest, wds:...")
-    b.add_argument("--model", "-m", required=True, help="registered name or checkpoint directory")
-    b.add_argument("--out", "-o", dest="out_dir", required=True, help="index directory to write")
-    b.add_argument("--batch-size", type=positive_int, default=64)
-    b.add_argument("--workers", type=int, default=2,
-                   help="DataLoader workers decoding images (0: in-process); per actor with --engine ray")
+    add_collection_job_args(b, model_help="registered name or checkpoint directory",
+                            out_help="index directory to write")
     b.add_argument("--max-memory", default=None, help="memory budget of the faiss index, e.g. 4GB")
     b.add_argument("--precision", default="auto",
                    help="auto (default: bf16 weights where the hardware multiplies bf16 natively and the model is "

@@ -59,7 +59,8 @@ class Executor(ABC):
         self.close()
 
 
-def plan_units(plan: Sequence[Sequence[int]], units: Optional[Sequence[int]], batches_per_unit: int = 8) -> list[list[int]]:
+def plan_units(plan: Sequence[Sequence[int]], units: Optional[Sequence[int]],
+               batches_per_unit: int = 8) -> list[list[int]]:
     """Batch indices grouped by unit: `units` as given (checked), else runs of `batches_per_unit` batches."""
     n = len(plan)
     if units is None:
