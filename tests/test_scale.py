@@ -153,11 +153,22 @@ def test_wds_locate_splits_by_shard_and_reads_the_same_samples(photo_shards, pho
     assert files.locate([0, 2]) == [(None, [0, 2], [0, 2])]
 
 
+def _run_in_actor_logic(worker, src, plan, batches_per_unit):
+    """What the Ray executor sends a `_UnitWorker` actor, unit by unit (without Ray): the results, in order."""
+    import pickle
+
+    got = []
+    for unit in plan_units(plan, None, batches_per_unit=batches_per_unit):
+        unit_plan = [plan[b] for b in unit]
+        parts = src.locate([p for b in unit_plan for p in b])
+        work = np.array([json.dumps({"plan": unit_plan, "parts": parts})], dtype=object)
+        got += pickle.loads(worker({"unit": np.array([0]), "work": work})["payload"][0])
+    return got
+
+
 def test_unit_worker_reads_only_its_shards_and_equals_local(photo_shards, monkeypatch):
     """The Ray actor's logic, run here without Ray: it opens the single shards its unit lives in, never the
     whole collection, and returns the same batches (positions, ids, vectors, captions) as the local run."""
-    import pickle
-
     import clipforge.scale.ray_executor as rx
     from clipforge.data.sources import open_source
 
@@ -169,14 +180,7 @@ def test_unit_worker_reads_only_its_shards_and_equals_local(photo_shards, monkey
     opened = []
     monkeypatch.setattr(rx, "open_source", lambda spec, **kw: opened.append(spec) or open_source(spec, **kw))
     monkeypatch.setattr(EncodeJob, "open_source", lambda self: pytest.fail("the actor opened the whole source"))
-    worker = rx._worker_class(job, 1)()
-    got = []
-    for unit in plan_units(plan, None, batches_per_unit=2):
-        unit_plan = [plan[b] for b in unit]
-        parts = src.locate([p for b in unit_plan for p in b])
-        out = worker({"unit": np.array([0]), "work": np.array([json.dumps({"plan": unit_plan, "parts": parts})],
-                                                              dtype=object)})
-        got += pickle.loads(out["payload"][0])
+    got = _run_in_actor_logic(rx._worker_class(job, 1)(), src, plan, batches_per_unit=2)
     assert opened and all(len(open_source(s).urls) == 1 for s in opened)
     assert [b.positions for b in got] == [b.positions for b in want] == plan
     for a, b in zip(want, got):
@@ -212,14 +216,7 @@ def test_after_runs_where_the_batch_was_encoded(photo_shards):
     for r, b in zip(local, batches):  # the function really ran on the encoded batch
         want = 2.0 * (b.feats * b.text_feats).sum(1)
         assert np.allclose(r["score"], want.tolist(), atol=1e-5)
-    worker = rx._worker_class(pickle.loads(pickle.dumps(job)), 1)()
-    remote = []
-    for unit in plan_units(plan, None, batches_per_unit=3):
-        unit_plan = [plan[b] for b in unit]
-        parts = src.locate([p for b in unit_plan for p in b])
-        out = worker({"unit": np.array([0]), "work": np.array([json.dumps({"plan": unit_plan, "parts": parts})],
-                                                              dtype=object)})
-        remote += pickle.loads(out["payload"][0])
+    remote = _run_in_actor_logic(rx._worker_class(pickle.loads(pickle.dumps(job)), 1)(), src, plan, batches_per_unit=3)
     assert [r["ids"] for r in remote] == [r["ids"] for r in local]
     assert np.allclose(sum((r["score"] for r in remote), []), sum((r["score"] for r in local), []), atol=1e-6)
     with pytest.raises(UsageError, match="`after` must be a function"):
