@@ -137,15 +137,16 @@ class Encoder:
     def iter_source(self, source, batch_size: int = 256, *, batches=None, workers: int = 0,
                     require: Optional[str] = None, skipped: Optional[SkipCounter] = None,
                     progress: Optional[bool] = None, desc: str = "images", normalize: bool = True,
-                    worker_init_fn=None) -> Iterator[ImageBatch]:
+                    worker_init_fn=None, inspect=None) -> Iterator[ImageBatch]:
         """Yield every planned batch of `source` with `feats` (B, D) set and the pixels released.
 
         Options are those of `clipforge.encode.batches.iter_image_batches` (a custom `batches` plan,
-        decoding `workers`, `require` a label or caption, a `skipped` counter to fill).
+        decoding `workers`, `require` a label or caption, a `skipped` counter to fill, an `inspect` hook whose
+        facts about each decoded image land in `batch.info`).
         """
         for batch in iter_image_batches(source, self.preprocess, batch_size, batches=batches, workers=workers,
                                         require=require, skipped=skipped, progress=progress, desc=desc,
-                                        worker_init_fn=worker_init_fn):
+                                        worker_init_fn=worker_init_fn, inspect=inspect):
             batch.feats = self.encode_pixels(batch.pixels, normalize=normalize)
             batch.pixels = None
             yield batch
