@@ -15,10 +15,11 @@ from clipforge.curate.facts import caption_facts, image_facts, pixel_descriptor
 from clipforge.curate.filter import FilterRules, decide, filter_source
 from clipforge.curate.job import read_scores, score_source, scores_info
 from clipforge.curate.near import candidate_pairs, keep_greedy
+from clipforge.curate.report import write_report
 from clipforge.curate.score import score_batch
 from clipforge.curate.selection import Selection, read_removals
 
 __all__ = ["score_source", "score_batch", "read_scores", "scores_info", "filter_source", "FilterRules", "decide",
            "dedup_source", "exact_duplicates", "near_duplicates", "candidate_pairs", "keep_greedy",
            "KNOWN_THRESHOLDS", "calibrate_threshold", "quantile_threshold", "image_facts", "caption_facts",
-           "pixel_descriptor", "Selection", "read_removals"]
+           "pixel_descriptor", "Selection", "read_removals", "write_report"]

@@ -114,7 +114,9 @@ def read_removals(path) -> list[dict]:
 
 
 def merge_removals(*lists: list[dict]) -> dict[str, dict]:
-    """id -> one removal record combining every list's reasons (a whole-sample removal wins over captions)."""
+    """id -> one removal record combining every list's. A whole-sample removal wins over caption removals:
+    the merged record is then "sample" with the reasons of the whole-sample removals only (captions removed
+    by per-pair rules stay listed under "captions" with their own reasons)."""
     merged: dict[str, dict] = {}
     for records in lists:
         for r in records:
@@ -122,12 +124,17 @@ def merge_removals(*lists: list[dict]) -> dict[str, dict]:
             if cur is None:
                 merged[r["id"]] = {**r, "reasons": list(r.get("reasons", [])), "captions": list(r.get("captions", []))}
                 continue
-            cur["reasons"] += [x for x in r.get("reasons", []) if x not in cur["reasons"]]
+            if r.get("removed") == "sample":
+                if cur.get("removed") != "sample":
+                    cur["removed"], cur["reasons"] = "sample", []
+                cur["reasons"] += [x for x in r.get("reasons", []) if x not in cur["reasons"]]
+            elif cur.get("removed") != "sample":
+                cur["reasons"] += [x for x in r.get("reasons", []) if x not in cur["reasons"]]
             seen = {c["index"] for c in cur["captions"]}
             cur["captions"] += [c for c in r.get("captions", []) if c["index"] not in seen]
-            if r.get("removed") == "sample":
-                cur["removed"] = "sample"
-            for k in ("duplicate_of", "similarity"):
+            for k in ("duplicate_of", "similarity", "how"):
                 if k in r and k not in cur:
                     cur[k] = r[k]
+            if cur.get("score") is None:
+                cur["score"] = r.get("score")
     return merged
