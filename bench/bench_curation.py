@@ -126,7 +126,7 @@ def make_sets(work: Path, digits: dict, seed: int, p_wrong: float, dup_frac: flo
     return truth
 
 
-def train_run(train_spec: str, digits: dict, run_dir: Path, seed: int, steps: int) -> dict:
+def train_run(train_spec: str, digits: dict, run_dir: Path, seed: int, steps: int, threads: int = 0) -> dict:
     import yaml
 
     from clipforge.train.config import apply_overrides, config_from_dict, read_config_text
@@ -142,7 +142,7 @@ def train_run(train_spec: str, digits: dict, run_dir: Path, seed: int, steps: in
     sets = [f"data.train={train_spec}", f"data.val=imagefolder:{digits['val_dir']}",
             f"data.val_classnames={digits['classnames']}", f"data.val_templates={digits['templates_unseen']}",
             f"run.seed={seed}", f"run.steps={steps}", f"run.eval_every={steps}", f"run.checkpoint_every={steps}",
-            "run.progress=false"]
+            "run.progress=false"] + ([f"run.threads={threads}"] if threads else [])
     cfg = config_from_dict(apply_overrides(yaml.safe_load(read_config_text("demo-digits")), sets)).validate()
     s = train(cfg, run_dir)
     return {"seed": seed, "steps": s["steps"], "zeroshot_top1": s["final"].get("zeroshot_top1"),
@@ -202,6 +202,9 @@ def main():
     ap.add_argument("--eps", type=float, default=0.05, help="near-duplicate eps of the curated training set")
     ap.add_argument("--features", default="model", choices=["model", "pixels"])
     ap.add_argument("--skip-training", action="store_true")
+    ap.add_argument("--parallel", type=int, default=1,
+                    help="training runs at once (each with --threads torch threads); results do not depend on it")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads per training run (0: torch's default)")
     a = ap.parse_args()
     import torch
 
@@ -227,7 +230,7 @@ def main():
           f"{truth['n_wrong']} of {truth['pairs_b']} pairs mismatched", flush=True)
 
     # 2. the scoring model and the scores
-    scorer = train_run(f"jsonl:{paths['a_train']}", digits, work / "scorer", 0, a.score_steps)
+    scorer = train_run(f"jsonl:{paths['a_train']}", digits, work / "scorer", 0, a.score_steps, a.threads)
     print("scorer:", scorer, flush=True)
     ckpt = str(work / "scorer" / "final")
     t0 = time.perf_counter()
@@ -268,9 +271,15 @@ def main():
     print("curated:", {k: cur[k] for k in ("samples_kept", "pairs_kept", "removed_by_reason")}, flush=True)
     runs = {"raw": [], "curated": []}
     if not a.skip_training:
-        for seed in [int(s) for s in a.seeds.split(",")]:
-            for name, spec in (("raw", f"jsonl:{paths['b_raw']}"), ("curated", f"jsonl:{cur['out']}")):
-                r = train_run(spec, digits, work / "runs" / f"{name}-{seed}", seed, a.steps)
+        from concurrent.futures import ProcessPoolExecutor
+
+        jobs = [(name, seed, spec) for seed in [int(s) for s in a.seeds.split(",")]
+                for name, spec in (("raw", f"jsonl:{paths['b_raw']}"), ("curated", f"jsonl:{cur['out']}"))]
+        with ProcessPoolExecutor(max_workers=a.parallel) as pool:
+            futs = [(name, pool.submit(train_run, spec, digits, work / "runs" / f"{name}-{seed}", seed, a.steps,
+                                       a.threads)) for name, seed, spec in jobs]
+            for name, fut in futs:
+                r = fut.result()
                 runs[name].append(r)
                 print(name, r, flush=True)
     load1 = os.getloadavg()
@@ -284,8 +293,9 @@ def main():
 def render(a, truth, scorer, score_s, s_b, thr, pr_main, pr_top, roc, pos, neg, dd, cur, runs, load0, load1,
            wall, torch) -> str:
     L = [f"# Curation benchmark: corrupted digits, curated vs raw\n",
-         f"`python bench/bench_curation.py --steps {a.steps} --score-steps {a.score_steps} --seeds {a.seeds}` "
-         f"(torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.machine()}; load average "
+         f"`python bench/bench_curation.py --steps {a.steps} --score-steps {a.score_steps} --seeds {a.seeds} "
+         f"--parallel {a.parallel} --threads {a.threads}` "
+         f"(torch {torch.__version__}, {platform.machine()}, {os.cpu_count()} cores; load average "
          f"{load0[0]:.1f} at the start, {load1[0]:.1f} at the end: the machine was shared; total {wall / 60:.0f} min)\n",
          "## Data",
          f"- clean set A: {truth['n_a_train']} images train the scoring model ({a.score_steps} steps of the demo "
