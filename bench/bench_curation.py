@@ -199,8 +199,10 @@ def main():
     ap.add_argument("--p-wrong", type=float, default=0.4)
     ap.add_argument("--dup-frac", type=float, default=0.15)
     ap.add_argument("--keep-clean", type=float, default=0.9, help="threshold keeps this fraction of clean pairs")
-    ap.add_argument("--eps", type=float, default=0.05, help="near-duplicate eps of the curated training set")
-    ap.add_argument("--features", default="model", choices=["model", "pixels"])
+    ap.add_argument("--eps", type=float, default=0.02, help="near-duplicate eps of the curated training set")
+    ap.add_argument("--features", default="pixels", choices=["model", "pixels"],
+                    help="near-duplicate features of the curated training set")
+    ap.add_argument("--runs", default="raw,curated", help="which training runs to do (raw, curated or both)")
     ap.add_argument("--skip-training", action="store_true")
     ap.add_argument("--parallel", type=int, default=1,
                     help="training runs at once (each with --threads torch threads); results do not depend on it")
@@ -229,6 +231,15 @@ def main():
     print(f"sets: A {truth['n_a_train']} + {truth['n_a_cal']} clean, B {truth['n_b']} + {truth['n_copies']} copies, "
           f"{truth['n_wrong']} of {truth['pairs_b']} pairs mismatched", flush=True)
 
+    if a.runs == "raw" and not a.skip_training:  # raw runs need no scoring: start them while the scorer trains
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(max_workers=a.parallel) as pool:
+            for seed, fut in [(seed, pool.submit(train_run, f"jsonl:{paths['b_raw']}", digits,
+                                                  work / "runs" / f"raw-{seed}", seed, a.steps, a.threads))
+                              for seed in [int(x) for x in a.seeds.split(",")]]:
+                print("raw", fut.result(), flush=True)
+        return
     # 2. the scoring model and the scores
     scorer = train_run(f"jsonl:{paths['a_train']}", digits, work / "scorer", 0, a.score_steps, a.threads)
     print("scorer:", scorer, flush=True)
@@ -274,7 +285,8 @@ def main():
         from concurrent.futures import ProcessPoolExecutor
 
         jobs = [(name, seed, spec) for seed in [int(s) for s in a.seeds.split(",")]
-                for name, spec in (("raw", f"jsonl:{paths['b_raw']}"), ("curated", f"jsonl:{cur['out']}"))]
+                for name, spec in (("raw", f"jsonl:{paths['b_raw']}"), ("curated", f"jsonl:{cur['out']}"))
+                if name in a.runs.split(",")]
         with ProcessPoolExecutor(max_workers=a.parallel) as pool:
             futs = [(name, pool.submit(train_run, spec, digits, work / "runs" / f"{name}-{seed}", seed, a.steps,
                                        a.threads)) for name, seed, spec in jobs]

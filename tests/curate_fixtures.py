@@ -21,7 +21,7 @@ def digits_rows(digits_demo: dict, n: int) -> list[dict]:
 def plant_copies(rows: list[dict], out: Path, kinds=("bytes", "pixels", "upscale", "jpeg")) -> list[dict]:
     """One copy of rows[k] per kind (k = 0, 1, ...): returns the copy rows ({"id", "image", "captions", "label",
     "_of", "_kind"}). bytes: the same file; pixels: PNG re-saved with other compression and a text chunk;
-    upscale: 32 -> 48 px bicubic; downscale: 32 -> 24 px; jpeg: quality 90."""
+    upscale: x1.5 bicubic; downscale: x0.75 Lanczos; jpeg: quality 90."""
     out.mkdir(parents=True, exist_ok=True)
     copies = []
     for k, kind in enumerate(kinds):
@@ -35,15 +35,15 @@ def plant_copies(rows: list[dict], out: Path, kinds=("bytes", "pixels", "upscale
             info.add_text("comment", "re-saved")
             im.save(dst, compress_level=1, pnginfo=info)
         elif kind == "upscale":
-            im.resize((48, 48), Image.BICUBIC).save(dst)
+            im.resize((im.width * 3 // 2, im.height * 3 // 2), Image.BICUBIC).save(dst)
         elif kind == "downscale":
-            im.resize((24, 24), Image.LANCZOS).save(dst)
+            im.resize((im.width * 3 // 4, im.height * 3 // 4), Image.LANCZOS).save(dst)
         elif kind == "jpeg":
-            im.convert("L").save(dst, quality=90)
+            im.convert("L" if im.mode in ("L", "I", "I;16") else "RGB").save(dst, quality=90)
         else:
             raise ValueError(kind)
         copies.append({"id": f"copy-{k}", "image": str(dst), "captions": list(src["captions"]),
-                       "label": src["label"], "_of": src["id"], "_kind": kind})
+                       "label": src.get("label"), "_of": src["id"], "_kind": kind})
     return copies
 
 

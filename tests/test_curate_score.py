@@ -63,6 +63,8 @@ def test_every_sample_once_per_caption_and_skips_recorded(pairs, scored):
     assert sorted(got) == sorted(want)  # no duplicates, no gaps
     skips = {r["id"]: r["skip_reason"] for r in rows if r["skip_reason"] is not None}
     assert skips == {"truncated": "truncated", "not-image": "not_an_image"}
+    src = open_source(pairs["spec"])
+    assert all(src[r["position"]].id == r["id"] for r in rows)  # unusable images keep their positions too
     unc = [r for r in rows if r["id"] == "uncaptioned"]
     assert len(unc) == 1 and unc[0]["caption_index"] == -1 and unc[0]["score"] is None
     assert unc[0]["width"] == 32 and unc[0]["height"] == 32 and unc[0]["aspect"] == 1.0

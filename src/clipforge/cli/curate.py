@@ -165,7 +165,8 @@ def run_dedup(args) -> int:
                      batch_size=args.batch_size, workers=args.workers, device=args.device,
                      precision=args.precision, shard_size=args.shard_size)
     at = ", ".join(f"eps {k}: {v}" for k, v in s["near_removed_at_eps"].items())
-    _print(s, args.json, _done_line(s) + f"\n  near-duplicates at other eps: {at}")
+    _print(s, args.json, _done_line(s) + f"\n  near-duplicates at other eps: {at}"
+           + "".join(f"\n  warning: {w}" for w in s["warnings"]))
     return 0
 
 

@@ -19,6 +19,7 @@ The summary records how many near-duplicates each eps in `eps_report` would remo
 """
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 from typing import Optional, Sequence
@@ -37,6 +38,8 @@ __all__ = ["dedup_source", "exact_duplicates", "near_duplicates", "KEEP", "FEATU
 KEEP = ("central", "first", "score")
 FEATURES = ("model", "pixels")
 EPS_REPORT = (0.01, 0.02, 0.05, 0.1, 0.15)
+WARN_FRACTION = 0.3  # near-duplicates above this share of the images earn a warning in the summary
+log = logging.getLogger("clipforge.curate")
 
 
 def exact_duplicates(keys: Sequence, priority: np.ndarray) -> dict[int, int]:
@@ -166,6 +169,12 @@ def dedup_source(source, out, *, model=None, scores=None, eps: float = 0.05, met
                          "captions": [], "duplicate_of": ids[d["of"]], "similarity": round(float(d["similarity"]), 6),
                          "how": d["how"]})
     kept = sorted(pos[r] for r in range(n) if r not in removed)
+    warnings = []
+    if len(alive) >= 20 and len(near) > WARN_FRACTION * len(alive):
+        warnings.append(f"eps {eps} marks {len(near)} of {len(alive)} images as near-duplicates: the {features} "
+                        f"features may not separate distinct images (a model that maps a whole class to one point "
+                        f"does this); check the counts at other eps and the report, or try `features`='pixels'")
+        log.warning(warnings[-1])
     by_reason: dict[str, int] = {}
     for d in removed.values():
         by_reason[d["reason"]] = by_reason.get(d["reason"], 0) + 1
@@ -177,7 +186,7 @@ def dedup_source(source, out, *, model=None, scores=None, eps: float = 0.05, met
                "removed_by_reason": dict(sorted(by_reason.items())),
                "exact_by": {w: sum(1 for d in removed.values() if d["reason"] == "exact_duplicate" and d["how"] == w)
                             for w in ("bytes", "pixels")},
-               "near_removed_at_eps": {str(k): v for k, v in sorted(counts.items())}}
+               "near_removed_at_eps": {str(k): v for k, v in sorted(counts.items())}, "warnings": warnings}
     return write_selection(src, kept, {}, removals, out, to=to, summary=summary, shard_size=shard_size,
                            progress=progress)
 

@@ -143,10 +143,11 @@ def decide(table, rules: FilterRules) -> tuple[dict[int, list[int]], list[dict],
         gone = [c for c in s["caps"] if c[3]]
         alive = [c for c in s["caps"] if not c[3]]
         reasons = list(s["reasons"])
-        if not s["caps"] and not reasons and not rules.keep_uncaptioned:
+        unreadable = any(x.startswith("unreadable:") for x in reasons)
+        if not s["caps"] and not unreadable and not rules.keep_uncaptioned:
             reasons.append("no_caption")
         if s["caps"] and not alive:
-            reasons += [x for c in gone for x in c[3] if x not in reasons]
+            reasons += sorted({x for c in gone for x in c[3]} - set(reasons))
         best = max((c[2] for c in s["caps"] if c[2] is not None), default=None)
         rec = {"id": sid, "removed": "sample" if reasons else "captions", "reasons": reasons, "score": best,
                "captions": [{"index": c[0], "text": c[1], "score": c[2], "reasons": c[3]} for c in gone]}

@@ -164,7 +164,8 @@ def _run_parts(src, enc, manifest, manifest_path: Path, parts: Path, progress, o
     for b, batch in enumerate(enc.iter_source(src, bs, batches=plan, workers=workers, skipped=skipped,
                                               progress=progress, desc="scoring", inspect=inspect)):
         pending.append(score_batch(enc, batch, texts=opts["texts"], lang=opts["lang"],
-                                   embeddings=opts["embeddings"], pixel_features=opts["pixel_features"]))
+                                   embeddings=opts["embeddings"], pixel_features=opts["pixel_features"],
+                                   planned=plan[b]))
         if b + 1 == len(plan) or part_of[b + 1] != part_of[b]:
             p = part_of[b]
             table = pa.concat_tables(pending).cast(schema) if pending else schema.empty_table()

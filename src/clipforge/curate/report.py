@@ -165,6 +165,7 @@ def _dedup_section(n: int, s: dict, out: Path, k: int) -> list[str]:
              f"Source `{s['source']}`, features `{s['features']}` (model `{s['model']}`), eps **{s['eps']}** "
              f"(cosine >= {1 - s['eps']:.3f}), method `{s['method']}`, keep rule `{s['keep']}`.", "",
              f"Kept {s['samples_kept']} of {s['samples_in']} samples.", ""]
+    lines += [f"> **Warning:** {w}" for w in s.get("warnings", [])] + ([""] if s.get("warnings") else [])
     lines += _table(sorted(s["removed_by_reason"].items(), key=lambda t: -t[1]) or [("none", 0)], ("reason", "samples"))
     lines += ["", "Near-duplicates that each eps would remove (after the exact steps):", ""]
     lines += _table([(e, c) for e, c in s["near_removed_at_eps"].items()], ("eps", "removed"))

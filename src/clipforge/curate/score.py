@@ -20,6 +20,8 @@ be used gives one row with its `skip_reason` and nothing else. Columns (`SCHEMA`
 """
 from __future__ import annotations
 
+from typing import Optional, Sequence
+
 import numpy as np
 import pyarrow as pa
 import torch
@@ -65,12 +67,13 @@ def _vectors(rows: list, dim: int) -> pa.Array:
 
 
 def score_batch(encoder, batch, *, texts: bool = True, lang: bool = False, embeddings: bool = False,
-                pixel_features: bool = False) -> pa.Table:
+                pixel_features: bool = False, planned: Optional[Sequence[int]] = None) -> pa.Table:
     """The rows of one `ImageBatch` (with `feats`, or `pixels` still to encode) as a table of `schema_for(...)`.
 
     texts: encode the captions and score each pair (False: image facts only, e.g. for de-duplication).
     lang: add a language guess per caption. embeddings / pixel_features: keep the image embedding / pixel
-    descriptor (from `batch.info["pixel_feat"]`) on each sample's first row.
+    descriptor (from `batch.info["pixel_feat"]`) on each sample's first row. planned: the source positions this
+    batch was planned with, so the rows of unusable images get their positions too.
     """
     feats = batch.feats if batch.feats is not None else encoder.encode_pixels(batch.pixels)  # (B, D)
     schema = schema_for(lang=lang, embed_dim=encoder.embed_dim if embeddings else None,
@@ -101,11 +104,16 @@ def score_batch(encoder, batch, *, texts: bool = True, lang: bool = False, embed
                 pair_texts.append(cap)
             emb_rows.append(feats[b].numpy() if embeddings and k == 0 else None)
             pix_rows.append(info.get("pixel_feat") if pixel_features and k == 0 else None)
-    for sid, reason in batch.skipped.samples:  # unusable images: one row each, with the reason
+    read = set(batch.positions)
+    missing = [p for p in planned if p not in read] if planned is not None else []
+    skips = batch.skipped.samples
+    for n, (sid, reason) in enumerate(skips):  # unusable images: one row each, with the reason
         for name in cols:
             if name not in ("lang", "lang_prob"):
                 cols[name].append(None)
         cols["id"][-1], cols["skip_reason"][-1], cols["caption_index"][-1] = sid, reason, -1
+        if len(missing) == len(skips):  # skips are recorded in plan order
+            cols["position"][-1] = missing[n]
         emb_rows.append(None)
         pix_rows.append(None)
     if pair_texts:
