@@ -15,6 +15,7 @@ Embeddings: `features="model"` uses the model's image embeddings (semantic near-
 resized or re-encoded, not crops or shifts). They come from a scores file that holds them (`scores=`, from
 `score_source(..., embeddings=True)`), or are computed by the same resumable job (`<out stem>.images.parquet`).
 
+Samples the score job could not read are left out and recorded as "unreadable:<reason>", as filter does.
 The summary records how many near-duplicates each eps in `eps_report` would remove, so a user can pick eps.
 """
 from __future__ import annotations
@@ -163,11 +164,18 @@ def dedup_source(source, out, *, model=None, scores=None, eps: float = 0.05, met
     if captions:
         cap_removed = _caption_duplicates(samples, removed, caption_eps, model, info)
     removals = []
-    for r in sorted(removed, key=lambda r: pos[r]):
+    for r in removed:
         d = removed[r]
         removals.append({"id": ids[r], "removed": "sample", "reasons": [d["reason"]], "score": best.get(ids[r]),
                          "captions": [], "duplicate_of": ids[d["of"]], "similarity": round(float(d["similarity"]), 6),
-                         "how": d["how"]})
+                         "how": d["how"], "_pos": pos[r]})
+    skips = table.filter(table.column("skip_reason").is_valid())
+    for i, p, why in zip(*(skips.column(c).to_pylist() for c in ("id", "position", "skip_reason"))):
+        removals.append({"id": i, "removed": "sample", "reasons": [f"unreadable:{why}"], "score": None,
+                         "captions": [], "_pos": -1 if p is None else p})  # not in the output either: say why
+    removals.sort(key=lambda d: d["_pos"])  # source order
+    for d in removals:
+        del d["_pos"]
     kept = sorted(pos[r] for r in range(n) if r not in removed)
     warnings = []
     if len(alive) >= 20 and len(near) > WARN_FRACTION * len(alive):
@@ -176,13 +184,13 @@ def dedup_source(source, out, *, model=None, scores=None, eps: float = 0.05, met
                         f"does this); check the counts at other eps and the report, or try `features`='pixels'")
         log.warning(warnings[-1])
     by_reason: dict[str, int] = {}
-    for d in removed.values():
-        by_reason[d["reason"]] = by_reason.get(d["reason"], 0) + 1
+    for d in removals:
+        by_reason[d["reasons"][0]] = by_reason.get(d["reasons"][0], 0) + 1
     summary = {"step": "dedup", "source": src.spec, "scores": str(scores), "model": info["model"],
                "features": features, "eps": eps, "method": used, "keep": keep, "exact": exact,
                "captions": captions, "caption_eps": caption_eps if captions else None,
                "samples_in": n + info["skipped"]["total"], "unreadable": info["skipped"]["total"],
-               "samples_kept": len(kept), "samples_removed": len(removed),
+               "samples_kept": len(kept), "samples_removed": len(removals),
                "removed_by_reason": dict(sorted(by_reason.items())),
                "exact_by": {w: sum(1 for d in removed.values() if d["reason"] == "exact_duplicate" and d["how"] == w)
                             for w in ("bytes", "pixels")},

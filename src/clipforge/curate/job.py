@@ -69,6 +69,8 @@ def _n_positions(source) -> int:
 
 def scores_info(path) -> dict:
     """The job description stored in a scores file (source, model, options, counts)."""
+    if not Path(path).is_file():
+        raise UsageError(f"scores file {path} does not exist (write one with curate score)")
     try:
         meta = pq.read_schema(path).metadata or {}
     except (OSError, pa.ArrowInvalid) as e:

@@ -44,9 +44,9 @@ def _load_summary(s) -> dict:
         raise UsageError(f"summary {str(p)!r} does not exist (filter and dedup write <out>.summary.json)")
     try:
         d = json.loads(p.read_text())
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UsageError(f"{p} is not a curation summary: {e}") from None
-    if d.get("step") not in ("filter", "dedup"):
+    if not isinstance(d, dict) or d.get("step") not in ("filter", "dedup"):
         raise UsageError(f"{p} is not a curation summary (no filter/dedup step)")
     return d
 
