@@ -202,7 +202,9 @@ def main():
     ap.add_argument("--eps", type=float, default=0.02, help="near-duplicate eps of the curated training set")
     ap.add_argument("--features", default="pixels", choices=["model", "pixels"],
                     help="near-duplicate features of the curated training set")
-    ap.add_argument("--runs", default="raw,curated", help="which training runs to do (raw, curated or both)")
+    ap.add_argument("--runs", default="raw,curated",
+                    help="which training runs this call does (raw, curated, both, or '' for none); runs finished "
+                         "by earlier calls with the same --work are reported too")
     ap.add_argument("--skip-training", action="store_true")
     ap.add_argument("--parallel", type=int, default=1,
                     help="training runs at once (each with --threads torch threads); results do not depend on it")
@@ -281,15 +283,22 @@ def main():
                         min_score=thr, also_remove=[str(dsel)])
     print("curated:", {k: cur[k] for k in ("samples_kept", "pairs_kept", "removed_by_reason")}, flush=True)
     runs = {"raw": [], "curated": []}
-    if not a.skip_training:
+    seeds = [int(s) for s in a.seeds.split(",")]
+    specs = {"raw": f"jsonl:{paths['b_raw']}", "curated": f"jsonl:{cur['out']}"}
+    train_now = [] if a.skip_training else [x for x in a.runs.split(",") if x]
+    for name in specs:  # runs not trained by this call count when an earlier call finished them
+        if name not in train_now:
+            for seed in seeds:
+                if (work / "runs" / f"{name}-{seed}" / "summary.json").exists():
+                    runs[name].append(train_run(specs[name], digits, work / "runs" / f"{name}-{seed}", seed,
+                                                a.steps))
+    if train_now:
         from concurrent.futures import ProcessPoolExecutor
 
-        jobs = [(name, seed, spec) for seed in [int(s) for s in a.seeds.split(",")]
-                for name, spec in (("raw", f"jsonl:{paths['b_raw']}"), ("curated", f"jsonl:{cur['out']}"))
-                if name in a.runs.split(",")]
+        jobs = [(name, seed) for seed in seeds for name in specs if name in train_now]
         with ProcessPoolExecutor(max_workers=a.parallel) as pool:
-            futs = [(name, pool.submit(train_run, spec, digits, work / "runs" / f"{name}-{seed}", seed, a.steps,
-                                       a.threads)) for name, seed, spec in jobs]
+            futs = [(name, pool.submit(train_run, specs[name], digits, work / "runs" / f"{name}-{seed}", seed,
+                                       a.steps, a.threads)) for name, seed in jobs]
             for name, fut in futs:
                 r = fut.result()
                 runs[name].append(r)
@@ -350,18 +359,22 @@ def render(a, truth, scorer, score_s, s_b, thr, pr_main, pr_top, roc, pos, neg, 
           f"{json.dumps(cur['removed_by_reason'])}.",
           f"Both train the demo config for {a.steps} steps (batch 128) from the same seeds; zero-shot top-1 on the "
           "360 held-out digits with unseen templates.\n"]
-    if runs["raw"]:
+    by_seed = {name: {r["seed"]: r for r in rs} for name, rs in runs.items()}
+    both = sorted(set(by_seed["raw"]) & set(by_seed["curated"]))  # equal steps, same seeds: paired
+    if both:
         L += ["| seed | raw | curated | curated − raw |", "|---|---|---|---|"]
-        for r, c in zip(runs["raw"], runs["curated"]):
-            L.append(f"| {r['seed']} | {r['zeroshot_top1']:.3f} | {c['zeroshot_top1']:.3f} | "
+        for seed in both:
+            r, c = by_seed["raw"][seed], by_seed["curated"][seed]
+            L.append(f"| {seed} | {r['zeroshot_top1']:.3f} | {c['zeroshot_top1']:.3f} | "
                      f"{c['zeroshot_top1'] - r['zeroshot_top1']:+.3f} |")
-        raw = np.array([r["zeroshot_top1"] for r in runs["raw"]])
-        curd = np.array([r["zeroshot_top1"] for r in runs["curated"]])
+        raw = np.array([by_seed["raw"][s]["zeroshot_top1"] for s in both])
+        curd = np.array([by_seed["curated"][s]["zeroshot_top1"] for s in both])
         L.append(f"| mean ± sd | {raw.mean():.3f} ± {raw.std(ddof=1) if len(raw) > 1 else 0:.3f} | "
                  f"{curd.mean():.3f} ± {curd.std(ddof=1) if len(curd) > 1 else 0:.3f} | "
                  f"{(curd - raw).mean():+.3f} (min {(curd - raw).min():+.3f}) |")
-        L.append("\nTraining time per run (s): raw " + ", ".join(str(r["train_time_s"]) for r in runs["raw"])
-                 + "; curated " + ", ".join(str(r["train_time_s"]) for r in runs["curated"]) + ".")
+        L.append("\nTraining time per run (s; the machine was shared, so these are not speed figures): raw "
+                 + ", ".join(str(by_seed["raw"][s]["train_time_s"]) for s in both) + "; curated "
+                 + ", ".join(str(by_seed["curated"][s]["train_time_s"]) for s in both) + ".")
     return "\n".join(L) + "\n"
 
 
