@@ -49,10 +49,13 @@ def test_exact_dedup_finds_every_planted_copy_and_nothing_else(planted, tmp_path
 def test_near_dedup_finds_resized_and_reencoded_copies_and_leaves_distinct_images(planted, tmp_path):
     s = dedup_source(planted["spec"], tmp_path / "d.jsonl", scores=planted["scores"], eps=0.02, features="pixels")
     rem = read_removals(s["removals_file"])
-    pairs = {frozenset((r["id"], r["duplicate_of"])) for r in rem}
+    pairs = {frozenset((r["id"], r["duplicate_of"])) for r in rem if "duplicate_of" in r}
     for c in planted["copies"]:
         assert frozenset((c["id"], c["_of"])) in pairs, c["_kind"]  # every copy found ...
-    assert len(rem) == len(planted["copies"])  # ... and no distinct image removed
+    assert len(pairs) == len(planted["copies"])  # ... and no distinct image removed
+    assert {r["id"]: r["reasons"] for r in rem if "duplicate_of" not in r} == {
+        "truncated": ["unreadable:truncated"], "not-image": ["unreadable:not_an_image"]}  # left out, said why
+    assert not s["warnings"]
     kept = open_source(f"jsonl:{tmp_path / 'd.jsonl'}")
     assert len(kept) == s["samples_kept"] == planted["n"] - len(planted["copies"]) - 2  # 2 unreadable
     counts = [s["near_removed_at_eps"][k] for k in sorted(s["near_removed_at_eps"], key=float)]
@@ -62,12 +65,19 @@ def test_near_dedup_finds_resized_and_reencoded_copies_and_leaves_distinct_image
 def test_dedup_with_a_model_embeds_through_the_score_job(planted, tmp_path):
     out = tmp_path / "d.jsonl"
     s = dedup_source(planted["spec"], out, model="tiny", eps=0.0, features="model", precision="fp32")
-    assert s["removed_by_reason"] == {"exact_duplicate": 2}
+    assert s["removed_by_reason"] == {"exact_duplicate": 2, "unreadable:not_an_image": 1, "unreadable:truncated": 1}
+    assert s["samples_kept"] + s["samples_removed"] == s["samples_in"]
     assert (tmp_path / "d.images.parquet").exists() and s["scores"].endswith("d.images.parquet")
     with pytest.raises(UsageError, match="`model`"):
         dedup_source(planted["spec"], out, eps=0.05)
     with pytest.raises(UsageError, match="`keep`"):
         dedup_source(planted["spec"], out, scores=planted["scores"], keep="last")
+
+
+def test_an_eps_that_swallows_distinct_images_is_warned_about(planted, tmp_path):
+    s = dedup_source(planted["spec"], tmp_path / "d.jsonl", scores=planted["scores"], eps=0.6, features="pixels")
+    assert s["samples_removed"] > 0.3 * s["samples_in"]
+    assert len(s["warnings"]) == 1 and "smaller `eps`" in s["warnings"][0]
 
 
 def _clusters(n_groups=40, per=3, d=32, spread=0.01, seed=0):

@@ -181,7 +181,8 @@ def dedup_source(source, out, *, model=None, scores=None, eps: float = 0.05, met
     if len(alive) >= 20 and len(near) > WARN_FRACTION * len(alive):
         warnings.append(f"eps {eps} marks {len(near)} of {len(alive)} images as near-duplicates: the {features} "
                         f"features may not separate distinct images (a model that maps a whole class to one point "
-                        f"does this); check the counts at other eps and the report, or try `features`='pixels'")
+                        f"does this); check the counts at other eps and the report"
+                        + (", or try `features`='pixels'" if features == "model" else ", or use a smaller `eps`"))
         log.warning(warnings[-1])
     by_reason: dict[str, int] = {}
     for d in removals:
