@@ -269,8 +269,10 @@ def main():
     for feats in ("model", "pixels"):
         for eps in (0.01, 0.02, 0.05, 0.1):
             o = work / "dedup" / f"{feats}-{eps}.jsonl"
-            res = dedup_source(f"jsonl:{paths['b_raw']}", o, scores=work / "scores_b.parquet", eps=eps,
-                               features=feats)
+            done = o.with_suffix(".summary.json")
+            res = (json.loads(done.read_text()) if done.exists() else  # cached: delete it to redo
+                   dedup_source(f"jsonl:{paths['b_raw']}", o, scores=work / "scores_b.parquet", eps=eps,
+                                features=feats))
             rem = read_removals(res["removals_file"])
             exact = [r for r in rem if "exact_duplicate" in r["reasons"]]
             dd[(feats, eps)] = {"all": dedup_pr(rem, truth), "exact": dedup_pr(exact, truth),
