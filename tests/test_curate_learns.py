@@ -69,7 +69,9 @@ def test_mismatch_filter_learns(digits_demo, tmp_path):
     print(json.dumps({"base": base, "trained": trained, "untrained": untrained}))
     assert 0.3 < base < 0.5 and len(wrong) > 200  # the corruption is what the test claims
     # An untrained model removes wrong pairs at about their base rate; the trained one far above it, and finds
-    # most of them. (Measured: see the printed figures; 720 pairs give an AUC standard error of ~0.02.)
+    # most of them. Measured on this set (base rate 0.3875) with bench_curation's scorer (150 steps on 250 other
+    # clean digits): AUC 0.966, precision = recall 0.892; untrained AUC 0.459, precision 0.337. Its 100-step
+    # scorer reached AUC 0.92 on the bench's set. 720 pairs give an AUC standard error of ~0.02.
     assert abs(untrained["auc"] - 0.5) < 0.1
     assert trained["auc"] > untrained["auc"] + 0.25
     assert trained["precision"] > base + 0.25 and trained["recall"] > 0.6
