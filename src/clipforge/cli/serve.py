@@ -10,8 +10,9 @@ MAX_HEADER_BYTES = 16 * 1024
 
 def register(sub):
     p = sub.add_parser("serve", help="serve an index over HTTP with a search page",
-                       description="FastAPI service: POST /search, GET /items/{id}, /thumb/{id}, /healthz, "
-                                   "/stats, /docs; the web page at /.")
+                       description="FastAPI service: POST /search, POST /classify, GET|DELETE /items/{id}, "
+                                   "/thumb/{id}, /healthz, /stats, /docs; the web page (search and classify) at "
+                                   "/. The server picks up `index update` and `index delete` without a restart.")
     p.add_argument("index_dir")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
     p.add_argument("--port", type=positive_int, default=8000)
@@ -21,6 +22,12 @@ def register(sub):
     p.add_argument("--max-body-mb", type=float, default=16.0, help="largest request body (default 16)")
     p.add_argument("--max-connections", type=positive_int, default=128,
                    help="concurrent connections before new ones get 503 (bounds memory; default 128)")
+    p.add_argument("--rerank", default=None, metavar="MODEL|INDEX",
+                   help="second stage: re-score the top candidates with another model (a model reference) or "
+                        "with a second index of the same source built with a stronger model")
+    p.add_argument("--rerank-k", type=positive_int, default=100, help="candidates the second stage re-scores")
+    p.add_argument("--reload-interval", type=float, default=0.25,
+                   help="seconds between checks of the index folder for updates and deletes (0: never)")
     p.add_argument("--device", default=None)
     p.set_defaults(func=run)
 
@@ -28,13 +35,18 @@ def register(sub):
 def run(args) -> int:
     import uvicorn
 
+    from clipforge.errors import UsageError
     from clipforge.serve.app import Limits, create_app
 
     key = args.api_key or os.environ.get("CLIPFORGE_API_KEY")
     if args.host not in ("127.0.0.1", "localhost", "::1") and not key:
         print(f"warning: serving on {args.host} without --api-key: anyone who can reach it can query it")
     limits = Limits(max_k=args.max_k, max_body_bytes=int(args.max_body_mb * 2**20))
-    app = create_app(args.index_dir, api_key=key, limits=limits, device=args.device)
+    if args.reload_interval < 0:
+        raise UsageError(f"--reload-interval must be >= 0, got {args.reload_interval}")
+    app = create_app(args.index_dir, api_key=key, limits=limits, device=args.device,
+                     rerank=args.rerank, rerank_k=args.rerank_k if args.rerank else None,
+                     reload_interval=args.reload_interval or None)
     print(f"serving {args.index_dir} on http://{args.host}:{args.port}/  (API docs at /docs)")
     # h11 refuses request heads (request line + headers) over 16 KB; say so explicitly rather than rely on it.
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", http="h11",
