@@ -146,3 +146,23 @@ def test_classify_endpoint_matches_the_zero_shot_head(photos_index, photos_demo)
         assert r.status_code == status, (body.get("labels"), r.text)
         assert r.json()["error"]["status"] == status and "/tmp" not in r.text
     assert c.post("/search", json={"text": "a cat", "k": 3}, headers=h).status_code == 200
+
+
+def test_worker_processes_build_the_same_app_from_the_environment(photos_index, monkeypatch):
+    """`clipforge serve --workers N`: each worker builds its app from $CLIPFORGE_SERVE_CONFIG (uvicorn factory)."""
+    from dataclasses import asdict
+
+    from clipforge.serve.app import SERVE_ENV, app_from_env
+
+    monkeypatch.setenv(SERVE_ENV, json.dumps({"index_dir": str(photos_index), "limits": asdict(Limits(max_k=7)),
+                                              "reload_interval": None}))
+    monkeypatch.setenv("CLIPFORGE_API_KEY", KEY)
+    c = TestClient(app_from_env())
+    assert c.post("/search", json={"text": "a cat", "k": 3}).status_code == 401  # the key came along
+    r = c.post("/search", json={"text": "a cat", "k": 3}, headers={"X-API-Key": KEY})
+    assert r.status_code == 200 and len(r.json()["results"]) == 3
+    assert c.post("/search", json={"text": "a cat", "k": 8}, headers={"X-API-Key": KEY}).status_code == 422
+    monkeypatch.delenv(SERVE_ENV)
+    from clipforge.errors import UsageError
+    with pytest.raises(UsageError):
+        app_from_env()

@@ -1,7 +1,9 @@
 """`clipforge serve INDEX_DIR`: the HTTP search API and web page (127.0.0.1 by default)."""
 from __future__ import annotations
 
+import json
 import os
+from dataclasses import asdict
 
 from clipforge.cli._common import positive_int
 
@@ -28,6 +30,10 @@ def register(sub):
     p.add_argument("--rerank-k", type=positive_int, default=100, help="candidates the second stage re-scores")
     p.add_argument("--reload-interval", type=float, default=0.25,
                    help="seconds between checks of the index folder for updates and deletes (0: never)")
+    p.add_argument("--workers", type=positive_int, default=1,
+                   help="server processes, each with its own copy of the index and model (default 1: one "
+                        "process answers from its cache without the GIL contention of threads; more use more "
+                        "cores: see docs/bench_serve.md)")
     p.add_argument("--device", default=None)
     p.set_defaults(func=run)
 
@@ -36,7 +42,7 @@ def run(args) -> int:
     import uvicorn
 
     from clipforge.errors import UsageError
-    from clipforge.serve.app import Limits, create_app
+    from clipforge.serve.app import SERVE_ENV, Limits, create_app
 
     key = args.api_key or os.environ.get("CLIPFORGE_API_KEY")
     if args.host not in ("127.0.0.1", "localhost", "::1") and not key:
@@ -44,12 +50,20 @@ def run(args) -> int:
     limits = Limits(max_k=args.max_k, max_body_bytes=int(args.max_body_mb * 2**20))
     if args.reload_interval < 0:
         raise UsageError(f"--reload-interval must be >= 0, got {args.reload_interval}")
-    app = create_app(args.index_dir, api_key=key, limits=limits, device=args.device,
-                     rerank=args.rerank, rerank_k=args.rerank_k if args.rerank else None,
-                     reload_interval=args.reload_interval or None)
-    print(f"serving {args.index_dir} on http://{args.host}:{args.port}/  (API docs at /docs)")
+    options = dict(index_dir=os.path.abspath(args.index_dir), limits=asdict(limits), device=args.device,
+                   rerank=args.rerank, rerank_k=args.rerank_k if args.rerank else None,
+                   reload_interval=args.reload_interval or None)
+    if args.workers > 1:  # each worker process builds its app from the environment (uvicorn imports it anew)
+        os.environ[SERVE_ENV] = json.dumps(options)
+        if key:
+            os.environ["CLIPFORGE_API_KEY"] = key
+        target, kw = "clipforge.serve.app:app_from_env", {"factory": True, "workers": args.workers}
+    else:
+        target, kw = create_app(api_key=key, **{**options, "limits": limits}), {}
+    print(f"serving {args.index_dir} on http://{args.host}:{args.port}/  (API docs at /docs)"
+          + (f", {args.workers} worker processes" if args.workers > 1 else ""))
     # h11 refuses request heads (request line + headers) over 16 KB; say so explicitly rather than rely on it.
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", http="h11",
+    uvicorn.run(target, host=args.host, port=args.port, log_level="warning", http="h11",
                 h11_max_incomplete_event_size=MAX_HEADER_BYTES, limit_concurrency=args.max_connections,
-                timeout_keep_alive=5, server_header=False)
+                timeout_keep_alive=5, server_header=False, **kw)
     return 0

@@ -38,6 +38,7 @@ import contextlib
 import io
 import json
 import logging
+import os
 import re
 import threading
 import time
@@ -372,3 +373,17 @@ def create_app(index_dir, api_key: str | None = None, limits: Limits = Limits(),
     app.state.engine = engine
     app.state.classifier = classifier
     return app
+
+
+SERVE_ENV = "CLIPFORGE_SERVE_CONFIG"  # JSON: create_app's arguments, for worker processes (see app_from_env)
+
+
+def app_from_env() -> FastAPI:
+    """The app described by $CLIPFORGE_SERVE_CONFIG (create_app's arguments as JSON; `limits` a dict) and
+    $CLIPFORGE_API_KEY: what each worker process of a multi-process server builds (uvicorn's factory)."""
+    raw = os.environ.get(SERVE_ENV)
+    if not raw:
+        raise UsageError(f"${SERVE_ENV} is not set: it holds the server's settings as JSON")
+    options = json.loads(raw)
+    limits = Limits(**options.pop("limits", {}))
+    return create_app(api_key=os.environ.get("CLIPFORGE_API_KEY"), limits=limits, **options)
