@@ -167,6 +167,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seconds", type=int, default=20, help="wrk duration per query set")
     ap.add_argument("--connections", type=int, default=32)
     ap.add_argument("--workers", type=int, default=1, help="server worker processes (clipforge serve --workers)")
+    ap.add_argument("--http", default="h11", choices=["h11", "httptools"], help="clipforge serve --http")
     ap.add_argument("--sets", default="repeat,unique")
     ap.add_argument("--index", default=None, help="an existing index directory (default: build the photos demo)")
     ap.add_argument("--out", default=None, help="append a markdown section here")
@@ -189,19 +190,23 @@ def main(argv=None) -> int:
     cmd = [sys.executable, "-m", "clipforge", "serve", idx, "--host", "127.0.0.1", "--port", str(port)]
     if args.workers > 1:
         cmd += ["--workers", str(args.workers)]
+    cmd += ["--http", args.http]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     results = {}
     try:
         import httpx
 
-        deadline = time.time() + 120
-        while time.time() < deadline:
+        deadline = time.time() + 600  # a busy machine imports torch slowly
+        up = 0
+        while time.time() < deadline and up < args.workers:  # a few answers in a row: every worker up
             try:
-                if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                    break
+                up = up + 1 if httpx.get(url + "/healthz", timeout=2).status_code == 200 else 0
             except httpx.HTTPError:
-                time.sleep(0.2)
-        time.sleep(1.0 if args.workers > 1 else 0)  # every worker up
+                up = 0
+            time.sleep(0.5)
+        if up < args.workers:
+            raise RuntimeError(f"the server did not answer within 600 s: {proc.stderr.read1(2000)!r}")
+        time.sleep(5.0 if args.workers > 1 else 0)  # the other workers finish loading
         pids = _server_pids(proc.pid)
         sets = query_sets()
         for name in args.sets.split(","):
@@ -223,9 +228,9 @@ def main(argv=None) -> int:
             f"{r['load_before']} |" for name, r in results.items())
         tc = stats.get("text_cache", {})
         text = f"""
-### {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: {args.workers} server process(es), {args.connections} connections, {args.seconds} s per set
+### {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: {args.workers} server process(es), --http {args.http}, {args.connections} connections, {args.seconds} s per set
 
-`python bench/bench_serve_load.py --seconds {args.seconds} --connections {args.connections} --workers {args.workers}`
+`python bench/bench_serve_load.py --seconds {args.seconds} --connections {args.connections} --workers {args.workers} --http {args.http}`
 on {platform.machine()} with {os.cpu_count()} CPUs shared by the server, wrk and other jobs, Python
 {platform.python_version()}; photos demo index (22 items, tiny model, exact index), k = 10. Load generator:
 wrk (2 threads, Lua script replaying the query set). CPU columns: CPU time per request of the server

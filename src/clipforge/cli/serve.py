@@ -34,6 +34,10 @@ def register(sub):
                    help="server processes, each with its own copy of the index and model (default 1: one "
                         "process answers from its cache without the GIL contention of threads; more use more "
                         "cores: see docs/bench_serve.md)")
+    p.add_argument("--http", choices=["h11", "httptools"], default="h11",
+                   help="HTTP parser: h11 (default; refuses request heads over 16 KB while reading them) or "
+                        "httptools (pip install httptools: about half the server's CPU per request, see "
+                        "docs/bench_serve.md; heads over 16 KB get 431 from the app once read)")
     p.add_argument("--device", default=None)
     p.set_defaults(func=run)
 
@@ -62,8 +66,14 @@ def run(args) -> int:
         target, kw = create_app(api_key=key, **{**options, "limits": limits}), {}
     print(f"serving {args.index_dir} on http://{args.host}:{args.port}/  (API docs at /docs)"
           + (f", {args.workers} worker processes" if args.workers > 1 else ""))
+    if args.http == "httptools":
+        try:
+            import httptools  # noqa: F401
+        except ImportError:
+            raise UsageError("--http httptools needs the httptools package (pip install httptools)") from None
     # h11 refuses request heads (request line + headers) over 16 KB; say so explicitly rather than rely on it.
-    uvicorn.run(target, host=args.host, port=args.port, log_level="warning", http="h11",
+    # With httptools the app's BodyLimit refuses them (431) once parsed.
+    uvicorn.run(target, host=args.host, port=args.port, log_level="warning", http=args.http,
                 h11_max_incomplete_event_size=MAX_HEADER_BYTES, limit_concurrency=args.max_connections,
                 timeout_keep_alive=5, server_header=False, **kw)
     return 0
