@@ -99,6 +99,13 @@ def _browser(p):
         "--disable-component-update", "--disable-sync"])
 
 
+def _open(browser, server):
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    page.goto(server + "/")
+    page.wait_for_selector("#stats:has-text('22 items')", timeout=15_000)
+    return page
+
+
 def _first_key(page):
     return page.evaluate("document.querySelector('.card .meta div:nth-child(2)')?.textContent")
 
@@ -109,9 +116,7 @@ def test_query_in_the_url_back_button_and_no_pager_before_a_search(server):
     with sync_playwright() as p:
         browser = _browser(p)
         try:
-            page = browser.new_page(viewport={"width": 1200, "height": 900})
-            page.goto(server + "/")
-            page.wait_for_selector("#stats:has-text('22 items')", timeout=15_000)
+            page = _open(browser, server)
             assert not page.is_visible("#pager") and not page.is_visible("#prev")  # nothing to page yet
             assert "caption" in page.text_content("#columns")  # the filter help names this index's columns
             # a search puts its query in the URL
@@ -157,9 +162,7 @@ def test_classify_tab_shows_probabilities(server, photos_demo):
     with sync_playwright() as p:
         browser = _browser(p)
         try:
-            page = browser.new_page(viewport={"width": 1200, "height": 900})
-            page.goto(server + "/")
-            page.wait_for_selector("#stats:has-text('22 items')", timeout=15_000)
+            page = _open(browser, server)
             page.click("#tab-classify")
             assert page.is_visible("#classify-panel") and not page.is_visible("#search-panel")
             assert page.url.endswith("#classify")

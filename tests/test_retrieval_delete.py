@@ -19,16 +19,8 @@ from clipforge.retrieval.store import EmbeddingStore
 
 
 @pytest.fixture
-def idx(photos_index, photos_demo, tmp_path):
-    """A private copy of the photos index (and of its source folder, so updates can change it)."""
-    src = tmp_path / "images"
-    shutil.copytree(photos_demo["images_dir"], src)
-    out = tmp_path / "idx"
-    shutil.copytree(photos_index, out)
-    info = json.loads((out / INFO_FILE).read_text())
-    info["source"] = f"files:{src}"
-    (out / INFO_FILE).write_text(json.dumps(info))
-    return out
+def idx(writable_photos_index):
+    return writable_photos_index
 
 
 def _all_ids(engine):

@@ -4,7 +4,6 @@ import base64
 import io
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -21,15 +20,8 @@ KEY = "live-key"
 
 
 @pytest.fixture
-def idx(photos_index, photos_demo, tmp_path):
-    src = tmp_path / "images"
-    shutil.copytree(photos_demo["images_dir"], src)
-    out = tmp_path / "idx"
-    shutil.copytree(photos_index, out)
-    info = json.loads((out / INFO_FILE).read_text())
-    info["source"] = f"files:{src}"
-    (out / INFO_FILE).write_text(json.dumps(info))
-    return out
+def idx(writable_photos_index):
+    return writable_photos_index
 
 
 def _keys(client, headers=None):

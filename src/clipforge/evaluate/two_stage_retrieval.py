@@ -4,7 +4,7 @@
 
 Every caption is a query whose one relevant key is its own image. Stage 1 (the index's model) ranks the
 whole collection; the second stage re-scores stage 1's top `rerank_k` with the second model and puts them
-first in its order, the rest keep stage 1's order — what `clipforge search --rerank` returns. Three
+first in its order, the rest keep stage 1's order — what a search with a reranker returns. Three
 rankings are scored with the same metric functions (`clipforge.metrics.retrieval`):
 
   t2i_...          stage 1 alone (the first model over the whole collection)

@@ -187,16 +187,19 @@ $("search-form").addEventListener("submit", (e) => {
   state.offset = 0;
   runSearch("push");
 });
-$("image-input").addEventListener("change", (e) => useFile(e.target.files[0]));
+function dropZone(zone, input, onFile) {
+  // a label around a hidden file input: click to choose, or drop a file on it
+  input.addEventListener("change", (e) => onFile(e.target.files[0]));
+  zone.addEventListener("dragover", (e) => { e.preventDefault(); zone.classList.add("over"); });
+  zone.addEventListener("dragleave", () => zone.classList.remove("over"));
+  zone.addEventListener("drop", (e) => {
+    e.preventDefault();
+    zone.classList.remove("over");
+    onFile(e.dataTransfer.files[0]);
+  });
+}
+dropZone($("drop"), $("image-input"), useFile);
 $("clear-image").addEventListener("click", clearImage);
-const drop = $("drop");
-drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
-drop.addEventListener("dragleave", () => drop.classList.remove("over"));
-drop.addEventListener("drop", (e) => {
-  e.preventDefault();
-  drop.classList.remove("over");
-  useFile(e.dataTransfer.files[0]);
-});
 $("prev").addEventListener("click", () => {
   state.offset = Math.max(0, state.offset - buildBody().k);
   runSearch("push");
@@ -287,15 +290,7 @@ async function runClassify() {
 }
 
 $("classify-form").addEventListener("submit", (e) => { e.preventDefault(); runClassify(); });
-$("classify-image").addEventListener("change", (e) => useClassifyFile(e.target.files[0]));
-const cdrop = $("cdrop");
-cdrop.addEventListener("dragover", (e) => { e.preventDefault(); cdrop.classList.add("over"); });
-cdrop.addEventListener("dragleave", () => cdrop.classList.remove("over"));
-cdrop.addEventListener("drop", (e) => {
-  e.preventDefault();
-  cdrop.classList.remove("over");
-  useClassifyFile(e.dataTransfer.files[0]);
-});
+dropZone($("cdrop"), $("classify-image"), useClassifyFile);
 
 // ---- start: the server's facts, then whatever the URL asks for ----
 fetch("/stats", { headers: headers(false) }).then((r) => r.ok ? r.json() : null).then((s) => {
