@@ -5,7 +5,7 @@ import json
 
 import logging
 
-from clipforge.cli._common import positive_int
+from clipforge.cli._common import add_collection_job_args, add_executor_args, executor_from_args, positive_int
 
 logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its INFO lines about CPU builds are noise here
 
@@ -16,11 +16,8 @@ def register(sub):
                                    "embeddings in clip-retrieval's layout, parquet metadata, a faiss index.")
     isub = p.add_subparsers(dest="index_command", metavar="ACTION")
     b = isub.add_parser("build", help="embed a source into a new index (re-run to resume a killed build)")
-    b.add_argument("source", help="data source spec: a folder, files:DIR, csv:/jsonl:/parquet: manifest, wds:...")
-    b.add_argument("--model", "-m", required=True, help="registered name or checkpoint directory")
-    b.add_argument("--out", "-o", dest="out_dir", required=True, help="index directory to write")
-    b.add_argument("--batch-size", type=positive_int, default=64)
-    b.add_argument("--workers", type=int, default=2, help="DataLoader workers decoding images (0: in-process)")
+    add_collection_job_args(b, model_help="registered name or checkpoint directory",
+                            out_help="index directory to write")
     b.add_argument("--max-memory", default=None, help="memory budget of the faiss index, e.g. 4GB")
     b.add_argument("--precision", default="auto",
                    help="auto (default: bf16 weights where the hardware multiplies bf16 natively and the model is "
@@ -29,6 +26,7 @@ def register(sub):
     b.add_argument("--index-kind", choices=["auto", "flat", "hnsw", "ivf_flat", "ivf_pq", "ivf_pqfs"], default="auto")
     b.add_argument("--no-text", action="store_true", help="do not embed captions (text_emb/)")
     b.add_argument("--device", default=None)
+    add_executor_args(b, "index")
     b.set_defaults(func=run_build)
     u = isub.add_parser("update", help="add new, re-embed changed, drop deleted files; rebuild the index")
     u.add_argument("index_dir")
@@ -77,9 +75,11 @@ def _print_summary(s: dict) -> None:
 def run_build(args) -> int:
     from clipforge.retrieval.build import build_index
 
+    executor, options = executor_from_args(args)
     s = build_index(args.source, args.model, args.out_dir, batch_size=args.batch_size, workers=args.workers,
                     max_memory=args.max_memory, precision=args.precision, shard_size=args.shard_size,
-                    device=args.device, text=False if args.no_text else "auto", index_kind=args.index_kind)
+                    device=args.device, text=False if args.no_text else "auto", index_kind=args.index_kind,
+                    executor=executor, executor_options=options)
     _print_summary(s)
     return 0
 
