@@ -34,7 +34,8 @@ REQUIRE = (None, "label", "caption")  # skip samples without one ("no_label" / "
 
 @dataclass
 class ImageBatch:
-    """Rows of one batch, in source order. `pixels` is (B, 3, H, W) until encoded; `feats` (B, D) after."""
+    """Rows of one batch, in source order. `pixels` is (B, 3, H, W) until encoded; `feats` (B, D) after;
+    `text_feats` (B, D) when the encoder was asked for caption embeddings too."""
 
     ids: list[str]
     captions: list[list[str]]
@@ -45,6 +46,7 @@ class ImageBatch:
     skipped: SkipCounter = field(default_factory=SkipCounter)  # what this batch could not use
     pixels: Optional[torch.Tensor] = None
     feats: Optional[torch.Tensor] = None
+    text_feats: Optional[torch.Tensor] = None
 
     def __len__(self) -> int:
         return len(self.ids)
