@@ -1,4 +1,4 @@
-"""`clipforge index build|update|info`: embed a collection into a searchable index directory."""
+"""`clipforge index build|update|delete|info`: embed a collection into a searchable index directory."""
 from __future__ import annotations
 
 import json
@@ -34,7 +34,23 @@ def register(sub):
     u.add_argument("--max-memory", default=None)
     u.add_argument("--index-kind", choices=["auto", "flat", "hnsw", "ivf_flat", "ivf_pq", "ivf_pqfs"], default=None)
     u.add_argument("--device", default=None)
+    u.add_argument("--include-deleted", action="store_true",
+                   help="bring back items removed with `index delete` whose files are still in the source")
     u.set_defaults(func=run_update)
+    d = isub.add_parser("delete", help="remove items by id, path glob or metadata filter (ids are never reused)",
+                        description="Remove items from an index: they leave search at once (a running "
+                                    "`clipforge serve` picks the change up within a second) and stay out "
+                                    "when `index update` runs again.")
+    d.add_argument("index_dir")
+    how = d.add_mutually_exclusive_group(required=True)
+    how.add_argument("--id", dest="ids", type=int, nargs="+", metavar="N", help="item ids (as search shows them)")
+    how.add_argument("--path", dest="paths", action="append", metavar="GLOB",
+                     help="files whose path or key matches, e.g. '*/private/*' (repeatable: any matches)")
+    how.add_argument("--filter", dest="filters", action="append", metavar="COL OP VALUE",
+                     help="metadata filter as in search, e.g. 'caption*=screenshot' (repeatable: all must match)")
+    d.add_argument("--dry-run", action="store_true", help="list what would be deleted, change nothing")
+    d.add_argument("--json", action="store_true", help="print the result as JSON")
+    d.set_defaults(func=run_delete)
     i = isub.add_parser("info", help="print an index's manifest")
     i.add_argument("index_dir")
     i.add_argument("--json", action="store_true")
@@ -72,8 +88,34 @@ def run_update(args) -> int:
     from clipforge.retrieval.build import update_index
 
     s = update_index(args.index_dir, workers=args.workers, max_memory=args.max_memory,
-                     index_kind=args.index_kind, device=args.device)
+                     index_kind=args.index_kind, device=args.device, include_deleted=args.include_deleted)
     _print_summary(s)
+    return 0
+
+
+def run_delete(args) -> int:
+    from clipforge.errors import UsageError
+    from clipforge.retrieval.delete import delete_items
+
+    try:
+        res = delete_items(args.index_dir, ids=args.ids, paths=args.paths, filters=args.filters,
+                           dry_run=args.dry_run)
+    except UsageError as e:  # the library names its parameters; say the flags
+        msg = str(e)
+        for param, flag in (("`ids`", "--id"), ("`paths`", "--path"), ("`filters`", "--filter")):
+            msg = msg.replace(param, flag)
+        raise UsageError(msg) from None
+    if args.json:
+        print(json.dumps(res))
+        return 0
+    verb = "would delete" if args.dry_run else "deleted"
+    print(f"{args.index_dir}: {verb} {res['deleted']} items, {res['count']} left")
+    for i, k in list(zip(res["ids"], res["keys"]))[:20]:
+        print(f"  {i:>8}  {k}")
+    if res["deleted"] > 20:
+        print(f"  ... and {res['deleted'] - 20} more")
+    if res["not_found"]:
+        print(f"  not in the index: {' '.join(map(str, res['not_found'][:20]))}")
     return 0
 
 

@@ -144,18 +144,20 @@ class Encoder:
     def iter_source(self, source, batch_size: int = 256, *, batches=None, workers: int = 0,
                     require: Optional[str] = None, skipped: Optional[SkipCounter] = None,
                     progress: Optional[bool] = None, desc: str = "images", normalize: bool = True,
-                    worker_init_fn=None, captions: bool = False, transform=None) -> Iterator[ImageBatch]:
+                    worker_init_fn=None, inspect=None, captions: bool = False,
+                    transform=None) -> Iterator[ImageBatch]:
         """Yield every planned batch of `source` with `feats` (B, D) set and the pixels released.
 
         Options are those of `clipforge.encode.batches.iter_image_batches` (a custom `batches` plan,
-        decoding `workers`, `require` a label or caption, a `skipped` counter to fill). `captions`: also set
-        `text_feats` (B, D), the embedding of each row's first caption (a zero row where it has none), so a
-        pair job gets both towers' output for the same rows in one pass. `transform` replaces the model's eval
-        preprocessing; one that returns V views per image gives feats (B, V, D).
+        decoding `workers`, `require` a label or caption, a `skipped` counter to fill, an `inspect` hook whose
+        facts about each decoded image land in `batch.info`). `captions`: also set `text_feats` (B, D), the
+        embedding of each row's first caption (a zero row where it has none), so a pair job gets both towers'
+        output for the same rows in one pass. `transform` replaces the model's eval preprocessing; one that
+        returns V views per image gives feats (B, V, D).
         """
         for batch in iter_image_batches(source, transform or self.preprocess, batch_size, batches=batches,
                                         workers=workers, require=require, skipped=skipped, progress=progress,
-                                        desc=desc, worker_init_fn=worker_init_fn):
+                                        desc=desc, worker_init_fn=worker_init_fn, inspect=inspect):
             px = batch.pixels
             if px.dim() == 5:  # (B, V, 3, H, W): every view of every image in one pass
                 batch.feats = self.encode_pixels(px.flatten(0, 1), normalize=normalize).view(

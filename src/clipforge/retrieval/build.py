@@ -203,7 +203,7 @@ def build_faiss(index_dir, max_memory=None, kind: str = "auto", target_recall: f
     t0 = time.perf_counter()
     vi = VectorIndex.build(x, ids, spec.kind, **spec.params)
     out = {"kind": spec.kind, "reason": spec.reason, "n": n, "dim": d,
-           "build_s": round(time.perf_counter() - t0, 3)}
+           "build_s": round(time.perf_counter() - t0, 3), "store_generation": store.generation}
     if spec.kind != "flat" and n:
         rng = np.random.default_rng(seed)
         q = x[rng.choice(n, min(n, RECALL_QUERIES), replace=False)]
@@ -281,12 +281,18 @@ def build_index(source: str, model: str, out_dir, *, batch_size: int = 64, worke
 
 
 def update_index(index_dir, *, workers: int = 0, max_memory=None, index_kind: str | None = None,
-                 progress: bool | None = None, device=None, on_batch=None) -> dict:
+                 progress: bool | None = None, device=None, on_batch=None, include_deleted: bool = False) -> dict:
     """Bring an index up to date with its source: embed new files, re-embed changed ones (size, mtime or
-    caption differ; they keep their ids), remove deleted ones, retry files that failed before."""
+    caption differ; they keep their ids), remove deleted ones, retry files that failed before.
+
+    Items removed with `delete_items` stay out (their keys are listed under "excluded" in index.json);
+    `include_deleted` clears that list, so they come back (with new ids: an id is never reused)."""
     root = Path(index_dir)
     info = read_info(root)
     info_path = root / INFO_FILE
+    if include_deleted:
+        info["excluded"] = {}
+    excluded = set(info.get("excluded", {}))
     src = open_source(info["source"], **info.get("source_options", {}))
     enc = Encoder.load(info["model"], device=device, precision=info["precision"])
     with EmbeddingStore.open(root, writable=True) as store:
@@ -297,6 +303,8 @@ def update_index(index_dir, *, workers: int = 0, max_memory=None, index_kind: st
         retry = set(info["bad"])
         for i, s in positions:
             seen.add(s.id)
+            if s.id in excluded:
+                continue
             r = old.get(s.id)
             cap = s.captions[0] if s.captions else ""
             if r is None:
@@ -311,9 +319,10 @@ def update_index(index_dir, *, workers: int = 0, max_memory=None, index_kind: st
         res = _embed(store, src, todo, enc, info, info_path, batch_size=info["batch_size"],
                      shard_size=info["shard_size"], workers=workers, replace=True, progress=progress,
                      on_batch=on_batch)
-    extra = {"added": added, "changed": changed, "deleted": deleted, "retried": len(retry & seen)}
+    extra = {"added": added, "changed": changed, "deleted": deleted, "retried": len(retry & seen),
+             "excluded": len(excluded & seen)}
     kind = index_kind or info.get("index", {}).get("requested_kind", "auto")
-    unchanged = not (todo or deleted) and (root / INDEX_FILE).exists() and index_kind is None and max_memory is None
+    unchanged = not (todo or deleted) and index_kind is None and max_memory is None and _index_current(root, info)
     return _finish(root, info, res, max_memory or info.get("max_memory"), kind, extra, rebuild=not unchanged)
 
 
@@ -336,6 +345,19 @@ def _finish(root: Path, info: dict, res: dict, max_memory, index_kind: str, extr
         log.warning("skipped %d unreadable files: %s", res["skipped"].total, dict(res["skipped"]))
     return {**{k: info.get(k) for k in ("source", "model", "precision", "count", "skipped", "index")},
             **info["last_run"], "out_dir": str(root), "skipped_samples": res["skipped"].as_dict()["samples"]}
+
+
+def _index_current(root: Path, info: dict) -> bool:
+    """Whether index.faiss exists and reflects the store's latest commit (see `sync.py`). index.json is
+    written after index.faiss, so a generation recorded there is never newer than the file's; an index
+    without one (merged from shards by hand) counts as current, as it always did."""
+    if not (root / INDEX_FILE).exists():
+        return False
+    g = info.get("index", {}).get("store_generation")
+    if g is None:
+        return True
+    with EmbeddingStore.open(root) as store:
+        return int(g) == store.generation
 
 
 def _by_reason(bad: dict) -> dict:
