@@ -147,7 +147,8 @@ def test_two_process_ddp_equals_one_process(digits_demo, tmp_path):
     flat = [a for s in sets for a in ("--set", s)]
     cmd, env = _cli(["train", "--out", str(tmp_path / "one")] + flat)
     subprocess.run(cmd, env=env, check=True, capture_output=True)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+    # --standalone: the rendezvous picks a free port (a fixed one collides when two suites run at once)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "-m", "clipforge", "train", "--out", str(tmp_path / "two")] + flat
     r = subprocess.run(cmd, env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]
