@@ -12,7 +12,7 @@ or out of range (a negative learning rate, betas outside [0, 1), zero steps, neg
 weight decay) raise a `UsageError` naming the key, before anything is built. A config is a YAML file or the
 name of one shipped inside the package (`load_config("demo-digits")`; `packaged_configs()` lists them).
 
-YAML from a file or a `--set` value is parsed with `parse_yaml`: safe types only, and refused (one line, before
+YAML from a file or an override value is parsed with `parse_yaml`: safe types only, and refused (one line, before
 anything copies it) when its aliases expand to more than `MAX_CONFIG_VALUES` values (a "billion laughs" file
 would otherwise hang while memory grows), when an alias refers to the node that holds it, or when it nests
 deeper than `MAX_CONFIG_DEPTH`.
