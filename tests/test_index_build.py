@@ -1,7 +1,6 @@
 """Index build jobs: stored vectors equal direct model encoding, bad files counted, kill -9 + resume equals an
 uninterrupted build, update after add/change/delete equals a fresh build, precision and faiss choices recorded."""
 
-import json
 import os
 import shutil
 import signal
