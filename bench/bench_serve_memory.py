@@ -124,6 +124,10 @@ async def _clients(url: str, n_clients: int, seconds: float, n_items: int, image
     return counts, np.array(lat), first_errors[:5], next_i
 
 
+def _load(avg) -> str:
+    return " / ".join(f"{x:.1f}" for x in avg)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=30.0)
@@ -132,9 +136,10 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None, help="write a markdown report here")
     args = ap.parse_args(argv)
 
-    from clipforge.data.demo import build_photos
+    from clipforge.data.demo_sets import build_photos
     from clipforge.retrieval.build import build_index
 
+    load_before = os.getloadavg()
     tmp = tempfile.mkdtemp(prefix="bench-serve-mem-")
     photos = build_photos(os.path.join(tmp, "photos"))
     idx = os.path.join(tmp, "idx")
@@ -168,6 +173,7 @@ def main(argv=None) -> int:
     finally:
         proc.terminate()
         err = proc.communicate(timeout=30)[1].decode(errors="replace")
+    load_after = os.getloadavg()
     ms = lat * 1e3
     res = {"clients": args.clients, "seconds": args.seconds, "requests": burst["requests"],
            "errors": burst["errors"] + warm["errors"], "unexpected_status": burst["unexpected"] + warm["unexpected"],
@@ -175,7 +181,8 @@ def main(argv=None) -> int:
            "p99_ms": float(np.percentile(ms, 99)), "rss_start_mb": rss_start, "rss_warm_mb": rss_warm,
            "rss_peak_mb": max(samples + [rss_burst_end]), "rss_burst_end_mb": rss_burst_end,
            "rss_after_idle_mb": rss_after, "growth_pct": 100 * (rss_after - rss_warm) / rss_warm,
-           "alive": alive, "server_tracebacks": err.count("Traceback")}
+           "alive": alive, "server_tracebacks": err.count("Traceback"),
+           "load_before": load_before, "load_after": load_after}
     print(res)
     if warm_err or burst_err:
         print("first problems:", warm_err + burst_err)
@@ -184,7 +191,8 @@ def main(argv=None) -> int:
         text = f"""# Server memory under a burst (loopback)
 
 `python bench/bench_serve_memory.py --seconds {args.seconds:g} --clients {args.clients}` on {platform.machine()} with
-{os.cpu_count()} CPUs (shared with other jobs while measured), Python {platform.python_version()}. One
+{os.cpu_count()} CPUs, shared with other jobs while measured (1 / 5 / 15-minute load average {_load(load_before)}
+before, {_load(load_after)} after), Python {platform.python_version()}. One
 `clipforge serve` process (API key on) over the photos demo index (22 items, tiny model). Warm-up:
 {args.warmup_seconds:g} s of the same mix; then {args.clients} clients for {args.seconds:g} s. The mix, per 10
 requests: 3 text queries that are all different (the text cache fills), 1 image query (64x64 PNG, base64),

@@ -111,7 +111,8 @@ def test_fuzz_api_on_loopback_uvicorn(index_dir):
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     base = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(600):
+        deadline = time.time() + 600  # starting takes seconds when idle, over a minute at load ~30
+        while time.time() < deadline and proc.poll() is None:
             try:
                 if requests.get(base + "/healthz", timeout=1).status_code == 200:
                     break

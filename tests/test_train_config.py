@@ -103,3 +103,66 @@ def test_train_cli_range_errors_are_one_line_and_write_nothing(tmp_path, capsys)
         err = capsys.readouterr().err.strip().splitlines()
         assert rc == 2 and len(err) == 1 and override.split("=")[0] in err[0], (override, err)
         assert not out.exists()
+
+
+def _laughs(levels: int = 6, indent: str = "") -> str:
+    """A "billion laughs" YAML mapping: each level an alias list of ten of the previous (10**levels strings).
+    Six levels (a million values) are over the bound yet cheap to expand, so a regression fails fast here
+    instead of hanging the suite; the nine-level file behaves the same (checked by hand: one line, exit 2)."""
+    lines = [f'{indent}l0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for i in range(1, levels + 1):
+        lines.append(f"{indent}l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]")
+    return "\n".join(lines) + "\n"
+
+
+HOSTILE_YAML = {  # name -> (YAML text, words the one-line error must hold)
+    "billion_laughs_top": (_laughs() + "data: {train: x}\nrun: {steps: 1}\n", "expand to over 100,000 values"),
+    "billion_laughs_in_a_section": ("model:\n  overrides:\n" + _laughs(indent="    ") + "data: {train: x}\n",
+                                    "expand to over 100,000 values"),
+    "self_reference": ("model: {overrides: &a {x: [*a]}}\ndata: {train: x}\n", "refers to the list or mapping"),
+    "deep_nesting": ("data: {train: x, val_options: {v: " + "[" * 3000 + "]" * 3000 + "}}\n", "nested too deeply"),
+    "nesting_over_the_depth_limit": ("data: {val_options: {v: " + "[" * 70 + "]" * 70 + "}}\n", "nested too deeply"),
+    "invalid": ("data: {train: [unclosed\n", "not valid YAML"),
+}
+
+
+@pytest.mark.parametrize("name", HOSTILE_YAML)
+def test_hostile_yaml_is_refused_before_it_is_expanded(tmp_path, name):
+    """Aliases that expand to a billion values, refer to themselves or nest thousands deep are one-line
+    UsageErrors (from a file and from an override value) instead of a hang, a memory blow-up or a traceback."""
+    text, words = HOSTILE_YAML[name]
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    with pytest.raises(UsageError, match=words) as e:
+        load_config(p, ["run.steps=1"])
+    assert "\n" not in str(e.value) and str(p) in str(e.value)
+
+
+@pytest.mark.parametrize("value, words", [
+    ("{" + ", ".join(_laughs().strip().splitlines()) + "}", "expand to over 100,000 values"),
+    ("&a {x: [*a]}", "refers to the list or mapping"),
+    ("[" * 3000 + "]" * 3000, "nested too deeply"),
+])
+def test_hostile_yaml_in_an_override_value(value, words):
+    with pytest.raises(UsageError, match=words) as e:
+        load_config(None, ["data.train=x", "run.steps=1", f"model.overrides={value}"])
+    assert "\n" not in str(e.value) and "overrides" in str(e.value)
+
+
+def test_aliases_within_the_bound_still_work(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("data: {train: x, val_templates: &t ['a photo of {}.', 'a drawing of {}.'],\n"
+                 "       train_options: {templates: *t, more: *t}}\nrun: {steps: 1}\n")
+    cfg = load_config(p)
+    assert cfg.data.train_options == {"templates": cfg.data.val_templates, "more": cfg.data.val_templates}
+    assert cfg.data.val_templates == ["a photo of {}.", "a drawing of {}."]
+
+
+def test_train_cli_billion_laughs_is_one_line_and_writes_nothing(tmp_path, capsys):
+    from clipforge.cli import main
+
+    (tmp_path / "bomb.yaml").write_text(HOSTILE_YAML["billion_laughs_top"][0])
+    rc = main(["train", "--config", str(tmp_path / "bomb.yaml"), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "100,000 values" in err[0], err
+    assert not (tmp_path / "out").exists()

@@ -52,6 +52,50 @@ def normalize_rows(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(n, 1e-12)
 
 
+def _damaged(path: Path, e: BaseException) -> ClipforgeError:
+    return ClipforgeError(f"{path}: cannot read it ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                          "the store is damaged")
+
+
+def _read_npy(path: Path) -> np.ndarray:
+    """A shard's embeddings, memory-mapped; a missing, truncated or non-.npy file (pickles are never loaded) is a
+    one-line `ClipforgeError` naming it."""
+    try:
+        x = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        if "pickle" in str(e):
+            raise ClipforgeError(f"{path}: holds a pickle, not a .npy array (pickles are never loaded); "
+                                 "the store is damaged") from None
+        raise _damaged(path, e) from None
+    if not isinstance(x, np.ndarray) or x.ndim != 2:
+        raise ClipforgeError(f"{path}: not a 2-D embedding array; the store is damaged")
+    return x
+
+
+def _read_parquet(path: Path, columns=None) -> pa.Table:
+    try:
+        return pq.read_table(path, columns=columns)
+    except (OSError, ValueError, pa.ArrowException) as e:
+        raise _damaged(path, e) from None
+
+
+def _read_schema_names(path: Path) -> list[str]:
+    try:
+        return pq.read_schema(path).names
+    except (OSError, ValueError, pa.ArrowException) as e:
+        raise _damaged(path, e) from None
+
+
+def _read_manifest(path: Path) -> dict:
+    try:
+        m = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as e:
+        raise _damaged(path, e) from None
+    if not isinstance(m, dict):
+        raise ClipforgeError(f"{path}: not a store manifest (not a JSON object); the store is damaged")
+    return m
+
+
 # ---- schema migrations: MIGRATIONS[v] turns a version-v manifest into version v+1 ----------------------
 
 def _migrate_0_adopt_clip_retrieval(root: Path, manifest: dict) -> dict:
@@ -59,7 +103,7 @@ def _migrate_0_adopt_clip_retrieval(root: Path, manifest: dict) -> dict:
     shards, next_id = [], 0
     for npy in sorted((root / "img_emb").glob("img_emb_*.npy"), key=lambda p: int(p.stem.rsplit("_", 1)[1])):
         i = int(npy.stem.rsplit("_", 1)[1])
-        arr = np.load(npy, mmap_mode="r")
+        arr = _read_npy(npy)
         dim = arr.shape[1]
         shards.append({"index": i, "count": int(arr.shape[0]), "first_id": next_id, "deleted": []})
         next_id += int(arr.shape[0])
@@ -130,7 +174,7 @@ class EmbeddingStore:
             raise ClipforgeError(f"{root}: no such store directory")
         lock = cls._lock(root) if writable else None
         mpath = root / "manifest.json"
-        manifest = json.loads(mpath.read_text()) if mpath.exists() else {"version": 0}
+        manifest = _read_manifest(mpath) if mpath.exists() else {"version": 0}
         manifest, changed = _migrate(root, manifest)
         if changed and writable:
             atomic_write_json(mpath, manifest)
@@ -207,18 +251,18 @@ class EmbeddingStore:
     def _shard_ids(self, shard: dict) -> np.ndarray:
         p = self._path("metadata", shard["index"])
         if p.exists():
-            names = pq.read_schema(p).names
+            names = _read_schema_names(p)
             if "id" in names:
-                return pq.read_table(p, columns=["id"]).column("id").to_numpy().astype(np.int64)
+                return _read_parquet(p, columns=["id"]).column("id").to_numpy().astype(np.int64)
         return shard["first_id"] + np.arange(shard["count"], dtype=np.int64)  # adopted folders
 
     def _shard_keys(self, shard: dict, ids: np.ndarray) -> list[str]:
         p = self._path("metadata", shard["index"])
         if p.exists():
-            names = pq.read_schema(p).names
+            names = _read_schema_names(p)
             for col in _KEY_COLUMNS:
                 if col in names:
-                    return [str(k) for k in pq.read_table(p, columns=[col]).column(col).to_pylist()]
+                    return [str(k) for k in _read_parquet(p, columns=[col]).column(col).to_pylist()]
         return [str(i) for i in ids]
 
     def _key_map(self) -> dict[str, tuple[int, int, int]]:
@@ -368,6 +412,14 @@ class EmbeddingStore:
         keep[np.asarray(shard["deleted"], dtype=np.int64)] = False
         return keep
 
+    def _read_shard(self, modality: str, s: dict) -> np.ndarray:
+        path = self._path(f"{modality}_emb", s["index"])
+        x = _read_npy(path)
+        if x.shape != (s["count"], self.dim):
+            raise ClipforgeError(f"{path}: shape {x.shape}, manifest says ({s['count']}, {self.dim}); "
+                                 "the store is damaged")
+        return x
+
     def load(self, modality: str = "img", as_float32: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """All live embeddings: ((N, D) float32 unit rows, (N,) int64 ids), in shard order."""
         if modality not in self.modalities:
@@ -375,10 +427,7 @@ class EmbeddingStore:
         xs, ids = [], []
         for s in self.manifest["shards"]:
             keep = self._live_rows(s)
-            x = np.load(self._path(f"{modality}_emb", s["index"]), mmap_mode="r")
-            if x.shape != (s["count"], self.dim):
-                raise ClipforgeError(f"{self._path(f'{modality}_emb', s['index'])}: shape {x.shape}, "
-                                     f"manifest says ({s['count']}, {self.dim}); the store is damaged")
+            x = self._read_shard(modality, s)
             xs.append(np.asarray(x[keep]))
             ids.append(self._shard_ids(s)[keep])
         x = np.concatenate(xs) if xs else np.zeros((0, self.dim), np.float16)
@@ -397,7 +446,7 @@ class EmbeddingStore:
         for pos in (range(len(shards)) if positions is None else positions):
             s = shards[pos]
             keep = self._live_rows(s)
-            x = np.load(self._path(f"{modality}_emb", s["index"]), mmap_mode="r")
+            x = self._read_shard(modality, s)
             yield normalize_rows(np.asarray(x[keep])), self._shard_ids(s)[keep]
 
     def metadata(self, columns: list[str] | None = None) -> pa.Table:
@@ -407,7 +456,7 @@ class EmbeddingStore:
             keep = self._live_rows(s)
             p = self._path("metadata", s["index"])
             if p.exists():
-                t = pq.read_table(p)
+                t = _read_parquet(p)
             else:
                 t = pa.table({})
             if "id" not in t.column_names:  # adopted clip-retrieval folder

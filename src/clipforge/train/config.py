@@ -12,6 +12,11 @@ Unknown keys raise a `UsageError` naming the section and listing the valid keys;
 or out of range (a negative learning rate, betas outside [0, 1), zero steps, negative workers, warm-up or
 weight decay) raise a `UsageError` naming the key, before anything is built. A config is a YAML file or the
 name of one shipped inside the package (`load_config("demo-digits")`; `packaged_configs()` lists them).
+
+YAML from a file or an override value is parsed with `parse_yaml`: safe types only, and refused (one line, before
+anything copies it) when its aliases expand to more than `MAX_CONFIG_VALUES` values (a "billion laughs" file
+would otherwise hang while memory grows), when an alias refers to the node that holds it, or when it nests
+deeper than `MAX_CONFIG_DEPTH`.
 """
 from __future__ import annotations
 
@@ -29,6 +34,9 @@ import yaml
 
 from clipforge.errors import UsageError
 from clipforge.train.step import check_loss_inputs
+
+MAX_CONFIG_VALUES = 100_000  # scalars, lists and mappings in one YAML document, aliases expanded
+MAX_CONFIG_DEPTH = 64  # nesting of lists and mappings
 
 
 @dataclass
@@ -245,10 +253,7 @@ def apply_overrides(d: Dict[str, Any], overrides: Sequence[str]) -> Dict[str, An
         keys = path.strip().split(".")
         if len(keys) < 2:
             raise UsageError(f"`overrides` {item!r}: the key must name a section, e.g. optim.lr=1e-3")
-        try:
-            value = yaml.safe_load(raw)
-        except yaml.YAMLError as e:
-            raise UsageError(f"`overrides` {item!r}: value is not valid YAML ({e.problem})")
+        value = parse_yaml(raw, f"`overrides` {item[:80]!r}: value")
         node = d
         for k in keys[:-1]:
             node = node.setdefault(k, {})
@@ -256,6 +261,47 @@ def apply_overrides(d: Dict[str, Any], overrides: Sequence[str]) -> Dict[str, An
                 raise UsageError(f"`overrides` {item!r}: {k!r} is not a section")
         node[keys[-1]] = value
     return d
+
+
+def parse_yaml(text: str, what: str) -> Any:
+    """`yaml.safe_load(text)`, bounded: `UsageError` (naming `what`) for invalid YAML, for aliases that expand
+    to more than MAX_CONFIG_VALUES values or refer to their own container, and for nesting deeper than
+    MAX_CONFIG_DEPTH. Sizes are counted over the alias graph without expanding it."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise UsageError(f"{what} is not valid YAML ({getattr(e, 'problem', None) or e})") from None
+    except RecursionError:
+        raise UsageError(f"{what}: YAML nested too deeply (at most {MAX_CONFIG_DEPTH} levels)") from None
+    _check_yaml_size(value, what)
+    return value
+
+
+def _check_yaml_size(root: Any, what: str) -> None:
+    size: Dict[int, int] = {}  # id(container) -> values it holds once expanded (itself included)
+    depth: Dict[int, int] = {}
+    open_: set = set()  # containers whose children are still being counted: meeting one again is a cycle
+    stack = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        if not isinstance(node, (dict, list)) or (id(node) in size and not done):
+            continue
+        children = [*node.keys(), *node.values()] if isinstance(node, dict) else node
+        if done:
+            open_.discard(id(node))
+            size[id(node)] = 1 + sum(size.get(id(c), 1) for c in children)
+            depth[id(node)] = 1 + max((depth.get(id(c), 0) for c in children), default=0)
+            if size[id(node)] > MAX_CONFIG_VALUES:
+                raise UsageError(f"{what}: YAML whose aliases expand to over {MAX_CONFIG_VALUES:,} values "
+                                 "(refused before expanding it)")
+            if depth[id(node)] > MAX_CONFIG_DEPTH:
+                raise UsageError(f"{what}: YAML nested too deeply (at most {MAX_CONFIG_DEPTH} levels)")
+            continue
+        if id(node) in open_:
+            raise UsageError(f"{what}: a YAML alias refers to the list or mapping that contains it")
+        open_.add(id(node))
+        stack.append((node, True))
+        stack.extend((c, False) for c in children if isinstance(c, (dict, list)))
 
 
 def packaged_configs() -> list[str]:
@@ -279,11 +325,7 @@ def load_config(path: Optional[Union[str, Path]] = None, overrides: Sequence[str
     """A validated TrainConfig from a YAML file or packaged config name (or defaults) plus overrides."""
     d: Dict[str, Any] = {}
     if path is not None:
-        text = read_config_text(path)
-        try:
-            d = yaml.safe_load(text) or {}
-        except yaml.YAMLError as e:
-            raise UsageError(f"{path}: not valid YAML: {e}")
+        d = parse_yaml(read_config_text(path), str(path)) or {}
         if not isinstance(d, dict):
             raise UsageError(f"{path}: the config must be a mapping of sections")
     return config_from_dict(apply_overrides(d, overrides)).validate()
