@@ -30,7 +30,7 @@ LAYERS = [
 LAYER = {pkg: i for i, layer in enumerate(LAYERS) for pkg in layer}
 # Optional dependencies (extras) may be imported where they are used, so the core works without them.
 OPTIONAL = ("transformers", "open_clip", "huggingface_hub", "webdataset", "torch.utils.tensorboard", "ftfy",
-            "sentencepiece", "google.protobuf", "uvicorn", "fastapi")
+            "sentencepiece", "google.protobuf", "uvicorn", "fastapi", "onnx", "onnxruntime", "openvino")
 
 
 def _module_name(path: Path) -> str:

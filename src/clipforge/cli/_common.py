@@ -26,15 +26,36 @@ def add_model_args(p: argparse.ArgumentParser, default: str = None) -> None:
     p.add_argument("--weights", default=None, help="weights file (.safetensors) for a registered architecture")
     p.add_argument("--trust-pickle", action="store_true", help="allow loading pickled .pt/.bin weights")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    add_engine_args(p)
+
+
+ENGINE_CHOICES = ("auto", "torch", "onnx", "openvino")  # clipforge.encode.ENGINES (kept torch-free for --help)
+
+
+def add_engine_args(p: argparse.ArgumentParser, default: str = "torch") -> None:
+    """--engine and --threads: which runtime encodes (see `clipforge.encode`), with how many threads."""
+    p.add_argument("--engine", choices=ENGINE_CHOICES, default=default,
+                   help=f"inference engine (default {default}): torch (PyTorch eager, the reference), onnx (ONNX "
+                        "Runtime), openvino, or auto (the fastest measured on this machine for this model; the "
+                        "first use per model exports and measures, cached in ~/.cache/clipforge)")
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="intra-op threads for the engine (default: all cores; auto measures 1 vs all for small "
+                        "models). Results do not depend on it")
+
+
+def engine_options(args) -> dict:
+    """The engine keyword arguments for `Encoder.from_model` / `Encoder.load` from --engine / --threads."""
+    return {"engine": getattr(args, "engine", None) or "torch", "threads": getattr(args, "threads", None)}
 
 
 def load_encoder_from_args(args):
-    """The model named by --model/--weights/--trust-pickle on --device, as an `Encoder` (weights as saved)."""
+    """The model named by --model/--weights/--trust-pickle on --device, as an `Encoder` run by --engine
+    (weights as saved for torch; exported graphs for onnx / openvino)."""
     from clipforge.encode import Encoder, pick_device
     from clipforge.models import load_model
 
     model = load_model(args.model, weights=args.weights, trust_pickle=args.trust_pickle)
-    return Encoder.from_model(model, device=pick_device(args.device))
+    return Encoder.from_model(model, device=pick_device(args.device), **engine_options(args))
 
 
 def add_options(p: argparse.ArgumentParser, options: Iterable[Option]) -> None:
@@ -54,7 +75,7 @@ def option_values(args, options: Iterable[Option]) -> dict:
     return {o.name: getattr(args, o.name, None) for o in options if o.cli}
 
 
-def positive_int(value: str) -> int:
+def positive_int(value: str) -> int:  # noqa: D103 (used above at call time)
     try:
         v = int(value)
     except ValueError:

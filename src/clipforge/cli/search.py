@@ -5,7 +5,7 @@ import json
 
 import logging
 
-from clipforge.cli._common import positive_int
+from clipforge.cli._common import add_engine_args, positive_int
 
 logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its INFO lines about CPU builds are noise here
 
@@ -27,6 +27,7 @@ def register(sub):
     p.add_argument("--json", action="store_true", help="one JSON object per hit")
     p.add_argument("--sheet", default=None, help="write a contact-sheet PNG of the hits")
     p.add_argument("--device", default=None)
+    add_engine_args(p, default=None)
     p.set_defaults(func=run)
 
 
@@ -38,7 +39,7 @@ def run(args) -> int:
         raise UsageError("give a query, --image PATH, or --like ID")
     if args.offset < 0:
         raise UsageError(f"--offset must be >= 0, got {args.offset}")
-    engine = SearchEngine(args.index_dir, device=args.device)
+    engine = SearchEngine(args.index_dir, device=args.device, encode_engine=args.engine, threads=args.threads)
     hits = engine.search(args.query, args.image, k=args.k, offset=args.offset, filters=args.filter,
                          dedup=args.dedup, image_weight=args.image_weight, like=args.like)
     for h in hits:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 
-from clipforge.cli._common import positive_int
+from clipforge.cli._common import add_engine_args, positive_int
 
 
 def register(sub):
@@ -18,6 +18,7 @@ def register(sub):
     p.add_argument("--max-k", type=positive_int, default=200)
     p.add_argument("--max-body-mb", type=float, default=16.0)
     p.add_argument("--device", default=None)
+    add_engine_args(p, default=None)
     p.set_defaults(func=run)
 
 
@@ -30,7 +31,8 @@ def run(args) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1") and not key:
         print(f"warning: serving on {args.host} without --api-key: anyone who can reach it can query it")
     limits = Limits(max_k=args.max_k, max_body_bytes=int(args.max_body_mb * 2**20))
-    app = create_app(args.index_dir, api_key=key, limits=limits, device=args.device)
+    app = create_app(args.index_dir, api_key=key, limits=limits, device=args.device, encode_engine=args.engine,
+                     threads=args.threads)
     print(f"serving {args.index_dir} on http://{args.host}:{args.port}/  (API docs at /docs)")
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0

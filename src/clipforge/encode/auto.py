@@ -6,8 +6,10 @@ thread and with all of torch's threads for small models, where one thread can be
 the fastest (seconds per image + seconds per text) is kept. The measurements are cached per machine (CPU
 model, flags, cores, library versions), model fingerprint and precision under the cache directory
 (`calibration/*.json`, see `exported.cache_dir`), so later runs pick at once; `recalibrate=True` measures
-again. The thread count never changes results (tested bit-identical); the engines agree within 1e-4 cosine
-distance in fp32 (tested), so a pick that differs between machines moves embeddings by no more than that.
+again. The thread count never changes results: the exported engines give bit-identical outputs for any
+thread count (tested), and torch, whose MKL matmuls round a few small products differently per thread count,
+is only measured with the process's own. The engines agree within 1e-4 cosine distance in fp32 (tested), so
+a pick that differs between machines moves embeddings by no more than that.
 """
 from __future__ import annotations
 
@@ -118,7 +120,9 @@ def calibrate(model, *, precision: Optional[str] = None, cache_dir=None, recalib
     log.info("engine auto: measuring %s on %s (once per machine and model)", ", ".join(cands),
              model.config.name or "the model")
     for name in cands:
-        for threads in thread_options:
+        # torch's matmuls (MKL) round some small products differently per thread count (~1e-7); exported
+        # engines do not (tested), so only they are measured with other thread counts than the process's.
+        for threads in ([n_threads] if name == "torch" else thread_options):
             try:
                 if name == "torch":  # it casts weights in place: measure a copy when it would
                     m = model if precision is None or resolve_precision(precision, model, model.device) == \
@@ -151,17 +155,20 @@ class AutoEngine(Engine):
                Option("precision", str, help="auto | fp32 | bf16 | fp16 | int8 (candidates: engines offering it)"),
                Option("threads", int, help="intra-op threads (default: measured, 1 or all, for small models)"),
                Option("cache_dir", str, help="where exported graphs and calibrations are kept"),
-               Option("recalibrate", bool, default=False, help="measure the engines again"))
+               Option("recalibrate", bool, default=False, help="measure the engines again"),
+               Option("candidates", list, help="engines to measure (default: every installed one)", cli=False))
     precisions = ("auto", "fp32", "bf16", "fp16", "int8")
 
-    def __new__(cls, model, device=None, precision=None, threads=None, cache_dir=None, recalibrate=False):
+    def __new__(cls, model, device=None, precision=None, threads=None, cache_dir=None, recalibrate=False,
+                candidates=None):
         model = unwrap_model(model)
         dev = pick_device(device) if device is not None else model.device
         if dev.type != "cpu":
             return ENGINES.create("torch", model, device=device, precision=precision)
         if device is not None:
             model = model.to(dev)
-        cal = calibrate(model, precision=precision, cache_dir=cache_dir, recalibrate=recalibrate)
+        cal = calibrate(model, precision=precision, cache_dir=cache_dir, recalibrate=recalibrate,
+                        candidates=candidates)
         choice = cal["choice"]
         opts = {"precision": precision, "threads": threads or choice["threads"]}
         if choice["engine"] != "torch":

@@ -41,6 +41,9 @@ class TorchEngine(Engine):
         if precision is None:
             self.precision = precision_of(model)
         else:
+            if precision == "int8":
+                raise UsageError("`precision` int8 needs `engine` onnx, openvino or auto (dynamic int8 "
+                                 "quantisation of the exported graphs)")
             self.precision = resolve_precision(precision, model, self.device)
             if precision_of(model) != self.precision:
                 model.to(DTYPES[self.precision])  # weights, not autocast (see precision.py)

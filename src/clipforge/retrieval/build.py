@@ -204,11 +204,14 @@ def build_index(source: str, model: str, out_dir, *, batch_size: int = 64, worke
                 max_memory=None, precision: str = "auto", shard_size: int = DEFAULT_SHARD_SIZE,
                 device=None, text: str | bool = "auto", index_kind: str = "auto", progress: bool | None = None,
                 source_options: dict | None = None,
-                on_batch: Callable[[dict], None] | None = None) -> dict:
+                on_batch: Callable[[dict], None] | None = None, engine: str = "torch",
+                threads: int | None = None) -> dict:
     """Embed every image of a data-layer source into out_dir, then build its faiss index.
 
     Re-running on the same out_dir resumes a killed build (same source and model required). text: "auto"
-    stores caption embeddings (text_emb/) when the source has captions. Returns a summary (also index.json).
+    stores caption embeddings (text_emb/) when the source has captions. `engine` (torch | onnx | openvino |
+    auto) runs the model (`clipforge.encode`); it is recorded, and updates and queries use it unless told
+    otherwise. Returns a summary (also index.json).
     """
     if batch_size < 1 or shard_size < 1 or workers < 0:
         raise UsageError(f"need batch_size >= 1, shard_size >= 1, workers >= 0; got {batch_size}, "
@@ -224,8 +227,9 @@ def build_index(source: str, model: str, out_dir, *, batch_size: int = 64, worke
             raise UsageError(f"{root} holds an index of {info['source']!r} with {info['model']!r}; "
                              "use `clipforge index update` for it, or choose another `out_dir`")
         precision = info["precision"]  # a resumed build embeds exactly like the first run
+        engine = info.get("engine", engine)
     src = open_source(source, **(source_options or {}))
-    enc = Encoder.load(ref, device=device, precision=precision)
+    enc = Encoder.load(ref, device=device, precision=precision, engine=engine, threads=threads)
     prec = enc.precision
     positions = _keys_of(src)
     if text == "auto":
@@ -233,6 +237,7 @@ def build_index(source: str, model: str, out_dir, *, batch_size: int = 64, worke
     if info is None:
         info = {"format": "clipforge-index", "version": INFO_VERSION, "source": source,
                 "source_options": source_options or {}, "model": ref, "precision": prec, "text": bool(text),
+                "engine": engine,
                 "batch_size": batch_size, "shard_size": shard_size, "status": "building", "bad": {},
                 "created": time.time()}
     mods = ("img", "text") if info["text"] else ("img",)
@@ -252,14 +257,16 @@ def build_index(source: str, model: str, out_dir, *, batch_size: int = 64, worke
 
 
 def update_index(index_dir, *, workers: int = 0, max_memory=None, index_kind: str | None = None,
-                 progress: bool | None = None, device=None, on_batch=None) -> dict:
+                 progress: bool | None = None, device=None, on_batch=None, engine: str | None = None,
+                 threads: int | None = None) -> dict:
     """Bring an index up to date with its source: embed new files, re-embed changed ones (size, mtime or
     caption differ; they keep their ids), remove deleted ones, retry files that failed before."""
     root = Path(index_dir)
     info = read_info(root)
     info_path = root / INFO_FILE
     src = open_source(info["source"], **info.get("source_options", {}))
-    enc = Encoder.load(info["model"], device=device, precision=info["precision"])
+    enc = Encoder.load(info["model"], device=device, precision=info["precision"],
+                       engine=engine or info.get("engine", "torch"), threads=threads)
     with EmbeddingStore.open(root, writable=True) as store:
         old = store.metadata(["key", "size", "mtime", "caption"]).to_pylist()
         old = {r["key"]: r for r in old}

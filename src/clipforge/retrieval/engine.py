@@ -5,7 +5,8 @@ model that embeds queries — shared by `clipforge search`, the HTTP service and
     for hit in engine.search("a red bicycle", k=10, filters=["path~*/2023/*"]):
         print(hit.rank, hit.id, hit.score, hit.metadata["path"])
 
-Queries embed with the model and precision the index was built with (index.json). Model calls are
+Queries embed with the model, precision and engine the index was built with (index.json), unless another
+engine is asked for. Model calls are
 serialised by a lock (one forward at a time uses all cores better than several competing ones); text query
 embeddings are kept in a small LRU cache, since users and web pages repeat queries.
 """
@@ -29,7 +30,8 @@ from clipforge.retrieval.store import EmbeddingStore
 
 
 class SearchEngine:
-    def __init__(self, index_dir, device=None, model=None, text_cache: int = 4096):
+    def __init__(self, index_dir, device=None, model=None, text_cache: int = 4096, encode_engine: str | None = None,
+                 threads: int | None = None):
         self.root = Path(index_dir)
         self.info = read_info(self.root)
         store = EmbeddingStore.open(self.root)
@@ -45,6 +47,9 @@ class SearchEngine:
         # The only way from a request to a file: an id present in the index maps to its recorded path.
         self._paths = {int(i): p for i, p in zip(self.metadata.column("id").to_pylist(), paths) if p}
         self._device = device
+        # The runtime that embeds queries: as asked, else the one the index was built with (fp32 engines agree
+        # within 1e-4 cosine distance; an int8 index needs an engine that offers int8).
+        self._engine = {"engine": encode_engine or self.info.get("engine", "torch"), "threads": threads}
         if model is not None and not isinstance(model, Encoder):
             model = Encoder.from_model(model, precision=self.info["precision"])
         self._encoder = model  # None: loaded on first use
@@ -59,7 +64,8 @@ class SearchEngine:
         """The index's model in the index's precision (loaded on first use)."""
         with self._lock:
             if self._encoder is None:
-                self._encoder = Encoder.load(self.info["model"], device=self._device, precision=self.info["precision"])
+                self._encoder = Encoder.load(self.info["model"], device=self._device, precision=self.info["precision"],
+                                             **self._engine)
             return self._encoder
 
     def encode_text(self, texts: Sequence[str]) -> np.ndarray:

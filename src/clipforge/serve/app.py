@@ -170,8 +170,9 @@ def _public(hit_dict: dict) -> dict:
 # ---- the app ------------------------------------------------------------------------------------------
 
 def create_app(index_dir, api_key: str | None = None, limits: Limits = Limits(), device=None,
-               engine: SearchEngine | None = None) -> FastAPI:
-    engine = engine or SearchEngine(index_dir, device=device)
+               engine: SearchEngine | None = None, encode_engine: str | None = None,
+               threads: int | None = None) -> FastAPI:
+    engine = engine or SearchEngine(index_dir, device=device, encode_engine=encode_engine, threads=threads)
     engine.encoder  # load now, so the first request is not slow  # noqa: B018
     app = FastAPI(title="clipforge search", version="1",
                   description=f"Search {engine.stats()['count']} items of {engine.info['source']}.")
