@@ -57,6 +57,16 @@ def test_fp32_engines_match_torch_within_1e4_cosine(engine, model, cache, inputs
 
 
 @pytest.mark.parametrize("engine", ["onnx", "openvino"])
+def test_resnet_tower_exports_and_matches_torch(engine, cache, inputs):
+    torch.manual_seed(0)
+    resnet = create_model("tiny-resnet").eval()
+    ref = Encoder.from_model(resnet)
+    enc = Encoder.from_model(resnet, engine=engine, cache_dir=cache)
+    assert _cos_dist(enc.encode_pixels(inputs), ref.encode_pixels(inputs)) <= 1e-4
+    assert _cos_dist(enc.encode_texts(TEXTS), ref.encode_texts(TEXTS)) <= 1e-4
+
+
+@pytest.mark.parametrize("engine", ["onnx", "openvino"])
 def test_results_do_not_depend_on_the_thread_count(engine, model, cache, inputs):
     one = Encoder.from_model(model, engine=engine, threads=1, cache_dir=cache)
     two = Encoder.from_model(model, engine=engine, threads=2, cache_dir=cache)
