@@ -1,6 +1,6 @@
 """What int8 costs: zero-shot top-1 on the digits demo and text->image recall on the photos demo, per engine.
 
-    python bench/bench_int8_accuracy.py [--digits-model DIR] [--photos-model DIR] [--out docs/bench_int8.md]
+    python bench/bench_int8_accuracy.py [--digits-model DIR | --digits-steps N] [--photos-model DIR] [--out docs/bench_int8.md]
 
 Trains (unless given checkpoints) the packaged `demo-digits` config and the tour's photo-caption model, then
 evaluates the same weights with every installed engine: torch fp32 (the reference), onnx and openvino in fp32
@@ -25,14 +25,15 @@ sys.path.insert(0, str(ROOT / "src"))
 ENGINES = [("torch", "fp32"), ("onnx", "fp32"), ("onnx", "int8"), ("openvino", "fp32"), ("openvino", "int8")]
 
 
-def train_digits(work: Path, digits: dict) -> str:
+def train_digits(work: Path, digits: dict, steps=None) -> str:
     from clipforge.train import load_config, train
 
     cfg = load_config("demo-digits", [f"data.train=jsonl:{digits['train_manifest']}",
                                       f"data.val=imagefolder:{digits['val_dir']}",
                                       f"data.val_classnames={digits['classnames']}",
                                       f"data.val_templates={digits['templates_unseen']}",
-                                      "run.eval_every=0", "run.progress=false"])
+                                      "run.eval_every=0", "run.progress=false"]
+                      + ([f"run.steps={steps}", f"run.checkpoint_every={steps}"] if steps else []))
     train(cfg, work / "digits-run")
     return str(work / "digits-run" / "final")
 
@@ -57,6 +58,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--digits-model", default=None, help="a trained digits checkpoint (default: train one)")
     ap.add_argument("--photos-model", default=None, help="a trained photos checkpoint (default: train one)")
+    ap.add_argument("--digits-steps", type=int, default=None, help="train the digits model this long (default: "
+                    "the demo config's steps)")
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
 
@@ -77,7 +80,7 @@ def main(argv=None) -> int:
         work = Path(tmp)
         digits = build_digits(str(work / "digits"))
         photos = build_photos(str(work / "photos"))
-        dm = load_model(a.digits_model or train_digits(work, digits)).eval()
+        dm = load_model(a.digits_model or train_digits(work, digits, a.digits_steps)).eval()
         pm = load_model(a.photos_model or train_photos(work, photos)).eval()
         cache = str(work / "cache")
         val = open_source(f"imagefolder:{digits['val_dir']}")
@@ -113,7 +116,8 @@ def main(argv=None) -> int:
         lines.append(f"| {r['engine']} | {r['precision']} | {r['digits_top1']:.4f} ({r['digits_top1'] - base['digits_top1']:+.4f}) "
                      f"| {r['t2i_R@1']:.4f} ({r['t2i_R@1'] - base['t2i_R@1']:+.4f}) | {r['t2i_R@5']:.4f} | {r['max_cos_dist']:.1e} |")
     head = (f"`python bench/bench_int8_accuracy.py` — {m['cpu']}, {m['cores']} cores, flags {' '.join(m['flags'])}, "
-            f"torch {torch.__version__}, {m['versions']}; {time.perf_counter() - t0:.0f} s in all. Digits: 360 "
+            f"torch {torch.__version__}, {m['versions']}; {time.perf_counter() - t0:.0f} s in all. Digits model: "
+            f"{a.digits_model or ('demo-digits, ' + str(a.digits_steps or 'its') + ' steps')}; 360 "
             f"held-out images, 10 classes, unseen templates. Photos: {rows[0]['n_texts']} captions against the "
             f"demo photos. In parentheses: the change from torch fp32 on the same weights.")
     text = "\n".join(["# int8 accuracy cost", "", head, "", *lines, ""])
