@@ -22,7 +22,9 @@ import torch
 from PIL import Image, ImageEnhance
 
 
-def make_jpegs(photos_dir: str, out: str, n: int, size: int = 256, seed: int = 0) -> None:
+def make_jpegs(photos_dir: str, out: str, n: int, size=256, seed: int = 0) -> list:
+    """n JPEGs (size: an int for squares, or (width, height)) from the photos' PNGs, randomly augmented."""
+    w_out, h_out = (size, size) if isinstance(size, int) else size
     rng = np.random.default_rng(seed)
     base = [Image.open(os.path.join(photos_dir, f)).convert("RGB") for f in sorted(os.listdir(photos_dir))
             if f.endswith(".png")]
@@ -38,7 +40,8 @@ def make_jpegs(photos_dir: str, out: str, n: int, size: int = 256, seed: int = 0
             im = im.transpose(Image.FLIP_LEFT_RIGHT)
         im = ImageEnhance.Color(im).enhance(float(rng.uniform(0.6, 1.4)))
         im = ImageEnhance.Brightness(im).enhance(float(rng.uniform(0.7, 1.3)))
-        im.resize((size, size), Image.BICUBIC).save(os.path.join(out, f"img_{i:05d}.jpg"), quality=90)
+        im.resize((w_out, h_out), Image.BICUBIC).save(os.path.join(out, f"img_{i:05d}.jpg"), quality=90)
+    return [os.path.join(out, f"img_{i:05d}.jpg") for i in range(n)]
 
 
 def main(argv=None) -> int:

@@ -6,7 +6,7 @@ torchvision, which imports only beside torch 2.14.1 here). A step = forward of b
 pixels/tokens, CLIP loss, backward, AdamW step. Achieved GFLOP/s counts 3x the forward FLOPs (fwd + bwd),
 against a bf16/fp32 matmul peak measured in the same run.
 
-    python bench/bench_train_step.py --openclip-python /work/ocenv/bin/python --out docs/bench_train_step.md
+    python bench/bench_train_step.py --openclip-python /work/refenv/bin/python --out docs/bench_train_step.md [--repeats 3]
     python bench/bench_train_step.py --worker clipforge --model tiny --precision bf16 --batch 256   # one cell
 """
 from __future__ import annotations
@@ -133,54 +133,92 @@ def run_cell(python: str, impl: str, model: str, precision: str, batch: int, ste
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
+def native_precisions() -> list[str]:
+    """fp32, plus bf16 where the CPU multiplies bf16 natively (AVX-512 bf16 / AMX): elsewhere it is emulated."""
+    sys.path.insert(0, str(Path(__file__).parents[1] / "src"))
+    from clipforge.encode import cpu_has_native_bf16
+
+    return ["fp32", "bf16"] if cpu_has_native_bf16() else ["fp32"]
+
+
+def machine_line() -> str:
+    sys.path.insert(0, str(Path(__file__).parents[1] / "src"))
+    from clipforge.encode.auto import machine_fingerprint
+
+    m = machine_fingerprint()
+    return f"{m['cpu']}, {m['cores']} cores, flags {' '.join(m['flags']) or '-'}"
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--worker", choices=["clipforge", "open_clip"])
     ap.add_argument("--model", default="tiny")
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    ap.add_argument("--precisions", default=None,
+                    help="comma list (default: the ones this CPU runs natively: fp32, + bf16 with AVX-512 bf16)")
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=3,
+                    help="consecutive runs per cell; the two libraries alternate (AB, BA, AB...)")
     ap.add_argument("--openclip-python", default=None, help="python of an environment with open_clip installed")
     ap.add_argument("--out", default=None, help="markdown file for the results table")
-    ap.add_argument("--append", action="store_true", help="append to --out instead of replacing it")
     ap.add_argument("--cells", default="tiny:256,ViT-B-32:32")
-    ap.add_argument("--caption-tokens", type=int, default=0,
+    ap.add_argument("--caption-tokens", type=int, default=16,
                     help="tokens per caption incl. start/end (0 = fill the context); real captions are ~10-20")
     a = ap.parse_args()
     if a.worker:
         print(json.dumps(worker(a.worker, a.model, a.precision, a.batch, a.steps, a.warmup, a.caption_tokens)))
         return
-    peaks = {p: matmul_peak(p) for p in ("fp32", "bf16")}
+    precisions = a.precisions.split(",") if a.precisions else native_precisions()
+    load0 = os.getloadavg()[0]
+    peaks = {p: matmul_peak(p) for p in precisions}
     rows = []
     for cell in a.cells.split(","):
         model, batch = cell.split(":")
         steps, warmup = (20, 5) if model == "tiny" else (4, 1)
-        for precision in ("fp32", "bf16"):
+        for precision in precisions:
             impls = [("clipforge", sys.executable)] + ([("open_clip", a.openclip_python)] if a.openclip_python else [])
-            for impl, py in impls:
-                row = run_cell(py, impl, model, precision, int(batch), steps, warmup, a.caption_tokens)
-                row["peak_gflops"] = peaks[precision]
-                print(json.dumps(row), flush=True)
-                rows.append(row)
-    lines = [f"Text rows: {a.caption_tokens or 'full context'} tokens.", "",
-             "| model | batch | precision | impl | samples/s | GFLOP/s | % of matmul peak | vs open_clip |",
-             "|---|---|---|---|---|---|---|---|"]
+            for rep in range(a.repeats):
+                pair = {}
+                for impl, py in (impls if rep % 2 == 0 else impls[::-1]):
+                    row = run_cell(py, impl, model, precision, int(batch), steps, warmup, a.caption_tokens)
+                    row["peak_gflops"], row["run"] = peaks[precision], rep + 1
+                    print(json.dumps(row), flush=True)
+                    pair[impl] = row
+                if "samples_per_s" in pair.get("open_clip", {}) and "samples_per_s" in pair.get("clipforge", {}):
+                    pair["clipforge"]["ratio"] = pair["clipforge"]["samples_per_s"] / pair["open_clip"]["samples_per_s"]
+                rows += [pair[i] for i, _ in impls]
+    load1 = os.getloadavg()[0]
+    lines = ["| model | batch | precision | run | impl | samples/s | GFLOP/s | % of matmul peak | vs open_clip |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['model']} | | {r['precision']} | {r['impl']} | error: {r['error']} | | | |")
+            lines.append(f"| {r['model']} | | {r['precision']} | {r.get('run', '')} | {r['impl']} | error: {r['error']} | | | |")
             continue
-        peer = next((p for p in rows if p.get("impl") == "open_clip" and p["model"] == r["model"]
-                     and p["precision"] == r["precision"] and "samples_per_s" in p), None)
-        ratio = f"{r['samples_per_s'] / peer['samples_per_s']:.2f}x" if peer and r["impl"] == "clipforge" else ""
-        lines.append(f"| {r['model']} | {r['batch']} | {r['precision']} | {r['impl']} (torch {r['torch']}) | "
+        ratio = f"**{r['ratio']:.2f}x**" if "ratio" in r else ""
+        lines.append(f"| {r['model']} | {r['batch']} | {r['precision']} | {r['run']} | {r['impl']} (torch {r['torch']}) | "
                      f"{r['samples_per_s']:.1f} | {r['gflops']:.0f} | {100 * r['gflops'] / r['peak_gflops']:.0f}% | {ratio} |")
-    table = "\n".join(lines)
+    summary = []
+    for cell in a.cells.split(","):
+        model = cell.split(":")[0]
+        for precision in precisions:
+            rs = [r["ratio"] for r in rows if r.get("model") == model and r.get("precision") == precision and "ratio" in r]
+            if rs:
+                summary.append(f"- {model} {precision}: clipforge / open_clip = {', '.join(f'{x:.2f}x' for x in rs)} "
+                               f"(min {min(rs):.2f}x over {len(rs)} consecutive runs)")
+    head = (f"`python bench/bench_train_step.py --openclip-python ... --repeats {a.repeats} --caption-tokens "
+            f"{a.caption_tokens}` on {machine_line()}; measured matmul peak (2048², torch's threads): "
+            + ", ".join(f"{p} {v:.0f} GFLOP/s" for p, v in peaks.items())
+            + f". Precisions: {', '.join(precisions)} (the ones this CPU runs natively). Load average before / after: "
+            f"{load0:.2f} / {load1:.2f}. Text rows: {a.caption_tokens or 'full context'} tokens. clipforge runs torch "
+            "2.13.0, open_clip its own environment's torch (shown per row): different torch versions.")
+    table = "\n".join(["# Train-step throughput", "", head, "", *lines, "", *summary, ""])
     print(table)
     if a.out:
-        prev = Path(a.out).read_text() + "\n" if Path(a.out).exists() and a.append else ""
-        Path(a.out).write_text(prev + f"# Train-step throughput\n\nMatmul peak (2048², 2 threads): fp32 {peaks['fp32']:.0f} "
-                               f"GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s.\n\n{table}\n")
+        tmp = Path(a.out).with_name(f".{Path(a.out).name}.tmp")
+        tmp.write_text(table)
+        os.replace(tmp, a.out)
 
 
 if __name__ == "__main__":

@@ -124,8 +124,9 @@ def test_engine_registry_is_the_seam(tiny_model):
     assert calls == [("tokens", 2), ("tokens", 1), ("pixels", 2), ("pixels", 1)]
     with pytest.raises(UsageError, match="`engine` 'nope' is unknown; the registered inference engines are"):
         Encoder.from_model(tiny_model, engine="nope")
-    with pytest.raises(UsageError, match="`threads` does not apply to inference engine 'torch'"):
-        Encoder.from_model(tiny_model, threads=2)
+    with pytest.raises(UsageError, match="`cache_dir` does not apply to inference engine 'torch' "
+                                         r"\(it belongs to inference engine auto, onnx, openvino\)"):
+        Encoder.from_model(tiny_model, cache_dir="x")
 
 
 def test_torch_engine_matches_the_model_and_keeps_its_mode(tiny_model, rgb_image):

@@ -45,7 +45,7 @@ def test_packaged_demo_config_loads_by_name(tmp_path, capsys):
 
     assert "demo-digits" in packaged_configs()
     cfg = load_config("demo-digits")
-    assert cfg.model.name == "tiny" and cfg.run.steps > 0
+    assert cfg.model.name == "tiny-resnet" and cfg.run.steps > 0
     assert load_config("demo-digits.yaml") == cfg
     # a file of that name in the working directory wins over the packaged one
     (tmp_path / "demo-digits.yaml").write_text("model: {name: tiny}\ndata: {train: x}\nrun: {steps: 3}\n")

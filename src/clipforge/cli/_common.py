@@ -33,10 +33,34 @@ def add_model_args(p: argparse.ArgumentParser, default: str = None) -> None:
     p.add_argument("--truncate", default="warn", choices=["warn", "silent", "error"],
                    help="texts longer than the model's context: cut them and say so once (warn, the default), "
                         "cut quietly (silent), or stop (error); `clipforge stretch` makes a longer context")
+    add_engine_args(p)
+
+
+ENGINE_CHOICES = ("auto", "torch", "onnx", "openvino")  # clipforge.encode.ENGINES (kept torch-free for --help)
+
+
+def add_engine_args(p: argparse.ArgumentParser, default: str | None = "torch", extra: tuple = (),
+                    extra_help: str = "") -> None:
+    """--engine and --threads: which runtime encodes (see `clipforge.encode`), with how many threads."""
+    p.add_argument("--engine", choices=ENGINE_CHOICES + tuple(extra), default=default,
+                   help=f"inference engine (default {default or 'the one the index was built with'}): torch "
+                        "(PyTorch eager, the reference), onnx (ONNX Runtime), openvino, or auto (the fastest "
+                        "measured on this machine for this model; the first use per model exports and measures, "
+                        "cached in ~/.cache/clipforge)" + extra_help)
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="intra-op threads for the engine (default: all cores; auto measures 1 vs all for small "
+                        "models). Results do not depend on it")
+
+
+def engine_options(args) -> dict:
+    """The engine keyword arguments for `Encoder.from_model` / `Encoder.load` from --engine / --threads."""
+    engine = getattr(args, "engine", None)
+    return {"engine": engine if engine in ENGINE_CHOICES else "torch", "threads": getattr(args, "threads", None)}
 
 
 def load_encoder_from_args(args):
-    """The model named by --model/--weights/--trust-pickle on --device, as an `Encoder` (weights as saved)."""
+    """The model named by --model/--weights/--trust-pickle on --device, as an `Encoder` run by --engine
+    (weights as saved for torch; exported graphs for onnx / openvino)."""
     from clipforge.encode import Encoder, pick_device
     from clipforge.models import load_model
 
@@ -48,9 +72,10 @@ def load_encoder_from_args(args):
             raise UsageError(f"--heads expects VISION,TEXT head counts such as 12,8; got {args.heads!r}") from None
         heads = {"vision_heads": v, "text_heads": t}
     model = load_model(args.model, weights=args.weights, trust_pickle=args.trust_pickle, **heads)
+    model = load_model(args.model, weights=args.weights, trust_pickle=args.trust_pickle, **heads)
     if getattr(args, "truncate", None) and getattr(model, "tokenizer", None) is not None:
         model.tokenizer = model.tokenizer.with_options(truncate=args.truncate)
-    return Encoder.from_model(model, device=pick_device(args.device))
+    return Encoder.from_model(model, device=pick_device(args.device), **engine_options(args))
 
 
 def add_options(p: argparse.ArgumentParser, options: Iterable[Option]) -> None:
@@ -70,7 +95,7 @@ def option_values(args, options: Iterable[Option]) -> dict:
     return {o.name: getattr(args, o.name, None) for o in options if o.cli}
 
 
-def positive_int(value: str) -> int:
+def positive_int(value: str) -> int:  # noqa: D103 (used above at call time)
     try:
         v = int(value)
     except ValueError:
@@ -91,20 +116,27 @@ def add_collection_job_args(p: argparse.ArgumentParser, *, model_help: str, out_
 
 
 def add_executor_args(p: argparse.ArgumentParser, command: str) -> None:
-    """--engine local|ray and every option the executors declare (--address, --num-gpus-per-worker, ...)."""
-    if not full_parser_for(command):
-        return
-    from clipforge.scale import EXECUTORS
+    """--engine / --threads for a whole-collection job: a runtime that encodes in this process (torch, onnx,
+    openvino, auto; `local` is torch) or a cluster executor (ray: a Ray Data actor pool, each actor running
+    torch), and every option the executors declare (--address, --num-gpus-per-worker, ...)."""
+    executors: tuple = ()
+    if full_parser_for(command):
+        from clipforge.scale import EXECUTORS
 
-    p.add_argument("--engine", dest="executor", choices=EXECUTORS.names(), default="local",
-                   help="where images are encoded: " + "; ".join(f"{n}: {d}" for n, d in EXECUTORS.describe())
-                        + " (default local; docs/scale.md)")
-    add_options(p, EXECUTORS.all_options().values())
+        executors = tuple(n for n in EXECUTORS.names() if n != "local")
+    add_engine_args(p, extra=("local",) + executors,
+                    extra_help="; " + ", ".join(executors) + ": encode on a cluster (docs/scale.md)" if executors else "")
+    if executors:
+        add_options(p, EXECUTORS.all_options().values())
 
 
 def executor_from_args(args) -> tuple[str, dict]:
-    """(executor name, the executor options given on the command line)."""
+    """(executor name, the executor options given on the command line): `--engine ray` picks the Ray
+    executor; every in-process engine runs on the local one."""
     from clipforge.scale import EXECUTORS
 
     given = option_values(args, EXECUTORS.all_options().values())
-    return args.executor, {k: v for k, v in given.items() if v is not None}
+    name = args.engine if args.engine in EXECUTORS.names() and args.engine not in ENGINE_CHOICES else "local"
+    return name, {k: v for k, v in given.items() if v is not None}
+
+

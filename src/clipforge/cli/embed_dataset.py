@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import json
 
-from clipforge.cli._common import add_collection_job_args, add_executor_args, executor_from_args, positive_int
+from clipforge.cli._common import (add_collection_job_args, add_executor_args, engine_options, executor_from_args,
+                                   positive_int)
 
 
 def register(sub):
@@ -31,7 +32,8 @@ def run(args) -> int:
     executor, options = executor_from_args(args)
     s = embed_dataset(args.source, args.model, args.out_dir, batch_size=args.batch_size, workers=args.workers,
                       precision=args.precision, shard_size=args.shard_size, device=args.device,
-                      text=False if args.no_text else "auto", executor=executor, executor_options=options)
+                      text=False if args.no_text else "auto", executor=executor, executor_options=options,
+                      **engine_options(args))
     if args.json:
         print(json.dumps(s, default=str))
         return 0

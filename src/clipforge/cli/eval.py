@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import sys
 
-from clipforge.cli._common import add_options, option_values, positive_int, full_parser_for
+from clipforge.cli._common import add_engine_args, add_options, engine_options, option_values, positive_int, full_parser_for
 from clipforge.errors import UsageError
 
 
@@ -48,6 +48,7 @@ def register(sub):
                    help="weights for inference: fp32 (default), bf16 (~2x faster on CPUs with native bf16), fp16, "
                         "or auto (picked per machine and model)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    add_engine_args(p)
     p.add_argument("--json", action="store_true", help="print the full records as JSON lines")
     p.set_defaults(func=run)
 
@@ -76,7 +77,8 @@ def run(args) -> int:
         encoder = None  # loaded on first use: an index dataset is scored from its stored embeddings
         for ds in args.dataset:
             if ref is not None and encoder is None and not is_index_dir(ds):
-                encoder = Encoder.from_model(load_model(ref), device=device, precision=args.precision)
+                encoder = Encoder.from_model(load_model(ref), device=device, precision=args.precision,
+                                             **engine_options(args))
             rec = run_eval(encoder, args.task, ds, model_name=ref, split=args.split, image_root=args.image_root,
                            seed=args.seed, batch_size=args.batch_size, workers=args.workers,
                            precision=args.precision, out=args.out, **options)

@@ -5,7 +5,8 @@ import json
 
 import logging
 
-from clipforge.cli._common import add_collection_job_args, add_executor_args, executor_from_args, positive_int
+from clipforge.cli._common import (add_collection_job_args, add_engine_args, add_executor_args, engine_options,
+                                   executor_from_args, positive_int)
 
 logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its INFO lines about CPU builds are noise here
 
@@ -21,7 +22,8 @@ def register(sub):
     b.add_argument("--max-memory", default=None, help="memory budget of the faiss index, e.g. 4GB")
     b.add_argument("--precision", default="auto",
                    help="auto (default: bf16 weights where the hardware multiplies bf16 natively and the model is "
-                        "large, else fp32), fp32, bf16 or fp16")
+                        "large, else fp32), fp32, bf16, fp16, or int8 (--engine onnx/openvino/auto: dynamic int8 "
+                        "quantisation of the Linear layers)")
     b.add_argument("--shard-size", type=positive_int, default=10_000, help="samples per committed shard")
     b.add_argument("--index-kind", choices=["auto", "flat", "hnsw", "ivf_flat", "ivf_pq", "ivf_pqfs"], default="auto")
     b.add_argument("--no-text", action="store_true", help="do not embed captions (text_emb/)")
@@ -36,6 +38,7 @@ def register(sub):
     u.add_argument("--device", default=None)
     u.add_argument("--include-deleted", action="store_true",
                    help="bring back items removed with `index delete` whose files are still in the source")
+    add_engine_args(u, default=None)
     u.set_defaults(func=run_update)
     d = isub.add_parser("delete", help="remove items by id, path glob or metadata filter (ids are never reused)",
                         description="Remove items from an index: they leave search at once (a running "
@@ -79,7 +82,7 @@ def run_build(args) -> int:
     s = build_index(args.source, args.model, args.out_dir, batch_size=args.batch_size, workers=args.workers,
                     max_memory=args.max_memory, precision=args.precision, shard_size=args.shard_size,
                     device=args.device, text=False if args.no_text else "auto", index_kind=args.index_kind,
-                    executor=executor, executor_options=options)
+                    executor=executor, executor_options=options, **engine_options(args))
     _print_summary(s)
     return 0
 
@@ -88,7 +91,8 @@ def run_update(args) -> int:
     from clipforge.retrieval.build import update_index
 
     s = update_index(args.index_dir, workers=args.workers, max_memory=args.max_memory,
-                     index_kind=args.index_kind, device=args.device, include_deleted=args.include_deleted)
+                     index_kind=args.index_kind, device=args.device, include_deleted=args.include_deleted,
+                     engine=args.engine, threads=args.threads)
     _print_summary(s)
     return 0
 

@@ -5,7 +5,7 @@ import json
 import logging
 import os
 
-from clipforge.cli._common import positive_int
+from clipforge.cli._common import add_engine_args, positive_int
 
 logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its INFO lines about CPU builds are noise here
 
@@ -31,6 +31,7 @@ def register(sub):
                         "index of the same source built with a stronger model")
     p.add_argument("--rerank-k", type=positive_int, default=100, help="candidates the second stage re-scores")
     p.add_argument("--device", default=None)
+    add_engine_args(p, default=None)
     p.set_defaults(func=run)
 
 
@@ -46,7 +47,8 @@ def run(args) -> int:
         raise UsageError(f"--sheet {args.sheet}: folder {os.path.dirname(os.path.abspath(args.sheet))} "
                          "does not exist")
     engine = SearchEngine(args.index_dir, device=args.device, rerank=args.rerank, rerank_k=args.rerank_k,
-                          rerank_options={"device": args.device} if args.rerank and args.device else None)
+                          rerank_options={"device": args.device} if args.rerank and args.device else None,
+                          encode_engine=args.engine, threads=args.threads)
     hits = engine.search(args.query, args.image, k=args.k, offset=args.offset, filters=args.filter,
                          dedup=args.dedup, image_weight=args.image_weight, like=args.like)
     for h in hits:

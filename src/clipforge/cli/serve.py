@@ -5,7 +5,7 @@ import json
 import os
 from dataclasses import asdict
 
-from clipforge.cli._common import positive_int
+from clipforge.cli._common import add_engine_args, positive_int
 
 MAX_HEADER_BYTES = 16 * 1024
 
@@ -39,6 +39,7 @@ def register(sub):
                         "httptools (pip install httptools: about half the server's CPU per request, see "
                         "docs/bench_serve.md; heads over 16 KB get 431 from the app once read)")
     p.add_argument("--device", default=None)
+    add_engine_args(p, default=None)
     p.set_defaults(func=run)
 
 
@@ -56,7 +57,8 @@ def run(args) -> int:
         raise UsageError(f"--reload-interval must be >= 0, got {args.reload_interval}")
     options = dict(index_dir=os.path.abspath(args.index_dir), limits=asdict(limits), device=args.device,
                    rerank=args.rerank, rerank_k=args.rerank_k if args.rerank else None,
-                   reload_interval=args.reload_interval or None)
+                   reload_interval=args.reload_interval or None,
+                   encode_engine=args.engine, threads=args.threads)
     if args.workers > 1:  # each worker process builds its app from the environment (uvicorn imports it anew)
         os.environ[SERVE_ENV] = json.dumps(options)
         if key:

@@ -4,9 +4,10 @@ One device policy (`pick_device`), one precision policy (`resolve_precision`: fp
 one image opener (`open_image`, through the safe decoder), batched image encoding from any data-layer source
 (`Encoder.iter_source` / `encode_source`: decoding workers, skips counted by reason, ids / labels / captions
 kept), batched text encoding (`Encoder.encode_texts`; `TextEmbeddingCache` for services: an LRU cache plus
-micro-batches of concurrent callers' texts), and the engine seam (`ENGINES`: "torch" today).
+micro-batches of concurrent callers' texts), and the engine seam (`ENGINES`: torch, onnx, openvino; `auto`
+measures them).
 """
-from clipforge.encode import torch_engine  # noqa: F401  (registers the "torch" engine)
+from clipforge.encode import auto, onnx_engine, openvino_engine, torch_engine  # noqa: F401  (register the engines)
 from clipforge.encode.batches import ImageBatch, iter_image_batches, plan_batches
 from clipforge.encode.device import pick_device
 from clipforge.encode.encoder import Encoder, SourceFeatures, as_encoder

@@ -63,9 +63,10 @@ class Encoder:
 
     @classmethod
     def load(cls, ref, *, engine: str = "torch", device=None, precision: str = "auto", seed: int = 0,
-             **load_options) -> "Encoder":
+             threads: Optional[int] = None, **load_options) -> "Encoder":
         """Load a model reference (`load_model`) for inference: on `device` (default: CUDA when available),
-        in `precision` ("auto" picks per machine and model).
+        in `precision` ("auto" picks per machine and model), run by `engine` (torch | onnx | openvino | auto)
+        with `threads` intra-op threads (default: all cores; auto measures).
 
         A registered architecture name without weights is randomly initialised from a fixed `seed`, so every
         process that loads the same reference gets the same weights: a resumed index build or a query must
@@ -74,7 +75,8 @@ class Encoder:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = load_model(str(ref), **load_options)
-        return cls.from_model(model, engine=engine, device=pick_device(device), precision=precision)
+        return cls.from_model(model, engine=engine, device=pick_device(device), precision=precision,
+                              threads=threads)
 
     # -- what the engine carries --
     @property

@@ -3,7 +3,8 @@
 An `Engine` wraps one model's image and text towers behind two calls, `encode_pixels` and `encode_tokens`,
 and carries the model's preprocessing and tokenizer. Everything that encodes (embedding, evaluation, index
 builds, queries, classification) goes through an engine, never `model.encode_image` directly, so another
-runtime (ONNX Runtime, OpenVINO) is one new module registering one class here:
+runtime is one new module registering one class here (torch_engine.py, onnx_engine.py, openvino_engine.py;
+auto.py measures them and builds the fastest):
 
     @ENGINES.register("onnx")
     class OnnxEngine(Engine):
@@ -37,6 +38,7 @@ class Engine(ABC):
 
     name: ClassVar[str]
     options: ClassVar[tuple[Option, ...]] = ()
+    precisions: ClassVar[tuple[str, ...]] = ()  # the `precision` values it accepts
     device: torch.device
     precision: str
     embed_dim: int

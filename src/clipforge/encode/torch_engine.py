@@ -7,7 +7,8 @@ import torch
 
 from clipforge.encode.device import pick_device
 from clipforge.encode.engine import ENGINES, Engine
-from clipforge.encode.precision import DTYPES, precision_of, resolve_precision
+from clipforge.encode.precision import DTYPES, PRECISIONS, precision_of, resolve_precision
+from clipforge.errors import UsageError
 from clipforge.models.unwrap import unwrap_model
 from clipforge.registry import Option
 
@@ -24,9 +25,14 @@ class TorchEngine(Engine):
     """
 
     options = (Option("device", str, help="cpu, cuda, cuda:1 ... (default: where the model is)"),
-               Option("precision", str, help="auto | fp32 | bf16 | fp16 (default: the weights' dtype)"))
+               Option("precision", str, help="auto | fp32 | bf16 | fp16 (default: the weights' dtype)"),
+               Option("threads", int, help="torch intra-op threads during each call (default: as set)"))
+    precisions = PRECISIONS
 
-    def __init__(self, model, device=None, precision: Optional[str] = None):
+    def __init__(self, model, device=None, precision: Optional[str] = None, threads: Optional[int] = None):
+        if threads is not None and threads < 1:
+            raise UsageError(f"`threads` must be >= 1, got {threads}")
+        self.threads = threads
         model = unwrap_model(model)
         if device is not None:
             model = model.to(pick_device(device))
@@ -35,6 +41,9 @@ class TorchEngine(Engine):
         if precision is None:
             self.precision = precision_of(model)
         else:
+            if precision == "int8":
+                raise UsageError("`precision` int8 needs `engine` onnx, openvino or auto (dynamic int8 "
+                                 "quantisation of the exported graphs)")
             self.precision = resolve_precision(precision, model, self.device)
             if precision_of(model) != self.precision:
                 model.to(DTYPES[self.precision])  # weights, not autocast (see precision.py)
@@ -43,13 +52,20 @@ class TorchEngine(Engine):
         self.tokenizer = model.tokenizer
 
     def _run(self, fn, x: torch.Tensor, normalize: bool) -> torch.Tensor:
-        was_training = self.model.training
+        was_training, threads = self.model.training, torch.get_num_threads()
         self.model.eval()
+        if self.threads is not None:
+            torch.set_num_threads(self.threads)  # torch's setting is per process: restored after the call
         try:
             with torch.inference_mode():
                 return fn(x.to(self.device), normalize=normalize).float().cpu()
         finally:
             self.model.train(was_training)
+            if self.threads is not None:
+                torch.set_num_threads(threads)
+
+    def describe(self) -> dict:
+        return {**super().describe(), "threads": self.threads or torch.get_num_threads()}
 
     def encode_pixels(self, pixels: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         return self._run(self.model.encode_image, pixels, normalize)

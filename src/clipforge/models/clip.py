@@ -12,6 +12,7 @@ from clipforge.models.config import CLIPConfig
 from clipforge.models.output import CLIPOutput
 from clipforge.models.text import TextTower
 from clipforge.models.transforms import image_transform
+from clipforge.models.resnet import ResNetTower
 from clipforge.models.vision import VisionTower
 
 
@@ -24,7 +25,8 @@ class CLIPModel(nn.Module):
     def __init__(self, config: CLIPConfig, tokenizer=None):
         super().__init__()
         self.config = config
-        self.visual = VisionTower(config.vision, config.embed_dim)
+        vision = ResNetTower if config.vision.arch == "resnet" else VisionTower
+        self.visual = vision(config.vision, config.embed_dim)
         self.text = TextTower(config.text, config.embed_dim)
         self.logit_scale = nn.Parameter(torch.tensor(float(config.logit_scale_init)))  # log-space t, s = exp(t)
         self.logit_bias = (nn.Parameter(torch.tensor(float(config.logit_bias_init)))
@@ -37,6 +39,8 @@ class CLIPModel(nn.Module):
     def _init_weights(self) -> None:
         # OpenAI-style scaled init: attention/MLP output projections shrink with depth.
         for tower in (self.visual, self.text):
+            if not hasattr(tower, "transformer"):
+                continue  # the ResNet tower initialises itself
             W = tower.transformer.blocks[0].attn.qkv.in_features if len(tower.transformer.blocks) else 1
             L = max(len(tower.transformer.blocks), 1)
             proj_std, attn_std, fc_std = (W ** -0.5) * ((2 * L) ** -0.5), W ** -0.5, (2 * W) ** -0.5
@@ -83,7 +87,8 @@ class CLIPModel(nn.Module):
         )
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.visual.transformer.grad_checkpointing = enable
+        if hasattr(self.visual, "transformer"):  # the ResNet tower has no checkpointed blocks
+            self.visual.transformer.grad_checkpointing = enable
         self.text.transformer.grad_checkpointing = enable
 
     def no_weight_decay(self) -> Set[str]:

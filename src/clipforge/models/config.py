@@ -24,6 +24,7 @@ VISION_ACTS = TEXT_ACTS = ("quick_gelu", "gelu", "gelu_tanh")
 VISION_POOLS = ("cls", "mean", "map")
 TEXT_POOLS = ("argmax", "eos", "last", "first", "mean")
 STEMS = ("patch", "conv")
+VISION_ARCHS = ("vit", "resnet")
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
 RESIZE_MODES = ("shortest", "squash")
 CONVENTIONS = ("open_clip", "hf")  # whose eval preprocessing to copy (models/transforms.py)
@@ -73,6 +74,23 @@ def _tower(cfg, where: str, acts) -> None:
     _real(cfg, "ln_eps", where)
 
 
+def _resnet(cfg) -> None:
+    v = cfg.stage_layers
+    if (not isinstance(v, (list, tuple)) or len(v) != 4
+            or not all(isinstance(x, numbers.Integral) and not isinstance(x, bool) and 1 <= x <= MAX_LAYERS
+                       for x in v)):
+        _fail("vision.stage_layers", f"a list of 4 integers in [1, {MAX_LAYERS}]", v)
+    object.__setattr__(cfg, "stage_layers", tuple(int(x) for x in v))
+    if cfg.width < 2 or cfg.width % 2:
+        _fail("vision.width", "an even integer >= 2 (the ResNet stem's first convs are width / 2 wide)",
+              cfg.width)
+    if cfg.image_size % 32:
+        raise UsageError(f"vision.arch 'resnet' needs vision.image_size a multiple of 32, got {cfg.image_size}")
+    if (cfg.width * 32) % cfg.heads:
+        raise UsageError(f"vision.arch 'resnet': the attention pool's width ({cfg.width * 32} = 32 x "
+                         f"vision.width) must be divisible by vision.heads ({cfg.heads})")
+
+
 def _floats(cfg, key: str, where: str, n: int) -> None:
     v = getattr(cfg, key)
     if (not isinstance(v, (list, tuple)) or len(v) != n
@@ -103,9 +121,17 @@ class VisionConfig:
     proj: bool = True  # final linear projection to embed_dim (SigLIP: none, width == embed_dim)
     proj_bias: bool = False
     ln_eps: float = 1e-5
+    # "vit" (the keys above) | "resnet": open_clip's ModifiedResNet (models/resnet.py) with stem width `width`,
+    # `stage_layers` bottleneck blocks per stage and an attention-pool head of `heads` heads; the ViT-only keys
+    # (patch_size, layers, mlp_ratio, act, pool, ln_pre, norm_first, patch_bias, stem, proj*) are then unused.
+    arch: str = "vit"
+    stage_layers: Tuple[int, ...] = (1, 1, 1, 1)
 
     def __post_init__(self):
         w = "vision"
+        _choice(self, "arch", w, VISION_ARCHS)
+        if self.arch == "resnet":
+            _resnet(self)
         _int(self, "image_size", w)
         _int(self, "patch_size", w)
         _tower(self, w, VISION_ACTS)
@@ -251,23 +277,42 @@ def estimate_parameters(cfg: "CLIPConfig") -> int:
     """
     v, t, d = cfg.vision, cfg.text, cfg.embed_dim
     W = v.width
-    if v.stem == "patch":
+    if v.arch == "resnet":
+        n_vis = _resnet_parameters(v, d)
+    elif v.stem == "patch":
         n_vis = W * 3 * v.patch_size ** 2 + (W if v.patch_bias else 0)
     else:  # ConvStem: log2(patch) 3x3 stride-2 convs with GroupNorm, then a 1x1 conv
         k = v.patch_size.bit_length() - 1
         chans = [3] + [max(W // 2 ** (k - i), 8) for i in range(1, k + 1)]
         n_vis = sum(9 * a * b + 2 * b for a, b in zip(chans[:-1], chans[1:])) + chans[-1] * W + W
     grid = v.image_size // v.patch_size
-    n_vis += (grid * grid + (1 if v.pool == "cls" else 0)) * W + (W if v.pool == "cls" else 0)
-    n_vis += (2 * W if v.ln_pre else 0) + _blocks(W, v.layers, v.mlp_ratio) + 2 * W
-    if v.pool == "map":  # probe, nn.MultiheadAttention, LayerNorm, MLP
-        hidden = int(W * v.mlp_ratio)
-        n_vis += W + 4 * W * W + 4 * W + 2 * W + 2 * W * hidden + hidden + W
-    n_vis += (W * d + (d if v.proj_bias else 0)) if v.proj else 0
+    if v.arch == "vit":
+        n_vis += (grid * grid + (1 if v.pool == "cls" else 0)) * W + (W if v.pool == "cls" else 0)
+        n_vis += (2 * W if v.ln_pre else 0) + _blocks(W, v.layers, v.mlp_ratio) + 2 * W
+        if v.pool == "map":  # probe, nn.MultiheadAttention, LayerNorm, MLP
+            hidden = int(W * v.mlp_ratio)
+            n_vis += W + 4 * W * W + 4 * W + 2 * W + 2 * W * hidden + hidden + W
+        n_vis += (W * d + (d if v.proj_bias else 0)) if v.proj else 0
     T = t.width
     n_txt = t.vocab_size * T + t.context_length * T + _blocks(T, t.layers, t.mlp_ratio) + 2 * T
     n_txt += (T * d + (d if t.proj_bias else 0)) if t.proj else 0
     return int(n_vis + n_txt + 1 + (1 if cfg.logit_bias_init is not None else 0))
+
+
+def _resnet_parameters(v: "VisionConfig", d: int) -> int:
+    """ModifiedResNet: 3-conv stem, bottleneck stages (BatchNorm: weight + bias), attention-pool head."""
+    w = v.width
+    n = 9 * 3 * (w // 2) + 9 * (w // 2) ** 2 + 9 * (w // 2) * w + 2 * (w // 2) * 2 + 2 * w
+    inplanes = w
+    for i, blocks in enumerate(v.stage_layers):
+        p = w * 2 ** i
+        for b in range(blocks):
+            n += inplanes * p + 2 * p + 9 * p * p + 2 * p + p * 4 * p + 2 * 4 * p
+            if b == 0 and (i > 0 or inplanes != 4 * p):
+                n += inplanes * 4 * p + 2 * 4 * p
+            inplanes = 4 * p
+    g = v.image_size // 32
+    return n + (g * g + 1) * inplanes + 3 * (inplanes * inplanes + inplanes) + inplanes * d + d
 
 
 def _check_keys(cls, d: Dict[str, Any], where: str) -> None:
@@ -344,6 +389,16 @@ register_model(
     CLIPConfig(
         embed_dim=64,
         vision=VisionConfig(image_size=32, patch_size=4, width=64, layers=2, heads=2, pool="mean", act="gelu"),
+        text=TextConfig(vocab_size=1024, context_length=32, width=64, layers=2, heads=2, act="gelu"),
+    ),
+)
+# A tiny ResNet image tower (open_clip's ModifiedResNet, layers [1, 1, 1, 1], width 16) beside tiny's text tower:
+# trained from scratch it learns the digits demo far faster than the tiny ViT (docs/bench_learning.md).
+register_model(
+    "tiny-resnet",
+    CLIPConfig(
+        embed_dim=64,
+        vision=VisionConfig(arch="resnet", image_size=32, width=16, heads=8, stage_layers=(1, 1, 1, 1)),
         text=TextConfig(vocab_size=1024, context_length=32, width=64, layers=2, heads=2, act="gelu"),
     ),
 )

@@ -222,14 +222,16 @@ def build_index(source: str, model: str, out_dir, *, batch_size: int = 64, worke
                 device=None, text: str | bool = "auto", index_kind: str = "auto", progress: bool | None = None,
                 source_options: dict | None = None,
                 on_batch: Callable[[dict], None] | None = None, executor: str = "local",
-                executor_options: dict | None = None) -> dict:
+                executor_options: dict | None = None, engine: str = "torch", threads: int | None = None) -> dict:
     """Embed every image of a data-layer source into out_dir, then build its faiss index.
 
     Re-running on the same out_dir resumes a killed build (same source and model required). text: "auto"
     stores caption embeddings (text_emb/) when the source has captions. `index_kind` None embeds only (no
     index.faiss; a later build on the same out_dir adds it). `executor`: "local" (this process) or "ray"
     (a Ray cluster, `executor_options` as `clipforge.scale.RayExecutor` declares them: address,
-    num_workers, ...); the shards and their ids are the same. Returns a summary (also index.json).
+    num_workers, ...); the shards and their ids are the same. `engine` (torch | onnx | openvino | auto) runs
+    the model in this process (`clipforge.encode`); it is recorded, and updates and queries use it unless told
+    otherwise (Ray workers run torch). Returns a summary (also index.json).
     """
     if batch_size < 1 or shard_size < 1 or workers < 0:
         raise UsageError(f"need batch_size >= 1, shard_size >= 1, workers >= 0; got {batch_size}, "
@@ -247,6 +249,7 @@ def build_index(source: str, model: str, out_dir, *, batch_size: int = 64, worke
             raise UsageError(f"{root} holds an index of {info['source']!r} with {info['model']!r}; "
                              "use `clipforge index update` for it, or choose another `out_dir`")
         precision = info["precision"]  # a resumed build embeds exactly like the first run
+        engine = info.get("engine", engine)
     src = open_source(source, **(source_options or {}))
     positions = _keys_of(src)
     if text == "auto":
@@ -255,11 +258,13 @@ def build_index(source: str, model: str, out_dir, *, batch_size: int = 64, worke
     job = EncodeJob(source, ref, dict(source_options or {}), precision=precision, device=device, captions=text,
                     workers=workers)
     runner = create_executor(executor, job, **(executor_options or {})) if executor != "local" else None
-    enc = Encoder.load(ref, device=device, precision=precision) if runner is None else None
+    enc = (Encoder.load(ref, device=device, precision=precision, engine=engine, threads=threads)
+           if runner is None else None)
     prec, dim = (enc.precision, enc.embed_dim) if runner is None else (runner.precision, runner.embed_dim)
     if info is None:
         info = {"format": "clipforge-index", "version": INFO_VERSION, "source": source, "paths": "absolute",
                 "source_options": source_options or {}, "model": ref, "precision": prec, "text": bool(text),
+                "engine": engine,
                 "batch_size": batch_size, "shard_size": shard_size, "status": "building", "bad": {},
                 "created": time.time()}
     mods = ("img", "text") if info["text"] else ("img",)
@@ -281,7 +286,8 @@ def build_index(source: str, model: str, out_dir, *, batch_size: int = 64, worke
 
 
 def update_index(index_dir, *, workers: int = 0, max_memory=None, index_kind: str | None = None,
-                 progress: bool | None = None, device=None, on_batch=None, include_deleted: bool = False) -> dict:
+                 progress: bool | None = None, device=None, on_batch=None, include_deleted: bool = False,
+                 engine: str | None = None, threads: int | None = None) -> dict:
     """Bring an index up to date with its source: embed new files, re-embed changed ones (size, mtime or
     caption differ; they keep their ids), remove deleted ones, retry files that failed before.
 
@@ -294,7 +300,8 @@ def update_index(index_dir, *, workers: int = 0, max_memory=None, index_kind: st
         info["excluded"] = {}
     excluded = set(info.get("excluded", {}))
     src = open_source(info["source"], **info.get("source_options", {}))
-    enc = Encoder.load(info["model"], device=device, precision=info["precision"])
+    enc = Encoder.load(info["model"], device=device, precision=info["precision"],
+                       engine=engine or info.get("engine", "torch"), threads=threads)
     with EmbeddingStore.open(root, writable=True) as store:
         old = store.metadata(["key", "size", "mtime", "caption"]).to_pylist()
         old = {r["key"]: r for r in old}

@@ -20,10 +20,12 @@ def embed_dataset(source: str, model: str, out_dir, *, batch_size: int = 64, wor
                   precision: str = "auto", shard_size: int = DEFAULT_SHARD_SIZE, device=None,
                   text: str | bool = "auto", progress: Optional[bool] = None, source_options: Optional[dict] = None,
                   on_batch: Optional[Callable[[dict], None]] = None, executor: str = "local",
-                  executor_options: Optional[dict] = None) -> dict:
+                  executor_options: Optional[dict] = None, engine: str = "torch",
+                  threads: Optional[int] = None) -> dict:
     """Embed every image of `source` (and its first caption, `text="auto"` when it has captions) into
-    `out_dir`, one committed shard per `shard_size` samples; returns the job's summary."""
+    `out_dir`, one committed shard per `shard_size` samples; returns the job's summary. `executor` / `engine`
+    as `build_index` takes them."""
     return build_index(source, model, out_dir, batch_size=batch_size, workers=workers, precision=precision,
                        shard_size=shard_size, device=device, text=text, index_kind=None, progress=progress,
                        source_options=source_options, on_batch=on_batch, executor=executor,
-                       executor_options=executor_options)
+                       executor_options=executor_options, engine=engine, threads=threads)

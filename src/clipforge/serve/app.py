@@ -136,15 +136,17 @@ def _public_stats(stats: dict) -> dict:
 
 def create_app(index_dir, api_key: str | None = None, limits: Limits = Limits(), device=None,
                engine: SearchEngine | None = None, *, rerank=None, rerank_k: int | None = None,
-               reload_interval: Optional[float] = RELOAD_INTERVAL_S) -> FastAPI:
+               reload_interval: Optional[float] = RELOAD_INTERVAL_S, encode_engine: str | None = None,
+               threads: int | None = None) -> FastAPI:
     """The service over `index_dir`. `engine`: a ready SearchEngine (else one is opened, with `rerank` /
-    `rerank_k` as SearchEngine takes them). `reload_interval`: seconds between checks of the index directory
-    for changes while the app runs (None: never; the app's lifespan starts and stops the watcher)."""
+    `rerank_k` as SearchEngine takes them, and `encode_engine` / `threads` for the runtime that embeds queries).
+    `reload_interval`: seconds between checks of the index directory for changes while the app runs (None:
+    never; the app's lifespan starts and stops the watcher)."""
     if engine is None:
-        engine = SearchEngine(index_dir, device=device, rerank=rerank,
-                              **({"rerank_k": rerank_k} if rerank_k is not None else {}))
-    elif rerank is not None or rerank_k is not None:
-        raise UsageError("give `rerank` / `rerank_k` to the SearchEngine passed as `engine`")
+        engine = SearchEngine(index_dir, device=device, rerank=rerank, encode_engine=encode_engine,
+                              threads=threads, **({"rerank_k": rerank_k} if rerank_k is not None else {}))
+    elif rerank is not None or rerank_k is not None or encode_engine is not None:
+        raise UsageError("give `rerank` / `rerank_k` / `encode_engine` to the SearchEngine passed as `engine`")
     engine.encoder  # load now, so the first request is not slow  # noqa: B018
     classifier = ClassifyService(engine)
 

@@ -99,7 +99,8 @@ def config_from_hf(hf: dict, preprocess: PreprocessConfig = None) -> CLIPConfig:
 def hf_model_type(cfg: CLIPConfig) -> str:
     """'clip' or 'siglip': which HF class can express `cfg` exactly; UsageError naming what cannot."""
     v, t = cfg.vision, cfg.text
-    common = {"vision.norm_first": v.norm_first, "vision.proj_bias": not v.proj_bias, "text.proj": t.proj}
+    common = {"vision.arch=vit": v.arch == "vit", "vision.stem=patch": v.stem == "patch",
+              "vision.norm_first": v.norm_first, "vision.proj_bias": not v.proj_bias, "text.proj": t.proj}
     clip = {**common, "vision.pool=cls": v.pool == "cls", "vision.ln_pre": v.ln_pre,
             "vision.patch_bias=False": not v.patch_bias, "vision.proj": v.proj, "text.causal": t.causal,
             "text.pool in (argmax, eos)": t.pool in ("argmax", "eos"), "text.proj_bias=False": not t.proj_bias,

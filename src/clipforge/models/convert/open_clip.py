@@ -199,7 +199,8 @@ def load_open_clip_dir(path, *, trust_pickle: bool = False):
 # ------------------------------------------------------------------------------------------------- export
 def config_to_open_clip(cfg: CLIPConfig) -> dict:
     v, t = cfg.vision, cfg.text
-    need = {"vision.pool=cls": v.pool == "cls", "vision.proj": v.proj, "vision.proj_bias=False": not v.proj_bias,
+    need = {"vision.arch=vit": v.arch == "vit", "vision.stem=patch": v.stem == "patch",
+            "vision.pool=cls": v.pool == "cls", "vision.proj": v.proj, "vision.proj_bias=False": not v.proj_bias,
             "vision.patch_bias=False": not v.patch_bias, "vision.norm_first": v.norm_first,
             "text.proj": t.proj, "same activation in both towers": v.act == t.act,
             "activation quick_gelu or gelu": v.act in ("quick_gelu", "gelu"),

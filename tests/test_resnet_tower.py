@@ -1,0 +1,55 @@
+"""The ResNet image tower (`vision.arch: resnet`): config checks, exact parameter estimate, tokens, training
+step, and converters that refuse it by name (the shared contract test covers `tiny-resnet` too)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from clipforge.errors import UsageError
+from clipforge.models import create_model
+from clipforge.models.config import estimate_parameters
+from clipforge.models.convert.export import export_model
+
+
+@pytest.mark.parametrize("overrides", [{}, {"width": 8, "heads": 4, "image_size": 64, "stage_layers": [2, 1, 3, 1]}])
+def test_parameter_estimate_is_exact(overrides):
+    model = create_model("tiny-resnet", vision=overrides)
+    assert estimate_parameters(model.config) == sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("bad, key", [({"stage_layers": [1, 1, 1]}, "vision.stage_layers"),
+                                      ({"stage_layers": [1, 0, 1, 1]}, "vision.stage_layers"),
+                                      ({"width": 15, "heads": 1}, "vision.width"),
+                                      ({"image_size": 48}, "vision.image_size"),
+                                      ({"heads": 7}, "vision.heads"),
+                                      ({"arch": "convnext"}, "vision.arch")])
+def test_bad_config_names_the_key(bad, key):
+    with pytest.raises(UsageError, match=key.replace(".", r"\.")):
+        create_model("tiny-resnet", vision=bad)
+
+
+def test_tokens_grid_and_pooled_shapes():
+    model = create_model("tiny-resnet", vision={"image_size": 64}).eval()
+    out = model.visual(torch.randn(2, 3, 64, 64), return_tokens=True)
+    assert out.pooled.shape == (2, 64) and out.tokens.shape == (2, 4, 64)  # (64 / 32)^2 tokens
+
+
+def test_gradients_reach_the_stem_heads_and_every_block_gate():
+    torch.manual_seed(0)
+    model = create_model("tiny-resnet").train()
+    px, ids = torch.randn(8, 3, 32, 32), model.tokenizer([f"digit {i}" for i in range(8)])
+    model(px, ids).logits().logsumexp(-1).sum().backward()
+    # each block's last BatchNorm starts at zero (the block is its shortcut), so only the layers inside the
+    # residual branch get no gradient at step 0; the BatchNorm's weight (the gate) does, and opens the branch
+    branch = (".conv1.", ".bn1.", ".conv2.", ".bn2.", ".conv3.")
+    no_grad = [n for n, p in model.visual.named_parameters()
+               if not any(b in n for b in branch) and (p.grad is None or not p.grad.abs().sum() > 0)]
+    assert no_grad == []
+    assert all(blk.bn3.weight.grad.abs().sum() > 0 for stage in model.visual.stages for blk in stage)
+
+
+@pytest.mark.parametrize("fmt", ["hf", "open_clip"])
+def test_converters_refuse_it_by_name(fmt, tmp_path):
+    with pytest.raises(UsageError, match=r"vision\.arch=vit"):
+        export_model(create_model("tiny-resnet"), fmt, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
