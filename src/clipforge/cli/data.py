@@ -50,11 +50,13 @@ def register(subparsers) -> None:
     k.add_argument("--limit", type=int, default=None, help="stop after this many samples")
     k.set_defaults(func=run_check)
 
-    d = sub.add_parser("demo", help="build an offline demo dataset (digits or photos)")
-    d.add_argument("name", choices=["digits", "photos"], help="which demo dataset")
+    d = sub.add_parser("demo", help="build an offline demo dataset (digits, fonts or photos)")
+    d.add_argument("name", choices=["digits", "fonts", "photos"],
+                   help="which demo dataset: handwritten digits (scikit-learn), printed digits in matplotlib's "
+                        "fonts (a shifted domain for adaptation), or captioned photos (scikit-image)")
     d.add_argument("--out", required=True, help="output folder")
-    d.add_argument("--size", type=int, default=32, help="digits: image side in pixels (default 32)")
-    d.add_argument("--seed", type=int, default=0, help="digits: split and augmentation seed")
+    d.add_argument("--size", type=int, default=32, help="digits, fonts: image side in pixels (default 32)")
+    d.add_argument("--seed", type=int, default=0, help="digits, fonts: split and augmentation seed")
     d.add_argument("--json", action="store_true", help="print the written paths as JSON")
     d.set_defaults(func=run_demo)
 
@@ -93,10 +95,10 @@ def run_check(args) -> int:
 
 
 def run_demo(args) -> int:
-    from clipforge.data.demo_sets import build_digits, build_photos
+    from clipforge.data.demo_sets import build_digits, build_fonts, build_photos
 
-    if args.name == "digits":
-        paths = build_digits(args.out, size=args.size, seed=args.seed)
+    if args.name in ("digits", "fonts"):
+        paths = (build_digits if args.name == "digits" else build_fonts)(args.out, size=args.size, seed=args.seed)
     else:
         paths = build_photos(args.out)
     if args.json:

@@ -4,6 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from clipforge.errors import UsageError
+from clipforge.models.adapter import merged_model
+from clipforge.models.lora import has_lora
 from clipforge.models.convert.hf import export_hf
 from clipforge.models.convert.open_clip import export_open_clip
 
@@ -11,7 +13,10 @@ FORMATS = ("hf", "open_clip")
 
 
 def export_model(model, to: str, out_dir) -> Path:
-    """Write `model` as an HF (`transformers` CLIPModel/SiglipModel) or open_clip directory at `out_dir`."""
+    """Write `model` as an HF (`transformers` CLIPModel/SiglipModel) or open_clip directory at `out_dir`. A model
+    carrying an adapter is exported with the adapter merged into its weights (the model itself is unchanged)."""
+    if has_lora(model):
+        model = merged_model(model)
     if to == "hf":
         return export_hf(model, out_dir)
     if to == "open_clip":
