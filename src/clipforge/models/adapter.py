@@ -78,7 +78,7 @@ def save_adapter(model, path: PathLike, *, base_model: Optional[str] = None, bas
         raise UsageError("`base_model` is needed: the reference the base model loads from")
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "lora": cfg.to_dict(),
             "modules": sorted(lora_modules(model)), "base_model": base_reference(str(base_model)),
-            "base_hash": base_sha256 or base_hash(model),
+            "base_hash": base_sha256 or getattr(model, "adapter_base_hash", None) or base_hash(model),
             "num_parameters": sum(m.lora_A.numel() + m.lora_B.numel() for m in lora_modules(model).values())}
     state = {k: v.contiguous().cpu().float() for k, v in lora_state_dict(model).items()}
 
@@ -163,6 +163,8 @@ def attach_adapter(model, path: PathLike, *, check_base: bool = True, base_model
                                      f"{None if own is None else tuple(own.shape)}")
             own.copy_(t.to(own.dtype))
     model.adapter_base = base_model or meta["base_model"]
+    if check_base:
+        model.adapter_base_hash = meta["base_hash"]  # verified above; saving again need not re-hash
     model.adapter_path = str(path)
     return model
 
