@@ -206,6 +206,12 @@ FONT_TEMPLATES = [
 ]
 
 
+def digit_descriptions_path() -> str:
+    """The packaged hand-written descriptions of the ten digits ({class: [descriptions]}, CuPL's format): what
+    GIST-style methods match images to, since no language model runs here."""
+    return str(resources.files("clipforge.data").joinpath("digit_descriptions.json"))
+
+
 def font_paths() -> list[str]:
     """Absolute paths of FONT_FILES inside the installed matplotlib (all of them ship with it)."""
     root = os.path.join(os.path.dirname(matplotlib.__file__), "mpl-data", "fonts", "ttf")
@@ -273,9 +279,11 @@ def build_fonts(out_dir: str, size: int = 32, seed: int = 0, per_class_train: in
         _write_lines(os.path.join(tmp, "classnames.txt"), DIGIT_NAMES)
         _write_lines(os.path.join(tmp, "templates_train.txt"), FONT_TEMPLATES)
         _write_lines(os.path.join(tmp, "templates_unseen.txt"), UNSEEN_TEMPLATES)
+        with open(digit_descriptions_path(), encoding="utf-8") as f:
+            _write_json(os.path.join(tmp, "descriptions.json"), json.load(f))
         return {"train_manifest": "train.jsonl", "train_dir": "train", "val_manifest": "val.jsonl",
                 "val_dir": "val", "classnames": "classnames.txt", "templates_train": "templates_train.txt",
-                "templates_unseen": "templates_unseen.txt", **counts}
+                "templates_unseen": "templates_unseen.txt", "descriptions": "descriptions.json", **counts}
 
     return _build_atomically(out_dir, params, build)
 

@@ -44,12 +44,18 @@ class TextTower(nn.Module):
         if ids.shape[1] > self.cfg.context_length:
             raise ValueError(f"token sequence of length {ids.shape[1]} exceeds context_length "
                              f"{self.cfg.context_length}")
+        return self.forward_embeddings(self.token_embedding(ids), ids, return_tokens)
+
+    def forward_embeddings(self, x: torch.Tensor, ids: torch.Tensor, return_tokens: bool = False) -> TowerOutput:
+        """The tower from token embeddings x (B, T, W) on; `ids` (B, T) still decide pooling and padding.
+        Prompt learning (CoOp) calls this with some embeddings replaced by learned vectors."""
         if self.cfg.causal and self.cfg.pool in ("argmax", "eos") and not return_tokens:
             # Causal attention: positions after the pooled end token cannot change it, so drop the padding
             # columns every row has. Exact, and prompts of ~10 tokens in a 77-token context cost ~7x less.
-            ids = ids[:, : int(self.pool_index(ids).max()) + 1]
+            n = int(self.pool_index(ids).max()) + 1
+            ids, x = ids[:, :n], x[:, :n]
         B, T = ids.shape
-        x = self.token_embedding(ids) + self.positional_embedding[:T].to(self.token_embedding.weight.dtype)
+        x = x + self.positional_embedding[:T].to(x.dtype)
         x = self.ln_final(self.transformer(x, causal=self.cfg.causal))  # (B, T, W)
         mask = ids != self.cfg.pad_token_id  # (B, T) real tokens
         if self.cfg.pool == "mean":
