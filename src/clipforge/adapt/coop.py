@@ -89,7 +89,7 @@ class CoOp(FewShotMethod):
         Option("ctx_init", str, help="coop: initialise the context from this phrase, e.g. 'a photo of a'"),
         Option("epochs", int, help="coop: epochs (default: 200 at 8+ shots, 100 at 2-4, 50 at 1, as the paper)"),
         Option("lr", float, 0.002, help="coop: SGD learning rate (default 0.002)"),
-        Option("batch_size", int, 32, help="coop: images per step (default 32)"),
+        Option("fit_batch_size", int, 32, help="coop: support images per optimisation step (default 32)"),
     )
 
     def fit(self, encoder, support, *, seed=0, progress=None):
@@ -99,7 +99,7 @@ class CoOp(FewShotMethod):
         learner = PromptLearner(model, support.classnames, self.n_ctx, self.csc, self.ctx_init, seed)
         shots = int(torch.bincount(support.labels).max())
         epochs = self.epochs or default_epochs(shots)
-        n, bs = len(support.labels), max(1, self.batch_size)
+        n, bs = len(support.labels), max(1, self.fit_batch_size)
         steps = epochs * math.ceil(n / bs)
         opt = torch.optim.SGD([learner.ctx], lr=self.lr, momentum=0.9)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)

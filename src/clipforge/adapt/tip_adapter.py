@@ -4,12 +4,16 @@ zero-shot classifier,
     logits = 100 * f W^T + alpha * exp(-beta * (1 - f K^T)) L        K: support features, L: their one-hot labels
 
 with alpha (how much the cache counts) and beta (how sharp its affinities are) searched on a grid over the
-validation features, as the paper does (its code's grid: beta in [0.1, beta_max], alpha in [0.1, alpha_max]).
+validation features, as the paper does. Its code searches both linearly from 0.1 up to a per-dataset scale
+(alpha ~3 for CLIP on ImageNet); here beta is linear in [0.1, beta_max] but alpha is geometric in
+[0.1, alpha_max = 100]: a small model's zero-shot classifier can be far weaker than CLIP's, and then the cache
+must be able to outweigh it (the search on validation decides, so a wider range costs nothing but grid points).
 With no validation features the search runs on the support set leave-one-out (an image never sees its own
 cache entry).
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from clipforge.adapt.fewshot import FEWSHOT, SCALE, TEMPLATES, FewShotMethod
@@ -22,7 +26,8 @@ __all__ = ["TipAdapter", "search_alpha_beta", "TIP_OPTIONS"]
 
 TIP_OPTIONS = (
     TEMPLATES,
-    Option("alpha_max", float, 10.0, help="tip-adapter: largest cache weight alpha searched (default 10)"),
+    Option("alpha_max", float, 100.0, help="tip-adapter: largest cache weight alpha searched, geometric grid from "
+           "0.1 (default 100)"),
     Option("beta_max", float, 10.0, help="tip-adapter: largest affinity sharpness beta searched (default 10)"),
     Option("search_steps", int, 40, help="tip-adapter: grid points per hyper-parameter (default 40)"),
 )
@@ -35,7 +40,7 @@ def search_alpha_beta(feats, labels, zs_weights, keys, values, *, alpha_max: flo
     if steps < 1 or alpha_max <= 0.1 or beta_max <= 0.1:
         raise UsageError(f"`search_steps` must be >= 1 and `alpha_max`, `beta_max` > 0.1 (got {steps}, "
                          f"{alpha_max}, {beta_max})")
-    alphas = torch.linspace(0.1, alpha_max, steps)
+    alphas = torch.logspace(np.log10(0.1), np.log10(alpha_max), steps) if steps > 1 else torch.tensor([0.1])
     betas = torch.linspace(0.1, beta_max, steps)
     zs = scale * feats @ zs_weights.T  # (N, C)
     affinity = feats @ keys.T  # (N, Nk)

@@ -5,7 +5,10 @@ from pathlib import Path
 
 from clipforge.errors import UsageError
 from clipforge.models.adapter import merged_model
-from clipforge.models.lora import has_lora
+from clipforge.models.checkpoint import load_state_dict_strict
+from clipforge.models.factory import build_model
+from clipforge.models.lora import has_lora, lora_state_dict
+from clipforge.models.unwrap import unwrap_model
 from clipforge.models.convert.hf import export_hf
 from clipforge.models.convert.open_clip import export_open_clip
 
@@ -22,3 +25,14 @@ def export_model(model, to: str, out_dir) -> Path:
     if to == "open_clip":
         return export_open_clip(model, out_dir)
     raise UsageError(f"unknown export format {to!r}; valid: {', '.join(FORMATS)}")
+
+
+def export_hf_base(model, out_dir) -> Path:
+    """Write the base of an adapted model (its weights without the adapter) as an HF directory: the model a
+    peft adapter exported by `peft_export.export_peft` loads onto."""
+    model = unwrap_model(model)
+    base = build_model(model.config, tokenizer=model.tokenizer)
+    adapter_keys = set(lora_state_dict(model))
+    load_state_dict_strict(base, {k: v for k, v in model.state_dict().items() if k not in adapter_keys},
+                           "base weights")
+    return export_hf(base, out_dir)
