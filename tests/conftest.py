@@ -117,3 +117,11 @@ class FakeTextEncoder:
         self.calls.append(len(texts))
         vecs = [sum(self.word(w) for w in t.lower().strip(".").split()) for t in texts]
         return F.normalize(torch.tensor(np.stack(vecs), dtype=torch.float32), dim=-1)
+@pytest.fixture(scope="session")
+def photos_index(photos_demo, tmp_path_factory):
+    """An index of the photos demo with the random-init tiny model (read-only: tests must not change it)."""
+    from clipforge.retrieval.build import build_index
+
+    out = tmp_path_factory.mktemp("photos_index") / "idx"
+    build_index(f"files:{photos_demo['images_dir']}", "tiny", out, batch_size=8, progress=False)
+    return out

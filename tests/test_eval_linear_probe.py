@@ -15,6 +15,18 @@ CKPT_SEED = 0  # the `ckpt` fixture (conftest.py) saves a tiny model initialised
 COARSE = {"c_grid": (1e4, 1e2, 1.0, 1e-2), "refine_steps": 1, "max_iter": 300}
 
 
+def chance_bound(n: int, num_classes: int, z: float = 3.09) -> float:
+    """The accuracy a guesser reaches with probability < 0.001 on n test images (one-sided, normal approx.
+    to the binomial): a probe above it has learned from the features and labels, whatever the seed.
+
+    A fixed threshold on random-init features is not stable: measured over 4 model inits x 4 k-shot seeds,
+    10-shot top-1 ranged 0.161-0.300 (n=360, bound 0.146) and held-out top-1 0.294-0.467 (n=180, bound 0.169);
+    the old 0.25 failed at 0.203 for the seeds below.
+    """
+    p = 1.0 / num_classes
+    return p + z * (p * (1 - p) / n) ** 0.5
+
+
 @pytest.mark.slow
 def test_held_out_fraction_beats_chance(ckpt, digits_demo):
     """Even random-init tiny features separate digits linearly: far above chance (0.1)."""
@@ -22,7 +34,7 @@ def test_held_out_fraction_beats_chance(ckpt, digits_demo):
                    probe_options=COARSE, progress=False)
     m = rec["metrics"]
     assert m["n"] == 180 and m["n_train"] + m["n_val"] == 180
-    assert m["top1"] > 0.3, m
+    assert m["top1"] > chance_bound(m["n"], 10), m
     assert 1e-3 < m["best_C"] < 1e5  # inside the coarse grid's refined range
 
 
@@ -33,7 +45,7 @@ def test_cli_full_protocol(ckpt, digits_demo, tmp_path):
                  "--test-fraction", "0.5", "--out", str(out)]) == 0
     m = read_results(out)[0]["metrics"]
     assert m["n"] == 180 and m["n_train"] + m["n_val"] == 180
-    assert m["top1"] > 0.35, m
+    assert m["top1"] > chance_bound(m["n"], 10), m
     assert 1e-7 <= m["best_C"] <= 1e7
 
 
@@ -48,10 +60,7 @@ def test_test_dataset_and_k_shot(ckpt, digits_demo, tmp_path):
                    k_shot=10, seed=1, probe_options=COARSE, progress=False)
     m = rec["metrics"]
     assert m["n_train"] + m["n_val"] == 100 and m["n"] == 360 and rec["num_classes"] == 10
-    # chance is 0.1; the bar is 3 binomial standard deviations above it over 360 test images (~0.148). Random
-    # tiny-model features with 10 shots per class gave 0.16-0.30 over 4 model seeds x 3 sampling seeds, so the
-    # old fixed 0.25 failed for most of them.
-    assert m["top1"] > 0.1 + 3 * (0.1 * 0.9 / 360) ** 0.5, m
+    assert m["top1"] > chance_bound(m["n"], 10), m
     assert rec["config"]["k_shot"] == 10 and rec["config"]["test_dataset"].endswith("val")
 
 

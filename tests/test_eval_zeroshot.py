@@ -136,7 +136,10 @@ def test_eval_equals_training_callback_on_a_trained_digits_model(digits_demo, tm
     assert rec["metrics"]["mean_per_class_recall"] == logged[-1]["zeroshot_mean_per_class_recall"]
     assert rec["metrics"]["top5"] == logged[-1]["zeroshot_top5"]
     assert rec["metrics"]["n"] == 360
-    assert rec["metrics"]["top1"] > 0.15  # it learned something (chance 0.1), so agreement is not trivial
+    # It learned something, so agreement is not trivial: above what guessing reaches with p < 0.001 on 360
+    # images (0.149). Measured after these 40 steps over run seeds 0-3: 0.192, 0.222, 0.297, 0.331.
+    p, n = 0.1, rec["metrics"]["n"]
+    assert rec["metrics"]["top1"] > p + 3.09 * (p * (1 - p) / n) ** 0.5
 
 
 def test_reduced_precision_is_recorded_and_close(ckpt, digits_demo):

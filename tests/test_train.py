@@ -218,4 +218,6 @@ def test_learns_digits_zero_shot_with_unseen_templates(digits_demo, tmp_path):
         f"data.val_classnames={digits_demo['classnames']}", f"data.val_templates={digits_demo['templates_unseen']}",
         "run.steps=90", "run.eval_every=0", "run.checkpoint_every=90", "run.progress=false"])
     summary = train(cfg, tmp_path / "run")
+    # Measured after these 90 steps over run seeds 0-2: 0.503, 0.550, 0.486 (360 images: one binomial SD is
+    # ~0.026), so 0.4 sits over three SDs below the lowest; chance is 0.1.
     assert summary["final"]["zeroshot_top1"] >= 0.4

@@ -73,3 +73,33 @@ def test_values_coerced_or_rejected():
         config_from_dict({"run": {"steps": "ten"}})
     with pytest.raises(UsageError, match="model.lock_image: expected bool"):
         config_from_dict({"model": {"lock_image": "yes please"}})
+
+
+@pytest.mark.parametrize("override, key", [
+    ("optim.lr=-1", "optim.lr"), ("optim.lr=0", "optim.lr"), ("optim.lr=.nan", "optim.lr"),
+    ('optim.betas="0.9"', "optim.betas"), ("optim.betas=[1.5,-1]", "optim.betas"), ("optim.betas=[0.9]", "optim.betas"),
+    ("optim.betas=[0.9, true]", "optim.betas"), ("optim.eps=0", "optim.eps"), ("optim.grad_clip=-1", "optim.grad_clip"),
+    ("data.workers=-1", "data.workers"), ("run.steps=0", "run.steps"), ("run.steps=-5", "run.steps"),
+    ("run.epochs=-1", "run.epochs"), ("run.epochs=0", "run.epochs"), ("schedule.warmup_steps=-1", "schedule.warmup_steps"),
+    ("optim.weight_decay=-0.1", "optim.weight_decay"), ("schedule.min_lr=1", "schedule.min_lr"),
+    ("run.seed=-1", "run.seed"), ("run.threads=0", "run.threads"), ("run.eval_every=-1", "run.eval_every"),
+    ("model.tokenizer_vocab_size=100", "model.tokenizer_vocab_size"), ("model.overrides=3", "model.overrides"),
+])
+def test_out_of_range_values_name_their_key(override, key):
+    steps = [] if override.startswith(("run.steps", "run.epochs")) else ["run.steps=1"]
+    with pytest.raises(UsageError, match=key.replace(".", r"\.")):
+        load_config(None, ["data.train=x", override, *steps])
+
+
+def test_train_cli_range_errors_are_one_line_and_write_nothing(tmp_path, capsys):
+    """The issue's examples: each a one-line exit 2, none trains or writes final/."""
+    from clipforge.cli import main
+
+    for override in ("optim.lr=-1", 'optim.betas="0.9"', "optim.betas=[1.5,-1]", "data.workers=-1", "run.steps=0",
+                     "run.steps=-5", "run.epochs=-1", "schedule.warmup_steps=-3", "optim.weight_decay=-1"):
+        steps = [] if override.startswith(("run.steps", "run.epochs")) else ["--set", "run.steps=1"]
+        out = tmp_path / override.split("=")[0]
+        rc = main(["train", "--out", str(out), "--set", "data.train=files:nowhere", "--set", override, *steps])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and len(err) == 1 and override.split("=")[0] in err[0], (override, err)
+        assert not out.exists()

@@ -2,6 +2,10 @@
 
 Everything clipforge writes that a crash could leave half-done (checkpoints, tokenizers, heads, index files,
 store manifests) goes through here: write to a temporary sibling, fsync, then `os.replace`.
+
+Files get the permissions any other new file would (0666 minus the umask: 0644 under umask 022), not the 0600
+of `tempfile.mkstemp`, so a web server or a teammate under another user can read an index or a checkpoint.
+A missing or unwritable destination folder is a `ClipforgeError` naming it.
 """
 from __future__ import annotations
 
@@ -9,17 +13,65 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 import uuid
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Union
 
+from clipforge.errors import ClipforgeError
+
 PathLike = Union[str, Path]
+_umask_lock = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where the OS allows (Linux: /proc/self/status)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _umask_lock:  # elsewhere: set and restore (briefly visible to other threads creating files)
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def _new_file_mode(old_mode: int = 0) -> int:
+    """0666 (plus any execute bits the file had) minus the umask: what `open()` would have created."""
+    return (0o666 | (old_mode & 0o111)) & ~current_umask()
+
+
+def _honour_umask(path: PathLike) -> None:
+    """Some writers (safetensors' save_file) create files 0600 whatever the umask: give the usual mode."""
+    try:
+        os.chmod(path, _new_file_mode(os.stat(path).st_mode))
+    except OSError:  # a filesystem without permissions
+        pass
+
+
+def temp_sibling(path: PathLike) -> tuple[int, str]:
+    """(fd, name) of a new temporary file beside `path`, with the permissions the umask gives new files."""
+    path = Path(path)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except FileNotFoundError:
+        raise ClipforgeError(f"cannot write {path}: folder {path.parent} does not exist") from None
+    except OSError as e:
+        raise ClipforgeError(f"cannot write {path}: {e.strerror or e}") from None
+    try:
+        os.fchmod(fd, _new_file_mode())
+    except OSError:  # e.g. a filesystem without permissions: keep mkstemp's mode
+        pass
+    return fd, tmp
 
 
 def atomic_write(path: PathLike, write: Callable[[BinaryIO], object]) -> Path:
     """Call `write(binary_file)` on a temp file beside `path`, fsync, then rename onto `path`."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = temp_sibling(path)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -35,10 +87,11 @@ def atomic_write(path: PathLike, write: Callable[[BinaryIO], object]) -> Path:
 def atomic_write_path(path: PathLike, write: Callable[[str], object]) -> Path:
     """For writers that take a file name (safetensors' save_file, PIL's save): `write(tmp_name)`, then rename."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = temp_sibling(path)
     os.close(fd)
     try:
         write(tmp)
+        _honour_umask(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -66,6 +119,7 @@ def atomic_directory(path: PathLike, write: Callable[[Path], object]) -> Path:
         write(tmp)
         for f in tmp.rglob("*"):
             if f.is_file():
+                _honour_umask(f)
                 with open(f, "rb") as fh:
                     os.fsync(fh.fileno())
         if path.exists():

@@ -5,8 +5,8 @@
     head = FEWSHOT.create("tip-adapter", templates="photo").fit(encoder, support, seed=0)
     head.topk(test_feats, k=5); head.save("heads/tip")            # adapt.heads.load_head reads it back
 
-A method is one class in one file registering itself with `@FEWSHOT.register("name")`; `clipforge classify
---support SRC` and `clipforge eval --task few-shot` offer every registered method and its options. Methods
+A method is one class in one file registering itself with `@FEWSHOT.register("name")`; `clipforge classify`
+with a support set and `clipforge eval` (task few-shot) offer every registered method and its options. Methods
 work on frozen, L2-normalised image features (`clipforge.encode`) and the model's text tower (class prompts,
 descriptions, or, for CoOp, learned context through the frozen tower). The validation features are for
 hyper-parameters only (Tip-Adapter's alpha/beta, the probe's C, ...): no method trains on them.

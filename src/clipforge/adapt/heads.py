@@ -138,7 +138,7 @@ _KINDS = {c.kind: c for c in (LinearHead, TipAdapterHead)}
 
 
 def load_head(path):
-    """Any saved head: a few-shot head (`kind` in its JSON) or a zero-shot head (`clipforge classify --save-head`)."""
+    """Any saved head: a few-shot head (`kind` in its JSON) or a zero-shot head (`zeroshot.classify(save_head=...)`)."""
     st, side = _paths(path)
     if not st.is_file() or not side.is_file():
         raise ClipforgeError(f"head not found: need {st} and {side}")

@@ -12,9 +12,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import pkgutil
 import re
 import sys
+import warnings
 
 from clipforge import __version__
 from clipforge.cli import _common
@@ -40,9 +42,13 @@ def build_parser(argv=None) -> argparse.ArgumentParser:
     return parser
 
 
+_FLAG_ALIASES = {"vision_heads": "--heads VISION,TEXT", "text_heads": "--heads VISION,TEXT"}  # one flag, two params
+
+
 def command_flags(parser: argparse.ArgumentParser) -> dict[str, str]:
     """dest -> the flag a user types (the longest option string), over a parser and its sub-parsers."""
-    out: dict[str, str] = {}
+    out: dict[str, str] = {k: v for k, v in _FLAG_ALIASES.items() if any(
+        a.dest == "heads" for a in parser._actions)}
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for sub in action.choices.values():
@@ -72,6 +78,13 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(argv)
     args = parser.parse_args(argv)
+    flags = command_flags(_command_parser(parser, args.command)) if getattr(args, "command", None) else {}
+
+    def one_line_warning(message, category, filename, lineno, line=None) -> str:
+        # the CLI user needs the message in flag terms, not the library's source line
+        return f"warning: {translate_error(str(message), flags)}\n"
+
+    warnings.formatwarning = one_line_warning
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -83,8 +96,14 @@ def main(argv=None) -> int:
         return 2
     try:
         rc = args.func(args)
+        sys.stdout.flush()  # a closed pipe surfaces here, not at interpreter exit
+    except BrokenPipeError:
+        # `clipforge ... | head`: the reader left; stop quietly, as a SIGPIPE-killed tool would (exit 141).
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
     except ClipforgeError as e:
-        msg = translate_error(str(e), command_flags(_command_parser(parser, args.command)))
+        msg = translate_error(str(e), flags)
         print(f"clipforge {args.command}: error: {msg}", file=sys.stderr)
         return 2 if isinstance(e, UsageError) else 1
     except KeyboardInterrupt:

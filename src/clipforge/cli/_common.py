@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 from typing import Iterable
 
+from clipforge.errors import UsageError
 from clipforge.registry import Option
 
 ACTIVE = None  # the command being parsed ("" none, None all): set by `build_parser`
@@ -25,6 +26,8 @@ def add_model_args(p: argparse.ArgumentParser, default: str = None) -> None:
                    help="registered name, checkpoint dir, hf:ORG/NAME, open_clip:ARCH/TAG, or local HF dir")
     p.add_argument("--weights", default=None, help="weights file (.safetensors) for a registered architecture")
     p.add_argument("--trust-pickle", action="store_true", help="allow loading pickled .pt/.bin weights")
+    p.add_argument("--heads", default=None, metavar="VISION,TEXT",
+                   help="attention heads of an OpenAI-layout state-dict file (default: width // 64, with a warning)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
 
 
@@ -33,7 +36,14 @@ def load_encoder_from_args(args):
     from clipforge.encode import Encoder, pick_device
     from clipforge.models import load_model
 
-    model = load_model(args.model, weights=args.weights, trust_pickle=args.trust_pickle)
+    heads = {}
+    if getattr(args, "heads", None):
+        try:
+            v, t = (int(x) for x in args.heads.split(","))
+        except ValueError:
+            raise UsageError(f"--heads expects VISION,TEXT head counts such as 12,8; got {args.heads!r}") from None
+        heads = {"vision_heads": v, "text_heads": t}
+    model = load_model(args.model, weights=args.weights, trust_pickle=args.trust_pickle, **heads)
     return Encoder.from_model(model, device=pick_device(args.device))
 
 

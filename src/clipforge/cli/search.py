@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import json
-
 import logging
+import os
 
 from clipforge.cli._common import positive_int
 
@@ -38,6 +38,9 @@ def run(args) -> int:
         raise UsageError("give a query, --image PATH, or --like ID")
     if args.offset < 0:
         raise UsageError(f"--offset must be >= 0, got {args.offset}")
+    if args.sheet and not os.path.isdir(os.path.dirname(os.path.abspath(args.sheet))):
+        raise UsageError(f"--sheet {args.sheet}: folder {os.path.dirname(os.path.abspath(args.sheet))} "
+                         "does not exist")
     engine = SearchEngine(args.index_dir, device=args.device)
     hits = engine.search(args.query, args.image, k=args.k, offset=args.offset, filters=args.filter,
                          dedup=args.dedup, image_weight=args.image_weight, like=args.like)

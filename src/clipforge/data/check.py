@@ -66,13 +66,19 @@ def check_source(source, progress=None, limit: int | None = None) -> dict:
     return report
 
 
+def _shown(text: str) -> str:
+    """A file name as a terminal may show it: control characters (newlines, escape sequences), NUL bytes and
+    undecodable bytes escaped, so a hostile name can neither forge report lines nor break the output."""
+    return text if text.isprintable() else ascii(text)[1:-1]
+
+
 def format_report(r: dict) -> str:
-    lines = [f"source: {r['source']} ({r['kind']})",
+    lines = [f"source: {_shown(r['source'])} ({r['kind']})",
              f"samples: {r['num_samples']}  readable: {r['num_ok']}  bad: {r['num_bad']}"]
     if r["num_bad"]:
         lines.append("bad by reason: " + ", ".join(f"{k}={v}" for k, v in r["bad"]["by_reason"].items()))
         for sid, reason in r["bad"]["samples"][:50]:
-            lines.append(f"  {reason:16s} {sid}")
+            lines.append(f"  {reason:16s} {_shown(str(sid))}")
         if len(r["bad"]["samples"]) > 50:
             lines.append(f"  ... {len(r['bad']['samples']) - 50} more (all of them in the JSON report)")
     for key in ("image_width", "image_height"):

@@ -5,8 +5,8 @@ orientation applied or raises `BadSample(reason)`. Callers that walk a whole col
 add it to a `SkipCounter`, and carry on: a long job never dies on one bad file, and never drops one silently.
 
 Reasons are short fixed strings so reports can be grouped and compared across runs:
-  missing_file, unreadable, empty_file, not_an_image, truncated, too_large, bad_size, unsupported_mode,
-  decode_error, no_image (a record without any image payload), bad_record (a manifest row / tar member
+  missing_file, unreadable, not_a_file (a FIFO, socket, device or directory under an image's name),
+  empty_file, not_an_image, truncated, too_large, bad_size, unsupported_mode, decode_error, no_image (a record without any image payload), bad_record (a manifest row / tar member
   that cannot be parsed), no_caption / no_label (the training / eval loader needs one), remote_url (an http(s) path: fetch collections first, e.g. with img2dataset).
 """
 from __future__ import annotations
@@ -20,11 +20,13 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from clipforge.data.fs import DEFAULT_MAX_FILE_BYTES, FileRefused, read_regular
+
 # 89.5 Mpx is Pillow's own default bomb limit; a collection can raise or lower it per reader.
 DEFAULT_MAX_PIXELS = 89_478_485
 
 REASONS = (
-    "missing_file", "unreadable", "empty_file", "not_an_image", "truncated", "too_large", "bad_size",
+    "missing_file", "unreadable", "not_a_file", "empty_file", "not_an_image", "truncated", "too_large", "bad_size",
     "unsupported_mode", "decode_error", "no_image", "bad_record", "remote_url",
     "no_caption", "no_label",
 )
@@ -92,18 +94,14 @@ class DecodeOptions:
     apply_exif: bool = True
 
 
-def read_bytes(path: str | os.PathLike) -> bytes:
-    """Read a file, mapping OS errors to `BadSample` reasons."""
+def read_bytes(path: str | os.PathLike, max_bytes: int | None = DEFAULT_MAX_FILE_BYTES) -> bytes:
+    """Read a regular file (never a FIFO, socket or device), mapping every failure to a `BadSample` reason."""
     if "://" in str(path):
         raise BadSample("remote_url", str(path))
     try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        raise BadSample("missing_file", str(path)) from None
-    except (IsADirectoryError, PermissionError, OSError) as e:
-        raise BadSample("unreadable", f"{path}: {e}") from None
-    return data
+        return read_regular(path, max_bytes)
+    except FileRefused as e:
+        raise BadSample(e.reason, e.detail) from None
 
 
 def decode_image(data: bytes, opts: DecodeOptions = DecodeOptions()) -> Image.Image:

@@ -9,6 +9,18 @@ from PIL import Image
 from clipforge.data.decode import BadSample, DecodeOptions, decode_image, read_bytes
 
 
+def text_safe(text: str) -> str:
+    """`text` as valid Unicode: characters UTF-8 cannot encode — lone surrogates from JSON escapes, and the
+    undecodable bytes of non-UTF-8 file names (Python's surrogateescape) — become backslash escapes such as
+    \\udce9. Valid text is returned unchanged. Ids, captions and recorded paths pass through this, since
+    Arrow, JSON writers, tokenizers and terminals all require valid text."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 @dataclass
 class Sample:
     """One image with its text and/or label.
@@ -27,6 +39,12 @@ class Sample:
     ext: str | None = None                        # "jpg", "png", ... (lower case, no dot) when known
     decode_options: DecodeOptions = field(default_factory=DecodeOptions, repr=False)
     _image: Image.Image | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        # `path` stays as the OS gave it (it must open the file); what is shown or stored is valid text.
+        if isinstance(self.id, str):
+            self.id = text_safe(self.id)
+        self.captions = [text_safe(c) if isinstance(c, str) else c for c in self.captions]
 
     def image_bytes(self) -> bytes:
         """The encoded image exactly as stored (raises `BadSample` when missing or unreadable)."""
@@ -55,6 +73,6 @@ def file_meta(path: str) -> dict:
     """path, size and mtime of a local file (empty for the stat fields when it cannot be stat'ed)."""
     try:
         st = os.stat(path)
-        return {"path": path, "size": st.st_size, "mtime": st.st_mtime}
-    except OSError:
-        return {"path": path}
+        return {"path": text_safe(path), "size": st.st_size, "mtime": st.st_mtime}
+    except (OSError, ValueError):  # vanished, a symlink loop, a NUL byte in the name
+        return {"path": text_safe(path)}

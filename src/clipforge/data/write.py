@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 import os
-import itertools
 import tarfile
 
 import pyarrow as pa
@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from clipforge.atomic import atomic_write_path, atomic_write_text
 from clipforge.data.decode import BadSample, SkipCounter
+from clipforge.data.sample import text_safe
 from clipforge.errors import UsageError
 
 FORMATS = ("wds", "jsonl", "csv", "parquet")
@@ -102,7 +103,8 @@ def _add_sample(tf: tarfile.TarFile, key: str, sample, data: bytes) -> None:
     if sample.label is not None:
         meta["label"] = int(sample.label)
     meta.update({k: v for k, v in _jsonable(sample.meta).items() if k not in meta})
-    members = [(ext, data), ("json", json.dumps(meta, ensure_ascii=False).encode("utf-8"))]
+    # ASCII JSON: metadata may hold lone surrogates (from JSON escapes); escaped, they round-trip
+    members = [(ext, data), ("json", json.dumps(meta).encode("ascii"))]
     if sample.captions:
         members.append(("txt", "\n".join(c.replace("\n", " ") for c in sample.captions).encode("utf-8")))
     if sample.label is not None:
@@ -142,18 +144,21 @@ def write_manifest(source, out_path: str, fmt: str | None = None, *, verify: boo
         if sample.label is not None:
             row["label"] = int(sample.label)
         rows.append(row)
+
     def write(tmp: str) -> None:
         if fmt == "jsonl":
             with open(tmp, "w", encoding="utf-8") as f:
-                f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+                # ASCII JSON keeps non-UTF-8 file names exact: "\udce9" reads back as the same path
+                f.writelines(json.dumps(r) + "\n" for r in rows)
         elif fmt == "csv":
             with open(tmp, "w", encoding="utf-8", newline="") as f:
                 w = csv.DictWriter(f, fieldnames=["id", "image", "captions", "label"])
                 w.writeheader()
-                for r in rows:
-                    w.writerow({**r, "captions": json.dumps(r["captions"], ensure_ascii=False)})
+                for r in rows:  # a non-UTF-8 file name is written escaped (CSV has no lossless form)
+                    w.writerow({**r, "image": text_safe(r["image"]),
+                                "captions": json.dumps(r["captions"], ensure_ascii=False)})
         else:
-            cols = {"id": [r["id"] for r in rows], "image": [r["image"] for r in rows],
+            cols = {"id": [r["id"] for r in rows], "image": [text_safe(r["image"]) for r in rows],
                     "captions": [r["captions"] for r in rows], "label": [r.get("label") for r in rows]}
             schema = pa.schema([("id", pa.string()), ("image", pa.string()), ("captions", pa.list_(pa.string())),
                                 ("label", pa.int64())])

@@ -6,26 +6,36 @@ A clipforge checkpoint is a directory: `config.json` (model config), `model.safe
 place, so a crash never leaves a half-written checkpoint under the final name.
 
 Pickled `.pt/.bin` weights are refused unless the caller passes `trust_pickle=True`, and are then read with
-`torch.load(weights_only=True)`.
+`torch.load(weights_only=True)`. TorchScript archives (OpenAI's official `.pt` files) are read without
+running their code (`torchscript.py`), so they need no trust.
+
+Every way a checkpoint can be broken — config.json that is not JSON or lacks its `config`, a config that
+fails validation (ranges, divisibility, a model over the parameter limit, all checked before allocating),
+weights of the wrong shapes, a truncated or fake `.safetensors`, a pickle the weights-only unpickler refuses
+— is one `ClipforgeError` / `UsageError` line naming the file.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import pickle
+import warnings
 from pathlib import Path
 from typing import Callable, Optional, Union
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from clipforge.atomic import atomic_directory
 from clipforge.errors import ClipforgeError, UsageError
 from clipforge.models.config import CLIPConfig
+from clipforge.models.torchscript import is_torchscript_archive, read_torchscript_state
 from clipforge.models.tokenizer import Tokenizer
 from clipforge.models.unwrap import unwrap_model
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "save_pretrained", "is_checkpoint_dir", "read_checkpoint_dir",
-           "read_state_dict", "load_state_dict_strict"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "save_pretrained", "read_config_json", "is_checkpoint_dir",
+           "read_checkpoint_dir", "load_safetensors", "read_state_dict", "load_state_dict_strict"]
 
 FORMAT = "clipforge"
 FORMAT_VERSION = 1
@@ -56,46 +66,112 @@ def save_pretrained(model, path: PathLike, extra: Optional[Callable[[Path], None
     return atomic_directory(path, write)
 
 
-def is_checkpoint_dir(path: PathLike) -> bool:
-    p = Path(path)
-    if not (p / "config.json").is_file():
-        return False
+def read_config_json(path: PathLike) -> Optional[dict]:
+    """A directory's config.json as a dict; None when there is none; `ClipforgeError` when it is unreadable,
+    not JSON, or not a JSON object."""
+    f = Path(path) / "config.json"
+    if not f.is_file():
+        return None
     try:
-        return json.loads((p / "config.json").read_text()).get("format") == FORMAT
-    except (OSError, ValueError):
+        meta = json.loads(f.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as e:
+        raise ClipforgeError(f"cannot read {f}: {e}") from None
+    except (ValueError, RecursionError) as e:
+        raise ClipforgeError(f"{f} is not valid JSON ({str(e)[:200]})") from None
+    if not isinstance(meta, dict):
+        raise ClipforgeError(f"{f} is not a JSON object")
+    return meta
+
+
+def is_checkpoint_dir(path: PathLike) -> bool:
+    try:
+        meta = read_config_json(path)
+    except ClipforgeError:
         return False
+    return meta is not None and meta.get("format") == FORMAT
+
+
+def load_safetensors(path: PathLike) -> dict:
+    """`safetensors.torch.load_file`, with a truncated or fake file as one `ClipforgeError` line."""
+    p = Path(path)
+    try:
+        return load_file(str(p))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        with open(p, "rb") as f:
+            head = f.read(4)
+        what = " (it looks like a pickle / torch.save file renamed)" if head[:1] == b"\x80" or head[:2] == b"PK" \
+            else ""
+        raise ClipforgeError(f"{p.name} is not a valid safetensors file{what}: {str(e).splitlines()[0][:200]}"
+                             ) from None
+
+
+def _unpickler_complaint(e: Exception) -> str:
+    """The informative line of torch's multi-paragraph weights_only refusal."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    for ln in lines:
+        if "Unsupported" in ln or "GLOBAL" in ln or "not an allowed global" in ln:
+            return ln[:300]
+    return (lines[0] if lines else type(e).__name__)[:300]
 
 
 def read_checkpoint_dir(path: PathLike) -> tuple[CLIPConfig, Optional[Tokenizer], dict]:
-    """(config, tokenizer or None, state dict) of a checkpoint directory."""
+    """(config, tokenizer or None, state dict) of a checkpoint directory, every part checked: config.json
+    readable with a "config" object of a supported format version, the config valid (ranges, parameter
+    bound: nothing is allocated before it passes), the weights a real safetensors file."""
     p = Path(path)
-    meta = json.loads((p / "config.json").read_text())
-    if meta.get("format_version", 1) > FORMAT_VERSION:
-        raise ClipforgeError(f"{p} was written by a newer clipforge (format {meta['format_version']})")
-    cfg = CLIPConfig.from_dict(meta["config"])
+    meta = read_config_json(p)
+    if meta is None:
+        raise ClipforgeError(f"{p} has no config.json")
+    version = meta.get("format_version", 1)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise ClipforgeError(f"{p}/config.json: format_version must be an integer, got {version!r}")
+    if version > FORMAT_VERSION:
+        raise ClipforgeError(f"{p} was written by a newer clipforge (format {version})")
+    if not isinstance(meta.get("config"), dict):
+        raise ClipforgeError(f"{p}/config.json has no \"config\" object (the model's architecture)")
+    cfg = CLIPConfig.from_dict(meta["config"])  # validated, parameter count bounded: nothing allocated yet
+    if not (p / "model.safetensors").is_file():
+        raise ClipforgeError(f"{p} has no model.safetensors")
+    state = load_safetensors(p / "model.safetensors")  # read (and checked) before the model is built
     tok = Tokenizer.load(p) if (p / "tokenizer.json").exists() else None
-    return cfg, tok, load_file(str(p / "model.safetensors"))
+    return cfg, tok, state
 
 
 def read_state_dict(path: PathLike, *, trust_pickle: bool = False) -> dict:
-    """Weights from `.safetensors`, or from a pickle only when the caller trusts it (weights_only=True)."""
+    """Weights from `.safetensors`, a TorchScript archive (tensors only, no code runs), or from a pickle only
+    when the caller trusts it (weights_only=True)."""
     p = Path(path)
-    if not p.exists():
+    if not p.is_file():
         raise ClipforgeError(f"weights file not found: {p}")
     if p.suffix == ".safetensors":
-        return load_file(str(p))
+        return load_safetensors(p)
+    if is_torchscript_archive(p):
+        return read_torchscript_state(p)
     if not trust_pickle:
         raise UsageError(f"refusing to load pickled weights {p.name}: pickles can run code. Convert to "
                          ".safetensors, or pass `trust_pickle` if you trust the file")
-    obj = torch.load(str(p), map_location="cpu", weights_only=True)
+    try:
+        with warnings.catch_warnings():  # torch warns about pickle protocols before refusing: one line is ours
+            warnings.simplefilter("ignore")
+            obj = torch.load(str(p), map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, TypeError, AttributeError, OSError) as e:
+        raise ClipforgeError(f"{p.name}: refused by the weights-only unpickler, not plain weights "
+                             f"({_unpickler_complaint(e)})") from None
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
-    if not isinstance(obj, dict):
-        raise ClipforgeError(f"{p.name} does not hold a state dict")
+    if not isinstance(obj, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                            for k, v in obj.items()):
+        raise ClipforgeError(f"{p.name} does not hold a state dict (names -> tensors)")
     return obj
 
 
 def load_state_dict_strict(model, state: dict, source: str = "weights") -> None:
+    own = model.state_dict()
+    wrong = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items()
+             if k in own and isinstance(v, torch.Tensor) and tuple(v.shape) != tuple(own[k].shape)]
+    if wrong:  # load_state_dict would raise a 60-line RuntimeError
+        raise ClipforgeError(f"{source} do not match the model's shapes (stored vs config): {'; '.join(wrong[:5])}"
+                             f"{f' (+{len(wrong) - 5} more)' if len(wrong) > 5 else ''}")
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ClipforgeError(f"{source} do not match the model: missing {sorted(missing)[:10]}"

@@ -2,15 +2,83 @@
 
 `create_model(name, **overrides)` builds any registered config; adding an architecture is adding a config.
 Unknown keys are an error that lists the valid ones (a typo must never be silently ignored).
+
+Every config validates itself when constructed — types, ranges, choices, divisibility (width by heads,
+image size by patch size), and an estimate of the model's parameter count from the config alone, refused
+beyond MAX_PARAMETERS — so a hostile or mistyped `config.json` is a one-line `UsageError` naming the key,
+before a single tensor is allocated.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple
 
 from clipforge.errors import UsageError
+
+MAX_PARAMETERS = 20_000_000_000  # far above any CLIP (ViT-bigG/14 is 2.5 B); beyond it is a broken config
+MAX_LAYERS = 1024                # a config asking for more blocks is broken (even tiny ones take minutes)
+VISION_ACTS = TEXT_ACTS = ("quick_gelu", "gelu", "gelu_tanh")
+VISION_POOLS = ("cls", "mean", "map")
+TEXT_POOLS = ("argmax", "eos", "last", "first", "mean")
+STEMS = ("patch", "conv")
+INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
+RESIZE_MODES = ("shortest", "squash")
+CONVENTIONS = ("open_clip", "hf")  # whose eval preprocessing to copy (models/transforms.py)
+
+
+# ------------------------------------------------------------------------------------------- validation
+def _fail(key: str, want: str, value) -> None:
+    raise UsageError(f"{key} must be {want}, got {value!r}")
+
+
+def _int(cfg, key: str, where: str, lo: int = 1, hi: Optional[int] = None) -> None:
+    v = getattr(cfg, key)
+    if not isinstance(v, numbers.Integral) or isinstance(v, bool):
+        _fail(f"{where}.{key}", f"an integer >= {lo}", v)
+    if v < lo or (hi is not None and v > hi):
+        _fail(f"{where}.{key}", f"an integer in [{lo}, {hi}]" if hi is not None else f"an integer >= {lo}", v)
+
+
+def _real(cfg, key: str, where: str, positive: bool = True) -> None:
+    v = getattr(cfg, key)
+    if not isinstance(v, numbers.Real) or isinstance(v, bool) or not math.isfinite(v) or (positive and v <= 0):
+        _fail(f"{where}.{key}", "a finite number" + (" > 0" if positive else ""), v)
+
+
+def _bool(cfg, keys, where: str) -> None:
+    for key in keys:
+        if not isinstance(getattr(cfg, key), bool):
+            _fail(f"{where}.{key}", "true or false", getattr(cfg, key))
+
+
+def _choice(cfg, key: str, where: str, choices) -> None:
+    if getattr(cfg, key) not in choices:
+        _fail(f"{where}.{key}", f"one of {list(choices)}", getattr(cfg, key))
+
+
+def _tower(cfg, where: str, acts) -> None:
+    """What the vision and text towers share: width, layers, heads, MLP, activation, LayerNorm eps."""
+    _int(cfg, "width", where)
+    _int(cfg, "layers", where, lo=0, hi=MAX_LAYERS)
+    _int(cfg, "heads", where)
+    if cfg.width % cfg.heads:
+        raise UsageError(f"{where}.width ({cfg.width}) must be divisible by {where}.heads ({cfg.heads})")
+    _real(cfg, "mlp_ratio", where)
+    if int(cfg.width * cfg.mlp_ratio) < 1:
+        raise UsageError(f"{where}.mlp_ratio {cfg.mlp_ratio} gives an empty MLP at width {cfg.width}")
+    _choice(cfg, "act", where, acts)
+    _real(cfg, "ln_eps", where)
+
+
+def _floats(cfg, key: str, where: str, n: int) -> None:
+    v = getattr(cfg, key)
+    if (not isinstance(v, (list, tuple)) or len(v) != n
+            or not all(isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x) for x in v)):
+        _fail(f"{where}.{key}", f"a list of {n} finite numbers", v)
+    object.__setattr__(cfg, key, tuple(float(x) for x in v))  # JSON lists -> the tuples the config holds
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -36,6 +104,20 @@ class VisionConfig:
     proj_bias: bool = False
     ln_eps: float = 1e-5
 
+    def __post_init__(self):
+        w = "vision"
+        _int(self, "image_size", w)
+        _int(self, "patch_size", w)
+        _tower(self, w, VISION_ACTS)
+        _choice(self, "pool", w, VISION_POOLS)
+        _choice(self, "stem", w, STEMS)
+        _bool(self, ("ln_pre", "norm_first", "patch_bias", "proj", "proj_bias"), w)
+        if self.image_size % self.patch_size:
+            raise UsageError(f"vision.image_size ({self.image_size}) must be a multiple of vision.patch_size "
+                             f"({self.patch_size})")
+        if self.stem == "conv" and (self.patch_size < 2 or self.patch_size & (self.patch_size - 1)):
+            raise UsageError(f"vision.stem 'conv' needs a power-of-two vision.patch_size >= 2, got {self.patch_size}")
+
 
 @dataclass(frozen=True)
 class TextConfig:
@@ -54,6 +136,19 @@ class TextConfig:
     proj_bias: bool = False  # SigLIP's text head has a bias
     ln_eps: float = 1e-5
 
+    def __post_init__(self):
+        w = "text"
+        _int(self, "vocab_size", w)
+        _int(self, "context_length", w)
+        _tower(self, w, TEXT_ACTS)
+        _choice(self, "pool", w, TEXT_POOLS)
+        _bool(self, ("causal", "proj", "proj_bias"), w)
+        _int(self, "pad_token_id", w, lo=0, hi=self.vocab_size - 1)
+        if self.eos_token_id is not None:
+            _int(self, "eos_token_id", w, lo=0, hi=self.vocab_size - 1)
+        elif self.pool == "eos":
+            raise UsageError("text.pool 'eos' needs text.eos_token_id")
+
 
 @dataclass(frozen=True)
 class PreprocessConfig:
@@ -69,6 +164,20 @@ class PreprocessConfig:
     # (transformers' image processors: crop offset floored, transparency composited on white first).
     convention: str = "open_clip"
 
+    def __post_init__(self):
+        w = "preprocess"
+        _floats(self, "mean", w, 3)
+        _floats(self, "std", w, 3)
+        if min(self.std) <= 0:
+            _fail("preprocess.std", "positive", self.std)
+        _floats(self, "crop_scale", w, 2)
+        if not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
+            _fail("preprocess.crop_scale", "[lo, hi] with 0 < lo <= hi <= 1", self.crop_scale)
+        _choice(self, "interpolation", w, INTERPOLATIONS)
+        _choice(self, "resize_mode", w, RESIZE_MODES)
+        _choice(self, "convention", w, CONVENTIONS)
+        _bool(self, ("hflip", "per_image_norm"), w)
+
 
 @dataclass(frozen=True)
 class CLIPConfig:
@@ -79,6 +188,27 @@ class CLIPConfig:
     logit_scale_init: float = math.log(1 / 0.07)
     logit_bias_init: Optional[float] = None  # set for sigmoid (SigLIP) heads, e.g. -10
     name: str = ""
+
+    def __post_init__(self):
+        for key, cls in _NESTED.items():
+            if not isinstance(getattr(self, key), cls):
+                _fail(key, f"a mapping of {cls.__name__} keys", getattr(self, key))
+        _int(self, "embed_dim", "config")
+        _real(self, "logit_scale_init", "config", positive=False)
+        if self.logit_bias_init is not None:
+            _real(self, "logit_bias_init", "config", positive=False)
+        if not isinstance(self.name, str):
+            _fail("name", "a string", self.name)
+        for tower in ("vision", "text"):
+            t = getattr(self, tower)
+            if not t.proj and t.width != self.embed_dim:
+                raise UsageError(f"{tower}.proj false needs {tower}.width ({t.width}) == embed_dim ({self.embed_dim})")
+        n = estimate_parameters(self)
+        if n > MAX_PARAMETERS:
+            raise UsageError(f"this config describes a model of ~{n / 1e9:,.1f} B parameters, over the "
+                             f"{MAX_PARAMETERS / 1e9:.0f} B limit: check its sizes (vision {self.vision.width} "
+                             f"x {self.vision.layers} layers, text {self.text.width} x {self.text.layers} layers, "
+                             f"vocab {self.text.vocab_size})")
 
     @property
     def image_size(self) -> int:
@@ -99,6 +229,39 @@ class CLIPConfig:
 _NESTED = {"vision": VisionConfig, "text": TextConfig, "preprocess": PreprocessConfig}
 
 
+def _blocks(width: int, layers: int, mlp_ratio: float) -> int:
+    """Parameters of `layers` transformer blocks: 2 LayerNorms, fused qkv + output projection, the MLP."""
+    hidden = int(width * mlp_ratio)
+    return layers * (4 * width + 4 * width * width + 4 * width + 2 * width * hidden + hidden + width)
+
+
+def estimate_parameters(cfg: "CLIPConfig") -> int:
+    """The parameter count of the model `cfg` describes, from the config alone (no allocation).
+
+    Exact for every architecture clipforge builds (tests compare it with the built model); used to refuse a
+    config whose model could never fit before anything is allocated.
+    """
+    v, t, d = cfg.vision, cfg.text, cfg.embed_dim
+    W = v.width
+    if v.stem == "patch":
+        n_vis = W * 3 * v.patch_size ** 2 + (W if v.patch_bias else 0)
+    else:  # ConvStem: log2(patch) 3x3 stride-2 convs with GroupNorm, then a 1x1 conv
+        k = v.patch_size.bit_length() - 1
+        chans = [3] + [max(W // 2 ** (k - i), 8) for i in range(1, k + 1)]
+        n_vis = sum(9 * a * b + 2 * b for a, b in zip(chans[:-1], chans[1:])) + chans[-1] * W + W
+    grid = v.image_size // v.patch_size
+    n_vis += (grid * grid + (1 if v.pool == "cls" else 0)) * W + (W if v.pool == "cls" else 0)
+    n_vis += (2 * W if v.ln_pre else 0) + _blocks(W, v.layers, v.mlp_ratio) + 2 * W
+    if v.pool == "map":  # probe, nn.MultiheadAttention, LayerNorm, MLP
+        hidden = int(W * v.mlp_ratio)
+        n_vis += W + 4 * W * W + 4 * W + 2 * W + 2 * W * hidden + hidden + W
+    n_vis += (W * d + (d if v.proj_bias else 0)) if v.proj else 0
+    T = t.width
+    n_txt = t.vocab_size * T + t.context_length * T + _blocks(T, t.layers, t.mlp_ratio) + 2 * T
+    n_txt += (T * d + (d if t.proj_bias else 0)) if t.proj else 0
+    return int(n_vis + n_txt + 1 + (1 if cfg.logit_bias_init is not None else 0))
+
+
 def _check_keys(cls, d: Dict[str, Any], where: str) -> None:
     valid = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(d) - set(valid))
@@ -107,6 +270,8 @@ def _check_keys(cls, d: Dict[str, Any], where: str) -> None:
 
 
 def _build(cls, d: Dict[str, Any], where: str):
+    if not isinstance(d, dict):
+        raise UsageError(f"{where} must be a mapping of {cls.__name__} keys, got {type(d).__name__}")
     d = dict(d)
     _check_keys(cls, d, where)
     for name, sub in _NESTED.items():

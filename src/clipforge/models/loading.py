@@ -16,7 +16,7 @@ from typing import Optional, Union
 from clipforge.errors import UsageError
 from clipforge.models.adapter import attach_adapter, read_adapter_config, split_adapter_ref
 from clipforge.models.checkpoint import (PathLike, is_checkpoint_dir, load_state_dict_strict, read_checkpoint_dir,
-                                         read_state_dict)
+                                         read_config_json, read_state_dict)
 from clipforge.models.clip import CLIPModel
 from clipforge.models.config import list_models
 from clipforge.models.convert import RESOLVERS, Resolver, refuse_weights
@@ -45,30 +45,49 @@ def load_checkpoint_dir(path: PathLike, device=None) -> CLIPModel:
 
 
 def load_model(ref: Union[str, PathLike], *, weights: Optional[PathLike] = None, trust_pickle: bool = False,
-               device=None, **overrides) -> CLIPModel:
-    """Resolve a model reference (see the module docstring). `overrides` apply to registered names only."""
+               device=None, vision_heads: Optional[int] = None, text_heads: Optional[int] = None,
+               **overrides) -> CLIPModel:
+    """Resolve a model reference (see the module docstring). `overrides` apply to registered names only;
+    `vision_heads` / `text_heads` to OpenAI-layout state-dict files, whose shapes do not show head counts."""
     ref_s = str(ref)
     base, adapter = split_adapter_ref(ref_s)
     if adapter is not None:
         base = base or read_adapter_config(adapter)["base_model"]
-        model = load_model(base, weights=weights, trust_pickle=trust_pickle, **overrides)
+        model = load_model(base, weights=weights, trust_pickle=trust_pickle, vision_heads=vision_heads,
+                           text_heads=text_heads, **overrides)
         model = attach_adapter(model, adapter, base_model=base)
         return model.to(device) if device is not None else model
+    heads = {k: v for k, v in (("vision_heads", vision_heads), ("text_heads", text_heads)) if v is not None}
     if is_checkpoint_dir(ref_s):
         refuse_weights(ref_s, weights, "a clipforge checkpoint directory")
+        _refuse_options(ref_s, heads, overrides, "a clipforge checkpoint directory states its own")
         model = load_checkpoint_dir(ref_s)
     elif ref_s in list_models():
+        _refuse_options(ref_s, heads, {}, "a registered architecture states its own")
         model = create_model(ref_s, **overrides)
         if weights is not None:
             load_state_dict_strict(model, read_state_dict(weights, trust_pickle=trust_pickle), str(weights))
     else:
         resolver = next((r for r in resolvers() if r.matches(ref_s)), None)
         if resolver is None:
-            hint = "a directory without config.json" if Path(ref_s).is_dir() else "not found"
+            if Path(ref_s).is_dir():
+                read_config_json(ref_s)  # an unreadable / invalid config.json: say that, not "no config.json"
+                hint = ("a directory whose config.json is neither clipforge's nor HF's"
+                        if (Path(ref_s) / "config.json").is_file() else "a directory without config.json")
+            else:
+                hint = "not found"
             raise UsageError(f"cannot load model {ref_s!r}: not a registered name ({', '.join(list_models())}), "
                              f"not a clipforge checkpoint directory ({hint}), and no converter recognises it "
                              "(hf:ORG/NAME, open_clip:ARCH/TAG, or a local HF/OpenAI checkpoint)")
-        if overrides:
-            raise UsageError(f"config overrides {sorted(overrides)} apply to registered names only, not {ref_s!r}")
-        model = resolver.load(ref_s, weights=weights, trust_pickle=trust_pickle)
+        _refuse_options(ref_s, {k: v for k, v in heads.items() if k not in resolver.options}, overrides,
+                        "it states its own")
+        model = resolver.load(ref_s, weights=weights, trust_pickle=trust_pickle, **heads)
     return model.to(device) if device is not None else model
+
+
+def _refuse_options(ref: str, heads: dict, overrides: dict, why: str) -> None:
+    if heads:
+        raise UsageError(f"{' / '.join(f'`{k}`' for k in heads)} apply to OpenAI-layout state-dict files, whose "
+                         f"shapes do not show head counts; {ref!r}: {why}")
+    if overrides:
+        raise UsageError(f"config overrides {sorted(overrides)} apply to registered names only, not {ref!r}")

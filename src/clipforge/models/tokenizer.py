@@ -107,6 +107,18 @@ def _clean_siglip(text: str, parse_special: bool = False) -> str:
     return " ".join(out)  # the backend's special tokens strip the spaces around them, as HF's do
 
 
+def valid_text(text: str) -> str:
+    """`text` with lone UTF-16 surrogates (from JSON "\\ud800" escapes, or undecodable file names) replaced by
+    U+FFFD: the Rust backend only accepts valid Unicode. Valid text is returned unchanged."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:  # a surrogate pair split across escapes rejoins; a lone half becomes U+FFFD
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    except AttributeError:
+        raise UsageError(f"texts must be strings, got {type(text).__name__}") from None
+
+
 # Text cleaning applied before the backend: "none" is HF's CLIPTokenizerFast; "openai" matches OpenAI /
 # open_clip; "siglip" is transformers' SiglipTokenizer (with the backend from convert.siglip_tokenizer).
 CLEANERS = {"none": lambda t, parse_special=False: t, "openai": _clean_openai, "siglip": _clean_siglip}
@@ -148,7 +160,7 @@ class Tokenizer:
         return self.backend.get_vocab_size(with_added_tokens=True)
 
     def _clean(self, text: str) -> str:
-        return CLEANERS[self.clean](text, self.parse_special)
+        return CLEANERS[self.clean](valid_text(text), self.parse_special)
 
     def _open_clip_specials(self, cleaned: str) -> bool:
         return self.parse_special and self.clean == "openai" and (OPEN_CLIP_SOT in cleaned or OPEN_CLIP_EOT in cleaned)
@@ -245,7 +257,7 @@ def learn_merges(texts: Iterable[str], n_merges: int, min_frequency: int = 2) ->
     probe = _clip_pipeline(_Backend(models.BPE()))
     words: Counter = Counter()
     for text in texts:
-        norm = probe.normalizer.normalize_str(text)
+        norm = probe.normalizer.normalize_str(valid_text(text))
         words.update(w for w, _ in probe.pre_tokenizer.pre_tokenize_str(norm))
     seqs = {w: list(w[:-1]) + [w[-1] + "</w>"] for w in words}  # symbols; the last carries the word end
     pairs: Counter = Counter()

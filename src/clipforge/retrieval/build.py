@@ -5,9 +5,12 @@ An index directory is an `EmbeddingStore` (img_emb/, text_emb/, metadata/, manif
     index.json    the job's manifest: source, model, precision, counts, skipped files by reason, the index
                   kind chosen and its recall@10 against exact search (approximate kinds)
 
+The source spec and every file path in the metadata are recorded absolute (`"paths": "absolute"` in
+index.json), so an index built from `files:corpus` serves thumbnails and updates from any working directory.
+
 Work is cut into shards of `shard_size` samples, each split into batches; `clipforge.encode` reads them (its
-DataLoader workers decode and preprocess whole batches while the model runs). A shard is appended to the store atomically, so a killed
-build resumes after the last committed shard: samples whose keys are done are skipped, the rest are embedded
+DataLoader workers decode and preprocess whole batches while the model runs). A shard is appended to the
+store atomically, so a killed build resumes after the last committed shard: samples whose keys are done are skipped, the rest are embedded
 in the same order, the same batches, and get the same ids. Files that could not be decoded are recorded
 (key -> reason) in index.json and not retried on resume; `update_index` retries them.
 """
@@ -28,7 +31,8 @@ import pyarrow as pa
 from tqdm.auto import tqdm
 
 from clipforge.data.decode import SkipCounter
-from clipforge.data.sources import open_source
+from clipforge.data.sample import text_safe
+from clipforge.data.sources import absolute_spec, open_source
 from clipforge.encode import Encoder
 from clipforge.errors import ClipforgeError, UsageError
 from clipforge.retrieval.index import KINDS, IndexSpec, VectorIndex, choose_index, tune_recall
@@ -57,7 +61,13 @@ def read_info(index_dir) -> dict:
     p = Path(index_dir) / INFO_FILE
     if not p.exists():
         raise ClipforgeError(f"{index_dir}: no {INFO_FILE}; build it with `clipforge index build`")
-    return json.loads(p.read_text())
+    try:
+        info = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as e:
+        raise ClipforgeError(f"{p}: cannot read the index manifest ({type(e).__name__}: {e})") from None
+    if not isinstance(info, dict):
+        raise ClipforgeError(f"{p}: not a clipforge index manifest (not a JSON object)")
+    return info
 
 
 # ---- the embedding loop ---------------------------------------------------------------------------------
@@ -77,12 +87,13 @@ def _column(values: list) -> pa.Array:
     if present and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in present):
         return pa.array([None if v is None else float(v) for v in values], pa.float64())
     if all(isinstance(v, str) for v in present):
-        return pa.array(values, pa.string())
+        return pa.array([None if v is None else text_safe(v) for v in values], pa.string())
     return pa.array([None if v is None else json.dumps(v, default=str) for v in values], pa.string())
 
 
 def _metadata_table(captions: list[list[str]], meta: list[dict]) -> pa.Table:
-    cols = {"path": [m.get("path") for m in meta], "caption": [c[0] if c else "" for c in captions],
+    path = [None if m.get("path") is None else text_safe(str(m["path"])) for m in meta]
+    cols = {"path": path, "caption": [c[0] if c else "" for c in captions],
             "captions": [json.dumps(c) for c in captions], "size": [m.get("size") for m in meta],
             "mtime": [m.get("mtime") for m in meta], "label": [m.get("label") for m in meta]}
     arrays = {k: pa.array(v, _BASE_COLUMNS[k]) for k, v in cols.items()}
@@ -216,11 +227,12 @@ def build_index(source: str, model: str, out_dir, *, batch_size: int = 64, worke
     root = Path(out_dir)
     info_path = root / INFO_FILE
     ref = str(Path(model).resolve()) if Path(model).is_dir() else str(model)
-    info = json.loads(info_path.read_text()) if info_path.exists() else None
+    source = absolute_spec(source)  # recorded so that `index update` and /thumb work from any directory
+    info = read_info(root) if info_path.exists() else None
     if info is None and (root / "manifest.json").exists():
         raise UsageError(f"{root}: holds an embedding store without {INFO_FILE}; choose another `out_dir`")
     if info is not None:
-        if (info["source"], info["model"]) != (source, ref):
+        if (absolute_spec(info["source"]), info["model"]) != (source, ref):
             raise UsageError(f"{root} holds an index of {info['source']!r} with {info['model']!r}; "
                              "use `clipforge index update` for it, or choose another `out_dir`")
         precision = info["precision"]  # a resumed build embeds exactly like the first run
@@ -231,7 +243,7 @@ def build_index(source: str, model: str, out_dir, *, batch_size: int = 64, worke
     if text == "auto":
         text = any(s.captions for _, s in positions[:64])
     if info is None:
-        info = {"format": "clipforge-index", "version": INFO_VERSION, "source": source,
+        info = {"format": "clipforge-index", "version": INFO_VERSION, "source": source, "paths": "absolute",
                 "source_options": source_options or {}, "model": ref, "precision": prec, "text": bool(text),
                 "batch_size": batch_size, "shard_size": shard_size, "status": "building", "bad": {},
                 "created": time.time()}

@@ -20,6 +20,8 @@ weights, and the sum normalised again.
 
 Filters: COLUMN OP VALUE with OP one of  =  !=  <  <=  >  >=  ~ (glob, e.g. path~*/beach/*)  *= (substring,
 case-insensitive, e.g. caption*=dog). `path` means the first of path / image_path / url the metadata has.
+A filter's value is at most MAX_FILTER_CHARS long and a glob must compile, checked when the filter is parsed
+(matching cost grows with the value's length; the HTTP service sets a lower cap).
 """
 
 from __future__ import annotations
@@ -208,6 +210,7 @@ def embed_query(terms: Sequence[Term], encode_text: Callable[[list[str]], np.nda
 # ---- metadata filters -------------------------------------------------------------------------------
 
 _FILTER = re.compile(r"^\s*([A-Za-z_][\w.]*)\s*(!=|<=|>=|\*=|=|<|>|~)\s*(.*?)\s*$", re.S)
+MAX_FILTER_CHARS = 4096  # a path's maximum length on Linux; longer values only cost matching time
 _OPS = ("=", "!=", "<", "<=", ">", ">=", "~", "*=")
 _PATH_COLUMNS = ("path", "image_path", "url")
 
@@ -268,12 +271,30 @@ class Filter:
         return pc.fill_null(m, False).to_numpy(zero_copy_only=False).astype(bool)
 
 
-def parse_filter(spec: str) -> Filter:
-    """'width>=512', 'caption*=dog', 'path~*/beach/*', 'label=cat' -> Filter."""
+def parse_filter(spec: str, max_chars: int = MAX_FILTER_CHARS) -> Filter:
+    """'width>=512', 'caption*=dog', 'path~*/beach/*', 'label=cat' -> Filter.
+
+    Refuses (UsageError) a filter longer than `max_chars` and a glob that does not compile (e.g. `[z-a]`),
+    before any row is matched.
+    """
+    if not isinstance(spec, str):
+        raise UsageError(f"a filter must be a string like 'caption*=dog', got {type(spec).__name__}")
+    if len(spec) > max_chars:
+        raise UsageError(f"filter of {len(spec)} characters is over the {max_chars} character limit")
     m = _FILTER.match(spec)
     if not m or not m.group(3):
-        raise UsageError(f"filter {spec!r}: expected COLUMN OP VALUE with OP one of {' '.join(_OPS)}")
-    return Filter(m.group(1), m.group(2), m.group(3))
+        raise UsageError(f"filter {_clip(spec)!r}: expected COLUMN OP VALUE with OP one of {' '.join(_OPS)}")
+    f = Filter(m.group(1), m.group(2), m.group(3))
+    if f.op == "~":
+        try:  # RE2 (Arrow's engine) decides what compiles (an empty array would skip compiling)
+            pc.match_substring_regex(pa.array([""], pa.string()), _glob_regex(f.value))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+            raise UsageError(f"filter {_clip(spec)!r}: not a valid glob ({_clip(str(e), 200)})") from None
+    return f
+
+
+def _clip(text: str, n: int = 80) -> str:
+    return text if len(text) <= n else text[:n] + "..."
 
 
 def filter_mask(table: pa.Table, filters: Sequence[Filter | str]) -> np.ndarray:
@@ -285,6 +306,21 @@ def filter_mask(table: pa.Table, filters: Sequence[Filter | str]) -> np.ndarray:
 
 
 # ---- searching --------------------------------------------------------------------------------------
+
+_INT64 = np.iinfo(np.int64)
+
+
+def as_ids(ids) -> np.ndarray:
+    """Item ids -> (n,) int64. An id outside int64 (a request may send 2**70) cannot name any item: it becomes
+    -1, which no item has, so lookups report "no such item" instead of overflowing."""
+    if isinstance(ids, np.ndarray) and ids.dtype.kind == "i":
+        return ids.astype(np.int64, copy=False)
+    out = np.empty(len(ids), np.int64)
+    for j, i in enumerate(ids):
+        v = int(i)
+        out[j] = v if _INT64.min <= v <= _INT64.max else -1
+    return out
+
 
 @dataclass
 class Hit:
@@ -321,12 +357,13 @@ class Searcher:
 
     @staticmethod
     def _rows(sorted_ids, order, ids) -> np.ndarray:
+        ids = as_ids(ids)
         pos = np.clip(np.searchsorted(sorted_ids, ids), 0, max(0, len(sorted_ids) - 1))
         ok = sorted_ids[pos] == ids if len(sorted_ids) else np.zeros(len(ids), bool)
         return np.where(ok, order[pos], -1)
 
     def vectors_of(self, ids) -> np.ndarray:
-        rows = self._rows(self._v_sorted, self._v_order, np.asarray(ids, np.int64))
+        rows = self._rows(self._v_sorted, self._v_order, ids)
         if (rows < 0).any():
             raise ClipforgeError("some hit ids have no stored vector (index and store out of sync?)")
         return self.vectors[rows]
@@ -341,6 +378,8 @@ class Searcher:
         """
         if k < 1 or offset < 0:
             raise UsageError(f"need k >= 1 and offset >= 0, got k={k}, offset={offset}")
+        if dedup is not None and not 0.0 <= dedup <= 1.0:
+            raise UsageError(f"dedup is a cosine similarity threshold in [0, 1], got {dedup}")
         if dedup is not None and self.vectors is None:
             raise UsageError("near-duplicate collapsing needs the stored vectors (pass vectors=)")
         q = np.asarray(q, dtype=np.float32).reshape(1, -1)  # (1, D)
@@ -377,15 +416,17 @@ class Searcher:
         """Greedy in rank order: keep a hit unless it is a near-duplicate of a kept one."""
         if dedup is None:
             return list(zip(ids[:need].tolist(), scores[:need].tolist()))
-        kept, kept_vecs = [], []
+        kept = []
+        kept_vecs = np.empty((min(need, len(ids)), self.vectors.shape[1]), np.float32)  # (n_kept, D), filled in order
         for start in range(0, len(ids), 256):  # vectors fetched in blocks; stop early once enough survive
             block = ids[start:start + 256]
             vecs = self.vectors_of(block)  # (b, D)
             for j, v in enumerate(vecs):
-                if kept_vecs and float(np.max(np.stack(kept_vecs) @ v)) > dedup:
+                n = len(kept)
+                if n and float(np.max(kept_vecs[:n] @ v)) > dedup:
                     continue
                 kept.append((int(block[j]), float(scores[start + j])))
-                kept_vecs.append(v)
+                kept_vecs[n] = v
                 if len(kept) >= need:
                     return kept
         return kept
@@ -393,7 +434,7 @@ class Searcher:
     def _metadata_rows(self, ids: list[int]) -> list[dict]:
         if self.metadata is None or not ids:
             return [{} for _ in ids]
-        rows = self._rows(self._m_sorted, self._m_order, np.asarray(ids, np.int64))
+        rows = self._rows(self._m_sorted, self._m_order, ids)
         out = []
         for r in rows:
             out.append({} if r < 0 else {k: v for k, v in self.metadata.slice(int(r), 1).to_pylist()[0].items()

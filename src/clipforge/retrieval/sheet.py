@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import textwrap
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -9,6 +10,7 @@ from typing import Any, Callable, Sequence
 from PIL import Image, ImageDraw, ImageFont
 
 from clipforge.atomic import atomic_write
+from clipforge.data.decode import DEFAULT_MAX_PIXELS, BadSample, read_bytes
 
 _BG, _FG, _DIM, _MISSING = (255, 255, 255), (20, 20, 20), (110, 110, 110), (225, 225, 225)
 
@@ -26,11 +28,13 @@ def _default_loader(hit: Any) -> Image.Image | None:
     for col in ("path", "image_path"):
         p = _field(hit, col)
         if p:
-            try:
-                with Image.open(p) as im:
+            try:  # regular files only (a FIFO would block), under the decoder's size cap
+                with Image.open(io.BytesIO(read_bytes(p))) as im:
+                    if im.width * im.height > DEFAULT_MAX_PIXELS:
+                        return None
                     im.draft("RGB", (512, 512))  # JPEG: decode at reduced size, thumbnails need no more
                     return im.convert("RGB")
-            except (OSError, ValueError):
+            except (BadSample, OSError, ValueError, Image.DecompressionBombError):
                 return None  # unreadable file: a grey tile, never a crash
     return None
 
@@ -71,6 +75,6 @@ def contact_sheet(hits: Sequence[Any], out_path: str | Path | None = None, thumb
         caption = str(_field(hit, "caption") or _field(hit, "key") or "")
         for i, line in enumerate(textwrap.wrap(caption, chars)[:caption_lines]):
             draw.text((x, y + thumb + 2 + line_h * (i + 1)), line, fill=_DIM, font=font)
-    if out_path is not None:
-        atomic_write(Path(out_path), lambda f: sheet.save(f, format="PNG"))
+    if out_path is not None:  # readable by others as the umask allows; a missing folder is a one-line error
+        atomic_write(out_path, lambda f: sheet.save(f, format="PNG"))
     return sheet

@@ -6,12 +6,18 @@
     GET  /healthz     liveness                    GET /stats       counts, model, index, latency
     GET  /            the search page (static/)   GET /docs, /openapi.json
 
-Defences: bodies over `max_body_bytes` are refused before they are read (413); images are checked against
-a pixel limit before decoding (decompression bombs, 413); k, offset, query length, term and filter counts are
-capped (422); unknown JSON fields are refused (422); query strings never name files (no `img:` terms from the
-network), and /thumb takes an integer id that must map to a file recorded in the index, so nothing from a
-request ever becomes a filesystem path. Every error is JSON: {"error": {"status": N, "message": "..."}}.
-Model inference runs in the threadpool under the engine's lock, with a timeout (503).
+Defences (docs/security.md has the whole list): with an API key, every route but the page, its static files,
+/healthz and the API docs answers 401 before the request body is read or validated; bodies over
+`max_body_bytes` are refused before they are read (413); images are checked against a pixel limit before
+decoding (decompression bombs, 413); k, offset, ids (int64), query and term text length, term and filter
+counts, and each filter's length are capped, and filter globs must compile, all before the model runs (422);
+JSON types are strict (`true` is not a number) and unknown fields are refused (422); query strings never name
+files (no `img:` terms from the network), and /thumb takes an integer id that must map to a regular file
+recorded in the index, so nothing from a request ever becomes a filesystem path. Responses never show server
+paths: not in the API docs, not in items (`path`, a shard's `__url__` are left out; `meta_error` names files
+relative to the collection). Every error is JSON: {"error": {"status": N, "message": "..."}}, and an
+unexpected failure is a 500 with no details. Model inference runs in the threadpool under the engine's lock,
+with a timeout (503).
 """
 
 from __future__ import annotations
@@ -22,41 +28,54 @@ import binascii
 import collections
 import hmac
 import io
+import json
+import logging
+import re
 import threading
 import time
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional
-import json
+from typing import Annotated, Optional
 
 import numpy as np
-from fastapi import Depends, FastAPI, Path as PathParam, Request
+from fastapi import Depends, FastAPI, Path as PathParam
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.security import APIKeyHeader
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict, Field
-from starlette.exceptions import HTTPException
 from PIL import Image, ImageOps
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
+from starlette.exceptions import HTTPException
 
-from clipforge.data.decode import BadSample, DecodeOptions, decode_image, to_rgb
+from clipforge.data.decode import BadSample, DecodeOptions, decode_image, read_bytes, to_rgb
 from clipforge.errors import ClipforgeError, UsageError
 from clipforge.retrieval.engine import SearchEngine
-from clipforge.retrieval.query import Term
+from clipforge.retrieval.query import Term, parse_filter
 
 STATIC = Path(__file__).parent / "static"
+INT64_MAX = 2**63 - 1
+# Reachable without the API key: the page (it asks for the key), its files, liveness, and the API's own docs
+# (which describe the API, never the data).
+PUBLIC_PATHS = ("/", "/healthz", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc")
+PUBLIC_PREFIXES = ("/static/",)
+FILTER_PATTERN = r"^\s*[A-Za-z_][\w.]*\s*(!=|<=|>=|\*=|=|<|>|~)\s*\S"  # COLUMN OP VALUE (query.parse_filter)
+HIDDEN_COLUMNS = ("path", "__url__")  # server paths: the file of an item, the shard it came from
+log = logging.getLogger("clipforge.serve")
 
 
 @dataclass(frozen=True)
 class Limits:
     max_body_bytes: int = 16 * 2**20
+    max_header_bytes: int = 16 * 2**10   # request line + headers (h11 only checks heads that arrive in parts)
     max_image_pixels: int = 40_000_000   # a query image over this is refused before decoding
     max_k: int = 200
     max_offset: int = 10_000
-    max_query_chars: int = 2_000
+    max_query_chars: int = 2_000         # the query string and each term's text
     max_terms: int = 16
     max_filters: int = 16
+    max_filter_chars: int = 1_000        # each filter (matching time grows with its length)
     timeout_s: float = 30.0
     thumb_size: int = 256
     thumb_cache: int = 4096              # thumbnails kept in memory (≈ 10 KB each)
@@ -64,25 +83,44 @@ class Limits:
 
 # ---- request bodies -----------------------------------------------------------------------------------
 
-class TermIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    text: Optional[str] = Field(None, description="a text term (plain text, never a file path)")
-    image: Optional[str] = Field(None, description="a base64 image (a data: URL prefix is accepted)")
-    weight: float = Field(1.0, ge=-100, le=100, description="negative weights push results away")
+def _json_int(value):
+    """JSON Schema's integer: 3 or 3.0, never `true` or "3" (pydantic's lax mode takes those as numbers)."""
+    if isinstance(value, (bool, str, bytes)):
+        raise ValueError("Input should be a valid integer")
+    return value
 
 
-class SearchIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    text: Optional[str] = Field(None, description='query language: plain text or \'"a" + 0.5*"b" - "c"\'')
-    image: Optional[str] = Field(None, description="base64 query image, composed with text when both given")
-    text_weight: float = Field(1.0, ge=-100, le=100)
-    image_weight: float = Field(1.0, ge=-100, le=100)
-    terms: list[TermIn] = Field(default_factory=list, description="extra weighted text / image terms")
-    like: Optional[int] = Field(None, ge=0, description="an item id: more like this")
-    k: int = Field(20, ge=1, description="results per page (capped by the server)")
-    offset: int = Field(0, ge=0)
-    filters: list[str] = Field(default_factory=list, description="e.g. caption*=dog, path~*/beach/*, size>=1000")
-    dedup: Optional[float] = Field(None, ge=0.0, le=1.0, description="collapse hits with cosine above this")
+def request_models(limits: Limits) -> tuple[type[BaseModel], type[BaseModel]]:
+    """(TermIn, SearchIn) with this server's limits in their schema, so /openapi.json documents them and a
+    request beyond one is refused (422) before any work. Types are JSON's: `true` is not 1, "5" not 5."""
+    Query = Annotated[str, StringConstraints(max_length=limits.max_query_chars)]
+    FilterStr = Annotated[str, StringConstraints(max_length=limits.max_filter_chars, pattern=FILTER_PATTERN)]
+
+    class TermIn(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        text: Optional[Query] = Field(None, description="a text term (plain text, never a file path)")
+        image: Optional[str] = Field(None, description="a base64 image (a data: URL prefix is accepted)")
+        weight: float = Field(1.0, ge=-100, le=100, strict=True, description="negative weights push results away")
+
+    class SearchIn(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        text: Optional[Query] = Field(None, description='query language: plain text or \'"a" + 0.5*"b" - "c"\'')
+        image: Optional[str] = Field(None, description="base64 query image, composed with text when both given")
+        text_weight: float = Field(1.0, ge=-100, le=100, strict=True)
+        image_weight: float = Field(1.0, ge=-100, le=100, strict=True)
+        terms: list[TermIn] = Field(default_factory=list, max_length=limits.max_terms,
+                                    description="extra weighted text / image terms")
+        like: Optional[Annotated[int, Field(ge=0, le=INT64_MAX), BeforeValidator(_json_int)]] = Field(
+            None, description="an item id: more like this")
+        k: Annotated[int, Field(ge=1, le=limits.max_k), BeforeValidator(_json_int)] = Field(
+            20, description="results per page")
+        offset: Annotated[int, Field(ge=0, le=limits.max_offset), BeforeValidator(_json_int)] = 0
+        filters: list[FilterStr] = Field(default_factory=list, max_length=limits.max_filters,
+                                         description="e.g. caption*=dog, path~*/beach/*, size>=1000")
+        dedup: Optional[Annotated[float, Field(ge=0.0, le=1.0, strict=True)]] = Field(
+            None, description="collapse hits with cosine above this")
+
+    return TermIn, SearchIn
 
 
 # ---- helpers ------------------------------------------------------------------------------------------
@@ -91,15 +129,41 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": {"status": status, "message": message}}, status_code=status)
 
 
-class BodyLimit:
-    """ASGI middleware: refuse request bodies over max_bytes, by Content-Length or while streaming."""
+class ApiKeyAuth:
+    """ASGI middleware, outermost: without the right X-API-Key header, every non-public route answers 401
+    before anything else runs — before the body is read, parsed or validated, and whatever the route."""
 
-    def __init__(self, app, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app, api_key: str):
+        self.app, self.key = app, api_key.encode()
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        path = scope.get("path", "")
+        if path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES):
+            return await self.app(scope, receive, send)
+        given = next((v for k, v in scope.get("headers", []) if k == b"x-api-key"), b"")
+        if not hmac.compare_digest(given, self.key):
+            return await _error(401, "missing or wrong API key (send it in the X-API-Key header)")(
+                scope, receive, send)
+        return await self.app(scope, receive, send)
+
+
+class BodyLimit:
+    """ASGI middleware: refuse request heads over max_header_bytes (431) and bodies over max_bytes (413), by
+    Content-Length or while streaming."""
+
+    def __init__(self, app, max_bytes: int, max_header_bytes: int = 16 * 2**10):
+        self.app, self.max_bytes, self.max_header_bytes = app, max_bytes, max_header_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        head = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"") + \
+            sum(len(k) + len(v) + 4 for k, v in scope.get("headers", []))
+        if head > self.max_header_bytes:
+            return await _error(431, f"request headers of {head} bytes are over the {self.max_header_bytes} "
+                                     "byte limit")(scope, receive, send)
         for name, value in scope.get("headers", []):
             if name == b"content-length":
                 try:
@@ -139,9 +203,10 @@ def _decode_b64_image(data: str, max_pixels: int, what: str):
 
 
 def _thumbnail(path: str, size: int, max_pixels: int) -> bytes:
+    data = read_bytes(path)  # a regular file under the size cap: a FIFO swapped in after indexing cannot block
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        with Image.open(path) as im:
+        with Image.open(io.BytesIO(data)) as im:
             if im.width * im.height > max_pixels:
                 raise OSError(f"{im.width}x{im.height} is over the pixel limit")
             im.draft("RGB", (size, size))  # JPEG: decode at reduced scale
@@ -152,9 +217,23 @@ def _thumbnail(path: str, size: int, max_pixels: int) -> bytes:
     return buf.getvalue()
 
 
+_ABS_PATH = re.compile(r"(?:[A-Za-z]:)?[/\\](?:[^\s/\\:'\"]+[/\\])+")  # the folders of an absolute path
+
+
+def _short_ref(ref: str) -> str:
+    """A model or source reference without its folders: 'files:/srv/photos' -> 'files:photos'."""
+    ref = str(ref)
+    kind, sep, rest = ref.rpartition(":") if ":" in ref and not ref.startswith("/") else ("", "", ref)
+    if rest.startswith(("/", "\\")) or (len(rest) > 2 and rest[1] == ":"):  # absolute: keep the last name
+        rest = Path(rest.rstrip("/\\")).name or rest
+    return f"{kind}{sep}{rest}"
+
+
 def _public(hit_dict: dict) -> dict:
-    """A result as the API shows it: no absolute server paths, captions decoded, a thumbnail URL."""
-    d = {k: v for k, v in hit_dict.items() if k != "path"}
+    """A result as the API shows it: no server paths, captions decoded, a thumbnail URL."""
+    d = {k: v for k, v in hit_dict.items() if k not in HIDDEN_COLUMNS}
+    if isinstance(d.get("meta_error"), str):  # indexes built before it was relative may name absolute paths
+        d["meta_error"] = _ABS_PATH.sub("", d["meta_error"])
     if isinstance(d.get("captions"), str):
         try:
             d["captions"] = json.loads(d["captions"])
@@ -173,20 +252,20 @@ def create_app(index_dir, api_key: str | None = None, limits: Limits = Limits(),
                engine: SearchEngine | None = None) -> FastAPI:
     engine = engine or SearchEngine(index_dir, device=device)
     engine.encoder  # load now, so the first request is not slow  # noqa: B018
+    # The docs are public: they describe the API, never the data (no source path, no counts).
     app = FastAPI(title="clipforge search", version="1",
-                  description=f"Search {engine.stats()['count']} items of {engine.info['source']}.")
-    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
+                  description="Search an image collection by text, image, or both (clipforge).")
+    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes, max_header_bytes=limits.max_header_bytes)
+    if api_key is not None:
+        app.add_middleware(ApiKeyAuth, api_key=api_key)  # added last = outermost: runs before everything
     stats = {"started": time.time(), "searches": 0, "errors": 0}
     latencies: collections.deque = collections.deque(maxlen=2000)
     thumbs: collections.OrderedDict[int, bytes] = collections.OrderedDict()
     thumbs_lock = threading.Lock()
 
-    async def auth(request: Request):
-        if api_key is None:
-            return
-        given = request.headers.get("x-api-key", "")
-        if not hmac.compare_digest(given.encode(), api_key.encode()):
-            raise HTTPException(401, "missing or wrong API key (send it in the X-API-Key header)")
+    # ApiKeyAuth has checked the key before any route runs; this dependency only declares the scheme, so
+    # /docs offers "Authorize" and clients see that X-API-Key is expected.
+    auth = APIKeyHeader(name="X-API-Key", auto_error=False) if api_key is not None else (lambda: None)
 
     @app.exception_handler(HTTPException)
     async def _http(request, exc: HTTPException):
@@ -201,6 +280,8 @@ def create_app(index_dir, api_key: str | None = None, limits: Limits = Limits(),
         for e in exc.errors()[:5]:
             loc = ".".join(str(x) for x in e.get("loc", ()) if x != "body")
             msg = "unknown field" if e.get("type") == "extra_forbidden" else e.get("msg", "invalid")
+            if e.get("type") in ("less_than_equal", "too_long", "string_too_long"):
+                msg += " (this server's limit)"
             parts.append(f"{loc or 'body'}: {msg}")
         return _error(422, "; ".join(parts))
 
@@ -208,6 +289,12 @@ def create_app(index_dir, api_key: str | None = None, limits: Limits = Limits(),
     async def _clipforge(request, exc: ClipforgeError):
         stats["errors"] += 1
         return _error(422 if isinstance(exc, UsageError) else 400, str(exc))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request, exc: Exception):  # a bug: logged here, no details to the client
+        stats["errors"] += 1
+        log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+        return _error(500, "internal error")
 
     @app.get("/", include_in_schema=False)
     async def page():
@@ -222,24 +309,24 @@ def create_app(index_dir, api_key: str | None = None, limits: Limits = Limits(),
     @app.get("/stats", dependencies=[Depends(auth)])
     async def get_stats():
         lat = np.array(latencies) if latencies else np.zeros(1)
-        return {**engine.stats(), "uptime_s": round(time.time() - stats["started"], 1),
+        base = engine.stats()
+        base["model"], base["source"] = _short_ref(base["model"]), _short_ref(base["source"])  # no server paths
+        return {**base, "uptime_s": round(time.time() - stats["started"], 1),
                 "searches": stats["searches"], "errors": stats["errors"], "thumbs_cached": len(thumbs),
                 "search_ms_p50": round(float(np.percentile(lat, 50)), 3),
                 "search_ms_p99": round(float(np.percentile(lat, 99)), 3), "limits": asdict(limits)}
 
-    @app.post("/search", dependencies=[Depends(auth)])
-    async def search(req: SearchIn):
-        if req.k > limits.max_k:
-            raise HTTPException(422, f"k={req.k} is over this server's limit of {limits.max_k}")
-        if req.offset > limits.max_offset:
-            raise HTTPException(422, f"offset={req.offset} is over this server's limit of {limits.max_offset}")
-        if req.text is not None and len(req.text) > limits.max_query_chars:
-            raise HTTPException(422, f"text is over {limits.max_query_chars} characters")
-        if len(req.terms) > limits.max_terms or len(req.filters) > limits.max_filters:
-            raise HTTPException(422, f"at most {limits.max_terms} terms and {limits.max_filters} filters")
+    _, SearchIn = request_models(limits)
+
+    async def search(req):
         for t in req.terms:
             if (t.text is None) == (t.image is None):
                 raise HTTPException(422, "each term needs exactly one of text or image")
+        for i, f in enumerate(req.filters):  # syntax, length and glob checked before the model runs
+            try:
+                parse_filter(f, max_chars=limits.max_filter_chars)
+            except UsageError as e:
+                raise HTTPException(422, f"filters[{i}]: {e}") from None
 
         def work():
             t0 = time.perf_counter()
@@ -261,8 +348,11 @@ def create_app(index_dir, api_key: str | None = None, limits: Limits = Limits(),
         return {"k": req.k, "offset": req.offset, "took_ms": round(ms, 3),
                 "results": [_public(h.to_dict()) for h in hits]}
 
+    search.__annotations__["req"] = SearchIn  # a class built for these limits (annotations are strings here)
+    app.post("/search", dependencies=[Depends(auth)])(search)
+
     @app.get("/items/{item_id}", dependencies=[Depends(auth)])
-    async def item(item_id: int = PathParam(..., ge=0)):
+    async def item(item_id: int = PathParam(..., ge=0, le=INT64_MAX)):
         found = engine.item(item_id)
         if found is None:
             raise HTTPException(404, f"no item with id {item_id}")
@@ -270,7 +360,7 @@ def create_app(index_dir, api_key: str | None = None, limits: Limits = Limits(),
 
     @app.get("/thumb/{item_id}", dependencies=[Depends(auth)],
              responses={200: {"content": {"image/jpeg": {}}}})
-    async def thumb(item_id: int = PathParam(..., ge=0)):
+    async def thumb(item_id: int = PathParam(..., ge=0, le=INT64_MAX)):
         with thumbs_lock:
             data = thumbs.get(item_id)
             if data is not None:
@@ -282,7 +372,8 @@ def create_app(index_dir, api_key: str | None = None, limits: Limits = Limits(),
             try:
                 data = await run_in_threadpool(_thumbnail, path, limits.thumb_size, limits.max_image_pixels)
             except Exception as e:  # noqa: BLE001 - unreadable, vanished or oversized: not a server error
-                raise HTTPException(404, f"the file of id {item_id} cannot be read now ({type(e).__name__})")
+                why = e.reason if isinstance(e, BadSample) else type(e).__name__
+                raise HTTPException(404, f"the file of id {item_id} cannot be read now ({why})") from None
             with thumbs_lock:
                 thumbs[item_id] = data
                 while len(thumbs) > limits.thumb_cache:

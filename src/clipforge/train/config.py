@@ -8,14 +8,17 @@
     run:      {steps: 1000, seed: 0, precision: bf16, checkpoint_every: 200, keep_checkpoints: 3, ...}
     adapt:    {method: lora, rank: 8, alpha: 16, targets: [attn.qkv, attn.out], towers: [image, text], ...}
 
-Unknown keys raise a `UsageError` naming the section and listing the valid keys. A config is a YAML file or
-the name of one shipped inside the package (`load_config("demo-digits")`; `packaged_configs()` lists them).
+Unknown keys raise a `UsageError` naming the section and listing the valid keys; values of the wrong type
+or out of range (a negative learning rate, betas outside [0, 1), zero steps, negative workers, warm-up or
+weight decay) raise a `UsageError` naming the key, before anything is built. A config is a YAML file or the
+name of one shipped inside the package (`load_config("demo-digits")`; `packaged_configs()` lists them).
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
+import math
 import typing
 from dataclasses import dataclass, field
 from importlib import resources
@@ -137,6 +140,7 @@ class TrainConfig:
             raise UsageError("data.train is required (a source spec such as jsonl:path/train.jsonl)")
         if (self.run.steps is None) == (self.run.epochs is None):
             raise UsageError("give exactly one of run.steps and run.epochs")
+        self._check_ranges()
         if self.run.precision not in ("fp32", "bf16", "fp16"):
             raise UsageError(f"run.precision must be fp32, bf16 or fp16, got {self.run.precision!r}")
         if self.schedule.name not in ("cosine", "constant"):
@@ -153,6 +157,36 @@ class TrainConfig:
                 raise UsageError("adapt.method trains an adapter on a frozen model: model.lock_image / "
                                  "model.lock_text do not apply (choose the adapted towers with adapt.towers)")
         return self
+
+    def _check_ranges(self) -> None:
+        """Every numeric value in its range, named by its key (types were checked when the config was read)."""
+        def need(key: str, ok: bool, want: str) -> None:
+            if not ok:
+                sec, name = key.split(".")
+                raise UsageError(f"{key} must be {want}, got {getattr(getattr(self, sec), name)!r}")
+
+        o, s, r, d, m = self.optim, self.schedule, self.run, self.data, self.model
+        finite = lambda x: x is not None and math.isfinite(x)  # noqa: E731
+        need("optim.lr", finite(o.lr) and o.lr > 0, "a number > 0")
+        need("optim.weight_decay", finite(o.weight_decay) and o.weight_decay >= 0, "a number >= 0")
+        need("optim.eps", finite(o.eps) and o.eps > 0, "a number > 0")
+        need("optim.betas", len(o.betas) == 2 and all(finite(b) and 0 <= b < 1 for b in o.betas),
+             "two numbers in [0, 1), e.g. [0.9, 0.98]")
+        need("optim.grad_clip", o.grad_clip is None or (finite(o.grad_clip) and o.grad_clip > 0),
+             "a number > 0, or null to disable clipping")
+        need("schedule.warmup_steps", s.warmup_steps >= 0, "an integer >= 0")
+        need("schedule.min_lr", finite(s.min_lr) and 0 <= s.min_lr <= o.lr, f"a number in [0, optim.lr = {o.lr}]")
+        need("data.workers", d.workers >= 0, "an integer >= 0 (0: load in the training process)")
+        need("run.steps", r.steps is None or r.steps >= 1, "an integer >= 1")
+        need("run.epochs", r.epochs is None or (finite(r.epochs) and r.epochs > 0), "a number > 0")
+        need("run.seed", 0 <= r.seed < 2**63, "an integer >= 0")
+        need("run.eval_every", r.eval_every >= 0, "an integer >= 0 (0: only at the end)")
+        need("run.threads", r.threads is None or r.threads >= 1, "an integer >= 1, or null")
+        need("run.gradcache_sub_batch", r.gradcache_sub_batch is None or r.gradcache_sub_batch >= 1,
+             "an integer >= 1, or null")
+        need("model.tokenizer_vocab_size", m.tokenizer_vocab_size >= 514, "an integer >= 514")
+        need("model.lock_image_unlocked_groups", m.lock_image_unlocked_groups >= 0, "an integer >= 0")
+        need("model.lock_text_unlocked_groups", m.lock_text_unlocked_groups >= 0, "an integer >= 0")
 
 
 _SECTIONS = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
@@ -191,6 +225,12 @@ def _coerce(cls, section: str, key: str, value):
             return None
         raise UsageError(f"{section}.{key} cannot be null")
     base = next((a for a in args if a is not type(None)), hint) if optional else hint
+    if typing.get_origin(base) is list and typing.get_args(base) == (float,):  # optim.betas
+        if not isinstance(value, (list, tuple)):
+            raise UsageError(f"{section}.{key}: expected a list of numbers, got {value!r}")
+        return [_coerce_number(section, key, v) for v in value]
+    if typing.get_origin(base) is dict and not isinstance(value, dict):
+        raise UsageError(f"{section}.{key}: expected a mapping, got {value!r}")
     try:
         if base is bool:
             if isinstance(value, bool):
@@ -211,6 +251,15 @@ def _coerce(cls, section: str, key: str, value):
     except (TypeError, ValueError):
         raise UsageError(f"{section}.{key}: expected {getattr(base, '__name__', base)}, got {value!r}")
     return value
+
+
+def _coerce_number(section: str, key: str, value) -> float:
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        return float(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"{section}.{key}: expected numbers, got {value!r}") from None
 
 
 def apply_overrides(d: Dict[str, Any], overrides: Sequence[str]) -> Dict[str, Any]:

@@ -9,15 +9,28 @@ from __future__ import annotations
 import json
 import os
 
+from clipforge.data.fs import FileRefused, is_file, read_text
 from clipforge.data.sample import Sample, file_meta
 from clipforge.data.sources.base import Source
 from clipforge.data.sources.folder import ext_of, walk_images
 from clipforge.errors import ClipforgeError
 
+MAX_SIDECAR_BYTES = 4 * 2**20  # a caption / metadata file larger than this is not one: noted, not read
+
+
 
 def split_captions(text: str) -> list[str]:
     """One caption per non-empty line."""
     return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def parse_json(text: str | bytes):
+    """json.loads that raises only ValueError: nesting too deep for the parser (RecursionError) and numbers
+    too long to convert (ValueError) are a bad file like any other."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
 
 
 def captions_from_meta(meta: dict) -> list[str]:
@@ -38,12 +51,17 @@ class FilesSource(Source):
         super().__init__(spec or f"files:{root}", **kw)
         if not os.path.isdir(root):
             raise ClipforgeError(f"folder {root!r} does not exist or is not a directory")
-        self.root = root
-        self.items = walk_images(root)
-        labels_path = os.path.join(root, "classnames.txt")
-        if os.path.isfile(labels_path):
-            with open(labels_path, encoding="utf-8") as f:
-                self.classnames = [ln.strip() for ln in f if ln.strip()]
+        # Absolute, so the paths recorded for each sample (an index's thumbnails, a manifest written from
+        # this source) still name the files when read from another working directory.
+        self.root = os.path.abspath(root)
+        self.items = walk_images(self.root)
+        labels_path = os.path.join(self.root, "classnames.txt")
+        if is_file(labels_path):
+            try:
+                text = read_text(labels_path, MAX_SIDECAR_BYTES, "classnames.txt")
+            except FileRefused as e:
+                raise ClipforgeError(f"cannot read class names: {e.detail}") from None
+            self.classnames = [ln.strip() for ln in text.splitlines() if ln.strip()]
 
     def __len__(self) -> int:
         return len(self.items)
@@ -51,35 +69,41 @@ class FilesSource(Source):
     def _get(self, index: int) -> Sample:
         rel = self.items[index]
         path = os.path.join(self.root, rel)
-        stem = os.path.splitext(path)[0]
+        stem, rel_stem = os.path.splitext(path)[0], os.path.splitext(rel)[0]
         meta = file_meta(path)
         captions: list[str] = []
         label = None
-        if os.path.isfile(stem + ".json"):
+        # Sidecars are optional: a bad one is noted in meta_error (named relative to the root, so an index
+        # served to others does not show server paths) and the image is kept.
+        if is_file(stem + ".json"):
             try:
-                with open(stem + ".json", encoding="utf-8") as f:
-                    user = json.load(f)
+                user = parse_json(read_text(stem + ".json", MAX_SIDECAR_BYTES, rel_stem + ".json"))
                 if isinstance(user, dict):
                     captions = captions_from_meta(user)
-                    label = _as_label(user.get("label"))
+                    label = as_label(user.get("label"))
                     meta.update({k: v for k, v in user.items() if k not in ("caption", "captions", "label")})
-            except (OSError, ValueError, UnicodeDecodeError) as e:
-                meta["meta_error"] = f"{stem}.json: {e}"  # metadata is optional: note it, keep the image
-        if os.path.isfile(stem + ".txt"):
+            except FileRefused as e:
+                meta["meta_error"] = e.detail
+            except ValueError as e:
+                meta["meta_error"] = f"{rel_stem}.json: {e}"
+        if is_file(stem + ".txt"):
             try:
-                with open(stem + ".txt", encoding="utf-8", errors="replace") as f:
-                    captions = split_captions(f.read()) + [c for c in captions if c]
-            except OSError as e:
-                meta["meta_error"] = f"{stem}.txt: {e}"
+                captions = split_captions(read_text(stem + ".txt", MAX_SIDECAR_BYTES, rel_stem + ".txt")) + \
+                    [c for c in captions if c]
+            except FileRefused as e:
+                meta["meta_error"] = e.detail
             captions = list(dict.fromkeys(captions))  # .txt and .json often repeat the same caption
         return Sample(id=rel, captions=captions, label=label, meta=meta, path=path, ext=ext_of(rel),
                       decode_options=self.decode_options)
 
 
-def _as_label(value) -> int | None:
+def as_label(value) -> int | None:
+    """An integer class label from metadata, or None (missing, not an integer, or beyond int64 — a label
+    that large is not a class index, and would overflow every tensor it reaches)."""
     if value is None or isinstance(value, bool):
         return None
     try:
-        return int(value)
-    except (TypeError, ValueError):
+        label = int(value)
+    except (TypeError, ValueError, OverflowError):  # OverflowError: int(inf)
         return None
+    return label if -2**63 <= label < 2**63 else None

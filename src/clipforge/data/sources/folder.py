@@ -67,8 +67,8 @@ class ImageFolderSource(Source):
         super().__init__(spec or f"imagefolder:{root}", **kw)
         if not os.path.isdir(root):
             raise ClipforgeError(f"image folder {root!r} does not exist or is not a directory")
-        self.root = root
-        rels = walk_images(root)
+        self.root = os.path.abspath(root)  # recorded paths must not depend on the working directory
+        rels = walk_images(self.root)
         self.folders = sorted({r.split("/", 1)[0] for r in rels if "/" in r})
         if not self.folders:
             raise ClipforgeError(f"{root!r} has no class sub-folders with images (expected ROOT/<class>/<image>)")

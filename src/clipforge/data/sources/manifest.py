@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 
 from clipforge.data.sample import Sample, file_meta
 from clipforge.data.sources.base import Source
+from clipforge.data.sources.files import parse_json
 from clipforge.data.sources.folder import ext_of
 from clipforge.errors import ClipforgeError, UsageError
 
@@ -93,9 +94,11 @@ def _read_jsonl(text: str, path: str, bad) -> tuple[list[dict], list[str]]:
     stripped = text.lstrip()
     if stripped.startswith("["):  # a whole-file JSON list of objects
         try:
-            objs = json.loads(stripped)
-        except json.JSONDecodeError as e:
+            objs = parse_json(stripped)
+        except ValueError as e:
             raise ClipforgeError(f"manifest {path} is not valid JSON: {e}") from None
+        if not isinstance(objs, list):
+            raise ClipforgeError(f"manifest {path}: expected a JSON list of objects")
         numbered = list(enumerate(objs, 1))
     else:
         numbered = []
@@ -103,8 +106,8 @@ def _read_jsonl(text: str, path: str, bad) -> tuple[list[dict], list[str]]:
             if not line.strip():
                 continue
             try:
-                numbered.append((n, json.loads(line)))
-            except (json.JSONDecodeError, RecursionError):
+                numbered.append((n, parse_json(line)))
+            except ValueError:
                 bad.append((f"line {n}", "bad_record"))
     rows, columns = [], {}
     for n, obj in numbered:
@@ -137,10 +140,10 @@ def _captions(cell) -> list[str]:
         s = cell.strip()
         if s.startswith("[") and s.endswith("]"):
             try:
-                val = json.loads(s)
+                val = parse_json(s)
                 if isinstance(val, list):
                     return [str(c) for c in val if str(c).strip()]
-            except json.JSONDecodeError:
+            except ValueError:
                 pass
         return [s] if s else []
     if isinstance(cell, (list, tuple)):
@@ -160,7 +163,7 @@ class ManifestSource(Source):
             raise UsageError(f"unknown manifest format {fmt!r} for {path!r}; valid: {list(FORMATS)}")
         super().__init__(spec or f"{fmt}:{path}", **kw)
         self.path, self.fmt = path, fmt
-        self.root = root if root is not None else os.path.dirname(os.path.abspath(path))
+        self.root = os.path.abspath(root) if root is not None else os.path.dirname(os.path.abspath(path))
         bad: list[tuple[str, str]] = []
         rows, columns = read_rows(path, fmt, bad)
         for where, reason in bad:
@@ -229,16 +232,20 @@ class ManifestSource(Source):
             return None
         if isinstance(value, bool):
             raise ValueError("boolean label")
-        if isinstance(value, int):
-            return value
         if isinstance(value, float) and value.is_integer():
-            return int(value)
-        s = str(value).strip()
-        if _is_int(s):
-            return int(s)
-        if names is not None and s in names:
-            return names[s]
-        raise ValueError(f"unknown label {value!r}")
+            value = int(value)
+        if isinstance(value, int):
+            label = value
+        else:
+            s = str(value).strip()
+            if not _is_int(s):
+                if names is not None and s in names:
+                    return names[s]
+                raise ValueError(f"unknown label {value!r}")
+            label = int(s)
+        if not -2**63 <= label < 2**63:
+            raise ValueError(f"label {label} is beyond int64")
+        return label
 
     def __len__(self) -> int:
         return len(self.items)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 
+from clipforge.data.fs import is_dir
 from clipforge.data.sources.base import Source
 from clipforge.data.sources.files import FilesSource
 from clipforge.data.sources.folder import IMAGE_EXTS, ImageFolderSource, ext_of
@@ -32,14 +33,30 @@ def split_spec(spec: str) -> tuple[str | None, str]:
     return None, spec
 
 
+def absolute_spec(spec: str) -> str:
+    """The same source with its local path(s) made absolute, so it opens the same files from any working
+    directory (what an index records). URLs and `pipe:` shards are left as they are."""
+    kind, path = split_spec(spec)
+
+    def fix(p: str) -> str:
+        if "://" in p or p.startswith("pipe:") or not p:
+            return p
+        return os.path.abspath(os.path.expanduser(p))
+
+    fixed = "::".join(fix(p) for p in path.split("::")) if kind in (None, "wds") else fix(path)
+    return f"{kind}:{fixed}" if kind else fixed
+
+
 def looks_like_imagefolder(root: str) -> bool:
     """Images only inside first-level sub-folders and no caption files: a classification folder."""
     try:
         entries = list(os.scandir(root))
     except OSError:
         return False
-    subdirs = [e for e in entries if e.is_dir() and not e.name.startswith(".")]
-    top_images = [e for e in entries if e.is_file() and ext_of(e.name) in IMAGE_EXTS]
+    # is_dir answers False for symlink loops and other entries that cannot be stat'ed: an image-named entry
+    # is an image the user put there, counted as unreadable when read, as with an explicit files: source.
+    subdirs = [e for e in entries if is_dir(e) and not e.name.startswith(".")]
+    top_images = [e for e in entries if ext_of(e.name) in IMAGE_EXTS and not is_dir(e)]
     if top_images or not subdirs:
         return False
     for d in subdirs[:20]:
@@ -51,9 +68,11 @@ def looks_like_imagefolder(root: str) -> bool:
 
 def detect_kind(path: str) -> str:
     if os.path.isdir(path):
-        if any(n.endswith(".tar") for n in os.listdir(path)):
-            return "wds"
-        return "folder"
+        try:
+            names = os.listdir(path)
+        except OSError as e:
+            raise ClipforgeError(f"cannot list folder {path!r}: {e.strerror}") from None
+        return "wds" if any(n.endswith(".tar") for n in names) else "folder"
     fmt = format_of(path)
     if fmt is not None:
         return fmt

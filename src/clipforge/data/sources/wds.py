@@ -11,7 +11,6 @@ random access that deterministic shuffling and exact resume need.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import tarfile
@@ -19,7 +18,7 @@ import tarfile
 from clipforge.data.decode import BadSample
 from clipforge.data.sample import Sample
 from clipforge.data.sources.base import Source
-from clipforge.data.sources.files import captions_from_meta, split_captions
+from clipforge.data.sources.files import as_label, captions_from_meta, parse_json, split_captions
 from clipforge.data.sources.folder import IMAGE_EXTS
 from clipforge.errors import ClipforgeError
 
@@ -86,24 +85,27 @@ class WdsSource(Source):
         sid = key
         if "json" in files:
             try:
-                user = json.loads(files["json"].decode("utf-8"))
-            except (ValueError, UnicodeDecodeError) as e:
+                user = parse_json(files["json"].decode("utf-8"))
+            except ValueError as e:  # UnicodeDecodeError is a ValueError
                 meta["meta_error"] = f"{key}.json: {e}"
                 user = None
             if isinstance(user, dict):
                 captions = captions_from_meta(user)
                 if isinstance(user.get("id"), str) and user["id"]:
                     sid = user["id"]
-                if isinstance(user.get("label"), int) and not isinstance(user.get("label"), bool):
-                    label = user["label"]
+                if isinstance(user.get("label"), int):
+                    label = as_label(user["label"])
                 meta.update({k: v for k, v in user.items() if k not in ("caption", "captions", "label", "id")})
         if "txt" in files and not captions:
             captions = split_captions(files["txt"].decode("utf-8", errors="replace"))
         if "cls" in files:
             try:
                 label = int(files["cls"].decode("utf-8").strip())
-            except (ValueError, UnicodeDecodeError):
-                meta["meta_error"] = f"{key}.cls is not an integer"
+            except ValueError:
+                label = None
+            if as_label(label) is None:
+                label = None
+                meta["meta_error"] = f"{key}.cls is not an integer label"
         ext = image_key(files)
         data = files[ext] if ext else None  # None: the record is kept and counted as no_image when read
         return Sample(id=sid, captions=captions, label=label, meta=meta, data=data, ext=ext,

@@ -30,12 +30,13 @@ __all__ = ["Resolver", "RESOLVERS", "refuse_weights"]
 
 @dataclass(frozen=True)
 class Resolver:
-    """One kind of model reference: `matches(ref)` is cheap (no download); `load(ref, weights=, trust_pickle=)`
-    returns the native model."""
+    """One kind of model reference: `matches(ref)` is cheap (no download); `load(ref, weights=, trust_pickle=,
+    **options)` returns the native model."""
 
     name: str
     matches: Callable[[str], bool]
     load: Callable[..., object]
+    options: tuple[str, ...] = ()  # what `load` takes besides weights / trust_pickle
 
 
 def refuse_weights(ref: str, weights, what: str) -> None:
@@ -68,13 +69,15 @@ def _is_state_dict_file(ref: str) -> bool:
     return p.is_file() and p.suffix in (".safetensors", ".pt", ".pth", ".bin")
 
 
-def _load_state_dict_file(ref: str, *, weights=None, trust_pickle: bool = False):
+def _load_state_dict_file(ref: str, *, weights=None, trust_pickle: bool = False, vision_heads=None,
+                          text_heads=None):
     refuse_weights(ref, weights, "a weights file")
-    return load_openai_state(read_state_dict(ref, trust_pickle=trust_pickle), source=ref)
+    return load_openai_state(read_state_dict(ref, trust_pickle=trust_pickle), source=ref,
+                             vision_heads=vision_heads, text_heads=text_heads)
 
 
 RESOLVERS: tuple[Resolver, ...] = (
     Resolver("hf", lambda ref: ref.startswith("hf:") or is_hf_dir(ref), _load_hf),
     Resolver("open_clip", lambda ref: ref.startswith("open_clip:") or is_open_clip_dir(ref), _load_open_clip),
-    Resolver("state-dict file", _is_state_dict_file, _load_state_dict_file),
+    Resolver("state-dict file", _is_state_dict_file, _load_state_dict_file, ("vision_heads", "text_heads")),
 )

@@ -6,8 +6,11 @@ attn.out_proj, ln_2, mlp.c_fc, mlp.c_proj}`, `visual.ln_post`, `visual.proj` (W,
 text: `token_embedding`, `positional_embedding` (ctx, W), `transformer.resblocks.*`, `ln_final`,
 `text_projection` (W, D); `logit_scale` (log-space). Native Linear weights are the transposes of the
 (W, D) projection parameters. The config is inferred from shapes; head counts are not visible in shapes,
-so they follow OpenAI's rule (width // 64) unless an architecture config says otherwise, and the
-activation is QuickGELU (what OpenAI's weights were trained with) unless the caller knows better.
+so unless the caller gives them (`vision_heads=`, `text_heads=`) they are guessed by
+OpenAI's rule (width // 64), with a warning saying so — a wrong guess loads without error and gives wrong
+embeddings. The activation is QuickGELU (what OpenAI's weights were trained with) unless the caller knows
+better. OpenAI's official `.pt` files are TorchScript archives; `models.torchscript` reads their tensors
+without running their code.
 """
 from __future__ import annotations
 
@@ -67,24 +70,38 @@ def infer_config(state: StateDict, *, act: str = "quick_gelu", vision_heads: Opt
     embed_dim = text_proj.shape[1] if text_proj.ndim == 2 else text_proj.shape[0]
     if "text_projection.weight" in state:  # open_clip proj_bias: a Linear (D, W)
         embed_dim = state["text_projection.weight"].shape[0]
+    vision_heads = _heads(vision_heads, int(vw), "vision")
+    text_heads = _heads(text_heads, int(tw), "text")
     return CLIPConfig(
         embed_dim=int(embed_dim),
         vision=VisionConfig(
             image_size=int(patch * grid), patch_size=int(patch), width=int(vw),
-            layers=_count_layers(state, "visual.transformer"), heads=int(vision_heads or vw // 64),
+            layers=_count_layers(state, "visual.transformer"), heads=vision_heads,
             mlp_ratio=mlp_ratio(int(v_fc), int(vw), "visual mlp"), act=act, pool="cls",
             ln_pre="visual.ln_pre.weight" in state,
         ),
         text=TextConfig(
             vocab_size=int(state["token_embedding.weight"].shape[0]),
             context_length=int(state["positional_embedding"].shape[0]), width=int(tw),
-            layers=_count_layers(state, "transformer"), heads=int(text_heads or tw // 64),
+            layers=_count_layers(state, "transformer"), heads=text_heads,
             mlp_ratio=mlp_ratio(int(t_fc), int(tw), "text mlp"), act=act, pool=text_pool,
             proj_bias="text_projection.bias" in state,
         ),
         preprocess=PreprocessConfig(),
         logit_bias_init=0.0 if "logit_bias" in state else None,
     )
+
+
+def _heads(given: Optional[int], width: int, tower: str) -> int:
+    """The head count given for a tower, or OpenAI's width // 64 with a warning (shapes cannot tell)."""
+    if given is not None:
+        return int(given)
+    if width < 64 or width % 64:
+        raise ClipforgeError(f"{tower} width {width} is not a multiple of 64, so OpenAI's heads = width // 64 rule "
+                             f"cannot apply: give the head count (`{tower}_heads`)")
+    warnings.warn(f"{tower} heads guessed as width {width} // 64 = {width // 64} (OpenAI's rule; shapes do not "
+                  f"show head counts): if the model was trained otherwise, pass `{tower}_heads`", stacklevel=3)
+    return width // 64
 
 
 def _blocks_from(r: KeyReader, src: str, dst: str, layers: int, out: StateDict) -> None:
@@ -193,13 +210,14 @@ def tokenizer_from_bpe_file(path, context_length: int = 77):
 
 
 def load_openai_state(state: StateDict, *, source: str = "state dict", cfg: Optional[CLIPConfig] = None,
-                      tokenizer=None):
-    """A native model from an OpenAI/open_clip-layout state dict; config inferred unless given."""
+                      tokenizer=None, vision_heads: Optional[int] = None, text_heads: Optional[int] = None):
+    """A native model from an OpenAI/open_clip-layout state dict; config inferred unless given (head counts
+    from `vision_heads` / `text_heads`, else guessed with a warning)."""
     state = _strip_module(state)
     if not is_openai_layout(state):
         raise ClipforgeError(f"{source}: not an OpenAI/open_clip-layout CLIP state dict (no visual.conv1.weight "
                              "/ token_embedding.weight); HF checkpoints load from their directory")
-    cfg = cfg or infer_config(state)
+    cfg = cfg or infer_config(state, vision_heads=vision_heads, text_heads=text_heads)
     if tokenizer is None:
         tokenizer = openai_tokenizer(cfg.text.context_length, cfg.text.vocab_size)
     return assemble(cfg, state_from_openai(state, cfg, source), tokenizer, f"converted {source}")

@@ -1,4 +1,4 @@
-"""Export a LoRA / Comp-LoRA adapter in peft's format, for the HF export of its base (`export --to hf`).
+"""Export a LoRA / Comp-LoRA adapter in peft's format, for the HF export of its base (`export_model(model, "hf", ...)`).
 
     export_peft(model_with_adapter, "out/peft")      # adapter_config.json + adapter_model.safetensors
     # in transformers + peft:
