@@ -71,8 +71,8 @@ def run_export(args) -> int:
 
     model = _load_adapted(args.model)
     base_ref = getattr(model, "adapter_base", None)
+    if args.base_out:  # first: a base transformers cannot hold stops the export before anything is written
+        print(f"wrote HF base model to {export_hf_base(model, args.base_out)}")
     out = export_peft(model, args.out, base_model_name_or_path=args.base_out or base_ref)
     print(f"wrote peft adapter to {out}")
-    if args.base_out:
-        print(f"wrote HF base model to {export_hf_base(model, args.base_out)}")
     return 0
