@@ -100,6 +100,16 @@ def _build_atomically(out_dir: str, params: dict, build) -> dict:
     return paths
 
 
+def _digit_set_files(tmp: str, train_templates, extra: dict) -> dict:
+    """Write a digit set's class names and templates; return its {name: relative path} (+ `extra`)."""
+    _write_lines(os.path.join(tmp, "classnames.txt"), DIGIT_NAMES)
+    _write_lines(os.path.join(tmp, "templates_train.txt"), train_templates)
+    _write_lines(os.path.join(tmp, "templates_unseen.txt"), UNSEEN_TEMPLATES)
+    return {"train_manifest": "train.jsonl", "train_dir": "train", "val_manifest": "val.jsonl", "val_dir": "val",
+            "classnames": "classnames.txt", "templates_train": "templates_train.txt",
+            "templates_unseen": "templates_unseen.txt", **extra}
+
+
 def _write_json(path: str, obj) -> None:
     with open(path, "w", encoding="utf-8") as f:
         json.dump(obj, f, indent=1)
@@ -173,12 +183,7 @@ def build_digits(out_dir: str, size: int = 32, seed: int = 0, val_fraction: floa
             _write_lines(os.path.join(tmp, f"{split}.jsonl"), (json.dumps(r) for r in rows))
             _write_lines(os.path.join(tmp, split, "classnames.txt"), DIGIT_NAMES)
             counts[f"num_{split}"] = len(rows)
-        _write_lines(os.path.join(tmp, "classnames.txt"), DIGIT_NAMES)
-        _write_lines(os.path.join(tmp, "templates_train.txt"), TRAIN_TEMPLATES)
-        _write_lines(os.path.join(tmp, "templates_unseen.txt"), UNSEEN_TEMPLATES)
-        return {"train_manifest": "train.jsonl", "train_dir": "train", "val_manifest": "val.jsonl",
-                "val_dir": "val", "classnames": "classnames.txt", "templates_train": "templates_train.txt",
-                "templates_unseen": "templates_unseen.txt", **counts}
+        return _digit_set_files(tmp, TRAIN_TEMPLATES, counts)
 
     return _build_atomically(out_dir, params, build)
 
@@ -276,14 +281,9 @@ def build_fonts(out_dir: str, size: int = 32, seed: int = 0, per_class_train: in
             _write_lines(os.path.join(tmp, f"{split}.jsonl"), (json.dumps(r) for r in rows))
             _write_lines(os.path.join(tmp, split, "classnames.txt"), DIGIT_NAMES)
             counts[f"num_{split}"] = len(rows)
-        _write_lines(os.path.join(tmp, "classnames.txt"), DIGIT_NAMES)
-        _write_lines(os.path.join(tmp, "templates_train.txt"), FONT_TEMPLATES)
-        _write_lines(os.path.join(tmp, "templates_unseen.txt"), UNSEEN_TEMPLATES)
         with open(digit_descriptions_path(), encoding="utf-8") as f:
             _write_json(os.path.join(tmp, "descriptions.json"), json.load(f))
-        return {"train_manifest": "train.jsonl", "train_dir": "train", "val_manifest": "val.jsonl",
-                "val_dir": "val", "classnames": "classnames.txt", "templates_train": "templates_train.txt",
-                "templates_unseen": "templates_unseen.txt", "descriptions": "descriptions.json", **counts}
+        return _digit_set_files(tmp, FONT_TEMPLATES, {"descriptions": "descriptions.json", **counts})
 
     return _build_atomically(out_dir, params, build)
 
