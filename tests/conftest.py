@@ -125,3 +125,20 @@ def photos_index(photos_demo, tmp_path_factory):
     out = tmp_path_factory.mktemp("photos_index") / "idx"
     build_index(f"files:{photos_demo['images_dir']}", "tiny", out, batch_size=8, progress=False)
     return out
+
+
+@pytest.fixture
+def writable_photos_index(photos_index, photos_demo, tmp_path):
+    """A private copy of `photos_index` whose source is a private copy of the photos folder: tests may delete
+    items, add files and run updates."""
+    import json
+    import shutil
+
+    src = tmp_path / "images"
+    shutil.copytree(photos_demo["images_dir"], src)
+    out = tmp_path / "idx"
+    shutil.copytree(photos_index, out)
+    info = json.loads((out / "index.json").read_text())
+    info["source"] = f"files:{src}"
+    (out / "index.json").write_text(json.dumps(info))
+    return out

@@ -22,6 +22,7 @@ LAYERS = [
     {"errors", "atomic", "registry"},
     {"models", "data", "losses", "metrics"},
     {"encode"},
+    {"scale"},
     {"zeroshot", "adapt", "retrieval", "curate"},
     {"evaluate"},
     {"train", "serve", "tour"},
@@ -30,7 +31,7 @@ LAYERS = [
 LAYER = {pkg: i for i, layer in enumerate(LAYERS) for pkg in layer}
 # Optional dependencies (extras) may be imported where they are used, so the core works without them.
 OPTIONAL = ("transformers", "open_clip", "huggingface_hub", "webdataset", "torch.utils.tensorboard", "ftfy",
-            "sentencepiece", "google.protobuf", "uvicorn", "fastapi")
+            "sentencepiece", "google.protobuf", "uvicorn", "fastapi", "ray", "py3langid")
 
 
 def _module_name(path: Path) -> str:

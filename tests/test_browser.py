@@ -91,3 +91,105 @@ def test_search_page_text_upload_and_more_like_this(server, photos_demo, tmp_pat
             assert "not allowed" in page.inner_text("#status")
         finally:
             browser.close()
+
+
+def _browser(p):
+    return p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
+        "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync"])
+
+
+def _open(browser, server):
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    page.goto(server + "/")
+    page.wait_for_selector("#stats:has-text('22 items')", timeout=15_000)
+    return page
+
+
+def _first_key(page):
+    return page.evaluate("document.querySelector('.card .meta div:nth-child(2)')?.textContent")
+
+
+def test_query_in_the_url_back_button_and_no_pager_before_a_search(server):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = _browser(p)
+        try:
+            page = _open(browser, server)
+            assert not page.is_visible("#pager") and not page.is_visible("#prev")  # nothing to page yet
+            assert "caption" in page.text_content("#columns")  # the filter help names this index's columns
+            # a search puts its query in the URL
+            page.click("#options summary")
+            page.fill("#k", "5")
+            page.fill("#query", "a cup of coffee")
+            page.press("#query", "Enter")
+            page.wait_for_selector("#status:has-text('results for a cup of coffee')", timeout=20_000)
+            assert "q=a+cup+of+coffee" in page.url and "k=5" in page.url
+            assert page.is_visible("#next") and page.is_disabled("#prev")  # 5 of 22 shown: paging now
+            first_coffee = _first_key(page)
+            page.fill("#query", "a rocket")
+            page.press("#query", "Enter")
+            page.wait_for_selector("#status:has-text('results for a rocket')", timeout=20_000)
+            page.click("#next")
+            page.wait_for_selector("#status:has-text('from #6')", timeout=20_000)
+            assert "offset=5" in page.url
+            # back: the first page of "a rocket", then "a cup of coffee" with its results again
+            page.go_back()
+            page.wait_for_function("!location.search.includes('offset') && "
+                                   "document.querySelector('#status').textContent.startsWith('5 results for a rocket')",
+                                   timeout=20_000)
+            page.go_back()
+            page.wait_for_selector("#status:has-text('results for a cup of coffee')", timeout=20_000)
+            assert page.input_value("#query") == "a cup of coffee" and _first_key(page) == first_coffee
+            # a shared link: a fresh page opened on the URL runs the search, filters included
+            shared = server + "/?q=a%20horse&k=3&f=key~h*"
+            other = browser.new_page()
+            other.goto(shared)
+            other.wait_for_selector("#status:has-text('results for a horse')", timeout=20_000)
+            keys = other.evaluate("Array.from(document.querySelectorAll('.card .meta div:nth-child(2)'))"
+                                  ".map(d => d.textContent)")
+            assert keys and all(k.startswith("h") for k in keys)
+            assert other.input_value("#filters") == "key~h*" and other.input_value("#query") == "a horse"
+            assert not other.is_visible("#pager")  # every match fits on one page
+        finally:
+            browser.close()
+
+
+def test_classify_tab_shows_probabilities(server, photos_demo):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = _browser(p)
+        try:
+            page = _open(browser, server)
+            page.click("#tab-classify")
+            assert page.is_visible("#classify-panel") and not page.is_visible("#search-panel")
+            assert page.url.endswith("#classify")
+            page.fill("#labels", "a cat\na rocket\na cup of coffee")
+            page.select_option("#templates", "photo")
+            page.set_input_files("#classify-image", os.path.join(photos_demo["images_dir"], "chelsea.png"))
+            page.wait_for_function("document.querySelectorAll('#probs tr').length === 3", timeout=30_000)
+            labels = page.evaluate("Array.from(document.querySelectorAll('#probs tr td:first-child'))"
+                                   ".map(d => d.textContent)")
+            assert sorted(labels) == ["a cat", "a cup of coffee", "a rocket"]
+            pct = page.evaluate("Array.from(document.querySelectorAll('#probs .prob'))"
+                                ".map(d => parseFloat(d.textContent))")
+            assert abs(sum(pct) - 100) < 0.5 and pct == sorted(pct, reverse=True)
+            assert "prompts each (photo)" in page.inner_text("#classify-status")
+            # a bad request shows the server's message
+            page.fill("#labels", "a cat, a cat")
+            page.click("#classify-button")
+            page.wait_for_selector("#classify-status.error", timeout=10_000)
+            assert "twice" in page.inner_text("#classify-status")
+            page.go_back()  # back to the search tab
+            page.wait_for_selector("#search-panel", state="visible", timeout=10_000)
+            shot = DOCS_SCREENSHOT.with_name("screenshot-classify.png")
+            if os.environ.get("CLIPFORGE_UPDATE_SCREENSHOT"):
+                page.click("#tab-classify")
+                page.fill("#labels", "a cat\na rocket\na cup of coffee")
+                page.click("#classify-button")
+                page.wait_for_selector("#classify-status:not(.error):has-text('prompts each')", timeout=30_000)
+                page.screenshot(path=str(shot), full_page=False)
+        finally:
+            browser.close()

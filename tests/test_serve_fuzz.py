@@ -23,8 +23,13 @@ LIMITS = Limits(max_body_bytes=200_000, max_image_pixels=1_000_000, max_k=50)
 
 
 @pytest.fixture(scope="module")
-def index_dir(photos_index):
-    return photos_index
+def index_dir(photos_index, tmp_path_factory):
+    """A private copy: the fuzzer's DELETE /items/{id} calls really delete."""
+    import shutil
+
+    out = tmp_path_factory.mktemp("fuzz") / "idx"
+    shutil.copytree(photos_index, out)
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +40,8 @@ def app(index_dir):
 def _strategy(schema, mode):
     ops = [result.ok() for result in schema.get_all_operations()]
     assert {f"{op.method.upper()} {op.path}" for op in ops} >= {"POST /search", "GET /items/{item_id}",
-                                                                 "GET /thumb/{item_id}"}
+                                                                 "GET /thumb/{item_id}", "POST /classify",
+                                                                 "DELETE /items/{item_id}"}
     return st.one_of([op.as_strategy(generation_mode=mode) for op in ops])
 
 

@@ -27,7 +27,8 @@ def build_parser(argv=None) -> argparse.ArgumentParser:
     """The whole parser. With `argv`, only the command it names gets the flags that come from the registries
     (zero-shot methods, eval tasks), so other commands and `--help` do not import torch to build them."""
     names = [m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")]
-    _common.ACTIVE = None if argv is None else next((a for a in argv if a in names), "")
+    _common.ACTIVE = None if argv is None else next((a.replace("-", "_") for a in argv
+                                                     if a.replace("-", "_") in names), "")
     parser = argparse.ArgumentParser(
         prog="clipforge",
         description="Train, classify, evaluate, index and search with contrastive image-text models.",

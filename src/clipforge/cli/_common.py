@@ -17,7 +17,8 @@ ACTIVE = None  # the command being parsed ("" none, None all): set by `build_par
 def full_parser_for(command: str) -> bool:
     """Whether `command`'s parser is built in full: with the flags that need a library import (registry
     options, choices computed by torch-importing modules). Only the command being run, or all of them when
-    the whole parser is asked for, pays those imports."""
+    the whole parser is asked for, pays those imports. `command` is the module name (embed_dataset for
+    `clipforge embed-dataset`)."""
     return ACTIVE is None or ACTIVE == command
 
 
@@ -72,3 +73,33 @@ def positive_int(value: str) -> int:
     if v <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
     return v
+
+
+def add_collection_job_args(p: argparse.ArgumentParser, *, model_help: str, out_help: str) -> None:
+    """SRC, --model, --out, --batch-size, --workers: what every whole-collection encoding job takes."""
+    p.add_argument("source", help="data source spec: a folder, files:DIR, csv:/jsonl:/parquet: manifest, wds:...")
+    p.add_argument("--model", "-m", required=True, help=model_help)
+    p.add_argument("--out", "-o", dest="out_dir", required=True, help=out_help)
+    p.add_argument("--batch-size", type=positive_int, default=64)
+    p.add_argument("--workers", type=int, default=2,
+                   help="DataLoader workers decoding images (0: in-process); per actor with --engine ray")
+
+
+def add_executor_args(p: argparse.ArgumentParser, command: str) -> None:
+    """--engine local|ray and every option the executors declare (--address, --num-gpus-per-worker, ...)."""
+    if not full_parser_for(command):
+        return
+    from clipforge.scale import EXECUTORS
+
+    p.add_argument("--engine", dest="executor", choices=EXECUTORS.names(), default="local",
+                   help="where images are encoded: " + "; ".join(f"{n}: {d}" for n, d in EXECUTORS.describe())
+                        + " (default local; docs/scale.md)")
+    add_options(p, EXECUTORS.all_options().values())
+
+
+def executor_from_args(args) -> tuple[str, dict]:
+    """(executor name, the executor options given on the command line)."""
+    from clipforge.scale import EXECUTORS
+
+    given = option_values(args, EXECUTORS.all_options().values())
+    return args.executor, {k: v for k, v in given.items() if v is not None}

@@ -1,11 +1,11 @@
-"""`clipforge index build|update|info`: embed a collection into a searchable index directory."""
+"""`clipforge index build|update|delete|info`: embed a collection into a searchable index directory."""
 from __future__ import annotations
 
 import json
 
 import logging
 
-from clipforge.cli._common import positive_int
+from clipforge.cli._common import add_collection_job_args, add_executor_args, executor_from_args, positive_int
 
 logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its INFO lines about CPU builds are noise here
 
@@ -16,11 +16,8 @@ def register(sub):
                                    "embeddings in clip-retrieval's layout, parquet metadata, a faiss index.")
     isub = p.add_subparsers(dest="index_command", metavar="ACTION")
     b = isub.add_parser("build", help="embed a source into a new index (re-run to resume a killed build)")
-    b.add_argument("source", help="data source spec: a folder, files:DIR, csv:/jsonl:/parquet: manifest, wds:...")
-    b.add_argument("--model", "-m", required=True, help="registered name or checkpoint directory")
-    b.add_argument("--out", "-o", dest="out_dir", required=True, help="index directory to write")
-    b.add_argument("--batch-size", type=positive_int, default=64)
-    b.add_argument("--workers", type=int, default=2, help="DataLoader workers decoding images (0: in-process)")
+    add_collection_job_args(b, model_help="registered name or checkpoint directory",
+                            out_help="index directory to write")
     b.add_argument("--max-memory", default=None, help="memory budget of the faiss index, e.g. 4GB")
     b.add_argument("--precision", default="auto",
                    help="auto (default: bf16 weights where the hardware multiplies bf16 natively and the model is "
@@ -29,6 +26,7 @@ def register(sub):
     b.add_argument("--index-kind", choices=["auto", "flat", "hnsw", "ivf_flat", "ivf_pq", "ivf_pqfs"], default="auto")
     b.add_argument("--no-text", action="store_true", help="do not embed captions (text_emb/)")
     b.add_argument("--device", default=None)
+    add_executor_args(b, "index")
     b.set_defaults(func=run_build)
     u = isub.add_parser("update", help="add new, re-embed changed, drop deleted files; rebuild the index")
     u.add_argument("index_dir")
@@ -36,7 +34,23 @@ def register(sub):
     u.add_argument("--max-memory", default=None)
     u.add_argument("--index-kind", choices=["auto", "flat", "hnsw", "ivf_flat", "ivf_pq", "ivf_pqfs"], default=None)
     u.add_argument("--device", default=None)
+    u.add_argument("--include-deleted", action="store_true",
+                   help="bring back items removed with `index delete` whose files are still in the source")
     u.set_defaults(func=run_update)
+    d = isub.add_parser("delete", help="remove items by id, path glob or metadata filter (ids are never reused)",
+                        description="Remove items from an index: they leave search at once (a running "
+                                    "`clipforge serve` picks the change up within a second) and stay out "
+                                    "when `index update` runs again.")
+    d.add_argument("index_dir")
+    how = d.add_mutually_exclusive_group(required=True)
+    how.add_argument("--id", dest="ids", type=int, nargs="+", metavar="N", help="item ids (as search shows them)")
+    how.add_argument("--path", dest="paths", action="append", metavar="GLOB",
+                     help="files whose path or key matches, e.g. '*/private/*' (repeatable: any matches)")
+    how.add_argument("--filter", dest="filters", action="append", metavar="COL OP VALUE",
+                     help="metadata filter as in search, e.g. 'caption*=screenshot' (repeatable: all must match)")
+    d.add_argument("--dry-run", action="store_true", help="list what would be deleted, change nothing")
+    d.add_argument("--json", action="store_true", help="print the result as JSON")
+    d.set_defaults(func=run_delete)
     i = isub.add_parser("info", help="print an index's manifest")
     i.add_argument("index_dir")
     i.add_argument("--json", action="store_true")
@@ -61,9 +75,11 @@ def _print_summary(s: dict) -> None:
 def run_build(args) -> int:
     from clipforge.retrieval.build import build_index
 
+    executor, options = executor_from_args(args)
     s = build_index(args.source, args.model, args.out_dir, batch_size=args.batch_size, workers=args.workers,
                     max_memory=args.max_memory, precision=args.precision, shard_size=args.shard_size,
-                    device=args.device, text=False if args.no_text else "auto", index_kind=args.index_kind)
+                    device=args.device, text=False if args.no_text else "auto", index_kind=args.index_kind,
+                    executor=executor, executor_options=options)
     _print_summary(s)
     return 0
 
@@ -72,8 +88,34 @@ def run_update(args) -> int:
     from clipforge.retrieval.build import update_index
 
     s = update_index(args.index_dir, workers=args.workers, max_memory=args.max_memory,
-                     index_kind=args.index_kind, device=args.device)
+                     index_kind=args.index_kind, device=args.device, include_deleted=args.include_deleted)
     _print_summary(s)
+    return 0
+
+
+def run_delete(args) -> int:
+    from clipforge.errors import UsageError
+    from clipforge.retrieval.delete import delete_items
+
+    try:
+        res = delete_items(args.index_dir, ids=args.ids, paths=args.paths, filters=args.filters,
+                           dry_run=args.dry_run)
+    except UsageError as e:  # the library names its parameters; say the flags
+        msg = str(e)
+        for param, flag in (("`ids`", "--id"), ("`paths`", "--path"), ("`filters`", "--filter")):
+            msg = msg.replace(param, flag)
+        raise UsageError(msg) from None
+    if args.json:
+        print(json.dumps(res))
+        return 0
+    verb = "would delete" if args.dry_run else "deleted"
+    print(f"{args.index_dir}: {verb} {res['deleted']} items, {res['count']} left")
+    for i, k in list(zip(res["ids"], res["keys"]))[:20]:
+        print(f"  {i:>8}  {k}")
+    if res["deleted"] > 20:
+        print(f"  ... and {res['deleted'] - 20} more")
+    if res["not_found"]:
+        print(f"  not in the index: {' '.join(map(str, res['not_found'][:20]))}")
     return 0
 
 

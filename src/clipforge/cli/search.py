@@ -26,6 +26,10 @@ def register(sub):
     p.add_argument("--dedup", type=float, default=None, help="collapse hits with cosine above this (e.g. 0.95)")
     p.add_argument("--json", action="store_true", help="one JSON object per hit")
     p.add_argument("--sheet", default=None, help="write a contact-sheet PNG of the hits")
+    p.add_argument("--rerank", default=None, metavar="MODEL|INDEX",
+                   help="re-score the top candidates with a second model (a model reference) or with a second "
+                        "index of the same source built with a stronger model")
+    p.add_argument("--rerank-k", type=positive_int, default=100, help="candidates the second stage re-scores")
     p.add_argument("--device", default=None)
     p.set_defaults(func=run)
 
@@ -41,15 +45,17 @@ def run(args) -> int:
     if args.sheet and not os.path.isdir(os.path.dirname(os.path.abspath(args.sheet))):
         raise UsageError(f"--sheet {args.sheet}: folder {os.path.dirname(os.path.abspath(args.sheet))} "
                          "does not exist")
-    engine = SearchEngine(args.index_dir, device=args.device)
+    engine = SearchEngine(args.index_dir, device=args.device, rerank=args.rerank, rerank_k=args.rerank_k,
+                          rerank_options={"device": args.device} if args.rerank and args.device else None)
     hits = engine.search(args.query, args.image, k=args.k, offset=args.offset, filters=args.filter,
                          dedup=args.dedup, image_weight=args.image_weight, like=args.like)
     for h in hits:
         if args.json:
             print(json.dumps(h.to_dict(), default=str))
         else:
-            print(f"{h.rank + 1:>4}  {h.id:>8}  {h.score:.4f}  {h.metadata.get('path') or h.metadata.get('key')}"
-                  f"  {h.metadata.get('caption') or ''}")
+            stage = f"  s{h.stage}" if engine.reranker is not None else ""
+            print(f"{h.rank + 1:>4}  {h.id:>8}  {h.score:.4f}{stage}  "
+                  f"{h.metadata.get('path') or h.metadata.get('key')}  {h.metadata.get('caption') or ''}")
     if not hits and not args.json:
         print("no results")
     if args.sheet:

@@ -9,6 +9,10 @@ its own (`batches=[[0, 1, 2], [3, 4], ...]`, e.g. so that no batch straddles a s
 streaming source then yields exactly those positions in the same groups. Every planned batch is yielded,
 even one whose images were all unreadable (it has no rows but carries its skips), so callers can count and
 commit batch by batch.
+
+Each row also carries `info`: the decoded image's `width` and `height` (before preprocessing), plus whatever a
+caller's `inspect(sample, image) -> dict` returns, computed where the image is decoded (in the workers), so
+facts about the original image (content hashes, a pixel descriptor) cost no second decode.
 """
 from __future__ import annotations
 
@@ -30,16 +34,19 @@ REQUIRE = (None, "label", "caption")  # skip samples without one ("no_label" / "
 
 @dataclass
 class ImageBatch:
-    """Rows of one batch, in source order. `pixels` is (B, 3, H, W) until encoded; `feats` (B, D) after."""
+    """Rows of one batch, in source order. `pixels` is (B, 3, H, W) until encoded; `feats` (B, D) after;
+    `text_feats` (B, D) when the encoder was asked for caption embeddings too."""
 
     ids: list[str]
     captions: list[list[str]]
     labels: list[Optional[int]]
     meta: list[dict]
     positions: list[int]  # source positions of the rows (stream order for streaming sources)
+    info: list[dict] = field(default_factory=list)  # per row: width, height of the decoded image + inspect(...)
     skipped: SkipCounter = field(default_factory=SkipCounter)  # what this batch could not use
     pixels: Optional[torch.Tensor] = None
     feats: Optional[torch.Tensor] = None
+    text_feats: Optional[torch.Tensor] = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -51,15 +58,20 @@ def plan_batches(positions: Sequence[int], batch_size: int) -> list[list[int]]:
     return [positions[i:i + batch_size] for i in range(0, len(positions), batch_size)]
 
 
-def _row(sample, transform: Callable, require: Optional[str]):
-    """(pixels, sample) or raise BadSample. A transform failing on one odd image is that image's fault."""
+def _row(sample, transform: Callable, require: Optional[str], inspect: Optional[Callable] = None):
+    """(pixels, info) or raise BadSample. A transform (or inspect) failing on one odd image is that image's
+    fault."""
     try:
         if require == "label" and sample.label is None:
             raise BadSample("no_label", sample.id)
         if require == "caption" and not sample.captions:
             raise BadSample("no_caption", sample.id)
         try:
-            return transform(sample.load_image())
+            image = sample.load_image()
+            info = {"width": image.width, "height": image.height}
+            if inspect is not None:
+                info.update(inspect(sample, image))
+            return transform(image), info
         except BadSample:
             raise
         except Exception as e:  # noqa: BLE001 - one bad image must not end a long job
@@ -69,15 +81,16 @@ def _row(sample, transform: Callable, require: Optional[str]):
         sample.drop_image()  # keep memory flat on big sources
 
 
-def _build(pairs, transform: Callable, require: Optional[str], skipped: SkipCounter) -> ImageBatch:
+def _build(pairs, transform: Callable, require: Optional[str], skipped: SkipCounter,
+           inspect: Optional[Callable] = None) -> ImageBatch:
     """pairs: (position, sample or BadSample raised when reading it) -> one ImageBatch."""
-    pixels, batch = [], ImageBatch([], [], [], [], [], skipped)
+    pixels, batch = [], ImageBatch([], [], [], [], [], skipped=skipped)
     for pos, sample in pairs:
         if isinstance(sample, BadSample):
             skipped.add(f"index {pos}", sample.reason)
             continue
         try:
-            px = _row(sample, transform, require)
+            px, info = _row(sample, transform, require, inspect)
         except BadSample as e:
             skipped.add(sample.id, e.reason)
             continue
@@ -87,6 +100,7 @@ def _build(pairs, transform: Callable, require: Optional[str], skipped: SkipCoun
         batch.labels.append(sample.label)
         batch.meta.append(dict(sample.meta))
         batch.positions.append(pos)
+        batch.info.append(info)
     batch.pixels = torch.stack(pixels) if pixels else torch.empty(0)
     return batch
 
@@ -101,22 +115,25 @@ def _read(source, pos: int):
 class _PlannedBatches(torch.utils.data.Dataset):
     """Item b = planned batch b, read, decoded and preprocessed (in a DataLoader worker)."""
 
-    def __init__(self, source, plan: list[list[int]], transform: Callable, require: Optional[str]):
+    def __init__(self, source, plan: list[list[int]], transform: Callable, require: Optional[str],
+                 inspect: Optional[Callable] = None):
         self.source, self.plan, self.transform, self.require = source, plan, transform, require
+        self.inspect = inspect
 
     def __len__(self) -> int:
         return len(self.plan)
 
     def __getitem__(self, b: int) -> ImageBatch:
         pairs = [(pos, _read(self.source, pos)) for pos in self.plan[b]]
-        return _build(pairs, self.transform, self.require, SkipCounter(max_samples=len(pairs) + 1))
+        return _build(pairs, self.transform, self.require, SkipCounter(max_samples=len(pairs) + 1), self.inspect)
 
 
 def _first(x):
     return x
 
 
-def _stream(source, plan: Optional[list[list[int]]], batch_size: int, transform, require) -> Iterator[ImageBatch]:
+def _stream(source, plan: Optional[list[list[int]]], batch_size: int, transform, require,
+            inspect=None) -> Iterator[ImageBatch]:
     """A streaming source, read once in order: the planned groups of positions, or runs of batch_size."""
     source.skipped = SkipCounter()  # the reader adds broken shards / members met during this pass
     if plan is None:
@@ -124,10 +141,10 @@ def _stream(source, plan: Optional[list[list[int]]], batch_size: int, transform,
         for pos, sample in enumerate(source):
             chunk.append((pos, sample))
             if len(chunk) == batch_size:
-                yield _build(chunk, transform, require, SkipCounter(max_samples=batch_size + 1))
+                yield _build(chunk, transform, require, SkipCounter(max_samples=batch_size + 1), inspect)
                 chunk = []
         if chunk:
-            yield _build(chunk, transform, require, SkipCounter(max_samples=len(chunk) + 1))
+            yield _build(chunk, transform, require, SkipCounter(max_samples=len(chunk) + 1), inspect)
         return
     where = {pos: b for b, group in enumerate(plan) for pos in group}
     pending: dict[int, list] = {}
@@ -138,22 +155,26 @@ def _stream(source, plan: Optional[list[list[int]]], batch_size: int, transform,
             continue
         pending.setdefault(b, []).append((pos, sample))
         while nxt < len(plan) and len(pending.get(nxt, ())) == len(plan[nxt]):
-            yield _build(pending.pop(nxt, []), transform, require, SkipCounter(max_samples=len(plan[nxt]) + 1))
+            yield _build(pending.pop(nxt, []), transform, require, SkipCounter(max_samples=len(plan[nxt]) + 1),
+                         inspect)
             nxt += 1
     for b in range(nxt, len(plan)):  # the stream ended early: what arrived of the remaining groups
-        yield _build(pending.pop(b, []), transform, require, SkipCounter(max_samples=len(plan[b]) + 1))
+        yield _build(pending.pop(b, []), transform, require, SkipCounter(max_samples=len(plan[b]) + 1), inspect)
 
 
 def iter_image_batches(source, transform: Callable, batch_size: int = 256, *, batches=None, workers: int = 0,
                        require: Optional[str] = None, skipped: Optional[SkipCounter] = None,
                        progress: Optional[bool] = None, desc: str = "images",
-                       worker_init_fn: Optional[Callable[[int], None]] = None) -> Iterator[ImageBatch]:
+                       worker_init_fn: Optional[Callable[[int], None]] = None,
+                       inspect: Optional[Callable] = None) -> Iterator[ImageBatch]:
     """Yield every planned batch of `source`, decoded and preprocessed by `transform`, in plan order.
 
     `skipped` (when given) accumulates every batch's skips; a whole pass (no `batches`) also counts what the
     source found wrong when it was opened (e.g. a malformed manifest row) and, for a streaming source, the
     broken shards met while reading. `require`: "label" / "caption" skips samples without one.
-    `progress`: True / False forces the bar; None shows it on a terminal only.
+    `progress`: True / False forces the bar; None shows it on a terminal only. `inspect(sample, image) -> dict`
+    adds facts about each decoded image to its row's `info` (it runs in the decoding workers, so it must be
+    picklable: a module-level function or a `functools.partial` of one).
     """
     if require not in REQUIRE:
         raise UsageError(f"`require` must be one of {REQUIRE}, got {require!r}")
@@ -170,10 +191,10 @@ def iter_image_batches(source, transform: Callable, batch_size: int = 256, *, ba
     disable = None if progress is None else not progress
     if getattr(source, "random_access", False):
         kw = {"prefetch_factor": 2, "worker_init_fn": worker_init_fn} if workers > 0 else {}
-        it = torch.utils.data.DataLoader(_PlannedBatches(source, plan, transform, require), batch_size=None,
+        it = torch.utils.data.DataLoader(_PlannedBatches(source, plan, transform, require, inspect), batch_size=None,
                                          shuffle=False, num_workers=workers, collate_fn=_first, **kw)
     else:
-        it = _stream(source, plan, batch_size, transform, require)
+        it = _stream(source, plan, batch_size, transform, require, inspect)
     with tqdm(total=total, desc=desc, unit="img", disable=disable) as bar:
         for batch in it:
             if skipped is not None:

@@ -137,18 +137,32 @@ class Encoder:
     def iter_source(self, source, batch_size: int = 256, *, batches=None, workers: int = 0,
                     require: Optional[str] = None, skipped: Optional[SkipCounter] = None,
                     progress: Optional[bool] = None, desc: str = "images", normalize: bool = True,
-                    worker_init_fn=None) -> Iterator[ImageBatch]:
+                    worker_init_fn=None, inspect=None, captions: bool = False) -> Iterator[ImageBatch]:
         """Yield every planned batch of `source` with `feats` (B, D) set and the pixels released.
 
         Options are those of `clipforge.encode.batches.iter_image_batches` (a custom `batches` plan,
-        decoding `workers`, `require` a label or caption, a `skipped` counter to fill).
+        decoding `workers`, `require` a label or caption, a `skipped` counter to fill, an `inspect` hook whose
+        facts about each decoded image land in `batch.info`). `captions`: also set `text_feats` (B, D), the
+        embedding of each row's first caption (a zero row where it has none), so a pair job gets both towers'
+        output for the same rows in one pass.
         """
         for batch in iter_image_batches(source, self.preprocess, batch_size, batches=batches, workers=workers,
                                         require=require, skipped=skipped, progress=progress, desc=desc,
-                                        worker_init_fn=worker_init_fn):
+                                        worker_init_fn=worker_init_fn, inspect=inspect):
             batch.feats = self.encode_pixels(batch.pixels, normalize=normalize)
             batch.pixels = None
+            if captions:
+                batch.text_feats = self.encode_first_captions(batch.captions, normalize=normalize)
             yield batch
+
+    def encode_first_captions(self, captions: Sequence[Sequence[str]], *, normalize: bool = True) -> torch.Tensor:
+        """Each row's first caption -> (N, D) float32; rows without a caption (or with an empty one) get zeros."""
+        first = [c[0] if c else "" for c in captions]
+        out = torch.zeros(len(first), self.embed_dim)
+        has = [i for i, c in enumerate(first) if c]
+        if has:
+            out[has] = self.encode_texts([first[i] for i in has], normalize=normalize)
+        return out
 
     def encode_source(self, source, batch_size: int = 256, *, workers: int = 0, require: Optional[str] = None,
                       progress: Optional[bool] = None, desc: str = "images",

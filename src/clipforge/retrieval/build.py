@@ -17,6 +17,7 @@ in the same order, the same batches, and get the same ids. Files that could not 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -37,6 +38,7 @@ from clipforge.encode import Encoder
 from clipforge.errors import ClipforgeError, UsageError
 from clipforge.retrieval.index import KINDS, IndexSpec, VectorIndex, choose_index, tune_recall
 from clipforge.retrieval.store import EmbeddingStore, atomic_write_json
+from clipforge.scale import EXECUTORS, EncodeJob, Executor, create_executor
 
 log = logging.getLogger("clipforge.retrieval")
 INFO_FILE, INDEX_FILE = "index.json", "index.faiss"
@@ -103,8 +105,13 @@ def _metadata_table(captions: list[list[str]], meta: list[dict]) -> pa.Table:
 
 
 def _embed(store: EmbeddingStore, source, indices: list[int], encoder: Encoder, info: dict, info_path: Path, *,
-           batch_size: int, shard_size: int, workers: int, replace: bool, progress, on_batch) -> dict:
-    """Embed source[indices] into the store, one atomic shard per `shard_size` samples."""
+           batch_size: int, shard_size: int, workers: int, replace: bool, progress, on_batch,
+           runner: Executor | None = None) -> dict:
+    """Embed source[indices] into the store, one atomic shard per `shard_size` samples.
+
+    `runner`: a `clipforge.scale` executor that encodes the planned batches elsewhere (e.g. on a Ray cluster),
+    one shard per unit of work; None encodes them here with `encoder`. Either way the shards are committed
+    here, in plan order."""
     text = "text" in store.modalities
     shards = [indices[i:i + shard_size] for i in range(0, len(indices), shard_size)]
     batches, shard_of = [], []  # batches never straddle shards, so a resume re-forms the same batches
@@ -116,18 +123,12 @@ def _embed(store: EmbeddingStore, source, indices: list[int], encoder: Encoder, 
     added: list[np.ndarray] = []
     n_done, t0 = 0, time.perf_counter()
     bar = tqdm(total=len(indices), desc="embedding", unit="img", disable=None if progress is None else not progress)
-    pending = {"keys": [], "img": [], "captions": [], "meta": []}
+    pending = {"keys": [], "img": [], "txt": [], "captions": [], "meta": []}
 
     def commit():
         if pending["keys"]:
             img = np.concatenate(pending["img"])  # (N, D)
-            txt = None
-            if text:
-                caps = [c[0] if c else "" for c in pending["captions"]]
-                has = np.array([bool(c) for c in caps])
-                txt = np.zeros_like(img)  # rows without a caption get a zero text vector
-                if has.any():
-                    txt[has] = encoder.encode_texts([c for c in caps if c]).numpy()
+            txt = np.concatenate(pending["txt"]) if text else None  # rows without a caption: zero vectors
             added.append(store.append(pending["keys"], img, txt, _metadata_table(pending["captions"],
                                                                                   pending["meta"]),
                                       replace=replace))
@@ -140,14 +141,19 @@ def _embed(store: EmbeddingStore, source, indices: list[int], encoder: Encoder, 
     # held and block the resume. Each worker closes its copy (the parent's stays locked).
     init = functools.partial(_close_fd, lock_fd) if lock_fd is not None else None
     try:
-        it = encoder.iter_source(source, batch_size, batches=batches, workers=workers, progress=False,
-                                 worker_init_fn=init)
+        if runner is not None:
+            it = runner.iter_batches(batches, shard_of, source=source)
+        else:
+            it = encoder.iter_source(source, batch_size, batches=batches, workers=workers, progress=False,
+                                     worker_init_fn=init, captions=text)
         for b, batch in enumerate(it):
             for key, reason in batch.skipped.samples:
                 skipped.add(key, reason)
                 info["bad"][key] = reason
             if batch.ids:
                 pending["img"].append(batch.feats.numpy())
+                if text:
+                    pending["txt"].append(batch.text_feats.numpy())
                 pending["keys"] += batch.ids
                 pending["captions"] += batch.captions
                 pending["meta"] += [{**m, **({"label": y} if y is not None else {})}
@@ -197,7 +203,7 @@ def build_faiss(index_dir, max_memory=None, kind: str = "auto", target_recall: f
     t0 = time.perf_counter()
     vi = VectorIndex.build(x, ids, spec.kind, **spec.params)
     out = {"kind": spec.kind, "reason": spec.reason, "n": n, "dim": d,
-           "build_s": round(time.perf_counter() - t0, 3)}
+           "build_s": round(time.perf_counter() - t0, 3), "store_generation": store.generation}
     if spec.kind != "flat" and n:
         rng = np.random.default_rng(seed)
         q = x[rng.choice(n, min(n, RECALL_QUERIES), replace=False)]
@@ -215,15 +221,20 @@ def build_index(source: str, model: str, out_dir, *, batch_size: int = 64, worke
                 max_memory=None, precision: str = "auto", shard_size: int = DEFAULT_SHARD_SIZE,
                 device=None, text: str | bool = "auto", index_kind: str = "auto", progress: bool | None = None,
                 source_options: dict | None = None,
-                on_batch: Callable[[dict], None] | None = None) -> dict:
+                on_batch: Callable[[dict], None] | None = None, executor: str = "local",
+                executor_options: dict | None = None) -> dict:
     """Embed every image of a data-layer source into out_dir, then build its faiss index.
 
     Re-running on the same out_dir resumes a killed build (same source and model required). text: "auto"
-    stores caption embeddings (text_emb/) when the source has captions. Returns a summary (also index.json).
+    stores caption embeddings (text_emb/) when the source has captions. `index_kind` None embeds only (no
+    index.faiss; a later build on the same out_dir adds it). `executor`: "local" (this process) or "ray"
+    (a Ray cluster, `executor_options` as `clipforge.scale.RayExecutor` declares them: address,
+    num_workers, ...); the shards and their ids are the same. Returns a summary (also index.json).
     """
     if batch_size < 1 or shard_size < 1 or workers < 0:
         raise UsageError(f"need batch_size >= 1, shard_size >= 1, workers >= 0; got {batch_size}, "
                          f"{shard_size}, {workers}")
+    EXECUTORS.check(executor, executor_options or {})  # a misplaced option fails before any work
     root = Path(out_dir)
     info_path = root / INFO_FILE
     ref = str(Path(model).resolve()) if Path(model).is_dir() else str(model)
@@ -237,11 +248,15 @@ def build_index(source: str, model: str, out_dir, *, batch_size: int = 64, worke
                              "use `clipforge index update` for it, or choose another `out_dir`")
         precision = info["precision"]  # a resumed build embeds exactly like the first run
     src = open_source(source, **(source_options or {}))
-    enc = Encoder.load(ref, device=device, precision=precision)
-    prec = enc.precision
     positions = _keys_of(src)
     if text == "auto":
         text = any(s.captions for _, s in positions[:64])
+    text = bool(info["text"]) if info is not None else bool(text)
+    job = EncodeJob(source, ref, dict(source_options or {}), precision=precision, device=device, captions=text,
+                    workers=workers)
+    runner = create_executor(executor, job, **(executor_options or {})) if executor != "local" else None
+    enc = Encoder.load(ref, device=device, precision=precision) if runner is None else None
+    prec, dim = (enc.precision, enc.embed_dim) if runner is None else (runner.precision, runner.embed_dim)
     if info is None:
         info = {"format": "clipforge-index", "version": INFO_VERSION, "source": source, "paths": "absolute",
                 "source_options": source_options or {}, "model": ref, "precision": prec, "text": bool(text),
@@ -249,8 +264,9 @@ def build_index(source: str, model: str, out_dir, *, batch_size: int = 64, worke
                 "created": time.time()}
     mods = ("img", "text") if info["text"] else ("img",)
     root.mkdir(parents=True, exist_ok=True)
-    with EmbeddingStore.create(root, enc.embed_dim, model={"ref": ref, "precision": prec},
-                               modalities=mods, exist_ok=True) as store:
+    with runner if runner is not None else contextlib.nullcontext(), \
+            EmbeddingStore.create(root, dim, model={"ref": ref, "precision": prec},
+                                  modalities=mods, exist_ok=True) as store:
         atomic_write_json(info_path, info)
         done, bad = store.done_keys(), set(info["bad"])
         todo = [i for i, s in positions if s.id not in done and s.id not in bad]
@@ -259,17 +275,24 @@ def build_index(source: str, model: str, out_dir, *, batch_size: int = 64, worke
             log.info("resuming: %d samples already embedded, %d to go", resumed, len(todo))
         res = _embed(store, src, todo, enc, info, info_path, batch_size=info["batch_size"],
                      shard_size=info["shard_size"], workers=workers, replace=False, progress=progress,
-                     on_batch=on_batch)
+                     on_batch=on_batch, runner=runner)
+    res["executor"] = runner.describe() if runner is not None else {"executor": "local"}
     return _finish(root, info, res, max_memory, index_kind, {"resumed_from": resumed})
 
 
 def update_index(index_dir, *, workers: int = 0, max_memory=None, index_kind: str | None = None,
-                 progress: bool | None = None, device=None, on_batch=None) -> dict:
+                 progress: bool | None = None, device=None, on_batch=None, include_deleted: bool = False) -> dict:
     """Bring an index up to date with its source: embed new files, re-embed changed ones (size, mtime or
-    caption differ; they keep their ids), remove deleted ones, retry files that failed before."""
+    caption differ; they keep their ids), remove deleted ones, retry files that failed before.
+
+    Items removed with `delete_items` stay out (their keys are listed under "excluded" in index.json);
+    `include_deleted` clears that list, so they come back (with new ids: an id is never reused)."""
     root = Path(index_dir)
     info = read_info(root)
     info_path = root / INFO_FILE
+    if include_deleted:
+        info["excluded"] = {}
+    excluded = set(info.get("excluded", {}))
     src = open_source(info["source"], **info.get("source_options", {}))
     enc = Encoder.load(info["model"], device=device, precision=info["precision"])
     with EmbeddingStore.open(root, writable=True) as store:
@@ -280,6 +303,8 @@ def update_index(index_dir, *, workers: int = 0, max_memory=None, index_kind: st
         retry = set(info["bad"])
         for i, s in positions:
             seen.add(s.id)
+            if s.id in excluded:
+                continue
             r = old.get(s.id)
             cap = s.captions[0] if s.captions else ""
             if r is None:
@@ -294,29 +319,45 @@ def update_index(index_dir, *, workers: int = 0, max_memory=None, index_kind: st
         res = _embed(store, src, todo, enc, info, info_path, batch_size=info["batch_size"],
                      shard_size=info["shard_size"], workers=workers, replace=True, progress=progress,
                      on_batch=on_batch)
-    extra = {"added": added, "changed": changed, "deleted": deleted, "retried": len(retry & seen)}
+    extra = {"added": added, "changed": changed, "deleted": deleted, "retried": len(retry & seen),
+             "excluded": len(excluded & seen)}
     kind = index_kind or info.get("index", {}).get("requested_kind", "auto")
-    unchanged = not (todo or deleted) and (root / INDEX_FILE).exists() and index_kind is None and max_memory is None
+    unchanged = not (todo or deleted) and index_kind is None and max_memory is None and _index_current(root, info)
     return _finish(root, info, res, max_memory or info.get("max_memory"), kind, extra, rebuild=not unchanged)
 
 
 def _finish(root: Path, info: dict, res: dict, max_memory, index_kind: str, extra: dict,
             rebuild: bool = True) -> dict:
-    if rebuild:
+    if rebuild and index_kind is not None:
         info["index"] = {**build_faiss(root, max_memory, index_kind), "requested_kind": index_kind}
     with EmbeddingStore.open(root) as store:
         stats = store.stats()
-    info.update({"status": "complete", "updated": time.time(), "max_memory": max_memory,
+    info.update({"status": "complete" if "index" in info else "embedded", "updated": time.time(),
+                 "max_memory": max_memory,
                  "count": stats["live"], "deleted_rows": stats["deleted"],
                  "skipped": {"total": len(info["bad"]), "by_reason": _by_reason(info["bad"])},
                  "last_run": {"embedded": res["embedded"], "skipped_this_run": res["skipped"].total,
                               "seconds": round(res["seconds"], 3),
-                              "images_per_s": round(res["images_per_s"], 2), **extra}})
+                              "images_per_s": round(res["images_per_s"], 2),
+                              **({"executor": res["executor"]} if "executor" in res else {}), **extra}})
     atomic_write_json(root / INFO_FILE, info)
     if res["skipped"].total:
         log.warning("skipped %d unreadable files: %s", res["skipped"].total, dict(res["skipped"]))
-    return {**{k: info[k] for k in ("source", "model", "precision", "count", "skipped", "index")},
+    return {**{k: info.get(k) for k in ("source", "model", "precision", "count", "skipped", "index")},
             **info["last_run"], "out_dir": str(root), "skipped_samples": res["skipped"].as_dict()["samples"]}
+
+
+def _index_current(root: Path, info: dict) -> bool:
+    """Whether index.faiss exists and reflects the store's latest commit (see `sync.py`). index.json is
+    written after index.faiss, so a generation recorded there is never newer than the file's; an index
+    without one (merged from shards by hand) counts as current, as it always did."""
+    if not (root / INDEX_FILE).exists():
+        return False
+    g = info.get("index", {}).get("store_generation")
+    if g is None:
+        return True
+    with EmbeddingStore.open(root) as store:
+        return int(g) == store.generation
 
 
 def _by_reason(bad: dict) -> dict:

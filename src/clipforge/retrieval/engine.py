@@ -5,93 +5,202 @@ model that embeds queries — shared by `clipforge search`, the HTTP service and
     for hit in engine.search("a red bicycle", k=10, filters=["path~*/2023/*"]):
         print(hit.rank, hit.id, hit.score, hit.metadata["path"])
 
-Queries embed with the model and precision the index was built with (index.json). Model calls are
-serialised by a lock (one forward at a time uses all cores better than several competing ones); text query
-embeddings are kept in a small LRU cache, since users and web pages repeat queries.
-"""
+Queries embed with the model and precision the index was built with (index.json). Text query embeddings go
+through a `TextEmbeddingCache`: repeated texts come from an LRU cache, and the misses of concurrent callers
+share one forward (micro-batches). One model forward runs at a time (several competing ones only fight over
+the same cores).
 
+Live updates: the index directory's state is an immutable `IndexView`. `refresh()` loads a new view when the
+directory changed (`index update`, `index delete`, a rebuild) and swaps it in with one reference assignment:
+a search in flight keeps the view it started with, the next one sees the new one. `watch()` calls
+`refresh()` from a background thread. A view whose index file lags its store (a writer killed between
+the two, or caught mid-update) is synced in memory (`sync.py`), so a deleted item never comes back.
+
+Two-stage search: with `rerank` (a second model, or a second index of the same source: `retrieval/rerank`),
+the first `rerank_k` hits are re-scored by the second model; each hit says which stage scored it.
+"""
 from __future__ import annotations
 
+import logging
+import os
 import threading
-from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from clipforge.encode import Encoder, TextEmbeddingCache
 from clipforge.errors import ClipforgeError, UsageError
-from clipforge.retrieval.build import INDEX_FILE, read_info
-from clipforge.encode import Encoder
+from clipforge.retrieval.build import INDEX_FILE, INFO_FILE, read_info
 from clipforge.retrieval.index import VectorIndex
-from clipforge.retrieval.query import Hit, Searcher, Term, embed_query, parse_query
+from clipforge.retrieval.query import Hit, Searcher, Term, compose_vector, parse_query
+from clipforge.retrieval.rerank import DEFAULT_RERANK_K, Reranker, create_reranker, rerank_hits
 from clipforge.retrieval.sharded import open_index
 from clipforge.retrieval.store import EmbeddingStore
+from clipforge.retrieval.sync import sync_index
+
+__all__ = ["SearchEngine", "IndexView", "index_signature"]
+
+log = logging.getLogger("clipforge.retrieval")
+_WATCHED = ("manifest.json", INFO_FILE, INDEX_FILE)
 
 
-class SearchEngine:
-    def __init__(self, index_dir, device=None, model=None, text_cache: int = 4096):
-        self.root = Path(index_dir)
+def index_signature(root) -> tuple:
+    """What changes when any writer commits to an index directory: (inode, mtime, size) of the store
+    manifest, index.json and index.faiss (every one is replaced atomically, so a new inode each time)."""
+    out = []
+    for name in _WATCHED:
+        try:
+            st = os.stat(Path(root) / name)
+            out.append((st.st_ino, st.st_mtime_ns, st.st_size))
+        except OSError:
+            out.append(None)
+    return tuple(out)
+
+
+class IndexView:
+    """One consistent state of an index directory, loaded once and never changed afterwards."""
+
+    def __init__(self, root):
+        self.root = Path(root)
+        self.signature = index_signature(self.root)  # taken first: a change while loading is seen next time
         self.info = read_info(self.root)
-        store = EmbeddingStore.open(self.root)
-        self.store_stats = store.stats()
-        x, ids = store.load("img")  # (N, D) float32 unit rows, (N,) int64
-        self.metadata = store.metadata()
+        with EmbeddingStore.open(self.root) as store:
+            self.store_stats = store.stats()
+            self.generation = store.generation
+            x, ids = store.load("img")  # (N, D) float32 unit rows, (N,) int64
+            self.metadata = store.metadata()
         p = self.root / INDEX_FILE
-        self.index = open_index(p) if p.exists() else VectorIndex.build(x, ids, "flat")  # file or shards
-        self.searcher = Searcher(self.index, self.metadata, x, ids)
+        self.synced: dict = {}
+        if p.exists():
+            index = open_index(p)  # a file, or a manifest of shards
+            try:
+                index, self.synced = sync_index(index, x, ids, self.generation)
+            except (RuntimeError, ClipforgeError) as e:  # e.g. lists on a read-only disk: stale ids are dropped
+                log.warning("%s lags its store and could not be synced in memory (%s)", p, e)
+        else:
+            index = VectorIndex.build(x, ids, "flat")
+        self.index = index
+        self.searcher = Searcher(index, self.metadata, x, ids)
         self.dim = x.shape[1]
         cols = self.metadata.column_names
         paths = self.metadata.column("path").to_pylist() if "path" in cols else [None] * len(ids)
         # The only way from a request to a file: an id present in the index maps to its recorded path.
-        self._paths = {int(i): p for i, p in zip(self.metadata.column("id").to_pylist(), paths) if p}
+        self.paths = {int(i): p for i, p in zip(self.metadata.column("id").to_pylist(), paths) if p}
+
+    @property
+    def model_key(self) -> tuple:
+        return (str(self.info["model"]), str(self.info["precision"]))
+
+
+class SearchEngine:
+    """Queries over one index directory (see the module docstring).
+
+    model: an already loaded model or Encoder for queries (default: the index's, loaded on first use).
+    text_cache: texts whose embeddings are kept (0: none); text_batch: most texts per text forward.
+    rerank: a second stage (`create_reranker`: a model reference, an index directory, or a Reranker), with
+    rerank_options for its kind; rerank_k: candidates it re-scores.
+    """
+
+    def __init__(self, index_dir, device=None, model=None, text_cache: int = 4096, *, text_batch: int = 64,
+                 rerank: Any = None, rerank_k: int = DEFAULT_RERANK_K, rerank_options: Optional[dict] = None):
+        self.root = Path(index_dir)
+        self.view = IndexView(self.root)
         self._device = device
         if model is not None and not isinstance(model, Encoder):
-            model = Encoder.from_model(model, precision=self.info["precision"])
+            model = Encoder.from_model(model, precision=self.view.info["precision"])
         self._encoder = model  # None: loaded on first use
-        self._lock = threading.Lock()
-        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
-        self._cache_size = text_cache
-        self.cache_hits = 0
+        self._encoder_key = self.view.model_key
+        self._model_lock = threading.Lock()  # one forward at a time
+        self._load_lock = threading.Lock()
+        self._refresh_lock = threading.Lock()
+        self.texts = TextEmbeddingCache(self.encode_text_uncached, text_cache, text_batch)
+        if int(rerank_k) < 1:
+            raise UsageError(f"`rerank_k` must be >= 1, got {rerank_k}")
+        self.rerank_k = int(rerank_k)
+        self.reranker: Optional[Reranker] = None
+        if rerank is not None:
+            self.reranker = create_reranker(rerank, **(rerank_options or {}))
+        elif rerank_options:
+            raise UsageError("`rerank_options` need `rerank` (a model reference or an index directory)")
+        self.reloads = 0
+        self._watcher: Optional[_Watcher] = None
+
+    # -- the current view (read once per operation: a refresh may swap it at any time) --
+    info = property(lambda self: self.view.info)
+    metadata = property(lambda self: self.view.metadata)
+    searcher = property(lambda self: self.view.searcher)
+    index = property(lambda self: self.view.index)
+    dim = property(lambda self: self.view.dim)
+    store_stats = property(lambda self: self.view.store_stats)
+    cache_hits = property(lambda self: self.texts.hits)
 
     # -- the model --
     @property
     def encoder(self) -> Encoder:
         """The index's model in the index's precision (loaded on first use)."""
-        with self._lock:
+        with self._load_lock:
             if self._encoder is None:
-                self._encoder = Encoder.load(self.info["model"], device=self._device, precision=self.info["precision"])
+                ref, precision = self._encoder_key
+                self._encoder = Encoder.load(ref, device=self._device, precision=precision)
             return self._encoder
 
+    def encode_text_uncached(self, texts: list[str]) -> np.ndarray:
+        """(n, D) float32 in one forward (under the model lock), bypassing the cache: for prompt sets that
+        would only crowd the queries out of it."""
+        encoder = self.encoder
+        with self._model_lock:
+            return encoder.encode_texts(texts).numpy()
+
     def encode_text(self, texts: Sequence[str]) -> np.ndarray:
-        """(n, D) float32, cached per text."""
-        missing = [t for t in dict.fromkeys(texts) if t not in self._cache]
-        encoder = self.encoder if missing else None
-        with self._lock:
-            if missing:
-                for t, v in zip(missing, encoder.encode_texts(missing).numpy()):
-                    self._cache[t] = v
-                while len(self._cache) > self._cache_size:
-                    self._cache.popitem(last=False)
-            else:
-                self.cache_hits += 1
-            out = []
-            for t in texts:
-                self._cache.move_to_end(t)
-                out.append(self._cache[t])
-        return np.stack(out)
+        """(n, D) float32: cached per text; concurrent callers' misses share a forward."""
+        return self.texts(list(texts))
 
     def encode_image(self, images: Sequence) -> np.ndarray:
         """(n, D) float32 for images given as paths, bytes or PIL images (`clipforge.encode.open_image`)."""
         encoder = self.encoder
-        with self._lock:
+        with self._model_lock:
             return encoder.encode_images(list(images)).numpy()
 
+    @property
+    def model_key(self) -> tuple:
+        """(model reference, precision) of the model queries are embedded with."""
+        return self._encoder_key
+
+    # -- live updates --
+    def refresh(self, force: bool = False) -> bool:
+        """Load the index directory again if it changed (or `force`), then swap the new view in. Returns
+        whether it swapped. The model is reloaded only if the index now names another model or precision."""
+        with self._refresh_lock:
+            if not force and index_signature(self.root) == self.view.signature:
+                if self.reranker is not None:
+                    self.reranker.refresh()
+                return False
+            view = IndexView(self.root)
+            if view.model_key != self._encoder_key:  # rebuilt with another model: its queries need that one
+                ref, precision = view.model_key
+                encoder = Encoder.load(ref, device=self._device, precision=precision)
+                with self._load_lock:
+                    self._encoder, self._encoder_key = encoder, view.model_key
+                self.texts.clear()
+            self.view = view  # the swap: one reference assignment
+            self.reloads += 1
+            if self.reranker is not None:
+                self.reranker.refresh()
+            return True
+
+    def watch(self, interval: float = 0.25) -> "_Watcher":
+        """Refresh from a daemon thread every `interval` seconds (idempotent); `.stop()` ends it."""
+        if self._watcher is None or not self._watcher.is_alive():
+            self._watcher = _Watcher(self, interval)
+            self._watcher.start()
+        return self._watcher
+
     # -- queries --
-    def query_vector(self, text: str | None = None, image: Any = None, *, text_weight: float = 1.0,
-                     image_weight: float = 1.0, terms: Sequence[Term] = (), like: int | None = None,
-                     like_weight: float = 1.0, allow_paths: bool = True, base_dir=None) -> np.ndarray:
-        """(D,) unit query vector from a query string (the query language), an image (path, bytes or PIL),
-        extra terms, and/or an indexed item's own vector (`like`: "more like this")."""
+    def query_terms(self, text: str | None = None, image: Any = None, *, text_weight: float = 1.0,
+                    image_weight: float = 1.0, terms: Sequence[Term] = (), allow_paths: bool = True,
+                    base_dir=None) -> list[Term]:
+        """The weighted terms of a query string (the query language), an image and extra terms."""
         all_terms = list(terms)
         if text is not None and text.strip():
             for t in parse_query(text, allow_paths=allow_paths, base_dir=base_dir):
@@ -99,45 +208,100 @@ class SearchEngine:
                 all_terms.append(t)
         if image is not None:
             all_terms.append(Term("image", image, image_weight))
-        v = np.zeros(self.dim, np.float32)
-        if all_terms:
-            v += embed_query(all_terms, self.encode_text, self.encode_image)
-        if like is not None:
-            if not self.has_id(like):
-                raise UsageError(f"like: no item with id {like} in this index")
-            v += like_weight * self.searcher.vectors_of([int(like)])[0]
-        elif not all_terms:
-            raise UsageError("a query needs text, an image, terms, or `like` (an item id)")
-        norm = float(np.linalg.norm(v))
-        if norm < 1e-6:
-            raise UsageError("the query's terms cancel out (their weighted sum is zero)")
-        return v / norm
+        return all_terms
+
+    def _like(self, view: IndexView, like: Optional[int]) -> Optional[int]:
+        if like is not None and not view.searcher.known([like])[0]:
+            raise UsageError(f"like: no item with id {like} in this index")
+        return like
+
+    def query_vector(self, text: str | None = None, image: Any = None, *, text_weight: float = 1.0,
+                     image_weight: float = 1.0, terms: Sequence[Term] = (), like: int | None = None,
+                     like_weight: float = 1.0, allow_paths: bool = True, base_dir=None) -> np.ndarray:
+        """(D,) unit query vector from a query string (the query language), an image (path, bytes or PIL),
+        extra terms, and/or an indexed item's own vector (`like`: "more like this")."""
+        view = self.view
+        all_terms = self.query_terms(text, image, text_weight=text_weight, image_weight=image_weight,
+                                     terms=terms, allow_paths=allow_paths, base_dir=base_dir)
+        return self._vector(view, all_terms, self._like(view, like), like_weight)
+
+    def _vector(self, view: IndexView, terms: list[Term], like: Optional[int], like_weight: float) -> np.ndarray:
+        like_vecs = [] if like is None else [(view.searcher.vectors_of([int(like)])[0], like_weight)]
+        return compose_vector(terms, self.encode_text, self.encode_image, like_vecs)
 
     def search(self, text: str | None = None, image: Any = None, *, k: int = 20, offset: int = 0,
-               filters: Sequence[str] = (), dedup: float | None = None, **query) -> list[Hit]:
-        q = self.query_vector(text, image, **query)
-        return self.searcher.search(q, k=k, offset=offset, filters=list(filters), dedup=dedup)
+               filters: Sequence[str] = (), dedup: float | None = None, rerank: Optional[bool] = None,
+               text_weight: float = 1.0, image_weight: float = 1.0, terms: Sequence[Term] = (),
+               like: int | None = None, like_weight: float = 1.0, allow_paths: bool = True,
+               base_dir=None) -> list[Hit]:
+        """Hits offset..offset+k-1. With a reranker (and `rerank` not False), the first stage's top
+        `rerank_k` (after filters and dedup) are re-scored by the second model and come first; hits beyond
+        them keep the first stage's order and score (`stage` 1)."""
+        view = self.view  # this search finishes on this view, whatever refresh() does meanwhile
+        all_terms = self.query_terms(text, image, text_weight=text_weight, image_weight=image_weight,
+                                     terms=terms, allow_paths=allow_paths, base_dir=base_dir)
+        like = self._like(view, like)
+        q = self._vector(view, all_terms, like, like_weight)
+        if rerank and self.reranker is None:
+            raise UsageError("`rerank` asked for, but this engine has no second stage (give `rerank=`)")
+        if self.reranker is None or rerank is False:
+            return view.searcher.search(q, k=k, offset=offset, filters=list(filters), dedup=dedup)
+        if k < 1 or offset < 0:
+            raise UsageError(f"need k >= 1 and offset >= 0, got k={k}, offset={offset}")
+        hits = view.searcher.search(q, k=max(self.rerank_k, offset + k), filters=list(filters), dedup=dedup)
+        like_items = [] if like is None else [({"id": int(like), **view.searcher.metadata_rows([int(like)])[0]},
+                                               like_weight)]
+        q2 = self.reranker.query_vector(all_terms, like_items)
+        ranked = rerank_hits(self.reranker, hits[:self.rerank_k], q2) + hits[self.rerank_k:]
+        return ranked[offset:offset + k]
 
     # -- items --
     def has_id(self, item_id: int) -> bool:
-        try:
-            self.searcher.vectors_of([int(item_id)])
-            return True
-        except ClipforgeError:
-            return False
+        return bool(self.view.searcher.known([item_id])[0])
 
     def item(self, item_id: int) -> dict | None:
-        rows = self.searcher._metadata_rows([int(item_id)])
+        rows = self.view.searcher.metadata_rows([int(item_id)])
         return {"id": int(item_id), **rows[0]} if rows and rows[0] else None
 
     def path_of(self, item_id: int) -> str | None:
         """The indexed file of this id, or None (unknown id, or an item stored without a local file)."""
-        return self._paths.get(int(item_id))
+        return self.view.paths.get(int(item_id))
 
     def stats(self) -> dict:
-        idx = self.info.get("index", {})
-        return {"count": len(self.index), "dim": self.dim, "model": self.info["model"],
-                "precision": self.info["precision"], "source": self.info["source"],
-                "index_kind": self.index.kind, "recall@10": (idx.get("recall@10") or {}).get("recall@10"),
-                "skipped": self.info.get("skipped", {}), "text_cache_hits": self.cache_hits,
-                "has_text_embeddings": bool(self.info.get("text"))}
+        view = self.view
+        idx = view.info.get("index", {})
+        out = {"count": len(view.index), "dim": view.dim, "model": view.info["model"],
+               "precision": view.info["precision"], "source": view.info["source"],
+               "index_kind": view.index.kind, "recall@10": (idx.get("recall@10") or {}).get("recall@10"),
+               "skipped": view.info.get("skipped", {}), "text_cache_hits": self.texts.hits,
+               "text_cache": self.texts.stats(), "has_text_embeddings": bool(view.info.get("text")),
+               "columns": [c for c in view.metadata.column_names if c != "id"],
+               "store_generation": view.generation, "reloads": self.reloads}
+        if self.reranker is not None:
+            out["rerank"] = {**self.reranker.describe(), "rerank_k": self.rerank_k}
+        return out
+
+    def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.stop()
+
+
+class _Watcher(threading.Thread):
+    """Polls the index directory and refreshes the engine when it changed (see SearchEngine.watch)."""
+
+    def __init__(self, engine: SearchEngine, interval: float):
+        super().__init__(name="clipforge-index-watcher", daemon=True)
+        self.engine, self.interval = engine, interval
+        self._stop_event = threading.Event()
+        self.errors = 0
+
+    def run(self) -> None:
+        while not self._stop_event.wait(self.interval):
+            try:
+                self.engine.refresh()
+            except Exception as e:  # noqa: BLE001 - caught mid-write (a shard compacted away): next poll
+                self.errors += 1
+                log.info("index reload failed, retrying (%s: %s)", type(e).__name__, e)
+
+    def stop(self) -> None:
+        self._stop_event.set()

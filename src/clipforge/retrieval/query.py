@@ -27,9 +27,10 @@ A filter's value is at most MAX_FILTER_CHARS long and a glob must compile, check
 from __future__ import annotations
 
 import re
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -207,6 +208,24 @@ def embed_query(terms: Sequence[Term], encode_text: Callable[[list[str]], np.nda
     return v / norm
 
 
+def compose_vector(terms: Sequence[Term], encode_text: Callable[[list[str]], np.ndarray],
+                   encode_image: Callable[[list], np.ndarray] | None = None,
+                   like: Sequence[tuple[np.ndarray, float]] = ()) -> np.ndarray:
+    """The unit query vector of terms plus "more like this" items: the terms' `embed_query` vector (when
+    there are terms) plus weight * each item vector (D,), normalised. Every stage of a search (the index's
+    model, a reranker's) builds its query this way, from the same terms."""
+    if not terms and not like:
+        raise UsageError("a query needs text, an image, terms, or `like` (an item id)")
+    v = embed_query(terms, encode_text, encode_image) if terms else 0.0
+    for vec, weight in like:
+        v = v + weight * np.asarray(vec, dtype=np.float32)
+    v = np.asarray(v, dtype=np.float32)
+    norm = float(np.linalg.norm(v))
+    if norm < 1e-6:
+        raise UsageError("the query's terms cancel out (their weighted sum is zero)")
+    return v / norm
+
+
 # ---- metadata filters -------------------------------------------------------------------------------
 
 _FILTER = re.compile(r"^\s*([A-Za-z_][\w.]*)\s*(!=|<=|>=|\*=|=|<|>|~)\s*(.*?)\s*$", re.S)
@@ -326,11 +345,16 @@ def as_ids(ids) -> np.ndarray:
 class Hit:
     rank: int       # 0-based over the whole result list (offset included)
     id: int
-    score: float    # cosine similarity to the query
+    score: float    # cosine similarity to the query, by the model of the stage that scored it
     metadata: dict = field(default_factory=dict)
+    stage: int = 1  # 1: the index's own model; 2: a reranker's model (see retrieval/rerank)
+    stage1_score: Optional[float] = None  # the first stage's score of a re-scored hit
 
     def to_dict(self) -> dict:
-        return {"rank": self.rank, "id": self.id, "score": self.score, **self.metadata}
+        out = {**self.metadata, "rank": self.rank, "id": self.id, "score": self.score, "stage": self.stage}
+        if self.stage1_score is not None:
+            out["stage1_score"] = self.stage1_score
+        return out
 
 
 class Searcher:
@@ -341,6 +365,7 @@ class Searcher:
     """
 
     exact_subset_max = 20_000  # filters that leave at most this many rows are searched exactly
+    row_cache = 65_536  # metadata rows kept as dicts (popular hits): a pyarrow gather per search costs more
 
     def __init__(self, index, metadata: pa.Table | None = None, vectors: np.ndarray | None = None,
                  vector_ids: np.ndarray | None = None):
@@ -354,6 +379,8 @@ class Searcher:
             mid = metadata.column("id").to_numpy().astype(np.int64)
             self._m_ids, self._m_order = mid, np.argsort(mid)
             self._m_sorted = mid[self._m_order]
+        self._row_dicts: dict[int, dict] = {}  # id -> metadata row (without `id`), at most row_cache of them
+        self._row_lock = threading.Lock()
 
     @staticmethod
     def _rows(sorted_ids, order, ids) -> np.ndarray:
@@ -361,6 +388,14 @@ class Searcher:
         pos = np.clip(np.searchsorted(sorted_ids, ids), 0, max(0, len(sorted_ids) - 1))
         ok = sorted_ids[pos] == ids if len(sorted_ids) else np.zeros(len(ids), bool)
         return np.where(ok, order[pos], -1)
+
+    def known(self, ids: np.ndarray) -> np.ndarray:
+        """(n,) bool: which ids are live items (in the vectors, else the metadata, given)."""
+        if self.vectors is not None:
+            return self._rows(self._v_sorted, self._v_order, ids) >= 0
+        if self.metadata is not None:
+            return self._rows(self._m_sorted, self._m_order, ids) >= 0
+        return np.asarray(ids) >= 0
 
     def vectors_of(self, ids) -> np.ndarray:
         rows = self._rows(self._v_sorted, self._v_order, ids)
@@ -401,7 +436,7 @@ class Searcher:
             while True:
                 s, i = self.index.search(q, max(1, fetch))
                 ids, sc = i[0], s[0]
-                ok = ids >= 0
+                ok = self.known(ids)  # -1 padding, and ids an index file still holds after their deletion
                 if allowed is not None:
                     ok &= np.isin(ids, allowed)
                 kept = self._collapse(ids[ok], sc[ok], dedup, need)
@@ -409,7 +444,7 @@ class Searcher:
                     break
                 fetch = min(total, fetch * 4)
         page = kept[offset:need]
-        meta = self._metadata_rows([i for i, _ in page])
+        meta = self.metadata_rows([i for i, _ in page])
         return [Hit(offset + r, int(i), float(s), m) for r, ((i, s), m) in enumerate(zip(page, meta))]
 
     def _collapse(self, ids: np.ndarray, scores: np.ndarray, dedup: float | None, need: int) -> list:
@@ -431,12 +466,24 @@ class Searcher:
                     return kept
         return kept
 
-    def _metadata_rows(self, ids: list[int]) -> list[dict]:
+    def metadata_rows(self, ids: list[int]) -> list[dict]:
+        """Each id's metadata row as a dict without `id` ({} for an unknown id). Treat the dicts as read-only:
+        they are shared through a cache."""
         if self.metadata is None or not ids:
             return [{} for _ in ids]
-        rows = self._rows(self._m_sorted, self._m_order, ids)
-        out = []
-        for r in rows:
-            out.append({} if r < 0 else {k: v for k, v in self.metadata.slice(int(r), 1).to_pylist()[0].items()
-                                         if k != "id"})
-        return out
+        with self._row_lock:
+            cached = [self._row_dicts.get(int(i)) for i in ids]
+        missing = [i for i, c in zip(ids, cached) if c is None]
+        if missing:
+            rows = self._rows(self._m_sorted, self._m_order, missing)
+            found = self.metadata.take(pa.array(rows[rows >= 0])).drop_columns(["id"]).to_pylist()  # one gather
+            it = iter(found)
+            fresh = {int(i): (next(it) if r >= 0 else {}) for i, r in zip(missing, rows)}
+            with self._row_lock:
+                for i, r in zip(missing, rows):
+                    if r >= 0:
+                        self._row_dicts[int(i)] = fresh[int(i)]
+                while len(self._row_dicts) > self.row_cache:
+                    self._row_dicts.pop(next(iter(self._row_dicts)))  # oldest first
+            cached = [c if c is not None else fresh[int(i)] for i, c in zip(ids, cached)]
+        return cached

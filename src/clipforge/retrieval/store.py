@@ -11,7 +11,8 @@ Layout (the one clip-retrieval writes, so its users can bring their folders, plu
 index returns. An id is assigned once per key and never reused, so results stay valid across updates.
 
 Crash safety: a shard's files are each written to a temp file and `os.replace`d, and only then is the
-manifest replaced (the commit point). A writer killed in between leaves files the manifest does not list;
+manifest replaced (the commit point). Every commit increments the manifest's `generation`, so a reader (a
+running server, an index file built from the store) can tell cheaply whether it has seen the latest state. A writer killed in between leaves files the manifest does not list;
 they are ignored, and removed by the next writer. `done_keys()` lists what is committed, so a resumed job
 skips exactly those: no duplicates, no gaps. One writer at a time (an exclusive lock file enforces it).
 """
@@ -87,6 +88,10 @@ def _migrate(root: Path, manifest: dict) -> tuple[dict, bool]:
 
 # ---- the store ----------------------------------------------------------------------------------------
 
+class StoreBusy(ClipforgeError):
+    """Another writer holds the store's lock (an index build, update or delete is running)."""
+
+
 class EmbeddingStore:
     """Open with `EmbeddingStore.create(root, dim, model=...)` or `EmbeddingStore.open(root, writable=...)`."""
 
@@ -141,7 +146,7 @@ class EmbeddingStore:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise ClipforgeError(f"{root}: another process is writing this store") from None
+            raise StoreBusy(f"{root}: another process is writing this store") from None
         return fd
 
     def close(self) -> None:
@@ -180,6 +185,11 @@ class EmbeddingStore:
     def modalities(self) -> list[str]:
         return list(self.manifest["modalities"])
 
+    @property
+    def generation(self) -> int:
+        """How many commits this store has seen (0 for stores written before generations were counted)."""
+        return int(self.manifest.get("generation", 0))
+
     def __len__(self) -> int:
         """Live (not deleted) rows."""
         return sum(s["count"] - len(s["deleted"]) for s in self.manifest["shards"])
@@ -187,7 +197,8 @@ class EmbeddingStore:
     def stats(self) -> dict:
         total = sum(s["count"] for s in self.manifest["shards"])
         return {"live": len(self), "deleted": total - len(self), "shards": len(self.manifest["shards"]),
-                "dim": self.dim, "model": self.model, "version": self.manifest["version"]}
+                "dim": self.dim, "model": self.model, "version": self.manifest["version"],
+                "generation": self.generation}
 
     def _path(self, kind: str, i: int) -> Path:
         ext = "parquet" if kind == "metadata" else "npy"
@@ -307,7 +318,16 @@ class EmbeddingStore:
         """Tombstone live keys (ids are not reused); returns how many were live. `compact()` reclaims space."""
         self._require_writable()
         km = self._key_map()
-        hits = [km[k] for k in keys if k in km]
+        return self._tombstone([km[k] for k in dict.fromkeys(keys) if k in km])
+
+    def delete_ids(self, ids: Iterable[int]) -> int:
+        """Tombstone live rows by their int64 ids (unknown ids are ignored); returns how many were live."""
+        self._require_writable()
+        want = {int(i) for i in ids}
+        return self._tombstone([v for v in self._key_map().values() if v[0] in want])
+
+    def _tombstone(self, hits: list[tuple[int, int, int]]) -> int:
+        """Mark (id, shard index, row) rows deleted in one commit."""
         if not hits:
             return 0
         m = json.loads(json.dumps(self.manifest))
@@ -338,6 +358,7 @@ class EmbeddingStore:
         self._remove_orphans()
 
     def _commit(self, m: dict) -> None:
+        m["generation"] = int(m.get("generation", 0)) + 1
         atomic_write_json(self.root / "manifest.json", m)  # the commit point
         self.manifest, self._keys = m, None
 

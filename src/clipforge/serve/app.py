@@ -1,42 +1,51 @@
 """The HTTP service over one index directory: `create_app(index_dir)` returns a FastAPI app.
 
-    POST /search      {"text": "...", "image": "<base64>", "terms": [...], "like": id, "k": 20, "offset": 0,
-                       "filters": ["caption*=dog"], "dedup": 0.95}  -> ranked results
-    GET  /items/{id}  an item's metadata          GET /thumb/{id}  a JPEG thumbnail of an indexed file
-    GET  /healthz     liveness                    GET /stats       counts, model, index, latency
-    GET  /            the search page (static/)   GET /docs, /openapi.json
+    POST /search        {"text": "...", "image": "<base64>", "terms": [...], "like": id, "k": 20, "offset": 0,
+                         "filters": ["caption*=dog"], "dedup": 0.95, "rerank": true}  -> ranked results
+    POST /classify      {"image": "<base64>", "labels": ["cat", "dog"], "templates": "photo"} -> probabilities
+    GET  /items/{id}    an item's metadata          DELETE /items/{id}  remove it (needs an API key)
+    GET  /thumb/{id}    a JPEG thumbnail of an indexed file
+    GET  /healthz       liveness                    GET /stats       counts, model, index, latency, caches
+    GET  /              the search page (static/)   GET /docs, /openapi.json
 
-Defences (docs/security.md has the whole list): with an API key, every route but the page, its static files,
-/healthz and the API docs answers 401 before the request body is read or validated; bodies over
-`max_body_bytes` are refused before they are read (413); images are checked against a pixel limit before
-decoding (decompression bombs, 413); k, offset, ids (int64), query and term text length, term and filter
-counts, and each filter's length are capped, and filter globs must compile, all before the model runs (422);
-JSON types are strict (`true` is not a number) and unknown fields are refused (422); query strings never name
-files (no `img:` terms from the network), and /thumb takes an integer id that must map to a regular file
-recorded in the index, so nothing from a request ever becomes a filesystem path. Responses never show server
-paths: not in the API docs, not in items (`path`, a shard's `__url__` are left out; `meta_error` names files
-relative to the collection). Every error is JSON: {"error": {"status": N, "message": "..."}}, and an
-unexpected failure is a 500 with no details. Model inference runs in the threadpool under the engine's lock,
-with a timeout (503).
+Defences (docs/security.md has the whole list; `guards.py` holds them): with an API key, every route but the
+page, its static files, /healthz and the API docs answers 401 before the request body is read or validated;
+bodies over `max_body_bytes` are refused before they are read (413); images are checked against a pixel
+limit before decoding (decompression bombs, 413); k, offset, ids (int64), query and term text length, term,
+filter and label counts, and each filter's and label's length are capped, and filter globs must compile,
+all before the model runs (422); JSON types are strict and unknown fields are refused (422); query strings
+never name files (no `img:` terms from the network), template sets are names, never paths, and /thumb takes
+an integer id that must map to a regular file recorded in the index, so nothing from a request ever becomes
+a filesystem path. Responses never show server paths. Every error is JSON: {"error": {"status": N,
+"message": "..."}}, and an unexpected failure is a 500 with no details. Deleting needs a server started with
+an API key (403 otherwise): without one, anyone who can reach the port could empty the index.
+
+Speed: the model never runs on the event loop. A text query whose texts are all in the text-embedding cache,
+over an index small enough that a search takes well under a millisecond (`INLINE_MAX_VECTORS`), is answered
+on the event loop itself; everything else (text misses, images, reranking, big indexes) runs in the thread
+pool, where concurrent text misses share one forward (`TextEmbeddingCache`), with a timeout (503).
+Responses are rendered straight to JSON (no per-field re-encoding).
+
+Live updates: the app watches the index directory (every `reload_interval` s) and swaps in a new view of it
+after `clipforge index update` / `index delete` (`SearchEngine.refresh`); requests in flight finish on the
+view they started with. A DELETE refreshes its own worker before answering.
 """
-
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import collections
-import hmac
+import contextlib
 import io
 import json
 import logging
+import os
 import re
 import threading
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Optional
 
 import numpy as np
 from fastapi import Depends, FastAPI, Path as PathParam
@@ -46,160 +55,29 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.security import APIKeyHeader
 from fastapi.staticfiles import StaticFiles
 from PIL import Image, ImageOps
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 from starlette.exceptions import HTTPException
 
-from clipforge.data.decode import BadSample, DecodeOptions, decode_image, read_bytes, to_rgb
+from clipforge.data.decode import BadSample, read_bytes, to_rgb
 from clipforge.errors import ClipforgeError, UsageError
+from clipforge.retrieval.delete import delete_items
 from clipforge.retrieval.engine import SearchEngine
-from clipforge.retrieval.query import Term, parse_filter
+from clipforge.retrieval.query import Term, parse_filter, parse_query
+from clipforge.retrieval.store import StoreBusy
+from clipforge.serve.classify import ClassifyService
+from clipforge.serve.guards import (INT64_MAX, PUBLIC_PATHS, PUBLIC_PREFIXES, ApiKeyAuth, BodyLimit,  # noqa: F401
+                                    Limits, classify_model, decode_b64_image, error_response, request_models)
 
 STATIC = Path(__file__).parent / "static"
-INT64_MAX = 2**63 - 1
-# Reachable without the API key: the page (it asks for the key), its files, liveness, and the API's own docs
-# (which describe the API, never the data).
-PUBLIC_PATHS = ("/", "/healthz", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc")
-PUBLIC_PREFIXES = ("/static/",)
-FILTER_PATTERN = r"^\s*[A-Za-z_][\w.]*\s*(!=|<=|>=|\*=|=|<|>|~)\s*\S"  # COLUMN OP VALUE (query.parse_filter)
 HIDDEN_COLUMNS = ("path", "__url__")  # server paths: the file of an item, the shard it came from
+# A text query over at most this many vectors is searched on the event loop when its texts are cached: a
+# flat scan of 8192 x 512 floats is ~4M multiply-adds (well under a millisecond), cheaper than the hop to a
+# worker thread and back. Bigger indexes search in the thread pool (faiss releases the GIL there).
+INLINE_MAX_VECTORS = 8192
+RELOAD_INTERVAL_S = 0.25
+PUBLIC_ITEM_CACHE = 65_536  # items whose public form is kept (a few hundred bytes each)
 log = logging.getLogger("clipforge.serve")
 
-
-@dataclass(frozen=True)
-class Limits:
-    max_body_bytes: int = 16 * 2**20
-    max_header_bytes: int = 16 * 2**10   # request line + headers (h11 only checks heads that arrive in parts)
-    max_image_pixels: int = 40_000_000   # a query image over this is refused before decoding
-    max_k: int = 200
-    max_offset: int = 10_000
-    max_query_chars: int = 2_000         # the query string and each term's text
-    max_terms: int = 16
-    max_filters: int = 16
-    max_filter_chars: int = 1_000        # each filter (matching time grows with its length)
-    timeout_s: float = 30.0
-    thumb_size: int = 256
-    thumb_cache: int = 4096              # thumbnails kept in memory (≈ 10 KB each)
-
-
-# ---- request bodies -----------------------------------------------------------------------------------
-
-def _json_int(value):
-    """JSON Schema's integer: 3 or 3.0, never `true` or "3" (pydantic's lax mode takes those as numbers)."""
-    if isinstance(value, (bool, str, bytes)):
-        raise ValueError("Input should be a valid integer")
-    return value
-
-
-def request_models(limits: Limits) -> tuple[type[BaseModel], type[BaseModel]]:
-    """(TermIn, SearchIn) with this server's limits in their schema, so /openapi.json documents them and a
-    request beyond one is refused (422) before any work. Types are JSON's: `true` is not 1, "5" not 5."""
-    Query = Annotated[str, StringConstraints(max_length=limits.max_query_chars)]
-    FilterStr = Annotated[str, StringConstraints(max_length=limits.max_filter_chars, pattern=FILTER_PATTERN)]
-
-    class TermIn(BaseModel):
-        model_config = ConfigDict(extra="forbid")
-        text: Optional[Query] = Field(None, description="a text term (plain text, never a file path)")
-        image: Optional[str] = Field(None, description="a base64 image (a data: URL prefix is accepted)")
-        weight: float = Field(1.0, ge=-100, le=100, strict=True, description="negative weights push results away")
-
-    class SearchIn(BaseModel):
-        model_config = ConfigDict(extra="forbid")
-        text: Optional[Query] = Field(None, description='query language: plain text or \'"a" + 0.5*"b" - "c"\'')
-        image: Optional[str] = Field(None, description="base64 query image, composed with text when both given")
-        text_weight: float = Field(1.0, ge=-100, le=100, strict=True)
-        image_weight: float = Field(1.0, ge=-100, le=100, strict=True)
-        terms: list[TermIn] = Field(default_factory=list, max_length=limits.max_terms,
-                                    description="extra weighted text / image terms")
-        like: Optional[Annotated[int, Field(ge=0, le=INT64_MAX), BeforeValidator(_json_int)]] = Field(
-            None, description="an item id: more like this")
-        k: Annotated[int, Field(ge=1, le=limits.max_k), BeforeValidator(_json_int)] = Field(
-            20, description="results per page")
-        offset: Annotated[int, Field(ge=0, le=limits.max_offset), BeforeValidator(_json_int)] = 0
-        filters: list[FilterStr] = Field(default_factory=list, max_length=limits.max_filters,
-                                         description="e.g. caption*=dog, path~*/beach/*, size>=1000")
-        dedup: Optional[Annotated[float, Field(ge=0.0, le=1.0, strict=True)]] = Field(
-            None, description="collapse hits with cosine above this")
-
-    return TermIn, SearchIn
-
-
-# ---- helpers ------------------------------------------------------------------------------------------
-
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": {"status": status, "message": message}}, status_code=status)
-
-
-class ApiKeyAuth:
-    """ASGI middleware, outermost: without the right X-API-Key header, every non-public route answers 401
-    before anything else runs — before the body is read, parsed or validated, and whatever the route."""
-
-    def __init__(self, app, api_key: str):
-        self.app, self.key = app, api_key.encode()
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        path = scope.get("path", "")
-        if path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES):
-            return await self.app(scope, receive, send)
-        given = next((v for k, v in scope.get("headers", []) if k == b"x-api-key"), b"")
-        if not hmac.compare_digest(given, self.key):
-            return await _error(401, "missing or wrong API key (send it in the X-API-Key header)")(
-                scope, receive, send)
-        return await self.app(scope, receive, send)
-
-
-class BodyLimit:
-    """ASGI middleware: refuse request heads over max_header_bytes (431) and bodies over max_bytes (413), by
-    Content-Length or while streaming."""
-
-    def __init__(self, app, max_bytes: int, max_header_bytes: int = 16 * 2**10):
-        self.app, self.max_bytes, self.max_header_bytes = app, max_bytes, max_header_bytes
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        head = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"") + \
-            sum(len(k) + len(v) + 4 for k, v in scope.get("headers", []))
-        if head > self.max_header_bytes:
-            return await _error(431, f"request headers of {head} bytes are over the {self.max_header_bytes} "
-                                     "byte limit")(scope, receive, send)
-        for name, value in scope.get("headers", []):
-            if name == b"content-length":
-                try:
-                    n = int(value)
-                except ValueError:
-                    return await _error(400, "invalid Content-Length header")(scope, receive, send)
-                if n > self.max_bytes:
-                    return await _error(413, f"request body of {n} bytes is over the {self.max_bytes} byte "
-                                             "limit")(scope, receive, send)
-        seen = 0
-
-        async def limited():
-            nonlocal seen
-            msg = await receive()
-            if msg["type"] == "http.request":
-                seen += len(msg.get("body", b""))
-                if seen > self.max_bytes:  # chunked uploads have no Content-Length
-                    raise HTTPException(413, f"request body is over the {self.max_bytes} byte limit")
-            return msg
-
-        await self.app(scope, limited, send)
-
-
-def _decode_b64_image(data: str, max_pixels: int, what: str):
-    if data.startswith("data:"):
-        data = data.split(",", 1)[-1]
-    try:
-        raw = base64.b64decode(data, validate=True)
-    except (binascii.Error, ValueError):
-        raise HTTPException(400, f"{what}: not valid base64") from None
-    try:
-        return decode_image(raw, DecodeOptions(max_pixels=max_pixels))
-    except BadSample as e:
-        if e.reason == "too_large":
-            raise HTTPException(413, f"{what}: {e.detail} (limit {max_pixels} pixels)") from None
-        raise HTTPException(400, f"{what}: not a readable image ({e.reason})") from None
+_error = error_response  # kept for callers of the old private name
 
 
 def _thumbnail(path: str, size: int, max_pixels: int) -> bytes:
@@ -220,7 +98,7 @@ def _thumbnail(path: str, size: int, max_pixels: int) -> bytes:
 _ABS_PATH = re.compile(r"(?:[A-Za-z]:)?[/\\](?:[^\s/\\:'\"]+[/\\])+")  # the folders of an absolute path
 
 
-def _short_ref(ref: str) -> str:
+def _short_ref(ref) -> str:
     """A model or source reference without its folders: 'files:/srv/photos' -> 'files:photos'."""
     ref = str(ref)
     kind, sep, rest = ref.rpartition(":") if ":" in ref and not ref.startswith("/") else ("", "", ref)
@@ -246,32 +124,84 @@ def _public(hit_dict: dict) -> dict:
     return d
 
 
+def _public_stats(stats: dict) -> dict:
+    """Engine stats without server paths (model, source, a reranker's model or index)."""
+    out = {**stats, "model": _short_ref(stats["model"]), "source": _short_ref(stats["source"])}
+    if "rerank" in out:
+        out["rerank"] = {k: (_short_ref(v) if k in ("model", "index") else v) for k, v in out["rerank"].items()}
+    return out
+
+
 # ---- the app ------------------------------------------------------------------------------------------
 
 def create_app(index_dir, api_key: str | None = None, limits: Limits = Limits(), device=None,
-               engine: SearchEngine | None = None) -> FastAPI:
-    engine = engine or SearchEngine(index_dir, device=device)
+               engine: SearchEngine | None = None, *, rerank=None, rerank_k: int | None = None,
+               reload_interval: Optional[float] = RELOAD_INTERVAL_S) -> FastAPI:
+    """The service over `index_dir`. `engine`: a ready SearchEngine (else one is opened, with `rerank` /
+    `rerank_k` as SearchEngine takes them). `reload_interval`: seconds between checks of the index directory
+    for changes while the app runs (None: never; the app's lifespan starts and stops the watcher)."""
+    if engine is None:
+        engine = SearchEngine(index_dir, device=device, rerank=rerank,
+                              **({"rerank_k": rerank_k} if rerank_k is not None else {}))
+    elif rerank is not None or rerank_k is not None:
+        raise UsageError("give `rerank` / `rerank_k` to the SearchEngine passed as `engine`")
     engine.encoder  # load now, so the first request is not slow  # noqa: B018
+    classifier = ClassifyService(engine)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        watcher = engine.watch(reload_interval) if reload_interval else None
+        yield
+        if watcher is not None:
+            watcher.stop()
+
     # The docs are public: they describe the API, never the data (no source path, no counts).
-    app = FastAPI(title="clipforge search", version="1",
-                  description="Search an image collection by text, image, or both (clipforge).")
+    app = FastAPI(title="clipforge search", version="1", lifespan=lifespan,
+                  description="Search an image collection by text, image, or both, and classify images "
+                              "zero-shot (clipforge).")
     app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes, max_header_bytes=limits.max_header_bytes)
     if api_key is not None:
         app.add_middleware(ApiKeyAuth, api_key=api_key)  # added last = outermost: runs before everything
-    stats = {"started": time.time(), "searches": 0, "errors": 0}
+    stats = {"started": time.time(), "searches": 0, "inline": 0, "classifications": 0, "deletes": 0,
+             "errors": 0}
     latencies: collections.deque = collections.deque(maxlen=2000)
+    # an item's public form (no paths, captions decoded) is the same in every result: kept per item id, and
+    # dropped whenever the engine swaps in a new view of the index (an item may have changed)
+    public_items: dict[int, dict] = {}
+    public_state = {"reloads": engine.reloads}
+
+    def public_hit(hit) -> dict:
+        if public_state["reloads"] != engine.reloads:
+            public_items.clear()
+            public_state["reloads"] = engine.reloads
+        base = public_items.get(hit.id)
+        if base is None:
+            base = _public({"id": hit.id, **hit.metadata})
+            if len(public_items) >= PUBLIC_ITEM_CACHE:
+                public_items.clear()
+            public_items[hit.id] = base
+        out = {**base, "rank": hit.rank, "score": hit.score, "stage": hit.stage}
+        if hit.stage1_score is not None:
+            out["stage1_score"] = hit.stage1_score
+        return out
     thumbs: collections.OrderedDict[int, bytes] = collections.OrderedDict()
+    thumbs_state = {"reloads": engine.reloads}
     thumbs_lock = threading.Lock()
 
     # ApiKeyAuth has checked the key before any route runs; this dependency only declares the scheme, so
     # /docs offers "Authorize" and clients see that X-API-Key is expected.
-    auth = APIKeyHeader(name="X-API-Key", auto_error=False) if api_key is not None else (lambda: None)
+    # (an async no-op without a key: FastAPI runs a plain function dependency in the thread pool, one hop
+    # per request)
+    async def no_auth():
+        return None
+
+    auth = APIKeyHeader(name="X-API-Key", auto_error=False) if api_key is not None else no_auth
 
     @app.exception_handler(HTTPException)
     async def _http(request, exc: HTTPException):
         if exc.status_code >= 400:
             stats["errors"] += 1
-        return _error(exc.status_code, str(exc.detail))
+        return error_response(exc.status_code, str(exc.detail))
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request, exc: RequestValidationError):
@@ -283,18 +213,24 @@ def create_app(index_dir, api_key: str | None = None, limits: Limits = Limits(),
             if e.get("type") in ("less_than_equal", "too_long", "string_too_long"):
                 msg += " (this server's limit)"
             parts.append(f"{loc or 'body'}: {msg}")
-        return _error(422, "; ".join(parts))
+        return error_response(422, "; ".join(parts))
 
     @app.exception_handler(ClipforgeError)
     async def _clipforge(request, exc: ClipforgeError):
         stats["errors"] += 1
-        return _error(422 if isinstance(exc, UsageError) else 400, str(exc))
+        return error_response(422 if isinstance(exc, UsageError) else 400, str(exc))
 
     @app.exception_handler(Exception)
     async def _unexpected(request, exc: Exception):  # a bug: logged here, no details to the client
         stats["errors"] += 1
         log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
-        return _error(500, "internal error")
+        return error_response(500, "internal error")
+
+    async def _in_thread(fn, what: str):
+        try:
+            return await asyncio.wait_for(run_in_threadpool(fn), limits.timeout_s)
+        except asyncio.TimeoutError:
+            raise HTTPException(503, f"the {what} took longer than {limits.timeout_s} s; try again") from None
 
     @app.get("/", include_in_schema=False)
     async def page():
@@ -309,14 +245,28 @@ def create_app(index_dir, api_key: str | None = None, limits: Limits = Limits(),
     @app.get("/stats", dependencies=[Depends(auth)])
     async def get_stats():
         lat = np.array(latencies) if latencies else np.zeros(1)
-        base = engine.stats()
-        base["model"], base["source"] = _short_ref(base["model"]), _short_ref(base["source"])  # no server paths
-        return {**base, "uptime_s": round(time.time() - stats["started"], 1),
-                "searches": stats["searches"], "errors": stats["errors"], "thumbs_cached": len(thumbs),
+        return {**_public_stats(engine.stats()), "uptime_s": round(time.time() - stats["started"], 1),
+                "searches": stats["searches"], "searches_inline": stats["inline"],
+                "classifications": stats["classifications"], "deletes": stats["deletes"],
+                "errors": stats["errors"], "thumbs_cached": len(thumbs),
                 "search_ms_p50": round(float(np.percentile(lat, 50)), 3),
-                "search_ms_p99": round(float(np.percentile(lat, 99)), 3), "limits": asdict(limits)}
+                "search_ms_p99": round(float(np.percentile(lat, 99)), 3), "limits": asdict(limits),
+                "template_sets": classifier.template_sets()}
 
     _, SearchIn = request_models(limits)
+
+    def _cached_text_query(req) -> bool:
+        """Whether `req` needs no model and no image decoding: text only, every text already cached."""
+        if req.image is not None or any(t.image is not None for t in req.terms):
+            return False
+        if engine.reranker is not None and req.rerank is not False:
+            return False
+        if len(engine.index) > INLINE_MAX_VECTORS:
+            return False
+        texts = [t.text for t in req.terms]
+        if req.text is not None and req.text.strip():
+            texts += [t.value for t in parse_query(req.text, allow_paths=False)]  # text only without paths
+        return engine.texts.has_all(texts)
 
     async def search(req):
         for t in req.terms:
@@ -330,38 +280,78 @@ def create_app(index_dir, api_key: str | None = None, limits: Limits = Limits(),
 
         def work():
             t0 = time.perf_counter()
-            image = _decode_b64_image(req.image, limits.max_image_pixels, "image") if req.image else None
+            image = decode_b64_image(req.image, limits.max_image_pixels, "image") if req.image else None
             terms = [Term("text", t.text, t.weight) if t.text is not None else
-                     Term("image", _decode_b64_image(t.image, limits.max_image_pixels, f"terms[{i}].image"),
+                     Term("image", decode_b64_image(t.image, limits.max_image_pixels, f"terms[{i}].image"),
                           t.weight) for i, t in enumerate(req.terms)]
             hits = engine.search(req.text, image, k=req.k, offset=req.offset, filters=req.filters,
                                  dedup=req.dedup, text_weight=req.text_weight, image_weight=req.image_weight,
-                                 terms=terms, like=req.like, allow_paths=False)
+                                 terms=terms, like=req.like, allow_paths=False, rerank=req.rerank)
             return hits, (time.perf_counter() - t0) * 1e3
 
-        try:
-            hits, ms = await asyncio.wait_for(run_in_threadpool(work), limits.timeout_s)
-        except asyncio.TimeoutError:
-            raise HTTPException(503, f"the query took longer than {limits.timeout_s} s; try again") from None
+        if _cached_text_query(req):
+            hits, ms = work()
+            stats["inline"] += 1
+        else:
+            hits, ms = await _in_thread(work, "query")
         stats["searches"] += 1
         latencies.append(ms)
-        return {"k": req.k, "offset": req.offset, "took_ms": round(ms, 3),
-                "results": [_public(h.to_dict()) for h in hits]}
+        return JSONResponse({"k": req.k, "offset": req.offset, "took_ms": round(ms, 3),
+                             "results": [public_hit(h) for h in hits]})
 
     search.__annotations__["req"] = SearchIn  # a class built for these limits (annotations are strings here)
     app.post("/search", dependencies=[Depends(auth)])(search)
+
+    ClassifyIn = classify_model(limits, classifier.template_sets())
+
+    async def classify(req):
+        def work():
+            image = decode_b64_image(req.image, limits.max_image_pixels, "image")
+            return classifier.classify(image, req.labels, req.templates)
+
+        res = await _in_thread(work, "classification")
+        stats["classifications"] += 1
+        return JSONResponse(res)
+
+    classify.__annotations__["req"] = ClassifyIn
+    app.post("/classify", dependencies=[Depends(auth)])(classify)
 
     @app.get("/items/{item_id}", dependencies=[Depends(auth)])
     async def item(item_id: int = PathParam(..., ge=0, le=INT64_MAX)):
         found = engine.item(item_id)
         if found is None:
             raise HTTPException(404, f"no item with id {item_id}")
-        return _public(found)
+        return JSONResponse(_public(found))
+
+    @app.delete("/items/{item_id}", dependencies=[Depends(auth)])
+    async def delete_item(item_id: int = PathParam(..., ge=0, le=INT64_MAX)):
+        if api_key is None:
+            raise HTTPException(403, "deleting needs a server started with an API key")
+        if engine.item(item_id) is None:
+            raise HTTPException(404, f"no item with id {item_id}")
+
+        def work():
+            try:
+                res = delete_items(engine.root, ids=[item_id])
+            except StoreBusy:
+                raise HTTPException(409, "the index is being changed by another process (an index update or "
+                                         "delete); try again when it is done") from None
+            engine.refresh()  # this worker answers from the new view from now on
+            return res
+
+        res = await _in_thread(work, "delete")
+        if not res["deleted"]:  # deleted meanwhile by another request or process
+            raise HTTPException(404, f"no item with id {item_id}")
+        stats["deletes"] += 1
+        return JSONResponse({"deleted": [item_id], "count": res["count"]})
 
     @app.get("/thumb/{item_id}", dependencies=[Depends(auth)],
              responses={200: {"content": {"image/jpeg": {}}}})
     async def thumb(item_id: int = PathParam(..., ge=0, le=INT64_MAX)):
         with thumbs_lock:
+            if thumbs_state["reloads"] != engine.reloads:  # the index changed: a file may have changed too
+                thumbs.clear()
+                thumbs_state["reloads"] = engine.reloads
             data = thumbs.get(item_id)
             if data is not None:
                 thumbs.move_to_end(item_id)
@@ -381,4 +371,19 @@ def create_app(index_dir, api_key: str | None = None, limits: Limits = Limits(),
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
 
     app.state.engine = engine
+    app.state.classifier = classifier
     return app
+
+
+SERVE_ENV = "CLIPFORGE_SERVE_CONFIG"  # JSON: create_app's arguments, for worker processes (see app_from_env)
+
+
+def app_from_env() -> FastAPI:
+    """The app described by $CLIPFORGE_SERVE_CONFIG (create_app's arguments as JSON; `limits` a dict) and
+    $CLIPFORGE_API_KEY: what each worker process of a multi-process server builds (uvicorn's factory)."""
+    raw = os.environ.get(SERVE_ENV)
+    if not raw:
+        raise UsageError(f"${SERVE_ENV} is not set: it holds the server's settings as JSON")
+    options = json.loads(raw)
+    limits = Limits(**options.pop("limits", {}))
+    return create_app(api_key=os.environ.get("CLIPFORGE_API_KEY"), limits=limits, **options)

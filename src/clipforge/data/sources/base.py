@@ -53,6 +53,14 @@ class Source:
         for i in range(len(self)):
             yield self._get(i)
 
+    def locate(self, positions) -> list[tuple[str | None, list[int], list[int]]]:
+        """Where `positions` live, so a worker can open only the part of a big collection it reads:
+        [(spec of a smaller source holding some of them, or None for this whole source, those positions,
+        their positions in that source)]. Reading position p here and its local position there gives the same
+        sample. The default is this whole source; sharded readers split by shard."""
+        positions = [int(p) for p in positions]
+        return [(None, positions, positions)]
+
     # --- decoding with counting -------------------------------------------------------------------------
     def iter_decoded(self, progress: bool | None = False, desc: str = "reading") -> Iterator[tuple[Sample, Image.Image]]:
         """Yield (sample, RGB image) for every readable sample; count the others in `self.skipped`.

@@ -177,6 +177,23 @@ class WdsSource(Source):
     def _get(self, index: int) -> Sample:
         return self._read(self._index[index])
 
+    def locate(self, positions) -> list[tuple[str | None, list[int], list[int]]]:
+        """Positions grouped by tar shard, each as `wds:SHARD` and the positions within it (a shard's index
+        is the same read alone or with the others), so a worker scans the headers of its shards only."""
+        if not self.random_access or len(self.urls) == 1:
+            return super().locate(positions)
+        len(self)  # the index
+        first: dict[str, int] = {}
+        for i, (url, _, _) in enumerate(self._index):
+            first.setdefault(url, i)
+        groups: dict[str, tuple[list[int], list[int]]] = {}
+        for p in positions:
+            url = self._index[int(p)][0]
+            g = groups.setdefault(url, ([], []))
+            g[0].append(int(p))
+            g[1].append(int(p) - first[url])
+        return [(f"wds:{url}", glob, loc) for url, (glob, loc) in groups.items()]
+
     def _read(self, entry) -> Sample:
         url, key, members = entry
         files = {}

@@ -1,7 +1,9 @@
-// clipforge search page: plain JS, no build step. Talks to POST /search and GET /thumb/{id}.
+// clipforge page: plain JS, no build step. Search (POST /search, GET /thumb/{id}) and classify (POST /classify).
+// A text search lives in the URL (?q=...&k=...&offset=...&f=FILTER&like=ID): shareable, and the back button
+// steps through earlier searches. Image queries cannot be put in a URL; they are not shareable.
 "use strict";
 const $ = (id) => document.getElementById(id);
-const state = { image: null, like: null, offset: 0, lastBody: null };
+const state = { image: null, like: null, offset: 0, classifyImage: null };
 
 function headers(json) {
   const h = json ? { "Content-Type": "application/json" } : {};
@@ -35,6 +37,13 @@ function card(hit) {
   const score = document.createElement("div");
   score.className = "score";
   score.textContent = `#${hit.rank + 1}  ${hit.score.toFixed(3)}`;
+  if (hit.stage === 2) {
+    const st = document.createElement("span");
+    st.className = "stage";
+    st.textContent = " · reranked";
+    st.title = `scored by the second model (first stage: ${hit.stage1_score.toFixed(3)})`;
+    score.append(st);
+  }
   const key = document.createElement("div");
   key.textContent = hit.key || "";
   const cap = document.createElement("div");
@@ -59,11 +68,54 @@ function buildBody() {
   return body;
 }
 
-async function runSearch() {
+// ---- the URL: what a text search puts there, and reading it back ----
+function searchUrl(body) {
+  const p = new URLSearchParams();
+  if (body.text) p.set("q", body.text);
+  if (body.like !== undefined) p.set("like", String(body.like));
+  (body.filters || []).forEach((f) => p.append("f", f));
+  if (body.k !== 24) p.set("k", String(body.k));
+  if (body.offset) p.set("offset", String(body.offset));
+  if (body.dedup !== undefined) p.set("dedup", String(body.dedup));
+  const qs = p.toString();
+  return location.pathname + (qs ? `?${qs}` : "");
+}
+
+function fromUrl() {
+  // fill the form from the URL; true when it holds a search to run
+  const p = new URLSearchParams(location.search);
+  $("query").value = p.get("q") || "";
+  $("filters").value = p.getAll("f").join("\n");
+  $("k").value = p.get("k") || "24";
+  $("dedup").value = p.get("dedup") || "";
+  const like = parseInt(p.get("like") || "", 10);
+  state.like = Number.isFinite(like) ? like : null;
+  const offset = parseInt(p.get("offset") || "0", 10);
+  state.offset = Number.isFinite(offset) && offset > 0 ? offset : 0;
+  if (p.getAll("f").length) $("options").open = true;
+  clearImage();
+  return Boolean(p.get("q")) || state.like !== null;
+}
+
+function resetResults() {
+  $("results").replaceChildren();
+  $("pager").hidden = true;
+  setStatus("");
+}
+
+async function runSearch(history) {
+  // history: "push" (a new search: a new URL), "replace", or "none" (replaying the URL: back / forward / load)
   const body = buildBody();
   if (!body.text && !body.image && body.like === undefined) {
     setStatus("Type a query or drop an image.", true);
     return;
+  }
+  if (!body.image) {
+    const url = searchUrl(body);
+    if (history === "push" && url !== location.pathname + location.search) window.history.pushState(null, "", url);
+    else if (history === "replace") window.history.replaceState(null, "", url);
+  } else if (history === "push" && location.search) {
+    window.history.pushState(null, "", location.pathname);  // an image query is not in the URL
   }
   if ($("api-key").value) localStorage.setItem("clipforge-api-key", $("api-key").value);
   setStatus("Searching…");
@@ -82,9 +134,11 @@ async function runSearch() {
   const grid = $("results");
   grid.replaceChildren(...data.results.map(card));
   const what = state.like !== null ? `items like #${state.like}` : (body.text || "your image");
-  setStatus(data.results.length ? `${data.results.length} results for ${what} (${data.took_ms.toFixed(1)} ms)`
-                                : `No results for ${what}.`);
-  $("pager").hidden = data.results.length === 0 && state.offset === 0;
+  const from = body.offset ? ` from #${body.offset + 1}` : "";
+  setStatus(data.results.length ? `${data.results.length} results for ${what}${from} (${data.took_ms.toFixed(1)} ms)`
+                                : `No results for ${what}${from}.`);
+  // paging only once there is something to page through
+  $("pager").hidden = data.results.length < body.k && state.offset === 0;
   $("prev").disabled = state.offset === 0;
   $("next").disabled = data.results.length < body.k;
 }
@@ -94,7 +148,7 @@ function moreLikeThis(hit) {
   state.offset = 0;
   $("query").value = "";
   clearImage();
-  runSearch();
+  runSearch("push");
 }
 
 function clearImage() {
@@ -122,7 +176,7 @@ function useFile(file) {
     $("drop").prepend(img);
     $("drop-label").textContent = file.name;
     $("clear-image").hidden = false;
-    runSearch();
+    runSearch("push");
   };
   reader.readAsDataURL(file);
 }
@@ -131,22 +185,132 @@ $("search-form").addEventListener("submit", (e) => {
   e.preventDefault();
   state.like = null;
   state.offset = 0;
-  runSearch();
+  runSearch("push");
 });
-$("image-input").addEventListener("change", (e) => useFile(e.target.files[0]));
+function dropZone(zone, input, onFile) {
+  // a label around a hidden file input: click to choose, or drop a file on it
+  input.addEventListener("change", (e) => onFile(e.target.files[0]));
+  zone.addEventListener("dragover", (e) => { e.preventDefault(); zone.classList.add("over"); });
+  zone.addEventListener("dragleave", () => zone.classList.remove("over"));
+  zone.addEventListener("drop", (e) => {
+    e.preventDefault();
+    zone.classList.remove("over");
+    onFile(e.dataTransfer.files[0]);
+  });
+}
+dropZone($("drop"), $("image-input"), useFile);
 $("clear-image").addEventListener("click", clearImage);
-const drop = $("drop");
-drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
-drop.addEventListener("dragleave", () => drop.classList.remove("over"));
-drop.addEventListener("drop", (e) => {
-  e.preventDefault();
-  drop.classList.remove("over");
-  useFile(e.dataTransfer.files[0]);
+$("prev").addEventListener("click", () => {
+  state.offset = Math.max(0, state.offset - buildBody().k);
+  runSearch("push");
 });
-$("prev").addEventListener("click", () => { state.offset = Math.max(0, state.offset - buildBody().k); runSearch(); });
-$("next").addEventListener("click", () => { state.offset += buildBody().k; runSearch(); });
+$("next").addEventListener("click", () => { state.offset += buildBody().k; runSearch("push"); });
 $("api-key").value = localStorage.getItem("clipforge-api-key") || "";
 
+// ---- tabs ----
+function showTab(name) {
+  const classify = name === "classify";
+  $("search-panel").hidden = classify;
+  $("classify-panel").hidden = !classify;
+  $("tab-search").setAttribute("aria-selected", String(!classify));
+  $("tab-classify").setAttribute("aria-selected", String(classify));
+}
+$("tab-search").addEventListener("click", () => { showTab("search"); window.history.pushState(null, "", location.pathname + location.search); });
+$("tab-classify").addEventListener("click", () => { showTab("classify"); window.history.pushState(null, "", location.pathname + location.search + "#classify"); });
+
+// ---- classify ----
+function setClassifyStatus(text, isError) {
+  $("classify-status").textContent = text;
+  $("classify-status").className = isError ? "error" : "";
+}
+
+function useClassifyFile(file) {
+  if (!file || !file.type.startsWith("image/")) {
+    setClassifyStatus("That is not an image file.", true);
+    return;
+  }
+  const reader = new FileReader();
+  reader.onload = () => {
+    state.classifyImage = reader.result;
+    const prev = $("cdrop").querySelector("img");
+    if (prev) prev.remove();
+    const img = document.createElement("img");
+    img.src = reader.result;
+    $("cdrop").prepend(img);
+    $("cdrop-label").textContent = file.name;
+    if (labelList().length) runClassify();
+  };
+  reader.readAsDataURL(file);
+}
+
+function labelList() {
+  const raw = $("labels").value;
+  const parts = raw.includes("\n") ? raw.split("\n") : raw.split(",");
+  return parts.map((s) => s.trim()).filter(Boolean);
+}
+
+async function runClassify() {
+  const labels = labelList();
+  if (!state.classifyImage) { setClassifyStatus("Drop an image or click to upload one.", true); return; }
+  if (!labels.length) { setClassifyStatus("Type at least one label.", true); return; }
+  const body = { image: state.classifyImage, labels };
+  if ($("templates").value) body.templates = $("templates").value;
+  setClassifyStatus("Classifying…");
+  let r;
+  try {
+    r = await fetch("/classify", { method: "POST", headers: headers(true), body: JSON.stringify(body) });
+  } catch (e) {
+    setClassifyStatus(`Cannot reach the server: ${e}`, true);
+    return;
+  }
+  const data = await r.json().catch(() => ({}));
+  if (!r.ok) {
+    setClassifyStatus((data.error && data.error.message) || `error ${r.status}`, true);
+    return;
+  }
+  const rows = data.labels.map((label, i) => {
+    const tr = document.createElement("tr");
+    const name = document.createElement("td");
+    name.textContent = label;
+    const pct = document.createElement("td");
+    pct.className = "prob";
+    pct.textContent = `${(100 * data.probabilities[i]).toFixed(1)}%`;
+    const cell = document.createElement("td");
+    cell.className = "barcell";
+    const bar = document.createElement("div");
+    bar.className = "bar";
+    bar.style.width = `${Math.max(1, 100 * data.probabilities[i])}%`;
+    cell.append(bar);
+    tr.append(name, pct, cell);
+    return tr;
+  });
+  $("probs").replaceChildren(...rows);
+  setClassifyStatus(`${data.labels.length} labels, ${data.prompts_per_label} prompts each (${data.templates}), ` +
+                    `${data.took_ms.toFixed(0)} ms`);
+}
+
+$("classify-form").addEventListener("submit", (e) => { e.preventDefault(); runClassify(); });
+dropZone($("cdrop"), $("classify-image"), useClassifyFile);
+
+// ---- start: the server's facts, then whatever the URL asks for ----
 fetch("/stats", { headers: headers(false) }).then((r) => r.ok ? r.json() : null).then((s) => {
-  if (s) $("stats").textContent = `${s.count} items · ${s.model} · ${s.index_kind}`;
+  if (!s) return;
+  $("stats").textContent = `${s.count} items · ${s.model} · ${s.index_kind}` + (s.rerank ? " · reranked" : "");
+  $("columns").textContent = (s.columns || []).join(", ");
+  const sel = $("templates");
+  sel.replaceChildren(...(s.template_sets || []).map((name) => {
+    const o = document.createElement("option");
+    o.value = name;
+    o.textContent = name;
+    return o;
+  }));
+  if ((s.template_sets || []).includes("openai_imagenet")) sel.value = "openai_imagenet";
 });
+
+window.addEventListener("popstate", () => {
+  showTab(location.hash === "#classify" ? "classify" : "search");
+  if (fromUrl()) runSearch("none");
+  else resetResults();
+});
+showTab(location.hash === "#classify" ? "classify" : "search");
+if (fromUrl()) runSearch("none");
