@@ -164,8 +164,9 @@ def main():
             f"{os.getloadavg()[0]:.1f}. Base: {'given' if a.base else f'{a.base_steps} steps of demo-digits'} "
             f"({base_s:.0f} s); test: {len(test.feats)} images, pool "
             f"{len(pool.feats)}; seeds {seeds} (mean ± std over seeds); few-shot heads took {heads_s:.0f} s in all. "
-            f"LoRA / full fine-tuning: {a.train_steps} steps, batch {a.train_batch}, on the same k-shot support "
-            f"images with their captions, then zero-shot with the unseen templates.\n\n" + "\n".join(lines) + "\n")
+            + (f"LoRA / full fine-tuning: {a.train_steps} steps, batch {a.train_batch}, on the same k-shot support "
+               f"images with their captions, then zero-shot with the unseen templates." if a.train_shots else "")
+            + "\n\n" + "\n".join(lines) + "\n")
     print(text)
     for p in parts:
         print(json.dumps({"method": p["method"], "k": p["k_shot"], **{k: v for k, v in p["metrics"].items()}}))
