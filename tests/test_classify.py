@@ -144,7 +144,7 @@ def test_all_unreadable_returns_1(ckpt, tmp_path, capsys):
     (["--labels", "a,b", "--templates", "no_such_set"], "unknown template set"),
     (["--labels", "a,b", "--out", "preds.txt"], "--out must end in .csv or .jsonl"),
     (["--labels", "a,a"], "unique"),
-    (["--head", "/nonexistent/head"], "zero-shot head not found"),
+    (["--head", "/nonexistent/head"], "head not found"),
     (["--labels", "a,b", "--workers", "-1"], "--workers"),
 ])
 def test_bad_flags_name_the_flag(ckpt, images, capsys, extra, needle):

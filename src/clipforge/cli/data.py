@@ -82,11 +82,14 @@ def register(subparsers) -> None:
     r.add_argument("--json", action="store_true", help="print the summary as JSON")
     r.set_defaults(func=run_reinforce)
 
-    d = sub.add_parser("demo", help="build an offline demo dataset (digits, photos, counting, long-captions)")
-    d.add_argument("name", choices=["digits", "photos", "counting", "long-captions"], help="which demo dataset")
+    d = sub.add_parser("demo", help="build an offline demo dataset (digits, fonts, photos, counting, long-captions)")
+    d.add_argument("name", choices=["digits", "fonts", "photos", "counting", "long-captions"],
+                   help="which demo dataset: handwritten digits (scikit-learn), printed digits in matplotlib's "
+                        "fonts (a shifted domain for adaptation), captioned photos (scikit-image), counting "
+                        "(synthetic shapes with count captions) or long-captions (for Long-CLIP)")
     d.add_argument("--out", required=True, help="output folder")
-    d.add_argument("--size", type=int, default=32, help="digits, counting: image side in pixels (default 32)")
-    d.add_argument("--seed", type=int, default=0, help="digits, counting, long-captions: generation seed")
+    d.add_argument("--size", type=int, default=32, help="digits, fonts, counting: image side in pixels (default 32)")
+    d.add_argument("--seed", type=int, default=0, help="digits, fonts, counting, long-captions: generation seed")
     d.add_argument("--json", action="store_true", help="print the written paths as JSON")
     d.set_defaults(func=run_demo)
 
@@ -146,10 +149,10 @@ def run_reinforce(args) -> int:
 def run_demo(args) -> int:
     from clipforge.data.demo_counting import build_counting
     from clipforge.data.demo_long_captions import build_long_captions
-    from clipforge.data.demo_sets import build_digits, build_photos
+    from clipforge.data.demo_sets import build_digits, build_fonts, build_photos
 
-    if args.name == "digits":
-        paths = build_digits(args.out, size=args.size, seed=args.seed)
+    if args.name in ("digits", "fonts"):
+        paths = (build_digits if args.name == "digits" else build_fonts)(args.out, size=args.size, seed=args.seed)
     elif args.name == "counting":
         paths = build_counting(args.out, size=args.size, seed=args.seed)
     elif args.name == "long-captions":

@@ -16,8 +16,8 @@ def _tasks():
 
 def register(sub):
     p = sub.add_parser(
-        "eval", help="evaluate models (zero-shot classification/retrieval, ranked retrieval, linear probe) "
-                     "-> results.jsonl",
+        "eval", help="evaluate models (zero-shot classification/retrieval, ranked retrieval, linear probe, "
+                     "few-shot k-shot protocol) -> results.jsonl",
         description="Run one task on each (model, dataset) and print its metrics; with --out, append one JSON "
                     "line per run (metrics, config hash, template-set hash, package versions, time) for "
                     "`clipforge report`. Datasets: any source (folder, imagefolder:, csv:/jsonl:/parquet:, "
@@ -56,6 +56,9 @@ def register(sub):
 def _summary(rec: dict) -> str:
     keys = [k for k in rec["metrics"] if isinstance(rec["metrics"][k], float)]
     vals = ", ".join(f"{k}={rec['metrics'][k]:.4f}" for k in keys[:8])
+    cfg = rec.get("config") or {}
+    if rec["task"] == "few-shot":
+        vals = f"{cfg.get('method')} k={cfg.get('k_shot')}: " + vals
     sk = rec.get("skipped") or {}
     totals = [sk.get("total", 0)] if "total" in sk else [v.get("total", 0) for v in sk.values()]
     tail = f"  (skipped {sum(totals)} images)" if sum(totals) else ""
@@ -73,6 +76,7 @@ def run(args) -> int:
     device = pick_device(args.device)
     options = option_values(args, _tasks()[1])
     refs = args.model or [None]
+    n_records = 0
     for ref in refs:
         encoder = None  # loaded on first use: an index dataset is scored from its stored embeddings
         for ds in args.dataset:
@@ -82,7 +86,9 @@ def run(args) -> int:
             rec = run_eval(encoder, args.task, ds, model_name=ref, split=args.split, image_root=args.image_root,
                            seed=args.seed, batch_size=args.batch_size, workers=args.workers,
                            precision=args.precision, out=args.out, **options)
-            print(json.dumps(rec) if args.json else _summary(rec))
+            for r in rec.get("records", [rec]):  # few-shot: one record per method and k
+                print(json.dumps(r) if args.json else _summary(r))
+                n_records += 1
     if args.out:
-        print(f"appended {len(refs) * len(args.dataset)} record(s) to {args.out}", file=sys.stderr)
+        print(f"appended {n_records} record(s) to {args.out}", file=sys.stderr)
     return 0

@@ -5,6 +5,10 @@ noise, as a pair dataset (train.jsonl, several captions per image from TRAIN_TEM
 stratified validation split (an image folder `val/<digit>/` with classnames.txt, and val.jsonl). A second,
 disjoint set of UNSEEN_TEMPLATES is written for zero-shot tests that must not reuse the training phrasing.
 
+`build_fonts`: the same ten digits printed in the fonts matplotlib ships (DejaVu Sans / Serif / Mono, STIX,
+Computer Modern), with augmentations (rotation, scale, stroke width, shift, noise), at the digits demo's
+resolution and layout: a shifted domain for adaptation benchmarks (handwritten -> printed and back).
+
 `build_photos`: scikit-image's bundled sample photos with hand-written captions (photos_captions.json), as a
 files folder (same-stem .txt captions) and a JSONL manifest.
 
@@ -19,9 +23,10 @@ import os
 import warnings
 from importlib import resources
 
+import matplotlib
 import numpy as np
 import skimage.data
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
@@ -93,6 +98,16 @@ def _build_atomically(out_dir: str, params: dict, build) -> dict:
 
     atomic_directory(out_dir, write)
     return paths
+
+
+def _digit_set_files(tmp: str, train_templates, extra: dict) -> dict:
+    """Write a digit set's class names and templates; return its {name: relative path} (+ `extra`)."""
+    _write_lines(os.path.join(tmp, "classnames.txt"), DIGIT_NAMES)
+    _write_lines(os.path.join(tmp, "templates_train.txt"), train_templates)
+    _write_lines(os.path.join(tmp, "templates_unseen.txt"), UNSEEN_TEMPLATES)
+    return {"train_manifest": "train.jsonl", "train_dir": "train", "val_manifest": "val.jsonl", "val_dir": "val",
+            "classnames": "classnames.txt", "templates_train": "templates_train.txt",
+            "templates_unseen": "templates_unseen.txt", **extra}
 
 
 def _write_json(path: str, obj) -> None:
@@ -168,12 +183,107 @@ def build_digits(out_dir: str, size: int = 32, seed: int = 0, val_fraction: floa
             _write_lines(os.path.join(tmp, f"{split}.jsonl"), (json.dumps(r) for r in rows))
             _write_lines(os.path.join(tmp, split, "classnames.txt"), DIGIT_NAMES)
             counts[f"num_{split}"] = len(rows)
-        _write_lines(os.path.join(tmp, "classnames.txt"), DIGIT_NAMES)
-        _write_lines(os.path.join(tmp, "templates_train.txt"), TRAIN_TEMPLATES)
-        _write_lines(os.path.join(tmp, "templates_unseen.txt"), UNSEEN_TEMPLATES)
-        return {"train_manifest": "train.jsonl", "train_dir": "train", "val_manifest": "val.jsonl",
-                "val_dir": "val", "classnames": "classnames.txt", "templates_train": "templates_train.txt",
-                "templates_unseen": "templates_unseen.txt", **counts}
+        return _digit_set_files(tmp, TRAIN_TEMPLATES, counts)
+
+    return _build_atomically(out_dir, params, build)
+
+
+# matplotlib's bundled TrueType fonts that draw the ten ASCII digits as digits (not symbol, extension or
+# old-style-figure faces, and not the Last Resort placeholder font).
+FONT_FILES = [
+    "DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSans-Oblique.ttf", "DejaVuSans-BoldOblique.ttf",
+    "DejaVuSerif.ttf", "DejaVuSerif-Bold.ttf", "DejaVuSerif-Italic.ttf", "DejaVuSerif-BoldItalic.ttf",
+    "DejaVuSansMono.ttf", "DejaVuSansMono-Bold.ttf", "DejaVuSansMono-Oblique.ttf", "DejaVuSansMono-BoldOblique.ttf",
+    "STIXGeneral.ttf", "STIXGeneralBol.ttf", "STIXGeneralItalic.ttf", "STIXGeneralBolIta.ttf",
+    "cmr10.ttf", "cmb10.ttf", "cmss10.ttf", "cmti10.ttf", "cmtt10.ttf",
+]
+FONT_TEMPLATES = [
+    "a photo of the digit {c}.",
+    "a printed {c}.",
+    "the number {c}.",
+    "an image of a {c}.",
+    "the digit {c} in a typeface.",
+    "a picture of the number {c}.",
+    "a typed {c}.",
+    "the digit {c}, printed.",
+    "a blurry {c}.",
+    "a low resolution image of a {c}.",
+]
+
+
+def digit_descriptions_path() -> str:
+    """The packaged hand-written descriptions of the ten digits ({class: [descriptions]}, CuPL's format): what
+    GIST-style methods match images to, since no language model runs here."""
+    return str(resources.files("clipforge.data").joinpath("digit_descriptions.json"))
+
+
+def font_paths() -> list[str]:
+    """Absolute paths of FONT_FILES inside the installed matplotlib (all of them ship with it)."""
+    root = os.path.join(os.path.dirname(matplotlib.__file__), "mpl-data", "fonts", "ttf")
+    paths = [os.path.join(root, f) for f in FONT_FILES]
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:
+        raise ClipforgeError(f"matplotlib's bundled fonts are missing: {missing[:3]}")
+    return paths
+
+
+def _font_digit_image(digit: int, font_path: str, size: int, rng: np.random.Generator) -> Image.Image:
+    """One printed digit, light on dark like the handwritten set: random scale, stroke, shift, rotation, noise."""
+    big = 4 * size  # draw large, then downsample (anti-aliasing)
+    font = ImageFont.truetype(font_path, int(big * rng.uniform(0.55, 0.85)))
+    canvas = Image.new("L", (big, big), 0)
+    draw = ImageDraw.Draw(canvas)
+    stroke = int(rng.integers(0, 3)) * big // 64
+    x0, y0, x1, y1 = draw.textbbox((0, 0), str(digit), font=font, stroke_width=stroke)
+    jitter = rng.integers(-big // 12, big // 12 + 1, size=2)
+    pos = ((big - (x1 - x0)) // 2 - x0 + int(jitter[0]), (big - (y1 - y0)) // 2 - y0 + int(jitter[1]))
+    draw.text(pos, str(digit), fill=int(rng.integers(170, 256)), font=font, stroke_width=stroke,
+              stroke_fill=int(rng.integers(170, 256)))
+    canvas = canvas.rotate(float(rng.uniform(-15, 15)), resample=Image.BILINEAR)
+    img = canvas.resize((size, size), Image.BOX)
+    arr = np.asarray(img, dtype=np.float32) + rng.normal(0, 8.0, size=(size, size))
+    return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), "L")
+
+
+def build_fonts(out_dir: str, size: int = 32, seed: int = 0, per_class_train: int = 150,
+                per_class_val: int = 100, captions_per_image: int = 6) -> dict:
+    """Write the printed-digits demo (same layout as `build_digits`: train.jsonl with captions, `val/<digit>/`
+    image folder, val.jsonl, classnames, train and unseen templates); return {name: absolute path} + counts.
+
+    Every image picks a font from FONT_FILES and its augmentation from one seeded generator, so a build is
+    deterministic for (size, seed, counts) and two builds are byte-identical.
+    """
+    if not 8 <= size <= 512:
+        raise UsageError(f"size must be in [8, 512], got {size}")
+    if per_class_train < 1 or per_class_val < 1:
+        raise UsageError(f"per_class_train and per_class_val must be >= 1, got {per_class_train}, {per_class_val}")
+    fonts = font_paths()
+    params = {"name": "fonts", "size": size, "seed": seed, "per_class_train": per_class_train,
+              "per_class_val": per_class_val, "captions_per_image": captions_per_image, "fonts": FONT_FILES,
+              "version": DEMO_VERSION}
+
+    def build(tmp: str) -> dict:
+        rng = np.random.default_rng(seed)
+        counts, n = {}, 0
+        for split, per_class in (("train", per_class_train), ("val", per_class_val)):
+            rows = []
+            for digit in range(10):
+                os.makedirs(os.path.join(tmp, split, str(digit)), exist_ok=True)
+            for j in range(per_class * 10):
+                label, font = j % 10, int(rng.integers(len(fonts)))
+                rel = f"{split}/{label}/{n:05d}.png"
+                _font_digit_image(label, fonts[font], size, rng).save(os.path.join(tmp, rel))
+                templates = FONT_TEMPLATES if split == "train" else UNSEEN_TEMPLATES
+                k = captions_per_image if split == "train" else 1
+                rows.append({"id": f"fonts-{n:05d}", "image": rel, "label": label, "font": FONT_FILES[font],
+                             "captions": _digit_captions(label, rng, templates, k, decorate=split == "train")})
+                n += 1
+            _write_lines(os.path.join(tmp, f"{split}.jsonl"), (json.dumps(r) for r in rows))
+            _write_lines(os.path.join(tmp, split, "classnames.txt"), DIGIT_NAMES)
+            counts[f"num_{split}"] = len(rows)
+        with open(digit_descriptions_path(), encoding="utf-8") as f:
+            _write_json(os.path.join(tmp, "descriptions.json"), json.load(f))
+        return _digit_set_files(tmp, FONT_TEMPLATES, {"descriptions": "descriptions.json", **counts})
 
     return _build_atomically(out_dir, params, build)
 
@@ -230,4 +340,4 @@ def build_photos(out_dir: str, max_side: int = 256) -> dict:
     return _build_atomically(out_dir, params, build)
 
 
-DEMOS = {"digits": build_digits, "photos": build_photos}
+DEMOS = {"digits": build_digits, "fonts": build_fonts, "photos": build_photos}

@@ -249,7 +249,9 @@ class BatchLoader:
             kw = {"prefetch_factor": self.prefetch, "persistent_workers": False}
         dl = torch.utils.data.DataLoader(self.dataset, batch_size=None, shuffle=False, num_workers=self.workers,
                                          collate_fn=_identity, **kw)
-        for batch in dl:
+        with torch.random.fork_rng(devices=[]):  # the iterator draws its base seed from the global RNG: keep that
+            batches = iter(dl)                    # draw out of the caller's stream (dropout), so a resumed run's
+        for batch in batches:                     # new iterator leaves the stream where the first run had it
             self.skipped.merge(batch["skipped"])
             yield batch
 

@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 
 from clipforge.atomic import atomic_write
 
-__all__ = ["plot_confusion_matrix", "plot_comparison", "save_figure"]
+__all__ = ["plot_confusion_matrix", "plot_comparison", "plot_shots", "save_figure"]
 
 
 def save_figure(fig: Figure, path, dpi: int = 110) -> Path:
@@ -77,6 +77,40 @@ def plot_comparison(panels: dict[str, dict[str, dict[str, float]]], path, ylabel
         ax.set_xticks(x, datasets, rotation=20, ha="right")
         ax.set_title(title)
         ax.set_ylabel(ylabel)
+        ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def plot_shots(panels: dict[str, dict[str, dict[int, tuple[float, float]]]], path, ylabel: str = "top-1 accuracy",
+               flat: Sequence[str] = ("zero-shot",)) -> Path:
+    """Accuracy-vs-shots curves: one panel per key (model on dataset), one line per method with its spread.
+
+    panels: {panel title: {method: {k: (mean, std)}}}. Methods named in `flat` (the zero-shot baseline, which
+    does not use the shots) are drawn as a dashed horizontal line; the x axis is log2-spaced (1, 2, 4, ...).
+    """
+    panels = {k: v for k, v in panels.items() if v}
+    n = max(1, len(panels))
+    fig = Figure(figsize=(6.4, 4.2 * n))
+    for row, (title, methods) in enumerate(panels.items()):
+        ax = fig.add_subplot(n, 1, row + 1)
+        shots = sorted({k for curve in methods.values() for k in curve})
+        for name in sorted(methods):
+            curve = methods[name]
+            ks = sorted(curve)
+            mean = np.array([curve[k][0] for k in ks])
+            std = np.array([curve[k][1] for k in ks])
+            if name in flat:
+                ax.axhline(float(mean.mean()), linestyle="--", color="grey", label=name)
+                continue
+            line, = ax.plot(ks, mean, marker="o", label=name)
+            ax.fill_between(ks, mean - std, mean + std, alpha=0.15, color=line.get_color())
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(shots, [str(k) for k in shots])
+        ax.set_xlabel("shots per class")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
     return save_figure(fig, path)

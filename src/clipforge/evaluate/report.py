@@ -4,7 +4,8 @@ The latest record per full configuration is reported (`results.record_key`: mode
 config hash), so a 4-shot probe and a full-data probe of the same model are two rows, not one replacing the
 other. Within a task, a row is labelled by its model plus the configuration settings that differ between the
 task's records (e.g. `tiny [k_shot=4]`). Each task has a primary metric shown in the summary and chart:
-top-1 accuracy for classification and probes, the mean of image->text and text->image R@1 for image-text
+top-1 accuracy for classification and probes (few-shot records: a method x shots table of mean ± std over
+seeds and an accuracy-vs-shots chart, one line per method, zero-shot flat), the mean of image->text and text->image R@1 for image-text
 retrieval, AP@50 for INQUIRE-style retrieval; other tasks use their first metric. The chart names models and
 datasets by the shortest trailing part of their path or spec that tells them apart (`digits/final`, not
 `/home/me/runs/digits/final`); the tables keep the full names.
@@ -15,10 +16,12 @@ import os
 from pathlib import Path
 
 from clipforge.atomic import atomic_write_text
-from clipforge.evaluate.plots import plot_comparison
+from clipforge.evaluate.plots import plot_comparison, plot_shots
 from clipforge.evaluate.results import latest_results, read_results
 
-__all__ = ["primary_metric", "config_labels", "short_names", "markdown_report", "write_report"]
+__all__ = ["primary_metric", "config_labels", "short_names", "markdown_report", "write_report", "shot_curves"]
+
+FEWSHOT_TASK = "few-shot"
 
 _PRIMARY = ("top1", "AP@50", "mean_per_class_recall", "mAP")
 _NOT_CONFIG = ("task", "dataset")  # already in their own columns
@@ -81,9 +84,39 @@ def short_names(names) -> dict[str, str]:
     return out
 
 
+def shot_curves(records: list[dict]) -> dict[str, dict[str, dict[int, tuple[float, float]]]]:
+    """Few-shot records -> {"model on dataset": {method: {k: (top-1 mean, std)}}} (the latest per configuration)."""
+    rs = [r for r in records if r["task"] == FEWSHOT_TASK]
+    short_m, short_d = short_names(r["model"] for r in rs), short_names(r["dataset"] for r in rs)
+    out: dict = {}
+    for r in rs:
+        c, m = r.get("config") or {}, r.get("metrics") or {}
+        if c.get("k_shot") is None or m.get("top1") is None:
+            continue
+        title = f"{short_m[r['model']]} on {short_d[r['dataset']]}"
+        out.setdefault(title, {}).setdefault(c.get("method"), {})[int(c["k_shot"])] = (
+            float(m["top1"]), float(m.get("top1_std") or 0.0))
+    return out
+
+
+def _shots_markdown(records: list[dict]) -> list[str]:
+    lines = []
+    for title, methods in shot_curves(records).items():
+        shots = sorted({k for c in methods.values() for k in c})
+        lines += [f"## few-shot — top-1 (mean ± std over seeds), {title}", "",
+                  "| method | " + " | ".join(f"{k}-shot" for k in shots) + " |", "|---|" + "---:|" * len(shots)]
+        for name in sorted(methods):
+            cells = [f"{methods[name][k][0]:.4f} ± {methods[name][k][1]:.4f}" if k in methods[name] else "—"
+                     for k in shots]
+            lines.append(f"| {_esc(name)} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
+
+
 def _panels(records: list[dict]) -> dict[str, dict[str, dict[str, float]]]:
     """{task (metric): {dataset: {row label: primary value}}} for the chart, with short names."""
     out: dict[str, dict[str, dict[str, float]]] = {}
+    records = [r for r in records if r["task"] != FEWSHOT_TASK]  # drawn as curves (`shot_curves`)
     tasks = list(dict.fromkeys(r["task"] for r in records))
     short_ds = short_names(r["dataset"] for r in records)
     for task in tasks:
@@ -98,14 +131,18 @@ def _panels(records: list[dict]) -> dict[str, dict[str, dict[str, float]]]:
     return out
 
 
-def markdown_report(records: list[dict], chart_name: str | None = None, title: str = "clipforge results") -> str:
+def markdown_report(records: list[dict], chart_name: str | None = None, title: str = "clipforge results",
+                    shots_name: str | None = None) -> str:
     records = latest_results(records)
     lines = [f"# {title}", ""]
     if not records:
         return "\n".join(lines + ["No results.", ""])
     if chart_name:
         lines += [f"![comparison]({chart_name})", ""]
-    tasks = list(dict.fromkeys(r["task"] for r in records))
+    if shots_name:
+        lines += [f"![accuracy vs shots]({shots_name})", ""]
+    lines += _shots_markdown(records)
+    tasks = list(dict.fromkeys(r["task"] for r in records if r["task"] != FEWSHOT_TASK))
     for task in tasks:
         rs = [r for r in records if r["task"] == task]
         labels = config_labels(rs)
@@ -135,19 +172,26 @@ def markdown_report(records: list[dict], chart_name: str | None = None, title: s
 
 def write_report(results_path, out=None, chart=None) -> tuple[str, Path | None, Path | None]:
     """Read results, write the markdown to `out` (if given) and the chart PNG to `chart` (if given; default
-    `<out>.png` when `out` is given). Returns (markdown, markdown path, chart path)."""
+    `<out>.png` when `out` is given); few-shot records are drawn as accuracy-vs-shots curves in
+    `<chart>-shots.png`. Returns (markdown, markdown path, chart path)."""
     records = read_results(results_path)
     if out is not None and chart is None:
         chart = Path(out).with_suffix(".png")
-    chart_path = None
+    chart_path = shots_path = None
     if chart is not None:
         panels = _panels(latest_results(records))
         if panels:
             chart_path = plot_comparison(panels, chart)
-    chart_ref = None
-    if chart_path is not None:
-        chart_ref = os.path.relpath(chart_path, Path(out).parent) if out is not None else str(chart_path)
-    md = markdown_report(records, chart_ref)
+        curves = shot_curves(latest_results(records))
+        if curves:
+            shots_path = plot_shots(curves, Path(chart).with_name(Path(chart).stem + "-shots.png"))
+
+    def ref(p):
+        if p is None:
+            return None
+        return os.path.relpath(p, Path(out).parent) if out is not None else str(p)
+
+    md = markdown_report(records, ref(chart_path), shots_name=ref(shots_path))
     out_path = None
     if out is not None:
         out_path = Path(out)

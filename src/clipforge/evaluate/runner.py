@@ -50,7 +50,9 @@ def run_eval(model, task: str, dataset, *, model_name: Optional[str] = None, spl
     that accepts one (zeroshot-retrieval): its stored embeddings are scored as they are (no re-embedding, so
     `model` may be None; when given, its reference must be the one the index was built with).
 
-    Returns the result record (`evaluate.results.make_record`): model, dataset, task, metrics, config,
+    A task that yields several records (few-shot: one per method and k) returns {"model", "dataset", "task",
+    "records": [...]} and appends every record to `out`. Otherwise returns the result record
+    (`evaluate.results.make_record`): model, dataset, task, metrics, config,
     config_hash, templates_hash, versions, time, elapsed_s, plus the task's diagnostics (num_classes,
     skipped, ...). `precision`: "fp32" (default; what the training callback uses), "bf16" / "fp16" (the
     weights are cast in place for inference), or "auto". With `out`, the record is also appended there.
@@ -98,8 +100,13 @@ def run_eval(model, task: str, dataset, *, model_name: Optional[str] = None, spl
         extra = res.extra
         config = {"task": task, "dataset": ds.name, "split": ds.split, "batch_size": batch_size, "seed": seed,
                   "precision": encoder.precision, **res.config}
-    rec = make_record(name, ds_name, task, res.metrics, config=config, templates_hash=res.templates_hash,
-                      elapsed_s=time.perf_counter() - t0, **extra)
+    elapsed = time.perf_counter() - t0
+    recs = [make_record(name, ds_name, task, part.metrics, config={**config, **part.config},
+                        templates_hash=part.templates_hash or res.templates_hash, elapsed_s=elapsed,
+                        **{**extra, **part.extra}) for part in (res.parts or [res])]
     if out is not None:
-        append_result(out, rec)
-    return rec
+        for rec in recs:
+            append_result(out, rec)
+    if len(recs) == 1 and not res.parts:
+        return recs[0]
+    return {"model": name, "dataset": ds_name, "task": task, "records": recs}

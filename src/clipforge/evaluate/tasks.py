@@ -41,6 +41,7 @@ class TaskResult:
     config: dict = field(default_factory=dict)  # task-specific settings recorded in the result's config
     extra: dict = field(default_factory=dict)  # diagnostics recorded beside the metrics (num_classes, skipped)
     templates_hash: Optional[str] = None
+    parts: list = field(default_factory=list)  # a task that yields several records (few-shot: one per method and k)
 
 
 class EvalTask:

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from clipforge.errors import UsageError
 from clipforge.models.checkpoint import save_pretrained
 from clipforge.models.config import CLIPConfig
 from clipforge.models.output import CLIPOutput
@@ -109,5 +110,8 @@ class CLIPModel(nn.Module):
 
     def save_pretrained(self, path, extra=None):
         """Write this model as a checkpoint directory (`checkpoint.save_pretrained`)."""
+        if any(n.endswith(".lora_A") for n, _ in self.named_parameters()):
+            raise UsageError("this model carries a LoRA adapter: save the adapter alone with "
+                             "clipforge.models.save_adapter, or fold it in first (clipforge.models.adapter.merged_model)")
         return save_pretrained(self, path, extra=extra)
 

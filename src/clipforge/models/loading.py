@@ -3,6 +3,10 @@
 A reference is a registered name (random init, optionally with a `weights` file), a clipforge checkpoint
 directory, or one of the converters' references (`convert.RESOLVERS`: `hf:ORG/NAME`, local HF / open_clip
 directories, `open_clip:ARCH[/TAG]`, OpenAI-layout state-dict files). `register_resolver` adds more.
+
+Any of these can carry an adapter: `BASE+ADAPTER_DIR` loads BASE and applies the LoRA / Comp-LoRA adapter
+saved in ADAPTER_DIR (checked against the base's content hash); an adapter directory alone loads the base its
+config names. So every job that takes a model reference (classify, eval, index, serve, export) takes adapters.
 """
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from pathlib import Path
 from typing import Optional, Union
 
 from clipforge.errors import UsageError
+from clipforge.models.adapter import attach_adapter, read_adapter_config, split_adapter_ref
 from clipforge.models.checkpoint import (PathLike, is_checkpoint_dir, load_state_dict_strict, read_checkpoint_dir,
                                          read_config_json, read_state_dict)
 from clipforge.models.clip import CLIPModel
@@ -45,6 +50,13 @@ def load_model(ref: Union[str, PathLike], *, weights: Optional[PathLike] = None,
     """Resolve a model reference (see the module docstring). `overrides` apply to registered names only;
     `vision_heads` / `text_heads` to OpenAI-layout state-dict files, whose shapes do not show head counts."""
     ref_s = str(ref)
+    base, adapter = split_adapter_ref(ref_s)
+    if adapter is not None:
+        base = base or read_adapter_config(adapter)["base_model"]
+        model = load_model(base, weights=weights, trust_pickle=trust_pickle, vision_heads=vision_heads,
+                           text_heads=text_heads, **overrides)
+        model = attach_adapter(model, adapter, base_model=base)
+        return model.to(device) if device is not None else model
     heads = {k: v for k, v in (("vision_heads", vision_heads), ("text_heads", text_heads)) if v is not None}
     if is_checkpoint_dir(ref_s):
         refuse_weights(ref_s, weights, "a clipforge checkpoint directory")

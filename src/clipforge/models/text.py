@@ -83,8 +83,18 @@ class TextTower(nn.Module):
 
     def embed(self, ids: torch.Tensor, return_tokens: bool = False) -> TowerOutput:
         """The tower on `ids` as given (no trimming; what an exported graph holds)."""
+        return self.forward_embeddings(self.token_embedding(ids), ids, return_tokens, trim=False)
+
+    def forward_embeddings(self, x: torch.Tensor, ids: torch.Tensor, return_tokens: bool = False,
+                           trim: bool = True) -> TowerOutput:
+        """The tower from token embeddings x (B, T, W) on; `ids` (B, T) still decide pooling, padding and
+        positions. Prompt learning (CoOp) calls this with some embeddings replaced by learned vectors. `trim`:
+        drop the padding columns after every row's pooled token where that is exact (see `trim`)."""
+        if trim and not return_tokens:
+            n = self.trim(ids).shape[1]
+            ids, x = ids[:, :n], x[:, :n]
         B, T = ids.shape
-        x = self.token_embedding(ids) + self._positions(ids).to(self.token_embedding.weight.dtype)
+        x = x + self._positions(ids).to(x.dtype)
         x = self.ln_final(self.transformer(x, causal=self.cfg.causal))  # (B, T, W)
         mask = ids != self.cfg.pad_token_id  # (B, T) real tokens
         if self.cfg.pool == "mean":

@@ -7,6 +7,7 @@
     schedule: {name: cosine, warmup_steps: 50, min_lr: 0.0}
     loss:     {name: clip, options: {chunk_size: null}}
     run:      {steps: 1000, seed: 0, precision: bf16, checkpoint_every: 200, keep_checkpoints: 3, ...}
+    adapt:    {method: lora, rank: 8, alpha: 16, targets: [attn.qkv, attn.out], towers: [image, text], ...}
 
 Unknown keys raise a `UsageError` naming the section and listing the valid keys; values of the wrong type
 or out of range (a negative learning rate, betas outside [0, 1), zero steps, negative workers, warm-up or
@@ -33,6 +34,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 import yaml
 
 from clipforge.errors import UsageError
+from clipforge.models.lora import LoRAConfig
 from clipforge.train.step import check_loss_inputs
 
 MAX_CONFIG_VALUES = 100_000  # scalars, lists and mappings in one YAML document, aliases expanded
@@ -106,6 +108,29 @@ class RunSection:
 
 
 @dataclass
+class AdaptSection:
+    """Parameter-efficient fine-tuning: with a method, only adapter parameters train (clipforge.models.lora)."""
+
+    method: Optional[str] = None  # null: train the model itself | lora | comp-lora
+    rank: int = 8
+    alpha: float = 16.0  # scaling = alpha / rank
+    dropout: float = 0.0
+    targets: List[str] = field(default_factory=lambda: ["attn.qkv", "attn.out"])  # Linear name patterns
+    towers: List[str] = field(default_factory=lambda: ["image", "text"])
+    layers: Optional[List[int]] = None  # block indices (negative from the end); null: every block
+    comp_k: int = 16  # comp-lora: top singular directions of each weight kept free of the update
+    comp_side: str = "left"  # comp-lora: left | right | both
+
+    def lora_config(self):
+        """The adapter config (`clipforge.models.LoRAConfig`); a bad value is a UsageError naming `adapt.<key>`."""
+        d = dataclasses.asdict(self)
+        try:
+            return LoRAConfig(**d)
+        except UsageError as e:
+            raise UsageError(str(e).replace("`", "`adapt.", 1) if str(e).startswith("`") else f"adapt: {e}")
+
+
+@dataclass
 class TrainConfig:
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)
@@ -113,6 +138,7 @@ class TrainConfig:
     schedule: ScheduleSection = field(default_factory=ScheduleSection)
     loss: LossSection = field(default_factory=LossSection)
     run: RunSection = field(default_factory=RunSection)
+    adapt: AdaptSection = field(default_factory=AdaptSection)
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
@@ -137,6 +163,11 @@ class TrainConfig:
         if self.model.lock_image and self.model.lock_text:
             raise UsageError("model.lock_image and model.lock_text together leave nothing to train")
         check_loss_inputs(self)  # a loss whose inputs the pipeline cannot supply is refused here
+        if self.adapt.method is not None:
+            self.adapt.lora_config()
+            if self.model.lock_image or self.model.lock_text:
+                raise UsageError("adapt.method trains an adapter on a frozen model: model.lock_image / "
+                                 "model.lock_text do not apply (choose the adapted towers with adapt.towers)")
         return self
 
     def _check_ranges(self) -> None:
@@ -172,7 +203,7 @@ class TrainConfig:
 
 _SECTIONS = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
 _SECTION_CLASSES = {"model": ModelSection, "data": DataSection, "optim": OptimSection,
-                    "schedule": ScheduleSection, "loss": LossSection, "run": RunSection}
+                    "schedule": ScheduleSection, "loss": LossSection, "run": RunSection, "adapt": AdaptSection}
 
 
 def _valid(cls) -> List[str]:

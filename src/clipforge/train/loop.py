@@ -30,7 +30,9 @@ from clipforge.losses.distributed import all_reduce_mean
 from clipforge.losses.gradcache import gradcache_step
 from clipforge.models import (Tokenizer, create_model, get_model_config, list_models, load_model,
                               train_tokenizer)
+from clipforge.models.adapter import base_hash, save_adapter
 from clipforge.models.checkpoint import load_state_dict_strict, read_state_dict
+from clipforge.models.lora import apply_lora, has_lora, mark_only_lora_trainable
 from clipforge.train.config import TrainConfig, dump_config
 from clipforge.train.distributed import DistInfo, barrier, init_distributed
 from clipforge.train.optim import lock_tower, make_optimizer
@@ -56,6 +58,10 @@ def _train_tokenizer(cfg: TrainConfig, source):
 def build_training_model(cfg: TrainConfig, source):
     """A fresh model (registered name) or a pretrained one (any load_model reference), with its tokenizer."""
     name = cfg.model.name
+    if cfg.adapt.method is not None and name in list_models():
+        raise UsageError(f"adapt.method trains an adapter on a pretrained base: model.name must be a reference "
+                         f"that carries its weights (a checkpoint directory, hf:..., open_clip:...), not the "
+                         f"registered architecture {name!r}")
     if name in list_models():
         overrides = json.loads(json.dumps(cfg.model.overrides or {}))
         tok = None
@@ -105,6 +111,16 @@ def train(cfg: TrainConfig, out_dir, resume: Optional[str] = None) -> dict:
     ckpt = resolve_resume(resume, out) if resume else None
     torch.manual_seed(cfg.run.seed)
     model = load_model(ckpt) if ckpt else build_training_model(cfg, source)
+    if cfg.adapt.method is not None:  # only the adapter trains; the base is frozen and saved by reference
+        if not ckpt:
+            model.adapter_base_hash = base_hash(model)
+            apply_lora(model, cfg.adapt.lora_config())
+            model.adapter_base = cfg.model.name
+        elif not has_lora(model):
+            raise UsageError(f"`resume` {ckpt} holds a full model, but this config trains an adapter (adapt.method)")
+        n = mark_only_lora_trainable(model)
+        log.info("adapter %s: %s trainable parameters in %d layers", cfg.adapt.method, f"{n:,}",
+                 sum(1 for n_, _ in model.named_parameters() if n_.endswith(".lora_A")))
     if cfg.model.lock_image:
         lock_tower(model.visual, cfg.model.lock_image_unlocked_groups)
     if cfg.model.lock_text:
@@ -226,7 +242,10 @@ def train(cfg: TrainConfig, out_dir, resume: Optional[str] = None) -> dict:
     summary = {"steps": step, "epochs_completed": epoch, "train_time_s": round(train_time, 2),
                "final": last_row, "skipped": skipped.as_dict(), "run_dir": str(out)}
     if dist.is_main:
-        core.save_pretrained(out / "final")
+        if has_lora(core):  # the adapter alone, naming its base (load it as BASE+ADAPTER or by itself)
+            save_adapter(core, out / "final")
+        else:
+            core.save_pretrained(out / "final")
         metrics.close()
         plot_curves(out / "metrics.jsonl", out / "curves.png")
         atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))

@@ -1,7 +1,7 @@
 """Step-level training checkpoints: weights + optimizer + scaler + RNG + data position, atomically.
 
 `RUN/checkpoints/step-00000123/` is a loadable model directory (config.json, model.safetensors, tokenizer)
-plus `trainer_state.pt`. It is written to a temporary sibling and renamed, so a directory under its final
+plus `trainer_state.pt` (an adapter run writes its adapter directory instead, which names the frozen base). It is written to a temporary sibling and renamed, so a directory under its final
 name is always complete; `latest_checkpoint` only considers complete ones. The last K are kept.
 """
 from __future__ import annotations
@@ -17,6 +17,8 @@ import numpy as np
 import torch
 
 from clipforge.errors import ClipforgeError
+from clipforge.models.adapter import ADAPTER_WEIGHTS, save_adapter
+from clipforge.models.lora import has_lora
 from clipforge.models.unwrap import unwrap_model
 
 log = logging.getLogger(__name__)
@@ -67,7 +69,11 @@ def save_checkpoint(model, run_dir: Path, *, step: int, epoch: int, position: in
     def extra(tmp: Path) -> None:
         torch.save(trainer_state, tmp / STATE_FILE)
 
-    unwrap_model(model).save_pretrained(target, extra=extra)
+    core = unwrap_model(model)
+    if has_lora(core):  # an adapter run: the adapter (naming its frozen base) + the trainer state
+        save_adapter(core, target, extra=extra)
+    else:
+        core.save_pretrained(target, extra=extra)
     prune_checkpoints(run_dir, keep)
     return target
 
@@ -77,7 +83,8 @@ def list_checkpoints(run_dir: Path) -> list:
     if not d.is_dir():
         return []
     found = [(int(m.group(1)), p) for p in d.iterdir() if (m := _STEP_DIR.match(p.name))]
-    return [p for _, p in sorted(found) if (p / STATE_FILE).is_file() and (p / "model.safetensors").is_file()]
+    return [p for _, p in sorted(found) if (p / STATE_FILE).is_file()
+            and ((p / "model.safetensors").is_file() or (p / ADAPTER_WEIGHTS).is_file())]
 
 
 def latest_checkpoint(run_dir: Path) -> Optional[Path]:

@@ -108,7 +108,8 @@ def classify(model, inputs, classnames=None, *, method: Optional[str] = None, k:
     `method_options` are that method's own (e.g. templates=, descriptions=, reference=, mad_threshold=).
     `classnames`: list of names (may be None when `head` is given). `head`: a `ZeroShotHead` or a path saved
     with `save_head` — skips building. Options are checked and the head (except a transductive method's) is
-    built before this returns; images are read while iterating the result.
+    built before this returns; images are read while iterating the result. A ready `head` may be any scorer with
+    `topk`, `scores` and `classnames` (e.g. a few-shot head from `clipforge.adapt`).
     """
     if not isinstance(k, int) or k < 1:
         raise UsageError(f"`k` must be a positive integer, got {k!r}")
@@ -118,7 +119,8 @@ def classify(model, inputs, classnames=None, *, method: Optional[str] = None, k:
         if method not in (None, "mean") or given or save_head is not None:
             what = ", ".join(f"`{n}`" for n in given + (["save_head"] if save_head is not None else []))
             raise UsageError(f"a ready `head` cannot be changed by " + (what or f"`method` {method}"))
-        head = head if isinstance(head, ZeroShotHead) else ZeroShotHead.load(head)
+        if not (hasattr(head, "topk") and hasattr(head, "classnames")):  # a path; else any ready head (few-shot too)
+            head = ZeroShotHead.load(head)
         if classnames is not None and list(classnames) != list(head.classnames):
             raise UsageError(f"the head's {len(head.classnames)} class names differ from the given `labels`; "
                              "drop them or rebuild the head")

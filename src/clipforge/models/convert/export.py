@@ -4,6 +4,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from clipforge.errors import UsageError
+from clipforge.models.adapter import merged_model
+from clipforge.models.checkpoint import load_state_dict_strict
+from clipforge.models.factory import build_model
+from clipforge.models.lora import has_lora, lora_state_dict
+from clipforge.models.unwrap import unwrap_model
 from clipforge.models.convert.hf import export_hf
 from clipforge.models.convert.open_clip import export_open_clip
 
@@ -11,9 +16,23 @@ FORMATS = ("hf", "open_clip")
 
 
 def export_model(model, to: str, out_dir) -> Path:
-    """Write `model` as an HF (`transformers` CLIPModel/SiglipModel) or open_clip directory at `out_dir`."""
+    """Write `model` as an HF (`transformers` CLIPModel/SiglipModel) or open_clip directory at `out_dir`. A model
+    carrying an adapter is exported with the adapter merged into its weights (the model itself is unchanged)."""
+    if has_lora(model):
+        model = merged_model(model)
     if to == "hf":
         return export_hf(model, out_dir)
     if to == "open_clip":
         return export_open_clip(model, out_dir)
     raise UsageError(f"unknown export format {to!r}; valid: {', '.join(FORMATS)}")
+
+
+def export_hf_base(model, out_dir) -> Path:
+    """Write the base of an adapted model (its weights without the adapter) as an HF directory: the model a
+    peft adapter exported by `peft_export.export_peft` loads onto."""
+    model = unwrap_model(model)
+    base = build_model(model.config, tokenizer=model.tokenizer)
+    adapter_keys = set(lora_state_dict(model))
+    load_state_dict_strict(base, {k: v for k, v in model.state_dict().items() if k not in adapter_keys},
+                           "base weights")
+    return export_hf(base, out_dir)
