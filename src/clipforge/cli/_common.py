@@ -72,7 +72,6 @@ def load_encoder_from_args(args):
             raise UsageError(f"--heads expects VISION,TEXT head counts such as 12,8; got {args.heads!r}") from None
         heads = {"vision_heads": v, "text_heads": t}
     model = load_model(args.model, weights=args.weights, trust_pickle=args.trust_pickle, **heads)
-    model = load_model(args.model, weights=args.weights, trust_pickle=args.trust_pickle, **heads)
     if getattr(args, "truncate", None) and getattr(model, "tokenizer", None) is not None:
         model.tokenizer = model.tokenizer.with_options(truncate=args.truncate)
     return Encoder.from_model(model, device=pick_device(args.device), **engine_options(args))
