@@ -103,7 +103,7 @@ def run_eval(model, task: str, dataset, *, model_name: Optional[str] = None, spl
     elapsed = time.perf_counter() - t0
     recs = [make_record(name, ds_name, task, part.metrics, config={**config, **part.config},
                         templates_hash=part.templates_hash or res.templates_hash, elapsed_s=elapsed,
-                        **{**extra, **part.extra}) for part in (res.parts or [res])]
+                        **{**extra, **(part.extra if res.parts else {})}) for part in (res.parts or [res])]
     if out is not None:
         for rec in recs:
             append_result(out, rec)
