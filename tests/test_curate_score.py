@@ -198,3 +198,64 @@ def test_kill_9_then_resume_equals_uninterrupted(pairs, enc, tmp_path):
     assert a == read_scores(tmp_path / "ref.parquet").drop_columns(["image_emb"]).to_pylist()
     keys = [(r["id"], r["caption_index"]) for r in a]
     assert len(keys) == len(set(keys)) == ref["rows"]  # no duplicates, no gaps
+
+
+class _ActorLogicExecutor:
+    """Stands in for the Ray executor without a cluster: the job pickled as Ray ships it, each unit (one part)
+    run through the Ray actor's own code (`_UnitWorker`), results unpickled in plan order."""
+
+    def __init__(self, job, **options):
+        import pickle
+
+        import clipforge.scale.ray_executor as rx
+
+        self.options = options
+        self.worker = rx._worker_class(pickle.loads(pickle.dumps(job)), 1)()
+        self.precision, self.embed_dim = self.worker.encoder.precision, self.worker.encoder.embed_dim
+
+    def iter_batches(self, plan, units=None, *, source=None, progress=False):
+        import pickle
+
+        from clipforge.scale import plan_units
+
+        for unit in plan_units(plan, units):
+            unit_plan = [plan[b] for b in unit]
+            work = json.dumps({"plan": unit_plan, "parts": source.locate([p for b in unit_plan for p in b])})
+            yield from pickle.loads(self.worker({"unit": np.array([0]), "work": np.array([work], dtype=object)})
+                                    ["payload"][0])
+
+    def describe(self):
+        return {"executor": "ray", **self.options}
+
+    def close(self):
+        pass
+
+
+def test_ray_code_path_scores_where_encoded_and_equals_local(pairs, tmp_path, monkeypatch):
+    """executor="ray": each part's batches are decoded, inspected, encoded and scored in the actor (the job's
+    `inspect` and `after`); the committed file equals the local run's, skips and their positions included."""
+    import torch
+
+    import clipforge.curate.job as job_mod
+
+    threads = torch.get_num_threads()
+    made = []
+    monkeypatch.setattr(job_mod, "create_executor",
+                        lambda name, job, **o: made.append((name, job)) or _ActorLogicExecutor(job, **o))
+    try:
+        remote = score_source(pairs["spec"], "tiny", tmp_path / "ray.parquet", batch_size=5, part_size=7,
+                              precision="fp32", progress=False, pixel_features=True, executor="ray",
+                              executor_options={"num_workers": 2})
+    finally:
+        torch.set_num_threads(threads)  # the actor logic pins its process to its CPUs
+    local = score_source(pairs["spec"], "tiny", tmp_path / "local.parquet", batch_size=5, part_size=7,
+                         precision="fp32", progress=False, pixel_features=True)
+    assert made[0][0] == "ray" and made[0][1].after is not None and made[0][1].inspect is not None
+    assert remote["executor"] == {"executor": "ray", "num_workers": 2} and local["executor"] == {"executor": "local"}
+    a, b = read_scores(tmp_path / "ray.parquet"), read_scores(tmp_path / "local.parquet")
+    assert a.num_rows == b.num_rows and remote["skipped"] == local["skipped"] and remote["skipped"]["total"] > 0
+    assert a.drop(["score", "image_emb"]).to_pylist() == b.drop(["score", "image_emb"]).to_pylist()
+    assert np.allclose(a.column("score").to_numpy(zero_copy_only=False).astype(float),
+                       b.column("score").to_numpy(zero_copy_only=False).astype(float), atol=1e-5, equal_nan=True)
+    with pytest.raises(UsageError, match="model reference"):
+        score_source(pairs["spec"], Encoder.load("tiny"), tmp_path / "x.parquet", executor="ray")

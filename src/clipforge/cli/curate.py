@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
-from clipforge.cli._common import positive_int
+from clipforge.cli._common import add_executor_args, engine_options, executor_from_args, positive_int
 
 SOURCE_HELP = ("a source spec: folder:PATH, files:PATH, csv:/tsv:/jsonl:/parquet:PATH, wds:PATH/{000..009}.tar, "
                "or a path to auto-detect")
@@ -45,7 +45,8 @@ def register(sub) -> None:
     s.add_argument("--out", "-o", required=True, help="scores file to write (.parquet); re-run to resume")
     s.add_argument("--batch-size", type=positive_int, default=256)
     s.add_argument("--part-size", type=positive_int, default=4096, help="samples per committed part")
-    s.add_argument("--workers", type=int, default=2, help="DataLoader workers decoding images (0: in-process)")
+    s.add_argument("--workers", type=int, default=2,
+                   help="DataLoader workers decoding images (0: in-process); per actor with --engine ray")
     s.add_argument("--precision", default="auto", help="auto, fp32, bf16 or fp16")
     s.add_argument("--device", default=None)
     s.add_argument("--no-lang", dest="lang", action="store_false", help="no language guess (py3langid)")
@@ -55,6 +56,7 @@ def register(sub) -> None:
                    help="keep a model-free pixel descriptor per image (dedup --features pixels)")
     s.add_argument("--overwrite", action="store_true", help="replace an existing scores file or unfinished job")
     s.add_argument("--json", action="store_true")
+    add_executor_args(s, "curate")
     s.set_defaults(func=run_score, lang="auto")
 
     f = cs.add_parser("filter", help="keep pairs that pass score / size / caption rules; record removals")
@@ -102,6 +104,7 @@ def register(sub) -> None:
     d.add_argument("--workers", type=int, default=2)
     d.add_argument("--precision", default="auto")
     d.add_argument("--device", default=None)
+    add_executor_args(d, "curate")  # the embedding step (with --model)
     _out_args(d)
     d.set_defaults(func=run_dedup)
 
@@ -123,9 +126,11 @@ def _print(summary: dict, as_json: bool, line: str) -> None:
 def run_score(args) -> int:
     from clipforge.curate import score_source
 
+    executor, options = executor_from_args(args)
     s = score_source(args.source, args.model, args.out, batch_size=args.batch_size, part_size=args.part_size,
                      workers=args.workers, device=args.device, precision=args.precision, lang=args.lang,
-                     embeddings=args.embeddings, pixel_features=args.pixel_features, overwrite=args.overwrite)
+                     embeddings=args.embeddings, pixel_features=args.pixel_features, overwrite=args.overwrite,
+                     executor=executor, executor_options=options, **engine_options(args))
     sk = s["skipped"]
     _print(s, args.json, f"scored {s['pairs']} pairs of {s['samples'] - sk['total']} images -> {s['out']}"
            + (f" (resumed after {s['resumed_from']} samples)" if s["resumed_from"] else "")
@@ -159,11 +164,13 @@ def run_filter(args) -> int:
 def run_dedup(args) -> int:
     from clipforge.curate import dedup_source
 
+    executor, options = executor_from_args(args)
     s = dedup_source(args.source, args.out, model=args.model, scores=args.scores, eps=args.eps, method=args.method,
                      features=args.features, keep=args.keep, exact=args.exact, captions=args.captions,
                      caption_eps=args.caption_eps, n_clusters=args.n_clusters, to=args.to,
                      batch_size=args.batch_size, workers=args.workers, device=args.device,
-                     precision=args.precision, shard_size=args.shard_size)
+                     precision=args.precision, shard_size=args.shard_size,
+                     executor=executor, executor_options=options, **engine_options(args))
     at = ", ".join(f"eps {k}: {v}" for k, v in s["near_removed_at_eps"].items())
     _print(s, args.json, _done_line(s) + f"\n  near-duplicates at other eps: {at}"
            + "".join(f"\n  warning: {w}" for w in s["warnings"]))

@@ -93,11 +93,14 @@ def dedup_source(source, out, *, model=None, scores=None, eps: float = 0.05, met
                  caption_eps: float = 0.02, eps_report: Sequence[float] = EPS_REPORT, to: Optional[str] = None,
                  n_clusters: Optional[int] = None, seed: int = 0, batch_size: int = 256, workers: int = 0,
                  device=None, precision: str = "auto", shard_size: int = 1000,
-                 source_options: Optional[dict] = None, progress=None) -> dict:
+                 source_options: Optional[dict] = None, progress=None, executor: str = "local",
+                 executor_options: Optional[dict] = None, engine: str = "torch",
+                 threads: Optional[int] = None) -> dict:
     """De-duplicate `source` (a spec or an opened Source) into `out` (see `selection.py` for the files).
 
     Give `scores` (a scores file with image embeddings, or pixel descriptors for features="pixels") or `model`
-    (embeddings are then computed by the resumable score job into `<out stem>.images.parquet`).
+    (embeddings are then computed by the resumable score job into `<out stem>.images.parquet`; `executor`,
+    `executor_options`, `engine`, `threads` are that job's, see `score_source`).
     keep: "central" (nearest its group's centre), "first" (source order) or "score" (best caption score;
     needs scores with captions).
     """
@@ -114,9 +117,12 @@ def dedup_source(source, out, *, model=None, scores=None, eps: float = 0.05, met
     if scores is None:
         stem = paths["data"] / "images" if paths["format"] == "wds" else paths["data"].with_suffix("")
         scores = Path(f"{stem}.images.parquet")
-        score_source(src, model, scores, batch_size=batch_size, workers=workers, device=device,
-                     precision=precision, texts=captions, lang=False, embeddings=features == "model",
-                     pixel_features=features == "pixels", progress=progress)
+        spec = isinstance(source, str) and executor != "local"  # workers open the source from its spec
+        score_source(source if spec else src, model, scores, batch_size=batch_size, workers=workers,
+                     device=device, precision=precision, texts=captions, lang=False,
+                     embeddings=features == "model", pixel_features=features == "pixels", progress=progress,
+                     source_options=source_options if spec else None, executor=executor,
+                     executor_options=executor_options, engine=engine, threads=threads)
     info = scores_info(scores)
     table = read_scores(scores)
     col = "image_emb" if features == "model" else "pixel_feat"

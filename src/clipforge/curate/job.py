@@ -11,6 +11,12 @@ with the job's description in the file's metadata) and the parts folder is remov
 
 Re-running on a finished `out` with the same source, model and options returns its summary without work; other
 settings are refused unless `overwrite=True`.
+
+`executor="ray"` (options as `clipforge.scale.RayExecutor` declares them: address, num_workers, ...) scores on
+a Ray cluster: one part is one unit of work, each actor decodes, inspects, encodes and scores its part's
+batches itself (`EncodeJob.inspect` / `EncodeJob.after` with the same `image_facts` and `score_batch`), only
+the rows travel back, in plan order, and they are committed here exactly as above, so the file equals the
+local run's (same rows, same skips) and a job killed under one engine resumes under either.
 """
 from __future__ import annotations
 
@@ -34,6 +40,7 @@ from clipforge.data.decode import SkipCounter
 from clipforge.data.sources import open_source
 from clipforge.encode import Encoder, as_encoder
 from clipforge.errors import ClipforgeError, UsageError
+from clipforge.scale import EXECUTORS, EncodeJob, create_executor
 
 __all__ = ["score_source", "read_scores", "scores_info", "FORMAT", "VERSION"]
 
@@ -90,13 +97,17 @@ def score_source(source, model, out, *, batch_size: int = 256, part_size: int = 
                  device=None, precision: str = "auto", texts: bool = True, lang="auto", embeddings: bool = True,
                  pixel_features: bool = False, overwrite: bool = False, progress: Optional[bool] = None,
                  source_options: Optional[dict] = None,
-                 on_part: Optional[Callable[[dict], None]] = None) -> dict:
+                 on_part: Optional[Callable[[dict], None]] = None, executor: str = "local",
+                 executor_options: Optional[dict] = None, engine: str = "torch",
+                 threads: Optional[int] = None) -> dict:
     """Score every pair of `source` (a spec string or an opened Source) with `model` (a model reference, or an
     `Encoder` / loaded model used as it is) into the parquet file `out`; resumable (see the module docstring).
 
     texts: score captions (False: image facts and embeddings only). lang: "auto" | True | False (a language
     guess per caption, with py3langid). embeddings: keep each image's embedding (de-duplication reuses them).
-    pixel_features: keep a model-free pixel descriptor per image. Returns the job summary.
+    pixel_features: keep a model-free pixel descriptor per image. executor: "local" (this process, run by
+    `engine` with `threads`) or "ray" (`executor_options`; needs `model` as a reference, and `source` as a spec
+    string when it needs `source_options`). Returns the job summary.
     """
     if batch_size < 1 or part_size < 1 or workers < 0:
         raise UsageError(f"need `batch_size` >= 1, `part_size` >= 1, `workers` >= 0; got {batch_size}, "
@@ -104,6 +115,10 @@ def score_source(source, model, out, *, batch_size: int = 256, part_size: int = 
     out = Path(out)
     if out.suffix != ".parquet":
         raise UsageError(f"`out` must be a .parquet file, got {str(out)!r}")
+    EXECUTORS.check(executor, executor_options or {})  # a misplaced option fails before any work
+    if executor != "local" and not isinstance(model, (str, os.PathLike)):
+        raise UsageError(f"executor {executor!r} loads the model in its workers: pass a model reference (a name "
+                         "or a path), not a loaded model")
     lang = resolve_lang(lang)
     src = _source_of(source, source_options)
     job = {"format": FORMAT, "version": VERSION, "source": src.spec, "model": _model_ref(model),
@@ -126,11 +141,35 @@ def score_source(source, model, out, *, batch_size: int = 256, part_size: int = 
                              f"{manifest.get('model')!r}; finish it, choose another `out` or pass `overwrite`")
         shutil.rmtree(parts)
         manifest = None
-    enc = as_encoder(model) if not isinstance(model, (str, os.PathLike)) else Encoder.load(
-        job["model"], device=device, precision=(manifest or {}).get("precision", precision))
+    precision = (manifest or {}).get("precision", precision)  # a resumed job encodes exactly like the first run
+    runner = enc = None
+    if executor != "local":
+        opts = job["options"]
+        runner = create_executor(executor, EncodeJob(
+            src.spec, job["model"], dict(source_options or {}), precision=precision, device=device, workers=workers,
+            inspect=functools.partial(image_facts, pixel_features=opts["pixel_features"]),
+            after=functools.partial(score_batch, texts=opts["texts"], lang=opts["lang"],
+                                    embeddings=opts["embeddings"], pixel_features=opts["pixel_features"])),
+            **(executor_options or {}))
+        prec, dim = runner.precision, runner.embed_dim
+    else:
+        enc = as_encoder(model) if not isinstance(model, (str, os.PathLike)) else Encoder.load(
+            job["model"], device=device, precision=precision, engine=engine, threads=threads)
+        prec, dim = enc.precision, enc.embed_dim
+    try:
+        return _start(out, src, job, manifest, manifest_path, parts, prec, dim, enc, runner, progress, on_part,
+                      workers, batch_size, part_size)
+    finally:
+        if runner is not None:
+            runner.close()
+
+
+def _start(out, src, job, manifest, manifest_path, parts, prec, dim, enc, runner, progress, on_part,
+           workers, batch_size, part_size) -> dict:
+    """The rest of `score_source`, once the model is loaded here (`enc`) or in the executor's workers."""
     n = _n_positions(src)
     if manifest is None:
-        manifest = {**job, "precision": enc.precision, "embed_dim": enc.embed_dim, "n_positions": n,
+        manifest = {**job, "precision": prec, "embed_dim": dim, "n_positions": n,
                     "batch_size": batch_size, "part_size": part_size, "done": {},
                     "open_skipped": src.open_skipped.as_dict(), "created": time.time()}
     elif manifest["n_positions"] != n:
@@ -143,11 +182,28 @@ def score_source(source, model, out, *, batch_size: int = 256, part_size: int = 
     if resumed:
         log.info("resuming %s: %d of %d positions already scored", out, resumed, n)
     t0, scored = time.perf_counter(), _run_parts(src, enc, manifest, manifest_path, parts, progress, on_part,
-                                                 workers)
-    return _finish(out, parts, manifest, resumed, scored, time.perf_counter() - t0)
+                                                 workers, runner)
+    res = _finish(out, parts, manifest, resumed, scored, time.perf_counter() - t0)
+    return {**res, "executor": runner.describe() if runner is not None else {"executor": "local"}}
 
 
-def _run_parts(src, enc, manifest, manifest_path: Path, parts: Path, progress, on_part, workers) -> int:
+def _place_skips(table: pa.Table, planned) -> pa.Table:
+    """The positions of a batch's unusable images, placed as `score_batch(..., planned=...)` places them: for a
+    batch scored where it was encoded (an executor's `after` sees the batch, not the plan it was read with)."""
+    reasons, pos = table.column("skip_reason").to_pylist(), table.column("position").to_pylist()
+    rows = [i for i, r in enumerate(reasons) if r is not None]
+    read = {p for p, r in zip(pos, reasons) if r is None}
+    missing = [p for p in planned if p not in read]
+    if not rows or len(missing) != len(rows):  # skips are recorded in plan order
+        return table
+    for i, p in zip(rows, missing):
+        pos[i] = p
+    k = table.schema.get_field_index("position")
+    return table.set_column(k, table.schema.field(k), pa.array(pos, pa.int64()))
+
+
+def _run_parts(src, enc, manifest, manifest_path: Path, parts: Path, progress, on_part, workers,
+               runner=None) -> int:
     n, ps, bs = manifest["n_positions"], manifest["part_size"], manifest["batch_size"]
     opts = manifest["options"]
     todo = [p for p in range(-(-n // ps)) if str(p) not in manifest["done"]]
@@ -158,16 +214,22 @@ def _run_parts(src, enc, manifest, manifest_path: Path, parts: Path, progress, o
             plan.append(positions[i:i + bs])
             part_of.append(p)
     inspect = functools.partial(image_facts, pixel_features=opts["pixel_features"])
-    schema = schema_for(lang=opts["lang"], embed_dim=enc.embed_dim if opts["embeddings"] else None,
+    schema = schema_for(lang=opts["lang"], embed_dim=manifest["embed_dim"] if opts["embeddings"] else None,
                         pixel_features=opts["pixel_features"])
     pending: list[pa.Table] = []
     scored = 0
     skipped = SkipCounter()
-    for b, batch in enumerate(enc.iter_source(src, bs, batches=plan, workers=workers, skipped=skipped,
-                                              progress=progress, desc="scoring", inspect=inspect)):
-        pending.append(score_batch(enc, batch, texts=opts["texts"], lang=opts["lang"],
-                                   embeddings=opts["embeddings"], pixel_features=opts["pixel_features"],
-                                   planned=plan[b]))
+    if runner is not None:  # each batch already scored where it was encoded (the job's `after`)
+        tables = (_place_skips(t, plan[b]) for b, t in enumerate(
+            runner.iter_batches(plan, part_of, source=src, progress=bool(progress))))
+    else:
+        tables = (score_batch(enc, batch, texts=opts["texts"], lang=opts["lang"], embeddings=opts["embeddings"],
+                              pixel_features=opts["pixel_features"], planned=plan[b])
+                  for b, batch in enumerate(enc.iter_source(src, bs, batches=plan, workers=workers,
+                                                            skipped=skipped, progress=progress, desc="scoring",
+                                                            inspect=inspect)))
+    for b, table in enumerate(tables):
+        pending.append(table)
         if b + 1 == len(plan) or part_of[b + 1] != part_of[b]:
             p = part_of[b]
             table = pa.concat_tables(pending).cast(schema) if pending else schema.empty_table()

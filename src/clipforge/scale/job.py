@@ -35,6 +35,9 @@ class EncodeJob:
     # that batch instead of the batch (e.g. a job's scores, so only they travel back). It must pickle (a
     # module-level function, or functools.partial of one) and depend only on its arguments.
     after: Optional[Callable[[Encoder, ImageBatch], Any]] = None
+    # facts about each decoded image, computed where it is decoded: inspect(sample, image) -> dict, merged into
+    # the row's `batch.info` (see `clipforge.encode.batches`). It must pickle like `after`.
+    inspect: Optional[Callable[[Any, Any], dict]] = None
 
     def __post_init__(self):
         if self.require not in REQUIRE:
@@ -43,6 +46,9 @@ class EncodeJob:
             raise UsageError(f"`workers` must be >= 0, got {self.workers}")
         if self.after is not None and not callable(self.after):
             raise UsageError(f"`after` must be a function (encoder, batch) -> result, got {type(self.after).__name__}")
+        if self.inspect is not None and not callable(self.inspect):
+            raise UsageError(f"`inspect` must be a function (sample, image) -> dict, got "
+                             f"{type(self.inspect).__name__}")
 
     def open_source(self):
         return open_source(self.source, **self.source_options)
@@ -53,11 +59,11 @@ class EncodeJob:
 
 def encode_batches(job: EncodeJob, source, encoder: Encoder, plan: Sequence[Sequence[int]], *,
                    progress: Optional[bool] = False, worker_init_fn=None) -> Iterator[Any]:
-    """The planned batches of `source`, encoded (then passed through `job.after`, if set): the one call every
-    executor makes, here or in a worker."""
+    """The planned batches of `source`, encoded (each image's `job.inspect` facts in `batch.info`; then passed
+    through `job.after`, if set): the one call every executor makes, here or in a worker."""
     batches = encoder.iter_source(source, batches=plan, workers=job.workers, require=job.require,
                                   normalize=job.normalize, captions=job.captions, progress=progress,
-                                  worker_init_fn=worker_init_fn)
+                                  worker_init_fn=worker_init_fn, inspect=job.inspect)
     if job.after is None:
         return batches
     return (job.after(encoder, batch) for batch in batches)
