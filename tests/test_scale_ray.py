@@ -1,7 +1,7 @@
 """The Ray executor on a real local Ray cluster (2 CPUs, in this process, bound to 127.0.0.1): an index of the
 photos demo built with `executor="ray"` has the same ids, keys, skips and vectors as the local build; killing
 one Ray worker mid-job still gives every sample exactly once; a killed driver resumes with no duplicates or
-gaps. Skipped only when Ray is not installed (`pip install 'clipforge[scale]'`)."""
+gaps; `curate score --engine ray` writes the same scores file as the local engine. Skipped only when Ray is not installed (`pip install 'clipforge[scale]'`)."""
 import os
 import shutil
 import signal
