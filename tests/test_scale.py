@@ -37,6 +37,8 @@ def test_options_are_checked_against_the_executor():
         create_executor("spark", job)
     with pytest.raises(UsageError, match="`require`"):
         EncodeJob("files:/nowhere", "tiny", require="labels")
+    with pytest.raises(UsageError, match="`inspect` must be a function"):
+        EncodeJob("files:/nowhere", "tiny", inspect={"width": 1})
     assert {"address", "num_workers", "num_cpus_per_worker", "num_gpus_per_worker"} <= \
         {o.name for o in EXECUTORS.options("ray") if o.cli}
 
