@@ -54,6 +54,15 @@ def subset_manifest(sets: dict, idx, path: Path) -> str:
     return str(path)
 
 
+def lora_targets(base: str) -> list[str]:
+    """Attention + MLP of every transformer block, plus the attention-pool projections of a ResNet image tower."""
+    from clipforge.encode import Encoder
+
+    names = [n for n, _ in Encoder.load(base).engine.model.named_modules()]
+    return ["attn.qkv", "attn.out", "mlp.fc", "mlp.proj"] + (["attnpool.*"] if any(".attnpool." in n for n in names)
+                                                              else [])
+
+
 def train_adapted(base: str, manifest: str, out: Path, *, lora: bool, steps: int, seed: int, batch: int) -> str:
     """LoRA (rank 8 on attention + MLP of both towers) or full fine-tuning of `base` on `manifest`."""
     from clipforge.train.config import config_from_dict
@@ -67,7 +76,7 @@ def train_adapted(base: str, manifest: str, out: Path, *, lora: bool, steps: int
                  "checkpoint_every": 10 ** 6, "progress": False}}
     if lora:
         d["adapt"] = {"method": "lora", "rank": 8, "alpha": 16,
-                      "targets": ["attn.qkv", "attn.out", "mlp.fc", "mlp.proj"], "towers": ["image", "text"]}
+                      "targets": lora_targets(base), "towers": ["image", "text"]}
     train(config_from_dict(d).validate(), out)
     return str(out / "final")
 

@@ -127,6 +127,27 @@ def test_targets_layers_and_errors(tiny_model):
         tiny_model.save_pretrained("/nonexistent/never-written")
 
 
+def test_resnet_image_tower_adapts_its_attention_pool():
+    """A ResNet image tower has no transformer blocks: its attention-pool projections are the Linear targets, and
+    a target list that leaves one requested tower with nothing to adapt is refused by name."""
+    torch.manual_seed(0)
+    model = create_model("tiny-resnet")
+    with pytest.raises(UsageError, match="no layer of the image tower.*attnpool.q_proj"):
+        target_names(model, LoRAConfig(targets=("attn.qkv",)))
+    cfg = LoRAConfig(rank=2, targets=("attn.qkv", "attnpool.*"), layers=(-1,))
+    names = target_names(model, cfg)
+    assert [n for n in names if n.startswith("visual.")] == [
+        f"visual.attnpool.{p}_proj" for p in ("q", "k", "v", "c")]
+    assert names[-1] == "text.transformer.blocks.1.attn.qkv"  # `layers` still restricts the text blocks
+    px, ids = _inputs(model)
+    apply_lora(model, cfg)
+    _randomise_lora(model)
+    img, txt = _embeds(model, px, ids)
+    merge_lora(model)
+    img2, txt2 = _embeds(model, px, ids)
+    assert torch.allclose(img, img2, atol=1e-5) and torch.allclose(txt, txt2, atol=1e-5)
+
+
 def test_dropout_only_in_training(tiny_model):
     apply_lora(tiny_model, LoRAConfig(rank=4, dropout=0.5))
     _randomise_lora(tiny_model)

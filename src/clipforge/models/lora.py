@@ -193,28 +193,39 @@ def _tower_linears(tower: nn.Module):
 def target_names(model, cfg: LoRAConfig) -> list[str]:
     """Full module names (`visual.transformer.blocks.0.attn.qkv`, `text.proj`, ...) that `cfg` adapts.
     A pattern that matches nothing is an error listing what there is."""
-    out, seen_patterns, available = [], set(), set()
+    out, seen_patterns, available, empty = [], set(), set(), []
     for tower_key in cfg.towers:
         attr = TOWERS[tower_key]
         tower = getattr(model, attr)
-        n_blocks = len(tower.transformer.blocks)
-        layers = None if cfg.layers is None else {i % n_blocks for i in cfg.layers if -n_blocks <= i < n_blocks}
-        if cfg.layers is not None and len(layers or ()) != len(set(cfg.layers)):
+        blocks = getattr(getattr(tower, "transformer", None), "blocks", None)
+        n_blocks = len(blocks) if blocks is not None else 0  # a ResNet tower has no transformer blocks
+        layers = None if cfg.layers is None or not n_blocks else {
+            i % n_blocks for i in cfg.layers if -n_blocks <= i < n_blocks}
+        if cfg.layers is not None and n_blocks and len(layers or ()) != len(set(cfg.layers)):
             raise UsageError(f"`layers` {list(cfg.layers)} out of range for the {tower_key} tower's "
                              f"{n_blocks} blocks")
+        here, tower_available = [], set()
         for rel, block, name, _ in _tower_linears(tower):
-            available.add(rel)
+            tower_available.add(rel)
             for pat in cfg.targets:
                 if fnmatch.fnmatchcase(rel, pat):
                     seen_patterns.add(pat)
                     if block is None or layers is None or block in layers:
-                        out.append(f"{attr}.{name}")
+                        here.append(f"{attr}.{name}")
                     break
+        if not here and len(cfg.towers) > 1:
+            empty.append((tower_key, tower_available))
+        available |= tower_available
+        out += here
     missing = [p for p in cfg.targets if p not in seen_patterns]
     if missing:
         raise UsageError(f"`targets` {missing} match no Linear layer; the layers are: {', '.join(sorted(available))}")
     if not out:
         raise UsageError("`targets` and `layers` select no layer to adapt")
+    for tower_key, tower_available in empty:
+        raise UsageError(f"`targets` {list(cfg.targets)} select no layer of the {tower_key} tower; its Linear "
+                         f"layers are: {', '.join(sorted(tower_available)) or 'none'} (or leave the tower out "
+                         f"of `towers`)")
     return out
 
 
