@@ -1,6 +1,6 @@
 """Objectives at equal steps on the offline synthetic sets (docs/objectives.md, docs/benchmarks.md).
 
-    python bench/bench_objectives.py counting  [--steps 200] [--seeds 0 1 2] [--json out.json]
+    python bench/bench_objectives.py counting  [--steps 200] [--seeds 0 1 2] [--json out.json] [--recipe resnet|vit]
     python bench/bench_objectives.py distill   [--teacher-steps 400] [--steps 100] [--seeds 0 1 2]
     python bench/bench_objectives.py longclip  [--base-steps 300] [--steps 150] [--seeds 0 1 2]
 
@@ -39,12 +39,22 @@ from clipforge.encode import Encoder  # noqa: E402
 from clipforge.models import load_model  # noqa: E402
 from clipforge.train import load_config, train  # noqa: E402
 
-BASE = [  # the digits demo's recipe (tiny, conv stem, trained BPE), smaller batch
+BASE = [  # the digits demo's recipe (tiny-resnet, trained BPE), smaller batch: src/clipforge/configs/demo-digits.yaml
+    "model.name=tiny-resnet", "model.tokenizer=train", "model.tokenizer_vocab_size=1024",
+    "data.batch_size=64", "optim.lr=0.002", "optim.weight_decay=0.1", "optim.grad_clip=1.0",
+    "schedule.warmup_steps=20", "run.log_every=25", "run.checkpoint_every=100000", "run.progress=false",
+    "run.threads=2",
+]
+VIT_BASE = [  # the previous demo recipe (tiny ViT, conv stem, per-image normalisation): `--recipe vit`
     "model.name=tiny", "model.tokenizer=train", "model.tokenizer_vocab_size=1024",
     "model.overrides={vision: {stem: conv}, preprocess: {per_image_norm: true}}",
     "data.batch_size=64", "optim.lr=0.002", "optim.weight_decay=0.1", "schedule.warmup_steps=20",
     "run.log_every=25", "run.checkpoint_every=100000", "run.progress=false", "run.threads=2",
 ]
+STUDENT = {  # the distillation student: the same family as the teacher, about half as big
+    "resnet": ["model.overrides={vision: {width: 8}, text: {layers: 1}}"],
+    "vit": ["model.overrides={vision: {stem: conv, layers: 1}, text: {layers: 1}, preprocess: {per_image_norm: true}}"],
+}
 
 
 def load() -> float:
@@ -132,8 +142,7 @@ def bench_distill(args, work: Path) -> dict:
                         augmentations=args.augmentations, seed=0, progress=False)
     t["reinforce_s"] = round(time.perf_counter() - t0, 1)
     out = {"steps": args.steps, "seeds": args.seeds, "teacher": t, "reinforce": summary, "arms": {}}
-    student = ["model.overrides={vision: {stem: conv, layers: 1}, text: {layers: 1}, "
-               "preprocess: {per_image_norm: true}}"]
+    student = STUDENT[args.recipe]
     for loss in ("clip", "clip+distill"):
         accs, runs = [], []
         for seed in args.seeds:
@@ -211,18 +220,24 @@ def main():
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--batch", type=int, default=64, help="global batch of every run (default 64)")
     ap.add_argument("--work", default=None, help="working folder (default: a temporary one)")
+    ap.add_argument("--recipe", choices=["resnet", "vit"], default="resnet",
+                    help="resnet: the digits demo's tiny-resnet (default); vit: the previous tiny ViT with a conv stem")
+    ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     args.steps = args.steps or {"counting": 200, "distill": 100, "longclip": 150}[args.which]
     logging.basicConfig(level=logging.WARNING)
-    BASE[:] = [f"data.batch_size={args.batch}" if s.startswith("data.batch_size") else s for s in BASE]
-    FINE_TUNE[:] = [f"data.batch_size={args.batch}" if s.startswith("data.batch_size") else s for s in FINE_TUNE]
-    torch.set_num_threads(2)
+    if args.recipe == "vit":
+        BASE[:] = VIT_BASE
+    BASE[:] = [f"data.batch_size={args.batch}" if s.startswith("data.batch_size") else
+               f"run.threads={args.threads}" if s.startswith("run.threads") else s for s in BASE]
+    FINE_TUNE[:] = [s for s in BASE if not s.startswith(("model.tokenizer", "model.overrides", "model.name"))]
+    torch.set_num_threads(args.threads)
     work = Path(args.work or tempfile.mkdtemp(prefix=f"bench-{args.which}-"))
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     res = {"counting": bench_counting, "distill": bench_distill, "longclip": bench_longclip}[args.which](args, work)
-    res.update({"bench": args.which, "wall_s": round(time.perf_counter() - t0, 1), "load_end": round(load(), 1),
+    res.update({"bench": args.which, "recipe": args.recipe, "wall_s": round(time.perf_counter() - t0, 1), "load_end": round(load(), 1),
                 "torch": torch.__version__, "cpus": os.cpu_count()})
     print(json.dumps(res, indent=1))
     if args.json:
