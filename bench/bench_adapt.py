@@ -149,7 +149,7 @@ def main():
                 man = subset_manifest(dst, sup, work / f"support-k{k}-s{seed}.jsonl")
                 t = time.perf_counter()
                 model = train_adapted(base, man, work / f"{name}-k{k}-s{seed}", lora=lora, steps=a.train_steps,
-                                      seed=seed, batch=a.train_batch)
+                                      seed=seed, batch=min(a.train_batch, len(sup)))  # k=1: 10 images
                 walls.append(time.perf_counter() - t)
                 e2 = Encoder.load(model)
                 tf = e2.encode_source(open_source(f"imagefolder:{dst['val_dir']}"), 256, require="label")

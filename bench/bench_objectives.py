@@ -1,12 +1,14 @@
 """Objectives at equal steps on the offline synthetic sets (docs/objectives.md, docs/benchmarks.md).
 
-    python bench/bench_objectives.py counting  [--steps 200] [--seeds 0 1 2] [--json out.json] [--recipe resnet|vit]
+    python bench/bench_objectives.py counting  [--steps 200] [--seeds 0 1 2] [--count-fraction 0.25] [--json out.json]
     python bench/bench_objectives.py distill   [--teacher-steps 400] [--steps 100] [--seeds 0 1 2]
     python bench/bench_objectives.py longclip  [--base-steps 300] [--steps 150] [--seeds 0 1 2]
 
 counting  Trains the tiny model on `clipforge data demo counting` with `clip` and with `clip+count` (same
           seeds, steps, batch, schedule) and scores counting accuracy: each held-out image against the six
           captions "a picture showing {1..6} {its colour} {its shape}s." (an unseen phrasing).
+          --count-fraction F < 1 gives the rest of the training images count-free captions (the paper's
+          setting: counts are rare in web captions, so in-batch negatives seldom differ by number alone).
 distill   Trains a teacher on the digits demo, reinforces the training set with it (stored views and
           embeddings), then trains the same student with `clip` and with `clip+distill` on the reinforced
           set at equal steps; zero-shot top-1 on held-out digits with unseen templates.
@@ -14,8 +16,8 @@ longclip  Trains a base model (context 32) on the long-caption set, then continu
           either as is (captions truncated at 32 tokens) or stretched to 68 positions with the Long-CLIP
           loss (full captions); text->image and image->text R@1 on held-out pairs with the full captions.
 
-Each arm runs every seed; the table gives each seed's value, the mean and the spread (max - min). Wall
-times depend on the machine's load (printed with `uptime`'s load average).
+Every bench trains the digits demo's tiny-resnet recipe (`--recipe vit`: the previous tiny ViT). Each arm runs
+every seed; the table gives each seed's value, the mean and the spread (max - min). Wall times depend on the machine's load (printed with `uptime`'s load average).
 """
 from __future__ import annotations
 
@@ -97,12 +99,12 @@ def counting_accuracy(model_dir: Path, val_manifest: str) -> float:
 def bench_counting(args, work: Path) -> dict:
     from clipforge.data.demo_counting import build_counting
 
-    data = build_counting(str(work / "counting"))
-    out = {"steps": args.steps, "seeds": args.seeds, "arms": {}}
+    data = build_counting(str(work / f"counting-{args.count_fraction:g}"), count_fraction=args.count_fraction)
+    out = {"steps": args.steps, "seeds": args.seeds, "count_fraction": args.count_fraction, "arms": {}}
     for loss in ("clip", "clip+count"):
         accs, runs = [], []
         for seed in args.seeds:
-            d = work / f"count-{loss}-{seed}"
+            d = work / f"count-{args.count_fraction:g}-{loss}-{seed}"
             r = run([f"data.train=jsonl:{data['train_manifest']}", f"loss.name={loss}", f"run.steps={args.steps}",
                      f"run.seed={seed}"], d)
             r["accuracy"] = counting_accuracy(d / "final", data["val_manifest"])
@@ -223,6 +225,9 @@ def main():
     ap.add_argument("--recipe", choices=["resnet", "vit"], default="resnet",
                     help="resnet: the digits demo's tiny-resnet (default); vit: the previous tiny ViT with a conv stem")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--count-fraction", type=float, default=1.0,
+                    help="counting: share of training images whose captions state the count (the rest name colour "
+                         "and shape only, like most web captions)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     args.steps = args.steps or {"counting": 200, "distill": 100, "longclip": 150}[args.which]

@@ -189,3 +189,26 @@ def test_counting_demo_set(tmp_path):
         for cap in r["captions"]:
             found = find_number(cap)
             assert (found is None) == (r["count"] == 1) and (found is None or found[2] == r["count"])
+
+
+def test_counting_demo_count_fraction(tmp_path):
+    """count_fraction: about that share of training images keep their count captions, the rest name colour and
+    shape only; the images and the held-out set are the same as the full set's."""
+    from clipforge.data.counterfactual import find_number
+    from clipforge.data.demo_counting import build_counting
+
+    full = build_counting(str(tmp_path / "full"), num_train=400, num_val=20, seed=2)
+    part = build_counting(str(tmp_path / "part"), num_train=400, num_val=20, seed=2, count_fraction=0.25)
+    rf, rp = ([json.loads(x) for x in Path(p["train_manifest"]).read_text().splitlines()] for p in (full, part))
+    assert [(r["count"], r["color"], r["shape"]) for r in rf] == [(r["count"], r["color"], r["shape"]) for r in rp]
+    assert Path(full["val_manifest"]).read_text() == Path(part["val_manifest"]).read_text()
+    for a, b in zip(rf[:30], rp[:30]):
+        assert Path(full["train_manifest"]).parent.joinpath(a["image"]).read_bytes() == \
+            Path(part["train_manifest"]).parent.joinpath(b["image"]).read_bytes()
+    kept = [r for r in rp if r["count"] > 1 and any(find_number(c) for c in r["captions"])]
+    plain = [r for r in rp if r["count"] > 1 and not any(find_number(c) for c in r["captions"])]
+    share = len(kept) / (len(kept) + len(plain))
+    assert 0.15 < share < 0.35, share
+    assert all(r["color"] in c and r["shape"] in c for r in plain for c in r["captions"])
+    with pytest.raises(UsageError, match="count_fraction"):
+        build_counting(str(tmp_path / "bad"), count_fraction=0.0)

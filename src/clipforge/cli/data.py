@@ -90,6 +90,9 @@ def register(subparsers) -> None:
     d.add_argument("--out", required=True, help="output folder")
     d.add_argument("--size", type=int, default=32, help="digits, fonts, counting: image side in pixels (default 32)")
     d.add_argument("--seed", type=int, default=0, help="digits, fonts, counting, long-captions: generation seed")
+    d.add_argument("--count-fraction", type=float, default=1.0,
+                   help="counting: share of training images whose captions state the count; the rest name colour "
+                        "and shape only, as most web captions do (default 1.0)")
     d.add_argument("--json", action="store_true", help="print the written paths as JSON")
     d.set_defaults(func=run_demo)
 
@@ -154,7 +157,7 @@ def run_demo(args) -> int:
     if args.name in ("digits", "fonts"):
         paths = (build_digits if args.name == "digits" else build_fonts)(args.out, size=args.size, seed=args.seed)
     elif args.name == "counting":
-        paths = build_counting(args.out, size=args.size, seed=args.seed)
+        paths = build_counting(args.out, size=args.size, seed=args.seed, count_fraction=args.count_fraction)
     elif args.name == "long-captions":
         paths = build_long_captions(args.out, seed=args.seed)
     else:

@@ -36,6 +36,13 @@ COUNT_TEMPLATES = [
     "an image of exactly {n} {shapes} coloured {color}.",
 ]
 EVAL_TEMPLATE = "a picture showing {n} {color} {shapes}."
+# Captions that name colour and shape but not how many, like most web captions: `count_fraction` < 1 gives the
+# rest of the training images these (the counting paper's setting: counts are rare in the training captions).
+PLAIN_TEMPLATES = [
+    "a photo of {a}{color} {shapes}.",
+    "{a}{color} {shapes} on a dark background.",
+    "a drawing with {a}{color} {shapes}.",
+]
 
 
 def _plural(shape: str, n: int) -> str:
@@ -45,6 +52,11 @@ def _plural(shape: str, n: int) -> str:
 def count_caption(template: str, n: int, color: str, shape: str, digits: bool = False) -> str:
     word = str(n) if digits else COUNT_WORDS[n - 1]
     return template.format(n=word, color=color, shapes=_plural(shape, n))
+
+
+def plain_caption(template: str, n: int, color: str, shape: str) -> str:
+    """A caption without the number (singular with an article for one shape, plural otherwise)."""
+    return template.format(a="a " if n == 1 else "", color=color, shapes=_plural(shape, n))
 
 
 def _draw(n: int, color: str, shape: str, size: int, rng: np.random.Generator) -> Image.Image:
@@ -66,17 +78,25 @@ def _draw(n: int, color: str, shape: str, size: int, rng: np.random.Generator) -
     return img
 
 
-def build_counting(out_dir: str, size: int = 32, num_train: int = 3000, num_val: int = 600, seed: int = 0) -> dict:
-    """Write the counting set; return {name: absolute path} (train_manifest, val_manifest, ...) + counts."""
+def build_counting(out_dir: str, size: int = 32, num_train: int = 3000, num_val: int = 600, seed: int = 0,
+                   count_fraction: float = 1.0) -> dict:
+    """Write the counting set; return {name: absolute path} (train_manifest, val_manifest, ...) + counts.
+
+    count_fraction: the share of training images whose captions state the count; the others get captions with
+    colour and shape only (PLAIN_TEMPLATES). The images, the held-out set and the random draws for the counting
+    images do not depend on it."""
     if not 16 <= size <= 512:
         raise UsageError(f"size must be in [16, 512], got {size}")
+    if not 0.0 < count_fraction <= 1.0:
+        raise UsageError(f"count_fraction must be in (0, 1], got {count_fraction}")
     if num_train < 1 or num_val < 1:
         raise UsageError("num_train and num_val must be >= 1")
     params = {"name": "counting", "size": size, "num_train": num_train, "num_val": num_val, "seed": seed,
-              "version": DEMO_VERSION}
+              "version": DEMO_VERSION, **({"count_fraction": count_fraction} if count_fraction < 1.0 else {})}
 
     def build(tmp: str) -> dict:
         rng = np.random.default_rng(seed)
+        plain_rng = np.random.default_rng([seed, 1])  # its own stream: the images never depend on count_fraction
         for split, count in (("train", num_train), ("val", num_val)):
             os.makedirs(os.path.join(tmp, split))
             rows = []
@@ -90,6 +110,8 @@ def build_counting(out_dir: str, size: int = 32, num_train: int = 3000, num_val:
                     picks = rng.choice(len(COUNT_TEMPLATES), size=3, replace=False)
                     caps = [count_caption(COUNT_TEMPLATES[t], n, color, shape, digits=bool(rng.random() < 0.3))
                             for t in picks]
+                    if count_fraction < 1.0 and plain_rng.random() >= count_fraction:
+                        caps = [plain_caption(t, n, color, shape) for t in PLAIN_TEMPLATES]
                 else:
                     caps = [count_caption(EVAL_TEMPLATE, n, color, shape)]
                 rows.append({"id": f"count-{split}-{i:05d}", "image": rel, "captions": caps, "count": n,
