@@ -3,8 +3,9 @@
 Each measurement runs in its own subprocess (so the two libraries never share a process or warm caches):
 clipforge in this environment, open_clip in the environment given by --openclip-python (open_clip needs
 torchvision, which imports only beside torch 2.14.1 here). A step = forward of both towers on synthetic
-pixels/tokens, CLIP loss, backward, AdamW step. Achieved GFLOP/s counts 3x the forward FLOPs (fwd + bwd),
-against a bf16/fp32 matmul peak measured in the same run.
+pixels/tokens, CLIP loss, backward, AdamW step. Achieved GFLOP/s counts 3x the forward matmul FLOPs
+(fwd + bwd) over the text positions each implementation computes (clipforge trims the padding after the last end
+token, open_clip runs the whole context), against a bf16/fp32 matmul peak measured in the same run.
 
     python bench/bench_train_step.py --openclip-python /work/refenv/bin/python --out docs/bench_train_step.md [--repeats 3]
     python bench/bench_train_step.py --worker clipforge --model tiny --precision bf16 --batch 256   # one cell
@@ -38,10 +39,15 @@ def text_flops(ctx, width, layers, mlp_ratio=4):
     return layers * per_layer
 
 
-FLOPS = {  # forward FLOPs per sample (matmuls only)
-    "tiny": vit_flops(32, 4, 64, 2, 4, 0) + text_flops(32, 64, 2),
-    "ViT-B-32": vit_flops(224, 32, 768, 12, 4) + text_flops(77, 512, 12),
-}
+def forward_flops(model_name: str, text_tokens: int) -> float:
+    """Forward matmul FLOPs per sample with the text tower run over `text_tokens` positions: the tokens an
+    implementation actually computes (clipforge trims a batch's padding after the last end token, open_clip
+    runs the whole context), so GFLOP/s is each one's real matmul rate and never exceeds the peak."""
+    if model_name == "tiny":
+        return vit_flops(32, 4, 64, 2, 4, 0) + text_flops(text_tokens, 64, 2)
+    if model_name == "ViT-B-32":
+        return vit_flops(224, 32, 768, 12, 4) + text_flops(text_tokens, 512, 12)
+    raise ValueError(f"no FLOP model for {model_name}")
 
 
 def worker(impl: str, model_name: str, precision: str, batch: int, steps: int, warmup: int,
@@ -103,10 +109,11 @@ def worker(impl: str, model_name: str, precision: str, batch: int, steps: int, w
             times.append(time.perf_counter() - t0)
     times.sort()
     med = times[len(times) // 2]
+    text_run = n if impl == "clipforge" else ctx  # clipforge drops the padding after the last end token
     return {"impl": impl, "model": model_name, "precision": precision, "batch": batch, "steps": steps,
             "median_step_s": med, "samples_per_s": batch / med,
-            "gflops": 3 * FLOPS[model_name] * batch / med / 1e9, "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "caption_tokens": n}
+            "text_tokens_run": text_run, "gflops": 3 * forward_flops(model_name, text_run) * batch / med / 1e9,
+            "torch": torch.__version__, "threads": torch.get_num_threads(), "caption_tokens": n}
 
 
 def matmul_peak(dtype_name: str) -> float:
