@@ -67,10 +67,19 @@ FINE_TUNE = [s for s in BASE if not s.startswith(("model.tokenizer", "model.over
 
 
 def run(sets: list[str], out: Path, base: list[str] = BASE) -> dict:
+    """Train one arm/seed; a finished run of the very same settings in `out` (same --work) is reused."""
+    done = out / "bench_run.json"
+    if done.is_file():
+        prev = json.loads(done.read_text())
+        if prev.get("sets") == base + sets:
+            print(f"reusing {out} (same settings, finished earlier)", flush=True)
+            return prev["result"]
     t0 = time.perf_counter()
     summary = train(load_config(None, base + sets), out)
-    return {"wall_s": round(time.perf_counter() - t0, 1), "train_s": summary["train_time_s"],
-            "final_loss": summary["final"].get("loss")}
+    result = {"wall_s": round(time.perf_counter() - t0, 1), "train_s": summary["train_time_s"],
+              "final_loss": summary["final"].get("loss")}
+    done.write_text(json.dumps({"sets": base + sets, "result": result}))
+    return result
 
 
 def stats(values: list[float]) -> dict:
@@ -97,7 +106,7 @@ def counting_accuracy(model_dir: Path, val_manifest: str) -> float:
 
 
 def bench_counting(args, work: Path) -> dict:
-    from clipforge.data.demo_counting import build_counting
+    from clipforge.data.demo_counting import COUNT_WORDS, build_counting
 
     data = build_counting(str(work / f"counting-{args.count_fraction:g}"), count_fraction=args.count_fraction)
     out = {"steps": args.steps, "seeds": args.seeds, "count_fraction": args.count_fraction, "arms": {}}
@@ -105,8 +114,10 @@ def bench_counting(args, work: Path) -> dict:
         accs, runs = [], []
         for seed in args.seeds:
             d = work / f"count-{args.count_fraction:g}-{loss}-{seed}"
+            # counterfactual numbers from the set's own range (1..6): "seven".."ten" would be a text-only shortcut
+            opts = [f"loss.options={{max_count: {len(COUNT_WORDS)}}}"] if loss == "clip+count" else []
             r = run([f"data.train=jsonl:{data['train_manifest']}", f"loss.name={loss}", f"run.steps={args.steps}",
-                     f"run.seed={seed}"], d)
+                     f"run.seed={seed}"] + opts, d)
             r["accuracy"] = counting_accuracy(d / "final", data["val_manifest"])
             r["load"] = round(load(), 1)
             runs.append(r)

@@ -41,6 +41,18 @@ def test_counterfactual_swaps_the_number_in_its_form(caption, old):
     assert len(seen) >= 5  # draws over the other numbers, not a fixed one
 
 
+def test_counterfactual_numbers_stay_in_the_data_range():
+    """max_count: the counterfactual number comes from 2..max_count only (a set that counts to six never gets a
+    "seven" negative, which the text tower alone could learn to reject); a bad range is refused."""
+    rng = np.random.default_rng(0)
+    seen = {find_number(counterfactual_caption("five red circles", rng, max_count=6))[2] for _ in range(200)}
+    assert seen == {2, 3, 4, 6}
+    seen10 = {find_number(counterfactual_caption("five red circles", rng))[2] for _ in range(400)}
+    assert seen10 == {2, 3, 4, 6, 7, 8, 9, 10}
+    with pytest.raises(ValueError, match="max_count"):
+        counterfactual_caption("five red circles", rng, max_count=2)
+
+
 @pytest.mark.parametrize("caption", ["a dog on a sofa", "one dog", "a 3.5 m boat", "the 2024 final",
                                      "my 4th birthday", "someone at the door", "x2 zoom", ""])
 def test_no_counterfactual_without_a_counting_number(caption):

@@ -101,6 +101,32 @@ def test_count_term_is_nonzero_exactly_with_numbers(digits_demo, tmp_path):
     assert _losses(tmp_path / "plain", "loss/count") == [0.0, 0.0]
 
 
+def test_count_max_option_reaches_the_loader(digits_demo, tmp_path):
+    """`loss.options: {max_count: 6}` bounds the loader's counterfactual numbers; out of range is one line."""
+    from clipforge.data import open_source
+    from clipforge.data.counterfactual import find_number
+    from clipforge.data.loader import make_pair_loader
+    from clipforge.models import create_model
+    from clipforge.train.step import pair_extras
+
+    extras = pair_extras(get_loss("clip+count", max_count=6))
+    assert extras.counterfactuals and extras.count_max == 6
+    rows = [json.loads(x) for x in Path(digits_demo["train_manifest"]).read_text().splitlines()[:64]]
+    root = Path(digits_demo["train_manifest"]).parent
+    for i, r in enumerate(rows):
+        r["image"] = str(root / r["image"])
+        r["captions"] = [f"a picture of {('two', 'three', 'four', 'five', 'six')[i % 5]} digits"]
+    man = tmp_path / "count6.jsonl"
+    man.write_text("\n".join(json.dumps(r) for r in rows))
+    model = create_model("tiny")
+    loader = make_pair_loader(open_source(f"jsonl:{man}"), model.preprocess_train, model.tokenizer, 32,
+                              extras=extras)
+    values = {find_number(c)[2] for b in loader for c in b["counterfactual_captions"]}
+    assert values and values <= {2, 3, 4, 5, 6}
+    with pytest.raises(UsageError, match="max_count"):
+        get_loss("clip+count", max_count=11)
+
+
 @pytest.mark.parametrize("sets, missing", [
     (["loss.name=clip+distill"], "stored teacher embeddings"),
     (["loss.name=cwcl", "loss.options={weights: teacher}"], "stored teacher embeddings"),

@@ -30,13 +30,22 @@ def find_number(caption: str) -> Optional[tuple[int, int, int]]:
     return m.start(), m.end(), int(word) if word.isdigit() else _VALUES[word.lower()]
 
 
-def counterfactual_caption(caption: str, rng: np.random.Generator) -> Optional[str]:
-    """`caption` with its first counting number replaced by a different one (2..10), or None without one."""
+MAX_COUNT = 10
+
+
+def counterfactual_caption(caption: str, rng: np.random.Generator, max_count: int = MAX_COUNT) -> Optional[str]:
+    """`caption` with its first counting number replaced by a different one from 2..max_count, or None without one.
+
+    max_count (3..10) should be the largest count the training data shows: a replacement the true captions never
+    contain ("seven" in a set that counts to six) is a text-only shortcut — the text tower learns that such
+    captions match no image and the counting term falls without the image tower learning to count."""
+    if not 3 <= max_count <= MAX_COUNT:
+        raise ValueError(f"max_count must be in [3, {MAX_COUNT}], got {max_count}")
     found = find_number(caption)
     if found is None:
         return None
     start, end, value = found
-    choices = [v for v in range(2, 11) if v != value]
+    choices = [v for v in range(2, max_count + 1) if v != value]
     new = int(choices[int(rng.integers(len(choices)))])
     old = caption[start:end]
     if old.isdigit():

@@ -65,7 +65,8 @@ def pick_caption(captions: list[str], seed: int, epoch: int, index: int) -> str:
 class PairExtras:
     """What a pair batch carries beyond pixels and one caption's tokens (see the module docstring).
 
-    counterfactuals: "counterfactual_tokens" (C, T) + "count_index" (C,) for the rows whose caption has a number.
+    counterfactuals: "counterfactual_tokens" (C, T) + "count_index" (C,) for the rows whose caption has a number
+        (the counterfactual number drawn from 2..count_max).
     sub_captions: K > 0 -> "sub_caption_tokens" (M, T) + "sub_caption_index" (M,), up to K per row.
     short_captions: "short_tokens" (B, T), each chosen caption's first sentence.
     reinforcement: a store -> the view and caption are the stored ones, plus "teacher_image_embeds" and
@@ -73,6 +74,7 @@ class PairExtras:
     """
 
     counterfactuals: bool = False
+    count_max: int = 10            # counterfactual numbers come from 2..count_max
     sub_captions: int = 0
     short_captions: bool = False
     reinforcement: Optional[ReinforcementStore] = None
@@ -136,7 +138,7 @@ class _BatchDataset(torch.utils.data.Dataset):
             cap = pick_caption(captions, self.seed, self.epoch, idx) if self.mode == "pairs" else None
         if cap is not None:
             if self.extras.counterfactuals:
-                extra["counterfactual"] = counterfactual_caption(cap, self._rng(idx, 4))
+                extra["counterfactual"] = counterfactual_caption(cap, self._rng(idx, 4), self.extras.count_max)
             if self.extras.sub_captions:
                 extra["sub_captions"] = sub_captions(captions, self.extras.sub_captions, self._rng(idx, 5), cap)
             if self.extras.short_captions:

@@ -5,8 +5,10 @@ caption with a different number (`clipforge.data.counterfactual`). For those cou
 
     L_count = −log[ e^{s(i,t)} / (e^{s(i,t)} + e^{s(i,t_cf)}) ] = softplus(s(i,t_cf) − s(i,t))
 
-with s(·,·) the scaled similarity, and the total is L_CLIP + λ·L_count (λ = 1), the counting term averaged
-over the counting samples only: it is zero exactly for batches without a number in any caption. The loss
+with s(·,·) the scaled similarity, and the total is L_CLIP + λ·L_count (λ = `weight` = 1), the counting term averaged
+over the counting samples only: it is zero exactly for batches without a number in any caption. The
+counterfactual number is drawn from 2..`max_count` (10, the paper's range): set it to the largest count in
+the training captions, or numbers that never occur in a true caption become a text-only shortcut. The loss
 declares `needs_counterfactual_captions`; the trainer has the loader make them and encodes them with the
 same text tower in the same forward, and passes, in `batch`:
     "counterfactual_text_embeds": (C, D) normalised embeddings of the counterfactual captions
@@ -40,10 +42,14 @@ class CountingCLIPLoss(CLIPLoss):
     needs_counterfactual_captions = True
     part_name = "clip"
 
-    def __init__(self, weight: float = 1.0, chunk_size: Optional[int] = None,
+    def __init__(self, weight: float = 1.0, max_count: int = 10, chunk_size: Optional[int] = None,
                  distributed: Optional[bool] = None, dot_precision: str = "auto"):
         super().__init__(chunk_size=chunk_size, distributed=distributed, dot_precision=dot_precision)
+        if not 3 <= int(max_count) <= 10:
+            raise UsageError(f"loss option max_count must be in [3, 10] (the largest count in the training "
+                             f"captions), got {max_count}")
         self.weight = float(weight)
+        self.max_count = int(max_count)  # the loader draws counterfactual numbers from 2..max_count
 
     def forward(self, output, batch: Optional[dict] = None) -> LossOutput:
         base = super().forward(output, batch)
