@@ -3,6 +3,7 @@
     python bench/bench_objectives.py counting  [--steps 200] [--seeds 0 1 2] [--count-fraction 0.25] [--json out.json]
     python bench/bench_objectives.py distill   [--teacher-steps 400] [--steps 100] [--seeds 0 1 2]
     python bench/bench_objectives.py longclip  [--base-steps 300] [--steps 150] [--seeds 0 1 2]
+    python bench/bench_objectives.py sweep     [--steps 100] [--losses clip filip clip+multipos cwcl]
 
 counting  Trains the tiny model on `clipforge data demo counting` with `clip` and with `clip+count` (same
           seeds, steps, batch, schedule) and scores counting accuracy: each held-out image against the six
@@ -15,6 +16,8 @@ distill   Trains a teacher on the digits demo, reinforces the training set with 
 longclip  Trains a base model (context 32) on the long-caption set, then continues it for equal steps
           either as is (captions truncated at 32 tokens) or stretched to 68 positions with the Long-CLIP
           loss (full captions); text->image and image->text R@1 on held-out pairs with the full captions.
+sweep     Trains the digits demo with each objective that needs no extra data at equal steps and seeds;
+          zero-shot top-1 on held-out digits with unseen templates.
 
 Every bench trains the digits demo's tiny-resnet recipe (`--recipe vit`: the previous tiny ViT). Each arm runs
 every seed; the table gives each seed's value, the mean and the spread (max - min). Wall times depend on the machine's load (printed with `uptime`'s load average).
@@ -174,6 +177,33 @@ def bench_distill(args, work: Path) -> dict:
     return out
 
 
+# -------------------------------------------------------------------------------------------------- sweep
+SWEEP_LOSSES = ("clip", "filip", "clip+multipos", "cwcl")
+
+
+def bench_sweep(args, work: Path) -> dict:
+    """Every objective that needs no extra data, trained on the digits demo at equal steps and seeds; zero-shot
+    top-1 on held-out digits with unseen templates (the demo captions give six captions per image, which
+    `clip+multipos` uses as positives)."""
+    from clipforge.data.demo_sets import build_digits
+
+    digits = build_digits(str(work / "digits"))
+    out = {"steps": args.steps, "seeds": args.seeds, "arms": {}}
+    for loss in args.losses:
+        accs, runs = [], []
+        for seed in args.seeds:
+            d = work / f"sweep-{loss}-{seed}"
+            r = run([f"data.train=jsonl:{digits['train_manifest']}", f"loss.name={loss}", f"run.steps={args.steps}",
+                     f"run.seed={seed}"], d)
+            r["top1"] = zeroshot_top1(d / "final", digits)
+            r["load"] = round(load(), 1)
+            runs.append(r)
+            accs.append(r["top1"])
+            print(f"sweep {loss} seed {seed}: top-1 {r['top1']:.4f} ({r['wall_s']} s, load {r['load']})", flush=True)
+        out["arms"][loss] = {"top1": stats(accs), "runs": runs}
+    return out
+
+
 # ----------------------------------------------------------------------------------------------- longclip
 def retrieval_r1(model_dir: Path, manifest: str, short: bool = False) -> dict:
     """R@1 both ways over the held-out pairs (one caption per image): full captions, or first sentences."""
@@ -225,7 +255,8 @@ def bench_longclip(args, work: Path) -> dict:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("which", choices=["counting", "distill", "longclip"])
+    ap.add_argument("which", choices=["counting", "distill", "longclip", "sweep"])
+    ap.add_argument("--losses", nargs="+", default=list(SWEEP_LOSSES), help="sweep: the losses to compare")
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--teacher-steps", type=int, default=400)
     ap.add_argument("--base-steps", type=int, default=300)
@@ -241,7 +272,7 @@ def main():
                          "and shape only, like most web captions)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
-    args.steps = args.steps or {"counting": 200, "distill": 100, "longclip": 150}[args.which]
+    args.steps = args.steps or {"counting": 200, "distill": 100, "longclip": 150, "sweep": 100}[args.which]
     logging.basicConfig(level=logging.WARNING)
     if args.recipe == "vit":
         BASE[:] = VIT_BASE
@@ -252,7 +283,8 @@ def main():
     work = Path(args.work or tempfile.mkdtemp(prefix=f"bench-{args.which}-"))
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    res = {"counting": bench_counting, "distill": bench_distill, "longclip": bench_longclip}[args.which](args, work)
+    res = {"counting": bench_counting, "distill": bench_distill, "longclip": bench_longclip,
+           "sweep": bench_sweep}[args.which](args, work)
     res.update({"bench": args.which, "recipe": args.recipe, "wall_s": round(time.perf_counter() - t0, 1), "load_end": round(load(), 1),
                 "torch": torch.__version__, "cpus": os.cpu_count()})
     print(json.dumps(res, indent=1))

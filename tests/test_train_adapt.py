@@ -88,3 +88,31 @@ def test_adapter_trains_the_same_with_gradient_caching(digits_demo, tiny_checkpo
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
     assert _losses(tmp_path / "gc") == pytest.approx(_losses(tmp_path / "plain"), rel=1e-4)
+
+
+@pytest.mark.slow
+def test_two_process_ddp_adapter_equals_one_process(digits_demo, tiny_checkpoint, tmp_path):
+    """DDP trains an adapter unchanged: two gloo processes on half batches give the one-process run's losses
+    and adapter weights (only the adapter is a DDP parameter; the frozen base is identical on every rank)."""
+    import os
+    import subprocess
+    import sys
+
+    sets = _cfg(digits_demo, tiny_checkpoint(0), "run.steps=3", "optim.grad_clip=null", "adapt.method=lora",
+                "adapt.dropout=0.0")
+    flat = [a for s in sets for a in ("--set", s)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    r = subprocess.run([sys.executable, "-m", "clipforge", "train", "--out", str(tmp_path / "one")] + flat,
+                       env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        "-m", "clipforge", "train", "--out", str(tmp_path / "two")] + flat,
+                       env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    a = load_file(str(tmp_path / "one" / "final" / "adapter.safetensors"))
+    b = load_file(str(tmp_path / "two" / "final" / "adapter.safetensors"))
+    assert a.keys() == b.keys() and len(a) > 0
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
+    la, lb = _losses(tmp_path / "one"), _losses(tmp_path / "two")
+    assert len(la) == 3 and la == pytest.approx(lb, rel=1e-5)
