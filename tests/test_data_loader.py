@@ -162,26 +162,3 @@ def test_with_the_tiny_model_transforms_and_tokenizer(folder, tiny_model):
     with torch.no_grad():
         out = m(b["pixels"], b["tokens"])
     assert out.image_embeds.shape == (8, m.config.embed_dim)
-
-
-def test_decoded_cache_gives_the_same_batches_and_skips_bad_files_every_epoch(folder):
-    """A DecodedImageCache shared across epochs: every epoch's batches equal the uncached loader's (the random
-    transform runs afresh on the cached image), the second epoch decodes nothing it already holds, a broken
-    file is skipped and counted each epoch, and a budget too small for one image keeps nothing."""
-    from clipforge.data.decoded_cache import DecodedImageCache
-
-    src = open_source(f"files:{folder}")
-    cache = DecodedImageCache(64 << 20)
-    kw = dict(batch_size=6, seed=3, drop_last=False)
-    for epoch in (0, 1, 2):
-        plain = make_pair_loader(src, noisy_transform, tokenizer, epoch=epoch, **kw)
-        cached = make_pair_loader(src, noisy_transform, tokenizer, epoch=epoch, decoded_cache=cache, **kw)
-        same(flat(plain), flat(cached))
-        assert dict(cached.skipped) == {"not_an_image": 1}
-        assert len(cache) == N_GOOD
-    assert cache.hits >= 2 * N_GOOD and cache.misses <= N_GOOD + 3   # misses: first epoch + the broken file
-    tiny = DecodedImageCache(10)
-    flat(make_pair_loader(src, noisy_transform, tokenizer, decoded_cache=tiny, **kw))
-    assert len(tiny) == 0 and tiny.nbytes == 0
-    with pytest.raises(ValueError):
-        DecodedImageCache(-1)

@@ -62,8 +62,6 @@ class DataSection:
     reinforcement: Optional[str] = None  # a store from `clipforge data reinforce` (teacher embeddings, views)
     batch_size: int = 128  # global batch (split across ranks)
     workers: int = 0
-    # decoded training images kept in memory across epochs, up to this many MiB (workers = 0 only; 0: off)
-    decoded_cache_mb: int = 256
     val: Optional[str] = None  # labelled source for the periodic zero-shot evaluation
     val_options: Dict[str, Any] = field(default_factory=dict)
     val_classnames: Optional[Union[List[str], str]] = None  # list or file; default: the source's class names
@@ -191,8 +189,6 @@ class TrainConfig:
         need("schedule.warmup_steps", s.warmup_steps >= 0, "an integer >= 0")
         need("schedule.min_lr", finite(s.min_lr) and 0 <= s.min_lr <= o.lr, f"a number in [0, optim.lr = {o.lr}]")
         need("data.workers", d.workers >= 0, "an integer >= 0 (0: load in the training process)")
-        need("data.decoded_cache_mb", isinstance(d.decoded_cache_mb, int) and d.decoded_cache_mb >= 0,
-             "an integer >= 0 (MiB of decoded images kept across epochs; 0: off)")
         need("run.steps", r.steps is None or r.steps >= 1, "an integer >= 1")
         need("run.epochs", r.epochs is None or (finite(r.epochs) and r.epochs > 0), "a number > 0")
         need("run.seed", 0 <= r.seed < 2**63, "an integer >= 0")

@@ -20,7 +20,6 @@ from tqdm.auto import tqdm
 
 from clipforge.atomic import atomic_write_text
 from clipforge.data.decode import SkipCounter
-from clipforge.data.decoded_cache import DecodedImageCache
 from clipforge.data.loader import make_pair_loader
 from clipforge.data.sources import open_source
 from clipforge.encode import pick_device
@@ -168,12 +167,10 @@ def train(cfg: TrainConfig, out_dir, resume: Optional[str] = None) -> dict:
                disable=(not dist.is_main) or (None if cfg.run.progress is None else not cfg.run.progress))
     log_lines = dist.is_main and bar.disable  # no bar (not a terminal, or progress off): log lines instead
     t_last, step_last, train_time, last_row = time.perf_counter(), step, 0.0, {}
-    decoded = DecodedImageCache(cfg.data.decoded_cache_mb << 20) \
-        if cfg.data.workers == 0 and cfg.data.decoded_cache_mb > 0 else None
     while step < total:
         loader = make_pair_loader(source, core.preprocess_train, core.tokenizer, per_rank, seed=cfg.run.seed,
                                   epoch=epoch, start=position, rank=dist.rank, world_size=dist.world_size,
-                                  workers=cfg.data.workers, extras=extras, decoded_cache=decoded)
+                                  workers=cfg.data.workers, extras=extras)
         k = 0
         for batch in loader:
             lr = lr_at(step, base_lr=cfg.optim.lr, total_steps=total, warmup_steps=cfg.schedule.warmup_steps,
