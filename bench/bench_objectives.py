@@ -160,21 +160,25 @@ def bench_distill(args, work: Path) -> dict:
     out = {"steps": args.steps, "seeds": args.seeds, "teacher": t, "reinforce": summary, "arms": {}}
     student = STUDENT[args.recipe]
     for loss in ("clip", "clip+distill"):
-        accs, runs = [], []
-        for seed in args.seeds:
-            d = work / f"student-{loss}-{seed}"
-            sets = student + [f"data.train={train_spec}", f"loss.name={loss}", f"run.steps={args.steps}",
-                              f"run.seed={seed}"]
-            if loss == "clip+distill":
-                sets.append(f"data.reinforcement={store}")
-            r = run(sets, d)
-            r["top1"] = zeroshot_top1(d / "final", digits)
-            r["load"] = round(load(), 1)
-            runs.append(r)
-            accs.append(r["top1"])
-            print(f"distill {loss} seed {seed}: top-1 {r['top1']:.4f} ({r['wall_s']} s, load {r['load']})", flush=True)
-        out["arms"][loss] = {"top1": stats(accs), "runs": runs}
+        extra = [f"data.reinforcement={store}"] if loss == "clip+distill" else []
+        out["arms"][loss] = digits_arm("distill", loss, args, digits, work / "student", student + extra)
     return out
+
+
+def digits_arm(bench: str, loss: str, args, digits: dict, prefix: Path, extra: list[str]) -> dict:
+    """One arm on the digits demo: `loss` for every seed, zero-shot top-1 on held-out digits with unseen
+    templates; returns {"top1": stats, "runs": [...]}."""
+    accs, runs = [], []
+    for seed in args.seeds:
+        d = prefix.with_name(f"{prefix.name}-{loss}-{seed}")
+        r = run(extra + [f"data.train=jsonl:{digits['train_manifest']}", f"loss.name={loss}",
+                         f"run.steps={args.steps}", f"run.seed={seed}"], d)
+        r["top1"] = zeroshot_top1(d / "final", digits)
+        r["load"] = round(load(), 1)
+        runs.append(r)
+        accs.append(r["top1"])
+        print(f"{bench} {loss} seed {seed}: top-1 {r['top1']:.4f} ({r['wall_s']} s, load {r['load']})", flush=True)
+    return {"top1": stats(accs), "runs": runs}
 
 
 # -------------------------------------------------------------------------------------------------- sweep
@@ -190,17 +194,7 @@ def bench_sweep(args, work: Path) -> dict:
     digits = build_digits(str(work / "digits"))
     out = {"steps": args.steps, "seeds": args.seeds, "arms": {}}
     for loss in args.losses:
-        accs, runs = [], []
-        for seed in args.seeds:
-            d = work / f"sweep-{loss}-{seed}"
-            r = run([f"data.train=jsonl:{digits['train_manifest']}", f"loss.name={loss}", f"run.steps={args.steps}",
-                     f"run.seed={seed}"], d)
-            r["top1"] = zeroshot_top1(d / "final", digits)
-            r["load"] = round(load(), 1)
-            runs.append(r)
-            accs.append(r["top1"])
-            print(f"sweep {loss} seed {seed}: top-1 {r['top1']:.4f} ({r['wall_s']} s, load {r['load']})", flush=True)
-        out["arms"][loss] = {"top1": stats(accs), "runs": runs}
+        out["arms"][loss] = digits_arm("sweep", loss, args, digits, work / "sweep", [])
     return out
 
 
