@@ -1,7 +1,7 @@
 """Objectives at equal steps on the offline synthetic sets (docs/objectives.md, docs/benchmarks.md).
 
     python bench/bench_objectives.py counting  [--steps 200] [--seeds 0 1 2] [--count-fraction 0.25] [--json out.json]
-    python bench/bench_objectives.py distill   [--teacher-steps 400] [--steps 100] [--seeds 0 1 2]
+    python bench/bench_objectives.py distill   [--teacher-steps 400] [--steps 100] [--seeds 0 1 2] [--arms ...]
     python bench/bench_objectives.py longclip  [--base-steps 300] [--steps 150] [--seeds 0 1 2]
     python bench/bench_objectives.py sweep     [--steps 100] [--losses clip filip clip+multipos cwcl]
 
@@ -12,7 +12,8 @@ counting  Trains the tiny model on `clipforge data demo counting` with `clip` an
           setting: counts are rare in web captions, so in-batch negatives seldom differ by number alone).
 distill   Trains a teacher on the digits demo, reinforces the training set with it (stored views and
           embeddings), then trains the same student with `clip` and with `clip+distill` on the reinforced
-          set at equal steps; zero-shot top-1 on held-out digits with unseen templates.
+          set at equal steps (and `cwcl` weighted by the teacher's image-image similarities: `cwcl-teacher`);
+          zero-shot top-1 on held-out digits with unseen templates.
 longclip  Trains a base model (context 32) on the long-caption set, then continues it for equal steps
           either as is (captions truncated at 32 tokens) or stretched to 68 positions with the Long-CLIP
           loss (full captions); text->image and image->text R@1 on held-out pairs with the full captions.
@@ -159,25 +160,29 @@ def bench_distill(args, work: Path) -> dict:
     t["reinforce_s"] = round(time.perf_counter() - t0, 1)
     out = {"steps": args.steps, "seeds": args.seeds, "teacher": t, "reinforce": summary, "arms": {}}
     student = STUDENT[args.recipe]
-    for loss in ("clip", "clip+distill"):
-        extra = [f"data.reinforcement={store}"] if loss == "clip+distill" else []
-        out["arms"][loss] = digits_arm("distill", loss, args, digits, work / "student", student + extra)
+    reinforced = [f"data.reinforcement={store}"]
+    arms = {"clip": ("clip", []), "clip+distill": ("clip+distill", reinforced),  # label: (loss, extra settings)
+            # CWCL with the teacher's image-image similarities as the continuous weights, both towers training
+            "cwcl-teacher": ("cwcl", reinforced + ["loss.options={weights: teacher}"])}
+    for label in args.arms:
+        loss, extra = arms[label]
+        out["arms"][label] = digits_arm("distill", label, loss, args, digits, work / "student", student + extra)
     return out
 
 
-def digits_arm(bench: str, loss: str, args, digits: dict, prefix: Path, extra: list[str]) -> dict:
+def digits_arm(bench: str, label: str, loss: str, args, digits: dict, prefix: Path, extra: list[str]) -> dict:
     """One arm on the digits demo: `loss` for every seed, zero-shot top-1 on held-out digits with unseen
     templates; returns {"top1": stats, "runs": [...]}."""
     accs, runs = [], []
     for seed in args.seeds:
-        d = prefix.with_name(f"{prefix.name}-{loss}-{seed}")
+        d = prefix.with_name(f"{prefix.name}-{label}-{seed}")
         r = run(extra + [f"data.train=jsonl:{digits['train_manifest']}", f"loss.name={loss}",
                          f"run.steps={args.steps}", f"run.seed={seed}"], d)
         r["top1"] = zeroshot_top1(d / "final", digits)
         r["load"] = round(load(), 1)
         runs.append(r)
         accs.append(r["top1"])
-        print(f"{bench} {loss} seed {seed}: top-1 {r['top1']:.4f} ({r['wall_s']} s, load {r['load']})", flush=True)
+        print(f"{bench} {label} seed {seed}: top-1 {r['top1']:.4f} ({r['wall_s']} s, load {r['load']})", flush=True)
     return {"top1": stats(accs), "runs": runs}
 
 
@@ -194,7 +199,7 @@ def bench_sweep(args, work: Path) -> dict:
     digits = build_digits(str(work / "digits"))
     out = {"steps": args.steps, "seeds": args.seeds, "arms": {}}
     for loss in args.losses:
-        out["arms"][loss] = digits_arm("sweep", loss, args, digits, work / "sweep", [])
+        out["arms"][loss] = digits_arm("sweep", loss, loss, args, digits, work / "sweep", [])
     return out
 
 
@@ -251,6 +256,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("which", choices=["counting", "distill", "longclip", "sweep"])
     ap.add_argument("--losses", nargs="+", default=list(SWEEP_LOSSES), help="sweep: the losses to compare")
+    ap.add_argument("--arms", nargs="+", default=["clip", "clip+distill", "cwcl-teacher"],
+                    choices=["clip", "clip+distill", "cwcl-teacher"], help="distill: the student arms")
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--teacher-steps", type=int, default=400)
     ap.add_argument("--base-steps", type=int, default=300)
