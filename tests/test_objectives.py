@@ -101,7 +101,7 @@ def test_count_term_is_nonzero_exactly_with_numbers(digits_demo, tmp_path):
     assert _losses(tmp_path / "plain", "loss/count") == [0.0, 0.0]
 
 
-def test_count_max_option_reaches_the_loader(digits_demo, tmp_path):
+def test_max_count_option_reaches_the_loader(digits_demo, tmp_path):
     """`loss.options: {max_count: 6}` bounds the loader's counterfactual numbers; out of range is one line."""
     from clipforge.data import open_source
     from clipforge.data.counterfactual import find_number
@@ -110,7 +110,7 @@ def test_count_max_option_reaches_the_loader(digits_demo, tmp_path):
     from clipforge.train.step import pair_extras
 
     extras = pair_extras(get_loss("clip+count", max_count=6))
-    assert extras.counterfactuals and extras.count_max == 6
+    assert extras.counterfactuals and extras.max_count == 6
     rows = [json.loads(x) for x in Path(digits_demo["train_manifest"]).read_text().splitlines()[:64]]
     root = Path(digits_demo["train_manifest"]).parent
     for i, r in enumerate(rows):

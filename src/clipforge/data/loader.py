@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from clipforge.data.captions import first_sentence, sub_captions
-from clipforge.data.counterfactual import counterfactual_caption
+from clipforge.data.counterfactual import MAX_COUNT, counterfactual_caption
 from clipforge.data.decode import BadSample, SkipCounter
 from clipforge.data.reinforced import ReinforcementStore
 from clipforge.errors import UsageError
@@ -66,7 +66,7 @@ class PairExtras:
     """What a pair batch carries beyond pixels and one caption's tokens (see the module docstring).
 
     counterfactuals: "counterfactual_tokens" (C, T) + "count_index" (C,) for the rows whose caption has a number
-        (the counterfactual number drawn from 2..count_max).
+        (the counterfactual number drawn from 2..max_count).
     sub_captions: K > 0 -> "sub_caption_tokens" (M, T) + "sub_caption_index" (M,), up to K per row.
     short_captions: "short_tokens" (B, T), each chosen caption's first sentence.
     reinforcement: a store -> the view and caption are the stored ones, plus "teacher_image_embeds" and
@@ -74,7 +74,7 @@ class PairExtras:
     """
 
     counterfactuals: bool = False
-    count_max: int = 10            # counterfactual numbers come from 2..count_max
+    max_count: int = MAX_COUNT     # counterfactual numbers come from 2..max_count
     sub_captions: int = 0
     short_captions: bool = False
     reinforcement: Optional[ReinforcementStore] = None
@@ -140,7 +140,7 @@ class _BatchDataset(torch.utils.data.Dataset):
             cap = pick_caption(captions, self.seed, self.epoch, idx) if self.mode == "pairs" else None
         if cap is not None:
             if self.extras.counterfactuals:
-                extra["counterfactual"] = counterfactual_caption(cap, self._rng(idx, 4), self.extras.count_max)
+                extra["counterfactual"] = counterfactual_caption(cap, self._rng(idx, 4), self.extras.max_count)
             if self.extras.sub_captions:
                 extra["sub_captions"] = sub_captions(captions, self.extras.sub_captions, self._rng(idx, 5), cap)
             if self.extras.short_captions:

@@ -20,6 +20,7 @@ from typing import Optional
 
 import torch
 
+from clipforge.data.counterfactual import MAX_COUNT
 from clipforge.data.loader import PairExtras
 from clipforge.data.reinforced import ReinforcementStore
 from clipforge.errors import UsageError
@@ -41,7 +42,7 @@ def pair_extras(loss_fn, reinforcement=None) -> PairExtras:
     captions whatever the loss; its teacher embeddings are what `needs_teacher_embeddings` reads)."""
     needs = loss_needs(loss_fn)
     return PairExtras(counterfactuals="counterfactual_captions" in needs,
-                      count_max=int(getattr(loss_fn, "max_count", 10)),
+                      max_count=int(getattr(loss_fn, "max_count", MAX_COUNT)),
                       sub_captions=int(getattr(loss_fn, "caption_list_size", 0)) if "caption_lists" in needs else 0,
                       short_captions="short_captions" in needs,
                       reinforcement=reinforcement)
