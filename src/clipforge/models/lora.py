@@ -222,7 +222,8 @@ def target_names(model, cfg: LoRAConfig) -> list[str]:
         raise UsageError(f"`targets` {missing} match no Linear layer; the layers are: {', '.join(sorted(available))}")
     if not out:
         raise UsageError("`targets` and `layers` select no layer to adapt")
-    for tower_key, tower_available in empty:
+    if empty:
+        tower_key, tower_available = empty[0]
         raise UsageError(f"`targets` {list(cfg.targets)} select no layer of the {tower_key} tower; its Linear "
                          f"layers are: {', '.join(sorted(tower_available)) or 'none'} (or leave the tower out "
                          f"of `towers`)")
