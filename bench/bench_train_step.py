@@ -4,8 +4,8 @@ Each measurement runs in its own subprocess (so the two libraries never share a 
 clipforge in this environment, open_clip in the environment given by --openclip-python (open_clip needs
 torchvision, which imports only beside torch 2.14.1 here). A step = forward of both towers on synthetic
 pixels/tokens, CLIP loss, backward, AdamW step. Achieved GFLOP/s counts 3x the forward matmul FLOPs
-(fwd + bwd) over the text positions each implementation computes (clipforge trims the padding after the last end
-token, open_clip runs the whole context), against a bf16/fp32 matmul peak measured in the same run.
+(fwd + bwd) over the positions each implementation computes (clipforge trims the padding after the last end
+token and computes only the pooled row in each tower's last block, open_clip runs every position), against a bf16/fp32 matmul peak measured in the same run.
 
     python bench/bench_train_step.py --openclip-python /work/refenv/bin/python --out docs/bench_train_step.md [--repeats 3]
     python bench/bench_train_step.py --worker clipforge --model tiny --precision bf16 --batch 256   # one cell
@@ -28,25 +28,35 @@ OC_TINY = dict(embed_dim=64,
                text_cfg=dict(context_length=32, vocab_size=1024, width=64, heads=2, layers=2))
 
 
-def vit_flops(image_size, patch, width, layers, mlp_ratio, tokens_extra=1):
+def _blocks_flops(n, width, layers, mlp_ratio, pruned_last):
+    """Matmul FLOPs of `layers` blocks over n positions; `pruned_last`: the last block computes only the pooled
+    row past its qkv projection (clipforge's pooled towers)."""
+    row = 2 * (width * width + mlp_ratio * width * width)  # output projection + MLP, per row
+    full = n * (2 * 3 * width * width + row) + 4 * n * n * width
+    last = n * 2 * 3 * width * width + 1 * row + 4 * n * width if pruned_last else full
+    return (layers - 1) * full + last
+
+
+def vit_flops(image_size, patch, width, layers, mlp_ratio, tokens_extra=1, pruned_last=False):
     n = (image_size // patch) ** 2 + tokens_extra
-    per_layer = 2 * n * (4 * width * width + 2 * mlp_ratio * width * width) + 4 * n * n * width
-    return layers * per_layer + 2 * n * 3 * patch * patch * width
+    return _blocks_flops(n, width, layers, mlp_ratio, pruned_last) + 2 * n * 3 * patch * patch * width
 
 
-def text_flops(ctx, width, layers, mlp_ratio=4):
-    per_layer = 2 * ctx * (4 * width * width + 2 * mlp_ratio * width * width) + 4 * ctx * ctx * width
-    return layers * per_layer
+def text_flops(ctx, width, layers, mlp_ratio=4, pruned_last=False):
+    return _blocks_flops(ctx, width, layers, mlp_ratio, pruned_last)
 
 
-def forward_flops(model_name: str, text_tokens: int) -> float:
+def forward_flops(model_name: str, text_tokens: int, pruned_last: bool = False) -> float:
     """Forward matmul FLOPs per sample with the text tower run over `text_tokens` positions: the tokens an
     implementation actually computes (clipforge trims a batch's padding after the last end token, open_clip
-    runs the whole context), so GFLOP/s is each one's real matmul rate and never exceeds the peak."""
+    runs the whole context), so GFLOP/s is each one's real matmul rate and never exceeds the peak.
+    `pruned_last`: clipforge's last blocks compute only the pooled row (the class token, the end token); the
+    tiny ViT is mean-pooled, so its image tower runs every row."""
     if model_name == "tiny":
-        return vit_flops(32, 4, 64, 2, 4, 0) + text_flops(text_tokens, 64, 2)
+        return vit_flops(32, 4, 64, 2, 4, 0) + text_flops(text_tokens, 64, 2, pruned_last=pruned_last)
     if model_name == "ViT-B-32":
-        return vit_flops(224, 32, 768, 12, 4) + text_flops(text_tokens, 512, 12)
+        return (vit_flops(224, 32, 768, 12, 4, pruned_last=pruned_last)
+                + text_flops(text_tokens, 512, 12, pruned_last=pruned_last))
     raise ValueError(f"no FLOP model for {model_name}")
 
 
@@ -112,7 +122,7 @@ def worker(impl: str, model_name: str, precision: str, batch: int, steps: int, w
     text_run = n if impl == "clipforge" else ctx  # clipforge drops the padding after the last end token
     return {"impl": impl, "model": model_name, "precision": precision, "batch": batch, "steps": steps,
             "median_step_s": med, "samples_per_s": batch / med,
-            "text_tokens_run": text_run, "gflops": 3 * forward_flops(model_name, text_run) * batch / med / 1e9,
+            "text_tokens_run": text_run, "gflops": 3 * forward_flops(model_name, text_run, impl == "clipforge") * batch / med / 1e9,
             "torch": torch.__version__, "threads": torch.get_num_threads(), "caption_tokens": n}
 
 

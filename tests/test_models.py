@@ -139,4 +139,5 @@ def test_text_padding_trim_is_exact(name):
     with torch.no_grad():
         trimmed = model.text(ids).pooled
         full = model.text(ids, return_tokens=True).pooled  # the token path keeps every position
-    torch.testing.assert_close(trimmed, full, rtol=1e-5, atol=1e-6)
+    # fp32 rounding only (the two paths multiply different shapes); exactness in float64: test_last_block_keep
+    torch.testing.assert_close(trimmed, full, rtol=1e-5, atol=1e-5)

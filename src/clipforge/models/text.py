@@ -95,6 +95,9 @@ class TextTower(nn.Module):
             ids, x = ids[:, :n], x[:, :n]
         B, T = ids.shape
         x = x + self._positions(ids).to(x.dtype)
+        if self.cfg.pool != "mean" and not return_tokens:  # only the pooled token's last-block row is needed
+            pooled = self.ln_final(self.transformer(x, causal=self.cfg.causal, keep=self.pool_index(ids)))[:, 0]
+            return TowerOutput(self.proj(pooled))
         x = self.ln_final(self.transformer(x, causal=self.cfg.causal))  # (B, T, W)
         mask = ids != self.cfg.pad_token_id  # (B, T) real tokens
         if self.cfg.pool == "mean":

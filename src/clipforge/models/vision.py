@@ -64,6 +64,8 @@ class VisionTower(nn.Module):
             cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
             x = torch.cat([cls, x], dim=1)  # (B, 1 + g*g, W)
         x = self.ln_pre(x + self.positional_embedding.to(x.dtype))
+        if self.cfg.pool == "cls" and not return_tokens:  # only the class token's last-block row is needed
+            return TowerOutput(self.proj(self.ln_post(self.transformer(x, keep=0))[:, 0]), None)
         x = self.ln_post(self.transformer(x))
         patches = x[:, 1:] if self.class_embedding is not None else x  # (B, g*g, W)
         if self.cfg.pool == "cls":
