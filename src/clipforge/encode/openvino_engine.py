@@ -1,6 +1,16 @@
-"""The OpenVINO engine: the same cached ONNX towers, compiled by OpenVINO's CPU plugin."""
+"""The OpenVINO engine: the same cached ONNX towers, compiled by OpenVINO's CPU plugin.
+
+One `openvino.Core` serves the whole process (`shared_core`). Each Core's CPU plugin installs its own alternate
+signal stack on the thread that first compiles with it, and on destruction puts back the one it found. Two
+Cores destroyed in the order they were made therefore leave the thread on the first one's freed stack, and
+the next signal handled there (Python runs its handlers, SIGINT's and pytest-timeout's SIGALRM among them,
+on the alternate stack) kills the process with a kernel-sent SIGSEGV. An engine used to create one Core per
+tower, so dropping an engine could do exactly that (`tests/test_openvino_signal_stack.py` reproduces it in a
+subprocess). A single Core that lives as long as the process never frees its stack.
+"""
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +21,10 @@ from clipforge.encode.precision import BF16_MIN_PARAMS, cpu_has_native_bf16
 from clipforge.errors import UsageError
 from clipforge.registry import Option
 
-__all__ = ["OpenVinoEngine", "openvino_available"]
+__all__ = ["OpenVinoEngine", "openvino_available", "shared_core"]
+
+_CORE = None
+_CORE_LOCK = threading.Lock()
 
 
 def openvino_available() -> bool:
@@ -20,6 +33,19 @@ def openvino_available() -> bool:
     except ImportError:
         return False
     return True
+
+
+def shared_core():
+    """The process's one `openvino.Core` (created on first use; see the module docstring for why one)."""
+    global _CORE
+    with _CORE_LOCK:
+        if _CORE is None:
+            try:
+                import openvino as ov
+            except ImportError:
+                raise UsageError("engine 'openvino' needs openvino: pip install 'clipforge[openvino]'") from None
+            _CORE = ov.Core()
+        return _CORE
 
 
 @ENGINES.register("openvino")
@@ -48,17 +74,11 @@ class OpenVinoEngine(ExportedEngine):
         super().__init__(model, device=device, precision=precision, threads=threads, cache_dir=cache_dir)
 
     def _load(self, path: Path):
-        try:
-            import openvino as ov
-        except ImportError:
-            raise UsageError("engine 'openvino' needs openvino: pip install 'clipforge[openvino]'") from None
-        core = ov.Core()
-        core.set_property({"CACHE_DIR": str(cache_dir(self._cache) / "openvino")})
         hint = "bf16" if self.precision == "bf16" else "f32"  # int8 graphs keep f32 activations between ops
-        compiled = core.compile_model(str(path), "CPU", {"INFERENCE_NUM_THREADS": self.threads,
-                                                         "INFERENCE_PRECISION_HINT": hint,
-                                                         "PERFORMANCE_HINT": "LATENCY"})
-        return compiled
+        return shared_core().compile_model(str(path), "CPU", {"INFERENCE_NUM_THREADS": self.threads,
+                                                              "INFERENCE_PRECISION_HINT": hint,
+                                                              "PERFORMANCE_HINT": "LATENCY",
+                                                              "CACHE_DIR": str(cache_dir(self._cache) / "openvino")})
 
     def _run(self, graph, x: np.ndarray) -> np.ndarray:
         return graph(x)[0]
