@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from bench_index_build import make_jpegs  # noqa: E402  (the same augmented photo JPEGs)
+from bench_report import publish  # noqa: E402
 
 OPENCLIP_SIDE = r"""
 import json, sys, time
@@ -244,11 +245,7 @@ def main(argv=None) -> int:
              "2.13.0; open_clip runs in its own environment with the torch version shown.")
     text = "\n".join(["# Folder embedding: clipforge engines vs open_clip", "", head, "", *lines, "", summary, "",
                       notes, ""])
-    print(text)
-    if a.out:
-        from clipforge.atomic import atomic_write_text
-
-        atomic_write_text(a.out, text)
+    publish(text, a.out)
     return 0
 
 

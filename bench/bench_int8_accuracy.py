@@ -21,6 +21,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from bench_report import publish  # noqa: E402
 
 ENGINES = [("torch", "fp32"), ("onnx", "fp32"), ("onnx", "int8"), ("openvino", "fp32"), ("openvino", "int8")]
 
@@ -121,11 +124,7 @@ def main(argv=None) -> int:
             f"held-out images, 10 classes, unseen templates. Photos: {rows[0]['n_texts']} captions against the "
             f"demo photos. In parentheses: the change from torch fp32 on the same weights.")
     text = "\n".join(["# int8 accuracy cost", "", head, "", *lines, ""])
-    print(text)
-    if a.out:
-        from clipforge.atomic import atomic_write_text
-
-        atomic_write_text(a.out, text)
+    publish(text, a.out)
     return 0
 
 

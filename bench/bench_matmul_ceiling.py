@@ -28,18 +28,11 @@ import numpy as np
 
 ROOT = Path(__file__).parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from bench_report import publish  # noqa: E402
 
 SHAPES = {"mlp.fc": (1600, 768, 3072), "attn.qkv": (1600, 768, 2304)}
-
-
-def _best(fn, repeats: int) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
 
 
 def _onnx_matmul(path: str, w: np.ndarray, m: int) -> None:
@@ -112,6 +105,7 @@ def main(argv=None) -> int:
 
     import torch
 
+    from clipforge.encode.auto import _time as best_time  # warm-up, then the best of `reps` calls
     from clipforge.encode.auto import machine_fingerprint
 
     logging.getLogger().setLevel(logging.ERROR)  # onnxruntime's quantiser warns about pre-processing
@@ -129,7 +123,7 @@ def main(argv=None) -> int:
             best = {label: float("inf") for label in fns}
             for rep in range(2):  # alternate the order so that a load change hits every library alike
                 for label in (list(fns) if rep == 0 else list(fns)[::-1]):
-                    best[label] = min(best[label], _best(fns[label], a.repeats))
+                    best[label] = min(best[label], best_time(fns[label], a.repeats))
             results[shape] = {label: 2 * M * K * N / t / 1e9 for label, t in best.items()}
             print(shape, {k: round(v, 1) for k, v in results[shape].items()}, flush=True)
     labels = list(next(iter(results.values())))
@@ -152,11 +146,7 @@ def main(argv=None) -> int:
                "the ~6% clipforge saves by computing only the pooled row in the last block.")
     text = "\n".join(["# GEMM ceiling per arithmetic: how fast can a ViT-B/32 engine be here?", "", head, "",
                       *lines, "", summary, ""])
-    print(text)
-    if a.out:
-        from clipforge.atomic import atomic_write_text
-
-        atomic_write_text(a.out, text)
+    publish(text, a.out)
     return 0
 
 

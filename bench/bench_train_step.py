@@ -31,15 +31,16 @@ OC_TINY = dict(embed_dim=64,
 def _blocks_flops(n, width, layers, mlp_ratio, pruned_last):
     """Matmul FLOPs of `layers` blocks over n positions; `pruned_last`: the last block computes only the pooled
     row past its qkv projection (clipforge's pooled towers)."""
-    row = 2 * (width * width + mlp_ratio * width * width)  # output projection + MLP, per row
+    row = 2 * (width * width + 2 * mlp_ratio * width * width)  # output projection + MLP (two layers), per row
     full = n * (2 * 3 * width * width + row) + 4 * n * n * width
     last = n * 2 * 3 * width * width + 1 * row + 4 * n * width if pruned_last else full
     return (layers - 1) * full + last
 
 
 def vit_flops(image_size, patch, width, layers, mlp_ratio, tokens_extra=1, pruned_last=False):
-    n = (image_size // patch) ** 2 + tokens_extra
-    return _blocks_flops(n, width, layers, mlp_ratio, pruned_last) + 2 * n * 3 * patch * patch * width
+    patches = (image_size // patch) ** 2
+    n = patches + tokens_extra  # + the class token, which the patch convolution does not make
+    return _blocks_flops(n, width, layers, mlp_ratio, pruned_last) + 2 * patches * 3 * patch * patch * width
 
 
 def text_flops(ctx, width, layers, mlp_ratio=4, pruned_last=False):
