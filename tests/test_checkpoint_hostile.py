@@ -105,7 +105,7 @@ def cases(ckpt, tmp_path_factory):
 
 
 CHILD = textwrap.dedent("""
-    import contextlib, io, json, resource, sys
+    import contextlib, io, json, sys
     from clipforge.cli import main
     results = {}
     for name, path in json.loads(sys.argv[1]).items():
@@ -113,7 +113,9 @@ CHILD = textwrap.dedent("""
         with contextlib.redirect_stderr(err):
             rc = main(["embed", "--model", path, "--text", "hi"])
         results[name] = [rc, err.getvalue()]
-    results["_maxrss_kb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # VmHWM: this process image's own peak. ru_maxrss would also carry the parent's peak across fork + exec,
+    # so the test would measure whatever pytest had allocated before it.
+    results["_hwm_kb"] = int(next(l.split()[1] for l in open("/proc/self/status") if l.startswith("VmHWM:")))
     print(json.dumps(results))
 """)
 
@@ -129,7 +131,7 @@ def test_every_broken_checkpoint_is_one_line_and_allocates_nothing(cases):
                           env=env, timeout=300, preexec_fn=_limit_memory)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads(proc.stdout.strip().splitlines()[-1])
-    peak = max(results.pop("_maxrss_kb") * 1024, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024)
+    peak = results.pop("_hwm_kb") * 1024
     assert peak < 1 * GB, f"peak RSS {peak / GB:.2f} GB"
     for name, (_, code, words) in cases.items():
         rc, err = results[name]
