@@ -86,11 +86,11 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, causal: bool = False, keep: Optional[Keep] = None) -> torch.Tensor:
         """(B, N, W) -> (B, N, W); with `keep` only the kept row's output, (B, 1, W) (see `Transformer`)."""
+        r = x if keep is None else take_row(x, keep)  # the rows this block outputs
         if self.norm_first:
-            r = x if keep is None else take_row(x, keep)
             r = r + self.attn(self.ln_1(x), causal, keep)
             return r + self.mlp(self.ln_2(r))
-        r = self.ln_1((x if keep is None else take_row(x, keep)) + self.attn(x, causal, keep))
+        r = self.ln_1(r + self.attn(x, causal, keep))
         return self.ln_2(r + self.mlp(r))
 
 
