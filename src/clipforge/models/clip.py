@@ -8,13 +8,38 @@ import torch.nn.functional as F
 from torch import nn
 
 from clipforge.errors import UsageError
-from clipforge.models.checkpoint import save_pretrained
+from clipforge.models.checkpoint import load_state_dict_strict, save_pretrained
 from clipforge.models.config import CLIPConfig
+from clipforge.models.efficientnet import EfficientNetTower
+from clipforge.models.heads import tower_head
+from clipforge.models.hf_text import HFTextTower
+from clipforge.models.pretrained_config import resolve_config
+from clipforge.models.pretrained_sources import (hf_text_dir, read_efficientnet_state,
+                                                 resolve_efficientnet_pretrained)
 from clipforge.models.output import CLIPOutput
 from clipforge.models.text import TextTower
 from clipforge.models.transforms import image_transform
 from clipforge.models.resnet import ResNetTower
 from clipforge.models.vision import VisionTower
+
+
+def _vision_tower(config: CLIPConfig, pretrained: bool) -> nn.Module:
+    v = config.vision
+    if v.arch == "efficientnet":
+        tower = EfficientNetTower(v, config.embed_dim)
+        path = resolve_efficientnet_pretrained(v.variant, v.pretrained) if pretrained else None
+        if path is not None:
+            state = {k: t for k, t in read_efficientnet_state(path).items() if not k.startswith("_fc.")}
+            load_state_dict_strict(tower.backbone, state, str(path))  # (the ImageNet classifier is dropped)
+        return tower
+    return (ResNetTower if v.arch == "resnet" else VisionTower)(v, config.embed_dim)
+
+
+def _text_tower(config: CLIPConfig, pretrained: bool) -> nn.Module:
+    if config.text.hf is not None:
+        return HFTextTower(config.text, config.embed_dim,
+                           pretrained_dir=hf_text_dir(config.text.hf) if pretrained else None)
+    return TextTower(config.text, config.embed_dim)
 
 
 class CLIPModel(nn.Module):
@@ -23,12 +48,14 @@ class CLIPModel(nn.Module):
     encode_image(pixels (B,3,H,W)) -> (B, D); encode_text(ids (B,T)) -> (B, D); forward -> CLIPOutput.
     """
 
-    def __init__(self, config: CLIPConfig, tokenizer=None):
+    def __init__(self, config: CLIPConfig, tokenizer=None, pretrained: bool = False):
+        """`pretrained`: load the pretrained towers' weights (EfficientNet `vision.pretrained`, `text.hf`) from
+        where the config names them; False builds them randomly initialised (a checkpoint's state follows)."""
         super().__init__()
+        config = resolve_config(config)  # a Hugging Face text tower's config read into `text.hf_config`
         self.config = config
-        vision = ResNetTower if config.vision.arch == "resnet" else VisionTower
-        self.visual = vision(config.vision, config.embed_dim)
-        self.text = TextTower(config.text, config.embed_dim)
+        self.visual = _vision_tower(config, pretrained)
+        self.text = _text_tower(config, pretrained)
         self.logit_scale = nn.Parameter(torch.tensor(float(config.logit_scale_init)))  # log-space t, s = exp(t)
         self.logit_bias = (nn.Parameter(torch.tensor(float(config.logit_bias_init)))
                            if config.logit_bias_init is not None else None)
@@ -59,7 +86,7 @@ class CLIPModel(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.visual.positional_embedding.dtype
+        return self.visual.dtype
 
     def encode_image(self, pixels: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         x = self.visual(pixels.to(self.dtype)).pooled  # (B, D)
@@ -70,11 +97,25 @@ class CLIPModel(nn.Module):
         return F.normalize(x, dim=-1) if normalize else x
 
     def forward(self, pixels: Optional[torch.Tensor] = None, token_ids: Optional[torch.Tensor] = None, *,
-                normalize: bool = True, return_tokens: bool = False) -> CLIPOutput:
+                normalize: bool = True, return_tokens: bool = False,
+                image_features: Optional[torch.Tensor] = None,
+                text_features: Optional[torch.Tensor] = None) -> CLIPOutput:
+        """`image_features` / `text_features`: frozen towers' cached features (train/feature_cache.py) in place
+        of pixels / token ids: only the projection heads run."""
         img = txt = img_tok = txt_tok = mask = None
 
         def norm(x):
             return F.normalize(x, dim=-1) if normalize and x is not None else x
+
+        if image_features is not None or text_features is not None:
+            if return_tokens or pixels is not None or token_ids is not None:
+                raise UsageError("cached features replace pixels and token ids, and carry no tokens")
+            if image_features is not None:
+                img = norm(tower_head(self.visual)(image_features.to(self.dtype)))
+            if text_features is not None:
+                txt = norm(tower_head(self.text)(text_features.to(self.dtype)))
+            return CLIPOutput(image_embeds=img, text_embeds=txt, logit_scale=self.logit_scale.exp(),
+                              logit_bias=self.logit_bias)
 
         if pixels is not None:
             v = self.visual(pixels.to(self.dtype), return_tokens=return_tokens)
@@ -88,9 +129,11 @@ class CLIPModel(nn.Module):
         )
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        if hasattr(self.visual, "transformer"):  # the ResNet tower has no checkpointed blocks
-            self.visual.transformer.grad_checkpointing = enable
-        self.text.transformer.grad_checkpointing = enable
+        for tower in (self.visual, self.text):
+            if hasattr(tower, "set_grad_checkpointing"):  # pretrained towers decide for themselves
+                tower.set_grad_checkpointing(enable)
+            elif hasattr(tower, "transformer"):  # the ResNet tower has no checkpointed blocks
+                tower.transformer.grad_checkpointing = enable
 
     def no_weight_decay(self) -> Set[str]:
         """Names of parameters that take no weight decay: gains, biases, embeddings, temperature, bias."""

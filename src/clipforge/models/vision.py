@@ -57,6 +57,10 @@ class VisionTower(nn.Module):
         self.head = AttentionPoolHead(W, cfg.heads, cfg.mlp_ratio, cfg.act, cfg.ln_eps) if cfg.pool == "map" else None
         self.proj = nn.Linear(W, embed_dim, bias=cfg.proj_bias) if cfg.proj else nn.Identity()
 
+    @property
+    def dtype(self) -> torch.dtype:  # what CLIPModel.dtype reads
+        return self.positional_embedding.dtype
+
     def forward(self, pixels: torch.Tensor, return_tokens: bool = False) -> TowerOutput:
         x = self.conv(pixels)  # (B, W, g, g)
         x = x.flatten(2).transpose(1, 2)  # (B, g*g, W)

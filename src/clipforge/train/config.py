@@ -66,6 +66,11 @@ class DataSection:
     val_options: Dict[str, Any] = field(default_factory=dict)
     val_classnames: Optional[Union[List[str], str]] = None  # list or file; default: the source's class names
     val_templates: Optional[Union[List[str], str]] = None  # list, file or template-set name
+    # Both towers frozen up to their heads: encode every image and caption once into RUN/feature_cache and
+    # train the heads on it (train/feature_cache.py). null: whenever the run allows it; true: required (an
+    # error says why not); false: never (pixels every step).
+    feature_cache: Optional[bool] = None
+    feature_cache_views: int = 1  # image views stored: 1 = the eval preprocessing; more add augmented views
 
 
 @dataclass
@@ -160,8 +165,8 @@ class TrainConfig:
             sec, name = key.split(".")
             if getattr(getattr(self, sec), name) < 1:
                 raise UsageError(f"{key} must be >= 1")
-        if self.model.lock_image and self.model.lock_text:
-            raise UsageError("model.lock_image and model.lock_text together leave nothing to train")
+        # lock_image + lock_text together: pretrained towers still train their projection heads (projector
+        # alignment, from a feature cache); for clipforge's own towers the optimizer finds nothing to train.
         check_loss_inputs(self)  # a loss whose inputs the pipeline cannot supply is refused here
         if self.adapt.method is not None:
             self.adapt.lora_config()
@@ -189,6 +194,7 @@ class TrainConfig:
         need("schedule.warmup_steps", s.warmup_steps >= 0, "an integer >= 0")
         need("schedule.min_lr", finite(s.min_lr) and 0 <= s.min_lr <= o.lr, f"a number in [0, optim.lr = {o.lr}]")
         need("data.workers", d.workers >= 0, "an integer >= 0 (0: load in the training process)")
+        need("data.feature_cache_views", 1 <= d.feature_cache_views <= 64, "an integer in [1, 64]")
         need("run.steps", r.steps is None or r.steps >= 1, "an integer >= 1")
         need("run.epochs", r.epochs is None or (finite(r.epochs) and r.epochs > 0), "a number > 0")
         need("run.seed", 0 <= r.seed < 2**63, "an integer >= 0")

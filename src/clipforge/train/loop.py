@@ -7,6 +7,7 @@ scaler, RNG states, epoch and data position.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -20,7 +21,9 @@ from tqdm.auto import tqdm
 
 from clipforge.atomic import atomic_write_text
 from clipforge.data.decode import SkipCounter
-from clipforge.data.loader import make_pair_loader
+from clipforge.data.loader import make_labelled_loader, make_pair_loader
+from clipforge.encode.encoder import SourceFeatures
+from clipforge.models.heads import tower_features, tower_head
 from clipforge.data.sources import open_source
 from clipforge.encode import pick_device
 from clipforge.errors import UsageError
@@ -35,7 +38,8 @@ from clipforge.models.checkpoint import load_state_dict_strict, read_state_dict
 from clipforge.models.lora import apply_lora, has_lora, mark_only_lora_trainable
 from clipforge.train.config import TrainConfig, dump_config
 from clipforge.train.distributed import DistInfo, barrier, init_distributed
-from clipforge.train.optim import lock_tower, make_optimizer
+from clipforge.train.feature_cache import FeatureCache, cache_refusal
+from clipforge.train.optim import lock_tower, make_optimizer, tower_is_frozen
 from clipforge.train.run_log import MetricsLog, plot_curves, progress_line
 from clipforge.train.schedule import lr_at
 from clipforge.train.state import load_trainer_state, resolve_resume, save_checkpoint, set_rng_state
@@ -137,6 +141,13 @@ def train(cfg: TrainConfig, out_dir, resume: Optional[str] = None) -> dict:
     if getattr(loss_fn, "needs_logit_bias", False) and core.logit_bias is None:
         raise UsageError(f"loss {cfg.loss.name!r} needs a model with a logit bias (e.g. siglip-B-16, or "
                          "model.overrides: {logit_bias_init: -10, logit_scale_init: 2.302585})")
+    cache = _feature_cache(cfg, core, source, loss_fn, out, dist, device)
+    if cache is not None:  # bad images were dropped from the cache: epochs count what it holds
+        steps_per_epoch = len(cache) // cfg.data.batch_size
+        if steps_per_epoch == 0:
+            raise UsageError(f"{cfg.data.train}: {len(cache)} usable samples is less than one batch of "
+                             f"{cfg.data.batch_size}")
+        total = cfg.run.steps or math.ceil(cfg.run.epochs * steps_per_epoch)
     opt = make_optimizer(model, cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.betas, cfg.optim.eps)
     scaler = torch.amp.GradScaler("cuda") if cfg.run.precision == "fp16" and device.type == "cuda" else None
     params = [p for p in core.parameters() if p.requires_grad]
@@ -168,9 +179,13 @@ def train(cfg: TrainConfig, out_dir, resume: Optional[str] = None) -> dict:
     log_lines = dist.is_main and bar.disable  # no bar (not a terminal, or progress off): log lines instead
     t_last, step_last, train_time, last_row = time.perf_counter(), step, 0.0, {}
     while step < total:
-        loader = make_pair_loader(source, core.preprocess_train, core.tokenizer, per_rank, seed=cfg.run.seed,
-                                  epoch=epoch, start=position, rank=dist.rank, world_size=dist.world_size,
-                                  workers=cfg.data.workers, extras=extras)
+        if cache is not None:
+            loader = cache.loader(per_rank, seed=cfg.run.seed, epoch=epoch, start=position, rank=dist.rank,
+                                  world_size=dist.world_size)
+        else:
+            loader = make_pair_loader(source, core.preprocess_train, core.tokenizer, per_rank, seed=cfg.run.seed,
+                                      epoch=epoch, start=position, rank=dist.rank, world_size=dist.world_size,
+                                      workers=cfg.data.workers, extras=extras)
         k = 0
         for batch in loader:
             lr = lr_at(step, base_lr=cfg.optim.lr, total_steps=total, warmup_steps=cfg.schedule.warmup_steps,
@@ -239,8 +254,11 @@ def train(cfg: TrainConfig, out_dir, resume: Optional[str] = None) -> dict:
             epoch, position = epoch + 1, 0
         skipped.merge(loader.skipped)
     bar.close()
+    if cache is not None:
+        skipped.merge(cache.skipped)
     summary = {"steps": step, "epochs_completed": epoch, "train_time_s": round(train_time, 2),
-               "final": last_row, "skipped": skipped.as_dict(), "run_dir": str(out)}
+               "final": last_row, "skipped": skipped.as_dict(), "run_dir": str(out),
+               "feature_cache": cache is not None}
     if dist.is_main:
         if has_lora(core):  # the adapter alone, naming its base (load it as BASE+ADAPTER or by itself)
             save_adapter(core, out / "final")
@@ -255,19 +273,68 @@ def train(cfg: TrainConfig, out_dir, resume: Optional[str] = None) -> dict:
     return summary
 
 
+def _feature_cache(cfg: TrainConfig, model, source, loss_fn, out: Path, dist: DistInfo, device):
+    """The run's feature cache when both towers are frozen up to their heads (see data.feature_cache)."""
+    if cfg.data.feature_cache is False:
+        return None
+    why = cache_refusal(cfg, model, loss_fn)
+    if why is not None:
+        if cfg.data.feature_cache:
+            raise UsageError(f"data.feature_cache is true, but this run cannot train from cached features: {why}")
+        return None
+    kw = dict(views=cfg.data.feature_cache_views, batch_size=128, workers=cfg.data.workers, device=device,
+              progress=cfg.run.progress)
+    if dist.is_main:
+        cache = FeatureCache.build(model, source, out / "feature_cache", **kw)
+    barrier(dist)
+    if not dist.is_main:  # every chunk exists now: this reads them
+        cache = FeatureCache.build(model, source, out / "feature_cache", **kw)
+    log.info("feature cache: %d images (%d skipped) x %d view(s), %d captions: training the projection heads "
+             "only", len(cache), cache.skipped.total, cache.views, cache.text.shape[0])
+    return cache
+
+
 class _ZeroShotCallback:
     """Periodic zero-shot evaluation on a labelled validation source (rank 0; others wait)."""
 
     def __init__(self, cfg: TrainConfig, model):
         self.cfg, self.model = cfg, model
         self.source = open_source(cfg.data.val, **cfg.data.val_options)
+        self._frozen_val = None  # (SourceFeatures of the frozen image features) when the image tower is frozen
+
+    def _val_features(self):
+        """A frozen image tower's validation features are computed once; each evaluation runs only the head."""
+        if not tower_is_frozen(self.model.visual):
+            return None
+        if self._frozen_val is None:
+            feats, ids, labels = [], [], []
+            skipped = SkipCounter()
+            was = self.model.training
+            self.model.eval()
+            loader = make_labelled_loader(self.source, self.model.preprocess, 128, shuffle=False,
+                                          drop_last=False, on_bad="drop")
+            with torch.inference_mode():
+                for b in loader:
+                    if b["pixels"].shape[0]:
+                        feats.append(tower_features(self.model.visual, b["pixels"].to(self.model.device)).float())
+                        ids += list(b["ids"])
+                        labels += [int(y) if int(y) >= 0 else None for y in b["labels"]]
+            skipped.merge(loader.skipped)
+            self.model.train(was)
+            self._frozen_val = SourceFeatures(torch.cat(feats) if feats else torch.zeros(0, 1), ids,
+                                              [[] for _ in ids], labels, skipped=skipped)
+        with torch.no_grad():
+            head = tower_head(self.model.visual)
+            emb = torch.nn.functional.normalize(head(self._frozen_val.feats.to(self.model.dtype)).float(), dim=-1)
+        return dataclasses.replace(self._frozen_val, feats=emb.cpu())
 
     def __call__(self, step: int, dist: DistInfo) -> Optional[dict]:
         row = None
         if dist.is_main:
             res = evaluate_zeroshot_classification(
                 self.model, self.source, classnames=self.cfg.data.val_classnames,
-                templates=self.cfg.data.val_templates, batch_size=256, progress=False)
+                templates=self.cfg.data.val_templates, batch_size=256, progress=False,
+                features=self._val_features())
             m = res["metrics"]
             row = {"step": step, "zeroshot_top1": m["top1"], "zeroshot_mean_per_class_recall": m["mean_per_class_recall"]}
             if "top5" in m:

@@ -8,28 +8,40 @@ import torch
 from torch import nn
 
 from clipforge.errors import UsageError
+from clipforge.models.heads import is_pretrained_tower
 from clipforge.models.unwrap import unwrap_model
 
 log = logging.getLogger(__name__)
 
 
 def lock_tower(tower: nn.Module, unlocked_groups: int = 0) -> None:
-    """Freeze a tower (LiT). `unlocked_groups` > 0 keeps its last N transformer blocks and everything after
-    the blocks (final norm, pooling head, projection) trainable."""
-    blocks = tower.transformer.blocks
+    """Freeze a tower (LiT). `unlocked_groups` > 0 keeps its last N blocks and everything after the blocks
+    (final norm, pooling head, projection) trainable.
+
+    A pretrained tower with a projection head (EfficientNet, Hugging Face text: `tower.feature_dim`) locks
+    its encoder only: the head always trains, as in projector alignment (LiT with a new head)."""
+    pretrained = is_pretrained_tower(tower)
+    blocks = tower.blocks if pretrained else tower.transformer.blocks
     if unlocked_groups > len(blocks):
         raise UsageError(f"cannot unlock {unlocked_groups} groups: the tower has {len(blocks)} blocks")
     for p in tower.parameters():
         p.requires_grad_(False)
+    after = list(tower.after_blocks()) if pretrained else [getattr(tower, n, None) for n in
+                                                          ("ln_post", "ln_final", "head", "proj")]
+    trainable = [tower.head] if pretrained else []
     if unlocked_groups > 0:
-        for blk in blocks[len(blocks) - unlocked_groups:]:
-            for p in blk.parameters():
-                p.requires_grad_(True)
-        for name in ("ln_post", "ln_final", "head", "proj"):
-            mod = getattr(tower, name, None)
-            if mod is not None:
-                for p in mod.parameters():
-                    p.requires_grad_(True)
+        trainable += list(blocks[len(blocks) - unlocked_groups:]) + [m for m in after if m is not None]
+    for mod in trainable:
+        for p in mod.parameters():
+            p.requires_grad_(True)
+    tower.train(tower.training)  # frozen BatchNorm layers switch to eval mode (EfficientNetTower.train)
+
+
+def tower_is_frozen(tower: nn.Module) -> bool:
+    """True when nothing but a pretrained tower's projection head trains (its features can be cached)."""
+    head = tower.head if is_pretrained_tower(tower) else None
+    own = {id(p) for p in head.parameters()} if head is not None else set()
+    return not any(p.requires_grad for p in tower.parameters() if id(p) not in own)
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> List[dict]:

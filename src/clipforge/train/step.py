@@ -55,7 +55,12 @@ def _to(x, device):
 
 
 def forward_loss(model, loss_fn, batch: dict, device) -> LossOutput:
-    """One forward of `model` (plain or DDP) on `batch` and the loss on it."""
+    """One forward of `model` (plain or DDP) on `batch` and the loss on it (a feature-cache batch runs the
+    projection heads on its cached features)."""
+    if "image_features" in batch:
+        out = model(image_features=batch["image_features"].to(device, non_blocking=True),
+                    text_features=batch["text_features"].to(device, non_blocking=True))
+        return loss_fn(out, batch)
     pixels = batch["pixels"].to(device, non_blocking=True)
     tokens = batch["tokens"].to(device, non_blocking=True)
     streams = [(k, out) for k, out in TEXT_STREAMS if k in batch]
