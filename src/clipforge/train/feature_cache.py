@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from clipforge.atomic import atomic_write_text
 from clipforge.data.decode import SkipCounter
-from clipforge.data.loader import epoch_order, make_labelled_loader
+from clipforge.data.loader import epoch_order, make_pair_loader
 from clipforge.errors import ClipforgeError, UsageError
 from clipforge.losses import loss_needs
 from clipforge.models.heads import is_pretrained_tower as _pretrained, tower_features
@@ -160,8 +160,9 @@ def _build_chunk(model, source, d: Path, k: int, views: int, batch_size: int, wo
     with torch.inference_mode():
         for v in range(views):
             transform = model.preprocess if v == 0 else model.preprocess_train
-            loader = make_labelled_loader(part, transform, batch_size, seed=0x7A11, epoch=v, workers=workers,
-                                          shuffle=False, drop_last=False, on_bad="drop")
+            # the pair loader (a pair needs no label); its sampled caption is unused: every caption is encoded below
+            loader = make_pair_loader(part, transform, model.tokenizer, batch_size, seed=0x7A11, epoch=v,
+                                      workers=workers, shuffle=False, drop_last=False, on_bad="drop")
             feats, idx = [], []
             for batch in loader:
                 if batch["pixels"].shape[0]:

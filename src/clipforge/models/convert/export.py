@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from clipforge.errors import UsageError
+from clipforge.models.config import own_projection
 from clipforge.models.adapter import merged_model
 from clipforge.models.checkpoint import load_state_dict_strict
 from clipforge.models.factory import build_model
@@ -20,6 +21,14 @@ def export_model(model, to: str, out_dir) -> Path:
     carrying an adapter is exported with the adapter merged into its weights (the model itself is unchanged)."""
     if has_lora(model):
         model = merged_model(model)
+    cfg = model.config
+    if to in FORMATS and (not own_projection(cfg.vision) or not own_projection(cfg.text)):
+        towers = [w for w, t in (("an EfficientNet image tower", cfg.vision), ("a Hugging Face text tower",
+                                                                                cfg.text)) if not own_projection(t)]
+        raise UsageError(f"this model has {' and '.join(towers)} with a projection head: neither transformers' "
+                         "CLIPModel nor open_clip's CLIP holds such towers, so it cannot be written as "
+                         f"{to!r}; save it as a clipforge checkpoint (model.save_pretrained(DIR), or a training "
+                         "run's final/), which every clipforge job loads (docs/pretrained.md)")
     if to == "hf":
         return export_hf(model, out_dir)
     if to == "open_clip":
