@@ -237,3 +237,20 @@ def test_pretrained_demo_quick_aligns_and_ranks(tmp_path, capsys):
     assert s["zeroshot_top1"] > 5 / s["num_classes"]  # held-out concepts, unseen prompts: far above chance
     assert sum(r == 1 for r in s["query_ranks"].values() if r) >= 2  # unseen phrasings find their photo
     assert (tmp_path / "demo" / "sheet-pretrained.png").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ["onnx", "openvino"])
+def test_exported_engines_equal_torch_on_pretrained_towers(engine, tmp_path, monkeypatch):
+    pytest.importorskip("onnxruntime" if engine == "onnx" else "openvino")
+    from clipforge.encode import Encoder
+
+    monkeypatch.setenv("CLIPFORGE_CACHE", str(tmp_path / "cache"))
+    torch.manual_seed(0)
+    model = create_model("lite0-minilm", vision={"image_size": 96}).eval()
+    texts = ["a cat", "the flag of Germany on a pole, waving", "x"]
+    px = torch.randn(2, 3, 96, 96)
+    ref = Encoder.from_model(model, engine="torch", precision="fp32")
+    enc = Encoder.from_model(model, engine=engine, precision="fp32")
+    assert (enc.encode_texts(texts) - ref.encode_texts(texts)).abs().max().item() < 1e-4
+    assert (enc.encode_pixels(px) - ref.encode_pixels(px)).abs().max().item() < 1e-4

@@ -69,7 +69,11 @@ class PromptLearner(torch.nn.Module):
 
     @staticmethod
     def _end(ids, tower):
-        return tower.pool_index(ids)
+        """(B,) position of each sequence's end token. clipforge's own tower says (`pool_index`); a Hugging Face
+        tower (`HFTextTower`: [CLS] ... [SEP], padding `pad_id`) has none: its end token is the last non-pad."""
+        if hasattr(tower, "pool_index"):
+            return tower.pool_index(ids)
+        return (ids != tower.pad_id).long().sum(1).clamp(min=1) - 1
 
     def forward(self) -> torch.Tensor:
         emb = self.tower.token_embedding(self.ids)  # (C, T, W), frozen

@@ -97,13 +97,13 @@ class HFTextTower(nn.Module):
                 not hasattr(enc, "is_activation_checkpointing") and getattr(enc, "is_gradient_checkpointing", False)):
             (getattr(enc, "activation_checkpointing_disable", None) or enc.gradient_checkpointing_disable)()
 
-    def _hidden(self, ids: torch.Tensor, full: bool = False):
+    def _hidden(self, ids: torch.Tensor, full: bool = False, trim: bool = True):
         """(B, T, H) hidden states and the (B, T) mask. Padding columns past the batch's longest text are cut
         before the encoder runs (exact: masked keys get no attention, positions are kept); `full` pads the
-        states back to T (zeros) for token outputs."""
+        states back to T (zeros) for token outputs. `trim=False` keeps every column (an exported graph)."""
         mask = ids != self.pad_id  # (B, T)
         T = ids.shape[1]
-        L = max(int(mask.sum(1).max()) if ids.numel() else 0, 1)
+        L = max(int(mask.sum(1).max()) if ids.numel() else 0, 1) if trim else T
         h = self.encoder(input_ids=ids[:, :L], attention_mask=mask[:, :L].long()).last_hidden_state  # (B, L, H)
         if full and L < T:
             h = torch.nn.functional.pad(h, (0, 0, 0, T - L))
@@ -136,6 +136,18 @@ class HFTextTower(nn.Module):
             h = torch.nn.functional.pad(h, (0, 0, 0, ids.shape[1] - L))
             return TowerOutput(pooled, self.head(h), mask)
         return TowerOutput(pooled)
+
+    def trim(self, ids: torch.Tensor) -> torch.Tensor:
+        """`ids` without the padding columns past the longest text: exact (masked keys get no attention and
+        positions are kept). Engines running an exported graph call this before it."""
+        if not ids.numel():
+            return ids
+        return ids[:, : max(int((ids != self.pad_id).sum(1).max()), 1)]
+
+    def embed(self, ids: torch.Tensor) -> TowerOutput:
+        """The tower on `ids` as given, no padding trimmed (what an exported ONNX graph holds)."""
+        h, mask = self._hidden(ids, trim=False)
+        return TowerOutput(self.head(self._pool(h, mask)))
 
     def features(self, ids: torch.Tensor) -> torch.Tensor:  # (B, T) -> (B, hidden)
         return self._pool(*self._hidden(ids))
