@@ -25,7 +25,7 @@ LAYERS = [
     {"scale"},
     {"zeroshot", "adapt", "retrieval", "curate"},
     {"evaluate"},
-    {"train", "serve", "tour"},
+    {"train", "serve", "tour", "tour_pretrained"},
     {"cli"},
 ]
 LAYER = {pkg: i for i, layer in enumerate(LAYERS) for pkg in layer}

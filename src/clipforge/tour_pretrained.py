@@ -1,4 +1,4 @@
-"""The pretrained tour behind `clipforge demo --pretrained`: align two pretrained encoders, then classify and
+"""The pretrained tour behind `clipforge demo` with its pretrained flag: align two pretrained encoders, then classify and
 search with concepts and phrasings the alignment never saw.
 
 EfficientNet-Lite0 (ImageNet) and all-MiniLM-L6-v2 ship inside PyPI packages; their projection heads are
