@@ -41,12 +41,16 @@ def _caption(hit) -> str:
     return cap[0] if isinstance(cap, list) and cap else str(cap)
 
 
-def run_demo(out_dir, quick: bool = False) -> dict:
-    """Run the whole tour into `out_dir` (`quick`: a few steps per phase, for smoke tests)."""
+def start_tour(out_dir):
+    """(the output directory, created; the start time; the summary dict) of a tour."""
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    t_start = time.perf_counter()
-    summary = {"out": str(out)}
+    return out, time.perf_counter(), {"out": str(out)}
+
+
+def run_demo(out_dir, quick: bool = False) -> dict:
+    """Run the whole tour into `out_dir` (`quick`: a few steps per phase, for smoke tests)."""
+    out, t_start, summary = start_tour(out_dir)
 
     _say("1/6 demo data (scikit-learn digits, scikit-image photos; no network)")
     digits = build_digits(str(out / "data" / "digits"))

@@ -20,17 +20,13 @@ from clipforge.models import load_model
 from clipforge.retrieval.build import build_index
 from clipforge.retrieval.engine import SearchEngine
 from clipforge.retrieval.sheet import contact_sheet
-from clipforge.tour import UNSEEN_QUERIES
+from clipforge.tour import UNSEEN_QUERIES, _say, start_tour
 from clipforge.train.config import load_config
 from clipforge.train.loop import train
 from clipforge.zeroshot.predict import classify
 
 PHOTO_LABELS = ("a cat", "a cup of coffee", "a rocket", "an astronaut", "a horse", "a motorcycle",
                 "a cameraman", "coins", "the moon", "a ship", "a chessboard", "a page of text")
-
-
-def _say(msg: str) -> None:
-    print(f"\n== {msg}", flush=True)
 
 
 def _alignment_manifest(path: Path, *manifests) -> Path:
@@ -48,10 +44,7 @@ def _alignment_manifest(path: Path, *manifests) -> Path:
 
 def run_pretrained_demo(out_dir, quick: bool = False) -> dict:
     """Align, evaluate and search into `out_dir` (`quick`: fewer images and steps, for smoke tests)."""
-    out = Path(out_dir).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    summary = {"out": str(out)}
+    out, t0, summary = start_tour(out_dir)
 
     _say("1/5 real image-text pairs from installed packages: Twemoji art named by Unicode CLDR names")
     emoji = build_emoji(str(out / "data" / "emoji"), max_per_concept=1, limit=300 if quick else None)
