@@ -9,6 +9,7 @@ directory (tests/test_pretrained_towers.py, against golden files made with sente
 """
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -103,7 +104,7 @@ class HFTextTower(nn.Module):
         states back to T (zeros) for token outputs. `trim=False` keeps every column (an exported graph)."""
         mask = ids != self.pad_id  # (B, T)
         T = ids.shape[1]
-        L = max(int(mask.sum(1).max()) if ids.numel() else 0, 1) if trim else T
+        L = self.trim(ids).shape[1] if trim and ids.numel() else T
         h = self.encoder(input_ids=ids[:, :L], attention_mask=mask[:, :L].long()).last_hidden_state  # (B, L, H)
         if full and L < T:
             h = torch.nn.functional.pad(h, (0, 0, 0, T - L))
@@ -129,7 +130,7 @@ class HFTextTower(nn.Module):
         """The tower on word embeddings `x` (B, T, H) in place of `ids`' own (CoOp's learned context); `ids`
         still decide the mask and pooling. The encoder adds its own position embeddings."""
         mask = ids != self.pad_id
-        L = max(int(mask.sum(1).max()) if ids.numel() else 0, 1)
+        L = self.trim(ids).shape[1] if ids.numel() else ids.shape[1]
         h = self.encoder(inputs_embeds=x[:, :L], attention_mask=mask[:, :L].long()).last_hidden_state
         pooled = self.head(self._pool(h, mask[:, :L]))
         if return_tokens:
@@ -197,7 +198,14 @@ def _special_tokens(d: Path, backend) -> dict:
 
 
 def count_encoder_parameters(hf_config: dict) -> int:
-    """Exact parameter count of the encoder `hf_config` describes, built on the meta device (no memory)."""
+    """Exact parameter count of the encoder `hf_config` describes, built on the meta device (no memory).
+    Every CLIPConfig validation counts its parameters: the count is cached per config (~20 ms each)."""
+    return _count_encoder(json.dumps(hf_config, sort_keys=True))
+
+
+@functools.lru_cache(maxsize=32)
+def _count_encoder(hf_config_json: str) -> int:
+    hf_config = json.loads(hf_config_json)
     tf = _transformers()
     extra = {"add_pooling_layer": False} if hf_config.get("model_type") in _POOLER_MODELS else {}
     with torch.device("meta"):

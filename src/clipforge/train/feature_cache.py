@@ -31,7 +31,7 @@ from clipforge.data.decode import SkipCounter
 from clipforge.data.loader import epoch_order, make_pair_loader
 from clipforge.errors import ClipforgeError, UsageError
 from clipforge.losses import loss_needs
-from clipforge.models.heads import is_pretrained_tower as _pretrained, tower_features
+from clipforge.models.heads import is_pretrained_tower, tower_features
 from clipforge.train.optim import tower_is_frozen
 
 log = logging.getLogger("clipforge.train")
@@ -44,7 +44,7 @@ MAX_VIEWS = 64
 def _fingerprint(model, source, views: int) -> dict:
     h = hashlib.sha256()
     for tower in (model.visual, model.text):
-        head = getattr(tower, "head", None) if _pretrained(tower) else None
+        head = getattr(tower, "head", None) if is_pretrained_tower(tower) else None
         skip = {id(p) for p in head.parameters()} if head is not None else set()
         for name, t in tower.state_dict(keep_vars=True).items():
             if id(t) in skip:
@@ -170,7 +170,7 @@ def _build_chunk(model, source, d: Path, k: int, views: int, batch_size: int, wo
                     idx.append(np.asarray(batch["indices"], dtype=np.int64))
                 bar.update(int(batch.get("num_slots", batch["pixels"].shape[0])))
             f = torch.cat(feats).numpy() if feats else np.zeros((0, model.visual.feature_dim
-                                                                 if _pretrained(model.visual) else
+                                                                 if is_pretrained_tower(model.visual) else
                                                                  model.config.embed_dim), np.float32)
             ix = np.concatenate(idx) if idx else np.zeros(0, np.int64)
             if v == 0:
