@@ -21,7 +21,7 @@ def test_round_trip_bit_for_bit(tmp_path):
     m = create_model("tiny", tokenizer=tok).eval()
     m.save_pretrained(tmp_path / "ck")
     files = sorted(p.name for p in (tmp_path / "ck").iterdir())
-    assert files == ["config.json", "model.safetensors", "preprocess.json", "tokenizer.json", "tokenizer_config.json"]
+    assert files == [".clipforge.json", "config.json", "model.safetensors", "preprocess.json", "tokenizer.json", "tokenizer_config.json"]
     m2 = load_model(tmp_path / "ck").eval()
     assert m2.config == m.config
     for a, b in zip(_outputs(m), _outputs(m2)):

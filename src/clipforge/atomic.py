@@ -12,13 +12,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import tempfile
 import threading
 import uuid
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Union
+from typing import Any, BinaryIO, Callable, Optional, Union
 
-from clipforge.errors import ClipforgeError
+from clipforge.errors import ClipforgeError, UsageError
+from clipforge.output_dirs import move_aside, vet_output_dir, write_marker
 
 PathLike = Union[str, Path]
 _umask_lock = threading.Lock()
@@ -52,9 +54,23 @@ def _honour_umask(path: PathLike) -> None:
         pass
 
 
+def _check_file_target(path: Path) -> None:
+    """A file is only ever replaced by a file: a folder, link, device, FIFO or socket there is refused."""
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        return
+    if not stat.S_ISREG(mode):
+        what = "a folder" if stat.S_ISDIR(mode) else "a symbolic link" if stat.S_ISLNK(mode) else \
+            "a device, FIFO or socket"
+        raise UsageError(f"cannot write {path}: it is {what}, and clipforge replaces only files; name a new file")
+
+
 def temp_sibling(path: PathLike) -> tuple[int, str]:
-    """(fd, name) of a new temporary file beside `path`, with the permissions the umask gives new files."""
+    """(fd, name) of a new temporary file beside `path`, with the permissions the umask gives new files.
+    Refused when `path` exists and is not a regular file."""
     path = Path(path)
+    _check_file_target(path)
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except FileNotFoundError:
@@ -109,24 +125,35 @@ def atomic_write_json(path: PathLike, obj: Any, indent: int = 1) -> Path:
     return atomic_write(path, lambda f: f.write(json.dumps(obj, indent=indent, sort_keys=True).encode()))
 
 
-def atomic_directory(path: PathLike, write: Callable[[Path], object]) -> Path:
-    """Run `write(tmp_dir)` in a temporary sibling directory, fsync its files, then swap it in for `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
+def atomic_directory(path: PathLike, write: Callable[[Path], object], *, kind: str, overwrite: bool = False,
+                     recognise: Optional[Callable[[Path], bool]] = None, param: str = "out",
+                     overwritable: bool = True) -> Path:
+    """Run `write(tmp_dir)` in a temporary sibling directory, fsync its files, then swap it in for `path`.
+
+    `path` must be new, empty, or a clipforge artifact of the same `kind` (`output_dirs.vet_output_dir`);
+    anything else is refused before `write` runs, unless `overwrite`. The folder gets the `kind` marker.
+    """
+    vet = dict(overwrite=overwrite, recognise=recognise, param=param, overwritable=overwritable)
+    path, _ = vet_output_dir(path, kind, **vet)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+    except OSError as e:
+        raise ClipforgeError(f"cannot write {path}: {e.strerror or e}") from None
     try:
         write(tmp)
+        write_marker(tmp, kind)
         for f in tmp.rglob("*"):
             if f.is_file():
                 _honour_umask(f)
                 with open(f, "rb") as fh:
                     os.fsync(fh.fileno())
-        if path.exists():
-            old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(path, old)
+        if os.path.lexists(path):
+            vet_output_dir(path, kind, **vet)  # still replaceable now that the write is done?
+            old = move_aside(path)
             os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
+            shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink(missing_ok=True)
         else:
             os.replace(tmp, path)
     except BaseException:

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from clipforge.atomic import atomic_write_text
+from clipforge.output_dirs import claim_output_dir
 from clipforge.data.demo_sets import build_digits, build_photos
 from clipforge.evaluate.report import write_report
 from clipforge.evaluate.results import append_result, make_record
@@ -41,16 +42,17 @@ def _caption(hit) -> str:
     return cap[0] if isinstance(cap, list) and cap else str(cap)
 
 
-def start_tour(out_dir):
-    """(the output directory, created; the start time; the summary dict) of a tour."""
-    out = Path(out_dir).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+def start_tour(out_dir, overwrite: bool = False):
+    """(the output directory, created; the start time; the summary dict) of a tour. `out_dir` must be new, empty
+    or an earlier tour's folder (anything else is refused unless `overwrite`); the tour's runs start afresh."""
+    out, _ = claim_output_dir(out_dir, "demo-tour", overwrite=overwrite,
+                              recognise=lambda p: (p / "data").is_dir() and (p / "runs").is_dir())
     return out, time.perf_counter(), {"out": str(out)}
 
 
-def run_demo(out_dir, quick: bool = False) -> dict:
+def run_demo(out_dir, quick: bool = False, overwrite: bool = False) -> dict:
     """Run the whole tour into `out_dir` (`quick`: a few steps per phase, for smoke tests)."""
-    out, t_start, summary = start_tour(out_dir)
+    out, t_start, summary = start_tour(out_dir, overwrite)
 
     _say("1/6 demo data (scikit-learn digits, scikit-image photos; no network)")
     digits = build_digits(str(out / "data" / "digits"))
@@ -65,7 +67,7 @@ def run_demo(out_dir, quick: bool = False) -> dict:
         sets += ["run.steps=30", "run.eval_every=0", "run.checkpoint_every=30"]
     cfg = load_config("demo-digits", sets)
     run_dir = out / "runs" / "digits"
-    res = train(cfg, run_dir)
+    res = train(cfg, run_dir, overwrite=True)  # the tour's own run, started again
     print(f"{res['steps']} steps in {res['train_time_s']} s; final loss {res['final'].get('loss', float('nan')):.3f}"
           f" -> {run_dir}/final (curves: {run_dir}/curves.png)")
 

@@ -42,9 +42,9 @@ def _alignment_manifest(path: Path, *manifests) -> Path:
     return path
 
 
-def run_pretrained_demo(out_dir, quick: bool = False) -> dict:
+def run_pretrained_demo(out_dir, quick: bool = False, overwrite: bool = False) -> dict:
     """Align, evaluate and search into `out_dir` (`quick`: fewer images and steps, for smoke tests)."""
-    out, t0, summary = start_tour(out_dir)
+    out, t0, summary = start_tour(out_dir, overwrite)
 
     _say("1/5 real image-text pairs from installed packages: Twemoji art named by Unicode CLDR names")
     emoji = build_emoji(str(out / "data" / "emoji"), max_per_concept=1, limit=300 if quick else None)
@@ -61,7 +61,7 @@ def run_pretrained_demo(out_dir, quick: bool = False) -> dict:
             f"run.steps={100 if quick else 500}", f"run.checkpoint_every={100 if quick else 500}",
             f"data.batch_size={64 if quick else 256}"]
     run_dir = out / "runs" / "align"
-    res = train(load_config("pretrained-align", sets), run_dir)
+    res = train(load_config("pretrained-align", sets), run_dir, overwrite=True)  # the tour's own run
     summary["train_time_s"] = res["train_time_s"]
     print(f"{res['steps']} steps on cached features in {res['train_time_s']} s -> {run_dir}/final")
 

@@ -22,7 +22,9 @@ def register(sub):
 
     m = s.add_parser("merge", help="fold an adapter into its base's weights -> a plain checkpoint directory")
     m.add_argument("model", help="BASE+ADAPTER_DIR, or ADAPTER_DIR (onto the base it names)")
-    m.add_argument("--out", required=True, help="checkpoint directory to write (replaced atomically)")
+    m.add_argument("--out", required=True, help="checkpoint directory to write: new, empty or an earlier checkpoint "
+                                                "(replaced atomically)")
+    m.add_argument("--overwrite", action="store_true", help="replace OUT even when it holds something else")
     m.set_defaults(func=run_merge)
 
     e = s.add_parser("export", help="write an adapter in peft's format for the HF export of its base")
@@ -30,6 +32,8 @@ def register(sub):
     e.add_argument("--to", required=True, choices=["peft"], help="target format")
     e.add_argument("--out", required=True, help="adapter directory to write (adapter_config.json + "
                                                  "adapter_model.safetensors)")
+    e.add_argument("--overwrite", action="store_true", help="replace OUT / BASE_OUT even when they hold something "
+                                                             "else")
     e.add_argument("--base-out", help="also write the base as an HF directory here (`export --to hf`), which "
                                       "PeftModel.from_pretrained(CLIPModel.from_pretrained(BASE_OUT), OUT) loads")
     e.set_defaults(func=run_export)
@@ -59,8 +63,10 @@ def _load_adapted(ref):
 
 def run_merge(args) -> int:
     from clipforge.models.adapter import merged_model
+    from clipforge.models.checkpoint import vet_checkpoint_dir
 
-    out = merged_model(_load_adapted(args.model)).save_pretrained(args.out)
+    vet_checkpoint_dir(args.out, args.overwrite)
+    out = merged_model(_load_adapted(args.model)).save_pretrained(args.out, overwrite=args.overwrite)
     print(f"wrote merged model to {out}")
     return 0
 
@@ -72,7 +78,7 @@ def run_export(args) -> int:
     model = _load_adapted(args.model)
     base_ref = getattr(model, "adapter_base", None)
     if args.base_out:  # first: a base transformers cannot hold stops the export before anything is written
-        print(f"wrote HF base model to {export_hf_base(model, args.base_out)}")
-    out = export_peft(model, args.out, base_model_name_or_path=args.base_out or base_ref)
+        print(f"wrote HF base model to {export_hf_base(model, args.base_out, overwrite=args.overwrite)}")
+    out = export_peft(model, args.out, base_model_name_or_path=args.base_out or base_ref, overwrite=args.overwrite)
     print(f"wrote peft adapter to {out}")
     return 0

@@ -42,7 +42,9 @@ def register(subparsers) -> None:
     c = sub.add_parser("convert", help="write a source as wds shards or a jsonl/csv/parquet manifest")
     _add_source_options(c)
     c.add_argument("--to", required=True, choices=["wds", "jsonl", "csv", "parquet"], help="output format")
-    c.add_argument("--out", required=True, help="output folder (wds) or manifest file")
+    c.add_argument("--out", required=True, help="output folder (wds: new, empty or an earlier conversion) or "
+                                                "manifest file")
+    c.add_argument("--overwrite", action="store_true", help="wds: replace OUT even when it holds something else")
     c.add_argument("--shard-size", type=int, default=1000, help="samples per tar shard (default 1000)")
     c.add_argument("--no-verify", action="store_true", help="do not decode images before writing them")
     c.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -64,7 +66,8 @@ def register(subparsers) -> None:
     r.add_argument("--teacher", action="append", required=True, metavar="MODEL",
                    help="teacher model reference; repeat for an ensemble")
     r.add_argument("--augmentations", type=positive_int, default=5, help="stored views per image (default 5)")
-    r.add_argument("--out", required=True, help="output folder for the store")
+    r.add_argument("--out", required=True, help="output folder for the store (new, empty or an earlier store)")
+    r.add_argument("--overwrite", action="store_true", help="replace OUT even when it holds something else")
     r.add_argument("--synthetic-captions", default=None, metavar="FILE.jsonl",
                    help='extra captions per sample, one {"id": ..., "captions": [...]} per line')
     r.add_argument("--crop-scale", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
@@ -115,7 +118,7 @@ def run_convert(args) -> int:
 
     src = _open(args)
     summary = convert(src, args.to, args.out, shard_size=args.shard_size, verify=not args.no_verify,
-                      progress=_progress())
+                      progress=_progress(), overwrite=args.overwrite)
     if args.json:
         print(json.dumps(summary, indent=1))
     else:
@@ -143,7 +146,8 @@ def run_reinforce(args) -> int:
     summary = reinforce(_open(args), args.teacher, args.out, augmentations=args.augmentations, seed=args.seed,
                         synthetic_captions=args.synthetic_captions, crop_scale=args.crop_scale,
                         hflip=args.hflip, batch_size=args.batch_size, workers=args.workers, device=args.device,
-                        precision=args.precision, embed_dtype=args.embed_dtype, progress=_progress())
+                        precision=args.precision, embed_dtype=args.embed_dtype, progress=_progress(),
+                        overwrite=args.overwrite)
     if args.json:
         print(json.dumps(summary, indent=1))
     else:

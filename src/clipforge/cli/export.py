@@ -14,7 +14,9 @@ def register(sub):
         from clipforge.models.convert.export import FORMATS
 
         p.add_argument("--to", required=True, choices=FORMATS, help="target format")
-    p.add_argument("--out", required=True, help="output directory (replaced atomically if it exists)")
+    p.add_argument("--out", required=True, help="output directory: new, empty, or an earlier export of this format "
+                                                "(replaced atomically)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT even when it holds something else")
     p.add_argument("--weights", default=None, help="weights file for a registered architecture / open_clip:ARCH")
     p.add_argument("--trust-pickle", action="store_true", help="allow loading pickled .pt/.bin weights")
     p.set_defaults(func=run)
@@ -25,6 +27,6 @@ def run(args) -> int:
     from clipforge.models.convert.export import export_model
 
     model = load_model(args.model, weights=args.weights, trust_pickle=args.trust_pickle)
-    out = export_model(model, args.to, args.out)
+    out = export_model(model, args.to, args.out, overwrite=args.overwrite)
     print(f"wrote {args.to} model to {out}")
     return 0

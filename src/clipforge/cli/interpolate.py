@@ -14,15 +14,18 @@ def register(sub):
     p.add_argument("--alphas", default=None, help="comma-separated alphas to sweep, e.g. 0,0.25,0.5,0.75,1")
     p.add_argument("--eval-dataset", default=None, help="labelled source for the sweep's zero-shot accuracy")
     p.add_argument("--templates", default=None, help="template set name, file, for the sweep")
-    p.add_argument("--out", "-o", required=True, help="output checkpoint directory")
+    p.add_argument("--out", "-o", required=True, help="output checkpoint directory (new, empty or a checkpoint)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT even when it holds something else")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     from clipforge.errors import UsageError
     from clipforge.models import load_model
+    from clipforge.models.checkpoint import vet_checkpoint_dir
     from clipforge.train.interpolate import interpolate_models, parse_alphas, sweep
 
+    vet_checkpoint_dir(args.out, args.overwrite)  # before the models load and the sweep runs
     a, b = load_model(args.model_a), load_model(args.model_b)
     alpha = args.alpha
     if args.alphas:
@@ -39,6 +42,6 @@ def run(args) -> int:
             print(json.dumps(r))
         alpha = max(rows, key=lambda r: r["top1"])["alpha"]
         print(f"best alpha {alpha}")
-    interpolate_models(a, b, alpha).save_pretrained(args.out)
+    interpolate_models(a, b, alpha).save_pretrained(args.out, overwrite=args.overwrite)
     print(f"wrote {args.out} (alpha={alpha})")
     return 0

@@ -21,19 +21,22 @@ def register(sub):
     p.add_argument("--short-positions", default="original", choices=["original", "stretched"],
                    help="texts that fit the old context: on their original positions (unchanged embeddings, "
                         "the default) or on consecutive new ones (as Long-CLIP)")
-    p.add_argument("--out", "-o", required=True, help="output checkpoint directory")
+    p.add_argument("--out", "-o", required=True, help="output checkpoint directory (new, empty or a checkpoint)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT even when it holds something else")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     from clipforge.models import load_model
+    from clipforge.models.checkpoint import vet_checkpoint_dir
     from clipforge.models.stretch import stretch_model
 
+    vet_checkpoint_dir(args.out, args.overwrite)
     old = load_model(args.model)
     new = stretch_model(old, args.context_length, keep=args.keep, factor=args.factor,
                         short_positions=args.short_positions)
-    new.save_pretrained(args.out)
+    new.save_pretrained(args.out, overwrite=args.overwrite)
     t = new.config.text
     summary = {"out": str(args.out), "context_length": t.context_length, "stretched_from": t.stretched_from,
                "keep": t.stretch_keep, "factor": t.stretch_factor, "short_positions": t.short_positions}

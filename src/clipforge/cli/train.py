@@ -13,6 +13,8 @@ def register(sub):
                    help="override a config value, e.g. --set optim.lr=1e-3 (repeatable)")
     p.add_argument("--out", "-o", required=True, help="run directory (config, metrics, checkpoints, final model)")
     p.add_argument("--resume", default=None, help="'latest' or a checkpoint directory to continue from")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start OUT again from scratch (deleting its old run), or replace a folder that is not a run")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.set_defaults(func=run)
 
@@ -26,7 +28,7 @@ def run(args) -> int:
         return 0
     from clipforge.train.loop import train
 
-    summary = train(cfg, args.out, resume=args.resume)
+    summary = train(cfg, args.out, resume=args.resume, overwrite=args.overwrite)
     final = summary.get("final", {})
     keys = [k for k in ("loss", "zeroshot_top1", "zeroshot_top5") if k in final]
     print(f"trained {summary['steps']} steps in {summary['train_time_s']} s -> {args.out}/final  "

@@ -21,6 +21,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from clipforge.atomic import atomic_write, atomic_write_text
+from clipforge.output_dirs import claim_output_dir
 from clipforge.curate.job import read_scores
 from clipforge.curate.selection import read_removals
 from clipforge.data.decode import BadSample
@@ -199,8 +200,8 @@ def write_report(summaries: Sequence, out_dir, *, examples: int = 15) -> dict:
         raise UsageError("`summaries`: name at least one filter or dedup summary file")
     if examples < 1:
         raise UsageError(f"`examples` must be >= 1, got {examples}")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out, _ = claim_output_dir(out_dir, "curate-report", overwritable=False,
+                              recognise=lambda p: (p / "report.md").is_file())
     lines = ["# Curation report", ""]
     for n, s in enumerate(map(_load_summary, summaries)):
         lines += (_filter_section if s["step"] == "filter" else _dedup_section)(n, s, out, examples)

@@ -86,8 +86,6 @@ def _build_atomically(out_dir: str, params: dict, build) -> dict:
     paths = _finished(out_dir, params)
     if paths is not None:
         return paths
-    if os.path.isdir(out_dir) and os.listdir(out_dir) and not os.path.exists(os.path.join(out_dir, MARKER)):
-        raise UsageError(f"{out_dir} exists and is not an earlier demo build; choose an empty or new folder")
     paths: dict = {}
 
     def write(tmp) -> None:  # an earlier demo build with other parameters (checked above) is replaced
@@ -96,7 +94,8 @@ def _build_atomically(out_dir: str, params: dict, build) -> dict:
         paths["root"] = out_dir
         _write_json(os.path.join(tmp, MARKER), {"params": params, "paths": paths})
 
-    atomic_directory(out_dir, write)
+    atomic_directory(out_dir, write, kind="demo-set", overwritable=False,
+                     recognise=lambda p: (p / MARKER).is_file())
     return paths
 
 

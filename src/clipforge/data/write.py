@@ -19,6 +19,7 @@ import io
 import itertools
 import json
 import os
+import re
 import tarfile
 
 import pyarrow as pa
@@ -29,6 +30,9 @@ from clipforge.atomic import atomic_write_path, atomic_write_text
 from clipforge.data.decode import BadSample, SkipCounter
 from clipforge.data.sample import text_safe
 from clipforge.errors import UsageError
+from clipforge.output_dirs import claim_output_dir, vet_output_dir
+
+_SHARD_NAME = re.compile(r"shard-\d{6,}\.tar")
 
 FORMATS = ("wds", "jsonl", "csv", "parquet")
 
@@ -70,10 +74,18 @@ def _samples(source, verify: bool, skipped: SkipCounter, progress):
         skipped.add(*item)
 
 
-def write_wds(source, out_dir: str, shard_size: int = 1000, *, verify: bool = True, progress=None) -> dict:
+def _is_shard_folder(path) -> bool:
+    """A folder an older `write_wds` filled (no marker): shard-NNNNNN.tar files and classnames.txt only."""
+    return all(_SHARD_NAME.fullmatch(n) or n == "classnames.txt" for n in os.listdir(path))
+
+
+def write_wds(source, out_dir: str, shard_size: int = 1000, *, verify: bool = True, progress=None,
+              overwrite: bool = False) -> dict:
+    """Write `source` as tar shards into `out_dir`: a new or empty folder, or an earlier conversion (its stale
+    shards are removed); any other folder is refused unless `overwrite` (then it is replaced)."""
     if shard_size < 1:
         raise UsageError(f"shard_size must be >= 1, got {shard_size}")
-    os.makedirs(out_dir, exist_ok=True)
+    out_dir = str(claim_output_dir(out_dir, "wds-shards", overwrite=overwrite, recognise=_is_shard_folder)[0])
     skipped = SkipCounter()
     shards: list[str] = []
     samples = _samples(source, verify, skipped, progress)
@@ -115,6 +127,16 @@ def _add_sample(tf: tarfile.TarFile, key: str, sample, data: bytes) -> None:
         tf.addfile(info, io.BytesIO(payload))
 
 
+def _read_small(path: str, cap: int = 1 << 20):
+    """A small text file's content (None when unreadable or larger than `cap`)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(cap + 1)
+        return data.decode("utf-8") if len(data) <= cap else None
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
 def _remove_stale_shards(out_dir: str, keep: int) -> None:
     """Shards numbered >= keep left by an earlier, larger conversion into the same folder would be read back."""
     for name in os.listdir(out_dir):
@@ -122,20 +144,33 @@ def _remove_stale_shards(out_dir: str, keep: int) -> None:
             os.remove(os.path.join(out_dir, name))
 
 
-def write_manifest(source, out_path: str, fmt: str | None = None, *, verify: bool = True, progress=None) -> dict:
+def write_manifest(source, out_path: str, fmt: str | None = None, *, verify: bool = True, progress=None,
+                   overwrite: bool = False) -> dict:
+    """Write `source` as a manifest file at `out_path` (an existing file there is replaced). Images that exist
+    only inside shards are extracted to the folder OUT_images beside it, which must be new, empty or an earlier
+    extraction; a `classnames.txt` beside it with other names is refused. `overwrite` allows both."""
     fmt = fmt or os.path.splitext(out_path)[1].lstrip(".").lower()
     if fmt not in ("jsonl", "csv", "parquet"):
         raise UsageError(f"manifest format must be one of ['jsonl', 'csv', 'parquet'], got {fmt!r}")
     out_dir = os.path.dirname(os.path.abspath(out_path))
-    os.makedirs(out_dir, exist_ok=True)
     img_dir = os.path.splitext(os.path.abspath(out_path))[0] + "_images"
+    vet_output_dir(img_dir, "manifest-images", overwrite=overwrite, param="out")
+    names_file = os.path.join(out_dir, "classnames.txt")
+    names = "".join(c + "\n" for c in source.classnames) if source.classnames else None
+    if names is not None and not overwrite and os.path.lexists(names_file) and _read_small(names_file) != names:
+        raise UsageError(f"{names_file} exists with other class names: write the manifest to another folder, or "
+                         "pass `overwrite` to replace it")
+    os.makedirs(out_dir, exist_ok=True)
+    claimed = False
     skipped = SkipCounter()
     rows = []
     for n, (sample, data) in enumerate(_samples(source, verify, skipped, progress)):
         if sample.path is not None and "://" not in sample.path and os.path.isfile(sample.path):
             image = os.path.relpath(os.path.abspath(sample.path), out_dir).replace(os.sep, "/")
         else:  # bytes that only exist inside a shard: extract them next to the manifest
-            os.makedirs(img_dir, exist_ok=True)
+            if not claimed:
+                claim_output_dir(img_dir, "manifest-images", overwrite=overwrite)
+                claimed = True
             name = f"{n:09d}.{(sample.ext or 'jpg').lower()}"
             with open(os.path.join(img_dir, name), "wb") as f:
                 f.write(data)
@@ -165,15 +200,16 @@ def write_manifest(source, out_path: str, fmt: str | None = None, *, verify: boo
             pq.write_table(pa.table(cols, schema=schema), tmp)
 
     atomic_write_path(os.path.abspath(out_path), write)
-    if source.classnames:
-        atomic_write_text(os.path.join(out_dir, "classnames.txt"), "".join(c + "\n" for c in source.classnames))
+    if names is not None:
+        atomic_write_text(names_file, names)
     return {"format": fmt, "out": out_path, "written": len(rows), "skipped": skipped.as_dict()}
 
 
-def convert(source, to: str, out: str, *, shard_size: int = 1000, verify: bool = True, progress=None) -> dict:
+def convert(source, to: str, out: str, *, shard_size: int = 1000, verify: bool = True, progress=None,
+            overwrite: bool = False) -> dict:
     """Write `source` as `to` (one of FORMATS) at `out` (a folder for wds, a file for manifests)."""
     if to not in FORMATS:
         raise UsageError(f"unknown output format {to!r}; valid: {list(FORMATS)}")
     if to == "wds":
-        return write_wds(source, out, shard_size, verify=verify, progress=progress)
-    return write_manifest(source, out, to, verify=verify, progress=progress)
+        return write_wds(source, out, shard_size, verify=verify, progress=progress, overwrite=overwrite)
+    return write_manifest(source, out, to, verify=verify, progress=progress, overwrite=overwrite)

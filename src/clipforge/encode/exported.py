@@ -68,12 +68,12 @@ def exported_graphs(model, precision: str = "fp32", cache=None, fingerprint: Opt
     if precision == "int8":
         fp32 = exported_graphs(model, "fp32", cache, fp)
         log.info("quantising %s to int8 in %s", model.config.name or "the model", root / "int8")
-        atomic_directory(root / "int8", lambda d: [_quantize_int8(fp32[t], d / f"{t}.onnx") for t in fp32])
+        atomic_directory(root / "int8", kind="onnx-graphs", write=lambda d: [_quantize_int8(fp32[t], d / f"{t}.onnx") for t in fp32])
         return paths
     log.info("exporting %s to ONNX in %s (once per model)", model.config.name or "the model", root / "fp32")
     m = model if next(model.parameters()).dtype == torch.float32 and model.device.type == "cpu" else \
         copy.deepcopy(model).float().cpu()
-    atomic_directory(root / "fp32", lambda d: [export_tower(m, t, d / f"{t}.onnx") for t in ("image", "text")])
+    atomic_directory(root / "fp32", kind="onnx-graphs", write=lambda d: [export_tower(m, t, d / f"{t}.onnx") for t in ("image", "text")])
     return paths
 
 

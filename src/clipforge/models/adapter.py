@@ -63,7 +63,7 @@ def base_reference(ref: str) -> str:
 
 
 def save_adapter(model, path: PathLike, *, base_model: Optional[str] = None, base_sha256: Optional[str] = None,
-                 extra: Optional[Callable[[Path], None]] = None) -> Path:
+                 extra: Optional[Callable[[Path], None]] = None, overwrite: bool = False) -> Path:
     """Write `model`'s adapter (not its base weights) as an adapter directory at `path`, atomically.
 
     `base_model`: the reference the base loads from (default: the one the adapter was loaded with, if any);
@@ -88,7 +88,8 @@ def save_adapter(model, path: PathLike, *, base_model: Optional[str] = None, bas
         if extra is not None:
             extra(tmp)
 
-    return atomic_directory(path, write)
+    return atomic_directory(path, write, kind="adapter", overwrite=overwrite,
+                            recognise=is_adapter_dir)
 
 
 def read_adapter_config(path: PathLike) -> Optional[dict]:

@@ -28,6 +28,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from clipforge.atomic import atomic_directory
+from clipforge.output_dirs import vet_output_dir
 from clipforge.errors import ClipforgeError, UsageError
 from clipforge.models.config import CLIPConfig
 from clipforge.models.torchscript import is_torchscript_archive, read_torchscript_state
@@ -35,15 +36,19 @@ from clipforge.models.tokenizer import Tokenizer
 from clipforge.models.unwrap import unwrap_model
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "save_pretrained", "read_config_json", "is_checkpoint_dir",
-           "read_checkpoint_dir", "load_safetensors", "read_state_dict", "load_state_dict_strict"]
+           "read_checkpoint_dir", "vet_checkpoint_dir", "load_safetensors", "read_state_dict", "load_state_dict_strict"]
 
 FORMAT = "clipforge"
 FORMAT_VERSION = 1
 PathLike = Union[str, Path]
 
 
-def save_pretrained(model, path: PathLike, extra: Optional[Callable[[Path], None]] = None) -> Path:
+def save_pretrained(model, path: PathLike, extra: Optional[Callable[[Path], None]] = None, *,
+                    overwrite: bool = False) -> Path:
     """Write `model` as a checkpoint directory at `path`, atomically (temp dir + rename).
+
+    `path` may be new, empty or an earlier checkpoint; anything else is refused unless `overwrite`
+    (`clipforge.output_dirs`).
 
     `extra(tmp_dir)` may write more files (e.g. the trainer's state) before the directory is renamed into
     place, so they appear together with the weights or not at all.
@@ -63,7 +68,21 @@ def save_pretrained(model, path: PathLike, extra: Optional[Callable[[Path], None
         if extra is not None:
             extra(tmp)
 
-    return atomic_directory(path, write)
+    return atomic_directory(path, write, kind="checkpoint", overwrite=overwrite, recognise=_recognise)
+
+
+def vet_checkpoint_dir(path: PathLike, overwrite: bool = False) -> Path:
+    """Fail fast, before a long job, when `save_pretrained(..., path)` would be refused; return the path."""
+    return vet_output_dir(path, "checkpoint", overwrite=overwrite, recognise=_recognise)[0]
+
+
+def _recognise(path: Path) -> bool:
+    """Whether `path` holds a clipforge checkpoint an older version wrote (without the folder marker)."""
+    try:
+        meta = read_config_json(path)
+    except ClipforgeError:
+        return False
+    return isinstance(meta, dict) and meta.get("format") == FORMAT
 
 
 def read_config_json(path: PathLike) -> Optional[dict]:

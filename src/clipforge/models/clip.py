@@ -151,10 +151,11 @@ class CLIPModel(nn.Module):
             raise RuntimeError("this model has no tokenizer attached")
         return self.tokenizer(texts)
 
-    def save_pretrained(self, path, extra=None):
-        """Write this model as a checkpoint directory (`checkpoint.save_pretrained`)."""
+    def save_pretrained(self, path, extra=None, *, overwrite: bool = False):
+        """Write this model as a checkpoint directory (`checkpoint.save_pretrained`; a path holding anything
+        but an earlier checkpoint is refused unless `overwrite`)."""
         if any(n.endswith(".lora_A") for n, _ in self.named_parameters()):
             raise UsageError("this model carries a LoRA adapter: save the adapter alone with "
                              "clipforge.models.save_adapter, or fold it in first (clipforge.models.adapter.merged_model)")
-        return save_pretrained(self, path, extra=extra)
+        return save_pretrained(self, path, extra=extra, overwrite=overwrite)
 

@@ -32,6 +32,7 @@ import pyarrow as pa
 from tqdm.auto import tqdm
 
 from clipforge.data.decode import SkipCounter
+from clipforge.output_dirs import vet_output_dir
 from clipforge.data.sample import text_safe
 from clipforge.data.sources import absolute_spec, open_source
 from clipforge.encode import Encoder
@@ -217,6 +218,12 @@ def build_faiss(index_dir, max_memory=None, kind: str = "auto", target_recall: f
 
 # ---- public jobs --------------------------------------------------------------------------------------
 
+def _is_index_dir(p: Path) -> bool:
+    """An index (or embedding store) folder, or one a killed build left with only its hidden lock/temp files."""
+    return (p / INFO_FILE).is_file() or (p / "manifest.json").is_file() or all(n.startswith(".") for n in
+                                                                             os.listdir(p))
+
+
 def build_index(source: str, model: str, out_dir, *, batch_size: int = 64, workers: int = 0,
                 max_memory=None, precision: str = "auto", shard_size: int = DEFAULT_SHARD_SIZE,
                 device=None, text: str | bool = "auto", index_kind: str = "auto", progress: bool | None = None,
@@ -237,7 +244,8 @@ def build_index(source: str, model: str, out_dir, *, batch_size: int = 64, worke
         raise UsageError(f"need batch_size >= 1, shard_size >= 1, workers >= 0; got {batch_size}, "
                          f"{shard_size}, {workers}")
     EXECUTORS.check(executor, executor_options or {})  # a misplaced option fails before any work
-    root = Path(out_dir)
+    root, _ = vet_output_dir(out_dir, "index", param="out_dir", overwritable=False,  # never into other files
+                             recognise=_is_index_dir)
     info_path = root / INFO_FILE
     ref = str(Path(model).resolve()) if Path(model).is_dir() else str(model)
     source = absolute_spec(source)  # recorded so that `index update` and /thumb work from any directory

@@ -11,6 +11,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -20,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from clipforge.atomic import atomic_write_text
+from clipforge.output_dirs import claim_output_dir, vet_output_dir
 from clipforge.data.decode import SkipCounter
 from clipforge.data.loader import make_labelled_loader, make_pair_loader
 from clipforge.encode.encoder import SourceFeatures
@@ -47,6 +49,7 @@ from clipforge.models.stretch import freeze_kept_positions
 from clipforge.train.step import forward_loss, pair_extras, reinforcement_store
 
 log = logging.getLogger("clipforge.train")
+RUN_KIND = "training-run"
 
 
 def _train_tokenizer(cfg: TrainConfig, source):
@@ -91,15 +94,38 @@ def _autocast(cfg: TrainConfig, device: torch.device):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def train(cfg: TrainConfig, out_dir, resume: Optional[str] = None) -> dict:
+def _is_run_dir(path: Path) -> bool:
+    """A run directory an older version wrote (without the folder marker)."""
+    return (path / "config.yaml").is_file() and any(
+        (path / n).exists() for n in ("metrics.jsonl", "checkpoints", "final", "summary.json"))
+
+
+def _vet_run_dir(out_dir, resume: Optional[str], overwrite: bool) -> Path:
+    """The run directory, checked: an existing run is continued only with `resume`, restarted only with
+    `overwrite`; a folder that is not a run is refused unless `overwrite`."""
+    if resume is not None and overwrite:
+        raise UsageError("`resume` and `overwrite` contradict each other: one continues the run, the other "
+                         "starts it again")
+    out, state = vet_output_dir(out_dir, RUN_KIND, overwrite=overwrite, recognise=_is_run_dir)
+    if state == "same" and resume is None and not overwrite:
+        raise UsageError(f"{out} holds a training run: pass `resume` latest to continue it, or `overwrite` to "
+                         "start it again from scratch")
+    return out
+
+
+def train(cfg: TrainConfig, out_dir, resume: Optional[str] = None, overwrite: bool = False) -> dict:
     """Train per `cfg`, writing the run directory `out_dir`. Returns a summary dict (also summary.json).
+
+    `out_dir` is new or empty; or a run, continued with `resume` ("latest" or a checkpoint directory) or
+    started again from scratch with `overwrite` (which also replaces a folder that is not a run).
 
     Progress: a tqdm bar on a terminal; otherwise (a log file, the demo, CI) one log line every
     `run.log_every` steps with the step, loss, learning rate, samples/s and ETA.
     """
     cfg.validate()
-    out = Path(out_dir)
     dist = init_distributed(cfg.run.device)
+    # only the main process vets and claims the folder (the others would see the run it has just marked)
+    out = _vet_run_dir(out_dir, resume, overwrite) if dist.is_main else Path(os.path.abspath(out_dir))
     device = pick_device(cfg.run.device, local_rank=dist.local_rank, param="run.device")
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
@@ -113,6 +139,8 @@ def train(cfg: TrainConfig, out_dir, resume: Optional[str] = None) -> dict:
     total = cfg.run.steps or math.ceil(cfg.run.epochs * steps_per_epoch)
 
     ckpt = resolve_resume(resume, out) if resume else None
+    if dist.is_main:  # marks the folder as a run; with `overwrite`, the old one is replaced by an empty one
+        claim_output_dir(out, RUN_KIND, overwrite=overwrite, recognise=_is_run_dir, fresh=overwrite)
     torch.manual_seed(cfg.run.seed)
     model = load_model(ckpt) if ckpt else build_training_model(cfg, source)
     if cfg.adapt.method is not None:  # only the adapter trains; the base is frozen and saved by reference

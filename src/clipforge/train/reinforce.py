@@ -30,8 +30,9 @@ import numpy as np
 import torch
 
 from clipforge.atomic import atomic_directory
+from clipforge.output_dirs import vet_output_dir
 from clipforge.data.decode import SkipCounter
-from clipforge.data.reinforced import EMBED_DTYPES, write_store
+from clipforge.data.reinforced import EMBED_DTYPES, MANIFEST, write_store
 from clipforge.encode import Encoder
 from clipforge.errors import ClipforgeError, UsageError
 from clipforge.models.transforms import TrainTransform
@@ -80,14 +81,18 @@ def read_synthetic_captions(path) -> dict[str, list[str]]:
 def reinforce(source, teachers: Sequence[str], out_dir, *, augmentations: int = 5, seed: int = 0,
               synthetic_captions: Optional[str] = None, crop_scale: Optional[Sequence[float]] = None,
               hflip: Optional[bool] = None, batch_size: int = 64, workers: int = 0, device=None,
-              precision: str = "auto", embed_dtype: str = "float16", progress: Optional[bool] = None) -> dict:
-    """Write a reinforcement store for `source` to `out_dir`; return a summary (counts, skips, seconds)."""
+              precision: str = "auto", embed_dtype: str = "float16", progress: Optional[bool] = None,
+              overwrite: bool = False) -> dict:
+    """Write a reinforcement store for `source` to `out_dir`; return a summary (counts, skips, seconds).
+    `out_dir` may be new, empty or an earlier store; anything else is refused unless `overwrite`."""
     if not teachers:
         raise UsageError("`teachers`: give at least one teacher model")
     if int(augmentations) < 1:
         raise UsageError(f"`augmentations` must be >= 1, got {augmentations}")
     if embed_dtype not in EMBED_DTYPES:
         raise UsageError(f"`embed_dtype` must be one of {', '.join(EMBED_DTYPES)}, got {embed_dtype!r}")
+    vet = dict(kind="reinforcement-store", overwrite=overwrite, recognise=lambda p: (p / MANIFEST).is_file())
+    vet_output_dir(out_dir, **vet)  # before the teachers run
     t0 = time.perf_counter()
     encoders = [Encoder.load(t, device=device, precision=precision) for t in teachers]
     first = encoders[0].model
@@ -130,7 +135,7 @@ def reinforce(source, teachers: Sequence[str], out_dir, *, augmentations: int = 
             "teachers": [{"ref": str(t), "embed_dim": int(enc.embed_dim), "precision": enc.precision}
                          for t, enc in zip(teachers, encoders)],
             "synthetic_captions": sum(len(synthetic.get(i, [])) for i in ids)}
-    atomic_directory(out_dir, lambda tmp: write_store(
+    atomic_directory(out_dir, **vet, write=lambda tmp: write_store(
         tmp, meta=meta, ids=ids, image_sizes=np.asarray(sizes), aug_params=params, captions=captions,
         image_embeds=image_embeds, text_embeds=text_embeds, embed_dtype=embed_dtype))
     summary = {"out": str(out_dir), "num_samples": len(ids), "num_captions": len(flat),

@@ -92,6 +92,8 @@ def assemble(cfg, state: StateDict, tokenizer=None, source: str = "weights"):
     return model.eval()
 
 
-def write_dir_atomically(path: Path, write: Callable[[Path], None]) -> Path:
-    """Run `write(tmp_dir)` on a temporary sibling of `path`, then rename it into place (replacing `path`)."""
-    return atomic_directory(path, write)
+def write_dir_atomically(path: Path, write: Callable[[Path], None], *, kind: str, overwrite: bool = False,
+                         recognise: Optional[Callable[[Path], bool]] = None) -> Path:
+    """Run `write(tmp_dir)` on a temporary sibling of `path`, then rename it into place: replacing `path` only
+    when it is empty or an earlier `kind` export (`recognise`: one an older version wrote), or `overwrite`."""
+    return atomic_directory(path, write, kind=kind, overwrite=overwrite, recognise=recognise)

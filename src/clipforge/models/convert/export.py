@@ -16,9 +16,10 @@ from clipforge.models.convert.open_clip import export_open_clip
 FORMATS = ("hf", "open_clip")
 
 
-def export_model(model, to: str, out_dir) -> Path:
+def export_model(model, to: str, out_dir, *, overwrite: bool = False) -> Path:
     """Write `model` as an HF (`transformers` CLIPModel/SiglipModel) or open_clip directory at `out_dir`. A model
-    carrying an adapter is exported with the adapter merged into its weights (the model itself is unchanged)."""
+    carrying an adapter is exported with the adapter merged into its weights (the model itself is unchanged).
+    `out_dir` may be new, empty or an earlier export of the same format; anything else needs `overwrite`."""
     if has_lora(model):
         model = merged_model(model)
     cfg = model.config
@@ -30,13 +31,13 @@ def export_model(model, to: str, out_dir) -> Path:
                          f"{to!r}; save it as a clipforge checkpoint (model.save_pretrained(DIR), or a training "
                          "run's final/), which every clipforge job loads (docs/pretrained.md)")
     if to == "hf":
-        return export_hf(model, out_dir)
+        return export_hf(model, out_dir, overwrite=overwrite)
     if to == "open_clip":
-        return export_open_clip(model, out_dir)
+        return export_open_clip(model, out_dir, overwrite=overwrite)
     raise UsageError(f"unknown export format {to!r}; valid: {', '.join(FORMATS)}")
 
 
-def export_hf_base(model, out_dir) -> Path:
+def export_hf_base(model, out_dir, *, overwrite: bool = False) -> Path:
     """Write the base of an adapted model (its weights without the adapter) as an HF directory: the model a
     peft adapter exported by `peft_export.export_peft` loads onto."""
     model = unwrap_model(model)
@@ -44,4 +45,4 @@ def export_hf_base(model, out_dir) -> Path:
     adapter_keys = set(lora_state_dict(model))
     load_state_dict_strict(base, {k: v for k, v in model.state_dict().items() if k not in adapter_keys},
                            "base weights")
-    return export_hf(base, out_dir)
+    return export_hf(base, out_dir, overwrite=overwrite)

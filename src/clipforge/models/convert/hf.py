@@ -296,7 +296,7 @@ def load_hf_dir(path, *, trust_pickle: bool = False):
     return assemble(cfg, state, tok, f"converted HF weights from {p}")
 
 
-def export_hf(model, out_dir) -> Path:
+def export_hf(model, out_dir, *, overwrite: bool = False) -> Path:
     """Write `model` as an HF directory (config, model.safetensors, tokenizer, preprocessor), atomically."""
     model = unwrap_model(model)
     cfg = model.config
@@ -313,4 +313,6 @@ def export_hf(model, out_dir) -> Path:
             save_hf_tokenizer(tok, tmp, hf["model_type"])
         save_hf_preprocess(cfg, tmp, hf["model_type"])
 
-    return write_dir_atomically(Path(out_dir), write)
+    return write_dir_atomically(Path(out_dir), write, kind="hf-export", overwrite=overwrite,
+                                recognise=lambda p: (p / "config.json").is_file() and (p / "model.safetensors").is_file()
+                                and (p / "preprocessor_config.json").is_file())

@@ -231,7 +231,7 @@ def config_to_open_clip(cfg: CLIPConfig) -> dict:
                                                "interpolation": pre.interpolation, "resize_mode": pre.resize_mode}}
 
 
-def export_open_clip(model, out_dir) -> Path:
+def export_open_clip(model, out_dir, *, overwrite: bool = False) -> Path:
     """Write open_clip_config.json + open_clip_model.safetensors (open_clip: `create_model('local-dir:DIR')`)."""
     model = unwrap_model(model)
     conf = config_to_open_clip(model.config)
@@ -243,4 +243,5 @@ def export_open_clip(model, out_dir) -> Path:
         if model.tokenizer is not None:
             model.tokenizer.save(tmp / "clipforge_tokenizer")
 
-    return write_dir_atomically(Path(out_dir), write)
+    return write_dir_atomically(Path(out_dir), write, kind="open_clip-export", overwrite=overwrite,
+                                recognise=lambda p: (p / "open_clip_config.json").is_file())

@@ -51,7 +51,7 @@ def hf_module_names(name: str, siglip: bool) -> list[str]:
     raise UsageError(f"adapted layer {name} has no counterpart in the HF model")
 
 
-def export_peft(model, out_dir, base_model_name_or_path: str = None) -> Path:
+def export_peft(model, out_dir, base_model_name_or_path: str = None, *, overwrite: bool = False) -> Path:
     """Write `model`'s adapter as a peft LoRA directory (HF module names), atomically."""
     model = unwrap_model(model)
     if not has_lora(model):
@@ -77,4 +77,6 @@ def export_peft(model, out_dir, base_model_name_or_path: str = None) -> Path:
         (tmp / "adapter_config.json").write_text(json.dumps(config, indent=2))
         save_file(state, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
 
-    return write_dir_atomically(Path(out_dir), write)
+    return write_dir_atomically(Path(out_dir), write, kind="peft-adapter", overwrite=overwrite,
+                                recognise=lambda p: (p / "adapter_config.json").is_file()
+                                and (p / "adapter_model.safetensors").is_file())
