@@ -99,8 +99,9 @@ def test_second_build_is_a_no_op(built, tmp_path):
     # A folder that holds something else is never overwritten.
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "keep.txt").write_text("x")
-    with pytest.raises(UsageError, match="not an earlier demo build"):
+    with pytest.raises(UsageError, match="not a clipforge demo-set"):
         _build(name, tmp_path / "other")
+    assert (tmp_path / "other" / "keep.txt").read_text() == "x"
 
 
 def test_both_artworks_hold_out_the_same_concepts(tmp_path):

@@ -35,7 +35,8 @@ def test_folder_to_wds_round_trip(pairs, tmp_path, capsys):
     assert rc == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["written"] == 11 and len(summary["shards"]) == 3  # 4 + 4 + 3
-    assert sorted(os.listdir(out)) == ["shard-000000.tar", "shard-000001.tar", "shard-000002.tar"]
+    # The shards, and the marker that lets a rerun with --overwrite recognise the folder.
+    assert sorted(os.listdir(out)) == [".clipforge.json", "shard-000000.tar", "shard-000001.tar", "shard-000002.tar"]
 
     orig = open_source(f"files:{pairs}")
     for spec in (f"wds:{out}/shard-{{000000..000002}}.tar", out, f"wds:{out}"):
