@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 
 from clipforge.cli import main
 from clipforge.errors import ClipforgeError, UsageError
-from clipforge.models import create_model, load_model
+from clipforge.models import create_model, default_tokenizer, load_model
 from clipforge.models.pretrained_config import resolve_config
 from clipforge.models.config import CLIPConfig, MAX_PARAMETERS, estimate_parameters, get_model_config, list_models
 from clipforge.models.convert.openai import state_to_openai
@@ -208,6 +208,7 @@ def _openai_like_jit(path, heads: int = 2):
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
 def test_openai_torchscript_pt_loads_without_running_code(tmp_path):
     sd = _openai_like_jit(tmp_path / "ViT-tiny.pt")
+    default_tokenizer().save(tmp_path)  # a tokenizer beside the weights (without one the load is refused)
     with zipfile.ZipFile(tmp_path / "ViT-tiny.pt") as z:
         assert any("/code/" in n for n in z.namelist())  # really a TorchScript archive
     with pytest.warns(UserWarning, match="heads guessed"):
@@ -267,6 +268,7 @@ def test_head_counts_are_never_guessed_silently_and_can_be_given(tmp_path, capsy
     sd = state_to_openai(m.state_dict(), m.config)
     f = tmp_path / "heads4.safetensors"
     save_file(sd, str(f))
+    default_tokenizer().save(tmp_path)  # a tokenizer beside the weights (without one the load is refused)
     with pytest.warns(UserWarning, match="heads guessed as width 128 // 64 = 2"):
         guessed = load_model(str(f))
     given = load_model(str(f), vision_heads=4, text_heads=4)

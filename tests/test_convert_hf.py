@@ -195,3 +195,17 @@ def test_native_clip_style_model_exports_to_hf(tmp_path):
     back = load_model(str(tmp_path / "hf"))
     _assert_close(_native_outputs(back, pixels, ids), _native_outputs(model, pixels, ids))
     assert torch.equal(back.tokenizer(["Hello, World!"]), model.tokenizer(["Hello, World!"]))
+
+
+def test_hf_directory_takes_a_given_tokenizer(tmp_path, clip_tok):
+    """`tokenizer` replaces an HF directory's own: a directory of HF tokenizer files (read as transformers
+    would), or an object; anything else is a one-line refusal."""
+    _hf_clip(tmp_path / "hf", clip_tok, clip_tok.eot_id)
+    own = load_model(str(tmp_path / "hf")).tokenizer
+    (tmp_path / "tok").mkdir()
+    _write_clip_tokenizer_files(clip_tok, tmp_path / "tok")
+    given = load_model(str(tmp_path / "hf"), tokenizer=tmp_path / "tok").tokenizer
+    assert torch.equal(given(CAPTIONS), own(CAPTIONS))
+    assert load_model(str(tmp_path / "hf"), tokenizer=clip_tok).tokenizer.backend is clip_tok.backend
+    with pytest.raises(UsageError, match="not a directory of HF tokenizer files"):
+        load_model(str(tmp_path / "hf"), tokenizer=tmp_path / "nothing-here")

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from clipforge.errors import ClipforgeError
-from clipforge.models import create_model, load_model
+from clipforge.models import create_model, default_tokenizer, load_model
 from clipforge.models.convert.openai import infer_config, state_to_openai
 
 
@@ -72,8 +72,10 @@ def test_openai_state_dict_file_matches_reference(tmp_path):
     sd = _openai_state()
     f = tmp_path / "openai.safetensors"
     save_file(sd, str(f))
-    with pytest.warns(UserWarning, match="tokenizer"):  # a 1024-id tower has no known tokenizer: said aloud
-        model = load_model(str(f))
+    with pytest.raises(ClipforgeError, match="no tokenizer for its 1024-id text tower"):  # none known: refused
+        load_model(str(f))
+    with pytest.warns(UserWarning, match="heads guessed"):  # the caller names the tokenizer (here: byte-level)
+        model = load_model(str(f), tokenizer=default_tokenizer())
     c = model.config
     assert (c.vision.heads, c.text.heads, c.vision.act, c.vision.image_size, c.embed_dim) == (2, 2, "quick_gelu", 32, 64)
     pixels, ids = torch.randn(3, 3, 32, 32), torch.randint(0, 1000, (4, 12))
@@ -90,8 +92,8 @@ def test_module_prefix_and_jit_metadata_are_accepted(tmp_path):
     sd["module.input_resolution"] = torch.tensor(32)
     f = tmp_path / "ddp.safetensors"
     save_file(sd, str(f))
-    with pytest.warns(UserWarning):
-        assert load_model(str(f)).config.vision.layers == 2
+    with pytest.warns(UserWarning, match="heads guessed"):
+        assert load_model(str(f), tokenizer=default_tokenizer()).config.vision.layers == 2
 
 
 def test_leftover_keys_listed(tmp_path):
@@ -109,5 +111,6 @@ def test_resnet_and_pickles_refused(tmp_path):
     torch.save(_openai_state(), tmp_path / "w.pt")
     with pytest.raises(ClipforgeError, match="pickle"):
         load_model(str(tmp_path / "w.pt"))
-    with pytest.warns(UserWarning):
-        assert load_model(str(tmp_path / "w.pt"), trust_pickle=True).config.text.layers == 2
+    with pytest.warns(UserWarning, match="heads guessed"):
+        model = load_model(str(tmp_path / "w.pt"), trust_pickle=True, tokenizer=default_tokenizer())
+    assert model.config.text.layers == 2

@@ -29,6 +29,10 @@ def add_model_args(p: argparse.ArgumentParser, default: str = None) -> None:
     p.add_argument("--trust-pickle", action="store_true", help="allow loading pickled .pt/.bin weights")
     p.add_argument("--heads", default=None, metavar="VISION,TEXT",
                    help="attention heads of an OpenAI-layout state-dict file (default: width // 64, with a warning)")
+    p.add_argument("--tokenizer", default=None, metavar="PATH",
+                   help="the model's tokenizer: a directory of tokenizer files (tokenizer.json, vocab.json + "
+                        "merges.txt, a clipforge tokenizer) or OpenAI's bpe_simple_vocab_16e6.txt.gz; needed for an "
+                        "open_clip / OpenAI checkpoint without open_clip installed and without such files beside it")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--truncate", default="warn", choices=["warn", "silent", "error"],
                    help="texts longer than the model's context: cut them and say so once (warn, the default), "
@@ -71,7 +75,8 @@ def load_encoder_from_args(args):
         except ValueError:
             raise UsageError(f"--heads expects VISION,TEXT head counts such as 12,8; got {args.heads!r}") from None
         heads = {"vision_heads": v, "text_heads": t}
-    model = load_model(args.model, weights=args.weights, trust_pickle=args.trust_pickle, **heads)
+    model = load_model(args.model, weights=args.weights, trust_pickle=args.trust_pickle,
+                       tokenizer=getattr(args, "tokenizer", None), **heads)
     if getattr(args, "truncate", None) and getattr(model, "tokenizer", None) is not None:
         model.tokenizer = model.tokenizer.with_options(truncate=args.truncate)
     return Encoder.from_model(model, device=pick_device(args.device), **engine_options(args))

@@ -7,6 +7,10 @@ directories, `open_clip:ARCH[/TAG]`, OpenAI-layout state-dict files). `register_
 Any of these can carry an adapter: `BASE+ADAPTER_DIR` loads BASE and applies the LoRA / Comp-LoRA adapter
 saved in ADAPTER_DIR (checked against the base's content hash); an adapter directory alone loads the base its
 config names. So every job that takes a model reference (classify, eval, index, serve, export) takes adapters.
+
+`tokenizer` (a tokenizer object, or a tokenizer directory / file) sets a registered or converted model's
+tokenizer. An open_clip or OpenAI-layout checkpoint without one, with no tokenizer files beside its weights and
+no open_clip installed, is refused: a stand-in tokenizer would make every text's ids wrong.
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ from clipforge.models.clip import CLIPModel
 from clipforge.models.config import list_models
 from clipforge.models.convert import RESOLVERS, Resolver, refuse_weights
 from clipforge.models.factory import build_model, create_model
+from clipforge.models.tokenizer import Tokenizer
 
 __all__ = ["load_model", "load_checkpoint_dir", "register_resolver", "resolvers"]
 
@@ -46,25 +51,33 @@ def load_checkpoint_dir(path: PathLike, device=None) -> CLIPModel:
 
 def load_model(ref: Union[str, PathLike], *, weights: Optional[PathLike] = None, trust_pickle: bool = False,
                device=None, vision_heads: Optional[int] = None, text_heads: Optional[int] = None,
-               **overrides) -> CLIPModel:
+               tokenizer=None, **overrides) -> CLIPModel:
     """Resolve a model reference (see the module docstring). `overrides` apply to registered names only;
-    `vision_heads` / `text_heads` to OpenAI-layout state-dict files, whose shapes do not show head counts."""
+    `vision_heads` / `text_heads` to OpenAI-layout state-dict files, whose shapes do not show head counts;
+    `tokenizer` to registered names (a Tokenizer or a clipforge tokenizer directory) and converted
+    checkpoints (also HF tokenizer files, or OpenAI's merges file for open_clip / OpenAI-layout ones), not to
+    clipforge checkpoint directories, which carry their own."""
     ref_s = str(ref)
     base, adapter = split_adapter_ref(ref_s)
     if adapter is not None:
         base = base or read_adapter_config(adapter)["base_model"]
         model = load_model(base, weights=weights, trust_pickle=trust_pickle, vision_heads=vision_heads,
-                           text_heads=text_heads, **overrides)
+                           text_heads=text_heads, tokenizer=tokenizer, **overrides)
         model = attach_adapter(model, adapter, base_model=base)
         return model.to(device) if device is not None else model
     heads = {k: v for k, v in (("vision_heads", vision_heads), ("text_heads", text_heads)) if v is not None}
     if is_checkpoint_dir(ref_s):
         refuse_weights(ref_s, weights, "a clipforge checkpoint directory")
         _refuse_options(ref_s, heads, overrides, "a clipforge checkpoint directory states its own")
+        if tokenizer is not None:
+            raise UsageError(f"`tokenizer` does not apply to {ref_s!r}: a clipforge checkpoint directory carries its "
+                             "own (replace model.tokenizer after loading to use another)")
         model = load_checkpoint_dir(ref_s)
     elif ref_s in list_models():
         _refuse_options(ref_s, heads, {}, "a registered architecture states its own")
-        model = create_model(ref_s, **overrides)
+        if isinstance(tokenizer, (str, Path)):
+            tokenizer = Tokenizer.load(tokenizer)
+        model = create_model(ref_s, tokenizer=tokenizer, **overrides)
         if weights is not None:
             load_state_dict_strict(model, read_state_dict(weights, trust_pickle=trust_pickle), str(weights))
     else:
@@ -81,7 +94,12 @@ def load_model(ref: Union[str, PathLike], *, weights: Optional[PathLike] = None,
                              "(hf:ORG/NAME, open_clip:ARCH/TAG, or a local HF/OpenAI checkpoint)")
         _refuse_options(ref_s, {k: v for k, v in heads.items() if k not in resolver.options}, overrides,
                         "it states its own")
-        model = resolver.load(ref_s, weights=weights, trust_pickle=trust_pickle, **heads)
+        extra = dict(heads)
+        if tokenizer is not None:
+            if "tokenizer" not in resolver.options:
+                raise UsageError(f"`tokenizer` does not apply to {ref_s!r}: its {resolver.name} loader takes none")
+            extra["tokenizer"] = tokenizer
+        model = resolver.load(ref_s, weights=weights, trust_pickle=trust_pickle, **extra)
     return model.to(device) if device is not None else model
 
 

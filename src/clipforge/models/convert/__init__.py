@@ -10,7 +10,9 @@
   open_clip:ARCH + weights   an open_clip architecture with a local weights file
   FILE.safetensors / .pt     an OpenAI-CLIP- or open_clip-layout state dict (config inferred from shapes)
 
-A reference that carries its own weights refuses a separate `weights` file instead of ignoring it.
+A reference that carries its own weights refuses a separate `weights` file instead of ignoring it. Each takes a
+`tokenizer` (an object, or a tokenizer directory / file); without one, an open_clip or OpenAI-layout checkpoint
+whose tokenizer is neither beside it nor in an installed open_clip is refused (`openai.checkpoint_tokenizer`).
 """
 from __future__ import annotations
 
@@ -44,24 +46,24 @@ def refuse_weights(ref: str, weights, what: str) -> None:
         raise UsageError(f"`weights` does not apply to {ref!r}: {what} carries its own weights")
 
 
-def _load_hf(ref: str, *, weights=None, trust_pickle: bool = False):
+def _load_hf(ref: str, *, weights=None, trust_pickle: bool = False, tokenizer=None):
     refuse_weights(ref, weights, "a Hugging Face reference")
     if ref.startswith("hf:"):
         path = download_hf(ref[3:])
         if not is_hf_dir(path):
             raise ClipforgeError(f"{ref}: not a CLIP or SigLIP model (config.json model_type must be clip/siglip)")
-        return load_hf_dir(path, trust_pickle=trust_pickle)
-    return load_hf_dir(ref, trust_pickle=trust_pickle)
+        return load_hf_dir(path, trust_pickle=trust_pickle, tokenizer=tokenizer)
+    return load_hf_dir(ref, trust_pickle=trust_pickle, tokenizer=tokenizer)
 
 
-def _load_open_clip(ref: str, *, weights=None, trust_pickle: bool = False):
+def _load_open_clip(ref: str, *, weights=None, trust_pickle: bool = False, tokenizer=None):
     if is_open_clip_dir(ref):
         refuse_weights(ref, weights, "an open_clip directory")
-        return load_open_clip_dir(ref, trust_pickle=trust_pickle)
+        return load_open_clip_dir(ref, trust_pickle=trust_pickle, tokenizer=tokenizer)
     spec = ref[len("open_clip:"):]
     if "/" in spec:
         refuse_weights(ref, weights, "an open_clip ARCH/TAG reference")
-    return load_open_clip(spec, weights=weights, trust_pickle=trust_pickle)
+    return load_open_clip(spec, weights=weights, trust_pickle=trust_pickle, tokenizer=tokenizer)
 
 
 def _is_state_dict_file(ref: str) -> bool:
@@ -70,14 +72,16 @@ def _is_state_dict_file(ref: str) -> bool:
 
 
 def _load_state_dict_file(ref: str, *, weights=None, trust_pickle: bool = False, vision_heads=None,
-                          text_heads=None):
+                          text_heads=None, tokenizer=None):
     refuse_weights(ref, weights, "a weights file")
-    return load_openai_state(read_state_dict(ref, trust_pickle=trust_pickle), source=ref,
-                             vision_heads=vision_heads, text_heads=text_heads)
+    return load_openai_state(read_state_dict(ref, trust_pickle=trust_pickle), source=ref, tokenizer=tokenizer,
+                             directory=Path(ref).parent, vision_heads=vision_heads, text_heads=text_heads)
 
 
 RESOLVERS: tuple[Resolver, ...] = (
-    Resolver("hf", lambda ref: ref.startswith("hf:") or is_hf_dir(ref), _load_hf),
-    Resolver("open_clip", lambda ref: ref.startswith("open_clip:") or is_open_clip_dir(ref), _load_open_clip),
-    Resolver("state-dict file", _is_state_dict_file, _load_state_dict_file, ("vision_heads", "text_heads")),
+    Resolver("hf", lambda ref: ref.startswith("hf:") or is_hf_dir(ref), _load_hf, ("tokenizer",)),
+    Resolver("open_clip", lambda ref: ref.startswith("open_clip:") or is_open_clip_dir(ref), _load_open_clip,
+             ("tokenizer",)),
+    Resolver("state-dict file", _is_state_dict_file, _load_state_dict_file,
+             ("vision_heads", "text_heads", "tokenizer")),
 )

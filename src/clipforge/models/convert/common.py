@@ -84,9 +84,13 @@ def mlp_hidden(width: int, ratio: float) -> int:
 
 
 def assemble(cfg, state: StateDict, tokenizer=None, source: str = "weights"):
-    """Build the native model for `cfg` and load `state` strictly (every native key must be filled)."""
+    """Build the native model for `cfg` and load `state` strictly (every native key must be filled). A tokenizer
+    of another context length is given the model's: a copy where it can be (a caller's object stays as it was)."""
     if tokenizer is not None and tokenizer.context_length != cfg.text.context_length:
-        tokenizer.context_length = cfg.text.context_length
+        if hasattr(tokenizer, "with_options"):
+            tokenizer = tokenizer.with_options(context_length=cfg.text.context_length)
+        else:
+            tokenizer.context_length = cfg.text.context_length
     model = build_model(cfg, tokenizer=tokenizer)
     load_state_dict_strict(model, {k: v.float() if v.is_floating_point() else v for k, v in state.items()}, source)
     return model.eval()

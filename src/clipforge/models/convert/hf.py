@@ -10,6 +10,7 @@ projection, text pooled at the last position through a biased projection, and a 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from safetensors.torch import load_file, save_file
@@ -279,8 +280,24 @@ def read_hf_weights(path: Path, *, trust_pickle: bool = False) -> StateDict:
     raise ClipforgeError(f"{path}: no model.safetensors (or sharded index / pytorch_model.bin) found")
 
 
-def load_hf_dir(path, *, trust_pickle: bool = False):
-    """A native CLIPModel from a local HF CLIP/SigLIP directory: config, weights, tokenizer, preprocessing."""
+def given_hf_tokenizer(tokenizer, cfg: CLIPConfig):
+    """A caller's `tokenizer` for an HF model: an object as it is, or a directory (or a tokenizer.json in one)
+    of HF tokenizer files, read as transformers would (`load_hf_tokenizer`)."""
+    if not isinstance(tokenizer, (str, os.PathLike)):
+        return tokenizer
+    d = Path(tokenizer)
+    d = d.parent if d.is_file() and d.name in ("tokenizer.json", "vocab.json", "merges.txt", "spiece.model") else d
+    has = [(d / f).is_file() for f in ("tokenizer.json", "vocab.json", "merges.txt", "spiece.model")]
+    tok = load_hf_tokenizer(d, cfg) if d.is_dir() and (has[0] or all(has[1:3]) or has[3]) else None
+    if tok is None:
+        raise UsageError(f"`tokenizer` {str(tokenizer)!r}: not a directory of HF tokenizer files for this model "
+                         "(tokenizer.json, vocab.json + merges.txt, or a SigLIP spiece.model)")
+    return tok
+
+
+def load_hf_dir(path, *, trust_pickle: bool = False, tokenizer=None):
+    """A native CLIPModel from a local HF CLIP/SigLIP directory: config, weights, tokenizer, preprocessing.
+    `tokenizer` (an object, or a directory of HF tokenizer files) replaces the directory's own."""
     p = Path(path)
     hf = json.loads((p / "config.json").read_text())
     cfg = config_from_hf(hf)
@@ -288,7 +305,7 @@ def load_hf_dir(path, *, trust_pickle: bool = False):
     if image_size is not None and image_size != cfg.vision.image_size:
         raise ClipforgeError(f"{p}: preprocessor image size {image_size} != model image_size {cfg.vision.image_size}")
     cfg = cfg.replace(preprocess=pre, name=p.name)
-    tok = load_hf_tokenizer(p, cfg)
+    tok = load_hf_tokenizer(p, cfg) if tokenizer is None else given_hf_tokenizer(tokenizer, cfg)
     if tok is None and cfg.text.vocab_size < 514:
         raise ClipforgeError(f"{p}: no tokenizer files, and the {cfg.text.vocab_size}-id text tower is too small "
                              "for clipforge's byte-level fallback tokenizer (514 ids)")

@@ -4,7 +4,8 @@ open_clip's built-in ViT CLIP towers store weights in OpenAI's layout (see `open
 cannot tell — activation (open_clip's `quick_gelu` flag: plain GELU unless set, QuickGELU for OpenAI's own
 weights), head counts, text pooling, preprocessing — comes from open_clip's model config and the pretrained
 tag's config. When open_clip is installed its registry is used (all architectures, all tags, downloads);
-without it a few common architectures are known here and weights must be a local file.
+without it a few common architectures are known here and weights must be a local file, whose tokenizer must
+then come from the caller or from files beside it (OpenAI's BPE ships with open_clip, not with clipforge).
 An open_clip directory (`open_clip_config.json` + weights, open_clip's `local-dir:` / HF-hub format) loads
 directly and is what `export_open_clip` writes.
 """
@@ -22,8 +23,7 @@ from clipforge.models.convert.common import write_dir_atomically
 from clipforge.models.unwrap import unwrap_model
 from clipforge.models.convert.hub import network_error
 from clipforge.models.checkpoint import read_state_dict
-from clipforge.models.convert.openai import load_openai_state, openai_tokenizer, state_to_openai
-from clipforge.models.tokenizer import Tokenizer
+from clipforge.models.convert.openai import load_openai_state, state_to_openai
 
 _TEXT_B = {"context_length": 77, "vocab_size": 49408, "width": 512, "heads": 8, "layers": 12}
 _TEXT_L = {"context_length": 77, "vocab_size": 49408, "width": 768, "heads": 12, "layers": 12}
@@ -155,8 +155,9 @@ def _download_tag(arch: str, tag: str) -> Tuple[Path, dict]:
     return Path(path), pcfg
 
 
-def load_open_clip(spec: str, *, weights=None, trust_pickle: bool = False):
-    """`ARCH/TAG` (open_clip registry + download) or `ARCH` with a local `weights` file -> native model."""
+def load_open_clip(spec: str, *, weights=None, trust_pickle: bool = False, tokenizer=None):
+    """`ARCH/TAG` (open_clip registry + download) or `ARCH` with a local `weights` file -> native model. The
+    tokenizer: `tokenizer`, else tokenizer files beside the weights, else open_clip's (`checkpoint_tokenizer`)."""
     arch, _, tag = spec.partition("/")
     model_cfg = _arch_config(arch)
     pre, quick = dict(model_cfg.get("preprocess_cfg", {})), None
@@ -171,16 +172,17 @@ def load_open_clip(spec: str, *, weights=None, trust_pickle: bool = False):
     cfg = config_from_open_clip(model_cfg, pre, quick_gelu=quick, name=spec)
     # Files open_clip itself fetched for a registry tag are as trusted as open_clip (still weights_only=True).
     state = read_state_dict(weights, trust_pickle=trust_pickle or bool(tag))
-    tok = openai_tokenizer(cfg.text.context_length, cfg.text.vocab_size)
-    return load_openai_state(state, source=f"open_clip:{spec} weights", cfg=cfg, tokenizer=tok)
+    return load_openai_state(state, source=f"open_clip:{spec} weights", cfg=cfg, tokenizer=tokenizer,
+                             directory=Path(weights).parent)
 
 
 def is_open_clip_dir(path) -> bool:
     return (Path(path) / "open_clip_config.json").is_file()
 
 
-def load_open_clip_dir(path, *, trust_pickle: bool = False):
-    """An open_clip directory (open_clip_config.json + weights, as on the HF hub or `export_open_clip`)."""
+def load_open_clip_dir(path, *, trust_pickle: bool = False, tokenizer=None):
+    """An open_clip directory (open_clip_config.json + weights, as on the HF hub or `export_open_clip`). The
+    tokenizer: `tokenizer`, else the directory's files, else open_clip's (`checkpoint_tokenizer`)."""
     p = Path(path)
     conf = json.loads((p / "open_clip_config.json").read_text())
     cfg = config_from_open_clip(conf["model_cfg"], conf.get("preprocess_cfg"), name=p.name)
@@ -190,10 +192,8 @@ def load_open_clip_dir(path, *, trust_pickle: bool = False):
     else:
         raise ClipforgeError(f"{p}: no open_clip weights (open_clip_model.safetensors / open_clip_pytorch_model.bin)")
     # export_open_clip also leaves clipforge's own tokenizer files, so custom BPE vocabularies survive.
-    tok = Tokenizer.load(p / "clipforge_tokenizer") if (p / "clipforge_tokenizer").is_dir() else \
-        openai_tokenizer(cfg.text.context_length, cfg.text.vocab_size)
     return load_openai_state(read_state_dict(p / name, trust_pickle=trust_pickle), source=f"open_clip weights in {p}",
-                             cfg=cfg, tokenizer=tok)
+                             cfg=cfg, tokenizer=tokenizer, directory=p)
 
 
 # ------------------------------------------------------------------------------------------------- export

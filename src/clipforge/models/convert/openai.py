@@ -10,22 +10,27 @@ so unless the caller gives them (`vision_heads=`, `text_heads=`) they are guesse
 OpenAI's rule (width // 64), with a warning saying so — a wrong guess loads without error and gives wrong
 embeddings. The activation is QuickGELU (what OpenAI's weights were trained with) unless the caller knows
 better. OpenAI's official `.pt` files are TorchScript archives; `models.torchscript` reads their tensors
-without running their code.
+without running their code. The tokenizer is never guessed either (`checkpoint_tokenizer`): the caller's, the
+checkpoint directory's own files, or OpenAI's BPE from an installed open_clip, else the load is refused.
 """
 from __future__ import annotations
 
 import gzip
+import json
 import math
+import os
 import re
 import warnings
+import zlib
 from importlib.util import find_spec
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional, Tuple
 
-from clipforge.errors import ClipforgeError
+from clipforge.errors import ClipforgeError, UsageError
 from clipforge.models.config import CLIPConfig, PreprocessConfig, TextConfig, VisionConfig
 from clipforge.models.convert.common import KeyReader, StateDict, assemble, mlp_ratio
-from clipforge.models.tokenizer import OPEN_CLIP_PATTERN, Tokenizer, build_clip_backend
+from clipforge.models.convert.hf_files import load_hf_tokenizer
+from clipforge.models.tokenizer import EOT, OPEN_CLIP_PATTERN, SOT, Tokenizer, build_clip_backend, bytes_to_unicode
 
 # Non-weight entries some OpenAI/open_clip state dicts carry (the JIT archive's metadata, causal-mask buffer).
 IGNORED = ("input_resolution", "context_length", "vocab_size", "attn_mask")
@@ -186,38 +191,170 @@ def state_to_openai(sd: StateDict, cfg: CLIPConfig) -> StateDict:
     return {k: v.detach().contiguous().cpu() for k, v in out.items()}
 
 
-def openai_tokenizer(context_length: int, vocab_size: int):
-    """OpenAI's 49408-id BPE, read from open_clip's bundled vocabulary file when open_clip is installed."""
-    spec = find_spec("open_clip")
-    bpe = Path(spec.origin).parent / "bpe_simple_vocab_16e6.txt.gz" if spec and spec.origin else None
-    if vocab_size != 49408 or bpe is None or not bpe.is_file():
-        why = ("OpenAI's BPE file comes with open_clip_torch, which is not installed" if vocab_size == 49408
-               else "only OpenAI's 49408-id BPE is known for state-dict files")
-        warnings.warn(f"no tokenizer for this {vocab_size}-id text tower ({why}): texts get clipforge's "
-                      "byte-level tokenizer, whose ids do NOT match the original")
+OPENAI_BPE = "bpe_simple_vocab_16e6.txt.gz"  # OpenAI's merges file, as OpenAI's CLIP and open_clip ship it
+OPENAI_VOCAB_SIZE = 49408
+
+
+def installed_openai_bpe() -> Optional[Path]:
+    """OpenAI's merges file from an installed open_clip (found without importing it), or None."""
+    try:
+        spec = find_spec("open_clip")
+    except (ImportError, ValueError):  # a module entry of None (import blocked) or without a spec
+        return None
+    bpe = Path(spec.origin).parent / OPENAI_BPE if spec and spec.origin else None
+    return bpe if bpe is not None and bpe.is_file() else None
+
+
+def openai_tokenizer(context_length: int, vocab_size: int) -> Optional[Tokenizer]:
+    """OpenAI's 49408-id BPE, read from the vocabulary file an installed open_clip carries; None without
+    open_clip, or for another vocabulary size (only OpenAI's is known without the checkpoint's own files)."""
+    bpe = installed_openai_bpe()
+    if vocab_size != OPENAI_VOCAB_SIZE or bpe is None:
         return None
     return tokenizer_from_bpe_file(bpe, context_length)
 
 
-def tokenizer_from_bpe_file(path, context_length: int = 77):
-    """open_clip's SimpleTokenizer from an OpenAI merges file (`bpe_simple_vocab_16e6.txt.gz`): the same ids,
-    cleaning, word pattern and rule that the words <start_of_text> / <end_of_text> in a text are the special
-    ids (`parse_special`; "<|endoftext|>" is never special)."""
-    lines = gzip.open(path).read().decode("utf-8").split("\n")
-    merges = [tuple(m.split()) for m in lines[1:49152 - 256 - 2 + 1]]  # the slice OpenAI's tokenizer uses
+def open_clip_tokenizer(merges, context_length: int = 77) -> Tokenizer:
+    """open_clip's SimpleTokenizer for OpenAI-layout BPE `merges`: the same ids, cleaning, word pattern and rule
+    that the words <start_of_text> / <end_of_text> in a text are the special ids (`parse_special`;
+    "<|endoftext|>" is never special)."""
     return Tokenizer(build_clip_backend(merges, OPEN_CLIP_PATTERN), context_length, clean="openai",
                      parse_special=True)
 
 
+def tokenizer_from_bpe_file(path, context_length: int = 77):
+    """open_clip's SimpleTokenizer from an OpenAI merges file (`bpe_simple_vocab_16e6.txt.gz`), see
+    `open_clip_tokenizer`."""
+    try:
+        lines = gzip.open(path).read().decode("utf-8").split("\n")
+    except (OSError, EOFError, UnicodeDecodeError, zlib.error) as e:
+        raise ClipforgeError(f"{path}: not a readable BPE merges file ({type(e).__name__}: {e})") from None
+    merges = [tuple(m.split()) for m in lines[1:49152 - 256 - 2 + 1] if m.strip()]  # the slice OpenAI's uses
+    if not merges or any(len(m) != 2 for m in merges):
+        raise ClipforgeError(f"{path}: not an OpenAI BPE merges file (lines of two symbols after a version line)")
+    return open_clip_tokenizer(merges, context_length)
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    try:
+        out = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError) as e:
+        raise ClipforgeError(f"{path} is not readable JSON ({type(e).__name__}: {str(e)[:160]})") from None
+    return out if isinstance(out, dict) else {}
+
+
+def _hf_bpe(d: Path) -> Optional[Tuple[dict, List[Tuple[str, str]]]]:
+    """(vocab, merges) of a CLIP-style BPE (end-of-word `</w>`) in HF's files: tokenizer.json, else vocab.json +
+    merges.txt. None when the directory has neither, or its tokenizer is not a CLIP BPE."""
+    if (d / "tokenizer.json").is_file():
+        model = _read_json(d / "tokenizer.json").get("model") or {}
+        if model.get("type") != "BPE" or model.get("end_of_word_suffix") != "</w>":
+            return None
+        raw = model.get("merges") or []
+        vocab = model.get("vocab") or {}
+    elif (d / "vocab.json").is_file() and (d / "merges.txt").is_file():
+        vocab = _read_json(d / "vocab.json")
+        raw = [line for line in (d / "merges.txt").read_text(encoding="utf-8").split("\n")
+               if line.strip() and not line.startswith("#version")]
+    else:
+        return None
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in raw]
+    if not isinstance(vocab, dict) or any(len(m) != 2 for m in merges):
+        return None
+    return vocab, merges
+
+
+def _is_openai_layout(vocab: dict, merges) -> bool:
+    """Whether `vocab` is exactly what OpenAI's and open_clip's tokenizers build from `merges`: 256 byte
+    symbols, the same with `</w>`, one token per merge, then the start and end tokens."""
+    base = list(bytes_to_unicode().values())
+    expected = base + [b + "</w>" for b in base] + ["".join(m) for m in merges] + [SOT, EOT]
+    return len(vocab) == len(expected) and all(vocab.get(t) == i for i, t in enumerate(expected))
+
+
+def directory_tokenizer(directory, cfg: CLIPConfig) -> Optional[Tokenizer]:
+    """The tokenizer an OpenAI / open_clip checkpoint's directory holds, or None when it holds none.
+
+    In this order: clipforge's own (`clipforge_tokenizer/`, which `export_open_clip` writes, or a tokenizer.json
+    whose tokenizer_config.json carries clipforge's settings: `Tokenizer.save`), then HF's files (tokenizer.json,
+    else vocab.json + merges.txt), then OpenAI's merges file (`bpe_simple_vocab_16e6.txt.gz`). A CLIP BPE in
+    OpenAI's vocabulary layout — what open_clip's and OpenAI's tokenizers build, and what the hub's copies of
+    their tokenizers hold — tokenizes exactly as open_clip does (its cleaning, word pattern and special words,
+    padding with 0); any other vocabulary as transformers would (`load_hf_tokenizer`)."""
+    d = Path(directory)
+    if (d / "clipforge_tokenizer").is_dir():
+        return Tokenizer.load(d / "clipforge_tokenizer")
+    if (d / "tokenizer.json").is_file() and "clipforge" in _read_json(d / "tokenizer_config.json"):
+        return Tokenizer.load(d)
+    bpe = _hf_bpe(d)
+    if bpe is not None and _is_openai_layout(*bpe):
+        return open_clip_tokenizer(bpe[1], cfg.text.context_length)
+    if (d / "tokenizer.json").is_file() or ((d / "vocab.json").is_file() and (d / "merges.txt").is_file()):
+        return load_hf_tokenizer(d, cfg)
+    if (d / OPENAI_BPE).is_file():
+        return tokenizer_from_bpe_file(d / OPENAI_BPE, cfg.text.context_length)
+    return None
+
+
+TOKENIZER_FILES = "tokenizer.json, vocab.json + merges.txt, or bpe_simple_vocab_16e6.txt.gz"
+
+
+def given_tokenizer(tokenizer, cfg: CLIPConfig):
+    """The `tokenizer` a caller passed: a tokenizer object as it is, or a path — a tokenizer directory (read by
+    `directory_tokenizer`), a tokenizer.json inside one, or OpenAI's merges file (.txt.gz)."""
+    if not isinstance(tokenizer, (str, os.PathLike)):
+        return tokenizer
+    p = Path(tokenizer)
+    if p.is_file() and p.name.endswith(".gz"):
+        return tokenizer_from_bpe_file(p, cfg.text.context_length)
+    d = p.parent if p.is_file() and p.name in ("tokenizer.json", "vocab.json", "merges.txt") else p
+    tok = directory_tokenizer(d, cfg) if d.is_dir() else None
+    if tok is None:
+        raise UsageError(f"`tokenizer` {str(p)!r}: not a tokenizer directory ({TOKENIZER_FILES}, or a clipforge "
+                         "tokenizer) nor OpenAI's BPE merges file")
+    return tok
+
+
+def checkpoint_tokenizer(cfg: CLIPConfig, *, directory=None, source: str = "checkpoint", tokenizer=None):
+    """The tokenizer of an OpenAI / open_clip checkpoint, from the first source that has it: `tokenizer` as
+    the caller gave it (`given_tokenizer`), the checkpoint directory's own files (`directory_tokenizer`), or
+    OpenAI's BPE from an installed open_clip (for 49408-id towers). None of them is an error, never a
+    fallback: clipforge's byte-level tokenizer would give every text ids the weights were not trained on, and
+    every zero-shot and search result would be wrong."""
+    if tokenizer is not None:
+        return given_tokenizer(tokenizer, cfg)
+    tok = directory_tokenizer(directory, cfg) if directory is not None and Path(directory).is_dir() else None
+    if tok is None:
+        tok = openai_tokenizer(cfg.text.context_length, cfg.text.vocab_size)
+    if tok is not None:
+        return tok
+    vocab = cfg.text.vocab_size
+    holds = f"{directory} holds no tokenizer files" if directory is not None else "no checkpoint directory was given"
+    put = f"put its tokenizer files ({TOKENIZER_FILES}) in {directory}" if directory is not None else \
+        f"put its tokenizer files ({TOKENIZER_FILES}) beside the weights"
+    wrong = "clipforge's byte-level tokenizer would give texts ids the weights were not trained on"
+    if vocab == OPENAI_VOCAB_SIZE:
+        raise ClipforgeError(f"{source}: no tokenizer for its text tower (open_clip_torch, which carries OpenAI's "
+                             f"BPE, is not installed and {holds}; {wrong}): pip install open_clip_torch, {put}, "
+                             "or pass `tokenizer`")
+    raise ClipforgeError(f"{source}: no tokenizer for its {vocab}-id text tower ({holds}, and only OpenAI's "
+                         f"{OPENAI_VOCAB_SIZE}-id BPE is known without them; {wrong}): {put}, or pass `tokenizer`")
+
+
 def load_openai_state(state: StateDict, *, source: str = "state dict", cfg: Optional[CLIPConfig] = None,
-                      tokenizer=None, vision_heads: Optional[int] = None, text_heads: Optional[int] = None):
+                      tokenizer=None, directory=None, vision_heads: Optional[int] = None,
+                      text_heads: Optional[int] = None):
     """A native model from an OpenAI/open_clip-layout state dict; config inferred unless given (head counts
-    from `vision_heads` / `text_heads`, else guessed with a warning)."""
+    from `vision_heads` / `text_heads`, else guessed with a warning). The tokenizer is `tokenizer`, else the
+    one in `directory` (the checkpoint's), else an installed open_clip's: none is an error
+    (`checkpoint_tokenizer`)."""
     state = _strip_module(state)
     if not is_openai_layout(state):
         raise ClipforgeError(f"{source}: not an OpenAI/open_clip-layout CLIP state dict (no visual.conv1.weight "
                              "/ token_embedding.weight); HF checkpoints load from their directory")
     cfg = cfg or infer_config(state, vision_heads=vision_heads, text_heads=text_heads)
-    if tokenizer is None:
-        tokenizer = openai_tokenizer(cfg.text.context_length, cfg.text.vocab_size)
-    return assemble(cfg, state_from_openai(state, cfg, source), tokenizer, f"converted {source}")
+    native = state_from_openai(state, cfg, source)  # the weights' own errors (leftover keys ...) come first
+    tokenizer = checkpoint_tokenizer(cfg, directory=directory, source=source, tokenizer=tokenizer)
+    return assemble(cfg, native, tokenizer, f"converted {source}")
