@@ -166,3 +166,39 @@ def test_train_cli_billion_laughs_is_one_line_and_writes_nothing(tmp_path, capsy
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "100,000 values" in err[0], err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("text, words", [
+    ("optim: {lr: 0.1}\nrun: {steps: 1}\noptim: {weight_decay: 0.5}\ndata: {train: x}\n",
+     r"duplicate key 'optim'.* at line 3"),
+    ("data: {train: x, train: y}\nrun: {steps: 1}\n", r"duplicate key 'train'"),
+    ("run: {steps: " + "9" * 5000 + "}\ndata: {train: x}\n", "more than 4,300 digits"),
+    ("run: {steps: 1\ndata: [\n", r"not valid YAML .* at line \d+\)"),
+])
+def test_silently_wrong_yaml_is_refused_in_one_line(tmp_path, text, words):
+    """A key given twice would keep only the last one (a second `optim:` replaces the whole first section);
+    a 5000-digit number would surface Python's `sys.set_int_max_str_digits` hint: both are one-line errors."""
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    with pytest.raises(UsageError, match=words) as e:
+        load_config(p)
+    assert "\n" not in str(e.value) and str(p) in str(e.value) and "sys." not in str(e.value)
+
+
+def test_merge_keys_may_still_be_overridden():
+    from clipforge.train.config import parse_yaml
+
+    text = "x_base: &b {lr: 0.1, weight_decay: 0.2}\noptim: {<<: *b, lr: 0.5}\n"
+    assert parse_yaml(text, "c.yaml")["optim"] == {"lr": 0.5, "weight_decay": 0.2}
+
+
+@pytest.mark.parametrize("make, words", [
+    (lambda p: p.write_bytes(b"run: {steps: 1}\n" + b"#" * (1 << 20)), "over 1 MB"),
+    (lambda p: p.write_bytes(b"data: {train: caf\xe9}\n"), "not UTF-8 text"),
+])
+def test_config_files_are_capped_and_must_be_text(tmp_path, make, words):
+    p = tmp_path / "c.yaml"
+    make(p)
+    with pytest.raises(UsageError, match=words) as e:
+        load_config(p)
+    assert "\n" not in str(e.value)

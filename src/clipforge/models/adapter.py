@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save_file
 
 from clipforge.atomic import atomic_directory
 from clipforge.errors import ClipforgeError, UsageError
+from clipforge.json_file import read_json_file
 from clipforge.models.checkpoint import load_state_dict_strict
 from clipforge.models.factory import build_model
 from clipforge.models.lora import LoRAConfig, apply_lora, check_names, has_lora, lora_modules, lora_state_dict
@@ -97,10 +98,7 @@ def read_adapter_config(path: PathLike) -> Optional[dict]:
     f = Path(path) / ADAPTER_CONFIG
     if not f.is_file():
         return None
-    try:
-        meta = json.loads(f.read_text(encoding="utf-8"))
-    except (OSError, ValueError, UnicodeDecodeError) as e:
-        raise ClipforgeError(f"{f} is not readable JSON: {e}") from None
+    meta = read_json_file(f)
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         return None
     if meta.get("format_version", 1) > FORMAT_VERSION:

@@ -28,6 +28,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from clipforge.atomic import atomic_directory
+from clipforge.json_file import read_json_file
 from clipforge.output_dirs import vet_output_dir
 from clipforge.errors import ClipforgeError, UsageError
 from clipforge.models.config import CLIPConfig
@@ -91,12 +92,7 @@ def read_config_json(path: PathLike) -> Optional[dict]:
     f = Path(path) / "config.json"
     if not f.is_file():
         return None
-    try:
-        meta = json.loads(f.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as e:
-        raise ClipforgeError(f"cannot read {f}: {e}") from None
-    except (ValueError, RecursionError) as e:
-        raise ClipforgeError(f"{f} is not valid JSON ({str(e)[:200]})") from None
+    meta = read_json_file(f)
     if not isinstance(meta, dict):
         raise ClipforgeError(f"{f} is not a JSON object")
     return meta

@@ -32,6 +32,7 @@ import pyarrow as pa
 from tqdm.auto import tqdm
 
 from clipforge.data.decode import SkipCounter
+from clipforge.json_file import read_json_file
 from clipforge.output_dirs import vet_output_dir
 from clipforge.data.sample import text_safe
 from clipforge.data.sources import absolute_spec, open_source
@@ -65,9 +66,9 @@ def read_info(index_dir) -> dict:
     if not p.exists():
         raise ClipforgeError(f"{index_dir}: no {INFO_FILE}; build it with `clipforge index build`")
     try:
-        info = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError) as e:
-        raise ClipforgeError(f"{p}: cannot read the index manifest ({type(e).__name__}: {e})") from None
+        info = read_json_file(p)
+    except ClipforgeError as e:
+        raise ClipforgeError(f"cannot read the index manifest: {e}") from None
     if not isinstance(info, dict):
         raise ClipforgeError(f"{p}: not a clipforge index manifest (not a JSON object)")
     return info

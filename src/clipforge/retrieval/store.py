@@ -31,6 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from clipforge.atomic import atomic_write, atomic_write_json  # noqa: F401 (re-exported)
+from clipforge.json_file import read_json_file
 from clipforge.errors import ClipforgeError, UsageError
 
 SCHEMA_VERSION = 1
@@ -88,9 +89,9 @@ def _read_schema_names(path: Path) -> list[str]:
 
 def _read_manifest(path: Path) -> dict:
     try:
-        m = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError) as e:
-        raise _damaged(path, e) from None
+        m = read_json_file(path)
+    except ClipforgeError as e:
+        raise ClipforgeError(f"{e}; the store is damaged") from None
     if not isinstance(m, dict):
         raise ClipforgeError(f"{path}: not a store manifest (not a JSON object); the store is damaged")
     return m

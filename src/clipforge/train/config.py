@@ -33,12 +33,35 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 
 import yaml
 
+from clipforge.data.fs import FileRefused, read_regular
 from clipforge.errors import UsageError
 from clipforge.models.lora import LoRAConfig
 from clipforge.train.step import check_loss_inputs
 
 MAX_CONFIG_VALUES = 100_000  # scalars, lists and mappings in one YAML document, aliases expanded
 MAX_CONFIG_DEPTH = 64  # nesting of lists and mappings
+MAX_CONFIG_BYTES = 1 << 20  # a config file larger than this is refused before it is parsed
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """The safe loader, refusing a key given twice in one mapping (YAML would keep the last silently, so a
+    second `optim:` section would replace the first whole). Keys merged in with `<<` may be overridden."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: set = set()
+        for key_node, _ in node.value if isinstance(node, yaml.MappingNode) else ():
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                dup = key in seen
+                seen.add(key)
+            except TypeError:  # an unhashable key: the base loader reports it
+                continue
+            if dup:
+                raise yaml.constructor.ConstructorError("while constructing a mapping", node.start_mark,
+                                                        f"found duplicate key {key!r}", key_node.start_mark)
+        return super().construct_mapping(node, deep)
 
 
 @dataclass
@@ -305,9 +328,16 @@ def parse_yaml(text: str, what: str) -> Any:
     to more than MAX_CONFIG_VALUES values or refer to their own container, and for nesting deeper than
     MAX_CONFIG_DEPTH. Sizes are counted over the alias graph without expanding it."""
     try:
-        value = yaml.safe_load(text)
+        value = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as e:
-        raise UsageError(f"{what} is not valid YAML ({getattr(e, 'problem', None) or e})") from None
+        problem = " ".join(str(getattr(e, "problem", None) or e).split())[:300]
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise UsageError(f"{what} is not valid YAML ({problem}{where})") from None
+    except ValueError as e:  # an integer of more digits than Python converts (sys.int_info.str_digits_check_threshold)
+        if "digits" not in str(e):
+            raise
+        raise UsageError(f"{what}: a number with more than 4,300 digits (no setting needs one)") from None
     except RecursionError:
         raise UsageError(f"{what}: YAML nested too deeply (at most {MAX_CONFIG_DEPTH} levels)") from None
     _check_yaml_size(value, what)
@@ -351,7 +381,16 @@ def read_config_text(config: Union[str, Path]) -> str:
     """The YAML text of a config file, or of a packaged config named with or without `.yaml`."""
     p = Path(config)
     if p.is_file():
-        return p.read_text()
+        try:
+            data = read_regular(p, max_bytes=MAX_CONFIG_BYTES)
+        except FileRefused as e:
+            if e.reason == "too_large":
+                raise UsageError(f"config file {p} is over {MAX_CONFIG_BYTES >> 20} MB: not a training config") from None
+            raise UsageError(f"cannot read config file {e.detail}") from None
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise UsageError(f"config file {p} is not UTF-8 text (byte {e.start}): not a YAML config") from None
     name = p.name[:-5] if p.name.endswith(".yaml") else p.name
     if str(config) in (name, f"{name}.yaml") and name in packaged_configs():
         return resources.files("clipforge").joinpath("configs").joinpath(f"{name}.yaml").read_text()
