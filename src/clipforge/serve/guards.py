@@ -180,5 +180,6 @@ def decode_b64_image(data: str, max_pixels: int, what: str):
         return decode_image(raw, DecodeOptions(max_pixels=max_pixels))
     except BadSample as e:
         if e.reason == "too_large":
-            raise HTTPException(413, f"{what}: {e.detail} (limit {max_pixels} pixels)") from None
+            # over the pixel limit (`max_pixels`) or the decoded-memory budget: the detail says which
+            raise HTTPException(413, f"{what}: too large to decode ({e.detail})") from None
         raise HTTPException(400, f"{what}: not a readable image ({e.reason})") from None
