@@ -165,3 +165,15 @@ def test_watcher_sees_a_delete_within_a_second(idx):
         assert time.monotonic() - t0 < 1.0
     finally:
         w.stop()
+
+
+def test_path_globs_match_names_with_newlines():
+    """`*` covers every name: a file whose name holds a newline was silently left out of `index delete --path '*'`."""
+    import pyarrow as pa
+
+    from clipforge.retrieval.query import Filter
+
+    table = pa.table({"path": ["/a/plain.png", "/a/new\nline.png", "/a/esc\x1b.png", "/b/x.png"]})
+    assert Filter("path", "~", "*").mask(table).tolist() == [True, True, True, True]
+    assert Filter("path", "~", "/a/*.png").mask(table).tolist() == [True, True, True, False]
+    assert Filter("path", "~", "/a/new?line.png").mask(table).tolist() == [False, True, False, False]

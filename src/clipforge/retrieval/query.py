@@ -252,7 +252,8 @@ def _glob_regex(glob: str) -> str:
         else:
             out.append(re.escape(c))
         i += 1
-    return "^" + "".join(out) + "$"
+    # (?s): `.` also matches a newline, so `*` covers every name, even one with a newline in it
+    return "(?s)^" + "".join(out) + "$"
 
 
 @dataclass(frozen=True)
