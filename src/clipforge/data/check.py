@@ -1,13 +1,17 @@
 """Inspect a source: counts, unreadable files by reason, image-size and caption-length statistics.
 
 `check_source` decodes every image once (this is the point: find the bad files before a long job does) and
-returns a JSON-ready report; `format_report` renders it for a terminal.
+returns a JSON-ready report; `format_report` renders it for a terminal. Besides the bad samples by reason, the
+report lists samples that were read but changed on the way (`notes`: `caption_truncated`, a caption cut to the
+reader's `max_caption_bytes`), so nothing a reader altered goes unsaid.
 """
 from __future__ import annotations
 
 from collections import Counter
 
 import numpy as np
+
+from clipforge.data.display import shown as _shown  # hostile names can neither forge lines nor break them
 
 
 def _stats(values) -> dict | None:
@@ -39,6 +43,7 @@ def check_source(source, progress=None, limit: int | None = None) -> dict:
         if limit is not None and n_ok + source.skipped.total >= limit:
             break
     bad = source.skipped
+    notes = getattr(source, "notes", None) or {}
     report = {
         "source": source.spec,
         "kind": source.kind,
@@ -46,6 +51,8 @@ def check_source(source, progress=None, limit: int | None = None) -> dict:
         "num_ok": n_ok,
         "num_bad": bad.total,
         "bad": {"by_reason": dict(sorted(bad.items())), "samples": [list(s) for s in bad.samples]},
+        "notes": {"by_reason": dict(sorted(notes.items())),
+                  "samples": [list(s) for s in getattr(notes, "samples", [])]},
         "image_width": _stats(widths),
         "image_height": _stats(heights),
         "image_modes": dict(modes.most_common()),
@@ -66,12 +73,6 @@ def check_source(source, progress=None, limit: int | None = None) -> dict:
     return report
 
 
-def _shown(text: str) -> str:
-    """A file name as a terminal may show it: control characters (newlines, escape sequences), NUL bytes and
-    undecodable bytes escaped, so a hostile name can neither forge report lines nor break the output."""
-    return text if text.isprintable() else ascii(text)[1:-1]
-
-
 def format_report(r: dict) -> str:
     lines = [f"source: {_shown(r['source'])} ({r['kind']})",
              f"samples: {r['num_samples']}  readable: {r['num_ok']}  bad: {r['num_bad']}"]
@@ -81,6 +82,8 @@ def format_report(r: dict) -> str:
             lines.append(f"  {reason:16s} {_shown(str(sid))}")
         if len(r["bad"]["samples"]) > 50:
             lines.append(f"  ... {len(r['bad']['samples']) - 50} more (all of them in the JSON report)")
+    if r.get("notes", {}).get("by_reason"):
+        lines.append("read but changed: " + ", ".join(f"{k}={v}" for k, v in r["notes"]["by_reason"].items()))
     for key in ("image_width", "image_height"):
         s = r[key]
         if s:
@@ -94,5 +97,5 @@ def format_report(r: dict) -> str:
         lines.append(f"caption words: min {w['min']:.0f}  mean {w['mean']:.1f}  max {w['max']:.0f}")
     if r["classes"]:
         k = r["classes"]
-        lines.append(f"classes: {k['num_classes']}  " + ", ".join(f"{n}={v}" for n, v in list(k["counts"].items())[:20]))
+        lines.append(f"classes: {k['num_classes']}  " + ", ".join(f"{_shown(n)}={v}" for n, v in list(k["counts"].items())[:20]))
     return "\n".join(lines)

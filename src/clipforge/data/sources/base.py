@@ -6,16 +6,32 @@ deterministic shuffling and exact resume. Streaming readers (remote shards) only
 
 `skipped` is a `SkipCounter` filled while reading: problems found when the source was opened (a malformed
 manifest row) are kept, and each pass of `iter_decoded` adds the images it could not decode.
+
+`notes` counts, the same way, samples that were kept but changed on the way: `caption_truncated` (a caption
+over `max_caption_bytes` was cut, see `clipforge.data.captions.cap_captions`). What opening found stays in
+`open_notes`; what a reader notes in a worker process stays in that process.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Iterator
 
 from PIL import Image
 from tqdm.auto import tqdm
 
+from clipforge.data.captions import DEFAULT_MAX_CAPTION_BYTES, cap_captions, check_byte_cap
 from clipforge.data.decode import BadSample, DecodeOptions, SkipCounter
 from clipforge.data.sample import Sample
+from clipforge.errors import UsageError
+
+
+class StreamingOnly(UsageError, TypeError):
+    """`len()` or `[i]` of a source that can only be read in order (compressed or remote shards).
+
+    A `UsageError`, so a caller that needs random access (the training loader, anything that shuffles) stops
+    with one line saying what to do; also a `TypeError`, which is what `len()` raises for objects without a
+    length, so callers that fall back to one streaming pass when `len()` fails keep doing so.
+    """
 
 
 class Source:
@@ -24,15 +40,26 @@ class Source:
     kind = "source"
     random_access = True
 
-    def __init__(self, spec: str, *, decode: DecodeOptions | None = None, max_pixels: int | None = -1):
+    def __init__(self, spec: str, *, decode: DecodeOptions | None = None, max_pixels: int | None = -1,
+                 max_caption_bytes: int | None = DEFAULT_MAX_CAPTION_BYTES):
         self.spec = spec
+        self.max_caption_bytes = check_byte_cap(max_caption_bytes, "max_caption_bytes")
         opts = decode or DecodeOptions()
         if max_pixels != -1:  # -1 means "not given"; None disables the bomb check
-            opts = DecodeOptions(max_pixels=max_pixels, background=opts.background, apply_exif=opts.apply_exif)
+            opts = dataclasses.replace(opts, max_pixels=max_pixels)  # every other option kept
         self.decode_options = opts
         self.classnames: list[str] | None = None
         self.open_skipped = SkipCounter()  # found while indexing (bad rows, unreadable members)
         self.skipped = SkipCounter()
+        self.open_notes = SkipCounter()  # samples kept but changed, found when opening
+        self.notes = SkipCounter()
+
+    def _cap_captions(self, sample_id: str, captions, notes: SkipCounter | None = None) -> list[str]:
+        """`captions` cut to `max_caption_bytes`; a sample with a cut caption is noted once."""
+        captions, n_cut = cap_captions(captions, self.max_caption_bytes)
+        if n_cut:
+            (self.notes if notes is None else notes).add(sample_id, "caption_truncated")
+        return captions
 
     # --- map-style access -------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -69,6 +96,7 @@ class Source:
         `progress=None` shows a bar only on a terminal.
         """
         self.skipped = self.open_skipped.copy()
+        self.notes = self.open_notes.copy()
         total = self._len_or_none()
         bar = tqdm(total=total, desc=desc, unit="img", disable=(None if progress is None else not progress))
         try:

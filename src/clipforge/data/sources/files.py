@@ -2,12 +2,14 @@
 
 This is the layout clip-retrieval and img2dataset's "files" output use: `a/b/0001.jpg`, `a/b/0001.txt`,
 `a/b/0001.json`. Each non-empty line of the `.txt` is one caption. A `.json` may also carry `caption` /
-`captions` and `label`; its other keys go to `Sample.meta`.
+`captions` and `label`; its other keys go to `Sample.meta`. Sidecars over `MAX_SIDECAR_BYTES` are not read
+(noted in `meta_error`); each caption is cut to `max_caption_bytes` (noted as `caption_truncated`).
 """
 from __future__ import annotations
 
 import json
 import os
+import sys
 
 from clipforge.data.fs import FileRefused, is_file, read_text
 from clipforge.data.sample import Sample, file_meta
@@ -24,13 +26,32 @@ def split_captions(text: str) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
+def json_problem(e: Exception) -> str:
+    """What was wrong with a JSON text, from the exception `json.loads` (or `raw_decode`) raised — said about
+    the input, never about the interpreter (Python's own message for a long number names a `sys` setting)."""
+    if isinstance(e, RecursionError):
+        return "JSON nested too deeply"
+    if isinstance(e, UnicodeDecodeError):
+        return f"not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start})"
+    if isinstance(e, json.JSONDecodeError):
+        return str(e)
+    limit = getattr(sys, "get_int_max_str_digits", lambda: 4300)()  # Python >= 3.10.7
+    return f"a number with more than {limit} digits"  # int() of a longer literal is the one other ValueError
+
+
 def parse_json(text: str | bytes):
-    """json.loads that raises only ValueError: nesting too deep for the parser (RecursionError) and numbers
-    too long to convert (ValueError) are a bad file like any other."""
+    """json.loads that raises only ValueError, with a message about the input: nesting too deep for the parser
+    (RecursionError), a number with more digits than Python converts, or bytes that are not UTF-8 are a bad
+    file like any other."""
+    if isinstance(text, (bytes, bytearray)):
+        try:  # decoded here: json.loads would guess UTF-16/32 from the first bytes
+            text = bytes(text).decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ValueError(json_problem(e)) from None
     try:
         return json.loads(text)
-    except RecursionError:
-        raise ValueError("JSON nested too deeply") from None
+    except (RecursionError, ValueError) as e:
+        raise ValueError(json_problem(e)) from None
 
 
 def captions_from_meta(meta: dict) -> list[str]:
@@ -92,7 +113,7 @@ class FilesSource(Source):
                     [c for c in captions if c]
             except FileRefused as e:
                 meta["meta_error"] = e.detail
-            captions = list(dict.fromkeys(captions))  # .txt and .json often repeat the same caption
+        captions = list(dict.fromkeys(self._cap_captions(rel, captions)))  # .txt and .json often agree
         return Sample(id=rel, captions=captions, label=label, meta=meta, path=path, ext=ext_of(rel),
                       decode_options=self.decode_options)
 

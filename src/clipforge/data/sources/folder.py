@@ -9,11 +9,13 @@ from __future__ import annotations
 import json
 import os
 
+from clipforge.data.fs import FileRefused, read_text
 from clipforge.data.sample import Sample, file_meta
 from clipforge.data.sources.base import Source
 from clipforge.errors import ClipforgeError, UsageError
 
 IMAGE_EXTS = {"jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "ppm", "pgm"}
+MAX_CLASSNAMES_BYTES = 4 * 2**20  # as for every sidecar (files.MAX_SIDECAR_BYTES)
 
 
 def ext_of(name: str) -> str:
@@ -36,11 +38,10 @@ def walk_images(root: str) -> list[str]:
 
 def read_classnames(path: str, folders: list[str]) -> list[str]:
     """Class names for the sorted `folders`, from a .json ({folder: name} or list) or .txt (one per line)."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except OSError as e:
-        raise ClipforgeError(f"cannot read class names file {path}: {e}") from None
+    try:  # a regular file of a bounded size: never a FIFO, a device or a huge file read whole
+        text = read_text(path, MAX_CLASSNAMES_BYTES, path)
+    except FileRefused as e:
+        raise ClipforgeError(f"cannot read class names file: {e.detail}") from None
     if path.endswith(".json"):
         try:
             obj = json.loads(text)
