@@ -57,7 +57,9 @@ def _print_prediction(p, as_json: bool) -> None:
     if as_json:
         print(json.dumps(p.as_dict(), ensure_ascii=False))
     else:
-        print(f"{p.id}: " + ", ".join(f"{lab} ({s:.3f})" for lab, s in zip(p.labels, p.scores)))
+        from clipforge.data.display import shown  # file names and class names: one line, no control characters
+
+        print(f"{shown(p.id)}: " + ", ".join(f"{shown(lab)} ({s:.3f})" for lab, s in zip(p.labels, p.scores)))
 
 
 def run(args) -> int:
@@ -140,6 +142,8 @@ def _report(args, res) -> int:
     if sk.total:
         reasons = ", ".join(f"{r}: {c}" for r, c in sorted(sk.items()))
         print(f"skipped {sk.total} unreadable image(s) ({reasons})", file=sys.stderr)
+        from clipforge.data.display import shown
+
         for sid, reason in sk.samples[:5]:
-            print(f"  {sid}: {reason}", file=sys.stderr)
+            print(f"  {shown(sid)}: {reason}", file=sys.stderr)
     return 0 if n else 1

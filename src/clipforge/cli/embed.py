@@ -19,6 +19,7 @@ def register(sub):
 
 
 def run(args) -> int:
+    from clipforge.data.display import shown
     from clipforge.data.sources.filelist import FileListSource
 
     if not args.text and not args.image:
@@ -32,11 +33,11 @@ def run(args) -> int:
         res = encoder.encode_source(FileListSource(args.image), 64, normalize=not args.no_normalize, progress=False)
         rows += [{"kind": "image", "input": p, "vector": v} for p, v in zip(res.ids, res.feats.numpy())]
         for path, reason in res.skipped.samples:
-            print(f"skipped {path}: {reason}", file=sys.stderr)
+            print(f"skipped {shown(path)}: {reason}", file=sys.stderr)
     if args.json:
         print(json.dumps([{**r, "vector": [round(float(x), 6) for x in r["vector"]]} for r in rows]))
     else:
         for r in rows:
             v = r["vector"]
-            print(f"{r['kind']:<6} dim={v.shape[0]} norm={float((v ** 2).sum() ** 0.5):.4f}  {r['input']}")
+            print(f"{r['kind']:<6} dim={v.shape[0]} norm={float((v ** 2).sum() ** 0.5):.4f}  {shown(r['input'])}")
     return 1 if args.image and len(rows) == len(args.text) else 0

@@ -36,6 +36,7 @@ def register(sub):
 
 
 def run(args) -> int:
+    from clipforge.data.display import shown
     from clipforge.errors import UsageError
     from clipforge.retrieval.engine import SearchEngine
 
@@ -56,8 +57,9 @@ def run(args) -> int:
             print(json.dumps(h.to_dict(), default=str))
         else:
             stage = f"  s{h.stage}" if engine.reranker is not None else ""
+            # one line per hit: control characters in names and captions are escaped, never sent to the terminal
             print(f"{h.rank + 1:>4}  {h.id:>8}  {h.score:.4f}{stage}  "
-                  f"{h.metadata.get('path') or h.metadata.get('key')}  {h.metadata.get('caption') or ''}")
+                  f"{shown(h.metadata.get('path') or h.metadata.get('key'))}  {shown(h.metadata.get('caption') or '')}")
     if not hits and not args.json:
         print("no results")
     if args.sheet:
@@ -66,5 +68,5 @@ def run(args) -> int:
         title = args.query or args.image or f"like {args.like}"
         contact_sheet(hits, args.sheet, title=f"{title}  ({args.index_dir})")
         if not args.json:
-            print(f"contact sheet: {args.sheet}")
+            print(f"contact sheet: {shown(args.sheet)}")
     return 0

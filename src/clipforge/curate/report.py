@@ -8,6 +8,9 @@ From the summaries `filter_source` / `dedup_source` write (and the scores and re
   - for de-duplication: removals at each eps, and a sheet of the removed near-duplicates least similar to the
     item they duplicate, each beside that item (where a larger eps starts to go wrong).
 Images are read back from the step's source (`clipforge.data`: a bad file is a grey tile, never a crash).
+Names, paths and captions from the collection or the summary are written through `clipforge.data.display`
+(`shown` and its markdown forms): a newline, an escape sequence or a `|` in one cannot forge a line of the
+page, break a table, or reach a terminal that shows it raw.
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ from clipforge.output_dirs import claim_output_dir
 from clipforge.curate.job import read_scores
 from clipforge.curate.selection import read_removals
 from clipforge.data.decode import BadSample
+from clipforge.data.display import shown, shown_cell, shown_code, shown_label
 from clipforge.data.sources import open_source
 from clipforge.errors import UsageError
 from clipforge.retrieval.sheet import contact_sheet
@@ -108,8 +112,8 @@ def _histogram(scores: np.ndarray, removed: np.ndarray, threshold: Optional[floa
 
 
 def _table(rows: list[tuple], head: tuple) -> list[str]:
-    return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(map(str, r)) + " |"
-                                                                         for r in rows]
+    return ["| " + " | ".join(map(shown_cell, head)) + " |", "|" + "---|" * len(head)] + [
+        "| " + " | ".join(map(shown_cell, r)) + " |" for r in rows]
 
 
 def _filter_section(n: int, s: dict, out: Path, k: int) -> list[str]:
@@ -128,14 +132,15 @@ def _filter_section(n: int, s: dict, out: Path, k: int) -> list[str]:
     scores = np.array([r[4] for r in rows], np.float64)
     thr = (s.get("threshold") or {}).get("threshold")
     name = f"filter{n}"
-    lines = [f"## Filter: {s['out']}", "",
-             f"Source `{s['source']}`, scores `{s['scores']}` (model `{s['model']}`), rules "
-             f"`{json.dumps(s['rules'])}`" + (f", score threshold **{thr:.4f}** ({s['threshold']['rule']})"
-                                               if thr is not None else "") + ".", "",
+    lines = [f"## Filter: {shown(s['out'])}", "",
+             f"Source {shown_code(s['source'])}, scores {shown_code(s['scores'])} (model {shown_code(s['model'])}), "
+             f"rules {shown_code(json.dumps(s['rules']))}" + (
+                 f", score threshold **{thr:.4f}** ({shown(s['threshold']['rule'])})" if thr is not None else "")
+             + ".", "",
              f"Kept {s['samples_kept']} of {s['samples_in']} samples and {s['pairs_kept']} of {s['pairs_in']} pairs.",
              ""]
     if len(scores):
-        _histogram(scores, gone, thr, out / f"{name}_scores.png", f"pair scores ({s['model']})")
+        _histogram(scores, gone, thr, out / f"{name}_scores.png", shown_label(f"pair scores ({s['model']})"))
         lines += [f"![scores]({name}_scores.png)", ""]
     lines += ["Samples removed, by reason (a sample can have several):", ""]
     lines += _table(sorted(s["removed_by_reason"].items(), key=lambda t: -t[1]) or [("none", 0)], ("reason", "samples"))
@@ -162,11 +167,12 @@ def _filter_section(n: int, s: dict, out: Path, k: int) -> list[str]:
 def _dedup_section(n: int, s: dict, out: Path, k: int) -> list[str]:
     rem = read_removals(s["removals_file"])
     name = f"dedup{n}"
-    lines = [f"## De-duplication: {s['out']}", "",
-             f"Source `{s['source']}`, features `{s['features']}` (model `{s['model']}`), eps **{s['eps']}** "
-             f"(cosine >= {1 - s['eps']:.3f}), method `{s['method']}`, keep rule `{s['keep']}`.", "",
+    lines = [f"## De-duplication: {shown(s['out'])}", "",
+             f"Source {shown_code(s['source'])}, features {shown_code(s['features'])} (model "
+             f"{shown_code(s['model'])}), eps **{s['eps']}** (cosine >= {1 - s['eps']:.3f}), method "
+             f"{shown_code(s['method'])}, keep rule {shown_code(s['keep'])}.", "",
              f"Kept {s['samples_kept']} of {s['samples_in']} samples.", ""]
-    lines += [f"> **Warning:** {w}" for w in s.get("warnings", [])] + ([""] if s.get("warnings") else [])
+    lines += [f"> **Warning:** {shown(w)}" for w in s.get("warnings", [])] + ([""] if s.get("warnings") else [])
     lines += _table(sorted(s["removed_by_reason"].items(), key=lambda t: -t[1]) or [("none", 0)], ("reason", "samples"))
     lines += ["", "Near-duplicates that each eps would remove (after the exact steps):", ""]
     lines += _table([(e, c) for e, c in s["near_removed_at_eps"].items()], ("eps", "removed"))

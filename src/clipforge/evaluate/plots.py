@@ -1,7 +1,9 @@
 """PNG plots: confusion matrix and a grouped-bar model comparison.
 
 Uses matplotlib's object API with the Agg canvas (no pyplot global state, no display needed). Files are
-written atomically (`clipforge.atomic`).
+written atomically (`clipforge.atomic`). Names drawn as text (class names, models, datasets, methods) pass
+through `clipforge.data.display.shown_label`: a control character is escaped, and a `$` is drawn as itself, never
+read as mathtext (a malformed formula in a class name would fail the whole figure).
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from clipforge.atomic import atomic_write
+from clipforge.data.display import shown_label
 
 __all__ = ["plot_confusion_matrix", "plot_comparison", "plot_shots", "save_figure"]
 
@@ -42,9 +45,10 @@ def plot_confusion_matrix(
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(title or ("confusion matrix (row-normalised)" if normalize else "confusion matrix"))
+    ax.set_title(shown_label(title) if title else ("confusion matrix (row-normalised)" if normalize
+                                                   else "confusion matrix"))
     if n <= max_labels:
-        names = list(classnames) if classnames is not None else [str(i) for i in range(n)]
+        names = [shown_label(c) for c in classnames] if classnames is not None else [str(i) for i in range(n)]
         ax.set_xticks(range(n), names, rotation=90, fontsize=8)
         ax.set_yticks(range(n), names, fontsize=8)
         if n <= 15:
@@ -72,11 +76,11 @@ def plot_comparison(panels: dict[str, dict[str, dict[str, float]]], path, ylabel
         x = np.arange(len(datasets))
         for i, m in enumerate(models):
             vals = [groups[d].get(m, np.nan) for d in datasets]
-            bars = ax.bar(x + (i - (len(models) - 1) / 2) * width, vals, width, label=m)
+            bars = ax.bar(x + (i - (len(models) - 1) / 2) * width, vals, width, label=shown_label(m))
             ax.bar_label(bars, labels=["" if np.isnan(v) else f"{v:.3g}" for v in vals], fontsize=7, padding=1)
-        ax.set_xticks(x, datasets, rotation=20, ha="right")
-        ax.set_title(title)
-        ax.set_ylabel(ylabel)
+        ax.set_xticks(x, [shown_label(d) for d in datasets], rotation=20, ha="right")
+        ax.set_title(shown_label(title))
+        ax.set_ylabel(shown_label(ylabel))
         ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
     return save_figure(fig, path)
@@ -101,15 +105,15 @@ def plot_shots(panels: dict[str, dict[str, dict[int, tuple[float, float]]]], pat
             mean = np.array([curve[k][0] for k in ks])
             std = np.array([curve[k][1] for k in ks])
             if name in flat:
-                ax.axhline(float(mean.mean()), linestyle="--", color="grey", label=name)
+                ax.axhline(float(mean.mean()), linestyle="--", color="grey", label=shown_label(name))
                 continue
-            line, = ax.plot(ks, mean, marker="o", label=name)
+            line, = ax.plot(ks, mean, marker="o", label=shown_label(name))
             ax.fill_between(ks, mean - std, mean + std, alpha=0.15, color=line.get_color())
         ax.set_xscale("log", base=2)
         ax.set_xticks(shots, [str(k) for k in shots])
         ax.set_xlabel("shots per class")
-        ax.set_ylabel(ylabel)
-        ax.set_title(title)
+        ax.set_ylabel(shown_label(ylabel))
+        ax.set_title(shown_label(title))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="best")
     fig.tight_layout()

@@ -8,7 +8,9 @@ top-1 accuracy for classification and probes (few-shot records: a method x shots
 seeds and an accuracy-vs-shots chart, one line per method, zero-shot flat), the mean of image->text and text->image R@1 for image-text
 retrieval, AP@50 for INQUIRE-style retrieval; other tasks use their first metric. The chart names models and
 datasets by the shortest trailing part of their path or spec that tells them apart (`digits/final`, not
-`/home/me/runs/digits/final`); the tables keep the full names.
+`/home/me/runs/digits/final`); the tables keep the full names. Every name and value from the results is written
+through `clipforge.data.display` (`shown`, and `shown_cell` in tables: `|` escaped too), so a newline or an
+escape sequence in a dataset path or a config value can neither forge a line nor reach a terminal raw.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import os
 from pathlib import Path
 
 from clipforge.atomic import atomic_write_text
+from clipforge.data.display import shown, shown_cell
 from clipforge.evaluate.plots import plot_comparison, plot_shots
 from clipforge.evaluate.results import latest_results, read_results
 
@@ -50,7 +53,7 @@ def _fmt(v) -> str:
 
 
 def _esc(s) -> str:
-    return str(s).replace("|", "\\|")
+    return shown_cell(s)
 
 
 def config_labels(records: list[dict]) -> list[str]:
@@ -60,8 +63,8 @@ def config_labels(records: list[dict]) -> list[str]:
     varying = [k for k in keys if len({repr(c.get(k)) for c in configs}) > 1]
     out = []
     for r, c in zip(records, configs):
-        shown = [f"{k}={_fmt(c.get(k))}" for k in varying]
-        out.append(f"{r['model']} [{', '.join(shown)}]" if shown else str(r["model"]))
+        parts = [f"{k}={_fmt(c.get(k))}" for k in varying]
+        out.append(f"{r['model']} [{', '.join(parts)}]" if parts else str(r["model"]))
     return out
 
 
@@ -103,7 +106,7 @@ def _shots_markdown(records: list[dict]) -> list[str]:
     lines = []
     for title, methods in shot_curves(records).items():
         shots = sorted({k for c in methods.values() for k in c})
-        lines += [f"## few-shot — top-1 (mean ± std over seeds), {title}", "",
+        lines += [f"## few-shot — top-1 (mean ± std over seeds), {shown(title)}", "",
                   "| method | " + " | ".join(f"{k}-shot" for k in shots) + " |", "|---|" + "---:|" * len(shots)]
         for name in sorted(methods):
             cells = [f"{methods[name][k][0]:.4f} ± {methods[name][k][1]:.4f}" if k in methods[name] else "—"
@@ -134,7 +137,7 @@ def _panels(records: list[dict]) -> dict[str, dict[str, dict[str, float]]]:
 def markdown_report(records: list[dict], chart_name: str | None = None, title: str = "clipforge results",
                     shots_name: str | None = None) -> str:
     records = latest_results(records)
-    lines = [f"# {title}", ""]
+    lines = [f"# {shown(title)}", ""]
     if not records:
         return "\n".join(lines + ["No results.", ""])
     if chart_name:
@@ -150,10 +153,10 @@ def markdown_report(records: list[dict], chart_name: str | None = None, title: s
         datasets = list(dict.fromkeys(r["dataset"] for r in rs))
         rows = list(dict.fromkeys(labels))
         cell = {(label, r["dataset"]): primary_metric(r)[1] for label, r in zip(labels, rs)}
-        lines += [f"## {task} — {metric}", "", "| model | " + " | ".join(map(_esc, datasets)) + " |",
+        lines += [f"## {shown(task)} — {shown(metric)}", "", "| model | " + " | ".join(map(_esc, datasets)) + " |",
                   "|---|" + "---:|" * len(datasets)]
         for row in rows:
-            lines.append(f"| {_esc(row)} | " + " | ".join(_fmt(cell.get((row, d))) for d in datasets) + " |")
+            lines.append(f"| {_esc(row)} | " + " | ".join(_esc(_fmt(cell.get((row, d)))) for d in datasets) + " |")
         lines.append("")
     lines += ["## All metrics", "", "| model | dataset | task | metrics | templates | config | time (s) | when |",
               "|---|---|---|---|---|---|---:|---|"]
@@ -161,12 +164,12 @@ def markdown_report(records: list[dict], chart_name: str | None = None, title: s
         ms = ", ".join(f"{k}={_fmt(v)}" for k, v in r["metrics"].items() if not isinstance(v, (dict, list)))
         lines.append(
             f"| {_esc(r['model'])} | {_esc(r['dataset'])} | {_esc(r['task'])} | {_esc(ms)} | "
-            f"{r.get('templates_hash') or '—'} | {r.get('config_hash', '—')} | {_fmt(r.get('elapsed_s'))} | "
-            f"{r.get('time', '—')} |"
+            f"{_esc(r.get('templates_hash') or '—')} | {_esc(r.get('config_hash', '—'))} | "
+            f"{_esc(_fmt(r.get('elapsed_s')))} | {_esc(r.get('time', '—'))} |"
         )
     versions = records[-1].get("versions") or {}
     if versions:
-        lines += ["", "Versions (latest run): " + ", ".join(f"{k} {v}" for k, v in versions.items())]
+        lines += ["", "Versions (latest run): " + shown(", ".join(f"{k} {v}" for k, v in versions.items()))]
     return "\n".join(lines) + "\n"
 
 

@@ -1,8 +1,12 @@
-"""Contact sheet: one PNG showing the hits of a search as a grid of thumbnails with rank, score and caption."""
+"""Contact sheet: one PNG showing the hits of a search as a grid of thumbnails with rank, score and caption.
+
+Labels (captions, keys, the title) pass through `clipforge.data.display.shown`: a newline in a caption cannot
+start a line of its own, nor a control character reach the PNG raw. Images are read with the library's decoder
+(regular files only, the pixel limit and the decoded-memory budget, EXIF orientation; JPEGs at reduced size).
+"""
 
 from __future__ import annotations
 
-import io
 import textwrap
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -10,9 +14,11 @@ from typing import Any, Callable, Sequence
 from PIL import Image, ImageDraw, ImageFont
 
 from clipforge.atomic import atomic_write
-from clipforge.data.decode import DEFAULT_MAX_PIXELS, BadSample, read_bytes
+from clipforge.data.decode import BadSample, DecodeOptions, decode_image, read_bytes
+from clipforge.data.display import shown
 
 _BG, _FG, _DIM, _MISSING = (255, 255, 255), (20, 20, 20), (110, 110, 110), (225, 225, 225)
+_THUMB_DECODE = DecodeOptions(draft_size=(512, 512))  # JPEG: decode at reduced size, thumbnails need no more
 
 
 def _field(hit: Any, name: str, default=None):
@@ -28,15 +34,18 @@ def _default_loader(hit: Any) -> Image.Image | None:
     for col in ("path", "image_path"):
         p = _field(hit, col)
         if p:
-            try:  # regular files only (a FIFO would block), under the decoder's size cap
-                with Image.open(io.BytesIO(read_bytes(p))) as im:
-                    if im.width * im.height > DEFAULT_MAX_PIXELS:
-                        return None
-                    im.draft("RGB", (512, 512))  # JPEG: decode at reduced size, thumbnails need no more
-                    return im.convert("RGB")
-            except (BadSample, OSError, ValueError, Image.DecompressionBombError):
+            try:  # regular files only (a FIFO would block), under the decoder's size cap and memory budget
+                return decode_image(read_bytes(p), _THUMB_DECODE)
+            except BadSample:
                 return None  # unreadable file: a grey tile, never a crash
     return None
+
+
+def _text(draw: ImageDraw.ImageDraw, xy, text: str, fill, font) -> None:
+    try:
+        draw.text(xy, text, fill=fill, font=font)
+    except UnicodeEncodeError:  # Pillow without FreeType: its bitmap font draws Latin-1 only
+        draw.text(xy, text.encode("latin-1", "replace").decode("latin-1"), fill=fill, font=font)
 
 
 def contact_sheet(hits: Sequence[Any], out_path: str | Path | None = None, thumb: int = 160, cols: int = 5,
@@ -55,7 +64,7 @@ def contact_sheet(hits: Sequence[Any], out_path: str | Path | None = None, thumb
     sheet = Image.new("RGB", (pad + cols * cell_w, pad + top + rows * cell_h), _BG)
     draw = ImageDraw.Draw(sheet)
     if title:
-        draw.text((pad, pad), title[: (sheet.width - 2 * pad) // 6], fill=_FG, font=font)
+        _text(draw, (pad, pad), shown(title)[: (sheet.width - 2 * pad) // 6], _FG, font)
     if not hits:
         draw.text((pad, pad + top), "no results", fill=_DIM, font=font)
     for n, hit in enumerate(hits):
@@ -70,11 +79,12 @@ def contact_sheet(hits: Sequence[Any], out_path: str | Path | None = None, thumb
             img.thumbnail((thumb, thumb))
             sheet.paste(img, (x + (thumb - img.width) // 2, y + (thumb - img.height) // 2))
         rank, score = _field(hit, "rank", n), _field(hit, "score")
-        head = f"#{rank + 1}" + (f"  {score:.3f}" if score is not None else "") + f"  id {_field(hit, 'id', '?')}"
-        draw.text((x, y + thumb + 2), head[:chars], fill=_FG, font=font)
-        caption = str(_field(hit, "caption") or _field(hit, "key") or "")
+        head = (f"#{rank + 1}" + (f"  {score:.3f}" if score is not None else "")
+                + f"  id {shown(_field(hit, 'id', '?'))}")
+        _text(draw, (x, y + thumb + 2), head[:chars], _FG, font)
+        caption = shown(_field(hit, "caption") or _field(hit, "key") or "")  # one line of printable text
         for i, line in enumerate(textwrap.wrap(caption, chars)[:caption_lines]):
-            draw.text((x, y + thumb + 2 + line_h * (i + 1)), line, fill=_DIM, font=font)
+            _text(draw, (x, y + thumb + 2 + line_h * (i + 1)), line, _DIM, font)
     if out_path is not None:  # readable by others as the umask allows; a missing folder is a one-line error
         atomic_write(out_path, lambda f: sheet.save(f, format="PNG"))
     return sheet
