@@ -122,6 +122,10 @@ def _embed(store: EmbeddingStore, source, indices: list[int], encoder: Encoder, 
             batches.append(shard[i:i + batch_size])
             shard_of.append(j)
     skipped = SkipCounter()
+    # what opening the source found (bad manifest rows, over-cap / non-regular / cut tar members) is never
+    # embedded and never retried silently: it is counted in index.json like a file that would not decode
+    for key, reason in getattr(source, "open_skipped", SkipCounter()).samples:
+        info["bad"][key] = reason
     added: list[np.ndarray] = []
     n_done, t0 = 0, time.perf_counter()
     bar = tqdm(total=len(indices), desc="embedding", unit="img", disable=None if progress is None else not progress)
