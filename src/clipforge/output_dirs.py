@@ -48,7 +48,15 @@ def artifact_kind(path: PathLike) -> Optional[str]:
 
 def write_marker(path: PathLike, kind: str) -> None:
     """Mark `path` (a directory clipforge is writing) as a clipforge artifact of `kind`."""
-    (Path(path) / MARKER_FILE).write_text(json.dumps({"format": "clipforge", "kind": kind}))
+    # temp + rename: a full disk must never leave an empty marker that makes the rerun refuse the folder
+    final = Path(path) / MARKER_FILE
+    tmp = final.with_name(f".{MARKER_FILE}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        tmp.write_text(json.dumps({"format": "clipforge", "kind": kind}))
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _what(mode: int) -> Optional[str]:

@@ -4,6 +4,9 @@ Each subcommand lives in its own module under `clipforge.cli` and exposes `regis
 its parser and sets `func=<callable(args) -> int|None>`. Modules are discovered, so adding a command is
 adding a file. Errors: `UsageError` -> one line, exit 2; `ClipforgeError` -> one line, exit 1.
 
+A write that fails on a full or read-only disk (ENOSPC, EDQUOT, EROFS: an `OSError`, or whatever a library
+wrapped it in) is one line naming the path and saying nothing was lost, exit 1 (`disk_failure`).
+
 Library errors name parameters in backticks (`k_shot`); `translate_error` rewrites each one the command has a
 flag for into that flag (--k-shot), so a Python caller reads parameter names and a CLI user reads flags.
 """
@@ -20,7 +23,7 @@ import warnings
 
 from clipforge import __version__
 from clipforge.cli import _common
-from clipforge.errors import ClipforgeError, UsageError
+from clipforge.errors import NOTHING_LOST, ClipforgeError, DiskError, UsageError, disk_error
 
 
 def build_parser(argv=None) -> argparse.ArgumentParser:
@@ -75,6 +78,21 @@ def _command_parser(parser: argparse.ArgumentParser, command: str) -> argparse.A
     return parser
 
 
+# what the commands that write write: the path a disk error names when the failing call named none
+_OUTPUT_ARGS = ("index_dir", "out_dir", "out")
+
+
+def disk_failure(e: BaseException, args) -> DiskError | None:
+    """`e` as a one-line `DiskError` when a write of this command failed on a full or read-only disk."""
+    target = next((getattr(args, a) for a in _OUTPUT_ARGS if isinstance(getattr(args, a, None), str)), None)
+    err = disk_error(e, target)
+    if err is not None and err.note == NOTHING_LOST and getattr(args, "command", None) == "train":
+        note = "nothing was lost: the run's checkpoints so far are intact" + (
+            "" if getattr(args, "resume", None) else " (add --resume latest to continue from the last one)")
+        err = DiskError(err.errno, err.path, note)
+    return err
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(argv)
@@ -103,10 +121,13 @@ def main(argv=None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 141
-    except ClipforgeError as e:
-        msg = translate_error(str(e), flags)
+    except Exception as e:  # noqa: BLE001 - anything but a ClipforgeError or a disk fault is re-raised
+        disk = disk_failure(e, args)
+        if disk is None and not isinstance(e, ClipforgeError):
+            raise
+        msg = translate_error(str(disk or e), flags)
         print(f"clipforge {args.command}: error: {msg}", file=sys.stderr)
-        return 2 if isinstance(e, UsageError) else 1
+        return 2 if disk is None and isinstance(e, UsageError) else 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -109,6 +109,22 @@ def positive_int(value: str) -> int:  # noqa: D103 (used above at call time)
     return v
 
 
+INT64_MAX = 2**63 - 1
+
+
+def parse_item_ids(values: Iterable[str], flag: str = "--id") -> list[int]:
+    """Item ids as typed: ASCII decimal digits within int64 (int() would also take "1_0", "+1", " 1" and
+    other scripts' digits, and a huge number could only ever be "not found"); anything else is a one-line
+    `UsageError` naming `flag`."""
+    out = []
+    for v in values:
+        if not (v.isascii() and v.isdigit()) or int(v) > INT64_MAX:
+            shown = v if len(v) <= 40 else v[:37] + "..."
+            raise UsageError(f"{flag} {shown!r}: an item id is decimal digits from 0 to {INT64_MAX}")
+        out.append(int(v))
+    return out
+
+
 def add_collection_job_args(p: argparse.ArgumentParser, *, model_help: str, out_help: str) -> None:
     """SRC, --model, --out, --batch-size, --workers: what every whole-collection encoding job takes."""
     p.add_argument("source", help="data source spec: a folder, files:DIR, csv:/jsonl:/parquet: manifest, wds:...")

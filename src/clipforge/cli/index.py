@@ -6,7 +6,7 @@ import json
 import logging
 
 from clipforge.cli._common import (add_collection_job_args, add_engine_args, add_executor_args, engine_options,
-                                   executor_from_args, positive_int)
+                                   executor_from_args, parse_item_ids, positive_int)
 
 logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its INFO lines about CPU builds are noise here
 
@@ -46,7 +46,8 @@ def register(sub):
                                     "when `index update` runs again.")
     d.add_argument("index_dir")
     how = d.add_mutually_exclusive_group(required=True)
-    how.add_argument("--id", dest="ids", type=int, nargs="+", metavar="N", help="item ids (as search shows them)")
+    how.add_argument("--id", dest="ids", nargs="+", metavar="N",
+                     help="item ids (as search shows them): decimal digits")
     how.add_argument("--path", dest="paths", action="append", metavar="GLOB",
                      help="files whose path or key matches, e.g. '*/private/*' (repeatable: any matches)")
     how.add_argument("--filter", dest="filters", action="append", metavar="COL OP VALUE",
@@ -63,9 +64,11 @@ def register(sub):
 
 
 def _print_summary(s: dict) -> None:
+    from clipforge.data.display import shown  # names and paths: one line each, no control characters raw
+
     idx = s["index"]
     rec = (idx.get("recall@10") or {}).get("recall@10")
-    print(f"index {s['out_dir']}: {s['count']} items, model {s['model']} ({s['precision']})")
+    print(f"index {shown(s['out_dir'])}: {s['count']} items, model {shown(s['model'])} ({s['precision']})")
     print(f"  this run: embedded {s['embedded']} in {s['seconds']:.1f} s ({s['images_per_s']:.1f} images/s), "
           f"skipped {s['skipped_this_run']}" + "".join(f", {k} {s[k]}" for k in ("added", "changed", "deleted")
                                                        if k in s))
@@ -101,8 +104,9 @@ def run_delete(args) -> int:
     from clipforge.errors import UsageError
     from clipforge.retrieval.delete import delete_items
 
+    ids = parse_item_ids(args.ids) if args.ids else None
     try:
-        res = delete_items(args.index_dir, ids=args.ids, paths=args.paths, filters=args.filters,
+        res = delete_items(args.index_dir, ids=ids, paths=args.paths, filters=args.filters,
                            dry_run=args.dry_run)
     except UsageError as e:  # the library names its parameters; say the flags
         msg = str(e)
@@ -112,10 +116,12 @@ def run_delete(args) -> int:
     if args.json:
         print(json.dumps(res))
         return 0
+    from clipforge.data.display import shown  # keys are file names: a hostile one cannot forge lines
+
     verb = "would delete" if args.dry_run else "deleted"
-    print(f"{args.index_dir}: {verb} {res['deleted']} items, {res['count']} left")
+    print(f"{shown(args.index_dir)}: {verb} {res['deleted']} items, {res['count']} left")
     for i, k in list(zip(res["ids"], res["keys"]))[:20]:
-        print(f"  {i:>8}  {k}")
+        print(f"  {i:>8}  {shown(k)}")
     if res["deleted"] > 20:
         print(f"  ... and {res['deleted'] - 20} more")
     if res["not_found"]:
@@ -130,12 +136,14 @@ def run_info(args) -> int:
     if args.json:
         print(json.dumps(info, indent=1, default=str))
         return 0
+    from clipforge.data.display import shown
+
     idx = info.get("index", {})
     rec = (idx.get("recall@10") or {}).get("recall@10")
-    print(f"{args.index_dir}: {info['store']['live']} items ({info['store']['deleted']} deleted rows), "
+    print(f"{shown(args.index_dir)}: {info['store']['live']} items ({info['store']['deleted']} deleted rows), "
           f"dim {info['store']['dim']}, status {info['status']}")
-    print(f"  source {info['source']}\n  model {info['model']} ({info['precision']}), captions embedded: "
-          f"{info['text']}")
+    print(f"  source {shown(info['source'])}\n  model {shown(info['model'])} ({info['precision']}), captions "
+          f"embedded: {info['text']}")
     print(f"  faiss {idx.get('kind')}: {idx.get('reason')}" + (f"; recall@10 {rec:.3f}" if rec is not None else ""))
     sk = info.get("skipped", {})
     print(f"  unreadable files: {sk.get('total', 0)} {json.dumps(sk.get('by_reason', {}))}")

@@ -159,13 +159,18 @@ class EmbeddingStore:
                 raise ClipforgeError(f"{root}: a store already exists (open it, or choose another directory)")
             store = cls.open(root, writable=True)
             if store.dim != dim:
+                store.close()
                 raise ClipforgeError(f"{root}: existing store has dim {store.dim}, asked for {dim}")
             return store
         root.mkdir(parents=True, exist_ok=True)
         manifest = {"format": "clipforge-embedding-store", "version": SCHEMA_VERSION, "model": model,
                     "dim": int(dim), "modalities": mods, "shards": [], "next_id": 0, "next_shard": 0}
         lock = cls._lock(root)
-        atomic_write_json(root / "manifest.json", manifest)
+        try:
+            atomic_write_json(root / "manifest.json", manifest)
+        except BaseException:  # e.g. a full disk: the lock must not outlive the failed call
+            os.close(lock)
+            raise
         return cls(root, manifest, True, lock)
 
     @classmethod
@@ -174,14 +179,19 @@ class EmbeddingStore:
         if not root.is_dir():
             raise ClipforgeError(f"{root}: no such store directory")
         lock = cls._lock(root) if writable else None
-        mpath = root / "manifest.json"
-        manifest = _read_manifest(mpath) if mpath.exists() else {"version": 0}
-        manifest, changed = _migrate(root, manifest)
-        if changed and writable:
-            atomic_write_json(mpath, manifest)
-        store = cls(root, manifest, writable, lock)
-        if writable:
-            store._remove_orphans()
+        try:
+            mpath = root / "manifest.json"
+            manifest = _read_manifest(mpath) if mpath.exists() else {"version": 0}
+            manifest, changed = _migrate(root, manifest)
+            if changed and writable:
+                atomic_write_json(mpath, manifest)
+            store = cls(root, manifest, writable, lock)
+            if writable:
+                store._remove_orphans()
+        except BaseException:  # a damaged manifest, a full disk: the lock must not outlive the failed call
+            if lock is not None:
+                os.close(lock)
+            raise
         return store
 
     @staticmethod

@@ -18,7 +18,9 @@ never name files (no `img:` terms from the network), template sets are names, ne
 an integer id that must map to a regular file recorded in the index, so nothing from a request ever becomes
 a filesystem path. Responses never show server paths. Every error is JSON: {"error": {"status": N,
 "message": "..."}}, and an unexpected failure is a 500 with no details. Deleting needs a server started with
-an API key (403 otherwise): without one, anyone who can reach the port could empty the index.
+an API key (403 otherwise): without one, anyone who can reach the port could empty the index. Item ids in
+URLs are decimal digits within int64 (`1_0`, `+1`, `１` are 422, not items 10 and 1). A delete on a full
+disk is a 507, on a read-only file system a 503; nothing is deleted and reads go on.
 
 Speed: the model never runs on the event loop. A text query whose texts are all in the text-embedding cache,
 over an index small enough that a search takes well under a millisecond (`INLINE_MAX_VECTORS`), is answered
@@ -58,7 +60,7 @@ from PIL import Image, ImageOps
 from starlette.exceptions import HTTPException
 
 from clipforge.data.decode import BadSample, read_bytes, to_rgb
-from clipforge.errors import ClipforgeError, UsageError
+from clipforge.errors import ClipforgeError, DiskError, UsageError, disk_error
 from clipforge.retrieval.delete import delete_items
 from clipforge.retrieval.engine import SearchEngine
 from clipforge.retrieval.query import Term, parse_filter, parse_query
@@ -78,6 +80,31 @@ PUBLIC_ITEM_CACHE = 65_536  # items whose public form is kept (a few hundred byt
 log = logging.getLogger("clipforge.serve")
 
 _error = error_response  # kept for callers of the old private name
+# An item id in a URL: decimal digits only (int parsing would also take "1_0", "+1", " 1", "１"), in int64
+ID_PATTERN = r"^[0-9]{1,19}$"
+
+
+async def item_id_param(item_id: str = PathParam(..., pattern=ID_PATTERN, max_length=19,
+                                                 description="an item id: decimal digits, 0 to 2**63-1")) -> int:
+    """The `item_id` of a route, parsed strictly (async: no thread-pool hop per request)."""
+    if not (item_id.isascii() and item_id.isdigit()):  # the pattern again, whatever engine matched it ("1\n")
+        raise HTTPException(422, "path.item_id: an item id is decimal digits only")
+    value = int(item_id)
+    if value > INT64_MAX:
+        raise HTTPException(422, f"path.item_id: {item_id} is over the largest item id ({INT64_MAX})")
+    return value
+
+
+def disk_status(e: DiskError) -> int:
+    """507 Insufficient Storage for a full disk or quota, 503 for a read-only file system."""
+    return 507 if e.full else 503
+
+
+def disk_reason(e: DiskError, what: str = "nothing was changed") -> str:
+    """What a client is told (no server path)."""
+    if e.full:
+        return f"the index's disk is full; {what}: try again when space has been freed"
+    return f"the index is on a read-only file system; {what}: it needs to be writable for this"
 
 
 def _thumbnail(path: str, size: int, max_pixels: int) -> bytes:
@@ -220,11 +247,17 @@ def create_app(index_dir, api_key: str | None = None, limits: Limits = Limits(),
     @app.exception_handler(ClipforgeError)
     async def _clipforge(request, exc: ClipforgeError):
         stats["errors"] += 1
+        if isinstance(exc, DiskError):  # its message names server paths
+            return error_response(disk_status(exc), disk_reason(exc))
         return error_response(422 if isinstance(exc, UsageError) else 400, str(exc))
 
     @app.exception_handler(Exception)
     async def _unexpected(request, exc: Exception):  # a bug: logged here, no details to the client
         stats["errors"] += 1
+        disk = disk_error(exc)
+        if disk is not None:  # not a bug: the disk is full or read-only
+            log.warning("%s %s: %s", request.method, request.url.path, disk)
+            return error_response(disk_status(disk), disk_reason(disk))
         log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
         return error_response(500, "internal error")
 
@@ -319,14 +352,16 @@ def create_app(index_dir, api_key: str | None = None, limits: Limits = Limits(),
     app.post("/classify", dependencies=[Depends(auth)])(classify)
 
     @app.get("/items/{item_id}", dependencies=[Depends(auth)])
-    async def item(item_id: int = PathParam(..., ge=0, le=INT64_MAX)):
+    async def item(item_id: int = Depends(item_id_param)):
         found = engine.item(item_id)
         if found is None:
             raise HTTPException(404, f"no item with id {item_id}")
         return JSONResponse(_public(found))
 
-    @app.delete("/items/{item_id}", dependencies=[Depends(auth)])
-    async def delete_item(item_id: int = PathParam(..., ge=0, le=INT64_MAX)):
+    @app.delete("/items/{item_id}", dependencies=[Depends(auth)],
+                responses={503: {"description": "the index is on a read-only file system (nothing deleted)"},
+                           507: {"description": "the index's disk is full (nothing deleted)"}})
+    async def delete_item(item_id: int = Depends(item_id_param)):
         if api_key is None:
             raise HTTPException(403, "deleting needs a server started with an API key")
         if engine.item(item_id) is None:
@@ -338,6 +373,9 @@ def create_app(index_dir, api_key: str | None = None, limits: Limits = Limits(),
             except StoreBusy:
                 raise HTTPException(409, "the index is being changed by another process (an index update or "
                                          "delete); try again when it is done") from None
+            except DiskError as e:  # nothing was deleted; reads go on from the unchanged index
+                log.warning("DELETE /items/%d: %s", item_id, e)
+                raise HTTPException(disk_status(e), disk_reason(e, "nothing was deleted")) from None
             engine.refresh()  # this worker answers from the new view from now on
             return res
 
@@ -349,7 +387,7 @@ def create_app(index_dir, api_key: str | None = None, limits: Limits = Limits(),
 
     @app.get("/thumb/{item_id}", dependencies=[Depends(auth)],
              responses={200: {"content": {"image/jpeg": {}}}})
-    async def thumb(item_id: int = PathParam(..., ge=0, le=INT64_MAX)):
+    async def thumb(item_id: int = Depends(item_id_param)):
         with thumbs_lock:
             if thumbs_state["reloads"] != engine.reloads:  # the index changed: a file may have changed too
                 thumbs.clear()

@@ -44,7 +44,7 @@ from clipforge.train.feature_cache import FeatureCache, cache_refusal
 from clipforge.train.optim import lock_tower, make_optimizer, tower_is_frozen
 from clipforge.train.run_log import MetricsLog, plot_curves, progress_line
 from clipforge.train.schedule import lr_at
-from clipforge.train.state import load_trainer_state, resolve_resume, save_checkpoint, set_rng_state
+from clipforge.train.state import open_resume, resolve_resume, save_checkpoint, set_rng_state
 from clipforge.models.stretch import freeze_kept_positions
 from clipforge.train.step import forward_loss, pair_extras, reinforcement_store
 
@@ -138,11 +138,15 @@ def train(cfg: TrainConfig, out_dir, resume: Optional[str] = None, overwrite: bo
         raise UsageError(f"{cfg.data.train}: {len(source)} samples is less than one batch of {cfg.data.batch_size}")
     total = cfg.run.steps or math.ceil(cfg.run.epochs * steps_per_epoch)
 
-    ckpt = resolve_resume(resume, out) if resume else None
+    if resume and resume != "latest":
+        resolve_resume(resume, out)  # a path that is no checkpoint at all fails before the folder is claimed
     if dist.is_main:  # marks the folder as a run; with `overwrite`, the old one is replaced by an empty one
         claim_output_dir(out, RUN_KIND, overwrite=overwrite, recognise=_is_run_dir, fresh=overwrite)
     torch.manual_seed(cfg.run.seed)
-    model = load_model(ckpt) if ckpt else build_training_model(cfg, source)
+    # the newest checkpoint that loads (a damaged one is passed over with a warning); RNG comes from its state
+    ckpt, model, state = open_resume(resume, out, load_model) if resume else (None, None, None)
+    if model is None:
+        model = build_training_model(cfg, source)
     if cfg.adapt.method is not None:  # only the adapter trains; the base is frozen and saved by reference
         if not ckpt:
             model.adapter_base_hash = base_hash(model)
@@ -182,7 +186,6 @@ def train(cfg: TrainConfig, out_dir, resume: Optional[str] = None, overwrite: bo
 
     step = epoch = position = 0
     if ckpt:
-        state = load_trainer_state(ckpt)
         opt.load_state_dict(state["optimizer"])
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])

@@ -15,15 +15,29 @@ from clipforge.evaluate.plots import save_figure
 log = logging.getLogger(__name__)
 
 
+def _parsed(text: str) -> List[tuple]:
+    """(line, row) for each line that is a JSON object; a line cut short (a full disk, a kill mid-write) is
+    left out."""
+    out = []
+    for ln in text.splitlines():
+        try:
+            row = json.loads(ln) if ln.strip() else None
+        except ValueError:
+            continue
+        if isinstance(row, dict):
+            out.append((ln, row))
+    return out
+
+
 class MetricsLog:
-    """Appends one JSON object per line to `metrics.jsonl`. On resume, lines past the resumed step are
-    dropped first so the file never holds duplicate or orphaned steps."""
+    """Appends one JSON object per line to `metrics.jsonl`. On resume, lines past the resumed step (and any
+    line cut short) are dropped first so the file never holds duplicate, orphaned or torn steps."""
 
     def __init__(self, path: Path, resume_step: Optional[int] = None, tensorboard_dir: Optional[Path] = None):
         self.path = Path(path)
         if resume_step is not None and self.path.exists():
-            kept = [ln for ln in self.path.read_text().splitlines()
-                    if ln.strip() and json.loads(ln).get("step", 0) <= resume_step]
+            kept = [ln for ln, row in _parsed(self.path.read_text(errors="replace"))
+                    if row.get("step", 0) <= resume_step]
             atomic_write_text(self.path, "".join(k + "\n" for k in kept))
         elif resume_step is None and self.path.exists():
             self.path.unlink()
@@ -55,7 +69,7 @@ def read_metrics(path: Path) -> List[Dict]:
     p = Path(path)
     if not p.exists():
         return []
-    return [json.loads(ln) for ln in p.read_text().splitlines() if ln.strip()]
+    return [row for _, row in _parsed(p.read_text(errors="replace"))]
 
 
 def _duration(seconds: float) -> str:

@@ -3,6 +3,10 @@
 `RUN/checkpoints/step-00000123/` is a loadable model directory (config.json, model.safetensors, tokenizer)
 plus `trainer_state.pt` (an adapter run writes its adapter directory instead, which names the frozen base). It is written to a temporary sibling and renamed, so a directory under its final
 name is always complete; `latest_checkpoint` only considers complete ones. The last K are kept.
+
+Resuming (`open_resume`) loads the weights and the trainer state before training starts: with `latest`, a
+checkpoint whose files do not load (a bad disk, a copy cut short) is passed over for the next older one, with
+a one-line warning; when none loads, or an explicitly named one does not, it is one line, not a traceback.
 """
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ import random
 import re
 import shutil
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -67,7 +71,9 @@ def save_checkpoint(model, run_dir: Path, *, step: int, epoch: int, position: in
     }
 
     def extra(tmp: Path) -> None:
-        torch.save(trainer_state, tmp / STATE_FILE)
+        # through a file object: a failed write then surfaces as the OSError (ENOSPC, EROFS) that caused it
+        with open(tmp / STATE_FILE, "wb") as f:
+            torch.save(trainer_state, f)
 
     core = unwrap_model(model)
     if has_lora(core):  # an adapter run: the adapter (naming its frozen base) + the trainer state
@@ -107,5 +113,59 @@ def resolve_resume(resume: str, run_dir: Path) -> Optional[Path]:
     return p
 
 
+_STATE_KEYS = ("step", "epoch", "position", "optimizer", "rng")
+
+
 def load_trainer_state(ckpt: Path) -> dict:
-    return torch.load(Path(ckpt) / STATE_FILE, map_location="cpu", weights_only=True)
+    """The trainer state of a checkpoint; a file that does not load, or lacks what resuming needs, is a
+    `ClipforgeError` saying why."""
+    path = Path(ckpt) / STATE_FILE
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - a damaged file raises any of zip, pickle, EOF and runtime errors
+        raise ClipforgeError(f"{path}: cannot read the trainer state ({_reason(e)})") from None
+    missing = [k for k in _STATE_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise ClipforgeError(f"{path}: not a complete trainer state (no {', '.join(missing)})")
+    return state
+
+
+def _reason(e: BaseException) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+def open_resume(resume: str, run_dir: Path,
+                load_model: Callable[[Path], Any]) -> tuple[Optional[Path], Any, Optional[dict]]:
+    """(checkpoint, model, trainer state) to continue from, or (None, None, None) for `latest` on a run
+    with no checkpoint yet. `load_model(path)` loads a checkpoint's weights.
+
+    `latest` takes the newest checkpoint whose weights and state both load, warning once for each damaged one
+    passed over; none intact is a `ClipforgeError`. A named checkpoint must load."""
+    if resume != "latest":
+        ckpt = resolve_resume(resume, run_dir)
+        try:
+            return ckpt, load_model(ckpt), load_trainer_state(ckpt)
+        except Exception as e:  # noqa: BLE001 - damaged weights or state: one line
+            raise ClipforgeError(f"`resume` {ckpt}: the checkpoint is damaged ({_reason(e)}); name an intact "
+                                 "one, or pass `resume` latest to take the newest that loads") from None
+    candidates = list_checkpoints(run_dir)
+    damaged = []
+    for ckpt in reversed(candidates):
+        try:
+            state = load_trainer_state(ckpt)
+            model = load_model(ckpt)
+        except Exception as e:  # noqa: BLE001 - damaged weights or state: try the next older one
+            damaged.append(ckpt)
+            log.warning("checkpoint %s is damaged (%s): resuming from an older one", ckpt.name, _reason(e))
+            continue
+        if damaged:
+            log.warning("resuming from %s: skipped %d damaged newer checkpoint(s) (%s); they are replaced as "
+                        "training passes their steps again", ckpt.name, len(damaged),
+                        ", ".join(d.name for d in damaged))
+        return ckpt, model, state
+    if candidates:
+        raise ClipforgeError(f"{Path(run_dir) / 'checkpoints'}: none of its {len(candidates)} checkpoint(s) loads "
+                             f"(the newest, {candidates[-1].name}, is damaged); start the run again with "
+                             "`overwrite`, or name a copy of a good checkpoint with `resume`")
+    return None, None, None
