@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import sys
 from pathlib import Path
 from typing import Any, Union
 
@@ -25,8 +26,8 @@ def describe_json_error(e: BaseException) -> str:
         return f"not UTF-8 text (byte {e.start})"
     if isinstance(e, json.JSONDecodeError):
         return f"{e.msg} at line {e.lineno} column {e.colno}"
-    if isinstance(e, ValueError) and "digits" in str(e):
-        return "a number with more than 4,300 digits"
+    if isinstance(e, ValueError) and "digits" in str(e):  # int() of a longer literal: Python's limit
+        return f"a number with more than {getattr(sys, 'get_int_max_str_digits', lambda: 4300)():,} digits"
     return " ".join(str(e).split())[:200]
 
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
+from clipforge.json_file import describe_json_error
 from clipforge.data.fs import FileRefused, is_file, read_text
 from clipforge.data.sample import Sample, file_meta
 from clipforge.data.sources.base import Source
@@ -26,19 +26,6 @@ def split_captions(text: str) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
-def json_problem(e: Exception) -> str:
-    """What was wrong with a JSON text, from the exception `json.loads` (or `raw_decode`) raised — said about
-    the input, never about the interpreter (Python's own message for a long number names a `sys` setting)."""
-    if isinstance(e, RecursionError):
-        return "JSON nested too deeply"
-    if isinstance(e, UnicodeDecodeError):
-        return f"not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start})"
-    if isinstance(e, json.JSONDecodeError):
-        return str(e)
-    limit = getattr(sys, "get_int_max_str_digits", lambda: 4300)()  # Python >= 3.10.7
-    return f"a number with more than {limit} digits"  # int() of a longer literal is the one other ValueError
-
-
 def parse_json(text: str | bytes):
     """json.loads that raises only ValueError, with a message about the input: nesting too deep for the parser
     (RecursionError), a number with more digits than Python converts, or bytes that are not UTF-8 are a bad
@@ -47,11 +34,11 @@ def parse_json(text: str | bytes):
         try:  # decoded here: json.loads would guess UTF-16/32 from the first bytes
             text = bytes(text).decode("utf-8")
         except UnicodeDecodeError as e:
-            raise ValueError(json_problem(e)) from None
+            raise ValueError(describe_json_error(e)) from None
     try:
         return json.loads(text)
     except (RecursionError, ValueError) as e:
-        raise ValueError(json_problem(e)) from None
+        raise ValueError(describe_json_error(e)) from None
 
 
 def captions_from_meta(meta: dict) -> list[str]:

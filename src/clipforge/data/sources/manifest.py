@@ -37,7 +37,8 @@ from clipforge.data.captions import cap_captions
 from clipforge.data.fs import FileRefused, is_file, read_text
 from clipforge.data.sample import Sample, file_meta
 from clipforge.data.sources.base import Source
-from clipforge.data.sources.files import MAX_SIDECAR_BYTES, json_problem, parse_json
+from clipforge.data.sources.files import MAX_SIDECAR_BYTES, parse_json
+from clipforge.json_file import describe_json_error
 from clipforge.data.sources.folder import ext_of
 from clipforge.errors import ClipforgeError, UsageError
 
@@ -250,7 +251,7 @@ def _json_list(path: str, data: bytes) -> list[tuple[str, object]]:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise ClipforgeError(f"manifest {path} is not valid JSON: {json_problem(e)}") from None
+        raise ClipforgeError(f"manifest {path} is not valid JSON: {describe_json_error(e)}") from None
     decoder, ws = json.JSONDecoder(), re.compile(r"[ \t\n\r]*")
     out: list[tuple[str, object]] = []
     line, counted = 1, 0
@@ -278,7 +279,7 @@ def _json_list(path: str, data: bytes) -> list[tuple[str, object]]:
         if ws.match(text, i).end() != len(text):
             raise json.JSONDecodeError("Extra data", text, i)
     except (RecursionError, ValueError) as e:
-        raise ClipforgeError(f"manifest {path} is not valid JSON: {json_problem(e)}") from None
+        raise ClipforgeError(f"manifest {path} is not valid JSON: {describe_json_error(e)}") from None
     return out
 
 
