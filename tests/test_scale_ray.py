@@ -153,30 +153,40 @@ def test_killed_worker_mid_job_no_duplicates_no_gaps(cluster, photos, local_buil
     assert read_info(out)["bad"] == read_info(local_build)["bad"]
 
 
+_KILL_DRIVER = """
+import os, signal, sys
+from clipforge.retrieval.build import build_index
+from clipforge.retrieval.store import EmbeddingStore
+out = sys.argv[2]
+def on_batch(p):  # kill -9 the driver and its Ray cluster once a shard is committed, before the last one
+    if p["done"] < p["total"] and EmbeddingStore.open(out).manifest["shards"]:
+        os.killpg(os.getpgid(0), signal.SIGKILL)
+build_index(sys.argv[1], "tiny", out, batch_size=2, shard_size=4, index_kind="flat", workers=0, progress=False,
+            executor="ray", executor_options={"num_workers": 1}, on_batch=on_batch)
+"""
+
+
 def test_killed_driver_resumes(photos, local_build, tmp_path):
-    """`clipforge index build --engine ray` killed (driver and its local cluster) after its first committed
-    shard; the same command again finishes the job: the store equals the uninterrupted local build."""
+    """An index build on Ray killed with -9 (driver, its local cluster and its workers) after its first committed
+    shard; `clipforge index build --engine ray` on the same folder finishes the job: the store equals the
+    uninterrupted local build. The kill point is fixed by the build's progress, not by a timer: a poll from
+    outside can see the first shard only after the last one on a busy machine."""
     out = tmp_path / "resumed"
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONWARNINGS": "ignore"}
+    p = subprocess.Popen([sys.executable, "-c", _KILL_DRIVER, photos[0], str(out)], env=env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        assert p.wait(timeout=600) == -signal.SIGKILL, "the build ended without reaching its kill point"
+    finally:
+        try:
+            os.killpg(p.pid, signal.SIGKILL)  # anything of its cluster still standing
+        except ProcessLookupError:
+            pass
+    first = EmbeddingStore.open(out).manifest["shards"]
+    assert first and sum(s["count"] for s in first) < photos[1]
     cmd = [sys.executable, "-m", "clipforge", "index", "build", photos[0], "-m", "tiny", "--out", str(out),
            "--batch-size", "2", "--shard-size", "4", "--index-kind", "flat", "--workers", "0", "--engine", "ray",
            "--num-workers", "1"]
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.time() + 600
-        while time.time() < deadline and p.poll() is None:
-            m = out / "manifest.json"
-            if m.exists() and EmbeddingStore.open(out).manifest["shards"]:
-                break
-            time.sleep(0.2)
-    finally:
-        try:
-            os.killpg(p.pid, signal.SIGKILL)  # the driver, its Ray cluster and its workers
-        except ProcessLookupError:
-            pass
-        p.wait()
-    first = EmbeddingStore.open(out).manifest["shards"]
-    assert first and sum(s["count"] for s in first) < photos[1], "killed too late to test a resume"
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-2000:]
     assert read_info(out)["last_run"]["resumed_from"] == sum(s["count"] for s in first)
