@@ -4,11 +4,7 @@ OpenAI's TorchScript `.pt` loads without running its code; head counts are never
 import json
 import os
 import pickle
-import resource
 import shutil
-import subprocess
-import sys
-import textwrap
 import zipfile
 
 import pytest
@@ -16,6 +12,7 @@ import torch
 from safetensors.torch import save_file
 
 from clipforge.cli import main
+from peak_rss import embed_each_in_child
 from clipforge.errors import ClipforgeError, UsageError
 from clipforge.models import create_model, default_tokenizer, load_model
 from clipforge.models.pretrained_config import resolve_config
@@ -105,34 +102,8 @@ def cases(ckpt, tmp_path_factory):
     return out
 
 
-CHILD = textwrap.dedent("""
-    import contextlib, io, json, sys
-    from clipforge.cli import main
-    results = {}
-    for name, path in json.loads(sys.argv[1]).items():
-        err = io.StringIO()
-        with contextlib.redirect_stderr(err):
-            rc = main(["embed", "--model", path, "--text", "hi"])
-        results[name] = [rc, err.getvalue()]
-    # VmHWM: this process image's own peak. ru_maxrss would also carry the parent's peak across fork + exec,
-    # so the test would measure whatever pytest had allocated before it.
-    results["_hwm_kb"] = int(next(l.split()[1] for l in open("/proc/self/status") if l.startswith("VmHWM:")))
-    print(json.dumps(results))
-""")
-
-
-def _limit_memory():  # a regression must fail this test, not take the machine down with it
-    resource.setrlimit(resource.RLIMIT_AS, (6 * GB, 6 * GB))
-
-
 def test_every_broken_checkpoint_is_one_line_and_allocates_nothing(cases):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    paths = {name: str(d) for name, (d, _, _) in cases.items()}
-    proc = subprocess.run([sys.executable, "-c", CHILD, json.dumps(paths)], capture_output=True, text=True,
-                          env=env, timeout=300, preexec_fn=_limit_memory)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    results = json.loads(proc.stdout.strip().splitlines()[-1])
-    peak = results.pop("_hwm_kb") * 1024
+    results, peak = embed_each_in_child({name: str(d) for name, (d, _, _) in cases.items()})
     assert peak < 1 * GB, f"peak RSS {peak / GB:.2f} GB"
     for name, (_, code, words) in cases.items():
         rc, err = results[name]

@@ -13,7 +13,7 @@ from typing import Any, Union
 
 from clipforge.errors import ClipforgeError
 
-__all__ = ["MAX_JSON_BYTES", "describe_json_error", "read_json_file"]
+__all__ = ["MAX_JSON_BYTES", "describe_json_error", "read_json_file", "read_json_object"]
 
 MAX_JSON_BYTES = 64 << 20  # no config or manifest clipforge writes comes near this
 
@@ -50,3 +50,12 @@ def read_json_file(path: Union[str, os.PathLike], max_bytes: int = MAX_JSON_BYTE
         return json.loads(data.decode("utf-8"))
     except (ValueError, RecursionError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         raise ClipforgeError(f"{p} is not valid JSON ({describe_json_error(e)})") from None
+
+
+def read_json_object(path: Union[str, os.PathLike], max_bytes: int = MAX_JSON_BYTES) -> dict:
+    """`read_json_file`, and the document must be a JSON object (a config file whose top level is a list or a
+    number is one `ClipforgeError` line, not an AttributeError wherever it is first used)."""
+    value = read_json_file(path, max_bytes)
+    if not isinstance(value, dict):
+        raise ClipforgeError(f"{path} is not a JSON object (its top level is a {type(value).__name__})")
+    return value

@@ -21,14 +21,16 @@ from pathlib import Path
 from typing import Callable, Optional, Union
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from clipforge.atomic import atomic_directory
 from clipforge.errors import ClipforgeError, UsageError
 from clipforge.json_file import read_json_file
-from clipforge.models.checkpoint import load_state_dict_strict
+from clipforge.models.checkpoint import (check_finite, check_header_shapes, load_safetensors, load_state_dict_strict,
+                                         read_safetensors_header)
 from clipforge.models.factory import build_model
-from clipforge.models.lora import LoRAConfig, apply_lora, check_names, has_lora, lora_modules, lora_state_dict
+from clipforge.models.lora import (LoRAConfig, adapter_shapes, apply_lora, check_adapter_memory, has_lora, lora_modules,
+                                   lora_state_dict, target_names)
 from clipforge.models.unwrap import unwrap_model
 
 __all__ = ["ADAPTER_CONFIG", "ADAPTER_WEIGHTS", "FORMAT", "base_hash", "save_adapter", "is_adapter_dir",
@@ -142,25 +144,34 @@ def attach_adapter(model, path: PathLike, *, check_base: bool = True, base_model
             raise UsageError(f"adapter {path} was trained on a base with content hash {meta['base_hash'][:12]}, "
                              f"but the base given ({base_model or meta['base_model']}) has {got[:12]}: "
                              "load the adapter onto its own base")
-    cfg = LoRAConfig.from_dict(meta["lora"])
+    if not isinstance(meta["lora"], dict):
+        raise ClipforgeError(f"{path}/{ADAPTER_CONFIG}: \"lora\" must be an object (the adapter's options)")
+    try:
+        cfg = LoRAConfig.from_dict(meta["lora"])
+    except UsageError as e:  # the stored options, named as the file holds them
+        raise ClipforgeError(f"{path}/{ADAPTER_CONFIG}: lora.{str(e).replace('`', '')}"
+                             if str(e).startswith("`") else f"{path}/{ADAPTER_CONFIG}: {e}") from None
     weights = Path(path) / ADAPTER_WEIGHTS
     if not weights.is_file():
         raise ClipforgeError(f"{path} has no {ADAPTER_WEIGHTS}")
-    state = load_file(str(weights))
-    names = apply_lora(model, cfg, freeze=False)
-    if sorted(names) != sorted(meta["modules"]):
-        raise ClipforgeError(f"{path}: its config selects {len(names)} layers of this base, but it holds "
-                             f"{len(meta['modules'])}: not an adapter for this architecture")
-    check_names(names, state)
+    # Everything is checked before a factor is allocated: the layers the config selects against the ones it
+    # lists, the file's header against the shapes they give, their bytes against the memory budget.
+    names = target_names(model, cfg)
+    if not isinstance(meta["modules"], list) or sorted(names) != sorted(map(str, meta["modules"])):
+        raise ClipforgeError(f"{path}: its config selects {len(names)} layers of this base, but it lists "
+                             f"{len(meta['modules']) if isinstance(meta['modules'], list) else 'no list of'} "
+                             "modules: not an adapter for this architecture")
+    check_header_shapes(read_safetensors_header(weights), adapter_shapes(model, cfg, names),
+                        f"adapter weights in {path}")
+    check_adapter_memory(model, cfg, names)
+    state = load_safetensors(weights)
+    check_finite(state, f"adapter weights in {path}")
+    apply_lora(model, cfg, freeze=False)
     mods = lora_modules(model)
     with torch.no_grad():
         for key, t in state.items():
             name, _, attr = key.rpartition(".")
-            own = getattr(mods[name], attr)
-            if own is None or own.shape != t.shape:
-                raise ClipforgeError(f"{path}: {key} has shape {tuple(t.shape)}, the layer expects "
-                                     f"{None if own is None else tuple(own.shape)}")
-            own.copy_(t.to(own.dtype))
+            getattr(mods[name], attr).copy_(t.to(getattr(mods[name], attr).dtype))
     model.adapter_base = base_model or meta["base_model"]
     if check_base:
         model.adapter_base_hash = meta["base_hash"]  # verified above; saving again need not re-hash

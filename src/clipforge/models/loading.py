@@ -17,14 +17,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional, Union
 
-from clipforge.errors import UsageError
-from clipforge.models.adapter import attach_adapter, read_adapter_config, split_adapter_ref
-from clipforge.models.checkpoint import (PathLike, is_checkpoint_dir, load_state_dict_strict, read_checkpoint_dir,
-                                         read_config_json, read_state_dict)
+from clipforge.errors import ClipforgeError, UsageError
+from clipforge.models.adapter import ADAPTER_CONFIG, attach_adapter, read_adapter_config, split_adapter_ref
+from clipforge.models.checkpoint import (PathLike, check_header_shapes, is_checkpoint_dir, load_state_dict_strict,
+                                         read_checkpoint_dir, read_config_json, read_safetensors_header,
+                                         read_state_dict)
 from clipforge.models.clip import CLIPModel
-from clipforge.models.config import list_models
+from clipforge.models.config import get_model_config, list_models
 from clipforge.models.convert import RESOLVERS, Resolver, refuse_weights
-from clipforge.models.factory import build_model, create_model
+from clipforge.models.factory import build_model, create_model, expected_state_shapes
 from clipforge.models.tokenizer import Tokenizer
 
 __all__ = ["load_model", "load_checkpoint_dir", "register_resolver", "resolvers"]
@@ -43,7 +44,7 @@ def resolvers() -> list[Resolver]:
 
 
 def load_checkpoint_dir(path: PathLike, device=None) -> CLIPModel:
-    cfg, tok, state = read_checkpoint_dir(path)
+    cfg, tok, state = read_checkpoint_dir(path, expected_shapes=expected_state_shapes)
     model = build_model(cfg, tokenizer=tok)
     load_state_dict_strict(model, state, f"weights in {path}")
     return model.to(device) if device is not None else model
@@ -60,7 +61,7 @@ def load_model(ref: Union[str, PathLike], *, weights: Optional[PathLike] = None,
     ref_s = str(ref)
     base, adapter = split_adapter_ref(ref_s)
     if adapter is not None:
-        base = base or read_adapter_config(adapter)["base_model"]
+        base = base or _stored_base(adapter)
         model = load_model(base, weights=weights, trust_pickle=trust_pickle, vision_heads=vision_heads,
                            text_heads=text_heads, tokenizer=tokenizer, **overrides)
         model = attach_adapter(model, adapter, base_model=base)
@@ -77,6 +78,10 @@ def load_model(ref: Union[str, PathLike], *, weights: Optional[PathLike] = None,
         _refuse_options(ref_s, heads, {}, "a registered architecture states its own")
         if isinstance(tokenizer, (str, Path)):
             tokenizer = Tokenizer.load(tokenizer)
+        if weights is not None and Path(weights).suffix == ".safetensors" and Path(weights).is_file():
+            # shapes against the header before the model is built (a mismatch is found without allocating)
+            check_header_shapes(read_safetensors_header(weights), expected_state_shapes(
+                get_model_config(ref_s, **overrides)), str(weights))
         model = create_model(ref_s, tokenizer=tokenizer, **overrides)
         if weights is not None:
             load_state_dict_strict(model, read_state_dict(weights, trust_pickle=trust_pickle), str(weights))
@@ -101,6 +106,20 @@ def load_model(ref: Union[str, PathLike], *, weights: Optional[PathLike] = None,
             extra["tokenizer"] = tokenizer
         model = resolver.load(ref_s, weights=weights, trust_pickle=trust_pickle, **extra)
     return model.to(device) if device is not None else model
+
+
+def _stored_base(adapter: str) -> str:
+    """The base an adapter directory names, which must be a model, not an adapter: adapters do not stack, and
+    one naming itself (or another adapter naming it back) would otherwise recurse without end."""
+    base = read_adapter_config(adapter)["base_model"]
+    if not isinstance(base, str) or not base.strip():
+        raise ClipforgeError(f"{adapter}/{ADAPTER_CONFIG}: base_model must be a model reference, got {base!r}")
+    if split_adapter_ref(base)[1] is not None:
+        same = Path(base).resolve() == Path(adapter).resolve()
+        raise ClipforgeError(f"adapter {adapter} names {'itself' if same else f'another adapter ({base})'} as its "
+                             "base_model: an adapter's base must be a model (adapters do not stack); give the "
+                             "base explicitly as BASE+ADAPTER")
+    return base
 
 
 def _refuse_options(ref: str, heads: dict, overrides: dict, why: str) -> None:

@@ -42,14 +42,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from clipforge.errors import UsageError
+from clipforge.models.budget import check_memory
 
-__all__ = ["LoRAConfig", "LoRALinear", "METHODS", "TOWERS", "apply_lora", "merge_lora", "lora_modules",
+__all__ = ["LoRAConfig", "LoRALinear", "METHODS", "TOWERS", "MAX_RANK", "adapter_shapes", "check_adapter_memory",
+           "apply_lora", "merge_lora", "lora_modules",
            "has_lora", "lora_state_dict", "lora_parameter_count", "mark_only_lora_trainable", "target_names"]
 
 METHODS = ("lora", "comp-lora")
 TOWERS = {"image": "visual", "text": "text"}
 COMP_SIDES = ("left", "right", "both")
 DEFAULT_TARGETS = ("attn.qkv", "attn.out")
+MAX_RANK = 1 << 16  # far above any useful rank (a LoRA gains nothing past min(in, out), at most 8192 in a CLIP)
 
 
 @dataclass(frozen=True)
@@ -69,26 +72,34 @@ class LoRAConfig:
             v = getattr(self, name)
             if isinstance(v, str):
                 v = (v,)
+            if v is not None and not isinstance(v, (list, tuple)):
+                raise UsageError(f"`{name}` must be a list, got {_short(v)}")
             object.__setattr__(self, name, tuple(v) if v is not None else None)
         self.validate()
 
     def validate(self) -> None:
         if self.method not in METHODS:
             raise UsageError(f"`method` {self.method!r} is not an adapter method; choose from {', '.join(METHODS)}")
-        if not isinstance(self.rank, int) or self.rank < 1:
-            raise UsageError(f"`rank` must be an integer >= 1, got {self.rank!r}")
-        if not (isinstance(self.alpha, (int, float)) and math.isfinite(self.alpha) and self.alpha > 0):
-            raise UsageError(f"`alpha` must be a number > 0, got {self.alpha!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise UsageError(f"`dropout` must be in [0, 1), got {self.dropout!r}")
+        if not isinstance(self.rank, int) or isinstance(self.rank, bool) or not 1 <= self.rank <= MAX_RANK:
+            raise UsageError(f"`rank` must be an integer in [1, {MAX_RANK}], got {_short(self.rank)}")
+        if not (isinstance(self.alpha, (int, float)) and not isinstance(self.alpha, bool)
+                and abs(self.alpha) < 1e300 and math.isfinite(self.alpha) and self.alpha > 0):
+            raise UsageError(f"`alpha` must be a number > 0, got {_short(self.alpha)}")
+        if not isinstance(self.dropout, (int, float)) or isinstance(self.dropout, bool) or not 0.0 <= self.dropout < 1.0:
+            raise UsageError(f"`dropout` must be in [0, 1), got {_short(self.dropout)}")
         if not self.targets:
             raise UsageError("`targets` is empty: name the Linear layers to adapt, e.g. attn.qkv, attn.out")
-        bad = [t for t in self.towers if t not in TOWERS]
+        if not all(isinstance(t, str) for t in self.targets):
+            raise UsageError(f"`targets` must be layer name patterns (strings), got {_short(list(self.targets))}")
+        if self.layers is not None and not all(isinstance(i, int) and not isinstance(i, bool) and abs(i) <= 1 << 20
+                                               for i in self.layers):
+            raise UsageError(f"`layers` must be block indices (integers), got {_short(list(self.layers))}")
+        bad = [t for t in self.towers if not isinstance(t, str) or t not in TOWERS]
         if bad or not self.towers:
             raise UsageError(f"`towers` must be a non-empty subset of {', '.join(TOWERS)}, got {list(self.towers)}")
         if self.method == "comp-lora":
-            if not isinstance(self.comp_k, int) or self.comp_k < 1:
-                raise UsageError(f"`comp_k` must be an integer >= 1, got {self.comp_k!r}")
+            if not isinstance(self.comp_k, int) or isinstance(self.comp_k, bool) or not 1 <= self.comp_k <= MAX_RANK:
+                raise UsageError(f"`comp_k` must be an integer in [1, {MAX_RANK}], got {_short(self.comp_k)}")
             if self.comp_side not in COMP_SIDES:
                 raise UsageError(f"`comp_side` must be one of {', '.join(COMP_SIDES)}, got {self.comp_side!r}")
 
@@ -107,6 +118,12 @@ class LoRAConfig:
         if unknown:
             raise UsageError(f"unknown adapter option(s) {unknown}; valid: {', '.join(sorted(valid))}")
         return cls(**d)
+
+
+def _short(v) -> str:
+    """A value for an error line: a 100-digit rank is shown by its size, not its digits."""
+    text = repr(v)
+    return text if len(text) <= 40 else f"{text[:20]}... ({len(text)} characters)"
 
 
 def _top_singular(weight: torch.Tensor, k: int, side: str) -> torch.Tensor:
@@ -230,6 +247,30 @@ def target_names(model, cfg: LoRAConfig) -> list[str]:
     return out
 
 
+def adapter_shapes(model: nn.Module, cfg: LoRAConfig, names: Optional[Sequence[str]] = None) -> dict:
+    """name -> shape of every tensor the adapter `cfg` adds to `model` (`lora_A` (r, in), `lora_B` (out, r),
+    Comp-LoRA's bases), from the layers' sizes alone: nothing is allocated."""
+    out = {}
+    for name in names if names is not None else target_names(model, cfg):
+        mod = model.get_submodule(name)
+        n_in, n_out = mod.in_features, mod.out_features
+        out[f"{name}.lora_A"], out[f"{name}.lora_B"] = (cfg.rank, n_in), (n_out, cfg.rank)
+        if cfg.method == "comp-lora":
+            k = min(cfg.comp_k, n_in, n_out)
+            if cfg.comp_side in ("left", "both"):
+                out[f"{name}.comp_U"] = (n_out, k)
+            if cfg.comp_side in ("right", "both"):
+                out[f"{name}.comp_V"] = (n_in, k)
+    return out
+
+
+def check_adapter_memory(model: nn.Module, cfg: LoRAConfig, names: Sequence[str]) -> None:
+    """`ClipforgeError` when the adapter `cfg` on layers `names` could not be allocated here."""
+    item = next((p.element_size() for p in model.parameters()), 4)
+    n = sum(math.prod(s) for s in adapter_shapes(model, cfg, names).values())
+    check_memory(n * item, f"a rank-{cfg.rank} adapter on {len(names)} layers ({n / 1e6:,.1f} M values)")
+
+
 def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
     parent, _, leaf = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, leaf, module)
@@ -251,6 +292,7 @@ def apply_lora(model: nn.Module, cfg: LoRAConfig, freeze: bool = True) -> list[s
     if has_lora(model):
         raise UsageError("this model already carries a LoRA adapter: merge it first (merge_lora) to stack another")
     names = target_names(model, cfg)
+    check_adapter_memory(model, cfg, names)  # priced before a factor is allocated
     comp_k = cfg.comp_k if cfg.method == "comp-lora" else None
     for name in names:
         _set_module(model, name, LoRALinear(model.get_submodule(name), cfg.rank, cfg.alpha, cfg.dropout,
@@ -293,12 +335,3 @@ def merge_lora(model: nn.Module) -> nn.Module:
         del model.lora_config
     return model
 
-
-def check_names(names: Sequence[str], state: dict) -> None:
-    """Every wrapped module has its factors in `state` and `state` holds nothing else (adapter loading)."""
-    want = {f"{n}.{k}" for n in names for k in ("lora_A", "lora_B")}
-    have = {k for k in state if k.endswith((".lora_A", ".lora_B"))}
-    extra = sorted(k for k in state if not k.endswith((".lora_A", ".lora_B", ".comp_U", ".comp_V")))
-    if want != have or extra:
-        raise UsageError(f"adapter weights do not match its config: missing {sorted(want - have)[:5]}, "
-                         f"unexpected {sorted((have - want) | set(extra))[:5]}")

@@ -13,13 +13,14 @@ import json
 import os
 from pathlib import Path
 
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from clipforge.errors import ClipforgeError, UsageError
+from clipforge.json_file import read_json_object
 from clipforge.models.config import CLIPConfig, PreprocessConfig, TextConfig, VisionConfig
 from clipforge.models.unwrap import unwrap_model
 from clipforge.models.convert.common import HF_ACTS, KeyReader, StateDict, assemble, fuse_qkv, mlp_hidden, mlp_ratio, native_act, split_qkv, write_dir_atomically
-from clipforge.models.checkpoint import read_state_dict
+from clipforge.models.checkpoint import load_safetensors, read_state_dict
 from clipforge.models.convert.hf_files import load_hf_preprocess, load_hf_tokenizer, save_hf_preprocess, save_hf_tokenizer
 
 HF_TYPES = ("clip", "siglip")
@@ -260,20 +261,23 @@ def is_hf_dir(path) -> bool:
     if not (p / "config.json").is_file():
         return False
     try:
-        return json.loads((p / "config.json").read_text()).get("model_type") in HF_TYPES
-    except (OSError, ValueError):
+        return read_json_object(p / "config.json").get("model_type") in HF_TYPES
+    except ClipforgeError:  # unreadable, not JSON, not an object: not an HF directory (load_model says why)
         return False
 
 
 def read_hf_weights(path: Path, *, trust_pickle: bool = False) -> StateDict:
     """All weights of an HF directory: model.safetensors, sharded safetensors, or (trusted) pytorch_model.bin."""
     if (path / "model.safetensors").is_file():
-        return load_file(str(path / "model.safetensors"))
+        return load_safetensors(path / "model.safetensors")
     index = path / "model.safetensors.index.json"
     if index.is_file():
         state: StateDict = {}
-        for shard in sorted(set(json.loads(index.read_text())["weight_map"].values())):
-            state.update(load_file(str(path / shard)))
+        weight_map = read_json_object(index).get("weight_map")
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise ClipforgeError(f"{index} has no \"weight_map\" of tensor names to shard files")
+        for shard in sorted(set(weight_map.values())):
+            state.update(load_safetensors(path / shard))
         return state
     if (path / "pytorch_model.bin").is_file():
         return read_state_dict(path / "pytorch_model.bin", trust_pickle=trust_pickle)
@@ -299,7 +303,7 @@ def load_hf_dir(path, *, trust_pickle: bool = False, tokenizer=None):
     """A native CLIPModel from a local HF CLIP/SigLIP directory: config, weights, tokenizer, preprocessing.
     `tokenizer` (an object, or a directory of HF tokenizer files) replaces the directory's own."""
     p = Path(path)
-    hf = json.loads((p / "config.json").read_text())
+    hf = read_json_object(p / "config.json")
     cfg = config_from_hf(hf)
     image_size, pre = load_hf_preprocess(p, cfg)
     if image_size is not None and image_size != cfg.vision.image_size:

@@ -19,6 +19,7 @@ from tokenizers import Tokenizer as _Backend
 from tokenizers import models, processors
 
 from clipforge.errors import ClipforgeError, UsageError
+from clipforge.json_file import read_json_object
 from clipforge.models.config import CLIPConfig, PreprocessConfig
 from clipforge.models.tokenizer import Tokenizer, _clip_pipeline
 from clipforge.models.convert.siglip_tokenizer import load_siglip_tokenizer, save_siglip_tokenizer
@@ -29,7 +30,7 @@ _RESAMPLE_CODE = {v: k for k, v in _RESAMPLE.items()}
 
 
 def _read_json(path: Path) -> dict:
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    return read_json_object(path) if path.is_file() else {}
 
 
 def _token_str(v) -> Optional[str]:

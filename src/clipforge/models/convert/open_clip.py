@@ -18,6 +18,7 @@ from typing import Optional, Tuple
 from safetensors.torch import save_file
 
 from clipforge.errors import ClipforgeError, UsageError
+from clipforge.json_file import read_json_object
 from clipforge.models.config import OPENAI_MEAN, OPENAI_STD, CLIPConfig, PreprocessConfig, TextConfig, VisionConfig
 from clipforge.models.convert.common import write_dir_atomically
 from clipforge.models.unwrap import unwrap_model
@@ -184,7 +185,9 @@ def load_open_clip_dir(path, *, trust_pickle: bool = False, tokenizer=None):
     """An open_clip directory (open_clip_config.json + weights, as on the HF hub or `export_open_clip`). The
     tokenizer: `tokenizer`, else the directory's files, else open_clip's (`checkpoint_tokenizer`)."""
     p = Path(path)
-    conf = json.loads((p / "open_clip_config.json").read_text())
+    conf = read_json_object(p / "open_clip_config.json")
+    if not isinstance(conf.get("model_cfg"), dict):
+        raise ClipforgeError(f"{p}/open_clip_config.json has no \"model_cfg\" object (the model's architecture)")
     cfg = config_from_open_clip(conf["model_cfg"], conf.get("preprocess_cfg"), name=p.name)
     for name in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin", "open_clip_pytorch_model.pth"):
         if (p / name).is_file():
