@@ -38,6 +38,9 @@ def register(sub):
     u.add_argument("--device", default=None)
     u.add_argument("--include-deleted", action="store_true",
                    help="bring back items removed with `index delete` whose files are still in the source")
+    u.add_argument("--allow-pipe", action="store_true",
+                   help="run the shell command of a pipe: source that INDEX_DIR/index.json records (refused "
+                        "otherwise: a command read from a file runs only when you accept it; see docs/security.md)")
     add_engine_args(u, default=None)
     u.set_defaults(func=run_update)
     d = isub.add_parser("delete", help="remove items by id, path glob or metadata filter (ids are never reused)",
@@ -95,7 +98,7 @@ def run_update(args) -> int:
 
     s = update_index(args.index_dir, workers=args.workers, max_memory=args.max_memory,
                      index_kind=args.index_kind, device=args.device, include_deleted=args.include_deleted,
-                     engine=args.engine, threads=args.threads)
+                     engine=args.engine, threads=args.threads, allow_pipe=args.allow_pipe)
     _print_summary(s)
     return 0
 

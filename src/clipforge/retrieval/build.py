@@ -36,6 +36,7 @@ from clipforge.json_file import read_json_file
 from clipforge.output_dirs import vet_output_dir
 from clipforge.data.sample import text_safe
 from clipforge.data.sources import absolute_spec, open_source
+from clipforge.data.sources.trust import accept_stored, stored_spec
 from clipforge.encode import Encoder
 from clipforge.errors import ClipforgeError, UsageError
 from clipforge.retrieval.index import KINDS, IndexSpec, VectorIndex, choose_index, tune_recall
@@ -71,6 +72,8 @@ def read_info(index_dir) -> dict:
         raise ClipforgeError(f"cannot read the index manifest: {e}") from None
     if not isinstance(info, dict):
         raise ClipforgeError(f"{p}: not a clipforge index manifest (not a JSON object)")
+    if "source" in info:  # the file's word, not the user's: a `pipe:` command in it is not run unasked
+        info["source"] = stored_spec(info["source"], p)
     return info
 
 
@@ -300,19 +303,22 @@ def build_index(source: str, model: str, out_dir, *, batch_size: int = 64, worke
 
 def update_index(index_dir, *, workers: int = 0, max_memory=None, index_kind: str | None = None,
                  progress: bool | None = None, device=None, on_batch=None, include_deleted: bool = False,
-                 engine: str | None = None, threads: int | None = None) -> dict:
+                 engine: str | None = None, threads: int | None = None, allow_pipe: bool = False) -> dict:
     """Bring an index up to date with its source: embed new files, re-embed changed ones (size, mtime or
     caption differ; they keep their ids), remove deleted ones, retry files that failed before.
 
     Items removed with `delete_items` stay out (their keys are listed under "excluded" in index.json);
-    `include_deleted` clears that list, so they come back (with new ids: an id is never reused)."""
+    `include_deleted` clears that list, so they come back (with new ids: an id is never reused).
+
+    The source is the one index.json records: a file, so a `pipe:` command in it (webdataset shards read from
+    a program's output) is refused unless `allow_pipe` accepts it (`clipforge.data.sources.trust`)."""
     root = Path(index_dir)
     info = read_info(root)
     info_path = root / INFO_FILE
     if include_deleted:
         info["excluded"] = {}
     excluded = set(info.get("excluded", {}))
-    src = open_source(info["source"], **info.get("source_options", {}))
+    src = open_source(accept_stored(info["source"], allow_pipe), **info.get("source_options", {}))
     enc = Encoder.load(info["model"], device=device, precision=info["precision"],
                        engine=engine or info.get("engine", "torch"), threads=threads)
     with EmbeddingStore.open(root, writable=True) as store:

@@ -16,7 +16,8 @@ from clipforge.data.sources.base import Source
 from clipforge.data.sources.files import FilesSource
 from clipforge.data.sources.folder import IMAGE_EXTS, ImageFolderSource, ext_of
 from clipforge.data.sources.manifest import ManifestSource, format_of
-from clipforge.data.sources.wds import WdsSource
+from clipforge.data.sources.trust import StoredSpec, check_commands
+from clipforge.data.sources.wds import WdsSource, expand_shards
 from clipforge.errors import ClipforgeError, UsageError
 
 KINDS = ("folder", "imagefolder", "files", "csv", "tsv", "jsonl", "parquet", "wds")
@@ -35,7 +36,8 @@ def split_spec(spec: str) -> tuple[str | None, str]:
 
 def absolute_spec(spec: str) -> str:
     """The same source with its local path(s) made absolute, so it opens the same files from any working
-    directory (what an index records). URLs and `pipe:` shards are left as they are."""
+    directory (what an index records). URLs and `pipe:` shards are left as they are. A spec read from a stored
+    file stays marked as such (`clipforge.data.sources.trust`)."""
     kind, path = split_spec(spec)
 
     def fix(p: str) -> str:
@@ -44,7 +46,8 @@ def absolute_spec(spec: str) -> str:
         return os.path.abspath(os.path.expanduser(p))
 
     fixed = "::".join(fix(p) for p in path.split("::")) if kind in (None, "wds") else fix(path)
-    return f"{kind}:{fixed}" if kind else fixed
+    out = f"{kind}:{fixed}" if kind else fixed
+    return StoredSpec(out, spec.origin) if isinstance(spec, StoredSpec) else out
 
 
 def looks_like_imagefolder(root: str) -> bool:
@@ -84,7 +87,23 @@ def detect_kind(path: str) -> str:
                      f"(e.g. csv:{path})")
 
 
-def open_source(spec: str, **opts) -> Source:
+def check_stored_source(spec) -> None:
+    """Refuse now (`StoredCommandRefused`), without opening anything, a spec read from a file whose shards would
+    run a command: what `open_source` would refuse, for a caller that wants to fail before it writes."""
+    if not isinstance(spec, StoredSpec):
+        return
+    try:
+        kind, path = split_spec(spec)
+        path = os.path.expanduser(path)
+        if (kind or detect_kind(path)) != "wds":
+            return
+        urls = expand_shards(path)
+    except ClipforgeError:  # opening it says what is wrong, in its place
+        return
+    check_commands(urls, spec)
+
+
+def open_source(spec: str, /, **opts) -> Source:
     """Open a collection from a spec string; `opts` go to the reader (e.g. image_col=, max_pixels=)."""
     if not isinstance(spec, str) or not spec:
         raise UsageError(f"a source spec must be a non-empty string, got {spec!r}")
@@ -94,7 +113,7 @@ def open_source(spec: str, **opts) -> Source:
     try:
         return _open(kind, path, spec, opts)
     except TypeError as e:
-        if "unexpected keyword" not in str(e):
+        if "unexpected keyword" not in str(e) and "multiple values for keyword" not in str(e):
             raise
         raise UsageError(f"{kind} source: {e}") from None
 

@@ -50,6 +50,7 @@ from clipforge.data.sample import Sample
 from clipforge.data.sources.base import Source, StreamingOnly
 from clipforge.data.sources.files import MAX_SIDECAR_BYTES, as_label, captions_from_meta, parse_json, split_captions
 from clipforge.data.sources.folder import IMAGE_EXTS
+from clipforge.data.sources.trust import check_commands, is_stored
 from clipforge.errors import ClipforgeError
 
 _SKIP_META = re.compile(r"__[^/]*__($|/)")  # webdataset's own rule for metadata members
@@ -367,6 +368,10 @@ class WdsSource(Source):
         self.max_text_bytes = check_byte_cap(max_text_bytes, "max_text_bytes", allow_none=False)
         self.pattern = pattern
         self.urls = expand_shards(pattern)
+        # a `pipe:` shard runs a shell command: refused (before any shard is read) when the spec was read from a
+        # stored file and the user did not accept it (clipforge.data.sources.trust)
+        check_commands(self.urls, spec, pattern)
+        self._stored = next((s for s in (spec, pattern) if is_stored(s)), None)
         local = [u for u in self.urls if _is_local(u)]
         missing = [u for u in local if not is_file(u)]
         if missing:
@@ -454,7 +459,7 @@ class WdsSource(Source):
     def _stream(self, url: str) -> Iterator[Sample]:
         """The samples of one shard read in order (compressed or remote); what is wrong goes to `skipped`."""
         try:
-            raw = open(url, "rb") if _is_local(url) else _open_remote(url)
+            raw = open(url, "rb") if _is_local(url) else _open_remote(url, self._stored)
         except OSError as e:
             self.skipped.add(f"{url}: {e.strerror or e}", "unreadable")
             return
@@ -542,8 +547,12 @@ class WdsSource(Source):
         return self._make(key, url, files, image=(image, (url, *members[image])) if image else None)
 
 
-def _open_remote(url: str):
+def _open_remote(url: str, stored_spec=None):
+    """A remote or `pipe:` shard, open for reading. `stored_spec`: the stored spec it came from, if any (its
+    commands are refused here too, where the command would start)."""
     import webdataset
+
+    check_commands([url], stored_spec)
 
     try:
         return webdataset.gopen(url, "rb")
