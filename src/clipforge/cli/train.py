@@ -15,6 +15,10 @@ def register(sub):
     p.add_argument("--resume", default=None, help="'latest' or a checkpoint directory to continue from")
     p.add_argument("--overwrite", action="store_true",
                    help="start OUT again from scratch (deleting its old run), or replace a folder that is not a run")
+    p.add_argument("--allow-pipe", action="store_true",
+                   help="run the shell command of a pipe: data source that the config file names (refused "
+                        "otherwise: a command read from a file runs only when you accept it; one given with "
+                        "--set is yours; see docs/security.md)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.set_defaults(func=run)
 
@@ -28,7 +32,7 @@ def run(args) -> int:
         return 0
     from clipforge.train.loop import train
 
-    summary = train(cfg, args.out, resume=args.resume, overwrite=args.overwrite)
+    summary = train(cfg, args.out, resume=args.resume, overwrite=args.overwrite, allow_pipe=args.allow_pipe)
     final = summary.get("final", {})
     keys = [k for k in ("loss", "zeroshot_top1", "zeroshot_top5") if k in final]
     print(f"trained {summary['steps']} steps in {summary['train_time_s']} s -> {args.out}/final  "

@@ -27,6 +27,7 @@ from clipforge.data.loader import make_labelled_loader, make_pair_loader
 from clipforge.encode.encoder import SourceFeatures
 from clipforge.models.heads import tower_features, tower_head
 from clipforge.data.sources import open_source
+from clipforge.data.sources.trust import accept_stored
 from clipforge.encode import pick_device
 from clipforge.errors import UsageError
 from clipforge.evaluate.zeroshot_classification import evaluate_zeroshot_classification
@@ -113,11 +114,16 @@ def _vet_run_dir(out_dir, resume: Optional[str], overwrite: bool) -> Path:
     return out
 
 
-def train(cfg: TrainConfig, out_dir, resume: Optional[str] = None, overwrite: bool = False) -> dict:
+def train(cfg: TrainConfig, out_dir, resume: Optional[str] = None, overwrite: bool = False,
+          allow_pipe: bool = False) -> dict:
     """Train per `cfg`, writing the run directory `out_dir`. Returns a summary dict (also summary.json).
 
     `out_dir` is new or empty; or a run, continued with `resume` ("latest" or a checkpoint directory) or
     started again from scratch with `overwrite` (which also replaces a folder that is not a run).
+
+    `allow_pipe`: run the `pipe:` command of a data source that the config file names (`load_config` marks
+    them; a command read from a file is refused otherwise, see `clipforge.data.sources.trust`). Sources set in
+    Python or through overrides are the caller's own and need no flag.
 
     Progress: a tqdm bar on a terminal; otherwise (a log file, the demo, CI) one log line every
     `run.log_every` steps with the step, loss, learning rate, samples/s and ETA.
@@ -132,7 +138,10 @@ def train(cfg: TrainConfig, out_dir, resume: Optional[str] = None, overwrite: bo
     if cfg.data.batch_size % dist.world_size:
         raise UsageError(f"data.batch_size {cfg.data.batch_size} is not divisible by {dist.world_size} processes")
     per_rank = cfg.data.batch_size // dist.world_size
-    source = open_source(cfg.data.train, **cfg.data.train_options)
+    source = open_source(accept_stored(cfg.data.train, allow_pipe), **cfg.data.train_options)
+    # opened now, so that a bad (or refused) validation source fails before the run folder is claimed
+    val_source = open_source(accept_stored(cfg.data.val, allow_pipe), **cfg.data.val_options) \
+        if cfg.data.val else None
     steps_per_epoch = len(source) // cfg.data.batch_size
     if steps_per_epoch == 0:
         raise UsageError(f"{cfg.data.train}: {len(source)} samples is less than one batch of {cfg.data.batch_size}")
@@ -201,7 +210,7 @@ def train(cfg: TrainConfig, out_dir, resume: Optional[str] = None, overwrite: bo
         atomic_write_text(out / "config.yaml", dump_config(cfg))
         metrics = MetricsLog(out / "metrics.jsonl", resume_step=step if ckpt else None,
                              tensorboard_dir=out / "tensorboard" if cfg.run.tensorboard else None)
-    evaluator = _ZeroShotCallback(cfg, core) if cfg.data.val else None
+    evaluator = _ZeroShotCallback(cfg, core, val_source) if val_source is not None else None
     skipped = SkipCounter()
     log.info("training %s for %d steps (%d per epoch), global batch %d on %d process(es), %s, %s",
              cfg.model.name, total, steps_per_epoch, cfg.data.batch_size, dist.world_size, device, cfg.run.precision)
@@ -328,9 +337,9 @@ def _feature_cache(cfg: TrainConfig, model, source, loss_fn, out: Path, dist: Di
 class _ZeroShotCallback:
     """Periodic zero-shot evaluation on a labelled validation source (rank 0; others wait)."""
 
-    def __init__(self, cfg: TrainConfig, model):
+    def __init__(self, cfg: TrainConfig, model, source):
         self.cfg, self.model = cfg, model
-        self.source = open_source(cfg.data.val, **cfg.data.val_options)
+        self.source = source  # cfg.data.val, opened
         self._frozen_val = None  # (SourceFeatures of the frozen image features) when the image tower is frozen
 
     def _val_features(self):
