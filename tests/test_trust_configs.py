@@ -2,7 +2,7 @@
 what would allocate is priced and checked first — a config against the memory budget, weight files against
 the shapes their config gives (from the safetensors header alone), adapters against both — so a 1.3 KB
 config.json for 17.7 B parameters, a 1.6 B config with 1 MB of weights or an adapter of rank 10^6 cost
-nothing. NaN / infinite weights are refused on load.
+nothing. Counts in a training config are bounded; NaN / infinite weights are refused on load.
 
 The loads that must allocate nothing run in one child process under a 6 GB address-space limit, whose peak
 resident memory (VmHWM) must stay under 1 GB."""
@@ -20,12 +20,13 @@ from safetensors.torch import load_file, save_file
 
 from clipforge.cli import main
 from peak_rss import embed_each_in_child
-from clipforge.errors import ClipforgeError
+from clipforge.errors import ClipforgeError, UsageError
 from clipforge.models import budget, create_model, load_model
 from clipforge.models.adapter import save_adapter
 from clipforge.models.config import CLIPConfig, estimate_parameters
 from clipforge.models.factory import expected_state_shapes
 from clipforge.models.lora import MAX_RANK, LoRAConfig, apply_lora
+from clipforge.train.config import load_config, max_threads, max_workers
 
 GB = 2**30
 
@@ -228,6 +229,44 @@ def test_adapter_options_out_of_range_name_the_file(base, adapter, tmp_path, lor
     with pytest.raises(ClipforgeError) as e:
         load_model(f"{base}+{d}")
     assert words in str(e.value) and "adapter_config.json" in str(e.value) and "\n" not in str(e.value)
+
+
+# ---- training config bounds -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("override, key", [
+    (f"run.steps={10**100}", "run.steps"), ("run.steps=1000000001", "run.steps"),
+    ("data.workers=100000", "data.workers"), ("run.threads=100000", "run.threads"),
+    ("data.batch_size=10000000", "data.batch_size"), (f"schedule.warmup_steps={10**12}", "schedule.warmup_steps"),
+    ("run.epochs=1e300", "run.epochs"), (f"run.log_every={10**10}", "run.log_every"),
+    (f"run.eval_every={10**10}", "run.eval_every"), (f"run.checkpoint_every={10**10}", "run.checkpoint_every"),
+    ("run.keep_checkpoints=1000000", "run.keep_checkpoints"), ("run.gradcache_sub_batch=10000000", "run.gradcache_sub_batch"),
+    (f"model.tokenizer_vocab_size={10**9}", "model.tokenizer_vocab_size"),
+    ("model.lock_text_unlocked_groups=1000000", "model.lock_text_unlocked_groups"),
+    (f"adapt.rank={10**6}", "adapt.rank"),
+])
+def test_every_count_in_a_training_config_is_bounded(override, key):
+    steps = [] if override.startswith(("run.steps", "run.epochs")) else ["run.steps=1"]
+    extra = ["adapt.method=lora"] if key.startswith("adapt.") else []
+    with pytest.raises(UsageError) as e:
+        load_config(None, ["data.train=x", override, *steps, *extra])
+    msg = str(e.value).replace("`", "")
+    assert msg.startswith(key) and "\n" not in msg and len(msg) < 300, msg
+
+
+def test_bounds_follow_the_machine_and_sane_values_pass():
+    cpus = os.cpu_count() or 1
+    assert max_workers() == max(64, 4 * cpus) and max_threads() == 4 * cpus
+    cfg = load_config(None, ["data.train=x", "run.steps=1000000000", f"data.workers={max_workers()}",
+                             f"run.threads={max_threads()}", "data.batch_size=65536"])
+    assert cfg.run.steps == 10**9
+
+
+def test_run_threads_100000_is_one_cli_line_not_a_memory_error(tmp_path, capsys):
+    rc = main(["train", "--out", str(tmp_path / "run"), "--set", "data.train=jsonl:nowhere.jsonl", "--set",
+               "run.steps=1", "--set", "run.threads=100000"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "run.threads must be an integer in [1, " in err
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_hostile_trainer_state_is_refused_without_running_it(tmp_path):

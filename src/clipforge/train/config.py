@@ -11,7 +11,8 @@
 
 Unknown keys raise a `UsageError` naming the section and listing the valid keys; values of the wrong type
 or out of range (a negative learning rate, betas outside [0, 1), zero steps, negative workers, warm-up or
-weight decay) raise a `UsageError` naming the key, before anything is built. A config is a YAML file or the
+weight decay; every count also has an upper bound: run.steps 10^100 or data.workers 100,000 are refused, see
+MAX_STEPS and max_workers) raise a `UsageError` naming the key, before anything is built. A config is a YAML file or the
 name of one shipped inside the package (`load_config("demo-digits")`; `packaged_configs()` lists them).
 
 YAML from a file or an override value is parsed with `parse_yaml`: safe types only, and refused (one line, before
@@ -25,6 +26,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import typing
 from dataclasses import dataclass, field
 from importlib import resources
@@ -34,7 +36,6 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 import yaml
 
 from clipforge.data.fs import FileRefused, read_regular
-from clipforge.data.sources.trust import StoredSpec, accept_stored, stored_spec
 from clipforge.errors import UsageError
 from clipforge.models.lora import LoRAConfig
 from clipforge.train.step import check_loss_inputs
@@ -42,6 +43,30 @@ from clipforge.train.step import check_loss_inputs
 MAX_CONFIG_VALUES = 100_000  # scalars, lists and mappings in one YAML document, aliases expanded
 MAX_CONFIG_DEPTH = 64  # nesting of lists and mappings
 MAX_CONFIG_BYTES = 1 << 20  # a config file larger than this is refused before it is parsed
+# Upper bounds on every count (a count past them is a typo or an attack, never a setting: run.steps 10^100
+# never ends, data.workers 100,000 forks a process per worker, run.threads 100,000 asks torch for that many).
+MAX_STEPS = 10**9  # steps, warm-up and every interval: a billion steps is years on any hardware
+MAX_EPOCHS = 10**6
+MAX_BATCH = 1 << 20  # global batch, gradient-cache sub-batch (the largest CLIP batches are 32-64 k)
+MAX_KEEP_CHECKPOINTS = 10_000
+MAX_TOKENIZER_VOCAB = 1 << 20
+MAX_UNLOCKED_GROUPS = 1 << 16
+
+
+def cpu_count() -> int:
+    return os.cpu_count() or 1
+
+
+def max_workers() -> int:
+    """data.workers at most: a loader process per core and then some, never thousands."""
+    return max(64, 4 * cpu_count())
+
+
+def max_threads() -> int:
+    """run.threads at most: four intra-op threads per core (more only contend)."""
+    return 4 * cpu_count()
+
+
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -185,10 +210,6 @@ class TrainConfig:
             raise UsageError(f"run.precision must be fp32, bf16 or fp16, got {self.run.precision!r}")
         if self.schedule.name not in ("cosine", "constant"):
             raise UsageError(f"schedule.name must be cosine or constant, got {self.schedule.name!r}")
-        for key in ("data.batch_size", "run.log_every", "run.checkpoint_every", "run.keep_checkpoints"):
-            sec, name = key.split(".")
-            if getattr(getattr(self, sec), name) < 1:
-                raise UsageError(f"{key} must be >= 1")
         # lock_image + lock_text together: pretrained towers still train their projection heads (projector
         # alignment, from a feature cache); for clipforge's own towers the optimizer finds nothing to train.
         check_loss_inputs(self)  # a loss whose inputs the pipeline cannot supply is refused here
@@ -204,7 +225,9 @@ class TrainConfig:
         def need(key: str, ok: bool, want: str) -> None:
             if not ok:
                 sec, name = key.split(".")
-                raise UsageError(f"{key} must be {want}, got {getattr(getattr(self, sec), name)!r}")
+                got = repr(getattr(getattr(self, sec), name))
+                got = got if len(got) <= 40 else f"{got[:20]}... ({len(got)} characters)"
+                raise UsageError(f"{key} must be {want}, got {got}")
 
         o, s, r, d, m = self.optim, self.schedule, self.run, self.data, self.model
         finite = lambda x: x is not None and math.isfinite(x)  # noqa: E731
@@ -215,21 +238,32 @@ class TrainConfig:
              "two numbers in [0, 1), e.g. [0.9, 0.98]")
         need("optim.grad_clip", o.grad_clip is None or (finite(o.grad_clip) and o.grad_clip > 0),
              "a number > 0, or null to disable clipping")
-        need("schedule.warmup_steps", s.warmup_steps >= 0, "an integer >= 0")
+        need("schedule.warmup_steps", 0 <= s.warmup_steps <= MAX_STEPS, f"an integer in [0, {MAX_STEPS:,}]")
         need("schedule.min_lr", finite(s.min_lr) and 0 <= s.min_lr <= o.lr, f"a number in [0, optim.lr = {o.lr}]")
-        need("data.workers", d.workers >= 0, "an integer >= 0 (0: load in the training process)")
+        need("data.batch_size", 1 <= d.batch_size <= MAX_BATCH, f"an integer in [1, {MAX_BATCH:,}]")
+        need("data.workers", 0 <= d.workers <= max_workers(),
+             f"an integer in [0, {max_workers()}] (0: load in the training process; at most max(64, 4 x the "
+             f"{cpu_count()} CPUs))")
         need("data.feature_cache_views", 1 <= d.feature_cache_views <= 64, "an integer in [1, 64]")
-        need("run.steps", r.steps is None or r.steps >= 1, "an integer >= 1")
-        need("run.epochs", r.epochs is None or (finite(r.epochs) and r.epochs > 0), "a number > 0")
+        need("run.steps", r.steps is None or 1 <= r.steps <= MAX_STEPS, f"an integer in [1, {MAX_STEPS:,}]")
+        need("run.epochs", r.epochs is None or (finite(r.epochs) and 0 < r.epochs <= MAX_EPOCHS),
+             f"a number in (0, {MAX_EPOCHS:,}]")
         need("run.seed", 0 <= r.seed < 2**63, "an integer >= 0")
-        need("run.eval_every", r.eval_every >= 0, "an integer >= 0 (0: only at the end)")
-        need("run.threads", r.threads is None or r.threads >= 1, "an integer >= 1, or null")
-        need("run.gradcache_sub_batch", r.gradcache_sub_batch is None or r.gradcache_sub_batch >= 1,
-             "an integer >= 1, or null")
-        need("model.tokenizer_vocab_size", m.tokenizer_vocab_size >= 514, "an integer >= 514")
-        need("model.lock_image_unlocked_groups", m.lock_image_unlocked_groups >= 0, "an integer >= 0")
-        need("model.lock_text_unlocked_groups", m.lock_text_unlocked_groups >= 0, "an integer >= 0")
-
+        for key in ("log_every", "checkpoint_every"):
+            need(f"run.{key}", 1 <= getattr(r, key) <= MAX_STEPS, f"an integer in [1, {MAX_STEPS:,}]")
+        need("run.keep_checkpoints", 1 <= r.keep_checkpoints <= MAX_KEEP_CHECKPOINTS,
+             f"an integer in [1, {MAX_KEEP_CHECKPOINTS:,}]")
+        need("run.eval_every", 0 <= r.eval_every <= MAX_STEPS,
+             f"an integer in [0, {MAX_STEPS:,}] (0: only at the end)")
+        need("run.threads", r.threads is None or 1 <= r.threads <= max_threads(),
+             f"an integer in [1, {max_threads()}] (4 x the {cpu_count()} CPUs), or null")
+        need("run.gradcache_sub_batch", r.gradcache_sub_batch is None or 1 <= r.gradcache_sub_batch <= MAX_BATCH,
+             f"an integer in [1, {MAX_BATCH:,}], or null")
+        need("model.tokenizer_vocab_size", 514 <= m.tokenizer_vocab_size <= MAX_TOKENIZER_VOCAB,
+             f"an integer in [514, {MAX_TOKENIZER_VOCAB:,}]")
+        for key in ("lock_image_unlocked_groups", "lock_text_unlocked_groups"):
+            need(f"model.{key}", 0 <= getattr(m, key) <= MAX_UNLOCKED_GROUPS,
+                 f"an integer in [0, {MAX_UNLOCKED_GROUPS:,}]")
 
 _SECTIONS = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
 _SECTION_CLASSES = {"model": ModelSection, "data": DataSection, "optim": OptimSection,
@@ -399,35 +433,14 @@ def read_config_text(config: Union[str, Path]) -> str:
 
 
 def load_config(path: Optional[Union[str, Path]] = None, overrides: Sequence[str] = ()) -> TrainConfig:
-    """A validated TrainConfig from a YAML file or packaged config name (or defaults) plus overrides.
-
-    The data sources the file names (data.train, data.val) are marked as read from it (`StoredSpec`): a
-    `pipe:` command in them runs only when `train` is told `allow_pipe`. One given in `overrides` is the
-    caller's own, like a spec set in Python."""
+    """A validated TrainConfig from a YAML file or packaged config name (or defaults) plus overrides."""
     d: Dict[str, Any] = {}
     if path is not None:
         d = parse_yaml(read_config_text(path), str(path)) or {}
         if not isinstance(d, dict):
             raise UsageError(f"{path}: the config must be a mapping of sections")
-    cfg = config_from_dict(apply_overrides(d, overrides))
-    data = d.get("data") if isinstance(d.get("data"), dict) else {}
-    overridden = {str(o).split("=", 1)[0].strip() for o in overrides or ()}
-    for key in _SOURCE_KEYS:
-        value = getattr(cfg.data, key)
-        if f"data.{key}" not in overridden and isinstance(value, str) and value == data.get(key):
-            setattr(cfg.data, key, stored_spec(value, path))
-    return cfg.validate()
-
-
-_SOURCE_KEYS = ("train", "val")  # the data-source specs of a config
-
-
-class _Dumper(yaml.SafeDumper):
-    """safe_dump, and a spec read from a file (a `str` marked `StoredSpec`) written as the string it is."""
-
-
-_Dumper.add_representer(StoredSpec, lambda dumper, value: dumper.represent_str(accept_stored(value, True)))
+    return config_from_dict(apply_overrides(d, overrides)).validate()
 
 
 def dump_config(cfg: TrainConfig) -> str:
-    return yaml.dump(cfg.to_dict(), Dumper=_Dumper, sort_keys=False)
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
