@@ -36,6 +36,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 import yaml
 
 from clipforge.data.fs import FileRefused, read_regular
+from clipforge.data.sources.trust import StoredSpec, accept_stored, stored_spec
 from clipforge.errors import UsageError
 from clipforge.models.lora import LoRAConfig
 from clipforge.train.step import check_loss_inputs
@@ -65,8 +66,6 @@ def max_workers() -> int:
 def max_threads() -> int:
     """run.threads at most: four intra-op threads per core (more only contend)."""
     return 4 * cpu_count()
-
-
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -433,14 +432,35 @@ def read_config_text(config: Union[str, Path]) -> str:
 
 
 def load_config(path: Optional[Union[str, Path]] = None, overrides: Sequence[str] = ()) -> TrainConfig:
-    """A validated TrainConfig from a YAML file or packaged config name (or defaults) plus overrides."""
+    """A validated TrainConfig from a YAML file or packaged config name (or defaults) plus overrides.
+
+    The data sources the file names (data.train, data.val) are marked as read from it (`StoredSpec`): a
+    `pipe:` command in them runs only when `train` is told `allow_pipe`. One given in `overrides` is the
+    caller's own, like a spec set in Python."""
     d: Dict[str, Any] = {}
     if path is not None:
         d = parse_yaml(read_config_text(path), str(path)) or {}
         if not isinstance(d, dict):
             raise UsageError(f"{path}: the config must be a mapping of sections")
-    return config_from_dict(apply_overrides(d, overrides)).validate()
+    cfg = config_from_dict(apply_overrides(d, overrides))
+    data = d.get("data") if isinstance(d.get("data"), dict) else {}
+    overridden = {str(o).split("=", 1)[0].strip() for o in overrides or ()}
+    for key in _SOURCE_KEYS:
+        value = getattr(cfg.data, key)
+        if f"data.{key}" not in overridden and isinstance(value, str) and value == data.get(key):
+            setattr(cfg.data, key, stored_spec(value, path))
+    return cfg.validate()
+
+
+_SOURCE_KEYS = ("train", "val")  # the data-source specs of a config
+
+
+class _Dumper(yaml.SafeDumper):
+    """safe_dump, and a spec read from a file (a `str` marked `StoredSpec`) written as the string it is."""
+
+
+_Dumper.add_representer(StoredSpec, lambda dumper, value: dumper.represent_str(accept_stored(value, True)))
 
 
 def dump_config(cfg: TrainConfig) -> str:
-    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+    return yaml.dump(cfg.to_dict(), Dumper=_Dumper, sort_keys=False)
