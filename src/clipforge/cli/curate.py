@@ -112,6 +112,10 @@ def register(sub) -> None:
     r.add_argument("summaries", nargs="+", help="summary files written by filter / dedup (<out>.summary.json)")
     r.add_argument("--out", "-o", required=True, help="report folder (report.md + PNGs)")
     r.add_argument("--examples", type=positive_int, default=15, help="pairs per contact sheet")
+    r.add_argument("--allow-pipe", action="store_true",
+                   help="run the shell command of a pipe: source that a summary file records, to show its "
+                        "images (refused otherwise: a command read from a file runs only when you accept it; see "
+                        "docs/security.md)")
     r.set_defaults(func=run_report)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
@@ -180,6 +184,6 @@ def run_dedup(args) -> int:
 def run_report(args) -> int:
     from clipforge.curate import write_report
 
-    r = write_report(args.summaries, args.out, examples=args.examples)
+    r = write_report(args.summaries, args.out, examples=args.examples, allow_pipe=args.allow_pipe)
     print(f"report: {r['report']} ({len(r['images'])} images)", file=sys.stdout)
     return 0

@@ -30,6 +30,8 @@ from clipforge.curate.selection import read_removals
 from clipforge.data.decode import BadSample
 from clipforge.data.display import shown, shown_cell, shown_code, shown_label
 from clipforge.data.sources import open_source
+from clipforge.data.sources.spec import check_stored_source
+from clipforge.data.sources.trust import StoredCommandRefused, accept_stored, stored_spec
 from clipforge.errors import UsageError
 from clipforge.retrieval.sheet import contact_sheet
 
@@ -53,6 +55,8 @@ def _load_summary(s) -> dict:
         raise UsageError(f"{p} is not a curation summary: {e}") from None
     if not isinstance(d, dict) or d.get("step") not in ("filter", "dedup"):
         raise UsageError(f"{p} is not a curation summary (no filter/dedup step)")
+    if "source" in d:  # the file's word, not the user's: a `pipe:` command in it is not run unasked
+        d["source"] = stored_spec(d["source"], p)
     return d
 
 
@@ -62,6 +66,8 @@ class _Images:
     def __init__(self, spec: str):
         try:
             self.source = open_source(spec)
+        except StoredCommandRefused:  # the user must hear of it (and of `allow_pipe`), not see grey tiles
+            raise
         except Exception:  # noqa: BLE001 - the report still renders, with grey tiles
             self.source = None
         self.cache: dict[int, object] = {}
@@ -199,17 +205,24 @@ def _dedup_section(n: int, s: dict, out: Path, k: int) -> list[str]:
     return lines + [""]
 
 
-def write_report(summaries: Sequence, out_dir, *, examples: int = 15) -> dict:
+def write_report(summaries: Sequence, out_dir, *, examples: int = 15, allow_pipe: bool = False) -> dict:
     """Render a report of one or more curation steps (their summary files or dicts) into `out_dir`
-    (report.md plus PNGs); returns {"report": path, "images": [...]}."""
+    (report.md plus PNGs); returns {"report": path, "images": [...]}.
+
+    The images come from the source each summary records; a summary file's `pipe:` source (webdataset shards
+    read from a shell command) is run only with `allow_pipe` (`clipforge.data.sources.trust`)."""
     if not summaries:
         raise UsageError("`summaries`: name at least one filter or dedup summary file")
     if examples < 1:
         raise UsageError(f"`examples` must be >= 1, got {examples}")
+    loaded = [_load_summary(x) for x in summaries]
+    loaded = [{**s, "source": accept_stored(s.get("source"), allow_pipe)} for s in loaded]
+    for s in loaded:  # a refused stored command fails before the report folder is claimed
+        check_stored_source(s["source"])
     out, _ = claim_output_dir(out_dir, "curate-report", overwritable=False,
                               recognise=lambda p: (p / "report.md").is_file())
     lines = ["# Curation report", ""]
-    for n, s in enumerate(map(_load_summary, summaries)):
+    for n, s in enumerate(loaded):
         lines += (_filter_section if s["step"] == "filter" else _dedup_section)(n, s, out, examples)
     path = out / "report.md"
     atomic_write_text(path, "\n".join(lines) + "\n")
