@@ -85,7 +85,7 @@ def test_cli_report(tmp_path, capsys):
     assert "# clipforge results" in capsys.readouterr().out
     out = tmp_path / "out" / "report.md"
     assert main(["report", str(path), "--out", str(out)]) == 0
-    assert out.read_text().startswith("# clipforge results")
+    assert out.read_text().startswith("<!-- clipforge evaluation report -->\n# clipforge results")
     assert (tmp_path / "out" / "report.png").read_bytes()[:8] == PNG
     assert "![comparison](report.png)" in out.read_text()
     assert main(["report", str(tmp_path / "missing.jsonl")]) == 1

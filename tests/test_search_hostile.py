@@ -34,7 +34,9 @@ def _one_line_error(capsys, argv, code=2) -> str:
 
 @pytest.mark.parametrize("args, needle", [
     (["cat", "--filter", "path~[z-a]"], "not a valid glob"),
-    (["--like", "99999999999999999999"], "no item with id 99999999999999999999"),
+    (["--like", "99999999999999999999"], "an item id is decimal digits from 0 to 9223372036854775807"),
+    (["--like", "999999"], "no item with id 999999"),
+    (["--like", "-1"], "an item id is decimal digits"),
     (["cat", "--sheet", "/nonexistent_dir/x.png"], "does not exist"),
     (["cat", "--dedup", "5"], "dedup"),
     (["cat", "--dedup", "-0.5"], "dedup"),

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Callable, Optional, Union
 
 from clipforge.errors import ClipforgeError, UsageError
-from clipforge.output_dirs import move_aside, vet_output_dir, write_marker
+from clipforge.output_dirs import OutputFile, move_aside, vet_output_dir, write_marker
 
 PathLike = Union[str, Path]
 _umask_lock = threading.Lock()
@@ -84,25 +84,54 @@ def temp_sibling(path: PathLike) -> tuple[int, str]:
     return fd, tmp
 
 
-def atomic_write(path: PathLike, write: Callable[[BinaryIO], object]) -> Path:
-    """Call `write(binary_file)` on a temp file beside `path`, fsync, then rename onto `path`."""
+def _publish(tmp: str, path: Path, output: Optional[OutputFile]) -> None:
+    """Rename the finished `tmp` onto `path`. A user-named output (`output`) is vetted again first; a new one
+    is published with a hard link, which fails rather than replace a file that appeared while writing."""
+    if output is None:
+        os.replace(tmp, path)
+        return
+    _, state = output.vet(path)
+    if state == "new":
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            output.vet(path)  # someone else's file appeared meanwhile: refused, unless replaceable
+        except OSError:  # a filesystem without hard links: rename (the name was free an instant ago)
+            pass
+        else:
+            os.unlink(tmp)
+            return
+    os.replace(tmp, path)
+
+
+def atomic_write(path: PathLike, write: Callable[[BinaryIO], object], *,
+                 output: Optional[OutputFile] = None) -> Path:
+    """Call `write(binary_file)` on a temp file beside `path`, fsync, then rename onto `path`.
+    `output`: `path` is a file the user named, written under that policy (`output_dirs.OutputFile`) — checked
+    before `write` runs and again before the rename; None: a file inside clipforge's own artifact."""
     path = Path(path)
+    if output is not None:
+        path, _ = output.vet(path)
     fd, tmp = temp_sibling(path)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        _publish(tmp, path, output)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
 
 
-def atomic_write_path(path: PathLike, write: Callable[[str], object]) -> Path:
-    """For writers that take a file name (safetensors' save_file, PIL's save): `write(tmp_name)`, then rename."""
+def atomic_write_path(path: PathLike, write: Callable[[str], object], *,
+                      output: Optional[OutputFile] = None) -> Path:
+    """For writers that take a file name (safetensors' save_file, PIL's save): `write(tmp_name)`, then rename.
+    `output` as in `atomic_write`."""
     path = Path(path)
+    if output is not None:
+        path, _ = output.vet(path)
     fd, tmp = temp_sibling(path)
     os.close(fd)
     try:
@@ -110,19 +139,20 @@ def atomic_write_path(path: PathLike, write: Callable[[str], object]) -> Path:
         _honour_umask(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        _publish(tmp, path, output)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
 
 
-def atomic_write_text(path: PathLike, text: str) -> Path:
-    return atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+def atomic_write_text(path: PathLike, text: str, *, output: Optional[OutputFile] = None) -> Path:
+    return atomic_write(path, lambda f: f.write(text.encode("utf-8")), output=output)
 
 
-def atomic_write_json(path: PathLike, obj: Any, indent: int = 1) -> Path:
-    return atomic_write(path, lambda f: f.write(json.dumps(obj, indent=indent, sort_keys=True).encode()))
+def atomic_write_json(path: PathLike, obj: Any, indent: int = 1, *, output: Optional[OutputFile] = None) -> Path:
+    return atomic_write(path, lambda f: f.write(json.dumps(obj, indent=indent, sort_keys=True).encode()),
+                        output=output)
 
 
 def atomic_directory(path: PathLike, write: Callable[[Path], object], *, kind: str, overwrite: bool = False,

@@ -122,12 +122,13 @@ def run_demo(out_dir, quick: bool = False, overwrite: bool = False) -> dict:
     print(f"{found} of {len(UNSEEN_QUERIES)} unseen phrasings put their photo first")
     summary["unseen_queries_first"] = found
     coffee = UNSEEN_QUERIES[0][0]
-    contact_sheet(engine.search(coffee, k=10), out / "sheet-coffee.png", title=f'clipforge search: "{coffee}"')
+    contact_sheet(engine.search(coffee, k=10), out / "sheet-coffee.png", title=f'clipforge search: "{coffee}"',
+                  overwrite=True)
     probe = sorted(Path(photos["root"]).rglob("astronaut*.png"))
     if probe:
         hits = engine.search(image=str(probe[0]), k=3)
         print(f"image query {probe[0].name}: " + ", ".join(Path(h.metadata.get('path', '?')).name for h in hits))
-    _, report, _ = write_report(results, out / "report.md")
+    _, report, _ = write_report(results, out / "report.md", overwrite=True)
     print(f"\ncontact sheet: {out / 'sheet-coffee.png'}   report: {report}")
     print(f"serve it:  clipforge serve {index_dir}   (then open http://127.0.0.1:8000/)")
     print(f"done in {time.perf_counter() - t_start:.0f} s")

@@ -89,7 +89,7 @@ def run_pretrained_demo(out_dir, quick: bool = False, overwrite: bool = False) -
         print(f'"{query}": {want} ranks #{ranks[query]} of {n}   (top: {top})')
     summary["query_ranks"] = ranks
     contact_sheet(engine.search(UNSEEN_QUERIES[0][0], k=8), out / "sheet-pretrained.png",
-                  title=f'clipforge (pretrained) search: "{UNSEEN_QUERIES[0][0]}"')
+                  title=f'clipforge (pretrained) search: "{UNSEEN_QUERIES[0][0]}"', overwrite=True)
 
     _say("5/5 zero-shot labels for the photos")
     probe = sorted(Path(photos["root"]).rglob("*.png"))[:8]

@@ -21,15 +21,10 @@ from safetensors.torch import load_file, save_file
 
 from clipforge.atomic import atomic_write_path, atomic_write_text
 from clipforge.errors import ClipforgeError, UsageError
-from clipforge.zeroshot.heads import ZeroShotHead
+from clipforge.zeroshot.heads import ZeroShotHead, head_output, head_paths
 
 __all__ = ["LinearHead", "TipAdapterHead", "load_head", "tip_logits"]
 
-
-def _paths(path) -> tuple[Path, Path]:
-    path = Path(path)
-    st = path if path.suffix == ".safetensors" else path.with_name(path.name + ".safetensors")
-    return st, st.with_suffix(".json")
 
 
 class _Head:
@@ -56,14 +51,15 @@ class _Head:
     def _info(self) -> dict:
         return {}
 
-    def save(self, path) -> Path:
-        """Write `<path>.safetensors` (tensors) and `<path>.json` (kind, class names, settings, meta)."""
-        st, side = _paths(path)
+    def save(self, path, *, overwrite: bool = False) -> Path:
+        """Write `<path>.safetensors` (tensors) and `<path>.json` (kind, class names, settings, meta); an
+        earlier head there is replaced, anything else only with `overwrite`."""
+        st, side, output = head_output(path, overwrite=overwrite)
         st.parent.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.detach().float().contiguous().cpu() for k, v in self._tensors().items() if v is not None}
         info = {"kind": self.kind, "classnames": list(self.classnames), "meta": self.meta, **self._info()}
-        atomic_write_path(st, lambda tmp: save_file(tensors, tmp))
-        atomic_write_text(side, json.dumps(info, indent=1, ensure_ascii=False))
+        atomic_write_path(st, lambda tmp: save_file(tensors, tmp), output=output)
+        atomic_write_text(side, json.dumps(info, indent=1, ensure_ascii=False), output=output)
         return st
 
 
@@ -139,7 +135,7 @@ _KINDS = {c.kind: c for c in (LinearHead, TipAdapterHead)}
 
 def load_head(path):
     """Any saved head: a few-shot head (`kind` in its JSON) or a zero-shot head (`zeroshot.classify(save_head=...)`)."""
-    st, side = _paths(path)
+    st, side = head_paths(path)
     if not st.is_file() or not side.is_file():
         raise ClipforgeError(f"head not found: need {st} and {side}")
     try:

@@ -22,6 +22,14 @@ def full_parser_for(command: str) -> bool:
     return ACTIVE is None or ACTIVE == command
 
 
+def add_overwrite_arg(p: argparse.ArgumentParser, what: str = "OUT") -> None:
+    """`--overwrite`: replace an existing file (or folder) clipforge did not write there. Without it, a
+    command replaces only its own earlier output; a link, device or FIFO is refused either way."""
+    p.add_argument("--overwrite", action="store_true",
+                   help=f"replace {what} even when it exists and is not an earlier output of this command "
+                        "(never a folder, link, device or FIFO)")
+
+
 def add_model_args(p: argparse.ArgumentParser, default: str = None) -> None:
     p.add_argument("--model", "-m", default=default, required=default is None,
                    help="registered name, checkpoint dir, hf:ORG/NAME, open_clip:ARCH/TAG, or local HF dir")

@@ -4,8 +4,8 @@ from __future__ import annotations
 import json
 import sys
 
-from clipforge.cli._common import (add_model_args, add_options, load_encoder_from_args, option_values,
-                                   positive_int, full_parser_for)
+from clipforge.cli._common import (add_model_args, add_options, add_overwrite_arg, full_parser_for,
+                                   load_encoder_from_args, option_values, positive_int)
 from clipforge.errors import UsageError
 
 
@@ -50,6 +50,7 @@ def register(sub):
     p.add_argument("--workers", type=int, default=0, help="image decoding processes (default 0: in-process)")
     p.add_argument("--save-head", metavar="H", help="save the zero-shot or few-shot head to H.safetensors + H.json")
     p.add_argument("--head", metavar="H", help="use a head saved with --save-head (no class names needed)")
+    add_overwrite_arg(p, "OUT / the --save-head files")
     p.set_defaults(func=run)
 
 
@@ -62,11 +63,23 @@ def _print_prediction(p, as_json: bool) -> None:
         print(f"{shown(p.id)}: " + ", ".join(f"{shown(lab)} ({s:.3f})" for lab, s in zip(p.labels, p.scores)))
 
 
+def _vet_outputs(args) -> None:
+    """--out and --save-head are refused before any model loads (an earlier output of ours is replaced)."""
+    from clipforge.zeroshot import prediction_output
+    from clipforge.zeroshot.heads import head_output
+
+    if args.out:
+        prediction_output(args.out, overwrite=args.overwrite)
+    if args.save_head:
+        head_output(args.save_head, overwrite=args.overwrite, param="save_head")
+
+
 def run(args) -> int:
     from clipforge.zeroshot import classify, read_labels
 
     if args.workers < 0:
         raise UsageError(f"--workers must be >= 0, got {args.workers}")
+    _vet_outputs(args)
     methods, fewshot, options = _method_options()
     values = option_values(args, options)
     if args.method in fewshot or args.support is not None:
@@ -84,7 +97,8 @@ def run(args) -> int:
 
         head = load_head(head)  # a zero-shot or a few-shot head
     res = classify(encoder, args.inputs, names, method=args.method, k=args.k, head=head,
-                   save_head=args.save_head, batch_size=args.batch_size, workers=args.workers, **values)
+                   save_head=args.save_head, batch_size=args.batch_size, workers=args.workers,
+                   overwrite=args.overwrite, **values)
     return _report(args, res)
 
 
@@ -119,7 +133,7 @@ def _run_fewshot(args, fewshot, values) -> int:
     head = fit_fewshot(args.method, encoder, support, seed=args.seed, **given)
     print(f"fitted {args.method} on {len(idx)} support images ({len(names)} classes)", file=sys.stderr)
     if args.save_head:
-        head.save(args.save_head)
+        head.save(args.save_head, overwrite=args.overwrite)
         print(f"saved head to {args.save_head}", file=sys.stderr)
     res = classify(encoder, args.inputs, None, k=args.k, head=head, batch_size=args.batch_size,
                    workers=args.workers)
@@ -130,7 +144,7 @@ def _report(args, res) -> int:
     from clipforge.zeroshot import write_predictions
 
     if args.out:
-        n = write_predictions(res, args.out, args.k)
+        n = write_predictions(res, args.out, args.k, overwrite=args.overwrite)
         print(f"wrote {n} predictions to {args.out}", file=sys.stderr)
     else:
         for p in res:

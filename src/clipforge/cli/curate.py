@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import sys
 
-from clipforge.cli._common import add_executor_args, engine_options, executor_from_args, positive_int
+from clipforge.cli._common import (add_executor_args, add_overwrite_arg, engine_options, executor_from_args,
+                                   positive_int)
 
 SOURCE_HELP = ("a source spec: folder:PATH, files:PATH, csv:/tsv:/jsonl:/parquet:PATH, wds:PATH/{000..009}.tar, "
                "or a path to auto-detect")
@@ -30,6 +31,7 @@ def _out_args(p) -> None:
                    help="output format (default: from --out's suffix)")
     p.add_argument("--shard-size", type=positive_int, default=1000, help="samples per tar shard (--to wds)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    add_overwrite_arg(p, "OUT (and its .removals.jsonl / .summary.json)")
 
 
 def register(sub) -> None:
@@ -157,7 +159,7 @@ def run_filter(args) -> int:
                       calibrate=args.calibrate, ref_threshold=args.ref_threshold, min_side=args.min_side,
                       max_aspect=args.max_aspect, min_file_bytes=args.min_file_bytes,
                       min_caption_chars=args.min_caption_chars, max_caption_chars=args.max_caption_chars,
-                      languages=langs, keep_uncaptioned=args.keep_uncaptioned)
+                      languages=langs, keep_uncaptioned=args.keep_uncaptioned, overwrite=args.overwrite)
     thr = s["threshold"].get("threshold")
     line = _done_line(s) + (f"\n  score threshold {thr:.4f} ({s['threshold']['rule']}); pairs kept "
                             f"{s['pairs_kept']} of {s['pairs_in']}" if thr is not None else "")
@@ -173,7 +175,7 @@ def run_dedup(args) -> int:
                      features=args.features, keep=args.keep, exact=args.exact, captions=args.captions,
                      caption_eps=args.caption_eps, n_clusters=args.n_clusters, to=args.to,
                      batch_size=args.batch_size, workers=args.workers, device=args.device,
-                     precision=args.precision, shard_size=args.shard_size,
+                     precision=args.precision, shard_size=args.shard_size, overwrite=args.overwrite,
                      executor=executor, executor_options=options, **engine_options(args))
     at = ", ".join(f"eps {k}: {v}" for k, v in s["near_removed_at_eps"].items())
     _print(s, args.json, _done_line(s) + f"\n  near-duplicates at other eps: {at}"

@@ -43,8 +43,9 @@ def register(subparsers) -> None:
     _add_source_options(c)
     c.add_argument("--to", required=True, choices=["wds", "jsonl", "csv", "parquet"], help="output format")
     c.add_argument("--out", required=True, help="output folder (wds: new, empty or an earlier conversion) or "
-                                                "manifest file")
-    c.add_argument("--overwrite", action="store_true", help="wds: replace OUT even when it holds something else")
+                                                "manifest file (new, unless --overwrite)")
+    c.add_argument("--overwrite", action="store_true", help="replace OUT even when it holds something else (a "
+                   "folder of other files for wds, an existing file for a manifest); never a link, device or FIFO")
     c.add_argument("--shard-size", type=int, default=1000, help="samples per tar shard (default 1000)")
     c.add_argument("--no-verify", action="store_true", help="do not decode images before writing them")
     c.add_argument("--json", action="store_true", help="print the summary as JSON")

@@ -6,7 +6,7 @@ import json
 import logging
 
 from clipforge.cli._common import (add_collection_job_args, add_engine_args, add_executor_args, engine_options,
-                                   executor_from_args, parse_item_ids, positive_int)
+                                   add_overwrite_arg, executor_from_args, parse_item_ids, positive_int)
 
 logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its INFO lines about CPU builds are noise here
 
@@ -171,12 +171,14 @@ def _register_sharded(isub) -> None:
     t.add_argument("--sample", type=positive_int, default=100_000, help="training rows (default 100000)")
     t.add_argument("--max-memory", default=None, help="memory budget of the merged index (auto kind), e.g. 8GB")
     t.add_argument("--seed", type=int, default=0)
+    add_overwrite_arg(t)
     t.set_defaults(func=run_shard_train)
     b = isub.add_parser("shard-build", help="add one part of a store to a copy of the template (step 2, per worker)")
     b.add_argument("store")
     b.add_argument("--trained", required=True, help="template file from `index shard-train`")
     b.add_argument("--part", required=True, help="I/N: this worker takes the store shards at positions p %% N == I")
     b.add_argument("--out", "-o", required=True, help="shard file to write")
+    add_overwrite_arg(b)
     b.set_defaults(func=run_shard_build)
     m = isub.add_parser("merge", help="merge shard files into one index, or into shards searched together (step 3)")
     m.add_argument("shards", nargs="+", help="shard files from `index shard-build`")
@@ -190,6 +192,7 @@ def _register_sharded(isub) -> None:
                         "that search memory-maps (the index need not fit in RAM)")
     m.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                    help="search parameter to store with the index, e.g. nprobe=64 or efSearch=128")
+    add_overwrite_arg(m)
     m.set_defaults(func=run_merge)
 
 
@@ -220,8 +223,9 @@ def _size(path) -> str:
 
 def run_shard_train(args) -> int:
     from clipforge.retrieval.build import parse_size
-    from clipforge.retrieval.sharded import train_template_from_store
+    from clipforge.retrieval.sharded import train_template_from_store, vet_index_file
 
+    vet_index_file(args.out, overwrite=args.overwrite)
     t = train_template_from_store(args.store, args.index_kind, args.sample, parse_size(args.max_memory),
                                   args.seed, **_parse_params(args.param))
     t.save(args.out)
@@ -231,8 +235,9 @@ def run_shard_train(args) -> int:
 
 
 def run_shard_build(args) -> int:
-    from clipforge.retrieval.sharded import build_shard_from_store
+    from clipforge.retrieval.sharded import build_shard_from_store, vet_index_file
 
+    vet_index_file(args.out, overwrite=args.overwrite)
     s = build_shard_from_store(args.store, args.trained, args.part)
     s.save(args.out)
     print(f"shard {args.out}: part {args.part}, {len(s)} vectors, {s.kind} ({_size(args.out)})")
@@ -242,14 +247,15 @@ def run_shard_build(args) -> int:
 def run_merge(args) -> int:
     from pathlib import Path
 
-    from clipforge.retrieval.sharded import merge_shards
+    from clipforge.retrieval.sharded import merge_shards, vet_index_file
 
     out = Path(args.out)
-    index_dir = out if out.is_dir() else None
+    index_dir = out if out.is_dir() and not out.is_symlink() else None
     if index_dir is not None:
         from clipforge.retrieval.build import INDEX_FILE
 
         out = out / INDEX_FILE
+    vet_index_file(out, overwrite=args.overwrite)
     merged = merge_shards(args.shards, out, mode=args.mode, on_disk=args.on_disk,
                           search_params=_parse_params(args.param))
     if index_dir is not None and (index_dir / "index.json").exists():  # what `index info` and `serve` report

@@ -1,6 +1,7 @@
 """`clipforge report results.jsonl [--out report.md] [--chart report.png]`: tables and a comparison chart."""
 from __future__ import annotations
 
+from clipforge.cli._common import add_overwrite_arg
 from clipforge.errors import UsageError
 
 
@@ -17,6 +18,7 @@ def register(subparsers) -> None:
     p.add_argument("results", help="results file (JSON lines)")
     p.add_argument("--out", help="write the markdown here instead of printing it (chart defaults to OUT.png)")
     p.add_argument("--chart", help="write the comparison chart (PNG) here")
+    add_overwrite_arg(p, "OUT / CHART")
     p.set_defaults(func=run)
 
 
@@ -25,7 +27,7 @@ def run(args) -> int:
 
     if args.chart is not None and not str(args.chart).lower().endswith(".png"):
         raise UsageError(f"--chart must name a .png file, got {args.chart!r}")
-    md, out_path, chart_path = write_report(args.results, args.out, args.chart)
+    md, out_path, chart_path = write_report(args.results, args.out, args.chart, overwrite=args.overwrite)
     if out_path is None:
         print(md, end="")
     else:

@@ -5,7 +5,7 @@ import json
 import logging
 import os
 
-from clipforge.cli._common import add_engine_args, positive_int
+from clipforge.cli._common import add_engine_args, add_overwrite_arg, parse_item_ids, positive_int
 
 logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its INFO lines about CPU builds are noise here
 
@@ -18,14 +18,16 @@ def register(sub):
     p.add_argument("query", nargs="?", default=None, help="text query (the query language)")
     p.add_argument("--image", default=None, help="query image file (combined with the text when both given)")
     p.add_argument("--image-weight", type=float, default=1.0)
-    p.add_argument("--like", type=int, default=None, help="an indexed item's id: more like this")
+    p.add_argument("--like", default=None, help="an indexed item's id: more like this")
     p.add_argument("-k", type=positive_int, default=20, help="results per page")
     p.add_argument("--offset", type=int, default=0, help="skip this many results (pagination)")
     p.add_argument("--filter", action="append", default=[], metavar="COL OP VALUE",
                    help="metadata filter, e.g. 'caption*=dog', 'path~*/beach/*', 'size>=10000' (repeatable)")
     p.add_argument("--dedup", type=float, default=None, help="collapse hits with cosine above this (e.g. 0.95)")
     p.add_argument("--json", action="store_true", help="one JSON object per hit")
-    p.add_argument("--sheet", default=None, help="write a contact-sheet PNG of the hits")
+    p.add_argument("--sheet", default=None, help="write a contact-sheet PNG of the hits (a new file, or an "
+                   "earlier sheet, which is replaced)")
+    add_overwrite_arg(p, "SHEET")
     p.add_argument("--rerank", default=None, metavar="MODEL|INDEX",
                    help="re-score the top candidates with a second model (a model reference) or with a second "
                         "index of the same source built with a stronger model")
@@ -44,14 +46,21 @@ def run(args) -> int:
         raise UsageError("give a query, --image PATH, or --like ID")
     if args.offset < 0:
         raise UsageError(f"--offset must be >= 0, got {args.offset}")
-    if args.sheet and not os.path.isdir(os.path.dirname(os.path.abspath(args.sheet))):
-        raise UsageError(f"--sheet {args.sheet}: folder {os.path.dirname(os.path.abspath(args.sheet))} "
-                         "does not exist")
+    like = None if args.like is None else parse_item_ids([args.like], "--like")[0]
+    if args.sheet:
+        from clipforge.output_dirs import OutputFile, png_marked
+        from clipforge.retrieval.sheet import SHEET_KIND
+
+        if not os.path.isdir(os.path.dirname(os.path.abspath(args.sheet))):
+            raise UsageError(f"--sheet {args.sheet}: folder {os.path.dirname(os.path.abspath(args.sheet))} "
+                             "does not exist")
+        # refused before the model loads and the search runs
+        OutputFile(overwrite=args.overwrite, param="sheet", owned=png_marked(SHEET_KIND)).vet(args.sheet)
     engine = SearchEngine(args.index_dir, device=args.device, rerank=args.rerank, rerank_k=args.rerank_k,
                           rerank_options={"device": args.device} if args.rerank and args.device else None,
                           encode_engine=args.engine, threads=args.threads)
     hits = engine.search(args.query, args.image, k=args.k, offset=args.offset, filters=args.filter,
-                         dedup=args.dedup, image_weight=args.image_weight, like=args.like)
+                         dedup=args.dedup, image_weight=args.image_weight, like=like)
     for h in hits:
         if args.json:
             print(json.dumps(h.to_dict(), default=str))
@@ -66,7 +75,7 @@ def run(args) -> int:
         from clipforge.retrieval.sheet import contact_sheet
 
         title = args.query or args.image or f"like {args.like}"
-        contact_sheet(hits, args.sheet, title=f"{title}  ({args.index_dir})")
+        contact_sheet(hits, args.sheet, title=f"{title}  ({args.index_dir})", overwrite=args.overwrite)
         if not args.json:
             print(f"contact sheet: {shown(args.sheet)}")
     return 0

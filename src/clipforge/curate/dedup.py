@@ -29,7 +29,7 @@ import numpy as np
 
 from clipforge.curate.job import read_scores, score_source, scores_info
 from clipforge.curate.near import METHODS, candidate_pairs, keep_greedy
-from clipforge.curate.selection import output_paths, write_selection
+from clipforge.curate.selection import vet_selection_output, write_selection
 from clipforge.data.sources import open_source
 from clipforge.encode import Encoder
 from clipforge.errors import UsageError
@@ -95,14 +95,15 @@ def dedup_source(source, out, *, model=None, scores=None, eps: float = 0.05, met
                  device=None, precision: str = "auto", shard_size: int = 1000,
                  source_options: Optional[dict] = None, progress=None, executor: str = "local",
                  executor_options: Optional[dict] = None, engine: str = "torch",
-                 threads: Optional[int] = None) -> dict:
+                 threads: Optional[int] = None, overwrite: bool = False) -> dict:
     """De-duplicate `source` (a spec or an opened Source) into `out` (see `selection.py` for the files).
 
     Give `scores` (a scores file with image embeddings, or pixel descriptors for features="pixels") or `model`
     (embeddings are then computed by the resumable score job into `<out stem>.images.parquet`; `executor`,
     `executor_options`, `engine`, `threads` are that job's, see `score_source`).
     keep: "central" (nearest its group's centre), "first" (source order) or "score" (best caption score;
-    needs scores with captions).
+    needs scores with captions). An earlier output at `out` is replaced; other files only with `overwrite`
+    (`selection.vet_selection_output`, checked before any work).
     """
     if keep not in KEEP:
         raise UsageError(f"`keep` {keep!r}: choose from {list(KEEP)}")
@@ -113,7 +114,7 @@ def dedup_source(source, out, *, model=None, scores=None, eps: float = 0.05, met
     if (model is None) == (scores is None):
         raise UsageError("give `model` (to embed the images) or `scores` (a scores file holding embeddings)")
     src = open_source(source, **(source_options or {})) if isinstance(source, str) else source
-    paths = output_paths(out, to)
+    paths, _ = vet_selection_output(out, to, overwrite=overwrite)
     if scores is None:
         stem = paths["data"] / "images" if paths["format"] == "wds" else paths["data"].with_suffix("")
         scores = Path(f"{stem}.images.parquet")
@@ -203,7 +204,7 @@ def dedup_source(source, out, *, model=None, scores=None, eps: float = 0.05, met
                             for w in ("bytes", "pixels")},
                "near_removed_at_eps": {str(k): v for k, v in sorted(counts.items())}, "warnings": warnings}
     return write_selection(src, kept, {}, removals, out, to=to, summary=summary, shard_size=shard_size,
-                           progress=progress)
+                           progress=progress, overwrite=overwrite)
 
 
 def _caption_duplicates(samples, removed: dict, caption_eps: float, model, info: dict) -> int:

@@ -26,7 +26,7 @@ import numpy as np
 
 from clipforge.curate.calibrate import calibrate_threshold, quantile_threshold, resolve_min_score
 from clipforge.curate.job import read_scores, scores_info
-from clipforge.curate.selection import merge_removals, read_removals, write_selection
+from clipforge.curate.selection import merge_removals, read_removals, vet_selection_output, write_selection
 from clipforge.data.sources import open_source
 from clipforge.errors import UsageError
 
@@ -197,10 +197,11 @@ def _check_same(source, table) -> None:
 
 def filter_source(source, scores, out, rules: Optional[FilterRules] = None, *, to: Optional[str] = None,
                   also_remove: Sequence[str] = (), shard_size: int = 1000, source_options: Optional[dict] = None,
-                  progress=None, **rule_kw) -> dict:
+                  progress=None, overwrite: bool = False, **rule_kw) -> dict:
     """Filter `source` (a spec or an opened Source) with its `scores` file into `out` (see `selection.py` for
     the files written); rules as a `FilterRules` or keywords (`min_score=0.28`, `min_side=64`, ...).
-    `also_remove`: removals files of other steps (de-duplication) to apply in the same pass."""
+    `also_remove`: removals files of other steps (de-duplication) to apply in the same pass. An earlier output
+    at `out` is replaced; other files only with `overwrite` (checked before any work)."""
     if rules is None:
         try:
             rules = FilterRules(**rule_kw)
@@ -208,6 +209,7 @@ def filter_source(source, scores, out, rules: Optional[FilterRules] = None, *, t
             raise UsageError(f"unknown filter rule: {e}") from None
     elif rule_kw:
         raise UsageError("give `rules` or rule keywords, not both")
+    vet_selection_output(out, to, overwrite=overwrite)
     src = open_source(source, **(source_options or {})) if isinstance(source, str) else source
     info = scores_info(scores)
     table = read_scores(scores)
@@ -241,4 +243,4 @@ def filter_source(source, scores, out, rules: Optional[FilterRules] = None, *, t
                "pairs_in": info["pairs"], "pairs_kept": sum(len(v) for v in kept.values()),
                "pairs_removed_by_reason": dict(sorted(pairs_removed.items()))}
     return write_selection(src, sorted(kept), captions, removals, out, to=to, summary=summary,
-                           shard_size=shard_size, progress=progress)
+                           shard_size=shard_size, progress=progress, overwrite=overwrite)

@@ -10,7 +10,8 @@ every sample exactly once. When every part is done they are concatenated in orde
 with the job's description in the file's metadata) and the parts folder is removed.
 
 Re-running on a finished `out` with the same source, model and options returns its summary without work; other
-settings are refused unless `overwrite=True`.
+settings are refused unless `overwrite=True`, and so is a file at `out` that is not a scores file (a folder, link,
+device or FIFO there is refused always: `output_dirs`).
 
 `executor="ray"` (options as `clipforge.scale.RayExecutor` declares them: address, num_workers, ...) scores on
 a Ray cluster: one part is one unit of work, each actor decodes, inspects, encodes and scores its part's
@@ -40,6 +41,7 @@ from clipforge.data.decode import SkipCounter
 from clipforge.data.sources import open_source
 from clipforge.encode import Encoder, as_encoder
 from clipforge.errors import ClipforgeError, UsageError
+from clipforge.output_dirs import OutputFile
 from clipforge.scale import EXECUTORS, EncodeJob, create_executor
 
 __all__ = ["score_source", "read_scores", "scores_info", "FORMAT", "VERSION"]
@@ -87,6 +89,14 @@ def scores_info(path) -> dict:
     return json.loads(meta[META_KEY])
 
 
+def _is_scores_file(path) -> bool:
+    try:
+        scores_info(path)
+    except ClipforgeError:
+        return False
+    return True
+
+
 def read_scores(path, columns: Optional[list[str]] = None) -> pa.Table:
     """A scores file as an Arrow table (all columns, or those named)."""
     scores_info(path)
@@ -125,8 +135,9 @@ def score_source(source, model, out, *, batch_size: int = 256, part_size: int = 
            "options": {"texts": bool(texts), "lang": lang, "embeddings": bool(embeddings),
                        "pixel_features": bool(pixel_features)}}
     same = ("source", "model", "options")
-    if out.exists():
-        done = scores_info(out) if out.suffix == ".parquet" else {}
+    output = OutputFile(overwrite=overwrite, param="out", owned=_is_scores_file)
+    if output.vet(out)[1] == "same":  # an earlier scores file: done already, or refused / redone
+        done = scores_info(out)
         if not overwrite and all(done.get(k) == job[k] for k in same):
             return {**done, "out": str(out), "resumed_from": done.get("n_positions"), "scored_now": 0}
         if not overwrite:
@@ -158,14 +169,14 @@ def score_source(source, model, out, *, batch_size: int = 256, part_size: int = 
         prec, dim = enc.precision, enc.embed_dim
     try:
         return _start(out, src, job, manifest, manifest_path, parts, prec, dim, enc, runner, progress, on_part,
-                      workers, batch_size, part_size)
+                      workers, batch_size, part_size, output)
     finally:
         if runner is not None:
             runner.close()
 
 
 def _start(out, src, job, manifest, manifest_path, parts, prec, dim, enc, runner, progress, on_part,
-           workers, batch_size, part_size) -> dict:
+           workers, batch_size, part_size, output) -> dict:
     """The rest of `score_source`, once the model is loaded here (`enc`) or in the executor's workers."""
     n = _n_positions(src)
     if manifest is None:
@@ -183,7 +194,7 @@ def _start(out, src, job, manifest, manifest_path, parts, prec, dim, enc, runner
         log.info("resuming %s: %d of %d positions already scored", out, resumed, n)
     t0, scored = time.perf_counter(), _run_parts(src, enc, manifest, manifest_path, parts, progress, on_part,
                                                  workers, runner)
-    res = _finish(out, parts, manifest, resumed, scored, time.perf_counter() - t0)
+    res = _finish(out, parts, manifest, resumed, scored, time.perf_counter() - t0, output)
     return {**res, "executor": runner.describe() if runner is not None else {"executor": "local"}}
 
 
@@ -248,7 +259,8 @@ def _run_parts(src, enc, manifest, manifest_path: Path, parts: Path, progress, o
     return scored
 
 
-def _finish(out: Path, parts: Path, manifest: dict, resumed: int, scored: int, seconds: float) -> dict:
+def _finish(out: Path, parts: Path, manifest: dict, resumed: int, scored: int, seconds: float,
+            output: OutputFile) -> dict:
     order = sorted(manifest["done"], key=int)
     tables = [pq.read_table(parts / manifest["done"][p]["file"]) for p in order]
     table = pa.concat_tables(tables) if tables else pa.table({})
@@ -267,6 +279,6 @@ def _finish(out: Path, parts: Path, manifest: dict, resumed: int, scored: int, s
     meta = dict(table.schema.metadata or {})
     meta[META_KEY] = json.dumps(info).encode()
     table = table.replace_schema_metadata(meta)
-    atomic_write_path(out, lambda tmp: pq.write_table(table, tmp))
+    atomic_write_path(out, lambda tmp: pq.write_table(table, tmp), output=output)
     shutil.rmtree(parts, ignore_errors=True)
     return {**info, "out": str(out), "resumed_from": resumed, "scored_now": scored, "seconds": round(seconds, 3)}

@@ -162,7 +162,7 @@ def _filter_section(n: int, s: dict, out: Path, k: int) -> list[str]:
             hits = [{"rank": n_, "id": i, "score": v, "caption": c, "position": p} for n_, (i, p, _, c, v)
                     in enumerate(sel)]
             fn = f"{name}_{what}_near_threshold.png"
-            contact_sheet(hits, out / fn, thumb=128, cols=5, load=images,
+            contact_sheet(hits, out / fn, thumb=128, cols=5, load=images, overwrite=True,
                           title=f"{what} pairs nearest the threshold {thr:.4f} ({len(hits)})")
             lines += ["", f"The {len(hits)} {what} pairs nearest the threshold "
                           f"({'highest-scoring removed' if what == 'removed' else 'lowest-scoring kept'}):", "",
@@ -198,7 +198,7 @@ def _dedup_section(n: int, s: dict, out: Path, k: int) -> list[str]:
                              "caption": f"{role}: {c or ''}", "position": p})
         images.prefetch([h["position"] for h in hits if h["position"] is not None])
         fn = f"{name}_least_similar.png"
-        contact_sheet(hits, out / fn, thumb=112, cols=6, load=images,
+        contact_sheet(hits, out / fn, thumb=112, cols=6, load=images, overwrite=True,
                       title=f"removed near-duplicates least similar to what they duplicate (kept | removed)")
         lines += ["", "The removed near-duplicates least similar to the kept item they duplicate (pairs: kept, "
                       "removed; the number is their cosine):", "", f"![near duplicates]({fn})"]

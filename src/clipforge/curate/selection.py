@@ -24,9 +24,12 @@ from typing import Iterator, Optional
 from clipforge.atomic import atomic_write, atomic_write_json
 from clipforge.data.sources.base import Source
 from clipforge.data.write import FORMATS, convert
-from clipforge.errors import UsageError
+from clipforge.errors import ClipforgeError, UsageError
+from clipforge.json_file import read_json_file
+from clipforge.output_dirs import OutputFile
 
-__all__ = ["Selection", "write_selection", "output_paths", "read_removals", "merge_removals"]
+__all__ = ["Selection", "write_selection", "output_paths", "vet_selection_output", "read_removals",
+           "merge_removals"]
 
 
 class Selection(Source):
@@ -78,23 +81,48 @@ def output_paths(out, to: Optional[str] = None) -> dict:
             "summary": Path(f"{stem}.summary.json")}
 
 
+def _earlier_selection(paths: dict):
+    """`owned` for a curated output's files: its summary file is a curation summary naming this output."""
+    def owned(_path) -> bool:
+        try:
+            info = read_json_file(paths["summary"], max_bytes=16 << 20)
+        except ClipforgeError:
+            return False
+        return (isinstance(info, dict) and "removals_file" in info and isinstance(info.get("out"), str)
+                and os.path.abspath(info["out"]) == os.path.abspath(paths["data"]))
+    return owned
+
+
+def vet_selection_output(out, to: Optional[str] = None, *, overwrite: bool = False) -> tuple[dict, OutputFile]:
+    """Check every file a curation step would write at `out` before it does any work: a step's earlier output
+    is replaced; other files only with `overwrite`; a folder, link, device or FIFO never (`output_dirs`).
+    Returns (output_paths, the file policy)."""
+    paths = output_paths(out, to)
+    output = OutputFile(overwrite=overwrite, param="out", owned=_earlier_selection(paths))
+    names = ("removals", "summary") if paths["format"] == "wds" else ("data", "removals", "summary")
+    for name in names:
+        if paths["format"] != "wds" or os.path.isdir(paths["data"]):
+            output.vet(paths[name])
+    return paths, output
+
+
 def write_selection(source: Source, positions: list[int], captions: dict[int, list[str]], removals: list[dict],
                     out, *, to: Optional[str] = None, summary: Optional[dict] = None, shard_size: int = 1000,
-                    verify: bool = False, progress=None) -> dict:
-    """Write the kept samples, the removals file and the summary; return the summary with the paths."""
-    paths = output_paths(out, to)
-    if paths["format"] == "wds":
-        paths["data"].mkdir(parents=True, exist_ok=True)
-    else:
+                    verify: bool = False, progress=None, overwrite: bool = False) -> dict:
+    """Write the kept samples, the removals file and the summary; return the summary with the paths.
+    What may be replaced: `vet_selection_output`."""
+    paths, output = vet_selection_output(out, to, overwrite=overwrite)
+    if paths["format"] != "wds":
         paths["data"].parent.mkdir(parents=True, exist_ok=True)
     written = convert(Selection(source, positions, captions), paths["format"], str(paths["data"]),
-                      shard_size=shard_size, verify=verify, progress=progress)
+                      shard_size=shard_size, verify=verify, progress=progress, overwrite=overwrite,
+                      owned=output.owned)
     atomic_write(paths["removals"], lambda f: f.writelines(
-        (json.dumps(r, ensure_ascii=False) + "\n").encode("utf-8") for r in removals))
+        (json.dumps(r, ensure_ascii=False) + "\n").encode("utf-8") for r in removals), output=output)
     summary = {**(summary or {}), "out": str(paths["data"]), "format": paths["format"],
                "removals_file": str(paths["removals"]), "written": written["written"],
                "write_skipped": written["skipped"]}
-    atomic_write_json(paths["summary"], summary)
+    atomic_write_json(paths["summary"], summary, output=output)
     return {**summary, "summary_file": str(paths["summary"])}
 
 

@@ -30,7 +30,7 @@ from clipforge.atomic import atomic_write_path, atomic_write_text
 from clipforge.data.decode import BadSample, SkipCounter
 from clipforge.data.sample import text_safe
 from clipforge.errors import UsageError
-from clipforge.output_dirs import claim_output_dir, vet_output_dir
+from clipforge.output_dirs import OutputFile, claim_output_dir, vet_output_dir
 
 _SHARD_NAME = re.compile(r"shard-\d{6,}\.tar")
 
@@ -145,13 +145,17 @@ def _remove_stale_shards(out_dir: str, keep: int) -> None:
 
 
 def write_manifest(source, out_path: str, fmt: str | None = None, *, verify: bool = True, progress=None,
-                   overwrite: bool = False) -> dict:
-    """Write `source` as a manifest file at `out_path` (an existing file there is replaced). Images that exist
-    only inside shards are extracted to the folder OUT_images beside it, which must be new, empty or an earlier
-    extraction; a `classnames.txt` beside it with other names is refused. `overwrite` allows both."""
+                   overwrite: bool = False, owned=None) -> dict:
+    """Write `source` as a manifest file at `out_path`: a new file, or (with `overwrite`, or where `owned(path)`
+    recognises it as the caller's earlier output) a replaced one; a folder, link, device or FIFO there is
+    refused always. Images that exist only inside shards are extracted to the folder OUT_images beside it,
+    which must be new, empty or an earlier extraction; a `classnames.txt` beside it with other names is
+    refused. `overwrite` allows both."""
     fmt = fmt or os.path.splitext(out_path)[1].lstrip(".").lower()
     if fmt not in ("jsonl", "csv", "parquet"):
         raise UsageError(f"manifest format must be one of ['jsonl', 'csv', 'parquet'], got {fmt!r}")
+    output = OutputFile(overwrite=overwrite, param="out", owned=owned)
+    output.vet(out_path)  # before any sample is read
     out_dir = os.path.dirname(os.path.abspath(out_path))
     img_dir = os.path.splitext(os.path.abspath(out_path))[0] + "_images"
     vet_output_dir(img_dir, "manifest-images", overwrite=overwrite, param="out")
@@ -199,17 +203,18 @@ def write_manifest(source, out_path: str, fmt: str | None = None, *, verify: boo
                                 ("label", pa.int64())])
             pq.write_table(pa.table(cols, schema=schema), tmp)
 
-    atomic_write_path(os.path.abspath(out_path), write)
+    atomic_write_path(os.path.abspath(out_path), write, output=output)
     if names is not None:
         atomic_write_text(names_file, names)
     return {"format": fmt, "out": out_path, "written": len(rows), "skipped": skipped.as_dict()}
 
 
 def convert(source, to: str, out: str, *, shard_size: int = 1000, verify: bool = True, progress=None,
-            overwrite: bool = False) -> dict:
-    """Write `source` as `to` (one of FORMATS) at `out` (a folder for wds, a file for manifests)."""
+            overwrite: bool = False, owned=None) -> dict:
+    """Write `source` as `to` (one of FORMATS) at `out` (a folder for wds, a file for manifests; `owned` as in
+    `write_manifest`)."""
     if to not in FORMATS:
         raise UsageError(f"unknown output format {to!r}; valid: {list(FORMATS)}")
     if to == "wds":
         return write_wds(source, out, shard_size, verify=verify, progress=progress, overwrite=overwrite)
-    return write_manifest(source, out, to, verify=verify, progress=progress, overwrite=overwrite)
+    return write_manifest(source, out, to, verify=verify, progress=progress, overwrite=overwrite, owned=owned)

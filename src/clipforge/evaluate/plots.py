@@ -15,22 +15,29 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from clipforge.atomic import atomic_write
+from clipforge.output_dirs import PNG_MARK_KEY, OutputFile, png_marked
 from clipforge.data.display import shown_label
 
 __all__ = ["plot_confusion_matrix", "plot_comparison", "plot_shots", "save_figure"]
 
 
-def save_figure(fig: Figure, path, dpi: int = 110) -> Path:
-    """Render `fig` to a PNG at `path`, atomically."""
+FIGURE_KIND = "figure"  # the PNG's clipforge tEXt mark: a rerun may replace its own chart
+
+
+def save_figure(fig: Figure, path, dpi: int = 110, *, overwrite: bool = False) -> Path:
+    """Render `fig` to a PNG at `path`, atomically. An existing file there is replaced only if clipforge drew
+    it (its PNG mark), or with `overwrite`; a folder, link, device or FIFO is always refused."""
+    output = OutputFile(overwrite=overwrite, param="path", owned=png_marked(FIGURE_KIND))
+    path, _ = output.vet(path)
     FigureCanvasAgg(fig)
-    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi, bbox_inches="tight"))
+    return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi, bbox_inches="tight",
+                                                    metadata={PNG_MARK_KEY: FIGURE_KIND}), output=output)
 
 
 def plot_confusion_matrix(
     cm, path, classnames: Sequence[str] | None = None, normalize: bool = True, title: str | None = None,
-    max_labels: int = 40,
+    max_labels: int = 40, *, overwrite: bool = False,
 ) -> Path:
     """Rows = true class, columns = predicted. `normalize` shows each row as fractions of its support.
     Tick labels are drawn only up to `max_labels` classes (beyond that they are unreadable)."""
@@ -57,10 +64,11 @@ def plot_confusion_matrix(
                     txt = f"{cm[i, j]:.2f}" if normalize else f"{int(cm[i, j])}"
                     ax.text(j, i, txt, ha="center", va="center", fontsize=7,
                             color="white" if cm[i, j] > 0.5 * cm.max() else "black")
-    return save_figure(fig, path)
+    return save_figure(fig, path, overwrite=overwrite)
 
 
-def plot_comparison(panels: dict[str, dict[str, dict[str, float]]], path, ylabel: str = "score") -> Path:
+def plot_comparison(panels: dict[str, dict[str, dict[str, float]]], path, ylabel: str = "score", *,
+                    overwrite: bool = False) -> Path:
     """Grouped bars: one panel per key of `panels` (e.g. task), groups = datasets, bars = models.
 
     panels: {panel title: {group (dataset): {series (model): value}}}; missing values are left blank.
@@ -83,11 +91,11 @@ def plot_comparison(panels: dict[str, dict[str, dict[str, float]]], path, ylabel
         ax.set_ylabel(shown_label(ylabel))
         ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
-    return save_figure(fig, path)
+    return save_figure(fig, path, overwrite=overwrite)
 
 
 def plot_shots(panels: dict[str, dict[str, dict[int, tuple[float, float]]]], path, ylabel: str = "top-1 accuracy",
-               flat: Sequence[str] = ("zero-shot",)) -> Path:
+               flat: Sequence[str] = ("zero-shot",), *, overwrite: bool = False) -> Path:
     """Accuracy-vs-shots curves: one panel per key (model on dataset), one line per method with its spread.
 
     panels: {panel title: {method: {k: (mean, std)}}}. Methods named in `flat` (the zero-shot baseline, which
@@ -117,4 +125,4 @@ def plot_shots(panels: dict[str, dict[str, dict[int, tuple[float, float]]]], pat
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
-    return save_figure(fig, path)
+    return save_figure(fig, path, overwrite=overwrite)

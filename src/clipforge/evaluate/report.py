@@ -19,13 +19,15 @@ from pathlib import Path
 
 from clipforge.atomic import atomic_write_text
 from clipforge.data.display import shown, shown_cell
-from clipforge.evaluate.plots import plot_comparison, plot_shots
+from clipforge.evaluate.plots import FIGURE_KIND, plot_comparison, plot_shots
+from clipforge.output_dirs import OutputFile, file_starts_with, png_marked
 from clipforge.evaluate.results import latest_results, read_results
 
 __all__ = ["primary_metric", "config_labels", "short_names", "markdown_report", "write_report", "shot_curves"]
 
 FEWSHOT_TASK = "few-shot"
 
+REPORT_MARK = "<!-- clipforge evaluation report -->\n"  # first line of a written report: a rerun replaces it
 _PRIMARY = ("top1", "AP@50", "mean_per_class_recall", "mAP")
 _NOT_CONFIG = ("task", "dataset")  # already in their own columns
 
@@ -173,21 +175,31 @@ def markdown_report(records: list[dict], chart_name: str | None = None, title: s
     return "\n".join(lines) + "\n"
 
 
-def write_report(results_path, out=None, chart=None) -> tuple[str, Path | None, Path | None]:
+def write_report(results_path, out=None, chart=None, *, overwrite: bool = False
+                 ) -> tuple[str, Path | None, Path | None]:
     """Read results, write the markdown to `out` (if given) and the chart PNG to `chart` (if given; default
     `<out>.png` when `out` is given); few-shot records are drawn as accuracy-vs-shots curves in
-    `<chart>-shots.png`. Returns (markdown, markdown path, chart path)."""
-    records = read_results(results_path)
+    `<chart>-shots.png`. Returns (markdown, markdown path, chart path). An existing file at any of these paths
+    is replaced only if it is an earlier report or chart, or with `overwrite` (`output_dirs`)."""
+    report_out = OutputFile(overwrite=overwrite, param="out", owned=file_starts_with(REPORT_MARK.encode()))
+    chart_out = OutputFile(overwrite=overwrite, param="chart", owned=png_marked(FIGURE_KIND))
+    if out is not None:
+        report_out.vet(out)
     if out is not None and chart is None:
         chart = Path(out).with_suffix(".png")
+    shots = None if chart is None else Path(chart).with_name(Path(chart).stem + "-shots.png")
+    for p in (chart, shots):
+        if p is not None:
+            chart_out.vet(p)  # every path refused before anything is written
+    records = read_results(results_path)
     chart_path = shots_path = None
     if chart is not None:
         panels = _panels(latest_results(records))
         if panels:
-            chart_path = plot_comparison(panels, chart)
+            chart_path = plot_comparison(panels, chart, overwrite=overwrite)
         curves = shot_curves(latest_results(records))
         if curves:
-            shots_path = plot_shots(curves, Path(chart).with_name(Path(chart).stem + "-shots.png"))
+            shots_path = plot_shots(curves, shots, overwrite=overwrite)
 
     def ref(p):
         if p is None:
@@ -199,5 +211,5 @@ def write_report(results_path, out=None, chart=None) -> tuple[str, Path | None, 
     if out is not None:
         out_path = Path(out)
         out_path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out_path, md)
+        atomic_write_text(out_path, REPORT_MARK + md, output=report_out)
     return md, out_path, chart_path

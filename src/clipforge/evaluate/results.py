@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import platform
+import stat
 from importlib import metadata
 from pathlib import Path
 
@@ -23,8 +24,8 @@ import numpy as np
 
 from clipforge.errors import ClipforgeError, UsageError
 
-__all__ = ["config_hash", "package_versions", "make_record", "append_result", "read_results", "latest_results",
-           "record_key"]
+__all__ = ["config_hash", "package_versions", "make_record", "append_result", "vet_results_file", "read_results",
+           "latest_results", "record_key"]
 
 log = logging.getLogger(__name__)
 _PACKAGES = ("clipforge", "torch", "numpy", "scikit-learn", "open_clip_torch", "transformers", "faiss-cpu")
@@ -83,16 +84,57 @@ def make_record(
     return rec
 
 
+def _is_results_file(head: bytes) -> bool:
+    """Its first line is a result record (the file's first 64 KiB; an empty file counts)."""
+    if not head.strip():
+        return True
+    try:
+        first = json.loads(head.split(b"\n", 1)[0])
+    except ValueError:
+        return False
+    return isinstance(first, dict) and all(k in first for k in REQUIRED)
+
+
+def vet_results_file(path, param: str = "out") -> Path:
+    """Check that records may be appended to `path` (call it before the work that produces them): a new file,
+    or a results file (its first line is a record). A folder, link, device or FIFO, or a file of anything
+    else, is refused with one `UsageError` line: appending never writes into what clipforge did not write."""
+    p = Path(path)
+    try:
+        fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
+    except FileNotFoundError:
+        return p
+    except OSError as e:
+        what = "a symbolic link" if os.path.islink(p) else "a folder" if os.path.isdir(p) else None
+        raise UsageError(f"`{param}` {p}: " + (f"it is {what}; name a results file" if what else
+                                               f"cannot open it ({e.strerror or e})")) from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise UsageError(f"`{param}` {p} is not a regular file (a folder, device, FIFO or socket): name a "
+                             "results file")
+        head = os.read(fd, 1 << 16)
+    finally:
+        os.close(fd)
+    if not _is_results_file(head):
+        raise UsageError(f"`{param}` {p} exists and is not a results file (its first line is not a result "
+                         "record): records are only appended to a results file; name a new file")
+    return p
+
+
 def append_result(path, record: dict) -> None:
-    """Append one record as a single JSON line (O_APPEND, one write, fsync)."""
+    """Append one record as a single JSON line (O_APPEND, one write, fsync) to a new file or a results file
+    (`vet_results_file`)."""
     missing = [k for k in REQUIRED if k not in record]
     if missing:
         raise UsageError(f"result record lacks {', '.join(missing)}")
     line = (json.dumps(_clean(record), ensure_ascii=False, allow_nan=False) + "\n").encode()
-    path = Path(path)
+    path = vet_results_file(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0)
+    fd = os.open(path, flags, 0o644)
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # swapped for something else since the check
+            raise UsageError(f"`out` {path} is not a regular file: name a results file")
         written = os.write(fd, line)
         if written != len(line):  # pragma: no cover - regular files do not short-write in practice
             raise ClipforgeError(f"short write to {path}: {written} of {len(line)} bytes")

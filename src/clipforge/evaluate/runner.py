@@ -24,7 +24,7 @@ from clipforge.encode.precision import PRECISIONS
 from clipforge.errors import UsageError
 from clipforge.evaluate.datasets import open_eval_dataset
 from clipforge.evaluate.index_retrieval import index_model_ref, is_index_dir, same_model_ref
-from clipforge.evaluate.results import append_result, make_record
+from clipforge.evaluate.results import append_result, make_record, vet_results_file
 from clipforge.evaluate.tasks import TASKS, EvalContext
 from clipforge.models import load_model
 
@@ -63,6 +63,8 @@ def run_eval(model, task: str, dataset, *, model_name: Optional[str] = None, spl
         raise UsageError(f"`batch_size` must be >= 1 and `workers` >= 0 (got {batch_size}, {workers})")
     if precision not in PRECISIONS:
         raise UsageError(f"`precision` {precision!r} is unknown; choose from {', '.join(PRECISIONS)}")
+    if out is not None:
+        vet_results_file(out)  # refused before the evaluation runs
     ctx = EvalContext(batch_size=batch_size, workers=workers, seed=seed, progress=progress, image_root=image_root)
     t0 = time.perf_counter()
     if is_index_dir(dataset):

@@ -39,7 +39,7 @@ from clipforge.errors import ClipforgeError, UsageError
 
 KINDS = ("flat", "hnsw", "ivf_flat", "ivf_pq", "ivf_pqfs")
 EXACT_THRESHOLD = 200_000  # below this many vectors exact search is fast enough (≈ 30 ms/query at 512-d)
-_MAGIC = b"CFINDEX1"
+INDEX_MAGIC = _MAGIC = b"CFINDEX1"  # first bytes of every index file clipforge writes
 _DEFAULTS = {
     "flat": {},
     "hnsw": {"M": 32, "efConstruction": 80, "efSearch": 128},

@@ -31,7 +31,8 @@ import numpy as np
 
 from clipforge.atomic import atomic_write
 from clipforge.errors import ClipforgeError, UsageError
-from clipforge.retrieval.index import VectorIndex, choose_index, header_bytes, merge_topk, read_header
+from clipforge.output_dirs import OutputFile, file_starts_with
+from clipforge.retrieval.index import INDEX_MAGIC, VectorIndex, choose_index, header_bytes, merge_topk, read_header
 from clipforge.retrieval.store import EmbeddingStore
 
 _SHARDS_MAGIC = b"CFSHARD1"
@@ -172,6 +173,14 @@ def _check_compatible(shards: Sequence[VectorIndex], names: Sequence[str]) -> No
     if len(uniq) != len(seen):
         dup = uniq[counts > 1]
         raise UsageError(f"merge: {len(dup)} id(s) occur in more than one shard, e.g. {dup[:5].tolist()}")
+
+
+def vet_index_file(path, *, overwrite: bool = False, param: str = "out") -> Path:
+    """Check that an index file (a template, a shard, a merged index or manifest) may be written at `path`:
+    an earlier clipforge index file is replaced; another file only with `overwrite`; a folder, link, device or
+    FIFO never (`output_dirs`). Call it before the work that produces the file."""
+    output = OutputFile(overwrite=overwrite, param=param, owned=file_starts_with(INDEX_MAGIC, _SHARDS_MAGIC))
+    return output.vet(path)[0]
 
 
 def merge_shards(shards: Sequence[str | os.PathLike | VectorIndex], out=None, mode: str = "auto",

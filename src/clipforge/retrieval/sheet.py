@@ -12,13 +12,16 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from PIL import Image, ImageDraw, ImageFont
+from PIL.PngImagePlugin import PngInfo
 
 from clipforge.atomic import atomic_write
 from clipforge.data.decode import BadSample, DecodeOptions, decode_image, read_bytes
 from clipforge.data.display import shown
+from clipforge.output_dirs import PNG_MARK_KEY, OutputFile, png_marked
 
 _BG, _FG, _DIM, _MISSING = (255, 255, 255), (20, 20, 20), (110, 110, 110), (225, 225, 225)
 _THUMB_DECODE = DecodeOptions(draft_size=(512, 512))  # JPEG: decode at reduced size, thumbnails need no more
+SHEET_KIND = "contact-sheet"  # the PNG's clipforge tEXt mark: a rerun may replace its own sheet
 
 
 def _field(hit: Any, name: str, default=None):
@@ -50,9 +53,15 @@ def _text(draw: ImageDraw.ImageDraw, xy, text: str, fill, font) -> None:
 
 def contact_sheet(hits: Sequence[Any], out_path: str | Path | None = None, thumb: int = 160, cols: int = 5,
                   caption_lines: int = 2, title: str | None = None,
-                  load: Callable[[Any], Image.Image | None] = _default_loader) -> Image.Image:
+                  load: Callable[[Any], Image.Image | None] = _default_loader,
+                  overwrite: bool = False) -> Image.Image:
     """Render hits (Hit objects or dicts with rank/id/score and path/caption) as a grid; save as PNG if
-    out_path is given (atomically). load(hit) returns the image or None (drawn as a grey tile)."""
+    out_path is given (atomically). load(hit) returns the image or None (drawn as a grey tile).
+    An existing file at `out_path` is replaced only if it is an earlier contact sheet, or with `overwrite`;
+    a folder, link, device or FIFO there is always refused (`output_dirs`)."""
+    output = OutputFile(overwrite=overwrite, param="out_path", owned=png_marked(SHEET_KIND))
+    if out_path is not None:
+        output.vet(out_path)  # before any image is loaded
     font = ImageFont.load_default()
     line_h = 12
     chars = max(8, thumb // 6)  # the default bitmap font is ~6 px per character
@@ -86,5 +95,7 @@ def contact_sheet(hits: Sequence[Any], out_path: str | Path | None = None, thumb
         for i, line in enumerate(textwrap.wrap(caption, chars)[:caption_lines]):
             _text(draw, (x, y + thumb + 2 + line_h * (i + 1)), line, _DIM, font)
     if out_path is not None:  # readable by others as the umask allows; a missing folder is a one-line error
-        atomic_write(out_path, lambda f: sheet.save(f, format="PNG"))
+        info = PngInfo()
+        info.add_text(PNG_MARK_KEY, SHEET_KIND)
+        atomic_write(out_path, lambda f: sheet.save(f, format="PNG", pnginfo=info), output=output)
     return sheet

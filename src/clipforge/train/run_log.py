@@ -107,4 +107,4 @@ def plot_curves(metrics_path: Path, out_png: Path) -> Optional[Path]:
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    return save_figure(fig, out_png)
+    return save_figure(fig, out_png, overwrite=True)  # inside the run folder clipforge owns

@@ -24,6 +24,8 @@ from safetensors.torch import load_file, save_file
 from clipforge.atomic import atomic_write_path, atomic_write_text
 from clipforge.encode import as_encoder
 from clipforge.errors import ClipforgeError, UsageError
+from clipforge.json_file import read_json_file
+from clipforge.output_dirs import OutputFile
 from clipforge.registry import Option
 from clipforge.zeroshot.cupl import cupl_groups, load_descriptions
 from clipforge.zeroshot.methods import DESCRIPTIONS, METHODS, TEMPLATES, ZeroShotMethod
@@ -67,15 +69,15 @@ class ZeroShotHead:
         """(probabilities, class indices), each (N, min(k, C)), best first."""
         return self.probs(image_feats).topk(min(k, len(self.classnames)), dim=-1)
 
-    def save(self, path) -> Path:
-        """Write `<path>.safetensors` (weights) and `<path>.json` (class names, scale, meta), atomically."""
-        path = Path(path)
-        st = path if path.suffix == ".safetensors" else path.with_name(path.name + ".safetensors")
+    def save(self, path, *, overwrite: bool = False) -> Path:
+        """Write `<path>.safetensors` (weights) and `<path>.json` (class names, scale, meta), atomically; an
+        earlier head there is replaced, anything else only with `overwrite` (`head_output`)."""
+        st, side, output = head_output(path, overwrite=overwrite)
         st.parent.mkdir(parents=True, exist_ok=True)
-        side = st.with_suffix(".json")
         info = {"classnames": self.classnames, "logit_scale": self.logit_scale, "meta": self.meta}
-        atomic_write_path(st, lambda tmp: save_file({"weights": self.weights.contiguous().float()}, tmp))
-        atomic_write_text(side, json.dumps(info, indent=1, ensure_ascii=False))
+        atomic_write_path(st, lambda tmp: save_file({"weights": self.weights.contiguous().float()}, tmp),
+                          output=output)
+        atomic_write_text(side, json.dumps(info, indent=1, ensure_ascii=False), output=output)
         return st
 
     @classmethod
@@ -87,6 +89,32 @@ class ZeroShotHead:
             raise ClipforgeError(f"zero-shot head not found: need {st} and {side}")
         info = json.loads(side.read_text(encoding="utf-8"))
         return cls(load_file(str(st))["weights"], info["classnames"], info["logit_scale"], info.get("meta", {}))
+
+
+def head_paths(path) -> tuple[Path, Path]:
+    """(`<path>.safetensors`, `<path>.json`): the two files of a saved head (zero-shot or few-shot)."""
+    path = Path(path)
+    st = path if path.suffix == ".safetensors" else path.with_name(path.name + ".safetensors")
+    return st, st.with_suffix(".json")
+
+
+def _is_head_file(p: Path) -> bool:
+    """True when `p` (either file of a pair) belongs to a head clipforge saved: its JSON names class names."""
+    try:
+        info = read_json_file(head_paths(p.with_suffix(""))[1], max_bytes=256 << 20)
+    except ClipforgeError:  # missing, unreadable or not JSON: not a head
+        return False
+    return isinstance(info, dict) and isinstance(info.get("classnames"), list)
+
+
+def head_output(path, *, overwrite: bool = False, param: str = "path") -> tuple[Path, Path, OutputFile]:
+    """Vet both files of a head to be saved at `path` before anything is computed: an earlier head there is
+    replaced; another file only with `overwrite`; a folder, link, device or FIFO never."""
+    st, side = head_paths(path)
+    output = OutputFile(overwrite=overwrite, param=param, owned=_is_head_file)
+    output.vet(st)
+    output.vet(side)
+    return st, side, output
 
 
 def encode_normalized(encode_text: EncodeText, texts: list[str], batch_size: int, progress) -> torch.Tensor:

@@ -32,7 +32,8 @@ from clipforge.data.decode import SkipCounter
 from clipforge.data.sources.filelist import open_inputs
 from clipforge.encode import as_encoder
 from clipforge.errors import UsageError
-from clipforge.zeroshot.heads import ZeroShotHead
+from clipforge.output_dirs import OutputFile, file_head
+from clipforge.zeroshot.heads import ZeroShotHead, head_output
 from clipforge.zeroshot.methods import METHODS
 
 __all__ = ["Prediction", "Classification", "classify", "write_predictions"]
@@ -56,11 +57,11 @@ class Classification:
     """
 
     def __init__(self, encoder, source, classnames, method, scorer, k, batch_size, workers, progress,
-                 save_head=None):
+                 save_head=None, overwrite=False):
         self.encoder, self.source, self.classnames = encoder, source, classnames
         self.method, self._scorer, self.k = method, scorer, k
         self.batch_size, self.workers, self.progress = batch_size, workers, progress
-        self.save_head = save_head
+        self.save_head, self.overwrite = save_head, overwrite
         self.skipped = SkipCounter()
         self.head = scorer if isinstance(scorer, ZeroShotHead) else None
         self.meta: dict = dict(getattr(scorer, "meta", {}))
@@ -83,7 +84,7 @@ class Classification:
                 if isinstance(self._scorer, ZeroShotHead):
                     self.head = self._scorer
                     if self.save_head:
-                        self.head.save(self.save_head)
+                        self.head.save(self.save_head, overwrite=self.overwrite)
                 self.meta = dict(getattr(self._scorer, "meta", {}))
             stream = iter(batches)
         for ids, feats in stream:
@@ -101,7 +102,7 @@ class Classification:
 
 def classify(model, inputs, classnames=None, *, method: Optional[str] = None, k: int = 5, head=None,
              save_head=None, batch_size: int = 256, workers: int = 0, progress: Optional[bool] = None,
-             **method_options) -> Classification:
+             overwrite: bool = False, **method_options) -> Classification:
     """Zero-shot top-k labels for `inputs` (image paths, a source spec, or a Source).
 
     `model`: a loaded model or an `Encoder`. `method`: a registered zero-shot method (None: "mean");
@@ -134,14 +135,17 @@ def classify(model, inputs, classnames=None, *, method: Optional[str] = None, k:
             raise UsageError(f"`save_head` needs a linear head (`method` "
                              f"{'/'.join(n for n in METHODS.names() if METHODS.get(n).linear)}); {name} scores "
                              "image by image")
+        if save_head is not None:
+            head_output(save_head, overwrite=overwrite, param="save_head")  # refused before any text is encoded
         classnames = [str(c) for c in classnames]
         scorer = None
         if not m.transductive:
             scorer = m.build(encoder, classnames, batch_size=batch_size, workers=workers, progress=progress)
             if save_head is not None:
-                scorer.save(save_head)
+                scorer.save(save_head, overwrite=overwrite)
     source = open_inputs(inputs)
-    return Classification(encoder, source, classnames, m, scorer, k, batch_size, workers, progress, save_head)
+    return Classification(encoder, source, classnames, m, scorer, k, batch_size, workers, progress, save_head,
+                          overwrite)
 
 
 def _csv_row(p: Prediction, k: int) -> list:
@@ -151,12 +155,38 @@ def _csv_row(p: Prediction, k: int) -> list:
     return row
 
 
-def write_predictions(predictions: Iterable[Prediction], out, k: int) -> int:
-    """Write predictions as CSV (id,label_1,score_1,...) or JSONL by suffix, atomically. Returns the count."""
+_CSV_HEADER = b"id,label_1,score_1"
+
+
+def _is_predictions_file(p: Path) -> bool:
+    """An earlier `write_predictions` output: its CSV header, or a first JSON line of exactly id/labels/scores."""
+    head = file_head(p, 1 << 16)
+    if p.suffix.lower() == ".csv":
+        return head.startswith(_CSV_HEADER)
+    try:
+        first = json.loads(head.split(b"\n", 1)[0])
+    except ValueError:
+        return False
+    return isinstance(first, dict) and set(first) == {"id", "labels", "scores"}
+
+
+def prediction_output(out, *, overwrite: bool = False) -> OutputFile:
+    """Vet `out` for `write_predictions` (call it before classifying): an earlier predictions file is replaced,
+    another file only with `overwrite`, a folder, link, device or FIFO never."""
+    fmt = Path(out).suffix.lower().lstrip(".")
+    if fmt not in ("csv", "jsonl"):
+        raise UsageError(f"`out` must end in .csv or .jsonl, got {str(out)!r}")
+    output = OutputFile(overwrite=overwrite, param="out", owned=_is_predictions_file)
+    output.vet(out)
+    return output
+
+
+def write_predictions(predictions: Iterable[Prediction], out, k: int, *, overwrite: bool = False) -> int:
+    """Write predictions as CSV (id,label_1,score_1,...) or JSONL by suffix, atomically. Returns the count.
+    An earlier predictions file at `out` is replaced; another file only with `overwrite` (`prediction_output`)."""
+    output = prediction_output(out, overwrite=overwrite)
     path = Path(out)
     fmt = path.suffix.lower().lstrip(".")
-    if fmt not in ("csv", "jsonl"):
-        raise UsageError(f"`out` must end in .csv or .jsonl, got {str(path)!r}")
     path.parent.mkdir(parents=True, exist_ok=True)
     n = 0
 
@@ -176,5 +206,5 @@ def write_predictions(predictions: Iterable[Prediction], out, k: int) -> int:
         text.flush()
         text.detach()  # leave the binary file open for atomic_write's fsync
 
-    atomic_write(path, write)
+    atomic_write(path, write, output=output)
     return n
