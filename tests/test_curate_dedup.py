@@ -75,9 +75,58 @@ def test_dedup_with_a_model_embeds_through_the_score_job(planted, tmp_path):
 
 
 def test_an_eps_that_swallows_distinct_images_is_warned_about(planted, tmp_path):
-    s = dedup_source(planted["spec"], tmp_path / "d.jsonl", scores=planted["scores"], eps=0.6, features="pixels")
+    s = dedup_source(planted["spec"], tmp_path / "d.jsonl", scores=planted["scores"], eps=0.6, features="pixels",
+                     max_removed=1.0)
     assert s["samples_removed"] > 0.3 * s["samples_in"]
     assert len(s["warnings"]) == 1 and "smaller `eps`" in s["warnings"][0]
+
+
+def test_an_eps_that_would_remove_most_images_is_refused_and_writes_nothing(planted, tmp_path):
+    out = tmp_path / "d.jsonl"
+    with pytest.raises(UsageError, match=r"would remove \d+ of \d+ images .* more than `max_removed` 0.5") as e:
+        dedup_source(planted["spec"], out, scores=planted["scores"], eps=0.6, features="pixels")
+    assert "0.01: " in str(e.value)  # the counts at other radii, to choose from
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    with pytest.raises(UsageError, match="`max_removed`"):
+        dedup_source(planted["spec"], out, scores=planted["scores"], max_removed=1.5)
+    with pytest.raises(UsageError, match="`eps`"):
+        dedup_source(planted["spec"], out, scores=planted["scores"], eps="big")
+
+
+def test_the_default_radius_is_measured_and_removes_exactly_the_planted_copies(planted, tmp_path):
+    """No eps, no features given: exact steps, then the pixel descriptor at a radius measured on the data."""
+    s = dedup_source(planted["spec"], tmp_path / "d.jsonl", scores=planted["scores"])
+    assert s["features"] == "pixels" and s["eps_auto"]["eps"] == s["eps"] > 0
+    assert s["eps"] == pytest.approx(0.1 * s["eps_auto"]["scale"], abs=1e-6)
+    rem = read_removals(s["removals_file"])
+    found = {frozenset((r["id"], r["duplicate_of"])) for r in rem if "duplicate_of" in r}
+    assert found == {frozenset((c["id"], c["_of"])) for c in planted["copies"]}
+    assert not s["warnings"]
+
+
+def _cloud(scale: float, n: int = 300, copies: int = 30, d: int = 32, seed: int = 0):
+    """n distinct unit vectors spread `scale` around one direction (a weak model's embeddings: small `scale`), and
+    a copy of each of the first `copies`, moved 2% of `scale` (a resized or re-encoded image)."""
+    rng = np.random.default_rng(seed)
+    x = np.eye(d)[0] + scale * rng.normal(size=(n, d))
+    x = np.concatenate([x, x[:copies] + 0.02 * scale * rng.normal(size=(copies, d))])
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32), {(n + c, c) for c in range(copies)}
+
+
+def test_the_measured_radius_follows_the_features_scale():
+    """The same layout at two scales: the old fixed radius (0.05) fits one of them only; the measured one finds the
+    copies at both."""
+    from clipforge.curate.radius import auto_eps
+
+    fixed_ok = []
+    for scale in (0.01, 0.3):
+        x, planted = _cloud(scale)
+        a = auto_eps(x)
+        removed, _, _ = near_duplicates(x, a["eps"], priority=-np.arange(len(x), dtype=np.float64))
+        assert {(r, k) for r, (k, _) in removed.items()} == planted, scale
+        fixed, _, _ = near_duplicates(x, 0.05, priority=-np.arange(len(x), dtype=np.float64))
+        fixed_ok.append({(r, k) for r, (k, _) in fixed.items()} == planted)
+    assert fixed_ok.count(True) <= 1
 
 
 def _clusters(n_groups=40, per=3, d=32, spread=0.01, seed=0):

@@ -2,6 +2,7 @@
 clipforge.curate)."""
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 
@@ -14,8 +15,6 @@ OUT_HELP = "output: a .jsonl / .csv / .parquet manifest, or a folder with --to w
 
 
 def _fraction(value: str) -> float:
-    import argparse
-
     try:
         v = float(value)
     except ValueError:
@@ -54,8 +53,10 @@ def register(sub) -> None:
     s.add_argument("--no-lang", dest="lang", action="store_false", help="no language guess (py3langid)")
     s.add_argument("--no-embeddings", dest="embeddings", action="store_false",
                    help="do not keep image embeddings (dedup --scores reuses them)")
-    s.add_argument("--pixel-features", action="store_true",
-                   help="keep a model-free pixel descriptor per image (dedup --features pixels)")
+    s.add_argument("--no-pixel-features", dest="pixel_features", action="store_false",
+                   help="do not keep the model-free pixel descriptor (dedup's default features reuse it)")
+    s.add_argument("--pixel-features", dest="pixel_features", action="store_true",
+                   help=argparse.SUPPRESS)  # the default since dedup uses it; kept for existing scripts
     s.add_argument("--overwrite", action="store_true", help="replace an existing scores file or unfinished job")
     s.add_argument("--json", action="store_true")
     add_executor_args(s, "curate")
@@ -90,11 +91,17 @@ def register(sub) -> None:
     src = d.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", "-m", help="model to embed the images with")
     src.add_argument("--scores", help="a scores file holding image embeddings (curate score)")
-    d.add_argument("--eps", type=float, default=0.05, help="near-duplicates: cosine >= 1 - eps (default 0.05)")
+    d.add_argument("--eps", default="auto",
+                   help="near-duplicates: cosine >= 1 - eps; auto (default): 0.1 x the median distance to the 10th "
+                        "nearest image, measured on the data")
+    d.add_argument("--max-removed", type=float, default=0.5,
+                   help="refuse (writing nothing) when the near step would remove more than this share of the "
+                        "images (default 0.5)")
     d.add_argument("--method", choices=["auto", "range", "semdedup"], default="auto",
                    help="range search (every pair) or SemDeDup clustering; auto picks by size")
-    d.add_argument("--features", choices=["model", "pixels"], default="model",
-                   help="model embeddings (semantic) or a model-free pixel descriptor (resized/re-encoded copies)")
+    d.add_argument("--features", choices=["pixels", "model"], default="pixels",
+                   help="pixels (default): a model-free descriptor (resized / re-encoded copies); model: the "
+                        "model's embeddings (semantic near-duplicates, as SemDeDup; as good as the model)")
     d.add_argument("--keep", choices=["central", "first", "score"], default="central",
                    help="which of a group of duplicates stays (default: the one nearest the group's centre)")
     d.add_argument("--no-exact", dest="exact", action="store_false", help="skip the exact (hash) steps")
@@ -171,7 +178,14 @@ def run_dedup(args) -> int:
     from clipforge.curate import dedup_source
 
     executor, options = executor_from_args(args)
-    s = dedup_source(args.source, args.out, model=args.model, scores=args.scores, eps=args.eps, method=args.method,
+    from clipforge.errors import UsageError
+
+    try:
+        eps = args.eps if args.eps == "auto" else float(args.eps)
+    except ValueError:
+        raise UsageError(f"--eps {args.eps!r}: give auto or a radius in [0, 1)") from None
+    s = dedup_source(args.source, args.out, model=args.model, scores=args.scores, eps=eps, method=args.method,
+                     max_removed=args.max_removed,
                      features=args.features, keep=args.keep, exact=args.exact, captions=args.captions,
                      caption_eps=args.caption_eps, n_clusters=args.n_clusters, to=args.to,
                      batch_size=args.batch_size, workers=args.workers, device=args.device,

@@ -6,13 +6,16 @@ Steps, each on what the previous kept:
   2. exact, pixels  same decoded pixels and size (re-saved with other settings): same rule  exact_duplicate
   3. near           embeddings with cosine >= 1 - eps (`near.py`: faiss range search for moderate n, SemDeDup
                     clustering for large n), keep rule `keep` (default "central")   reason near_duplicate
+                    eps="auto" (default) measures the radius on the data (`radius.py`); a step that would
+                    remove more than `max_removed` of the images is refused before anything is written
   4. captions       (captions=True) samples whose first caption equals another's after normalising case,
                     spaces and punctuation, or whose caption embeddings are within `caption_eps`: keep the
                     first                                                          reason duplicate_caption
 
-Embeddings: `features="model"` uses the model's image embeddings (semantic near-duplicates, as SemDeDup);
-`features="pixels"` uses a model-free 16x16 grey descriptor (`facts.pixel_descriptor`: copies that were
-resized or re-encoded, not crops or shifts). They come from a scores file that holds them (`scores=`, from
+Embeddings: `features="pixels"` (default) uses a model-free 16x16 grey descriptor (`facts.pixel_descriptor`:
+copies that were resized or re-encoded, not crops or shifts); `features="model"` uses the model's image
+embeddings (semantic near-duplicates, as SemDeDup), which only separate distinct images as well as the model
+does: a weak model puts whole classes within any fixed radius. They come from a scores file that holds them (`scores=`, from
 `score_source(..., embeddings=True)`), or are computed by the same resumable job (`<out stem>.images.parquet`).
 
 Samples the score job could not read are left out and recorded as "unreadable:<reason>", as filter does.
@@ -23,12 +26,13 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import numpy as np
 
 from clipforge.curate.job import read_scores, score_source, scores_info
 from clipforge.curate.near import METHODS, candidate_pairs, keep_greedy
+from clipforge.curate.radius import auto_eps
 from clipforge.curate.selection import vet_selection_output, write_selection
 from clipforge.data.sources import open_source
 from clipforge.encode import Encoder
@@ -37,9 +41,10 @@ from clipforge.errors import UsageError
 __all__ = ["dedup_source", "exact_duplicates", "near_duplicates", "KEEP", "FEATURES", "EPS_REPORT"]
 
 KEEP = ("central", "first", "score")
-FEATURES = ("model", "pixels")
+FEATURES = ("pixels", "model")
 EPS_REPORT = (0.01, 0.02, 0.05, 0.1, 0.15)
 WARN_FRACTION = 0.3  # near-duplicates above this share of the images earn a warning in the summary
+MAX_REMOVED = 0.5    # near-duplicates above this share of the images: refused unless `max_removed` says more
 log = logging.getLogger("clipforge.curate")
 
 
@@ -88,8 +93,8 @@ def _vectors(column) -> tuple[np.ndarray, np.ndarray]:
     return np.flatnonzero(valid), x / np.maximum(n, 1e-12)  # float16 storage: renormalise
 
 
-def dedup_source(source, out, *, model=None, scores=None, eps: float = 0.05, method: str = "auto",
-                 features: str = "model", keep: str = "central", exact: bool = True, captions: bool = False,
+def dedup_source(source, out, *, model=None, scores=None, eps: Union[float, str] = "auto", method: str = "auto",
+                 features: str = "pixels", keep: str = "central", max_removed: float = MAX_REMOVED, exact: bool = True, captions: bool = False,
                  caption_eps: float = 0.02, eps_report: Sequence[float] = EPS_REPORT, to: Optional[str] = None,
                  n_clusters: Optional[int] = None, seed: int = 0, batch_size: int = 256, workers: int = 0,
                  device=None, precision: str = "auto", shard_size: int = 1000,
@@ -102,11 +107,18 @@ def dedup_source(source, out, *, model=None, scores=None, eps: float = 0.05, met
     (embeddings are then computed by the resumable score job into `<out stem>.images.parquet`; `executor`,
     `executor_options`, `engine`, `threads` are that job's, see `score_source`).
     keep: "central" (nearest its group's centre), "first" (source order) or "score" (best caption score;
-    needs scores with captions). An earlier output at `out` is replaced; other files only with `overwrite`
+    needs scores with captions). eps: the near-duplicate radius (cosine >= 1 - eps), or "auto" (measured on the
+    data: `radius.auto_eps`). max_removed: the largest share of the readable images the near step may remove;
+    beyond it the call is refused with the counts at other radii, nothing written (the scores are kept, so a
+    second call with another eps costs no encoding). An earlier output at `out` is replaced; other files only with `overwrite`
     (`selection.vet_selection_output`, checked before any work).
     """
     if keep not in KEEP:
         raise UsageError(f"`keep` {keep!r}: choose from {list(KEEP)}")
+    if not (eps == "auto" or (isinstance(eps, (int, float)) and not isinstance(eps, bool) and 0.0 <= eps < 1.0)):
+        raise UsageError(f"`eps` must be \"auto\" or a number in [0, 1), got {eps!r}")
+    if not (isinstance(max_removed, (int, float)) and 0.0 <= max_removed <= 1.0):
+        raise UsageError(f"`max_removed` must be a fraction in [0, 1], got {max_removed!r}")
     if features not in FEATURES:
         raise UsageError(f"`features` {features!r}: choose from {list(FEATURES)}")
     if method not in METHODS:
@@ -162,9 +174,23 @@ def dedup_source(source, out, *, model=None, scores=None, eps: float = 0.05, met
     at = {r: k for k, r in enumerate(have.tolist())}  # sample row -> row of x
     alive = [r for r in at if r not in removed]
     xa = x[[at[r] for r in alive]]
+    calibration = None
+    if eps == "auto":
+        calibration = auto_eps(xa, seed=seed)
+        eps = calibration["eps"]
     near, counts, used = near_duplicates(xa, eps, method=method, eps_report=eps_report,
                                          priority=None if keep == "central" else prio[alive],
                                          **({"n_clusters": n_clusters, "seed": seed} if method != "range" else {}))
+    if alive and len(near) > max_removed * len(alive):
+        at_eps = ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()))
+        how = (f" (measured on the data: {calibration['factor']} x the median distance "
+               f"{calibration['scale']:.4g} to the {calibration['k']}th neighbour)" if calibration else "")
+        raise UsageError(f"eps {eps:.4g}{how} would remove {len(near)} of {len(alive)} images as near-duplicates, "
+                         f"more than `max_removed` {max_removed:g}: the {features} features do not separate these "
+                         f"images at this radius (removed at other eps: {at_eps}); no output was written: give a "
+                         f"smaller `eps`, "
+                         + ("`features`='pixels', " if features == "model" else "")
+                         + "or a larger `max_removed` if they really are duplicates")
     for a, (b, s) in near.items():
         removed[alive[a]] = {"reason": "near_duplicate", "of": alive[b], "how": features, "similarity": s}
     cap_removed = 0
@@ -195,7 +221,7 @@ def dedup_source(source, out, *, model=None, scores=None, eps: float = 0.05, met
     for d in removals:
         by_reason[d["reasons"][0]] = by_reason.get(d["reasons"][0], 0) + 1
     summary = {"step": "dedup", "source": src.spec, "scores": str(scores), "model": info["model"],
-               "features": features, "eps": eps, "method": used, "keep": keep, "exact": exact,
+               "features": features, "eps": eps, "eps_auto": calibration, "max_removed": max_removed, "method": used, "keep": keep, "exact": exact,
                "captions": captions, "caption_eps": caption_eps if captions else None,
                "samples_in": n + info["skipped"]["total"], "unreadable": info["skipped"]["total"],
                "samples_kept": len(kept), "samples_removed": len(removals),

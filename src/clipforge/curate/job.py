@@ -105,7 +105,7 @@ def read_scores(path, columns: Optional[list[str]] = None) -> pa.Table:
 
 def score_source(source, model, out, *, batch_size: int = 256, part_size: int = 4096, workers: int = 0,
                  device=None, precision: str = "auto", texts: bool = True, lang="auto", embeddings: bool = True,
-                 pixel_features: bool = False, overwrite: bool = False, progress: Optional[bool] = None,
+                 pixel_features: bool = True, overwrite: bool = False, progress: Optional[bool] = None,
                  source_options: Optional[dict] = None,
                  on_part: Optional[Callable[[dict], None]] = None, executor: str = "local",
                  executor_options: Optional[dict] = None, engine: str = "torch",
@@ -115,7 +115,7 @@ def score_source(source, model, out, *, batch_size: int = 256, part_size: int = 
 
     texts: score captions (False: image facts and embeddings only). lang: "auto" | True | False (a language
     guess per caption, with py3langid). embeddings: keep each image's embedding (de-duplication reuses them).
-    pixel_features: keep a model-free pixel descriptor per image. executor: "local" (this process, run by
+    pixel_features: keep a model-free pixel descriptor per image (de-duplication's default features). executor: "local" (this process, run by
     `engine` with `threads`) or "ray" (`executor_options`; needs `model` as a reference, and `source` as a spec
     string when it needs `source_options`). Returns the job summary.
     """

@@ -176,7 +176,10 @@ def _dedup_section(n: int, s: dict, out: Path, k: int) -> list[str]:
     lines = [f"## De-duplication: {shown(s['out'])}", "",
              f"Source {shown_code(s['source'])}, features {shown_code(s['features'])} (model "
              f"{shown_code(s['model'])}), eps **{s['eps']}** (cosine >= {1 - s['eps']:.3f}), method "
-             f"{shown_code(s['method'])}, keep rule {shown_code(s['keep'])}.", "",
+             f"{shown_code(s['method'])}, keep rule {shown_code(s['keep'])}."
+             + (f" The radius was measured on the data: {a['factor']} x the median distance {a['scale']:.4g} from an "
+                f"image to its {a['k']}th nearest neighbour ({a['sampled']} images sampled)."
+                if (a := s.get("eps_auto")) else ""), "",
              f"Kept {s['samples_kept']} of {s['samples_in']} samples.", ""]
     lines += [f"> **Warning:** {shown(w)}" for w in s.get("warnings", [])] + ([""] if s.get("warnings") else [])
     lines += _table(sorted(s["removed_by_reason"].items(), key=lambda t: -t[1]) or [("none", 0)], ("reason", "samples"))
