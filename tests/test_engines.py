@@ -9,6 +9,7 @@ import sys
 
 import pytest
 import torch
+from PIL import Image
 
 from clipforge.encode import ENGINES, Encoder
 from clipforge.encode.auto import available_engines, calibrate
@@ -103,9 +104,11 @@ def test_exports_are_cached_per_model_and_precision(model, cache, tmp_path):
 
 
 def test_engine_errors_name_the_parameter(model, cache):
-    with pytest.raises(UsageError, match="`precision` 'bf16' is not offered by engine 'onnx'"):
+    with pytest.raises(UsageError, match=r"`precision` 'bf16' is not offered by `engine` onnx \(it offers auto, "
+                                         r"fp32, int8\); bf16 needs `engine` auto, openvino, torch"):
         Encoder.from_model(model, engine="onnx", precision="bf16", cache_dir=cache)
-    with pytest.raises(UsageError, match="`precision` int8 needs `engine` onnx, openvino or auto"):
+    with pytest.raises(UsageError, match=r"`precision` 'int8' is not offered by `engine` torch \(it offers auto, "
+                                         r"fp32, bf16, fp16\); int8 needs `engine` auto, onnx, openvino"):
         Encoder.from_model(model, engine="torch", precision="int8")
     with pytest.raises(UsageError, match="`threads` must be >= 1"):
         Encoder.from_model(model, engine="onnx", threads=0, cache_dir=cache)
@@ -133,6 +136,30 @@ def test_auto_picks_the_fastest_measured_and_caches_the_measurement(model, cache
     assert enc.engine.describe()["threads"] == cal["choice"]["threads"]
 
 
+def test_one_precision_list_per_engine_in_every_command(model, tmp_path, capsys):
+    """`eval` and `embed-dataset` say the same thing for the same engine and precision, and `eval --engine onnx
+    --precision int8` runs (the evaluation used to check the precision against torch's list)."""
+    from clipforge.cli import main
+    from clipforge.evaluate import run_eval
+
+    ckpt = str(model.save_pretrained(tmp_path / "m"))
+    data = tmp_path / "d"
+    for c in ("cat", "dog"):
+        (data / c).mkdir(parents=True)
+        for i in range(2):
+            Image.new("RGB", (16, 16), (i * 90, 40, 200 if c == "cat" else 10)).save(data / c / f"{i}.png")
+    msgs = []
+    for argv in (["eval", "--task", "zeroshot-classification", "--model", ckpt, "--dataset", f"imagefolder:{data}"],
+                 ["embed-dataset", f"imagefolder:{data}", "-m", ckpt, "--out", str(tmp_path / "e")]):
+        for engine, precision in (("torch", "int8"), ("onnx", "bf16")):
+            assert main(argv + ["--engine", engine, "--precision", precision]) == 2
+            msgs.append(capsys.readouterr().err.split("error: ", 1)[1])
+    assert msgs[:2] == msgs[2:] and "--precision 'int8' is not offered by --engine torch" in msgs[0]
+    enc = Encoder.from_model(model, engine="onnx", precision="int8", cache_dir=tmp_path / "cache")
+    rec = run_eval(enc, "zeroshot-classification", f"imagefolder:{data}", precision="int8")
+    assert rec["config"]["precision"] == "int8" and 0.0 <= rec["metrics"]["top1"] <= 1.0
+
+
 def test_auto_candidates_are_the_engines_offering_the_precision():
     assert available_engines(None) == ["torch", "onnx", "openvino"]
     assert available_engines("fp16") == ["torch"] and available_engines("int8") == ["onnx", "openvino"]
@@ -153,4 +180,4 @@ def test_cli_engine_flag(model, cache, tmp_path, rgb_image):
     assert _cos_dist(got, torch.cat([ref.encode_texts(["a red cat"]), ref.encode_images([img])])) <= 1e-4
     r = subprocess.run([sys.executable, "-m", "clipforge", "index", "build", str(tmp_path), "--model", str(ck),
                         "--out", str(tmp_path / "idx"), "--precision", "int8"], capture_output=True, text=True)
-    assert r.returncode == 2 and "--precision int8 needs --engine onnx, openvino or auto" in r.stderr, r.stderr
+    assert r.returncode == 2 and "--precision 'int8' is not offered by --engine torch" in r.stderr, r.stderr

@@ -21,9 +21,10 @@ from typing import Callable, ClassVar
 import torch
 from PIL import Image
 
+from clipforge.errors import UsageError
 from clipforge.registry import Option, Registry
 
-__all__ = ["Engine", "ENGINES", "create_engine", "list_engines"]
+__all__ = ["Engine", "ENGINES", "create_engine", "list_engines", "check_precision"]
 
 ENGINES = Registry("inference engine", param="engine")
 
@@ -57,8 +58,22 @@ class Engine(ABC):
         return {"engine": self.name, "device": str(self.device), "precision": self.precision}
 
 
+def check_precision(name: str, precision) -> None:
+    """Refuse a `precision` engine `name` does not offer, in one message for every command: what it offers, and
+    which engines offer the one asked for."""
+    if precision is None:
+        return
+    offered = ENGINES.get(name).precisions
+    if precision in offered:
+        return
+    elsewhere = [n for n in ENGINES.names() if precision in ENGINES.get(n).precisions]
+    raise UsageError(f"`precision` {precision!r} is not offered by `engine` {name} (it offers {', '.join(offered)})"
+                     + (f"; {precision} needs `engine` {', '.join(elsewhere)}" if elsewhere else ""))
+
+
 def create_engine(name: str, model, **options) -> Engine:
     """An engine of kind `name` for `model` (`device`, `precision` and the engine's own options)."""
+    check_precision(name, options.get("precision"))
     return ENGINES.create(name, model, **options)
 
 

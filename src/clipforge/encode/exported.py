@@ -24,7 +24,7 @@ import torch
 
 from clipforge.atomic import atomic_directory
 from clipforge.encode.device import pick_device
-from clipforge.encode.engine import Engine
+from clipforge.encode.engine import Engine, check_precision
 from clipforge.errors import UsageError
 from clipforge.models.onnx_export import export_tower, model_fingerprint
 from clipforge.models.unwrap import unwrap_model
@@ -98,9 +98,7 @@ class ExportedEngine(Engine):
         dev = pick_device(device) if device is not None else torch.device("cpu")
         if dev.type != "cpu":
             raise UsageError(f"engine {self.name!r} runs on the CPU; `device` {device} needs engine 'torch'")
-        if precision not in (None, *self.precisions):
-            raise UsageError(f"`precision` {precision!r} is not offered by engine {self.name!r}; choose from "
-                             f"{', '.join(self.precisions)}")
+        check_precision(self.name, precision)
         if threads is not None and threads < 1:
             raise UsageError(f"`threads` must be >= 1, got {threads}")
         self.model, self.device = model, dev

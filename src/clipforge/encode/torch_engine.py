@@ -6,7 +6,7 @@ from typing import Optional
 import torch
 
 from clipforge.encode.device import pick_device
-from clipforge.encode.engine import ENGINES, Engine
+from clipforge.encode.engine import ENGINES, Engine, check_precision
 from clipforge.encode.precision import DTYPES, PRECISIONS, precision_of, resolve_precision
 from clipforge.errors import UsageError
 from clipforge.models.unwrap import unwrap_model
@@ -41,9 +41,7 @@ class TorchEngine(Engine):
         if precision is None:
             self.precision = precision_of(model)
         else:
-            if precision == "int8":
-                raise UsageError("`precision` int8 needs `engine` onnx, openvino or auto (dynamic int8 "
-                                 "quantisation of the exported graphs)")
+            check_precision(self.name, precision)  # int8: the exported graphs' (onnx, openvino, auto)
             self.precision = resolve_precision(precision, model, self.device)
             if precision_of(model) != self.precision:
                 model.to(DTYPES[self.precision])  # weights, not autocast (see precision.py)

@@ -20,7 +20,7 @@ import time
 from typing import Optional
 
 from clipforge.encode import Encoder
-from clipforge.encode.precision import PRECISIONS
+from clipforge.encode.engine import check_precision
 from clipforge.errors import UsageError
 from clipforge.evaluate.datasets import open_eval_dataset
 from clipforge.evaluate.index_retrieval import index_model_ref, is_index_dir, same_model_ref
@@ -61,8 +61,8 @@ def run_eval(model, task: str, dataset, *, model_name: Optional[str] = None, spl
     opts = TASKS.check(task, options)
     if batch_size < 1 or workers < 0:
         raise UsageError(f"`batch_size` must be >= 1 and `workers` >= 0 (got {batch_size}, {workers})")
-    if precision not in PRECISIONS:
-        raise UsageError(f"`precision` {precision!r} is unknown; choose from {', '.join(PRECISIONS)}")
+    if not isinstance(model, Encoder):  # a built encoder has its engine's precision already
+        check_precision("torch", precision)
     if out is not None:
         vet_results_file(out)  # refused before the evaluation runs
     ctx = EvalContext(batch_size=batch_size, workers=workers, seed=seed, progress=progress, image_root=image_root)
