@@ -26,6 +26,9 @@ def register(sub):
                         "quantisation of the Linear layers)")
     b.add_argument("--shard-size", type=positive_int, default=10_000, help="samples per committed shard")
     b.add_argument("--index-kind", choices=["auto", "flat", "hnsw", "ivf_flat", "ivf_pq", "ivf_pqfs"], default="auto")
+    b.add_argument("--min-recall", type=float, default=None,
+                   help="warn when the index's recall@10 against exact search (measured on a sample of the "
+                        "collection's own vectors, recorded in index.json) is below this (default 0.9)")
     b.add_argument("--no-text", action="store_true", help="do not embed captions (text_emb/)")
     b.add_argument("--device", default=None)
     add_executor_args(b, "index")
@@ -36,6 +39,8 @@ def register(sub):
     u.add_argument("--max-memory", default=None)
     u.add_argument("--index-kind", choices=["auto", "flat", "hnsw", "ivf_flat", "ivf_pq", "ivf_pqfs"], default=None)
     u.add_argument("--device", default=None)
+    u.add_argument("--min-recall", type=float, default=None,
+                   help="warn when the rebuilt index's recall@10 is below this (default: the build's)")
     u.add_argument("--include-deleted", action="store_true",
                    help="bring back items removed with `index delete` whose files are still in the source")
     u.add_argument("--allow-pipe", action="store_true",
@@ -88,7 +93,8 @@ def run_build(args) -> int:
     s = build_index(args.source, args.model, args.out_dir, batch_size=args.batch_size, workers=args.workers,
                     max_memory=args.max_memory, precision=args.precision, shard_size=args.shard_size,
                     device=args.device, text=False if args.no_text else "auto", index_kind=args.index_kind,
-                    executor=executor, executor_options=options, **engine_options(args))
+                    executor=executor, executor_options=options,
+                    **({} if args.min_recall is None else {"min_recall": args.min_recall}), **engine_options(args))
     _print_summary(s)
     return 0
 
@@ -98,7 +104,8 @@ def run_update(args) -> int:
 
     s = update_index(args.index_dir, workers=args.workers, max_memory=args.max_memory,
                      index_kind=args.index_kind, device=args.device, include_deleted=args.include_deleted,
-                     engine=args.engine, threads=args.threads, allow_pipe=args.allow_pipe)
+                     engine=args.engine, threads=args.threads, allow_pipe=args.allow_pipe,
+                     min_recall=args.min_recall)
     _print_summary(s)
     return 0
 

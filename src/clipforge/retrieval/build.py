@@ -3,7 +3,8 @@
 An index directory is an `EmbeddingStore` (img_emb/, text_emb/, metadata/, manifest.json) plus:
     index.faiss   the VectorIndex over the live image embeddings (collection ids)
     index.json    the job's manifest: source, model, precision, counts, skipped files by reason, the index
-                  kind chosen and its recall@10 against exact search (approximate kinds)
+                  kind chosen and its recall@10 against exact search on a sample of the collection's own
+                  vectors (flat: 1.0, exact; a build whose recall is below `min_recall` warns: `build_faiss`)
 
 The source spec and every file path in the metadata are recorded absolute (`"paths": "absolute"` in
 index.json), so an index built from `files:corpus` serves thumbnails and updates from any working directory.
@@ -24,6 +25,7 @@ import logging
 import os
 import re
 import time
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -48,6 +50,7 @@ INFO_FILE, INDEX_FILE = "index.json", "index.faiss"
 INFO_VERSION = 1
 DEFAULT_SHARD_SIZE = 10_000
 RECALL_QUERIES = 1000
+MIN_RECALL = 0.9  # below this recall@10 a build warns: one search in ten loses a true neighbour or more
 _BASE_COLUMNS = {"path": pa.string(), "caption": pa.string(), "captions": pa.string(), "size": pa.int64(),
                  "mtime": pa.float64(), "label": pa.int64()}
 
@@ -193,12 +196,16 @@ def _keys_of(source) -> list:
 # ---- the faiss index ----------------------------------------------------------------------------------
 
 def build_faiss(index_dir, max_memory=None, kind: str = "auto", target_recall: float = 0.95,
-                seed: int = 0) -> dict:
+                seed: int = 0, min_recall: float = MIN_RECALL) -> dict:
     """(Re)build index.faiss from the store's live image embeddings; returns what goes in index.json.
 
     Approximate kinds are tuned (efSearch / nprobe) until recall@10 against exact search reaches
-    target_recall on up to 1000 stored vectors used as queries, and the measured figure is recorded.
+    target_recall on up to 1000 stored vectors used as queries, and the measured figure is recorded
+    ("recall@10"; a flat index records 1.0 unmeasured: it is exact search, and checking it is not free at every
+    update: 256 sample queries took 14 s at 200k x 512 on 2 busy cores). Below `min_recall` (e.g. IVF-PQ codes without
+    a re-ranking store, all a small `max_memory` leaves room for) the build warns and records the warning.
     """
+    _check_min_recall(min_recall)
     root = Path(index_dir)
     store = EmbeddingStore.open(root)
     x, ids = store.load("img")  # (N, D) float32, (N,) int64
@@ -213,15 +220,40 @@ def build_faiss(index_dir, max_memory=None, kind: str = "auto", target_recall: f
     vi = VectorIndex.build(x, ids, spec.kind, **spec.params)
     out = {"kind": spec.kind, "reason": spec.reason, "n": n, "dim": d,
            "build_s": round(time.perf_counter() - t0, 3), "store_generation": store.generation}
-    if spec.kind != "flat" and n:
+    out["min_recall"] = min_recall
+    if spec.kind == "flat":
+        out["recall@10"] = {"recall@10": 1.0, "k": 10, "exact": True, "kind": "flat"}
+    elif n:
         rng = np.random.default_rng(seed)
         q = x[rng.choice(n, min(n, RECALL_QUERIES), replace=False)]
         out["recall@10"] = {k: v for k, v in tune_recall(vi, x, q, target_recall, 10, ids).items()
                             if k != "params"}
+        low = _low_recall(out, min_recall, chosen=kind == "auto")
+        if low:
+            out["warning"] = low
+            warnings.warn(low, stacklevel=2)
     out["params"] = dict(vi.params)
     vi.info.update(out)
     vi.save(root / INDEX_FILE)
     return out
+
+
+def _check_min_recall(min_recall) -> None:
+    if not isinstance(min_recall, (int, float)) or not 0.0 <= min_recall <= 1.0:
+        raise UsageError(f"`min_recall` must be a number in [0, 1], got {min_recall!r}")
+
+
+def _low_recall(out: dict, min_recall: float, chosen: bool) -> str | None:
+    """The one-line warning for a measured recall@10 below `min_recall` (None when it is not). `chosen`: the
+    kind came from the memory budget (advice: a larger budget), else the user named it (advice: another)."""
+    rec = out["recall@10"]
+    if rec["recall@10"] >= min_recall:
+        return None
+    todo = ("raise `max_memory` so that a re-ranking store fits, or choose `index_kind` flat (exact search)"
+            if chosen else "choose another `index_kind` (flat: exact search; ivf_pqfs: re-ranks with the exact "
+            "vectors)")
+    return (f"the {out['kind']} index finds {rec['recall@10']:.3f} of the exact top 10 (recall@10 on "
+            f"{rec['n_queries']} of its own vectors, below `min_recall` {min_recall:g}; {out['reason']}): {todo}")
 
 
 # ---- public jobs --------------------------------------------------------------------------------------
@@ -237,7 +269,8 @@ def build_index(source: str, model: str, out_dir, *, batch_size: int = 64, worke
                 device=None, text: str | bool = "auto", index_kind: str = "auto", progress: bool | None = None,
                 source_options: dict | None = None,
                 on_batch: Callable[[dict], None] | None = None, executor: str = "local",
-                executor_options: dict | None = None, engine: str = "torch", threads: int | None = None) -> dict:
+                executor_options: dict | None = None, engine: str = "torch", threads: int | None = None,
+                min_recall: float = MIN_RECALL) -> dict:
     """Embed every image of a data-layer source into out_dir, then build its faiss index.
 
     Re-running on the same out_dir resumes a killed build (same source and model required). text: "auto"
@@ -246,12 +279,14 @@ def build_index(source: str, model: str, out_dir, *, batch_size: int = 64, worke
     (a Ray cluster, `executor_options` as `clipforge.scale.RayExecutor` declares them: address,
     num_workers, ...); the shards and their ids are the same. `engine` (torch | onnx | openvino | auto) runs
     the model in this process (`clipforge.encode`); it is recorded, and updates and queries use it unless told
-    otherwise (Ray workers run torch). Returns a summary (also index.json).
+    otherwise (Ray workers run torch). The index's recall@10 against exact search is measured and recorded; below
+    `min_recall` the build warns (`build_faiss`). Returns a summary (also index.json).
     """
     if batch_size < 1 or shard_size < 1 or workers < 0:
         raise UsageError(f"need batch_size >= 1, shard_size >= 1, workers >= 0; got {batch_size}, "
                          f"{shard_size}, {workers}")
     EXECUTORS.check(executor, executor_options or {})  # a misplaced option fails before any work
+    _check_min_recall(min_recall)
     root, _ = vet_output_dir(out_dir, "index", param="out_dir", overwritable=False,  # never into other files
                              recognise=_is_index_dir)
     info_path = root / INFO_FILE
@@ -298,12 +333,13 @@ def build_index(source: str, model: str, out_dir, *, batch_size: int = 64, worke
                      shard_size=info["shard_size"], workers=workers, replace=False, progress=progress,
                      on_batch=on_batch, runner=runner)
     res["executor"] = runner.describe() if runner is not None else {"executor": "local"}
-    return _finish(root, info, res, max_memory, index_kind, {"resumed_from": resumed})
+    return _finish(root, info, res, max_memory, index_kind, {"resumed_from": resumed}, min_recall=min_recall)
 
 
 def update_index(index_dir, *, workers: int = 0, max_memory=None, index_kind: str | None = None,
                  progress: bool | None = None, device=None, on_batch=None, include_deleted: bool = False,
-                 engine: str | None = None, threads: int | None = None, allow_pipe: bool = False) -> dict:
+                 engine: str | None = None, threads: int | None = None, allow_pipe: bool = False,
+                 min_recall: float | None = None) -> dict:
     """Bring an index up to date with its source: embed new files, re-embed changed ones (size, mtime or
     caption differ; they keep their ids), remove deleted ones, retry files that failed before.
 
@@ -311,7 +347,10 @@ def update_index(index_dir, *, workers: int = 0, max_memory=None, index_kind: st
     `include_deleted` clears that list, so they come back (with new ids: an id is never reused).
 
     The source is the one index.json records: a file, so a `pipe:` command in it (webdataset shards read from
-    a program's output) is refused unless `allow_pipe` accepts it (`clipforge.data.sources.trust`)."""
+    a program's output) is refused unless `allow_pipe` accepts it (`clipforge.data.sources.trust`).
+    `min_recall` (default: the one the index was built with) as in `build_index`."""
+    if min_recall is not None:
+        _check_min_recall(min_recall)
     root = Path(index_dir)
     info = read_info(root)
     info_path = root / INFO_FILE
@@ -321,7 +360,9 @@ def update_index(index_dir, *, workers: int = 0, max_memory=None, index_kind: st
     src = open_source(accept_stored(info["source"], allow_pipe), **info.get("source_options", {}))
     enc = Encoder.load(info["model"], device=device, precision=info["precision"],
                        engine=engine or info.get("engine", "torch"), threads=threads)
-    with EmbeddingStore.open(root, writable=True) as store:
+    # one store transaction: readers see the index before this update or after it, never its removals alone
+    # (a killed update publishes nothing; the next run starts over)
+    with EmbeddingStore.open(root, writable=True) as store, store.transaction():
         old = store.metadata(["key", "size", "mtime", "caption"]).to_pylist()
         old = {r["key"]: r for r in old}
         positions = _keys_of(src)
@@ -349,13 +390,17 @@ def update_index(index_dir, *, workers: int = 0, max_memory=None, index_kind: st
              "excluded": len(excluded & seen)}
     kind = index_kind or info.get("index", {}).get("requested_kind", "auto")
     unchanged = not (todo or deleted) and index_kind is None and max_memory is None and _index_current(root, info)
-    return _finish(root, info, res, max_memory or info.get("max_memory"), kind, extra, rebuild=not unchanged)
+    if min_recall is None:
+        min_recall = info.get("index", {}).get("min_recall", MIN_RECALL)
+    return _finish(root, info, res, max_memory or info.get("max_memory"), kind, extra, rebuild=not unchanged,
+                   min_recall=min_recall)
 
 
 def _finish(root: Path, info: dict, res: dict, max_memory, index_kind: str, extra: dict,
-            rebuild: bool = True) -> dict:
+            rebuild: bool = True, min_recall: float = MIN_RECALL) -> dict:
     if rebuild and index_kind is not None:
-        info["index"] = {**build_faiss(root, max_memory, index_kind), "requested_kind": index_kind}
+        info["index"] = {**build_faiss(root, max_memory, index_kind, min_recall=min_recall),
+                         "requested_kind": index_kind}
     with EmbeddingStore.open(root) as store:
         stats = store.stats()
     info.update({"status": "complete" if "index" in info else "embedded", "updated": time.time(),
@@ -403,4 +448,4 @@ def index_info(index_dir) -> dict:
 
 
 __all__ = ["build_index", "update_index", "build_faiss", "index_info", "read_info", "parse_size",
-           "INFO_FILE", "INDEX_FILE"]
+           "INFO_FILE", "INDEX_FILE", "MIN_RECALL"]
