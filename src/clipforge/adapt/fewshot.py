@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from clipforge.adapt.linear_probe import kshot_indices
 from clipforge.errors import UsageError
 from clipforge.registry import Option, Registry
+from clipforge.zeroshot.head_model import record_model
 
 __all__ = ["FEWSHOT", "FewShotMethod", "SupportSet", "fit_fewshot", "list_fewshot_methods", "sample_support",
            "TEMPLATES", "SCALE"]
@@ -110,5 +111,8 @@ def list_fewshot_methods() -> list[str]:
 
 def fit_fewshot(method: str, encoder, support: SupportSet, *, seed: int = 0, progress: Optional[bool] = None,
                 **options):
-    """Fit registered method `method` (options checked against its declaration) on `support`."""
-    return FEWSHOT.create(method, **options).fit(encoder, support, seed=seed, progress=progress)
+    """Fit registered method `method` (options checked against its declaration) on `support`. The head records
+    `encoder`'s model (`zeroshot.head_model`), so a saved head is refused on another model."""
+    head = FEWSHOT.create(method, **options).fit(encoder, support, seed=seed, progress=progress)
+    record_model(head, encoder)
+    return head

@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from clipforge.atomic import atomic_write_path, atomic_write_text
 from clipforge.errors import ClipforgeError, UsageError
+from clipforge.zeroshot.head_model import warn_unrecorded
 from clipforge.zeroshot.heads import ZeroShotHead, head_output, head_paths
 
 __all__ = ["LinearHead", "TipAdapterHead", "load_head", "tip_logits"]
@@ -147,4 +148,5 @@ def load_head(path):
         return ZeroShotHead.load(path)
     if kind not in _KINDS:
         raise ClipforgeError(f"{side}: unknown head kind {kind!r} (known: {', '.join(_KINDS)})")
+    warn_unrecorded(info.get("meta"), f"head {st.with_suffix('')}")
     return _KINDS[kind]._from(load_file(str(st)), info)

@@ -72,7 +72,10 @@ def engine_options(args) -> dict:
 
 def load_encoder_from_args(args):
     """The model named by --model/--weights/--trust-pickle on --device, as an `Encoder` run by --engine
-    (weights as saved for torch; exported graphs for onnx / openvino)."""
+    (weights as saved for torch; exported graphs for onnx / openvino). A registered name without weights is
+    initialised from a fixed seed, as `Encoder.load` does: every run embeds alike (a saved head, an index)."""
+    import torch
+
     from clipforge.encode import Encoder, pick_device
     from clipforge.models import load_model
 
@@ -83,11 +86,13 @@ def load_encoder_from_args(args):
         except ValueError:
             raise UsageError(f"--heads expects VISION,TEXT head counts such as 12,8; got {args.heads!r}") from None
         heads = {"vision_heads": v, "text_heads": t}
-    model = load_model(args.model, weights=args.weights, trust_pickle=args.trust_pickle,
-                       tokenizer=getattr(args, "tokenizer", None), **heads)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = load_model(args.model, weights=args.weights, trust_pickle=args.trust_pickle,
+                           tokenizer=getattr(args, "tokenizer", None), **heads)
     if getattr(args, "truncate", None) and getattr(model, "tokenizer", None) is not None:
         model.tokenizer = model.tokenizer.with_options(truncate=args.truncate)
-    return Encoder.from_model(model, device=pick_device(args.device), **engine_options(args))
+    return Encoder.from_model(model, device=pick_device(args.device), ref=args.model, **engine_options(args))
 
 
 def add_options(p: argparse.ArgumentParser, options: Iterable[Option]) -> None:

@@ -49,7 +49,10 @@ def register(sub):
     p.add_argument("--batch-size", type=positive_int, default=256, help="images per batch (default 256)")
     p.add_argument("--workers", type=int, default=0, help="image decoding processes (default 0: in-process)")
     p.add_argument("--save-head", metavar="H", help="save the zero-shot or few-shot head to H.safetensors + H.json")
-    p.add_argument("--head", metavar="H", help="use a head saved with --save-head (no class names needed)")
+    p.add_argument("--head", metavar="H", help="use a head saved with --save-head (no class names needed); a head "
+                   "records the model it was fitted on and is refused on another")
+    p.add_argument("--allow-other-model", action="store_true",
+                   help="use --head even though it was fitted on another model than --model (warns)")
     add_overwrite_arg(p, "OUT / the --save-head files")
     p.set_defaults(func=run)
 
@@ -98,7 +101,7 @@ def run(args) -> int:
         head = load_head(head)  # a zero-shot or a few-shot head
     res = classify(encoder, args.inputs, names, method=args.method, k=args.k, head=head,
                    save_head=args.save_head, batch_size=args.batch_size, workers=args.workers,
-                   overwrite=args.overwrite, **values)
+                   overwrite=args.overwrite, allow_other_model=args.allow_other_model, **values)
     return _report(args, res)
 
 
@@ -115,6 +118,8 @@ def _run_fewshot(args, fewshot, values) -> int:
         raise UsageError(f"--method {args.method} learns from labelled images: give --support SRC")
     if args.head is not None:
         raise UsageError("--head uses a ready head: it does not combine with --support")
+    if args.allow_other_model:
+        raise UsageError("--allow-other-model applies to --head (a head fitted here is fitted on --model)")
     encoder = load_encoder_from_args(args)
     source = open_source(args.support)
     feats = encoder.encode_source(source, args.batch_size, workers=args.workers, require="label",

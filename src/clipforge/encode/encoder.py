@@ -51,15 +51,17 @@ class SourceFeatures:
 class Encoder:
     """Batched encoding through an `Engine` (see `engine.py`)."""
 
-    def __init__(self, engine: Engine):
+    def __init__(self, engine: Engine, ref: Optional[str] = None):
         self.engine = engine
+        self.ref = ref  # the model reference it was loaded from, when known (what records and messages name)
 
     # -- construction --
     @classmethod
     def from_model(cls, model, *, engine: str = "torch", device=None, precision: Optional[str] = None,
-                   **engine_options) -> "Encoder":
-        """Wrap a loaded model. device / precision None keep the model as it is (see `TorchEngine`)."""
-        return cls(create_engine(engine, model, device=device, precision=precision, **engine_options))
+                   ref: Optional[str] = None, **engine_options) -> "Encoder":
+        """Wrap a loaded model. device / precision None keep the model as it is (see `TorchEngine`). `ref`: the
+        reference it was loaded from, if known (a saved head records it)."""
+        return cls(create_engine(engine, model, device=device, precision=precision, **engine_options), ref=ref)
 
     @classmethod
     def load(cls, ref, *, engine: str = "torch", device=None, precision: str = "auto", seed: int = 0,
@@ -76,7 +78,7 @@ class Encoder:
             torch.manual_seed(seed)
             model = load_model(str(ref), **load_options)
         return cls.from_model(model, engine=engine, device=pick_device(device), precision=precision,
-                              threads=threads)
+                              threads=threads, ref=str(ref))
 
     # -- what the engine carries --
     @property

@@ -28,6 +28,7 @@ from clipforge.json_file import read_json_file
 from clipforge.output_dirs import OutputFile
 from clipforge.registry import Option
 from clipforge.zeroshot.cupl import cupl_groups, load_descriptions
+from clipforge.zeroshot.head_model import warn_unrecorded
 from clipforge.zeroshot.methods import DESCRIPTIONS, METHODS, TEMPLATES, ZeroShotMethod
 from clipforge.zeroshot.templates import fill, get_templates, templates_hash
 
@@ -45,7 +46,7 @@ class ZeroShotHead:
     weights: torch.Tensor  # (C, D)
     classnames: list[str]
     logit_scale: float = 100.0
-    meta: dict = field(default_factory=dict)  # method, templates hash, counts ... (JSON-serialisable)
+    meta: dict = field(default_factory=dict)  # method, templates hash, counts, model ... (JSON-serialisable)
 
     def __post_init__(self):
         if self.weights.ndim != 2 or self.weights.shape[0] != len(self.classnames):
@@ -88,6 +89,7 @@ class ZeroShotHead:
         if not st.is_file() or not side.is_file():
             raise ClipforgeError(f"zero-shot head not found: need {st} and {side}")
         info = json.loads(side.read_text(encoding="utf-8"))
+        warn_unrecorded(info.get("meta"), f"head {st.with_suffix('')}")
         return cls(load_file(str(st))["weights"], info["classnames"], info["logit_scale"], info.get("meta", {}))
 
 

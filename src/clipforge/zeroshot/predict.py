@@ -33,6 +33,7 @@ from clipforge.data.sources.filelist import open_inputs
 from clipforge.encode import as_encoder
 from clipforge.errors import UsageError
 from clipforge.output_dirs import OutputFile, file_head
+from clipforge.zeroshot.head_model import check_head_model, record_model
 from clipforge.zeroshot.heads import ZeroShotHead, head_output
 from clipforge.zeroshot.methods import METHODS
 
@@ -84,6 +85,7 @@ class Classification:
                 if isinstance(self._scorer, ZeroShotHead):
                     self.head = self._scorer
                     if self.save_head:
+                        record_model(self.head, self.encoder)
                         self.head.save(self.save_head, overwrite=self.overwrite)
                 self.meta = dict(getattr(self._scorer, "meta", {}))
             stream = iter(batches)
@@ -102,7 +104,7 @@ class Classification:
 
 def classify(model, inputs, classnames=None, *, method: Optional[str] = None, k: int = 5, head=None,
              save_head=None, batch_size: int = 256, workers: int = 0, progress: Optional[bool] = None,
-             overwrite: bool = False, **method_options) -> Classification:
+             overwrite: bool = False, allow_other_model: bool = False, **method_options) -> Classification:
     """Zero-shot top-k labels for `inputs` (image paths, a source spec, or a Source).
 
     `model`: a loaded model or an `Encoder`. `method`: a registered zero-shot method (None: "mean");
@@ -110,7 +112,9 @@ def classify(model, inputs, classnames=None, *, method: Optional[str] = None, k:
     `classnames`: list of names (may be None when `head` is given). `head`: a `ZeroShotHead` or a path saved
     with `save_head` — skips building. Options are checked and the head (except a transductive method's) is
     built before this returns; images are read while iterating the result. A ready `head` may be any scorer with
-    `topk`, `scores` and `classnames` (e.g. a few-shot head from `clipforge.adapt`).
+    `topk`, `scores` and `classnames` (e.g. a few-shot head from `clipforge.adapt`). A saved head records the
+    model it was fitted on (`zeroshot.head_model`); a ready `head` recording another model than `model` is
+    refused unless `allow_other_model`.
     """
     if not isinstance(k, int) or k < 1:
         raise UsageError(f"`k` must be a positive integer, got {k!r}")
@@ -122,6 +126,7 @@ def classify(model, inputs, classnames=None, *, method: Optional[str] = None, k:
             raise UsageError(f"a ready `head` cannot be changed by " + (what or f"`method` {method}"))
         if not (hasattr(head, "topk") and hasattr(head, "classnames")):  # a path; else any ready head (few-shot too)
             head = ZeroShotHead.load(head)
+        check_head_model(head, encoder, allow_other_model=allow_other_model)
         if classnames is not None and list(classnames) != list(head.classnames):
             raise UsageError(f"the head's {len(head.classnames)} class names differ from the given `labels`; "
                              "drop them or rebuild the head")
@@ -142,6 +147,7 @@ def classify(model, inputs, classnames=None, *, method: Optional[str] = None, k:
         if not m.transductive:
             scorer = m.build(encoder, classnames, batch_size=batch_size, workers=workers, progress=progress)
             if save_head is not None:
+                record_model(scorer, encoder)
                 scorer.save(save_head, overwrite=overwrite)
     source = open_inputs(inputs)
     return Classification(encoder, source, classnames, m, scorer, k, batch_size, workers, progress, save_head,
