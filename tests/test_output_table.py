@@ -87,7 +87,8 @@ def ctx(tmp_path_factory, photos_demo, photos_index, digits_demo):
                  "--out", str(shard)]) == 0
     return {"ckpt": ckpt, "adapter": adapter, "photos": photos, "scores": str(scores), "index": str(photos_index),
             "summary": str(root / "kept.summary.json"), "results": str(results), "template": str(template),
-            "shard": str(shard), "digits": digits_demo["train_manifest"], "root": root}
+            "shard": str(shard), "digits": digits_demo["train_manifest"], "root": root,
+            "digits_val": f"imagefolder:{digits_demo['val_dir']}"}
 
 
 def _train(c, t):
@@ -129,6 +130,9 @@ RECIPES = {
                                                             c["template"], "--part", "0/1", "--out", t]),
     ("index shard-train", "--out"): ("t.cfi", lambda c, t: ["index", "shard-train", c["index"], "--out", t,
                                                             "--index-kind", "flat"]),
+    ("interpolate", "--chart"): ("wise.png", lambda c, t: ["interpolate", c["ckpt"], c["ckpt"], "--alphas", "0,1",
+                                                           "--eval-dataset", c["digits_val"], "--chart", t,
+                                                           "--out", str(Path(t).parent / "wise-mid")]),
     ("interpolate", "--out"): ("mid", lambda c, t: ["interpolate", c["ckpt"], c["ckpt"], "--alpha", "0.5",
                                                     "--out", t]),
     ("report", "--chart"): ("chart.png", lambda c, t: ["report", c["results"], "--chart", t]),

@@ -50,6 +50,7 @@ OUTPUTS: dict[tuple[str, str], Output] = {
     ("index merge", "--out"): Output("file", "--overwrite"),
     ("index shard-build", "--out"): Output("file", "--overwrite"),
     ("index shard-train", "--out"): Output("file", "--overwrite"),
+    ("interpolate", "--chart"): Output("file", "--overwrite"),
     ("interpolate", "--out"): Output("folder", "--overwrite"),
     ("report", "--chart"): Output("file", "--overwrite"),
     ("report", "--out"): Output("file", "--overwrite"),

@@ -1,4 +1,4 @@
-"""PNG plots: confusion matrix and a grouped-bar model comparison.
+"""PNG plots: confusion matrix, a grouped-bar model comparison, accuracy vs shots, and metric vs WiSE-FT alpha.
 
 Uses matplotlib's object API with the Agg canvas (no pyplot global state, no display needed). Files are
 written atomically (`clipforge.atomic`). Names drawn as text (class names, models, datasets, methods) pass
@@ -18,17 +18,25 @@ from clipforge.atomic import atomic_write
 from clipforge.output_dirs import PNG_MARK_KEY, OutputFile, png_marked
 from clipforge.data.display import shown_label
 
-__all__ = ["plot_confusion_matrix", "plot_comparison", "plot_shots", "save_figure"]
+__all__ = ["plot_confusion_matrix", "plot_comparison", "plot_shots", "plot_alpha_curves", "save_figure",
+           "vet_figure"]
 
 
 FIGURE_KIND = "figure"  # the PNG's clipforge tEXt mark: a rerun may replace its own chart
 
 
+def vet_figure(path, *, overwrite: bool = False, param: str = "path") -> tuple[Path, OutputFile]:
+    """Check a figure's destination (before the work that draws it): a chart clipforge drew there is replaced,
+    another file only with `overwrite`; a folder, link, device or FIFO never. Returns (path, its OutputFile)."""
+    output = OutputFile(overwrite=overwrite, param=param, owned=png_marked(FIGURE_KIND))
+    path, _ = output.vet(path)
+    return path, output
+
+
 def save_figure(fig: Figure, path, dpi: int = 110, *, overwrite: bool = False) -> Path:
     """Render `fig` to a PNG at `path`, atomically. An existing file there is replaced only if clipforge drew
     it (its PNG mark), or with `overwrite`; a folder, link, device or FIFO is always refused."""
-    output = OutputFile(overwrite=overwrite, param="path", owned=png_marked(FIGURE_KIND))
-    path, _ = output.vet(path)
+    path, output = vet_figure(path, overwrite=overwrite)
     FigureCanvasAgg(fig)
     path.parent.mkdir(parents=True, exist_ok=True)
     return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi, bbox_inches="tight",
@@ -124,5 +132,26 @@ def plot_shots(panels: dict[str, dict[str, dict[int, tuple[float, float]]]], pat
         ax.set_title(shown_label(title))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    return save_figure(fig, path, overwrite=overwrite)
+
+
+def plot_alpha_curves(curves: dict[str, dict[float, float]], path, ylabel: str = "top-1 accuracy",
+                      best: float | None = None, title: str | None = None, *, overwrite: bool = False) -> Path:
+    """Metric vs interpolation weight: one line per dataset (`curves`: {dataset: {alpha: value}}), alpha 0 (the
+    zero-shot model) on the left, 1 (the fine-tuned one) on the right; `best` is marked by a dashed line."""
+    fig = Figure(figsize=(6.4, 4.2))
+    ax = fig.add_subplot()
+    for name, curve in curves.items():
+        alphas = sorted(curve)
+        ax.plot(alphas, [curve[a] for a in alphas], marker="o", label=shown_label(name))
+    if best is not None:
+        ax.axvline(best, linestyle="--", color="grey", label=f"chosen alpha {best:g}")
+    ax.set_xlim(-0.03, 1.03)
+    ax.set_xlabel("alpha (0: model A, 1: model B)")
+    ax.set_ylabel(shown_label(ylabel))
+    ax.set_title(shown_label(title) if title else "WiSE-FT: weight-space interpolation")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
     return save_figure(fig, path, overwrite=overwrite)
