@@ -129,3 +129,26 @@ def test_spec_kinds_and_autodetect(tmp_path):
         open_source(f"imagefolder:{tmp_path / 'cls'}", image_col="x")
     with pytest.raises(ClipforgeError):
         open_source(f"csv:{tmp_path / 'missing.csv'}")
+
+
+def test_clipforge_folders_that_hold_no_images_are_named_as_what_they_are(photos_index, tmp_path, capsys):
+    """`index build INDEX --out INDEX` (and any command given an index or a checkpoint as its source) says what
+    the folder is, instead of 'no class sub-folders' or a clash with the output."""
+    import shutil
+
+    from clipforge.cli import main
+    from clipforge.models import create_model
+
+    ckpt = create_model("tiny").save_pretrained(tmp_path / "ckpt")
+    own = tmp_path / "idx"
+    shutil.copytree(photos_index, own)
+    before = sorted(p.name for p in own.iterdir())
+    for argv, what in ((["index", "build", str(own), "-m", "tiny", "--out", str(own)], "is an index"),
+                       (["data", "check", str(own)], "is an index"),
+                       (["data", "check", str(ckpt)], "is a model checkpoint")):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and what in err[0] and "not a collection of images" in err[0], err
+    assert sorted(p.name for p in own.iterdir()) == before
+    with pytest.raises(UsageError, match="is an index"):
+        open_source(str(own))

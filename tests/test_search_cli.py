@@ -61,7 +61,7 @@ def test_acceptance_trained_model_finds_each_photo_first(photos_demo, tmp_path, 
     assert main(["search", idx, "--image", os.path.join(photos_demo["images_dir"], "moon.png"), "-k", "4",
                  "--sheet", str(sheet)]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert "moon.png" in out[0] and Image.open(sheet).size[0] > 100
+    assert "moon.png" in out[1] and Image.open(sheet).size[0] > 100
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +87,8 @@ def test_search_text_output_pages_and_filters(idx, capsys):
     assert hits and all("cat" in h["caption"].lower() for h in hits)
     assert main(["search", idx, "a photo", "-k", "2"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 2 and lines[0].split()[0] == "1" and ".png" in lines[0]
+    assert lines[0].split() == ["rank", "id", "score", "file", "caption"]  # a header names the columns
+    assert len(lines) == 3 and lines[1].split()[0] == "1" and ".png" in lines[1]
 
 
 def test_weighted_query_and_like(idx, capsys):

@@ -61,6 +61,8 @@ def run(args) -> int:
                           encode_engine=args.engine, threads=args.threads)
     hits = engine.search(args.query, args.image, k=args.k, offset=args.offset, filters=args.filter,
                          dedup=args.dedup, image_weight=args.image_weight, like=like)
+    if hits and not args.json:  # the columns of the lines below
+        print(f"{'rank':>4}  {'id':>8}  {'score':<6}{'  stage' if engine.reranker is not None else ''}  file  caption")
     for h in hits:
         if args.json:
             print(json.dumps(h.to_dict(), default=str))

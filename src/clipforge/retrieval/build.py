@@ -292,6 +292,7 @@ def build_index(source: str, model: str, out_dir, *, batch_size: int = 64, worke
     info_path = root / INFO_FILE
     ref = str(Path(model).resolve()) if Path(model).is_dir() else str(model)
     source = absolute_spec(source)  # recorded so that `index update` and /thumb work from any directory
+    src = open_source(source, **(source_options or {}))  # first: a source that is an index says so
     info = read_info(root) if info_path.exists() else None
     if info is None and (root / "manifest.json").exists():
         raise UsageError(f"{root}: holds an embedding store without {INFO_FILE}; choose another `out_dir`")
@@ -301,7 +302,6 @@ def build_index(source: str, model: str, out_dir, *, batch_size: int = 64, worke
                              "use `clipforge index update` for it, or choose another `out_dir`")
         precision = info["precision"]  # a resumed build embeds exactly like the first run
         engine = info.get("engine", engine)
-    src = open_source(source, **(source_options or {}))
     positions = _keys_of(src)
     if text == "auto":
         text = any(s.captions for _, s in positions[:64])

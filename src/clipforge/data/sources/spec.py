@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import os
+from typing import Optional
 
 from clipforge.data.fs import is_dir
 from clipforge.data.sources.base import Source
@@ -19,6 +20,7 @@ from clipforge.data.sources.manifest import ManifestSource, format_of
 from clipforge.data.sources.trust import StoredSpec, check_commands
 from clipforge.data.sources.wds import WdsSource, expand_shards
 from clipforge.errors import ClipforgeError, UsageError
+from clipforge.output_dirs import artifact_kind
 
 KINDS = ("folder", "imagefolder", "files", "csv", "tsv", "jsonl", "parquet", "wds")
 
@@ -69,12 +71,31 @@ def looks_like_imagefolder(root: str) -> bool:
     return True
 
 
+# clipforge's own folders that hold no collection, named, so `index build INDEX` says what went wrong
+_NOT_SOURCE_KINDS = {"checkpoint": "a model checkpoint", "adapter": "an adapter", "hf-export": "a model export",
+                     "peft-adapter": "an adapter export", "onnx-graphs": "exported model graphs",
+                     "curate-report": "a curation report", "demo-tour": "the demo's output folder"}
+
+
+def _clipforge_folder(path: str, names: list[str]) -> Optional[str]:
+    """What a clipforge folder that is not a data source holds, or None."""
+    if "index.json" in names and "index.faiss" in names:
+        return "an index (clipforge index build)"
+    return _NOT_SOURCE_KINDS.get(artifact_kind(path) or "")
+
+
 def detect_kind(path: str) -> str:
     if os.path.isdir(path):
         try:
             names = os.listdir(path)
         except OSError as e:
             raise ClipforgeError(f"cannot list folder {path!r}: {e.strerror}") from None
+        what = _clipforge_folder(path, names)
+        if what is not None:
+            raise UsageError(f"{path!r} is {what}, not a collection of images: give the images (a folder, a "
+                             "manifest or shards) as the source" + ("; `clipforge index update` adds new files "
+                                                                     "of an index's own source"
+                                                                     if what.startswith("an index") else ""))
         return "wds" if any(n.endswith(".tar") for n in names) else "folder"
     fmt = format_of(path)
     if fmt is not None:
