@@ -46,6 +46,14 @@ def test_digits_layout_split_and_captions(digits):
     assert np.corrcoef(small, src8)[0, 1] > 0.5
 
 
+def test_digits_ship_class_descriptions_for_gist_and_cupl(digits):
+    """docs/adaptation.md says the digits demo ships descriptions.json: four or more for each of its classes."""
+    import json
+
+    desc = json.loads(open(digits["descriptions"], encoding="utf-8").read())
+    assert sorted(desc) == sorted(DIGIT_NAMES) and all(len(v) >= 4 and all(v) for v in desc.values())
+
+
 def test_templates_are_disjoint_and_plentiful(digits):
     tr = open(digits["templates_train"]).read().splitlines()
     un = open(digits["templates_unseen"]).read().splitlines()

@@ -109,6 +109,13 @@ def _digit_set_files(tmp: str, train_templates, extra: dict) -> dict:
             "templates_unseen": "templates_unseen.txt", **extra}
 
 
+def _copy_descriptions(tmp: str) -> str:
+    """Write the packaged digit descriptions into a digit set (`descriptions.json`); return its relative path."""
+    with open(digit_descriptions_path(), encoding="utf-8") as f:
+        _write_json(os.path.join(tmp, "descriptions.json"), json.load(f))
+    return "descriptions.json"
+
+
 def _write_json(path: str, obj) -> None:
     with open(path, "w", encoding="utf-8") as f:
         json.dump(obj, f, indent=1)
@@ -152,13 +159,14 @@ def _digit_captions(label: int, rng: np.random.Generator, templates: list[str], 
 def build_digits(out_dir: str, size: int = 32, seed: int = 0, val_fraction: float = 0.2,
                  captions_per_image: int = 6) -> dict:
     """Write the digits demo; return {name: absolute path} (root, train_manifest, train_dir, val_dir,
-    val_manifest, classnames, templates_train, templates_unseen) plus counts."""
+    val_manifest, classnames, templates_train, templates_unseen, descriptions: the packaged class descriptions
+    for GIST / CuPL) plus counts."""
     if not 8 <= size <= 512:
         raise UsageError(f"size must be in [8, 512], got {size}")
     if not 0.0 < val_fraction < 1.0:
         raise UsageError(f"val_fraction must be in (0, 1), got {val_fraction}")
     params = {"name": "digits", "size": size, "seed": seed, "val_fraction": val_fraction,
-              "captions_per_image": captions_per_image, "version": DEMO_VERSION}
+              "captions_per_image": captions_per_image, "version": DEMO_VERSION, "descriptions": True}
 
     def build(tmp: str) -> dict:
 
@@ -182,7 +190,7 @@ def build_digits(out_dir: str, size: int = 32, seed: int = 0, val_fraction: floa
             _write_lines(os.path.join(tmp, f"{split}.jsonl"), (json.dumps(r) for r in rows))
             _write_lines(os.path.join(tmp, split, "classnames.txt"), DIGIT_NAMES)
             counts[f"num_{split}"] = len(rows)
-        return _digit_set_files(tmp, TRAIN_TEMPLATES, counts)
+        return _digit_set_files(tmp, TRAIN_TEMPLATES, {"descriptions": _copy_descriptions(tmp), **counts})
 
     return _build_atomically(out_dir, params, build)
 
@@ -280,9 +288,7 @@ def build_fonts(out_dir: str, size: int = 32, seed: int = 0, per_class_train: in
             _write_lines(os.path.join(tmp, f"{split}.jsonl"), (json.dumps(r) for r in rows))
             _write_lines(os.path.join(tmp, split, "classnames.txt"), DIGIT_NAMES)
             counts[f"num_{split}"] = len(rows)
-        with open(digit_descriptions_path(), encoding="utf-8") as f:
-            _write_json(os.path.join(tmp, "descriptions.json"), json.load(f))
-        return _digit_set_files(tmp, FONT_TEMPLATES, {"descriptions": "descriptions.json", **counts})
+        return _digit_set_files(tmp, FONT_TEMPLATES, {"descriptions": _copy_descriptions(tmp), **counts})
 
     return _build_atomically(out_dir, params, build)
 
