@@ -68,6 +68,32 @@ def digits_demo(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_resnet_checkpoint(digits_demo, tmp_path_factory):
+    """A saved tiny-resnet (the demo's BatchNorm tower) whose BatchNorm running statistics are the digits'
+    (cumulative averages over 256 training images; weights random, seed 0). A fresh tower's default statistics
+    (mean 0, variance 1) make every image's embedding the same in eval mode, which would hide BatchNorm's
+    effects from any test of it."""
+    from clipforge.data.sources import open_source
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = create_model("tiny-resnet")
+    source = open_source(f"jsonl:{digits_demo['train_manifest']}")
+    pixels = torch.stack([model.preprocess(source[i].load_image()) for i in range(256)])
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    for m in norms:
+        m.momentum = None  # cumulative average
+    with torch.no_grad():
+        for i in range(0, len(pixels), 64):
+            model.train().encode_image(pixels[i:i + 64])
+    for m in norms:
+        m.momentum = 0.1
+    path = tmp_path_factory.mktemp("ckpt-resnet") / "tiny-resnet"
+    model.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
 def photos_demo(tmp_path_factory):
     from clipforge.data.demo_sets import build_photos
 

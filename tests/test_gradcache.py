@@ -1,12 +1,14 @@
 """Gradient caching gives the same parameter gradients as backprop through the whole batch at once."""
+import copy
 import math
+import warnings
 
 import pytest
 import torch
 
 from clipforge.errors import UsageError
 from clipforge.losses import get_loss
-from clipforge.losses.gradcache import gradcache_step
+from clipforge.losses.gradcache import BatchNormSubBatchWarning, gradcache_step
 from clipforge.models import create_model
 from clipforge.models.output import CLIPOutput
 from conftest import StandInTwoTower
@@ -119,3 +121,57 @@ def test_gradcache_rejects_bad_arguments():
         gradcache_step(model, pixels, tokens, get_loss("clip"), 0)
     with pytest.raises(UsageError, match="tokens"):
         gradcache_step(model, pixels, tokens[:5], get_loss("clip"), 4)
+
+
+def _resnet_batch(model, n=12):
+    g = torch.Generator().manual_seed(1)
+    return (torch.randn(n, 3, 32, 32, generator=g, dtype=torch.float64),
+            torch.randint(1, 1024, (n, model.config.text.context_length), generator=g))
+
+
+def _norm_buffers(model):
+    return {k: v.clone() for k, v in model.state_dict().items()
+            if k.endswith(("running_mean", "running_var", "num_batches_tracked"))}
+
+
+def test_gradcache_on_train_mode_batchnorm_warns_and_updates_statistics_once_per_sub_batch():
+    """tiny-resnet in train mode: sub-batch statistics differ from the batch's, so the step is not the full
+    batch's: a warning says so. The running statistics see each sub-batch once, as if the sub-batches had been
+    the batches (the no-grad pass used to advance every counter a second time)."""
+    model = create_model("tiny-resnet").double().train()
+    pixels, tokens = _resnet_batch(model)
+    reference = copy.deepcopy(model)
+    with torch.no_grad():
+        for s in range(0, 12, 4):
+            reference.encode_image(pixels[s:s + 4])
+    with pytest.warns(BatchNormSubBatchWarning, match="19 BatchNorm layers in train mode .*sub-batch of 4"):
+        gradcache_step(model, pixels, tokens, get_loss("clip"), 4)
+    got, want = _norm_buffers(model), _norm_buffers(reference)
+    assert len(got) == 57 and all(int(v) == 3 for k, v in got.items() if k.endswith("num_batches_tracked"))
+    _assert_same(got, want, rtol=1e-12, atol=1e-14)
+
+
+def test_gradcache_is_exact_on_frozen_batchnorm():
+    """Frozen BatchNorm (its parameters locked) runs in eval mode even in a training model: a fixed affine map,
+    so gradient caching gives the full-batch gradient of every convolution through it, without a warning, and
+    leaves the statistics alone."""
+    model = create_model("tiny-resnet").double()
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.requires_grad_(False)
+    model.train()
+    assert model.training and not any(m.training for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    pixels, tokens = _resnet_batch(model)
+    before = _norm_buffers(model)
+    loss = get_loss("clip")
+    direct = loss(model(pixels, tokens)).total
+    direct.backward()
+    ref = _grads(model)
+    assert "visual.stem.0.weight" in ref
+    model.zero_grad(set_to_none=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", BatchNormSubBatchWarning)
+        got = gradcache_step(model, pixels, tokens, loss, 5)
+    torch.testing.assert_close(got.total, direct.detach(), rtol=1e-12, atol=0)
+    _assert_same(_grads(model), ref, rtol=1e-9, atol=1e-12)
+    _assert_same(_norm_buffers(model), before, rtol=0, atol=0)

@@ -13,7 +13,13 @@ accumulated micro-batches. But the loss depends on the encoders only through the
 
 Step 3 must see the same randomness as step 1 (dropout, stochastic depth): the RNG state is saved before
 each sub-batch in step 1 and restored in step 3. Cost: one extra forward of both towers (~ +33% compute).
-Modules that update state in forward (BatchNorm running stats) see each sub-batch twice.
+
+BatchNorm in train mode (a ResNet or EfficientNet tower being trained) makes this inexact, by construction:
+each sub-batch is normalised by its own statistics, not the whole batch's (ghost batch normalisation), and
+the exact full-batch gradient would need the gradient through every layer's batch statistics as well. That
+case is warned about (`BatchNormSubBatchWarning`, once), not refused; step 1 leaves the running statistics
+and batch counters as they were, so each sub-batch updates them once (in step 3), not twice. Frozen BatchNorm
+runs in eval mode (models/batchnorm.py): a fixed affine map, exact here.
 
 Under DDP pass the DDP-wrapped model: the bare module is used for the forwards (DDP's reducer expects one
 forward per backward, which this is not) and the gradients are averaged over ranks at the end, as DDP
@@ -21,7 +27,9 @@ would. The loss module gathers embeddings across ranks itself, so the result is 
 """
 from __future__ import annotations
 
-from contextlib import nullcontext
+import warnings
+import weakref
+from contextlib import contextmanager, nullcontext
 from typing import Optional
 
 import torch
@@ -30,6 +38,7 @@ from torch import nn
 from clipforge.errors import UsageError
 from clipforge.losses.distributed import allreduce_grads_, is_distributed
 from clipforge.losses.registry import LossOutput
+from clipforge.models.batchnorm import train_mode_batchnorms
 from clipforge.models.output import CLIPOutput
 
 
@@ -44,6 +53,27 @@ def _set_rng(state, device: torch.device) -> None:
     torch.set_rng_state(state["cpu"])
     if "cuda" in state:
         torch.cuda.set_rng_state(state["cuda"], device)
+
+
+class BatchNormSubBatchWarning(UserWarning):
+    """Gradient caching over sub-batches on a model with BatchNorm in train mode: not the full-batch step."""
+
+
+_WARNED: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()  # models already warned about
+
+
+@contextmanager
+def _running_stats_kept(model: nn.Module, names: list):
+    """BatchNorm layers `names` of `model` end with the running statistics and counters they started with."""
+    mods = [model.get_submodule(n) for n in names]
+    saved = [[b.clone() for b in m.buffers(recurse=False)] for m in mods]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for m, old in zip(mods, saved):
+                for b, o in zip(m.buffers(recurse=False), old):
+                    b.copy_(o)
 
 
 def _embed(model, pixels, tokens):
@@ -74,9 +104,19 @@ def gradcache_step(model: nn.Module, pixels: torch.Tensor, tokens: torch.Tensor,
     device = pixels.device
     spans = [(s, min(s + sub_batch, n)) for s in range(0, n, sub_batch)]
 
-    # 1. Embed everything without autograd, remembering the RNG state before each sub-batch.
+    norms = train_mode_batchnorms(core)
+    if norms and len(spans) > 1 and core not in _WARNED:
+        _WARNED.add(core)
+        warnings.warn(f"gradient caching is not exact on this model: {len(norms)} BatchNorm layers in train mode "
+                      f"(e.g. {norms[0]}) normalise each sub-batch of {sub_batch} by its own statistics, not the "
+                      f"batch of {n}'s, so the step differs from the full batch's (exact: a locked tower, whose "
+                      "BatchNorm runs in eval mode, or sub-batches as large as the batch; warned once per model)",
+                      BatchNormSubBatchWarning, stacklevel=2)
+
+    # 1. Embed everything without autograd, remembering the RNG state before each sub-batch. BatchNorm running
+    #    statistics are left untouched: step 3 sees every sub-batch again and updates them then.
     states, imgs, txts = [], [], []
-    with torch.no_grad():
+    with torch.no_grad(), _running_stats_kept(core, norms):
         for s0, s1 in spans:
             states.append(_get_rng(device))
             img, txt = _embed(core, pixels[s0:s1], tokens[s0:s1])

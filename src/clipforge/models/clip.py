@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from clipforge.errors import UsageError
+from clipforge.models.batchnorm import keep_frozen_norms_eval
 from clipforge.models.checkpoint import load_state_dict_strict, save_pretrained
 from clipforge.models.config import CLIPConfig
 from clipforge.models.efficientnet import EfficientNetTower
@@ -127,6 +128,11 @@ class CLIPModel(nn.Module):
             image_embeds=img, text_embeds=txt, logit_scale=self.logit_scale.exp(),
             logit_bias=self.logit_bias, image_tokens=img_tok, text_tokens=txt_tok, text_mask=mask,
         )
+
+    def train(self, mode: bool = True):
+        """Train mode, except for frozen BatchNorm layers (a locked tower, the base under an adapter): they stay
+        in eval mode, so their running statistics never drift from the weights that are saved."""
+        return keep_frozen_norms_eval(super().train(mode))
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         for tower in (self.visual, self.text):

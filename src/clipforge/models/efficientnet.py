@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from clipforge.models.batchnorm import keep_frozen_norms_eval
 from clipforge.models.heads import projection_head
 from clipforge.models.output import TowerOutput
 
@@ -197,13 +198,8 @@ class EfficientNetTower(nn.Module):
 
     def train(self, mode: bool = True):
         """BatchNorm layers whose parameters are all frozen stay in eval mode (a locked backbone keeps its
-        ImageNet statistics instead of drifting to each batch's)."""
-        super().train(mode)
-        if mode:
-            for m in self.modules():
-                if isinstance(m, nn.BatchNorm2d) and not any(p.requires_grad for p in m.parameters()):
-                    m.eval()
-        return self
+        ImageNet statistics instead of drifting to each batch's; models/batchnorm.py)."""
+        return keep_frozen_norms_eval(super().train(mode))
 
 
 def count_backbone_parameters(variant: str, num_classes: int = 0) -> int:

@@ -106,6 +106,13 @@ class ResNetTower(nn.Module):
                 nn.init.zeros_(blk.bn3.weight)
 
     @property
+    def blocks(self) -> nn.Sequential:  # what tower locking counts ("unlock the last N stages")
+        return self.stages
+
+    def after_blocks(self) -> list:  # what unlocking any stage also unlocks: the attention-pool head
+        return [self.attnpool]
+
+    @property
     def positional_embedding(self) -> nn.Parameter:
         return self.attnpool.positional_embedding
 

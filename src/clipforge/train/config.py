@@ -151,6 +151,10 @@ class RunSection:
     precision: str = "fp32"  # fp32 | bf16 (autocast) | fp16 (autocast + grad scaler, CUDA)
     device: Optional[str] = None  # default: cuda when available (per local rank), else cpu
     gradcache_sub_batch: Optional[int] = None  # gradient caching: exact big-batch gradient, sub-batch memory
+    # (not exact where BatchNorm trains: each sub-batch is normalised by its own statistics, and a warning says so)
+    # DDP: BatchNorm layers in train mode normalise by the whole global batch's statistics (train/sync_batchnorm.py)
+    # null: whenever a tower has BatchNorm in train mode; false: by each process's own share
+    sync_batchnorm: Optional[bool] = None
     threads: Optional[int] = None  # torch intra-op threads on CPU
     log_every: int = 10
     eval_every: int = 0  # zero-shot eval every N steps (0: only at the end, when data.val is set)

@@ -37,6 +37,7 @@ from clipforge.losses.gradcache import gradcache_step
 from clipforge.models import (Tokenizer, create_model, get_model_config, list_models, load_model,
                               train_tokenizer)
 from clipforge.models.adapter import base_hash, save_adapter
+from clipforge.models.batchnorm import train_mode_batchnorms
 from clipforge.models.checkpoint import load_state_dict_strict, read_state_dict
 from clipforge.models.lora import apply_lora, has_lora, mark_only_lora_trainable
 from clipforge.train.config import TrainConfig, dump_config
@@ -45,6 +46,7 @@ from clipforge.train.feature_cache import FeatureCache, cache_refusal
 from clipforge.train.optim import lock_tower, make_optimizer, tower_is_frozen
 from clipforge.train.run_log import MetricsLog, plot_curves, progress_line
 from clipforge.train.schedule import lr_at
+from clipforge.train.sync_batchnorm import convert_sync_batchnorm
 from clipforge.train.state import open_resume, resolve_resume, save_checkpoint, set_rng_state
 from clipforge.models.stretch import freeze_kept_positions
 from clipforge.train.step import forward_loss, pair_extras, reinforcement_store
@@ -174,6 +176,7 @@ def train(cfg: TrainConfig, out_dir, resume: Optional[str] = None, overwrite: bo
     freeze_kept_positions(model)  # a stretched text tower (Long-CLIP) trains only its interpolated positions
     model.to(device).train()
     core = model
+    _sync_batchnorm(cfg, model, dist)
     if dist.enabled:
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -311,6 +314,22 @@ def train(cfg: TrainConfig, out_dir, resume: Optional[str] = None, overwrite: bo
             log.warning("skipped %d bad samples: %s", skipped.total, dict(skipped.items()))
     barrier(dist)
     return summary
+
+
+def _sync_batchnorm(cfg: TrainConfig, model, dist: DistInfo) -> None:
+    """Under DDP, BatchNorm layers in train mode normalise by the statistics of the whole global batch
+    (`run.sync_batchnorm`, on unless false), so N processes train exactly as one; frozen ones run in eval mode."""
+    norms = train_mode_batchnorms(model)
+    if not (dist.enabled and norms):
+        return
+    if cfg.run.sync_batchnorm is False:
+        log.warning("run.sync_batchnorm is false: %d BatchNorm layers normalise by each process's own %d samples, "
+                    "so this run differs from one process on the whole batch", len(norms),
+                    cfg.data.batch_size // dist.world_size)
+        return
+    n = convert_sync_batchnorm(model)
+    log.info("synchronised BatchNorm: %d layers normalise by the statistics of the global batch of %d "
+             "(all %d processes)", n, cfg.data.batch_size, dist.world_size)
 
 
 def _feature_cache(cfg: TrainConfig, model, source, loss_fn, out: Path, dist: DistInfo, device):

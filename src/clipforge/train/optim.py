@@ -8,33 +8,39 @@ import torch
 from torch import nn
 
 from clipforge.errors import UsageError
+from clipforge.models.batchnorm import keep_frozen_norms_eval
 from clipforge.models.heads import is_pretrained_tower
+from clipforge.models.resnet import ResNetTower
 from clipforge.models.unwrap import unwrap_model
 
 log = logging.getLogger(__name__)
 
 
 def lock_tower(tower: nn.Module, unlocked_groups: int = 0) -> None:
-    """Freeze a tower (LiT). `unlocked_groups` > 0 keeps its last N blocks and everything after the blocks
-    (final norm, pooling head, projection) trainable.
+    """Freeze a tower (LiT). `unlocked_groups` > 0 keeps its last N blocks (a ResNet tower's last N stages) and
+    everything after the blocks (final norm, pooling head, projection; a ResNet's attention pool) trainable.
+    Frozen BatchNorm layers run in eval mode (models/batchnorm.py): their statistics stay the saved ones.
 
     A pretrained tower with a projection head (EfficientNet, Hugging Face text: `tower.feature_dim`) locks
     its encoder only: the head always trains, as in projector alignment (LiT with a new head)."""
     pretrained = is_pretrained_tower(tower)
-    blocks = tower.blocks if pretrained else tower.transformer.blocks
+    if hasattr(tower, "after_blocks"):  # the tower names its blocks (pretrained towers, ResNet stages)
+        blocks, after = tower.blocks, list(tower.after_blocks())
+    else:
+        blocks, after = tower.transformer.blocks, [getattr(tower, n, None) for n in
+                                                   ("ln_post", "ln_final", "head", "proj")]
     if unlocked_groups > len(blocks):
-        raise UsageError(f"cannot unlock {unlocked_groups} groups: the tower has {len(blocks)} blocks")
+        unit = "stages" if isinstance(tower, ResNetTower) else "blocks"
+        raise UsageError(f"cannot unlock {unlocked_groups} groups: the tower has {len(blocks)} {unit}")
     for p in tower.parameters():
         p.requires_grad_(False)
-    after = list(tower.after_blocks()) if pretrained else [getattr(tower, n, None) for n in
-                                                          ("ln_post", "ln_final", "head", "proj")]
     trainable = [tower.head] if pretrained else []
     if unlocked_groups > 0:
         trainable += list(blocks[len(blocks) - unlocked_groups:]) + [m for m in after if m is not None]
     for mod in trainable:
         for p in mod.parameters():
             p.requires_grad_(True)
-    tower.train(tower.training)  # frozen BatchNorm layers switch to eval mode (EfficientNetTower.train)
+    keep_frozen_norms_eval(tower)
 
 
 def tower_is_frozen(tower: nn.Module) -> bool:
