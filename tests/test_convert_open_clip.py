@@ -1,5 +1,10 @@
 """open_clip <-> clipforge parity, against open_clip's own forward pass (skips without open_clip).
 
+CI has no open_clip (it needs torchvision beside another torch), so what this file checks live is also checked
+there against goldens open_clip produced (`tests/test_golden_fidelity.py`: tokenizer ids, preprocessing, model
+outputs of two odd configs, and the export reproducing open_clip's own files); this file adds the real
+ViT-B-32 layout and open_clip loading clipforge's export.
+
 open_clip needs torchvision, which imports only beside torch 2.14.1 here, so this runs in its own env:
     python3 -m venv /work/ocenv && /work/ocenv/bin/pip install torch==2.14.1 torchvision==0.29.1 \
         open_clip_torch pytest tokenizers

@@ -165,6 +165,43 @@ def test_converted_models_reproduce_reference_outputs(name):
     assert torch.from_numpy(OUTS[f"{name}/logits"]).std() > 1e-3  # inputs told apart: not a constant
 
 
+# open_clip's own defaults (CLIPVisionCfg / CLIPTextCfg, open_clip 3.x): an exported config may spell them out
+OPEN_CLIP_DEFAULTS = {"vision_cfg": {"mlp_ratio": 4.0},
+                      "text_cfg": {"mlp_ratio": 4.0, "pad_id": 0, "no_causal_mask": False, "pool_type": "argmax",
+                                   "proj_bias": False}}
+
+
+@pytest.mark.parametrize("name", ["oc_quickgelu", "oc_gelu_last"])
+def test_open_clip_export_reproduces_the_files_open_clip_wrote(name, tmp_path):
+    """The export half of the open_clip parity test, with no open_clip installed (CI): exporting the golden
+    open_clip model gives back open_clip's own state dict, tensor for tensor, and a config that says what open_clip
+    wrote (keys it leaves out are open_clip's defaults)."""
+    from safetensors.torch import load_file
+
+    from clipforge.models import default_tokenizer, load_model
+    from clipforge.models.convert.export import export_model
+
+    src = GOLDEN / "models" / name
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = load_model(str(src), tokenizer=default_tokenizer())
+    export_model(model, "open_clip", tmp_path / "oc")
+    want, got = (load_file(str(d / "open_clip_model.safetensors")) for d in (src, tmp_path / "oc"))
+    assert set(got) == set(want)
+    for k in want:
+        assert got[k].shape == want[k].shape and got[k].dtype == want[k].dtype and torch.equal(got[k], want[k]), k
+    cfg_want, cfg_got = (json.loads((d / "open_clip_config.json").read_text())["model_cfg"]
+                         for d in (src, tmp_path / "oc"))
+    for key, value in cfg_got.items():
+        if isinstance(value, dict):
+            for k, v in value.items():
+                assert cfg_want[key].get(k, OPEN_CLIP_DEFAULTS.get(key, {}).get(k)) == v, (key, k)
+            assert set(cfg_want[key]) <= set(value), key
+        else:
+            assert cfg_want[key] == value, key
+    assert set(cfg_want) <= set(cfg_got)
+
+
 # ------------------------------------------------------------------------------------------------- metrics
 MET = json.loads((GOLDEN / "metrics.json").read_text())
 MARR = np.load(GOLDEN / "metrics.npz")
