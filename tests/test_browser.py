@@ -193,3 +193,48 @@ def test_classify_tab_shows_probabilities(server, photos_demo):
                 page.screenshot(path=str(shot), full_page=False)
         finally:
             browser.close()
+
+
+def test_a_keyed_server_asks_for_the_key_where_the_error_points(photos_index, tmp_path):
+    """With an API key on, the first search's error points at the key field, which is then shown (not inside the
+    collapsed options) and focused; typing the key and Enter gives the results."""
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium)")
+    pytest.importorskip("playwright.sync_api")
+    import uvicorn
+    from playwright.sync_api import sync_playwright
+
+    from clipforge.serve.app import create_app
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    srv = uvicorn.Server(uvicorn.Config(create_app(photos_index, api_key="s3cret"), host="127.0.0.1", port=port,
+                                        log_level="warning"))
+    t = threading.Thread(target=srv.run, daemon=True)
+    t.start()
+    deadline = time.time() + 30
+    while not srv.started and time.time() < deadline:
+        time.sleep(0.05)
+    try:
+        with sync_playwright() as p:
+            browser = _browser(p)
+            try:
+                page = browser.new_page(viewport={"width": 1200, "height": 900})
+                page.goto(f"http://127.0.0.1:{port}/")
+                assert not page.is_visible("#api-key")  # no clutter until a key is needed
+                page.fill("#query", "a cup of coffee")
+                page.press("#query", "Enter")
+                page.wait_for_selector("#status.error", timeout=10_000)
+                assert "API key at the top" in page.inner_text("#status")
+                assert page.is_visible("#api-key") and not page.is_visible("#options .options")
+                assert page.evaluate("document.activeElement.id") == "api-key"
+                page.fill("#api-key", "s3cret")
+                page.press("#api-key", "Enter")
+                page.wait_for_selector("#status:has-text('results for a cup of coffee')", timeout=20_000)
+                assert page.locator(".card").count() > 0
+            finally:
+                browser.close()
+    finally:
+        srv.should_exit = True
+        t.join(timeout=10)

@@ -12,6 +12,14 @@ function headers(json) {
   return h;
 }
 
+function needsKey(r) {
+  // 401: show the key field (in the header, on every tab) where the error points, and put the cursor in it
+  if (r.status !== 401) return "";
+  $("key-row").hidden = false;
+  $("api-key").focus();
+  return " Enter the API key at the top of the page.";
+}
+
 function setStatus(text, isError) {
   $("status").textContent = text;
   $("status").className = isError ? "error" : "";
@@ -128,7 +136,7 @@ async function runSearch(history) {
   }
   const data = await r.json().catch(() => ({}));
   if (!r.ok) {
-    setStatus((data.error && data.error.message) || `error ${r.status}`, true);
+    setStatus(((data.error && data.error.message) || `error ${r.status}`) + needsKey(r), true);
     return;
   }
   const grid = $("results");
@@ -206,6 +214,8 @@ $("prev").addEventListener("click", () => {
 });
 $("next").addEventListener("click", () => { state.offset += buildBody().k; runSearch("push"); });
 $("api-key").value = localStorage.getItem("clipforge-api-key") || "";
+$("key-row").hidden = !$("api-key").value;  // shown once a key is in use, or when the server asks for one
+$("api-key").addEventListener("keydown", (e) => { if (e.key === "Enter") runSearch("push"); });
 
 // ---- tabs ----
 function showTab(name) {
@@ -265,7 +275,7 @@ async function runClassify() {
   }
   const data = await r.json().catch(() => ({}));
   if (!r.ok) {
-    setClassifyStatus((data.error && data.error.message) || `error ${r.status}`, true);
+    setClassifyStatus(((data.error && data.error.message) || `error ${r.status}`) + needsKey(r), true);
     return;
   }
   const rows = data.labels.map((label, i) => {
