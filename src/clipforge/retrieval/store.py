@@ -15,10 +15,17 @@ manifest replaced (the commit point). Every commit increments the manifest's `ge
 running server, an index file built from the store) can tell cheaply whether it has seen the latest state. A writer killed in between leaves files the manifest does not list;
 they are ignored, and removed by the next writer. `done_keys()` lists what is committed, so a resumed job
 skips exactly those: no duplicates, no gaps. One writer at a time (an exclusive lock file enforces it).
+
+Transactions: inside `with store.transaction():` appends, deletes and compactions change the store as this
+writer sees it (`done_keys`, `load`, ...), and write their shard files, but the manifest is replaced once, when
+the block ends: a reader sees the generation before or the one after, never a part of it (e.g. an index
+update's removals without its additions). A block that raises publishes nothing; its shard files are removed
+(and, if the process died instead, by the next writer, like any file the manifest does not list).
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -143,6 +150,7 @@ class EmbeddingStore:
     def __init__(self, root: Path, manifest: dict, writable: bool, lock_fd: int | None):
         self.root, self.manifest, self.writable, self._lock_fd = root, manifest, writable, lock_fd
         self._keys: dict[str, tuple[int, int, int]] | None = None  # key -> (id, shard index, row)
+        self._txn: dict | None = None  # inside transaction(): {"base": the published manifest, "dirty": bool}
 
     # -- opening --
     @classmethod
@@ -410,12 +418,44 @@ class EmbeddingStore:
                         "deleted": []}] if len(ids) else []
         m["next_shard"] = i + 1
         self._commit(m)
-        self._remove_orphans()
+        if self._txn is None:  # in a transaction the published manifest still lists the old shards
+            self._remove_orphans()
 
     def _commit(self, m: dict) -> None:
+        if self._txn is not None:  # published when the transaction ends
+            self.manifest, self._keys = m, None
+            self._txn["dirty"] = True
+            return
         m["generation"] = int(m.get("generation", 0)) + 1
         atomic_write_json(self.root / "manifest.json", m)  # the commit point
         self.manifest, self._keys = m, None
+
+    @contextlib.contextmanager
+    def transaction(self):
+        """Make every change inside the block one commit (one new generation), published when it ends; on an
+        exception nothing is published and the block's shard files are removed. Nested blocks join the
+        outer one."""
+        self._require_writable()
+        if self._txn is not None:
+            yield self
+            return
+        self._txn = {"base": self.manifest, "dirty": False}
+        try:
+            yield self
+        except BaseException:
+            base, self._txn = self._txn["base"], None
+            self.manifest, self._keys = base, None
+            with contextlib.suppress(OSError):
+                self._remove_orphans()
+            raise
+        txn, self._txn = self._txn, None
+        if txn["dirty"]:
+            try:
+                self._commit(self.manifest)  # the one commit point of the whole block
+            except BaseException:
+                self.manifest, self._keys = txn["base"], None
+                raise
+            self._remove_orphans()  # shards a compaction inside the block replaced
 
     # -- reading --
     def _live_rows(self, shard: dict) -> np.ndarray:
