@@ -214,3 +214,28 @@ def test_ray_curate_score_equals_local(cluster, photos, tmp_path, capsys):
     assert a.drop(["score", "image_emb"]).to_pylist() == b.drop(["score", "image_emb"]).to_pylist()
     sa, sb = (np.array(t.column("score").to_pylist(), dtype=float) for t in (a, b))
     np.testing.assert_allclose(sa, sb, atol=1e-5)
+
+
+def test_ray_data_is_quiet_unless_verbose(cluster, photos, tmp_path):
+    """Ray Data's console lines (execution plans, where its logs are) appear only with clipforge's logging at
+    DEBUG (the CLI's -v): a normal run prints clipforge's own summary."""
+    import logging
+
+    from clipforge.scale.ray_executor import _ray_data_console
+
+    console = [h for h in logging.getLogger("ray.data").handlers if "File" not in type(h).__name__]
+    files = [h for h in logging.getLogger("ray.data").handlers if "File" in type(h).__name__]
+    assert console, "Ray Data has no console handler to quieten"
+    build_index(photos[0], "tiny", tmp_path / "quiet", batch_size=8, progress=False, executor="ray",
+                executor_options={"num_workers": 1})
+    assert all(h.level == logging.ERROR for h in console) and all(h.level < logging.ERROR for h in files)
+    root = logging.getLogger()
+    old = root.level
+    root.setLevel(logging.DEBUG)
+    try:
+        build_index(photos[0], "tiny", tmp_path / "loud", batch_size=8, progress=False, executor="ray",
+                    executor_options={"num_workers": 1})
+        assert all(h.level == logging.INFO for h in console)
+    finally:
+        root.setLevel(old)
+        _ray_data_console(logging.ERROR)

@@ -89,6 +89,14 @@ def _start_local(ray, attempts: int = 2) -> None:
                                      "`address`='auto'") from None
 
 
+def _ray_data_console(level: int) -> None:
+    """Ray Data's console lines (execution plans, where its logs are, progress-bar notes) at `level`: shown only
+    when clipforge logs at DEBUG (the CLI's verbose flag); its session log files keep everything."""
+    for h in logging.getLogger("ray.data").handlers:
+        if "File" not in type(h).__name__:
+            h.setLevel(level)
+
+
 class _UnitWorker:
     """One Ray actor: the source opened and the model loaded once, then one unit per call."""
 
@@ -200,6 +208,7 @@ class RayExecutor(Executor):
             unit_plan = [plan[b] for b in g]
             parts = [[None, [], []]] if source is None else source.locate([p for b in unit_plan for p in b])
             rows.append({"unit": u, "work": json.dumps({"plan": unit_plan, "parts": parts})})
+        _ray_data_console(logging.INFO if log.isEnabledFor(logging.DEBUG) else logging.ERROR)
         ctx = ray.data.DataContext.get_current()
         saved = (ctx.execution_options.preserve_order, ctx.enable_progress_bars)
         ctx.execution_options.preserve_order = True  # units come back in plan order
