@@ -158,5 +158,9 @@ def test_serve_results_say_which_stage_scored_them(two_indexes):
     assert all("stage1_score" in r for r in res[:4])
     plain = c.post("/search", json={"text": "a horse", "k": 6, "rerank": False}).json()["results"]
     assert [r["stage"] for r in plain] == [1] * 6
+    # with a second stage the schema takes `rerank: true` (a server without one refuses it in its schema)
+    assert {"type": "boolean"} in app.openapi()["components"]["schemas"]["SearchIn"]["properties"]["rerank"]["anyOf"]
+    asked = c.post("/search", json={"text": "a horse", "k": 6, "rerank": True}).json()["results"]
+    assert [r["stage"] for r in asked] == [2, 2, 2, 2, 1, 1]
     stats = c.get("/stats").json()["rerank"]
     assert stats["kind"] == "index" and "/" not in stats["index"]  # no server paths

@@ -33,7 +33,7 @@ from clipforge.encode import Encoder, TextEmbeddingCache
 from clipforge.errors import ClipforgeError, UsageError
 from clipforge.retrieval.build import INDEX_FILE, INFO_FILE, read_info
 from clipforge.retrieval.index import VectorIndex
-from clipforge.retrieval.query import Hit, Searcher, Term, compose_vector, parse_query
+from clipforge.retrieval.query import Hit, Searcher, Term, compose_vector, parse_filter, parse_query
 from clipforge.retrieval.rerank import DEFAULT_RERANK_K, Reranker, create_reranker, rerank_hits
 from clipforge.retrieval.sharded import open_index
 from clipforge.retrieval.store import EmbeddingStore
@@ -101,12 +101,17 @@ class SearchEngine:
     rerank: a second stage (`create_reranker`: a model reference, an index directory, or a Reranker), with
     rerank_options for its kind; rerank_k: candidates it re-scores. encode_engine / threads: the runtime that
     embeds queries (`clipforge.encode` engines; default: the one the index was built with).
+    hidden_columns: metadata columns no search through this engine may filter on (`query.parse_filter`):
+    what a service never shows its clients (the HTTP service: the server's file paths), so a filter cannot
+    probe them; each search may add more. Python and CLI users, who own the files, keep the default ().
     """
 
     def __init__(self, index_dir, device=None, model=None, text_cache: int = 4096, *, text_batch: int = 64,
                  rerank: Any = None, rerank_k: int = DEFAULT_RERANK_K, rerank_options: Optional[dict] = None,
-                 encode_engine: str | None = None, threads: int | None = None):
+                 encode_engine: str | None = None, threads: int | None = None,
+                 hidden_columns: Sequence[str] = ()):
         self.root = Path(index_dir)
+        self.hidden_columns = tuple(hidden_columns)
         self.view = IndexView(self.root)
         self._device = device
         # The runtime that embeds queries: as asked, else the one the index was built with (fp32 engines agree
@@ -238,11 +243,14 @@ class SearchEngine:
                filters: Sequence[str] = (), dedup: float | None = None, rerank: Optional[bool] = None,
                text_weight: float = 1.0, image_weight: float = 1.0, terms: Sequence[Term] = (),
                like: int | None = None, like_weight: float = 1.0, allow_paths: bool = True,
-               base_dir=None) -> list[Hit]:
+               base_dir=None, hidden_columns: Sequence[str] = ()) -> list[Hit]:
         """Hits offset..offset+k-1. With a reranker (and `rerank` not False), the first stage's top
         `rerank_k` (after filters and dedup) are re-scored by the second model and come first; hits beyond
-        them keep the first stage's order and score (`stage` 1)."""
+        them keep the first stage's order and score (`stage` 1). `filters` may not name the engine's
+        `hidden_columns` nor these `hidden_columns` (refused before any model runs)."""
         view = self.view  # this search finishes on this view, whatever refresh() does meanwhile
+        hidden = (*self.hidden_columns, *hidden_columns)
+        filters = [parse_filter(f, hidden=hidden) if isinstance(f, str) else f for f in filters]
         all_terms = self.query_terms(text, image, text_weight=text_weight, image_weight=image_weight,
                                      terms=terms, allow_paths=allow_paths, base_dir=base_dir)
         like = self._like(view, like)
@@ -250,10 +258,11 @@ class SearchEngine:
         if rerank and self.reranker is None:
             raise UsageError("`rerank` asked for, but this engine has no second stage (give `rerank=`)")
         if self.reranker is None or rerank is False:
-            return view.searcher.search(q, k=k, offset=offset, filters=list(filters), dedup=dedup)
+            return view.searcher.search(q, k=k, offset=offset, filters=filters, dedup=dedup, hidden=hidden)
         if k < 1 or offset < 0:
             raise UsageError(f"need k >= 1 and offset >= 0, got k={k}, offset={offset}")
-        hits = view.searcher.search(q, k=max(self.rerank_k, offset + k), filters=list(filters), dedup=dedup)
+        hits = view.searcher.search(q, k=max(self.rerank_k, offset + k), filters=filters, dedup=dedup,
+                                    hidden=hidden)
         like_items = [] if like is None else [({"id": int(like), **view.searcher.metadata_rows([int(like)])[0]},
                                                like_weight)]
         q2 = self.reranker.query_vector(all_terms, like_items)
@@ -280,7 +289,7 @@ class SearchEngine:
                "index_kind": view.index.kind, "recall@10": (idx.get("recall@10") or {}).get("recall@10"),
                "skipped": view.info.get("skipped", {}), "text_cache_hits": self.texts.hits,
                "text_cache": self.texts.stats(), "has_text_embeddings": bool(view.info.get("text")),
-               "columns": [c for c in view.metadata.column_names if c != "id"],
+               "columns": [c for c in view.metadata.column_names if c != "id" and c not in self.hidden_columns],
                "store_generation": view.generation, "reloads": self.reloads}
         if self.reranker is not None:
             out["rerank"] = {**self.reranker.describe(), "rerank_k": self.rerank_k}

@@ -20,6 +20,9 @@ weights, and the sum normalised again.
 
 Filters: COLUMN OP VALUE with OP one of  =  !=  <  <=  >  >=  ~ (glob, e.g. path~*/beach/*)  *= (substring,
 case-insensitive, e.g. caption*=dog). `path` means the first of path / image_path / url the metadata has.
+`hidden` columns (the HTTP service passes the ones holding server paths, which it never shows) cannot be
+filtered on, under any spelling the parser accepts (case and Unicode compatibility forms are folded), nor
+reached through the `path` alias: a filter on one is refused, so a filter cannot probe what a result hides.
 A filter's value is at most MAX_FILTER_CHARS long and a glob must compile, checked when the filter is parsed
 (matching cost grows with the value's length; the HTTP service sets a lower cap).
 """
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import re
 import threading
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -262,13 +266,17 @@ class Filter:
     op: str
     value: Any
 
-    def mask(self, table: pa.Table) -> np.ndarray:
-        """(N,) bool over the table's rows; a null value never matches."""
+    def mask(self, table: pa.Table, hidden: Sequence[str] = ()) -> np.ndarray:
+        """(N,) bool over the table's rows; a null value never matches. A `hidden` column (or the `path` alias
+        resolving to one) is refused."""
+        _refuse_hidden(self.column, hidden)
         col = self.column
         if col == "path" and col not in table.column_names:
             col = next((c for c in _PATH_COLUMNS if c in table.column_names), col)
+        _refuse_hidden(col, hidden, self.column)
         if col not in table.column_names:
-            raise UsageError(f"filter on unknown column {self.column!r}; columns: {table.column_names}")
+            shown = [c for c in table.column_names if not _is_hidden(c, hidden)]
+            raise UsageError(f"filter on unknown column {self.column!r}; columns: {shown}")
         arr = table.column(col)
         if self.op == "~":
             m = pc.match_substring_regex(pc.cast(arr, pa.string()), _glob_regex(str(self.value)))
@@ -291,11 +299,26 @@ class Filter:
         return pc.fill_null(m, False).to_numpy(zero_copy_only=False).astype(bool)
 
 
-def parse_filter(spec: str, max_chars: int = MAX_FILTER_CHARS) -> Filter:
+def _column_key(name: str) -> str:
+    """A column name as compared with `hidden` ones: NFKC-normalised and case-folded ("ＰＡＴＨ" -> "path")."""
+    return unicodedata.normalize("NFKC", name).casefold()
+
+
+def _is_hidden(column: str, hidden: Sequence[str]) -> bool:
+    return bool(hidden) and _column_key(column) in {_column_key(h) for h in hidden}
+
+
+def _refuse_hidden(column: str, hidden: Sequence[str], asked: str | None = None) -> None:
+    if _is_hidden(column, hidden):
+        via = f" (`{asked}` stands for it here)" if asked is not None and asked != column else ""
+        raise UsageError(f"column {column!r} is not filterable here{via}: it is not shown in results")
+
+
+def parse_filter(spec: str, max_chars: int = MAX_FILTER_CHARS, hidden: Sequence[str] = ()) -> Filter:
     """'width>=512', 'caption*=dog', 'path~*/beach/*', 'label=cat' -> Filter.
 
-    Refuses (UsageError) a filter longer than `max_chars` and a glob that does not compile (e.g. `[z-a]`),
-    before any row is matched.
+    Refuses (UsageError) a filter longer than `max_chars`, a glob that does not compile (e.g. `[z-a]`), and a
+    filter on a `hidden` column (under any spelling: see `_column_key`), before any row is matched.
     """
     if not isinstance(spec, str):
         raise UsageError(f"a filter must be a string like 'caption*=dog', got {type(spec).__name__}")
@@ -305,6 +328,7 @@ def parse_filter(spec: str, max_chars: int = MAX_FILTER_CHARS) -> Filter:
     if not m or not m.group(3):
         raise UsageError(f"filter {_clip(spec)!r}: expected COLUMN OP VALUE with OP one of {' '.join(_OPS)}")
     f = Filter(m.group(1), m.group(2), m.group(3))
+    _refuse_hidden(f.column, hidden)
     if f.op == "~":
         try:  # RE2 (Arrow's engine) decides what compiles (an empty array would skip compiling)
             pc.match_substring_regex(pa.array([""], pa.string()), _glob_regex(f.value))
@@ -317,11 +341,11 @@ def _clip(text: str, n: int = 80) -> str:
     return text if len(text) <= n else text[:n] + "..."
 
 
-def filter_mask(table: pa.Table, filters: Sequence[Filter | str]) -> np.ndarray:
-    """AND of all filters -> (N,) bool."""
+def filter_mask(table: pa.Table, filters: Sequence[Filter | str], hidden: Sequence[str] = ()) -> np.ndarray:
+    """AND of all filters -> (N,) bool; a filter on a `hidden` column is refused (UsageError)."""
     mask = np.ones(table.num_rows, dtype=bool)
     for f in filters:
-        mask &= (parse_filter(f) if isinstance(f, str) else f).mask(table)
+        mask &= (parse_filter(f, hidden=hidden) if isinstance(f, str) else f).mask(table, hidden)
     return mask
 
 
@@ -386,9 +410,10 @@ class Searcher:
     @staticmethod
     def _rows(sorted_ids, order, ids) -> np.ndarray:
         ids = as_ids(ids)
-        pos = np.clip(np.searchsorted(sorted_ids, ids), 0, max(0, len(sorted_ids) - 1))
-        ok = sorted_ids[pos] == ids if len(sorted_ids) else np.zeros(len(ids), bool)
-        return np.where(ok, order[pos], -1)
+        if not len(sorted_ids):  # an emptied index: no id is known (order[pos] would be out of bounds)
+            return np.full(len(ids), -1, dtype=np.int64)
+        pos = np.clip(np.searchsorted(sorted_ids, ids), 0, len(sorted_ids) - 1)
+        return np.where(sorted_ids[pos] == ids, order[pos], -1)
 
     def known(self, ids: np.ndarray) -> np.ndarray:
         """(n,) bool: which ids are live items (in the vectors, else the metadata, given)."""
@@ -405,10 +430,11 @@ class Searcher:
         return self.vectors[rows]
 
     def search(self, q: np.ndarray, k: int = 10, offset: int = 0, filters: Sequence[Filter | str] = (),
-               dedup: float | None = None) -> list[Hit]:
+               dedup: float | None = None, hidden: Sequence[str] = ()) -> list[Hit]:
         """Hits offset..offset+k-1 of the ranked list, after filters and near-duplicate collapsing.
 
         dedup: drop a hit whose cosine to a higher-ranked kept hit exceeds this (e.g. 0.95).
+        hidden: metadata columns the filters may not name (see `parse_filter`).
         Filtering happens after retrieval, fetching more until enough hits survive; when the filters leave
         few rows (<= exact_subset_max) and vectors are available, those rows are scored exactly instead.
         """
@@ -424,7 +450,7 @@ class Searcher:
         if filters:
             if self.metadata is None:
                 raise UsageError("filters need metadata")
-            allowed = np.sort(self._m_ids[filter_mask(self.metadata, filters)])
+            allowed = np.sort(self._m_ids[filter_mask(self.metadata, filters, hidden)])
             if len(allowed) == 0:
                 return []
         if allowed is not None and self.vectors is not None and len(allowed) <= self.exact_subset_max:

@@ -16,11 +16,15 @@ filter and label counts, and each filter's and label's length are capped, and fi
 all before the model runs (422); JSON types are strict and unknown fields are refused (422); query strings
 never name files (no `img:` terms from the network), template sets are names, never paths, and /thumb takes
 an integer id that must map to a regular file recorded in the index, so nothing from a request ever becomes
-a filesystem path. Responses never show server paths. Every error is JSON: {"error": {"status": N,
-"message": "..."}}, and an unexpected failure is a 500 with no details. Deleting needs a server started with
+a filesystem path. Responses never show server paths, and filters cannot name the columns that hold them
+(`HIDDEN_COLUMNS`, refused by the engine itself: 422), so a filter cannot probe the server's directories.
+Every error is JSON: {"error": {"status": N, "message": "..."}}, and an unexpected failure is a 500 with no
+details; each route documents its error statuses in /openapi.json (`responses.py`), a 405 names the allowed
+methods in `Allow`, and the request schema's patterns read alike in every regex dialect (`patterns.py`), so
+a request the schema accepts is one the server accepts. Deleting needs a server started with
 an API key (403 otherwise): without one, anyone who can reach the port could empty the index. Item ids in
-URLs are decimal digits within int64 (`1_0`, `+1`, `１` are 422, not items 10 and 1). A delete on a full
-disk is a 507, on a read-only file system a 503; nothing is deleted and reads go on.
+URLs are decimal digits within int64, a pattern in the schema (`1_0`, `+1`, `１` are 422, not items 10 and
+1). A delete on a full disk is a 507, on a read-only file system a 503; nothing is deleted and reads go on.
 
 Speed: the model never runs on the event loop. A text query whose texts are all in the text-embedding cache,
 over an index small enough that a search takes well under a millisecond (`INLINE_MAX_VECTORS`), is answered
@@ -68,9 +72,12 @@ from clipforge.retrieval.store import StoreBusy
 from clipforge.serve.classify import ClassifyService
 from clipforge.serve.guards import (INT64_MAX, PUBLIC_PATHS, PUBLIC_PREFIXES, ApiKeyAuth, BodyLimit,  # noqa: F401
                                     Limits, classify_model, decode_b64_image, error_response, request_models)
+from clipforge.serve.patterns import decimal_at_most
+from clipforge.serve.responses import error_responses
 
 STATIC = Path(__file__).parent / "static"
-HIDDEN_COLUMNS = ("path", "__url__")  # server paths: the file of an item, the shard it came from
+HIDDEN_COLUMNS = ("path", "__url__")  # server paths: the file of an item, the shard it came from (never
+# shown, never filterable over HTTP: SearchEngine(hidden_columns=...) refuses filters on them)
 # A text query over at most this many vectors is searched on the event loop when its texts are cached: a
 # flat scan of 8192 x 512 floats is ~4M multiply-adds (well under a millisecond), cheaper than the hop to a
 # worker thread and back. Bigger indexes search in the thread pool (faiss releases the GIL there).
@@ -80,8 +87,9 @@ PUBLIC_ITEM_CACHE = 65_536  # items whose public form is kept (a few hundred byt
 log = logging.getLogger("clipforge.serve")
 
 _error = error_response  # kept for callers of the old private name
-# An item id in a URL: decimal digits only (int parsing would also take "1_0", "+1", " 1", "１"), in int64
-ID_PATTERN = r"^[0-9]{1,19}$"
+# An item id in a URL: decimal digits only (int parsing would also take "1_0", "+1", " 1", "１"), 0..2**63-1,
+# so the schema itself refuses an id past int64 (a client reading it knows the 422 before sending)
+ID_PATTERN = decimal_at_most(INT64_MAX)
 
 
 async def item_id_param(item_id: str = PathParam(..., pattern=ID_PATTERN, max_length=19,
@@ -93,6 +101,14 @@ async def item_id_param(item_id: str = PathParam(..., pattern=ID_PATTERN, max_le
     if value > INT64_MAX:
         raise HTTPException(422, f"path.item_id: {item_id} is over the largest item id ({INT64_MAX})")
     return value
+
+
+# What a request field's schema pattern asks for, in words (a 422 names this, not the regular expression)
+PATTERN_MEANS = {"image": "not valid base64 (the alphabet in groups of four, `=` padding at the end only; a data: "
+                          "URL prefix is accepted)",
+                 "labels": "a label needs a character that is not whitespace",
+                 "filters": "expected COLUMN OP VALUE, e.g. caption*=dog (OP: = != < <= > >= ~ *=)",
+                 "item_id": f"an item id is decimal digits, 0 to {INT64_MAX}"}
 
 
 def disk_status(e: DiskError) -> int:
@@ -151,9 +167,11 @@ def _public(hit_dict: dict) -> dict:
     return d
 
 
-def _public_stats(stats: dict) -> dict:
-    """Engine stats without server paths (model, source, a reranker's model or index)."""
-    out = {**stats, "model": _short_ref(stats["model"]), "source": _short_ref(stats["source"])}
+def _public_stats(stats: dict, hidden=HIDDEN_COLUMNS) -> dict:
+    """Engine stats without server paths (model, source, a reranker's model or index); `columns` lists only
+    the filterable ones."""
+    out = {**stats, "model": _short_ref(stats["model"]), "source": _short_ref(stats["source"]),
+           "columns": [c for c in stats.get("columns", []) if c not in hidden]}
     if "rerank" in out:
         out["rerank"] = {k: (_short_ref(v) if k in ("model", "index") else v) for k, v in out["rerank"].items()}
     return out
@@ -171,7 +189,8 @@ def create_app(index_dir, api_key: str | None = None, limits: Limits = Limits(),
     never; the app's lifespan starts and stops the watcher)."""
     if engine is None:
         engine = SearchEngine(index_dir, device=device, rerank=rerank, encode_engine=encode_engine,
-                              threads=threads, **({"rerank_k": rerank_k} if rerank_k is not None else {}))
+                              threads=threads, hidden_columns=HIDDEN_COLUMNS,
+                              **({"rerank_k": rerank_k} if rerank_k is not None else {}))
     elif rerank is not None or rerank_k is not None or encode_engine is not None:
         raise UsageError("give `rerank` / `rerank_k` / `encode_engine` to the SearchEngine passed as `engine`")
     engine.encoder  # load now, so the first request is not slow  # noqa: B018
@@ -225,12 +244,23 @@ def create_app(index_dir, api_key: str | None = None, limits: Limits = Limits(),
         return None
 
     auth = APIKeyHeader(name="X-API-Key", auto_error=False) if api_key is not None else no_auth
+    keyed = api_key is not None  # every route but the public ones may answer 401
+
+    def allowed_methods(path: str) -> str:
+        """The methods the routes at `path` take (all of them: the router's own 405 names one route's)."""
+        methods = {m for r in app.router.routes if getattr(r, "methods", None) and r.path_regex.match(path)
+                   for m in r.methods}
+        return ", ".join(sorted(methods))
 
     @app.exception_handler(HTTPException)
     async def _http(request, exc: HTTPException):
         if exc.status_code >= 400:
             stats["errors"] += 1
-        return error_response(exc.status_code, str(exc.detail))
+        response = error_response(exc.status_code, str(exc.detail))
+        response.headers.update(exc.headers or {})  # e.g. Retry-After
+        if exc.status_code == 405:
+            response.headers["Allow"] = allowed_methods(request.url.path)
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request, exc: RequestValidationError):
@@ -239,6 +269,10 @@ def create_app(index_dir, api_key: str | None = None, limits: Limits = Limits(),
         for e in exc.errors()[:5]:
             loc = ".".join(str(x) for x in e.get("loc", ()) if x != "body")
             msg = "unknown field" if e.get("type") == "extra_forbidden" else e.get("msg", "invalid")
+            msg = msg.removeprefix("Value error, ")  # a model's own rule (guards.request_models) says it all
+            if e.get("type") == "string_pattern_mismatch":  # say what the pattern means, not the pattern
+                field = next((x for x in reversed(e.get("loc", ())) if isinstance(x, str)), "")
+                msg = PATTERN_MEANS.get(field, msg)
             if e.get("type") in ("less_than_equal", "too_long", "string_too_long"):
                 msg += " (this server's limit)"
             parts.append(f"{loc or 'body'}: {msg}")
@@ -273,14 +307,14 @@ def create_app(index_dir, api_key: str | None = None, limits: Limits = Limits(),
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
-    @app.get("/healthz")
+    @app.get("/healthz", responses=error_responses())
     async def healthz():
         return {"status": "ok", "count": len(engine.index)}
 
-    @app.get("/stats", dependencies=[Depends(auth)])
+    @app.get("/stats", dependencies=[Depends(auth)], responses=error_responses(key=keyed))
     async def get_stats():
         lat = np.array(latencies) if latencies else np.zeros(1)
-        return {**_public_stats(engine.stats()), "uptime_s": round(time.time() - stats["started"], 1),
+        return {**_public_stats(engine.stats(), HIDDEN_COLUMNS), "uptime_s": round(time.time() - stats["started"], 1),
                 "searches": stats["searches"], "searches_inline": stats["inline"],
                 "classifications": stats["classifications"], "deletes": stats["deletes"],
                 "errors": stats["errors"], "thumbs_cached": len(thumbs),
@@ -288,7 +322,7 @@ def create_app(index_dir, api_key: str | None = None, limits: Limits = Limits(),
                 "search_ms_p99": round(float(np.percentile(lat, 99)), 3), "limits": asdict(limits),
                 "template_sets": classifier.template_sets()}
 
-    _, SearchIn = request_models(limits)
+    _, SearchIn = request_models(limits, rerank=engine.reranker is not None, hidden=HIDDEN_COLUMNS)
 
     def _cached_text_query(req) -> bool:
         """Whether `req` needs no model and no image decoding: text only, every text already cached."""
@@ -304,12 +338,11 @@ def create_app(index_dir, api_key: str | None = None, limits: Limits = Limits(),
         return engine.texts.has_all(texts)
 
     async def search(req):
-        for t in req.terms:
-            if (t.text is None) == (t.image is None):
-                raise HTTPException(422, "each term needs exactly one of text or image")
+        if req.like is not None and not engine.has_id(req.like):  # an unknown item, as for /items/{id}
+            raise HTTPException(404, f"like: no item with id {req.like} in this index")
         for i, f in enumerate(req.filters):  # syntax, length and glob checked before the model runs
             try:
-                parse_filter(f, max_chars=limits.max_filter_chars)
+                parse_filter(f, max_chars=limits.max_filter_chars, hidden=HIDDEN_COLUMNS)
             except UsageError as e:
                 raise HTTPException(422, f"filters[{i}]: {e}") from None
 
@@ -321,7 +354,8 @@ def create_app(index_dir, api_key: str | None = None, limits: Limits = Limits(),
                           t.weight) for i, t in enumerate(req.terms)]
             hits = engine.search(req.text, image, k=req.k, offset=req.offset, filters=req.filters,
                                  dedup=req.dedup, text_weight=req.text_weight, image_weight=req.image_weight,
-                                 terms=terms, like=req.like, allow_paths=False, rerank=req.rerank)
+                                 terms=terms, like=req.like, allow_paths=False, rerank=req.rerank,
+                                 hidden_columns=HIDDEN_COLUMNS)
             return hits, (time.perf_counter() - t0) * 1e3
 
         if _cached_text_query(req):
@@ -335,7 +369,7 @@ def create_app(index_dir, api_key: str | None = None, limits: Limits = Limits(),
                              "results": [public_hit(h) for h in hits]})
 
     search.__annotations__["req"] = SearchIn  # a class built for these limits (annotations are strings here)
-    app.post("/search", dependencies=[Depends(auth)])(search)
+    app.post("/search", dependencies=[Depends(auth)], responses=error_responses(404, 422, 503, key=keyed))(search)
 
     ClassifyIn = classify_model(limits, classifier.template_sets())
 
@@ -349,9 +383,9 @@ def create_app(index_dir, api_key: str | None = None, limits: Limits = Limits(),
         return JSONResponse(res)
 
     classify.__annotations__["req"] = ClassifyIn
-    app.post("/classify", dependencies=[Depends(auth)])(classify)
+    app.post("/classify", dependencies=[Depends(auth)], responses=error_responses(422, 503, key=keyed))(classify)
 
-    @app.get("/items/{item_id}", dependencies=[Depends(auth)])
+    @app.get("/items/{item_id}", dependencies=[Depends(auth)], responses=error_responses(404, 422, key=keyed))
     async def item(item_id: int = Depends(item_id_param)):
         found = engine.item(item_id)
         if found is None:
@@ -359,8 +393,7 @@ def create_app(index_dir, api_key: str | None = None, limits: Limits = Limits(),
         return JSONResponse(_public(found))
 
     @app.delete("/items/{item_id}", dependencies=[Depends(auth)],
-                responses={503: {"description": "the index is on a read-only file system (nothing deleted)"},
-                           507: {"description": "the index's disk is full (nothing deleted)"}})
+                responses=error_responses(403, 404, 409, 422, 503, 507, key=keyed))
     async def delete_item(item_id: int = Depends(item_id_param)):
         if api_key is None:
             raise HTTPException(403, "deleting needs a server started with an API key")
@@ -386,7 +419,7 @@ def create_app(index_dir, api_key: str | None = None, limits: Limits = Limits(),
         return JSONResponse({"deleted": [item_id], "count": res["count"]})
 
     @app.get("/thumb/{item_id}", dependencies=[Depends(auth)],
-             responses={200: {"content": {"image/jpeg": {}}}})
+             responses={200: {"content": {"image/jpeg": {}}}, **error_responses(404, 422, key=keyed)})
     async def thumb(item_id: int = Depends(item_id_param)):
         with thumbs_lock:
             if thumbs_state["reloads"] != engine.reloads:  # the index changed: a file may have changed too

@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from typing import Annotated, Literal, Optional
 
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, model_validator
 from starlette.exceptions import HTTPException
 
 from clipforge.data.decode import BadSample, DecodeOptions, decode_image
+from clipforge.serve.patterns import BASE64_IMAGE, FILTER, NON_BLANK
 
 __all__ = ["Limits", "INT64_MAX", "PUBLIC_PATHS", "PUBLIC_PREFIXES", "FILTER_PATTERN", "request_models",
            "classify_model", "error_response", "ApiKeyAuth", "BodyLimit", "decode_b64_image"]
@@ -55,50 +56,93 @@ def _json_int(value):
     return value
 
 
-def request_models(limits: Limits) -> tuple[type[BaseModel], type[BaseModel]]:
-    """(TermIn, SearchIn) with this server's limits in their schema."""
+def request_models(limits: Limits, rerank: bool = True,
+                   hidden: tuple[str, ...] = ()) -> tuple[type[BaseModel], type[BaseModel]]:
+    """(TermIn, SearchIn) with this server's limits in their schema. `rerank`: whether the server has a second
+    stage (without one, the schema takes `rerank` false or null only). `hidden`: metadata columns filters may
+    not name (documented in the `filters` description)."""
     Query = Annotated[str, StringConstraints(max_length=limits.max_query_chars)]
-    FilterStr = Annotated[str, StringConstraints(max_length=limits.max_filter_chars, pattern=FILTER_PATTERN)]
+    FilterStr = Annotated[str, StringConstraints(max_length=limits.max_filter_chars, pattern=FILTER)]
+    Image = Annotated[str, StringConstraints(min_length=1, pattern=BASE64_IMAGE)]
+    # what the validators below require, in the schema too (a client sees the rule before sending)
+    one_of_text_image = [{"required": [a], "properties": {a: {"type": "string"}, b: {"type": "null"}}}
+                         for a, b in (("text", "image"), ("image", "text"))]
+    some_query = [{"required": ["text"], "properties": {"text": {"type": "string", "pattern": NON_BLANK}}},
+                  {"required": ["image"], "properties": {"image": {"type": "string"}}},
+                  {"required": ["terms"], "properties": {"terms": {"type": "array", "minItems": 1}}},
+                  {"required": ["like"], "properties": {"like": {"type": "integer"}}}]
+    not_filterable = (f" Not filterable here: {', '.join(hidden)} (server file paths, never shown in results);"
+                      " a filter naming one is a 422." if hidden else "")
+    if rerank:
+        Rerank = Optional[bool]
+        rerank_doc = "false returns the first stage's ranking only (default: rerank with the second stage)"
+        rerank_strict = {"strict": True}
+    else:
+        Rerank = Optional[Literal[False]]  # type: ignore[assignment,misc]
+        rerank_doc = "this server has no second stage: false or null (the first stage's ranking) only"
+        rerank_strict = {}  # a literal is exact already
 
     class TermIn(BaseModel):
-        model_config = ConfigDict(extra="forbid")
+        model_config = ConfigDict(extra="forbid", json_schema_extra={"oneOf": one_of_text_image})
         text: Optional[Query] = Field(None, description="a text term (plain text, never a file path)")
-        image: Optional[str] = Field(None, description="a base64 image (a data: URL prefix is accepted)")
+        image: Optional[Image] = Field(None, description="a base64 image (a data: URL prefix is accepted)")
         weight: float = Field(1.0, ge=-100, le=100, strict=True, description="negative weights push results away")
 
+        @model_validator(mode="after")
+        def _one_of_text_image(self):
+            if (self.text is None) == (self.image is None):
+                raise ValueError("each term needs exactly one of text or image")
+            return self
+
     class SearchIn(BaseModel):
-        model_config = ConfigDict(extra="forbid")
+        model_config = ConfigDict(extra="forbid", json_schema_extra={"anyOf": some_query})
         text: Optional[Query] = Field(None, description='query language: plain text or \'"a" + 0.5*"b" - "c"\'')
-        image: Optional[str] = Field(None, description="base64 query image, composed with text when both given")
+        image: Optional[Image] = Field(None, description="base64 query image, composed with text when both "
+                                       "given (a data: URL prefix is accepted)")
         text_weight: float = Field(1.0, ge=-100, le=100, strict=True)
         image_weight: float = Field(1.0, ge=-100, le=100, strict=True)
         terms: list[TermIn] = Field(default_factory=list, max_length=limits.max_terms,
                                     description="extra weighted text / image terms")
-        like: Optional[Annotated[int, Field(ge=0, le=INT64_MAX), BeforeValidator(_json_int)]] = Field(
-            None, description="an item id: more like this")
+        # ids are int64, as the schema says; a larger `like` names no item: 404, like any id not in the index
+        # (a bound the server enforced would disagree with validators that compare JSON numbers as doubles)
+        like: Optional[Annotated[int, Field(ge=0, json_schema_extra={"maximum": INT64_MAX}),
+                                 BeforeValidator(_json_int)]] = Field(
+            None, description="an item id: more like this (404 when no item has it)")
         k: Annotated[int, Field(ge=1, le=limits.max_k), BeforeValidator(_json_int)] = Field(
             20, description="results per page")
         offset: Annotated[int, Field(ge=0, le=limits.max_offset), BeforeValidator(_json_int)] = 0
         filters: list[FilterStr] = Field(default_factory=list, max_length=limits.max_filters,
-                                         description="e.g. caption*=dog, path~*/beach/*, size>=1000")
+                                         description="COLUMN OP VALUE, all must match, e.g. caption*=dog, "
+                                                     "key~*/beach/*, size>=1000 (OP: = != < <= > >= ~ glob, "
+                                                     "*= substring). Columns: the metadata columns /stats "
+                                                     "lists." + not_filterable)
         dedup: Optional[Annotated[float, Field(ge=0.0, le=1.0, strict=True)]] = Field(
             None, description="collapse hits with cosine above this")
-        rerank: Optional[bool] = Field(None, strict=True, description="with a second stage configured: false "
-                                       "returns the first stage's ranking only (default: rerank)")
+        rerank: Rerank = Field(None, description=rerank_doc, **rerank_strict)  # type: ignore[valid-type]
+
+        @model_validator(mode="after")
+        def _some_query(self):
+            if not ((self.text is not None and self.text.strip()) or self.image is not None or self.terms
+                    or self.like is not None):
+                raise ValueError("a query needs text (not blank), an image, terms, or `like` (an item id)")
+            return self
 
     return TermIn, SearchIn
 
 
 def classify_model(limits: Limits, template_sets: list[str]) -> type[BaseModel]:
     """ClassifyIn: one image and the class names to score it against."""
-    Label = Annotated[str, StringConstraints(min_length=1, max_length=limits.max_label_chars, pattern=r"\S")]
+    Label = Annotated[str, StringConstraints(min_length=1, max_length=limits.max_label_chars, pattern=NON_BLANK)]
     TemplateSet = Literal[tuple(template_sets)]  # names only: a request never names a file
 
     class ClassifyIn(BaseModel):
         model_config = ConfigDict(extra="forbid")
-        image: str = Field(..., description="the image, base64 (a data: URL prefix is accepted)")
+        image: Annotated[str, StringConstraints(min_length=1, pattern=BASE64_IMAGE)] = Field(
+            ..., description="the image, base64 (a data: URL prefix is accepted)")
         labels: list[Label] = Field(..., min_length=1, max_length=limits.max_labels,
-                                    description="class names, e.g. [\"cat\", \"dog\", \"a red car\"]")
+                                    json_schema_extra={"uniqueItems": True},
+                                    description="class names, e.g. [\"cat\", \"dog\", \"a red car\"], each "
+                                                "different from the others")
         templates: Optional[TemplateSet] = Field(  # type: ignore[valid-type]
             None, description="prompt template set (default openai_imagenet: 80 prompts per label)")
 
