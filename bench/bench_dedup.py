@@ -122,7 +122,9 @@ def write_page(out: Path, a, truth: dict, scorer: dict, rows: dict, seconds: flo
              + (f"; model (demo's): the model `clipforge demo` trains on all 1,437 training digits "
                 f"(the README's case, `{a.demo_model}`)" if a.demo_model else ""),
              "- `auto`: 0.1 x the median cosine distance from an image to its 10th nearest neighbour, measured on "
-             "the set itself (`clipforge.curate.radius`); the default when no eps is given", ""]
+             "the set itself (`clipforge.curate.radius`); the default when no eps is given",
+             "- pixels: the 16x16 descriptor, and (with the grids the score job keeps) the same after aligning "
+             "each image by one grid cell, 4x stricter (`clipforge.curate.shifted`)", ""]
     lines += ["## Planted copies", "",
               "| features | eps | radius used | removed | precision | recall | recall without shifts | "
               + " | ".join(COPY_KINDS) + " |", "|---" * (7 + len(COPY_KINDS)) + "|"]

@@ -21,7 +21,8 @@ def digits_rows(digits_demo: dict, n: int) -> list[dict]:
 def plant_copies(rows: list[dict], out: Path, kinds=("bytes", "pixels", "upscale", "jpeg")) -> list[dict]:
     """One copy of rows[k] per kind (k = 0, 1, ...): returns the copy rows ({"id", "image", "captions", "label",
     "_of", "_kind"}). bytes: the same file; pixels: PNG re-saved with other compression and a text chunk;
-    upscale: x1.5 bicubic; downscale: x0.75 Lanczos; jpeg: quality 90."""
+    upscale: x1.5 bicubic; downscale: x0.75 Lanczos; jpeg: quality 90; shift: moved one pixel right (32-pixel
+    digits: 3% of the side), the column moved in black."""
     out.mkdir(parents=True, exist_ok=True)
     copies = []
     for k, kind in enumerate(kinds):
@@ -40,6 +41,11 @@ def plant_copies(rows: list[dict], out: Path, kinds=("bytes", "pixels", "upscale
             im.resize((im.width * 3 // 4, im.height * 3 // 4), Image.LANCZOS).save(dst)
         elif kind == "jpeg":
             im.convert("L" if im.mode in ("L", "I", "I;16") else "RGB").save(dst, quality=90)
+        elif kind == "shift":
+            arr = np.asarray(im)
+            moved = np.zeros_like(arr)
+            moved[:, 1:] = arr[:, :-1]
+            Image.fromarray(moved).save(dst)
         else:
             raise ValueError(kind)
         copies.append({"id": f"copy-{k}", "image": str(dst), "captions": list(src["captions"]),

@@ -21,7 +21,7 @@ def planted(digits_demo, photos_demo, tmp_path_factory):
     demo with resized and JPEG copies; broken files too. Scored once, with both kinds of image features."""
     root = tmp_path_factory.mktemp("dedup")
     rows = digits_rows(digits_demo, 30)
-    copies = plant_copies(rows, root / "copies", kinds=("bytes", "pixels", "upscale", "downscale", "jpeg"))
+    copies = plant_copies(rows, root / "copies", kinds=("bytes", "pixels", "upscale", "downscale", "jpeg", "shift"))
     photos = [json.loads(x) for x in open(photos_demo["manifest"])]
     for p in photos:
         p["image"] = str(photos_demo["root"] + "/" + p["image"])
@@ -72,6 +72,40 @@ def test_dedup_with_a_model_embeds_through_the_score_job(planted, tmp_path):
         dedup_source(planted["spec"], out, eps=0.05)
     with pytest.raises(UsageError, match="`keep`"):
         dedup_source(planted["spec"], out, scores=planted["scores"], keep="last")
+
+
+def _dup_pairs(summary) -> set:
+    return {frozenset((r["id"], r["duplicate_of"])) for r in read_removals(summary["removals_file"])
+            if "duplicate_of" in r}
+
+
+def test_a_copy_shifted_by_a_pixel_is_found_only_by_the_aligned_comparison(planted, tmp_path):
+    """The 16x16 descriptor puts a one-pixel shift of a 32-pixel digit as far away as a distinct digit; the
+    aligned grid comparison finds it, and a scores file without grids (older ones) still works without it."""
+    import pyarrow.parquet as pq
+
+    from clipforge.curate.shifted import SHIFT_STRICT, grid_descriptors, shifted_pairs
+
+    shift = next(c for c in planted["copies"] if c["_kind"] == "shift")
+    s = dedup_source(planted["spec"], tmp_path / "d.jsonl", scores=planted["scores"])
+    assert frozenset((shift["id"], shift["_of"])) in _dup_pairs(s)
+    assert s["method"] == "range+shifted"
+    table = pq.read_table(planted["scores"])
+    first = {}
+    for i, g, f in zip(*(table.column(c).to_pylist() for c in ("id", "pixel_grid", "pixel_feat"))):
+        if g is not None:
+            first.setdefault(i, (np.array(g, np.uint8), np.array(f, np.float32)))
+    (ga, fa), (gb, fb) = first[shift["id"]], first[shift["_of"]]
+    unaligned = 1 - float(fa @ fb / np.linalg.norm(fa) / np.linalg.norm(fb))
+    aligned = min(1 - float(grid_descriptors(ga[None], dx, 0)[0] @ grid_descriptors(gb[None])[0]) for dx in (-1, 1))
+    assert unaligned > 0.03 and aligned < 0.002  # far as an unshifted descriptor, near-exact once aligned
+    p = shifted_pairs(np.stack([ga, gb]), 0.02)
+    assert len(p.i) == 1 and 1 - p.sim[0] == pytest.approx(aligned / SHIFT_STRICT, abs=1e-4)
+    old = tmp_path / "old.parquet"  # a scores file written before grids were kept
+    pq.write_table(table.drop(["pixel_grid"]).replace_schema_metadata(table.schema.metadata), old)
+    for scores, method, found in ((planted["scores"], "range+shifted", True), (old, "range", False)):
+        r = dedup_source(planted["spec"], tmp_path / f"{method}.jsonl", scores=scores, eps=0.02)
+        assert r["method"] == method and (frozenset((shift["id"], shift["_of"])) in _dup_pairs(r)) == found
 
 
 def test_an_eps_that_swallows_distinct_images_is_warned_about(planted, tmp_path):

@@ -33,6 +33,7 @@ import numpy as np
 from clipforge.curate.job import read_scores, score_source, scores_info
 from clipforge.curate.near import METHODS, candidate_pairs, keep_greedy
 from clipforge.curate.radius import auto_eps
+from clipforge.curate.shifted import merge_pairs, shifted_pairs
 from clipforge.curate.selection import vet_selection_output, write_selection
 from clipforge.data.sources import open_source
 from clipforge.encode import Encoder
@@ -64,11 +65,16 @@ def exact_duplicates(keys: Sequence, priority: np.ndarray) -> dict[int, int]:
 
 
 def near_duplicates(x: np.ndarray, eps: float, *, method: str = "auto", priority: Optional[np.ndarray] = None,
-                    eps_report: Sequence[float] = (), **kw) -> tuple[dict[int, tuple[int, float]], dict, str]:
+                    eps_report: Sequence[float] = (), grids: Optional[np.ndarray] = None,
+                    **kw) -> tuple[dict[int, tuple[int, float]], dict, str]:
     """({removed row: (kept row, cosine)} at `eps`, {eps: count removed} for each of `eps_report`, method used).
-    Candidate pairs are found once at the largest eps and re-thresholded for the smaller ones."""
+    Candidate pairs are found once at the largest eps and re-thresholded for the smaller ones. `grids` (n, 1024)
+    uint8: the images' pixel grids, to find copies shifted by a cell too (`shifted.py`; exact search, so only
+    where the method is "range")."""
     top = max([eps, *eps_report])
     pairs = candidate_pairs(x, top, method, **kw)
+    if grids is not None and pairs.method == "range":
+        pairs = merge_pairs(pairs, shifted_pairs(grids, top), method="range+shifted")
     counts = {float(e): len(keep_greedy(x, pairs.at(e), priority)) for e in eps_report}
     return keep_greedy(x, pairs.at(eps), priority), counts, pairs.method
 
@@ -178,7 +184,12 @@ def dedup_source(source, out, *, model=None, scores=None, eps: Union[float, str]
     if eps == "auto":
         calibration = auto_eps(xa, seed=seed)
         eps = calibration["eps"]
-    near, counts, used = near_duplicates(xa, eps, method=method, eps_report=eps_report,
+    grids = None
+    if features == "pixels" and "pixel_grid" in samples.column_names:  # older scores files have none
+        g = samples.column("pixel_grid").to_pylist()
+        if all(g[r] is not None for r in alive):
+            grids = np.array([g[r] for r in alive], np.uint8)
+    near, counts, used = near_duplicates(xa, eps, method=method, eps_report=eps_report, grids=grids,
                                          priority=None if keep == "central" else prio[alive],
                                          **({"n_clusters": n_clusters, "seed": seed} if method != "range" else {}))
     if alive and len(near) > max_removed * len(alive):

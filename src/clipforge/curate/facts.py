@@ -9,6 +9,8 @@ preprocessing the model needs), so hashing and describing the original image cos
                  compression settings or metadata (an exact copy to a viewer, different bytes on disk)
   pixel_feat     (with `pixel_features=True`) a 16x16 grey thumbnail, mean removed, L2-normalised (256 floats):
                  a model-free near-duplicate descriptor robust to resizing and re-encoding, not to crops or shifts
+  pixel_grid     (with `pixel_features=True`) the 32x32 grey thumbnail as 1,024 bytes: what `shifted.py` aligns
+                 to find copies shifted by a cell (3% of the side)
 
 `caption_facts(text)` gives the caption statistics: characters and words.
 """
@@ -19,9 +21,10 @@ import hashlib
 import numpy as np
 from PIL import Image
 
-__all__ = ["image_facts", "caption_facts", "pixel_descriptor", "PIXEL_FEAT_SIDE"]
+__all__ = ["image_facts", "caption_facts", "pixel_descriptor", "pixel_grid", "PIXEL_FEAT_SIDE", "PIXEL_GRID_SIDE"]
 
 PIXEL_FEAT_SIDE = 16
+PIXEL_GRID_SIDE = 32
 
 
 def _digest(*parts: bytes) -> str:
@@ -41,6 +44,11 @@ def pixel_descriptor(image: Image.Image, side: int = PIXEL_FEAT_SIDE) -> np.ndar
     return v / n if n > 0 else v
 
 
+def pixel_grid(image: Image.Image, side: int = PIXEL_GRID_SIDE) -> np.ndarray:
+    """(side*side,) uint8: the grey image box-averaged to side x side."""
+    return np.asarray(image.convert("L").resize((side, side), Image.BOX), dtype=np.uint8).reshape(-1)
+
+
 def image_facts(sample, image: Image.Image, *, pixel_features: bool = False) -> dict:
     """Facts about one decoded sample (see the module docstring). Width and height come from the encoder."""
     data = sample.image_bytes()
@@ -49,6 +57,7 @@ def image_facts(sample, image: Image.Image, *, pixel_features: bool = False) -> 
            "pixel_hash": _digest(f"{rgb.width}x{rgb.height}".encode(), rgb.tobytes())}
     if pixel_features:
         out["pixel_feat"] = pixel_descriptor(image)
+        out["pixel_grid"] = pixel_grid(image)
     return out
 
 

@@ -17,6 +17,7 @@ be used gives one row with its `skip_reason` and nothing else. Columns (`SCHEMA`
   lang, lang_prob                     with a language guess (`lang.py`)
   image_emb                           (embeddings=True) float16 image embedding, on each sample's first row
   pixel_feat                          (pixel_features=True) float16 pixel descriptor, on the first row
+  pixel_grid                          (pixel_features=True) uint8 32x32 grey grid, on the first row
 """
 from __future__ import annotations
 
@@ -26,12 +27,13 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from clipforge.curate.facts import PIXEL_FEAT_SIDE, caption_facts
+from clipforge.curate.facts import PIXEL_FEAT_SIDE, PIXEL_GRID_SIDE, caption_facts
 from clipforge.curate.lang import guess_languages
 
 __all__ = ["SCHEMA", "PIXEL_DIM", "score_batch", "schema_for"]
 
 PIXEL_DIM = PIXEL_FEAT_SIDE * PIXEL_FEAT_SIDE
+GRID_DIM = PIXEL_GRID_SIDE * PIXEL_GRID_SIDE
 
 SCHEMA = pa.schema([
     ("id", pa.string()), ("position", pa.int64()), ("label", pa.int64()),
@@ -51,18 +53,19 @@ def schema_for(*, lang: bool, embed_dim: int | None, pixel_features: bool) -> pa
         fields.append(pa.field("image_emb", pa.list_(pa.float16(), embed_dim)))
     if pixel_features:
         fields.append(pa.field("pixel_feat", pa.list_(pa.float16(), PIXEL_DIM)))
+        fields.append(pa.field("pixel_grid", pa.list_(pa.uint8(), GRID_DIM)))
     return pa.schema(fields)
 
 
-def _vectors(rows: list, dim: int) -> pa.Array:
-    """Per-row (dim,) arrays or None -> a fixed-size float16 list column (null where None)."""
-    flat = np.zeros((len(rows), dim), np.float16)
+def _vectors(rows: list, dim: int, dtype=np.float16) -> pa.Array:
+    """Per-row (dim,) arrays or None -> a fixed-size list column of `dtype` (null where None)."""
+    flat = np.zeros((len(rows), dim), dtype)
     missing = np.ones(len(rows), bool)
     for i, v in enumerate(rows):
         if v is not None:
             flat[i] = v
             missing[i] = False
-    values = pa.array(flat.reshape(-1), pa.float16())
+    values = pa.array(flat.reshape(-1), pa.from_numpy_dtype(dtype))
     return pa.FixedSizeListArray.from_arrays(values, dim, mask=pa.array(missing))
 
 
@@ -80,7 +83,7 @@ def score_batch(encoder, batch, *, texts: bool = True, lang: bool = False, embed
                         pixel_features=pixel_features)
     cols: dict[str, list] = {f.name: [] for f in schema}
     pair_rows, pair_owner, pair_texts = [], [], []  # table row, batch row (image) and caption of every pair
-    emb_rows, pix_rows = [], []
+    emb_rows, pix_rows, grid_rows = [], [], []
     for b, sid in enumerate(batch.ids):
         info = batch.info[b] if b < len(batch.info) else {}
         caps = batch.captions[b] if texts else []
@@ -104,6 +107,7 @@ def score_batch(encoder, batch, *, texts: bool = True, lang: bool = False, embed
                 pair_texts.append(cap)
             emb_rows.append(feats[b].numpy() if embeddings and k == 0 else None)
             pix_rows.append(info.get("pixel_feat") if pixel_features and k == 0 else None)
+            grid_rows.append(info.get("pixel_grid") if pixel_features and k == 0 else None)
     read = set(batch.positions)
     missing = [p for p in planned if p not in read] if planned is not None else []
     skips = batch.skipped.samples
@@ -116,6 +120,7 @@ def score_batch(encoder, batch, *, texts: bool = True, lang: bool = False, embed
             cols["position"][-1] = missing[n]
         emb_rows.append(None)
         pix_rows.append(None)
+        grid_rows.append(None)
     if pair_texts:
         txt = encoder.encode_texts(pair_texts)  # (P, D)
         scores = (feats[torch.tensor(pair_owner)] * txt).sum(-1).tolist()
@@ -131,6 +136,8 @@ def score_batch(encoder, batch, *, texts: bool = True, lang: bool = False, embed
             arrays.append(_vectors(emb_rows, encoder.embed_dim))
         elif field.name == "pixel_feat":
             arrays.append(_vectors(pix_rows, PIXEL_DIM))
+        elif field.name == "pixel_grid":
+            arrays.append(_vectors(grid_rows, GRID_DIM, np.uint8))
         else:
             arrays.append(pa.array(cols[field.name], field.type))
     return pa.Table.from_arrays(arrays, schema=schema)
