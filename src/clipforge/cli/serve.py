@@ -1,6 +1,7 @@
 """`clipforge serve INDEX_DIR`: the HTTP search API and web page (127.0.0.1 by default)."""
 from __future__ import annotations
 
+import argparse
 import json
 import os
 from dataclasses import asdict
@@ -8,6 +9,26 @@ from dataclasses import asdict
 from clipforge.cli._common import add_engine_args, positive_int
 
 MAX_HEADER_BYTES = 16 * 1024
+
+
+def _seconds(value: str) -> float:
+    try:
+        v = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {value!r}") from None
+    if not 0 < v < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {value}")
+    return v
+
+
+def _count_or_zero(value: str) -> int:
+    try:
+        v = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or more, got {v}")
+    return v
 
 
 def register(sub):
@@ -24,6 +45,24 @@ def register(sub):
     p.add_argument("--max-body-mb", type=float, default=16.0, help="largest request body (default 16)")
     p.add_argument("--max-connections", type=positive_int, default=128,
                    help="concurrent connections before new ones get 503 (bounds memory; default 128)")
+    p.add_argument("--max-connections-per-ip", type=_count_or_zero, default=None, metavar="N",
+                   help="open connections one client address may hold, so one client cannot hold them all; "
+                        "past it a new connection takes the place of that address's longest-stalled one, or "
+                        "gets 503 (default 16; 0, no limit, when bound to loopback, where every client and a "
+                        "reverse proxy share one address; stalled connections give way at --max-connections "
+                        "either way)")
+    p.add_argument("--head-timeout", type=_seconds, default=10.0, metavar="S",
+                   help="a request head (request line and headers) must arrive within S seconds, else 408 "
+                        "(default 10)")
+    p.add_argument("--body-timeout", type=_seconds, default=10.0, metavar="S",
+                   help="a request body that stops arriving for S seconds gets 408 (default 10)")
+    p.add_argument("--max-concurrent-decodes", type=positive_int, default=2, metavar="N",
+                   help="query images decoded at once (each may hold hundreds of MB); a request finding all "
+                        "N busy gets 503 with Retry-After (default 2)")
+    p.add_argument("--allowed-hosts", default=None, metavar="HOST[,HOST...]",
+                   help="Host header names the server answers to (others get 400: stops DNS rebinding); "
+                        "any port; *.example.org for subdomains; '*' for any. Default: localhost, 127.0.0.1 "
+                        "and ::1 when bound to loopback, any otherwise")
     p.add_argument("--rerank", default=None, metavar="MODEL|INDEX",
                    help="second stage: re-score the top candidates with another model (a model reference) or "
                         "with a second index of the same source built with a stronger model")
@@ -48,17 +87,33 @@ def run(args) -> int:
 
     from clipforge.errors import UsageError
     from clipforge.serve.app import SERVE_ENV, Limits, create_app
+    from clipforge.serve.hosts import allowed_host_names, default_allowed_hosts, is_loopback
+    from clipforge.serve.transport import GuardedProtocol
 
     key = args.api_key or os.environ.get("CLIPFORGE_API_KEY")
     if args.host not in ("127.0.0.1", "localhost", "::1") and not key:
         print(f"warning: serving on {args.host} without --api-key: anyone who can reach it can query it")
-    limits = Limits(max_k=args.max_k, max_body_bytes=int(args.max_body_mb * 2**20))
+    per_ip = args.max_connections_per_ip
+    if per_ip is None:
+        per_ip = 0 if is_loopback(args.host) else Limits.max_connections_per_ip
+    limits = Limits(max_k=args.max_k, max_body_bytes=int(args.max_body_mb * 2**20),
+                    head_timeout_s=args.head_timeout, body_timeout_s=args.body_timeout,
+                    max_connections_per_ip=per_ip,
+                    max_concurrent_decodes=args.max_concurrent_decodes)
     if args.reload_interval < 0:
         raise UsageError(f"--reload-interval must be >= 0, got {args.reload_interval}")
+    if args.allowed_hosts is None:
+        allowed_hosts = default_allowed_hosts(args.host)
+    else:
+        allowed_hosts = [h.strip() for h in args.allowed_hosts.split(",") if h.strip()]
+        if not allowed_hosts:
+            raise UsageError("--allowed-hosts needs at least one host name ('*' for any)")
+        allowed_hosts = None if "*" in allowed_hosts else allowed_host_names(allowed_hosts)  # checked now
     options = dict(index_dir=os.path.abspath(args.index_dir), limits=asdict(limits), device=args.device,
                    rerank=args.rerank, rerank_k=args.rerank_k if args.rerank else None,
                    reload_interval=args.reload_interval or None,
-                   encode_engine=args.engine, threads=args.threads)
+                   encode_engine=args.engine, threads=args.threads,
+                   allowed_hosts=list(allowed_hosts) if allowed_hosts else None)
     if args.workers > 1:  # each worker process builds its app from the environment (uvicorn imports it anew)
         os.environ[SERVE_ENV] = json.dumps(options)
         if key:
@@ -74,8 +129,10 @@ def run(args) -> int:
         except ImportError:
             raise UsageError("--http httptools needs the httptools package (pip install httptools)") from None
     # h11 refuses request heads (request line + headers) over 16 KB; say so explicitly rather than rely on it.
-    # With httptools the app's BodyLimit refuses them (431) once parsed.
-    uvicorn.run(target, host=args.host, port=args.port, log_level="warning", http=args.http,
+    # With httptools the app's BodyLimit refuses them (431) once parsed. Either parser runs under the transport
+    # guard: head and body read timeouts, and the per-address connection limit.
+    http = GuardedProtocol.from_limits(limits, args.http)
+    uvicorn.run(target, host=args.host, port=args.port, log_level="warning", http=http,
                 h11_max_incomplete_event_size=MAX_HEADER_BYTES, limit_concurrency=args.max_connections,
                 timeout_keep_alive=5, server_header=False, **kw)
     return 0

@@ -72,6 +72,8 @@ from clipforge.retrieval.store import StoreBusy
 from clipforge.serve.classify import ClassifyService
 from clipforge.serve.guards import (INT64_MAX, PUBLIC_PATHS, PUBLIC_PREFIXES, ApiKeyAuth, BodyLimit,  # noqa: F401
                                     Limits, classify_model, decode_b64_image, error_response, request_models)
+from clipforge.serve.hosts import HostAllowlist, allowed_host_names
+from clipforge.serve.images import ImageDecoder
 from clipforge.serve.patterns import decimal_at_most
 from clipforge.serve.responses import error_responses
 
@@ -182,11 +184,12 @@ def _public_stats(stats: dict, hidden=HIDDEN_COLUMNS) -> dict:
 def create_app(index_dir, api_key: str | None = None, limits: Limits = Limits(), device=None,
                engine: SearchEngine | None = None, *, rerank=None, rerank_k: int | None = None,
                reload_interval: Optional[float] = RELOAD_INTERVAL_S, encode_engine: str | None = None,
-               threads: int | None = None) -> FastAPI:
+               threads: int | None = None, allowed_hosts=None) -> FastAPI:
     """The service over `index_dir`. `engine`: a ready SearchEngine (else one is opened, with `rerank` /
     `rerank_k` as SearchEngine takes them, and `encode_engine` / `threads` for the runtime that embeds queries).
     `reload_interval`: seconds between checks of the index directory for changes while the app runs (None:
-    never; the app's lifespan starts and stops the watcher)."""
+    never; the app's lifespan starts and stops the watcher). `allowed_hosts`: the Host names it answers to
+    (hosts.HostAllowlist; None: any)."""
     if engine is None:
         engine = SearchEngine(index_dir, device=device, rerank=rerank, encode_engine=encode_engine,
                               threads=threads, hidden_columns=HIDDEN_COLUMNS,
@@ -210,6 +213,9 @@ def create_app(index_dir, api_key: str | None = None, limits: Limits = Limits(),
     app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes, max_header_bytes=limits.max_header_bytes)
     if api_key is not None:
         app.add_middleware(ApiKeyAuth, api_key=api_key)  # added last = outermost: runs before everything
+    if allowed_hosts is not None:  # outermost of all: a foreign Host (DNS rebinding) is refused first
+        app.add_middleware(HostAllowlist, allowed_hosts=allowed_host_names(allowed_hosts))
+    images = ImageDecoder(limits)  # decodes at once, and each request's images within one budget
     stats = {"started": time.time(), "searches": 0, "inline": 0, "classifications": 0, "deletes": 0,
              "errors": 0}
     latencies: collections.deque = collections.deque(maxlen=2000)
@@ -348,9 +354,10 @@ def create_app(index_dir, api_key: str | None = None, limits: Limits = Limits(),
 
         def work():
             t0 = time.perf_counter()
-            image = decode_b64_image(req.image, limits.max_image_pixels, "image") if req.image else None
+            decode = images.request()
+            image = decode(req.image, "image") if req.image else None
             terms = [Term("text", t.text, t.weight) if t.text is not None else
-                     Term("image", decode_b64_image(t.image, limits.max_image_pixels, f"terms[{i}].image"),
+                     Term("image", decode(t.image, f"terms[{i}].image"),
                           t.weight) for i, t in enumerate(req.terms)]
             hits = engine.search(req.text, image, k=req.k, offset=req.offset, filters=req.filters,
                                  dedup=req.dedup, text_weight=req.text_weight, image_weight=req.image_weight,
@@ -375,7 +382,7 @@ def create_app(index_dir, api_key: str | None = None, limits: Limits = Limits(),
 
     async def classify(req):
         def work():
-            image = decode_b64_image(req.image, limits.max_image_pixels, "image")
+            image = images.request()(req.image, "image")
             return classifier.classify(image, req.labels, req.templates)
 
         res = await _in_thread(work, "classification")
@@ -445,6 +452,7 @@ def create_app(index_dir, api_key: str | None = None, limits: Limits = Limits(),
 
     app.state.engine = engine
     app.state.classifier = classifier
+    app.state.images = images
     return app
 
 

@@ -1,5 +1,6 @@
 """The service's defences, shared by every route: limits, request schemas, the API key, body and header caps,
-base64 images, and the one JSON error shape.
+base64 images, and the one JSON error shape. Beside them: `hosts.py` (the Host allowlist), `images.py`
+(decodes at once, and per request) and `transport.py` (slow clients).
 
 Request bodies are pydantic models built for a server's `Limits`, so /openapi.json documents each limit and a
 request beyond one is refused (422) before any work. Types are JSON's: `true` is not 1, "5" is not 5, and
@@ -17,11 +18,11 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, model_validator
 from starlette.exceptions import HTTPException
 
-from clipforge.data.decode import BadSample, DecodeOptions, decode_image
+from clipforge.data.decode import DEFAULT_MAX_DECODED_BYTES, BadSample, DecodeOptions, decode_image
 from clipforge.serve.patterns import BASE64_IMAGE, FILTER, NON_BLANK
 
 __all__ = ["Limits", "INT64_MAX", "PUBLIC_PATHS", "PUBLIC_PREFIXES", "FILTER_PATTERN", "request_models",
-           "classify_model", "error_response", "ApiKeyAuth", "BodyLimit", "decode_b64_image"]
+           "classify_model", "error_body", "error_response", "ApiKeyAuth", "BodyLimit", "decode_b64_image"]
 
 INT64_MAX = 2**63 - 1
 # Reachable without the API key: the page (it asks for the key), its files, liveness, and the API's own docs
@@ -44,9 +45,15 @@ class Limits:
     max_filter_chars: int = 1_000        # each filter (matching time grows with its length)
     max_labels: int = 100                # /classify: class names per request
     max_label_chars: int = 200           # /classify: each class name
+    max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES  # one request's images together, decoded (peak)
+    max_concurrent_decodes: int = 2      # images decoded at once by one server process; more: 503 + Retry-After
     timeout_s: float = 30.0
     thumb_size: int = 256
     thumb_cache: int = 4096              # thumbnails kept in memory (≈ 10 KB each)
+    # the transport (transport.GuardedProtocol): slow clients
+    head_timeout_s: float = 10.0         # the whole request head must arrive within this (else 408)
+    body_timeout_s: float = 10.0         # a request body must not stall for longer (else 408)
+    max_connections_per_ip: int = 16     # open connections from one client address (0: no limit; else 503)
 
 
 def _json_int(value):
@@ -149,9 +156,14 @@ def classify_model(limits: Limits, template_sets: list[str]) -> type[BaseModel]:
     return ClassifyIn
 
 
-def error_response(status: int, message: str) -> JSONResponse:
+def error_body(status: int, message: str) -> dict:
     """The one error shape: {"error": {"status": N, "message": "..."}}."""
-    return JSONResponse({"error": {"status": status, "message": message}}, status_code=status)
+    return {"error": {"status": status, "message": message}}
+
+
+def error_response(status: int, message: str, headers: Optional[dict] = None) -> JSONResponse:
+    """The one error shape as a response (`headers`: e.g. an HTTPException's Retry-After or Allow)."""
+    return JSONResponse(error_body(status, message), status_code=status, headers=headers)
 
 
 class ApiKeyAuth:
@@ -212,8 +224,10 @@ class BodyLimit:
         await self.app(scope, limited, send)
 
 
-def decode_b64_image(data: str, max_pixels: int, what: str):
-    """A base64 (or data: URL) image -> RGB PIL image through the safe decoder; 400 / 413 otherwise."""
+def decode_b64_image(data: str, max_pixels: int, what: str,
+                     max_decoded_bytes: Optional[int] = DEFAULT_MAX_DECODED_BYTES):
+    """A base64 (or data: URL) image -> RGB PIL image through the safe decoder, refused from its header when
+    over `max_pixels` or when decoding it would hold more than `max_decoded_bytes`; 400 / 413 otherwise."""
     if data.startswith("data:"):
         data = data.split(",", 1)[-1]
     try:
@@ -221,7 +235,7 @@ def decode_b64_image(data: str, max_pixels: int, what: str):
     except (binascii.Error, ValueError):
         raise HTTPException(400, f"{what}: not valid base64") from None
     try:
-        return decode_image(raw, DecodeOptions(max_pixels=max_pixels))
+        return decode_image(raw, DecodeOptions(max_pixels=max_pixels, max_decoded_bytes=max_decoded_bytes))
     except BadSample as e:
         if e.reason == "too_large":
             # over the pixel limit (`max_pixels`) or the decoded-memory budget: the detail says which
