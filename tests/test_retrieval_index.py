@@ -174,3 +174,28 @@ def test_ivf_pqfs_returns_exact_scores_of_what_it_finds():
     rows = (i - 1) // 7  # id -> row
     np.testing.assert_allclose(s, np.einsum("qd,qkd->qk", q, xb[rows]), atol=1e-5)
     assert (np.diff(s, axis=1) <= 1e-6).all()  # ranked by the exact score
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("n", [1, 2, 10])
+def test_every_kind_on_a_tiny_set_builds_or_names_its_minimum(kind, n):
+    # default parameters, as `index build --index-kind KIND` uses them: a kind either works on a tiny
+    # collection or refuses in one line naming how many vectors it needs and what to use instead
+    x = _unit(np.random.default_rng(n), n, 32)
+    try:
+        vi = VectorIndex.build(x, kind=kind)
+    except UsageError as e:
+        assert kind in ("ivf_pq", "ivf_pqfs")
+        need = {"ivf_pq": 256, "ivf_pqfs": 16}[kind]
+        assert f"at least {need} vectors" in str(e) and f"got {n}" in str(e) and "flat" in str(e)
+        assert "\n" not in str(e)
+        return
+    _, got = vi.search(x, 1)
+    assert len(vi) == n and (got[:, 0] == np.arange(n)).all()
+
+
+def test_pq_minimum_follows_nbits_and_is_enough():
+    x = _unit(np.random.default_rng(0), 64, 32)
+    with pytest.raises(UsageError, match="at least 64 vectors"):
+        VectorIndex.build(x[:63], kind="ivf_pq", nbits=6, m=8)
+    assert len(VectorIndex.build(x, kind="ivf_pq", nbits=6, m=8)) == 64

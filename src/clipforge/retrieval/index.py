@@ -107,6 +107,18 @@ def _set_nprobe(ivf, nprobe: int) -> None:
         q.hnsw.efSearch = 2 * nprobe
 
 
+def min_train_vectors(kind: str, params: dict) -> tuple[int, str]:
+    """The fewest training vectors an IVF index of this kind accepts, and why: one per coarse list, and
+    for the PQ kinds one per codebook centroid (2**nbits per sub-space; faiss aborts below that)."""
+    nlist = int(params["nlist"])
+    if kind == "ivf_flat":
+        return nlist, f"one per list, nlist={nlist}"
+    centroids = 2 ** (4 if kind == "ivf_pqfs" else int(params["nbits"]))
+    if centroids >= nlist:
+        return centroids, f"its product-quantiser codebooks have {centroids} centroids each"
+    return nlist, f"one per list, nlist={nlist}"
+
+
 def _check_vectors(x, d: int | None, what: str) -> np.ndarray:
     x = np.ascontiguousarray(x, dtype=np.float32)
     if x.ndim != 2 or (d is not None and x.shape[1] != d):
@@ -274,9 +286,11 @@ class VectorIndex:
             return
         sample = _check_vectors(sample, self.d, "train")
         nlist = self.params["nlist"]
-        if len(sample) < nlist:
-            raise UsageError(f"{self.kind}: nlist={nlist} needs at least that many training vectors, "
-                             f"got {len(sample)}")
+        need, why = min_train_vectors(self.kind, self.params)
+        if len(sample) < need:
+            raise UsageError(f"{self.kind} index: needs at least {need} vectors to train ({why}), got "
+                             f"{len(sample)}; for a collection this small choose `index_kind` flat (exact "
+                             f"search) or auto")
         ivf = faiss.extract_index_ivf(self.index)
         # 1. the coarse k-means, all threads (BLAS on the whole sample); spherical, as faiss does for IP
         _set_blas_for(len(sample))
