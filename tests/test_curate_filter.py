@@ -152,3 +152,19 @@ def test_shards_output_and_dedup_removals_applied(scored, tmp_path):
     with pytest.raises(UsageError, match="scores cover"):
         filter_source(write_manifest(tmp_path / "other.jsonl", scored["rows"][:3]), scored["scores"],
                       tmp_path / "x.jsonl")
+
+
+def test_languages_keep_unknown_by_default_and_drop_it_on_request():
+    from clipforge.curate.score import schema_for
+
+    schema = schema_for(lang=True, embed_dim=None, pixel_features=False)
+    rows = [{**_pair("a", 0, 0, 0.3, "a photo of a cat on a sofa"), "lang": "en", "lang_prob": 0.99},
+            {**_pair("b", 1, 0, 0.3, "a handwritten nine."), "lang": "unknown", "lang_prob": 0.09},
+            {**_pair("c", 2, 0, 0.3, "une photo d'un chat roux"), "lang": "fr", "lang_prob": 0.97},
+            {**_pair("d", 3, 0, 0.3, "7"), "lang": None, "lang_prob": None}]
+    t = pa.Table.from_pylist([{f.name: r.get(f.name) for f in schema} for r in rows], schema=schema)
+    kept, removals, _ = decide(t, FilterRules(languages=["en"]))
+    assert sorted(kept) == [0, 1, 3] and [r["id"] for r in removals] == ["c"]
+    kept, removals, _ = decide(t, FilterRules(languages=["en"], keep_unknown_language=False))
+    assert sorted(kept) == [0] and sorted(r["id"] for r in removals) == ["b", "c", "d"]
+    assert all(r["reasons"] == ["language"] for r in removals)

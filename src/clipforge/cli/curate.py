@@ -79,7 +79,10 @@ def register(sub) -> None:
     f.add_argument("--min-file-bytes", type=int, default=None, help="remove smaller image files (LAION: 5000)")
     f.add_argument("--min-caption-chars", type=int, default=None, help="remove shorter captions (LAION: 5)")
     f.add_argument("--max-caption-chars", type=int, default=None, help="remove longer captions")
-    f.add_argument("--languages", default=None, help="keep captions in these languages, e.g. en,de")
+    f.add_argument("--languages", default=None, help="keep captions in these languages, e.g. en,de (captions "
+                   "whose language could not be told, lang 'unknown', are kept too)")
+    f.add_argument("--drop-unknown-language", dest="keep_unknown_language", action="store_false",
+                   help="with --languages: also remove captions whose language is 'unknown' (mostly short ones)")
     f.add_argument("--keep-uncaptioned", action="store_true", help="keep samples that have no caption")
     f.add_argument("--remove", dest="also_remove", action="append", default=[], metavar="REMOVALS",
                    help="also apply another step's removals file (e.g. dedup's), repeatable")
@@ -166,7 +169,8 @@ def run_filter(args) -> int:
                       calibrate=args.calibrate, ref_threshold=args.ref_threshold, min_side=args.min_side,
                       max_aspect=args.max_aspect, min_file_bytes=args.min_file_bytes,
                       min_caption_chars=args.min_caption_chars, max_caption_chars=args.max_caption_chars,
-                      languages=langs, keep_uncaptioned=args.keep_uncaptioned, overwrite=args.overwrite)
+                      languages=langs, keep_unknown_language=args.keep_unknown_language,
+                      keep_uncaptioned=args.keep_uncaptioned, overwrite=args.overwrite)
     thr = s["threshold"].get("threshold")
     line = _done_line(s) + (f"\n  score threshold {thr:.4f} ({s['threshold']['rule']}); pairs kept "
                             f"{s['pairs_kept']} of {s['pairs_in']}" if thr is not None else "")

@@ -6,7 +6,9 @@ Rules (`FilterRules`; each None is off):
               Exactly one of the three, or none.
   image       min_side (shorter side, px), max_aspect (long / short side), min_file_bytes (LAION: 5000)
   caption     min_caption_chars (LAION: 5), max_caption_chars, languages (keep these language codes; needs the
-              scores' `lang` column)
+              scores' `lang` column). A caption whose language could not be told (`lang` "unknown" or none:
+              too short or ambiguous, see `lang.py`) is kept unless keep_unknown_language is False: most
+              are short captions in the very language asked for
 
 Per-pair rules (score, caption, language) remove one caption; a sample stays while at least one caption
 survives and is removed with the union of its captions' reasons when none does. Per-image rules remove the
@@ -26,6 +28,7 @@ import numpy as np
 
 from clipforge.curate.calibrate import calibrate_threshold, quantile_threshold, resolve_min_score
 from clipforge.curate.job import read_scores, scores_info
+from clipforge.curate.lang import UNKNOWN
 from clipforge.curate.selection import merge_removals, read_removals, vet_selection_output, write_selection
 from clipforge.data.sources import open_source
 from clipforge.errors import UsageError
@@ -45,6 +48,7 @@ class FilterRules:
     min_caption_chars: Optional[int] = None
     max_caption_chars: Optional[int] = None
     languages: Optional[Sequence[str]] = None
+    keep_unknown_language: bool = True       # with languages: keep captions whose language is unknown
     keep_uncaptioned: bool = False
 
     def check(self) -> None:
@@ -103,6 +107,8 @@ def decide(table, rules: FilterRules) -> tuple[dict[int, list[int]], list[dict],
         raise UsageError("`languages` needs a language guess in the scores: score again with py3langid installed")
     langs = table.column("lang").to_pylist() if has_lang else None
     wanted = set(rules.languages or ())
+    if wanted and rules.keep_unknown_language:
+        wanted |= {UNKNOWN, None}
     threshold, how = _threshold(rules, table)
     samples: dict = {}  # id -> {"position", "reasons" (sample level), "caps": [(index, text, score, reasons)]}
     order: list = []
