@@ -19,7 +19,7 @@ SRC = Path(__file__).parents[1] / "src" / "clipforge"
 
 # Lowest first. Same-layer imports are allowed as long as the package graph stays acyclic.
 LAYERS = [
-    {"errors", "atomic", "output_dirs", "json_file", "registry"},
+    {"errors", "atomic", "output_dirs", "json_file", "registry", "progress"},
     {"models", "data", "losses", "metrics"},
     {"encode"},
     {"scale"},

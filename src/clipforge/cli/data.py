@@ -111,7 +111,7 @@ def register(subparsers) -> None:
 
 
 def _progress():
-    return None  # tqdm decides: a bar on a terminal, none in logs and tests
+    return None  # a bar on a terminal, progress log lines otherwise (clipforge.progress)
 
 
 def run_convert(args) -> int:

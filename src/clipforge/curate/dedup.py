@@ -206,7 +206,7 @@ def dedup_source(source, out, *, model=None, scores=None, eps: Union[float, str]
         removed[alive[a]] = {"reason": "near_duplicate", "of": alive[b], "how": features, "similarity": s}
     cap_removed = 0
     if captions:
-        cap_removed = _caption_duplicates(samples, removed, caption_eps, model, info)
+        cap_removed = _caption_duplicates(samples, removed, caption_eps, model, info, progress)
     removals = []
     for r in removed:
         d = removed[r]
@@ -244,7 +244,7 @@ def dedup_source(source, out, *, model=None, scores=None, eps: Union[float, str]
                            progress=progress, overwrite=overwrite)
 
 
-def _caption_duplicates(samples, removed: dict, caption_eps: float, model, info: dict) -> int:
+def _caption_duplicates(samples, removed: dict, caption_eps: float, model, info: dict, progress=None) -> int:
     """Mark samples whose first caption duplicates a kept sample's (normalised text, then embeddings)."""
     if not info["options"]["texts"]:
         raise UsageError("`captions` needs caption scores in the scores file (score with texts)")
@@ -257,7 +257,7 @@ def _caption_duplicates(samples, removed: dict, caption_eps: float, model, info:
     if model is not None and caption_eps > 0:
         alive = [r for r in alive if r not in removed]
         enc = model if isinstance(model, Encoder) else Encoder.load(info["model"], precision=info["precision"])
-        t = enc.encode_texts([caps[r] for r in alive]).numpy()
+        t = enc.encode_texts([caps[r] for r in alive], progress=progress, desc="captions").numpy()
         near, _, _ = near_duplicates(t, caption_eps, priority=-np.arange(len(alive), dtype=np.float64))
         for a, (b, s) in near.items():
             removed[alive[a]] = {"reason": "duplicate_caption", "of": alive[b], "how": "caption_embedding",

@@ -42,6 +42,7 @@ from clipforge.data.sources import open_source
 from clipforge.encode import Encoder, as_encoder
 from clipforge.errors import ClipforgeError, UsageError
 from clipforge.output_dirs import OutputFile
+from clipforge.progress import Progress
 from clipforge.scale import EXECUTORS, EncodeJob, create_executor
 
 __all__ = ["score_source", "read_scores", "scores_info", "FORMAT", "VERSION"]
@@ -232,30 +233,33 @@ def _run_parts(src, enc, manifest, manifest_path: Path, parts: Path, progress, o
     skipped = SkipCounter()
     if runner is not None:  # each batch already scored where it was encoded (the job's `after`)
         tables = (_place_skips(t, plan[b]) for b, t in enumerate(
-            runner.iter_batches(plan, part_of, source=src, progress=bool(progress))))
+            runner.iter_batches(plan, part_of, source=src, progress=False)))
     else:
         tables = (score_batch(enc, batch, texts=opts["texts"], lang=opts["lang"], embeddings=opts["embeddings"],
                               pixel_features=opts["pixel_features"], planned=plan[b])
                   for b, batch in enumerate(enc.iter_source(src, bs, batches=plan, workers=workers,
-                                                            skipped=skipped, progress=progress, desc="scoring",
+                                                            skipped=skipped, progress=False,
                                                             inspect=inspect)))
-    for b, table in enumerate(tables):
-        pending.append(table)
-        if b + 1 == len(plan) or part_of[b + 1] != part_of[b]:
-            p = part_of[b]
-            table = pa.concat_tables(pending).cast(schema) if pending else schema.empty_table()
-            name = f"part-{p:06d}.parquet"
-            atomic_write_path(parts / name, lambda tmp: pq.write_table(table, tmp))  # noqa: B023
-            count = min(n, (p + 1) * manifest["part_size"]) - p * manifest["part_size"]
-            manifest["done"][str(p)] = {"file": name, "positions": count, "rows": table.num_rows,
-                                        "skipped": int(sum(1 for r in table.column("skip_reason").to_pylist()
-                                                           if r is not None))}
-            atomic_write_json(manifest_path, manifest)  # the part counts only from here on
-            scored += count
-            pending = []
-            if on_part is not None:
-                on_part({"part": p, "positions": count, "done": len(manifest["done"]),
-                         "parts": -(-n // manifest["part_size"])})
+    bar = Progress(sum(len(g) for g in plan), desc="scoring", unit="img", progress=progress)
+    with bar:
+        for b, table in enumerate(tables):
+            bar.update(len(plan[b]))
+            pending.append(table)
+            if b + 1 == len(plan) or part_of[b + 1] != part_of[b]:
+                p = part_of[b]
+                table = pa.concat_tables(pending).cast(schema) if pending else schema.empty_table()
+                name = f"part-{p:06d}.parquet"
+                atomic_write_path(parts / name, lambda tmp: pq.write_table(table, tmp))  # noqa: B023
+                count = min(n, (p + 1) * manifest["part_size"]) - p * manifest["part_size"]
+                manifest["done"][str(p)] = {"file": name, "positions": count, "rows": table.num_rows,
+                                            "skipped": int(sum(1 for r in table.column("skip_reason").to_pylist()
+                                                               if r is not None))}
+                atomic_write_json(manifest_path, manifest)  # the part counts only from here on
+                scored += count
+                pending = []
+                if on_part is not None:
+                    on_part({"part": p, "positions": count, "done": len(manifest["done"]),
+                             "parts": -(-n // manifest["part_size"])})
     return scored
 
 

@@ -24,13 +24,13 @@ import tarfile
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from tqdm.auto import tqdm
 
 from clipforge.atomic import atomic_write_path, atomic_write_text
 from clipforge.data.decode import BadSample, SkipCounter
 from clipforge.data.sample import text_safe
 from clipforge.errors import UsageError
 from clipforge.output_dirs import OutputFile, claim_output_dir, vet_output_dir
+from clipforge.progress import track
 
 _SHARD_NAME = re.compile(r"shard-\d{6,}\.tar")
 
@@ -58,8 +58,7 @@ def _samples(source, verify: bool, skipped: SkipCounter, progress):
     except TypeError:
         total = None
     skipped.merge(source.open_skipped)
-    for sample in tqdm(source, total=total, desc="converting", unit="img",
-                       disable=(None if progress is None else not progress)):
+    for sample in track(source, total, desc="converting", unit="img", progress=progress):
         try:
             data = sample.image_bytes()
             if verify:

@@ -25,10 +25,10 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator, Optional, Sequence
 
 import torch
-from tqdm.auto import tqdm
 
 from clipforge.data.decode import BadSample, SkipCounter
 from clipforge.errors import UsageError
+from clipforge.progress import Progress
 
 __all__ = ["ImageBatch", "REQUIRE", "plan_batches", "iter_image_batches"]
 
@@ -179,7 +179,8 @@ def iter_image_batches(source, transform: Callable, batch_size: int = 256, *, ba
     `skipped` (when given) accumulates every batch's skips; a whole pass (no `batches`) also counts what the
     source found wrong when it was opened (e.g. a malformed manifest row) and, for a streaming source, the
     broken shards met while reading. `require`: "label" / "caption" skips samples without one.
-    `progress`: True / False forces the bar; None shows it on a terminal only. `inspect(sample, image) -> dict`
+    `progress`: True / False forces the bar; None shows it on a terminal, and log lines otherwise
+    (`clipforge.progress`). `inspect(sample, image) -> dict`
     adds facts about each decoded image to its row's `info` (it runs in the decoding workers, so it must be
     picklable: a module-level function or a `functools.partial` of one).
     """
@@ -195,14 +196,13 @@ def iter_image_batches(source, transform: Callable, batch_size: int = 256, *, ba
         total = sum(len(b) for b in plan) if plan is not None else None
     if whole_pass and skipped is not None:
         skipped.merge(getattr(source, "open_skipped", SkipCounter()))  # found when the source was opened
-    disable = None if progress is None else not progress
     if getattr(source, "random_access", False):
         kw = {"prefetch_factor": 2, "worker_init_fn": worker_init_fn} if workers > 0 else {}
         it = torch.utils.data.DataLoader(_PlannedBatches(source, plan, transform, require, inspect), batch_size=None,
                                          shuffle=False, num_workers=workers, collate_fn=_first, **kw)
     else:
         it = _stream(source, plan, batch_size, transform, require, inspect)
-    with tqdm(total=total, desc=desc, unit="img", disable=disable) as bar:
+    with Progress(total, desc=desc, unit="img", progress=progress) as bar:
         for batch in it:
             if skipped is not None:
                 skipped.merge(batch.skipped)

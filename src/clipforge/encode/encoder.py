@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from typing import Iterator, Optional, Sequence
 
 import torch
-from tqdm.auto import tqdm
 
 from clipforge.data.decode import DEFAULT_MAX_PIXELS, SkipCounter
 from clipforge.encode.device import pick_device
@@ -25,6 +24,7 @@ from clipforge.encode.batches import ImageBatch, iter_image_batches
 from clipforge.encode.engine import Engine, create_engine
 from clipforge.encode.images import ImageInput, open_image
 from clipforge.models import load_model
+from clipforge.progress import Progress
 
 __all__ = ["Encoder", "SourceFeatures", "as_encoder"]
 
@@ -116,7 +116,7 @@ class Encoder:
         (`truncate`: "warn", "silent" or "error", default the tokenizer's own policy)."""
         texts = list(texts)
         out = []
-        with tqdm(total=len(texts), desc=desc, unit="text", disable=None if progress is None else not progress) as bar:
+        with Progress(len(texts), desc=desc, unit="text", progress=progress) as bar:
             for i in range(0, len(texts), batch_size):
                 chunk = texts[i:i + batch_size]
                 out.append(self.engine.encode_tokens(self._tokens(chunk, truncate), normalize=normalize))

@@ -6,6 +6,7 @@ min(k, 4)); every method fits on exactly those features and is scored on the sam
 computed once (`clipforge.encode`). One result record per (method, k): top-1 and mean per-class recall as the
 mean over seeds with their standard deviation and the per-seed values, and the mean fit time; the zero-shot
 baseline does not look at the support set, so it is fitted once and repeated at every k (the flat line).
+Progress counts (method, k, seed) steps (`clipforge.progress`: a bar on a terminal, log lines otherwise).
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from clipforge.errors import UsageError
 from clipforge.evaluate.datasets import open_eval_dataset
 from clipforge.evaluate.tasks import TASKS, EvalTask, TaskResult
 from clipforge.metrics.classification import classification_metrics
+from clipforge.progress import Progress
 from clipforge.registry import Option
 
 __all__ = ["evaluate_fewshot", "FewShot", "DEFAULT_SHOTS", "parse_int_list"]
@@ -72,35 +74,47 @@ def evaluate_fewshot(model, train_feats, test_feats, classnames, *, methods: Opt
     if int(max(y.max(), ty.max())) >= len(classnames):
         raise UsageError(f"labels go up to {int(max(y.max(), ty.max()))} but only {len(classnames)} class names")
     out = []
-    for method in methods:
-        cls = FEWSHOT.get(method)
-        fixed = None
-        for k in shots:
-            accs, mpcrs, fit_s, metas = [], [], [], []
-            for seed in seeds:
-                if fixed is not None:
-                    head, dt = fixed
-                else:
-                    sup, val = sample_support(y.numpy(), k, seed, val_shots if val_shots is not None else min(k, 4))
-                    support = SupportSet.from_features(x[sup], y[sup], classnames, x[val], y[val])
-                    t0 = time.perf_counter()
-                    head = cls(**opts[method]).fit(encoder, support, seed=seed, progress=progress)
-                    dt = time.perf_counter() - t0
-                    if not cls.uses_support:
-                        fixed = (head, dt)
-                m = classification_metrics(head.scores(tx).numpy(), ty, ks=(1,))
-                accs.append(m["top1"])
-                mpcrs.append(m["mean_per_class_recall"])
-                fit_s.append(dt)
-                metas.append({k_: v for k_, v in head.meta.items() if isinstance(v, (int, float, str))})
-            metrics = {"top1": float(np.mean(accs)), "top1_std": float(np.std(accs)), "top1_per_seed": accs,
-                       "mean_per_class_recall": float(np.mean(mpcrs)), "mean_per_class_recall_std": float(np.std(mpcrs)),
-                       "fit_s": float(np.mean(fit_s)), "n_test": int(len(ty))}
-            config = {"method": method, "k_shot": int(k), "seeds": list(seeds),
-                      "val_shots": val_shots if val_shots is not None else min(k, 4),
-                      **{k_: v for k_, v in opts[method].items() if v is not None}}
-            out.append({"method": method, "k_shot": int(k), "metrics": metrics, "config": config,
-                        "head_meta": metas})
+    bar = Progress(len(methods) * len(shots) * len(seeds), desc="few-shot", unit="fit", progress=progress)
+    with bar:
+        for method in methods:
+            out += _run_method(method, encoder, opts[method], x, y, tx, ty, classnames, shots, seeds, val_shots,
+                               progress, bar)
+    return out
+
+
+def _run_method(method, encoder, opts, x, y, tx, ty, classnames, shots, seeds, val_shots, progress, bar) -> list:
+    """One method's records, one per k (see `evaluate_fewshot`)."""
+    out = []
+    cls = FEWSHOT.get(method)
+    fixed = None
+    for k in shots:
+        accs, mpcrs, fit_s, metas = [], [], [], []
+        for seed in seeds:
+            bar.set_postfix(method=method, k=k, seed=seed)
+            if fixed is not None:
+                head, dt = fixed
+            else:
+                sup, val = sample_support(y.numpy(), k, seed, val_shots if val_shots is not None else min(k, 4))
+                support = SupportSet.from_features(x[sup], y[sup], classnames, x[val], y[val])
+                t0 = time.perf_counter()
+                head = cls(**opts).fit(encoder, support, seed=seed, progress=progress)
+                dt = time.perf_counter() - t0
+                if not cls.uses_support:
+                    fixed = (head, dt)
+            m = classification_metrics(head.scores(tx).numpy(), ty, ks=(1,))
+            accs.append(m["top1"])
+            mpcrs.append(m["mean_per_class_recall"])
+            fit_s.append(dt)
+            metas.append({k_: v for k_, v in head.meta.items() if isinstance(v, (int, float, str))})
+            bar.update(1)
+        metrics = {"top1": float(np.mean(accs)), "top1_std": float(np.std(accs)), "top1_per_seed": accs,
+                   "mean_per_class_recall": float(np.mean(mpcrs)), "mean_per_class_recall_std": float(np.std(mpcrs)),
+                   "fit_s": float(np.mean(fit_s)), "n_test": int(len(ty))}
+        config = {"method": method, "k_shot": int(k), "seeds": list(seeds),
+                  "val_shots": val_shots if val_shots is not None else min(k, 4),
+                  **{k_: v for k_, v in opts.items() if v is not None}}
+        out.append({"method": method, "k_shot": int(k), "metrics": metrics, "config": config,
+                    "head_meta": metas})
     return out
 
 

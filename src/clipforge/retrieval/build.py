@@ -31,7 +31,6 @@ from typing import Callable
 
 import numpy as np
 import pyarrow as pa
-from tqdm.auto import tqdm
 
 from clipforge.data.decode import SkipCounter
 from clipforge.json_file import read_json_file
@@ -41,6 +40,7 @@ from clipforge.data.sources import absolute_spec, open_source
 from clipforge.data.sources.trust import accept_stored, stored_spec
 from clipforge.encode import Encoder
 from clipforge.errors import ClipforgeError, UsageError
+from clipforge.progress import Progress
 from clipforge.retrieval.index import KINDS, IndexSpec, VectorIndex, choose_index, tune_recall
 from clipforge.retrieval.store import EmbeddingStore, atomic_write_json
 from clipforge.scale import EXECUTORS, EncodeJob, Executor, create_executor
@@ -134,7 +134,7 @@ def _embed(store: EmbeddingStore, source, indices: list[int], encoder: Encoder, 
         info["bad"][key] = reason
     added: list[np.ndarray] = []
     n_done, t0 = 0, time.perf_counter()
-    bar = tqdm(total=len(indices), desc="embedding", unit="img", disable=None if progress is None else not progress)
+    bar = Progress(len(indices), desc="embedding", unit="img", progress=progress)
     pending = {"keys": [], "img": [], "txt": [], "captions": [], "meta": []}
 
     def commit():
@@ -172,8 +172,8 @@ def _embed(store: EmbeddingStore, source, indices: list[int], encoder: Encoder, 
                                     for m, y in zip(batch.meta, batch.labels)]
             n = len(batch.ids) + batch.skipped.total
             n_done += n
+            bar.set_postfix(skipped=skipped.total)
             bar.update(n)
-            bar.set_postfix(skipped=skipped.total, refresh=False)
             if b + 1 == len(batches) or shard_of[b + 1] != shard_of[b]:
                 commit()
             if on_batch is not None:

@@ -24,7 +24,6 @@ from typing import Optional
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from clipforge.atomic import atomic_write_text
 from clipforge.data.decode import SkipCounter
@@ -32,6 +31,7 @@ from clipforge.data.loader import epoch_order, make_pair_loader
 from clipforge.errors import ClipforgeError, UsageError
 from clipforge.losses import loss_needs
 from clipforge.models.heads import is_pretrained_tower, tower_features
+from clipforge.progress import Progress
 from clipforge.train.optim import tower_is_frozen
 
 log = logging.getLogger("clipforge.train")
@@ -99,8 +99,7 @@ class FeatureCache:
                      "to do) -> %s", n, views, len(todo), n_chunks, d)
         was_training = model.training
         model.eval()
-        bar = tqdm(total=len(todo) * min(CHUNK, n) * views, desc="feature cache", unit="img",
-                   disable=(None if progress is None else not progress))
+        bar = Progress(len(todo) * min(CHUNK, n) * views, desc="feature cache", unit="img", progress=progress)
         try:
             for k in todo:
                 _build_chunk(model, source, d, k, views, batch_size, workers, device, bar)

@@ -11,6 +11,7 @@ from matplotlib.figure import Figure
 
 from clipforge.atomic import atomic_write_text
 from clipforge.evaluate.plots import save_figure
+from clipforge.progress import format_duration
 
 log = logging.getLogger(__name__)
 
@@ -72,13 +73,6 @@ def read_metrics(path: Path) -> List[Dict]:
     return [row for _, row in _parsed(p.read_text(errors="replace"))]
 
 
-def _duration(seconds: float) -> str:
-    seconds = int(round(max(seconds, 0)))
-    h, rem = divmod(seconds, 3600)
-    m, sec = divmod(rem, 60)
-    return f"{h}h{m:02d}m{sec:02d}s" if h else (f"{m}m{sec:02d}s" if m else f"{sec}s")
-
-
 def progress_line(row: Dict, total_steps: int, train_time_s: float) -> str:
     """One log line for a metrics row: step, loss, lr, samples/s and the ETA at the pace so far.
 
@@ -87,7 +81,8 @@ def progress_line(row: Dict, total_steps: int, train_time_s: float) -> str:
     step = row["step"]
     eta = train_time_s / step * (total_steps - step) if step else 0.0
     return (f"step {step}/{total_steps}  loss {row['loss']:.4f}  lr {row['lr']:.2e}  "
-            f"{row['samples_per_s']:.1f} samples/s  elapsed {_duration(train_time_s)}  ETA {_duration(eta)}")
+            f"{row['samples_per_s']:.1f} samples/s  elapsed {format_duration(train_time_s)}  "
+            f"ETA {format_duration(eta)}")
 
 
 def plot_curves(metrics_path: Path, out_png: Path) -> Optional[Path]:

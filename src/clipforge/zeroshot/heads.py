@@ -17,7 +17,6 @@ from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from safetensors.torch import load_file, save_file
 
@@ -26,6 +25,7 @@ from clipforge.encode import as_encoder
 from clipforge.errors import ClipforgeError, UsageError
 from clipforge.json_file import read_json_file
 from clipforge.output_dirs import OutputFile
+from clipforge.progress import Progress
 from clipforge.registry import Option
 from clipforge.zeroshot.cupl import cupl_groups, load_descriptions
 from clipforge.zeroshot.head_model import warn_unrecorded
@@ -122,13 +122,11 @@ def head_output(path, *, overwrite: bool = False, param: str = "path") -> tuple[
 def encode_normalized(encode_text: EncodeText, texts: list[str], batch_size: int, progress) -> torch.Tensor:
     """Encode texts in batches and L2-normalise.  # (T, D)"""
     chunks = []
-    disable = None if progress is None else not progress  # None: tqdm shows a bar only on a TTY
-    bar = tqdm(total=len(texts), desc="encoding prompts", unit="text", disable=disable)
-    for i in range(0, len(texts), batch_size):
-        emb = torch.as_tensor(encode_text(texts[i : i + batch_size])).detach().float().cpu()
-        chunks.append(F.normalize(emb, dim=-1))
-        bar.update(len(emb))
-    bar.close()
+    with Progress(len(texts), desc="encoding prompts", unit="text", progress=progress) as bar:
+        for i in range(0, len(texts), batch_size):
+            emb = torch.as_tensor(encode_text(texts[i : i + batch_size])).detach().float().cpu()
+            chunks.append(F.normalize(emb, dim=-1))
+            bar.update(len(emb))
     return torch.cat(chunks)
 
 

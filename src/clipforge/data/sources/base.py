@@ -17,12 +17,12 @@ import dataclasses
 from typing import Iterator
 
 from PIL import Image
-from tqdm.auto import tqdm
 
 from clipforge.data.captions import DEFAULT_MAX_CAPTION_BYTES, cap_captions, check_byte_cap
 from clipforge.data.decode import BadSample, DecodeOptions, SkipCounter
 from clipforge.data.sample import Sample
 from clipforge.errors import UsageError
+from clipforge.progress import Progress
 
 
 class StreamingOnly(UsageError, TypeError):
@@ -93,12 +93,12 @@ class Source:
         """Yield (sample, RGB image) for every readable sample; count the others in `self.skipped`.
 
         Each call starts a fresh count (plus what was found when opening), so `skipped` describes one pass.
-        `progress=None` shows a bar only on a terminal.
+        `progress=None` shows a bar on a terminal, log lines otherwise (`clipforge.progress`).
         """
         self.skipped = self.open_skipped.copy()
         self.notes = self.open_notes.copy()
         total = self._len_or_none()
-        bar = tqdm(total=total, desc=desc, unit="img", disable=(None if progress is None else not progress))
+        bar = Progress(total, desc=desc, unit="img", progress=progress)
         try:
             for sample in self:
                 bar.update(1)
