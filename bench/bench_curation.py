@@ -149,6 +149,35 @@ def train_run(train_spec: str, digits: dict, run_dir: Path, seed: int, steps: in
             "train_time_s": s["train_time_s"], "cached": False}
 
 
+def run_jobs(jobs: list, parallel: int, timeout: float):
+    """Yield (name, train_run(*args)) for each (name, args) in order. One at a time in this process when
+    `parallel` <= 1; otherwise in `parallel` *spawned* processes (a forked child of a process whose torch /
+    OpenMP threads have started can deadlock: this bench once sat at 0% CPU for 43 minutes), each result waited
+    for at most `timeout` s — a stuck worker is an error, never a silent wait."""
+    if parallel <= 1:
+        for name, args in jobs:
+            yield name, train_run(*args)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, TimeoutError as FutureTimeout
+
+    pool = ProcessPoolExecutor(max_workers=parallel, mp_context=multiprocessing.get_context("spawn"))
+    try:
+        futs = [(name, pool.submit(train_run, *args)) for name, args in jobs]
+        for name, fut in futs:
+            try:
+                yield name, fut.result(timeout=timeout)
+            except FutureTimeout:
+                raise SystemExit(f"bench_curation: a {name} training run gave no result in {timeout:.0f} s "
+                                 "(--job-timeout): stopped") from None
+    except BaseException:
+        for p in list((getattr(pool, "_processes", None) or {}).values()):  # a stuck worker must not outlive us
+            p.kill()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+
+
 def auc(pos: np.ndarray, neg: np.ndarray) -> float:
     """P(score of a random clean pair > score of a random mismatched pair) (ties count half)."""
     from sklearn.metrics import roc_auc_score
@@ -209,6 +238,8 @@ def main():
     ap.add_argument("--parallel", type=int, default=1,
                     help="training runs at once (each with --threads torch threads); results do not depend on it")
     ap.add_argument("--threads", type=int, default=0, help="torch threads per training run (0: torch's default)")
+    ap.add_argument("--job-timeout", type=float, default=3600.0,
+                    help="seconds to wait for each training run with --parallel > 1 before failing (default 3600)")
     a = ap.parse_args()
     import torch
 
@@ -234,13 +265,10 @@ def main():
           f"{truth['n_wrong']} of {truth['pairs_b']} pairs mismatched", flush=True)
 
     if a.runs == "raw" and not a.skip_training:  # raw runs need no scoring: start them while the scorer trains
-        from concurrent.futures import ProcessPoolExecutor
-
-        with ProcessPoolExecutor(max_workers=a.parallel) as pool:
-            for seed, fut in [(seed, pool.submit(train_run, f"jsonl:{paths['b_raw']}", digits,
-                                                  work / "runs" / f"raw-{seed}", seed, a.steps, a.threads))
-                              for seed in [int(x) for x in a.seeds.split(",")]]:
-                print("raw", fut.result(), flush=True)
+        jobs = [("raw", (f"jsonl:{paths['b_raw']}", digits, work / "runs" / f"raw-{seed}", seed, a.steps, a.threads))
+                for seed in [int(x) for x in a.seeds.split(",")]]
+        for name, r in run_jobs(jobs, a.parallel, a.job_timeout):
+            print(name, r, flush=True)
         return
     # 2. the scoring model and the scores
     scorer = train_run(f"jsonl:{paths['a_train']}", digits, work / "scorer", 0, a.score_steps, a.threads)
@@ -272,7 +300,7 @@ def main():
             done = o.with_suffix(".summary.json")
             res = (json.loads(done.read_text()) if done.exists() else  # cached: delete it to redo
                    dedup_source(f"jsonl:{paths['b_raw']}", o, scores=work / "scores_b.parquet", eps=eps,
-                                features=feats))
+                                features=feats, max_removed=1.0))  # measured at every eps, however much
             rem = read_removals(res["removals_file"])
             exact = [r for r in rem if "exact_duplicate" in r["reasons"]]
             dd[(feats, eps)] = {"all": dedup_pr(rem, truth), "exact": dedup_pr(exact, truth),
@@ -295,16 +323,11 @@ def main():
                     runs[name].append(train_run(specs[name], digits, work / "runs" / f"{name}-{seed}", seed,
                                                 a.steps))
     if train_now:
-        from concurrent.futures import ProcessPoolExecutor
-
-        jobs = [(name, seed) for seed in seeds for name in specs if name in train_now]
-        with ProcessPoolExecutor(max_workers=a.parallel) as pool:
-            futs = [(name, pool.submit(train_run, specs[name], digits, work / "runs" / f"{name}-{seed}", seed,
-                                       a.steps, a.threads)) for name, seed in jobs]
-            for name, fut in futs:
-                r = fut.result()
-                runs[name].append(r)
-                print(name, r, flush=True)
+        jobs = [(name, (specs[name], digits, work / "runs" / f"{name}-{seed}", seed, a.steps, a.threads))
+                for seed in seeds for name in specs if name in train_now]
+        for name, r in run_jobs(jobs, a.parallel, a.job_timeout):
+            runs[name].append(r)
+            print(name, r, flush=True)
     load1 = os.getloadavg()
     report = render(a, truth, scorer, score_s, s_b, thr, pr_main, pr_top, auc(pos, neg), pos, neg, dd, cur, runs,
                     load0, load1, time.time() - t_start, torch)
