@@ -52,12 +52,12 @@ def test_records_are_kept_per_full_configuration(tmp_path):
                                         {"top1": top1}, config=cfg))
     latest = latest_results(read_results(path))
     assert [r["metrics"]["top1"] for r in latest] == [0.62, 0.3]  # the rerun replaced its own configuration
-    assert config_labels(latest) == ["/runs/a/final [k_shot=—]", "/runs/a/final [k_shot=4]"]
+    assert config_labels(latest) == ["a [k_shot=—]", "a [k_shot=4]"]  # the run, not its `final`
     md = markdown_report(read_results(path))
-    assert "| /runs/a/final [k_shot=—] | 0.6200 |" in md and "| /runs/a/final [k_shot=4] | 0.3000 |" in md
-    # the chart uses short names: the last path part that is unique, never the absolute path
+    assert "| a [k_shot=—] | 0.6200 |" in md and "| a [k_shot=4] | 0.3000 |" in md
+    # the chart names the run too, never the absolute path
     panels = _panels(latest)
-    assert panels == {"linear-probe (top1)": {"val": {"final [k_shot=—]": 0.62, "final [k_shot=4]": 0.3}}}
+    assert panels == {"linear-probe (top1)": {"val": {"a [k_shot=—]": 0.62, "a [k_shot=4]": 0.3}}}
 
 
 def test_short_names_are_unique_tails():

@@ -83,23 +83,36 @@ def plot_comparison(panels: dict[str, dict[str, dict[str, float]]], path, ylabel
     """
     panels = {k: v for k, v in panels.items() if v}
     n = max(1, len(panels))
-    fig = Figure(figsize=(max(6, 3 + 1.5 * max((len(g) for g in panels.values()), default=1)), 3.6 * n))
+    # width follows the number of bars (about 0.45 inch each, so their value labels fit), within 5..16 inches
+    bars_per_panel = max((len(g) * len({m for s in g.values() for m in s}) for g in panels.values()), default=1)
+    fig = Figure(figsize=(min(16.0, max(5.0, 2.0 + 0.45 * bars_per_panel)), 3.2 * n), layout="constrained")
     for row, (title, groups) in enumerate(panels.items()):
         ax = fig.add_subplot(n, 1, row + 1)
         datasets = list(groups)
         models = sorted({m for g in groups.values() for m in g})
         width = 0.8 / max(1, len(models))
         x = np.arange(len(datasets))
+        many = len(models) * len(datasets) > 12
         for i, m in enumerate(models):
             vals = [groups[d].get(m, np.nan) for d in datasets]
             bars = ax.bar(x + (i - (len(models) - 1) / 2) * width, vals, width, label=shown_label(m))
-            ax.bar_label(bars, labels=["" if np.isnan(v) else f"{v:.3g}" for v in vals], fontsize=7, padding=1)
-        ax.set_xticks(x, [shown_label(d) for d in datasets], rotation=20, ha="right")
+            ax.bar_label(bars, labels=["" if np.isnan(v) else f"{v:.3g}" for v in vals], fontsize=7, padding=2,
+                         rotation=90 if many else 0)
+        top = max([v for g in groups.values() for v in g.values() if np.isfinite(v)] or [1.0])
+        ax.set_ylim(0, top * (1.25 if many else 1.15) if top > 0 else 1.0)  # room for the value labels
+        ax.set_xticks(x, [shown_label(d) for d in datasets], rotation=20 if len(datasets) > 3 else 0,
+                      ha="right" if len(datasets) > 3 else "center")
         ax.set_title(shown_label(title))
         ax.set_ylabel(shown_label(ylabel))
-        ax.legend(fontsize=8, loc="best")
-    fig.tight_layout()
+        ax.grid(axis="y", alpha=0.3)
+        _legend_outside(ax, title="model")
     return save_figure(fig, path, overwrite=overwrite)
+
+
+def _legend_outside(ax, title: str | None = None) -> None:
+    """The legend to the right of the axes, never over the bars or lines (names can be long)."""
+    ax.legend(fontsize=8, title=title, title_fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0),
+              borderaxespad=0.0, frameon=False)
 
 
 def plot_shots(panels: dict[str, dict[str, dict[int, tuple[float, float]]]], path, ylabel: str = "top-1 accuracy",
@@ -111,7 +124,7 @@ def plot_shots(panels: dict[str, dict[str, dict[int, tuple[float, float]]]], pat
     """
     panels = {k: v for k, v in panels.items() if v}
     n = max(1, len(panels))
-    fig = Figure(figsize=(6.4, 4.2 * n))
+    fig = Figure(figsize=(7.5, 3.4 * n), layout="constrained")
     for row, (title, methods) in enumerate(panels.items()):
         ax = fig.add_subplot(n, 1, row + 1)
         shots = sorted({k for curve in methods.values() for k in curve})
@@ -131,8 +144,7 @@ def plot_shots(panels: dict[str, dict[str, dict[int, tuple[float, float]]]], pat
         ax.set_ylabel(shown_label(ylabel))
         ax.set_title(shown_label(title))
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="best")
-    fig.tight_layout()
+        _legend_outside(ax, title="method")
     return save_figure(fig, path, overwrite=overwrite)
 
 

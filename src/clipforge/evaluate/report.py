@@ -4,11 +4,13 @@ The latest record per full configuration is reported (`results.record_key`: mode
 config hash), so a 4-shot probe and a full-data probe of the same model are two rows, not one replacing the
 other. Within a task, a row is labelled by its model plus the configuration settings that differ between the
 task's records (e.g. `tiny [k_shot=4]`). Each task has a primary metric shown in the summary and chart:
-top-1 accuracy for classification and probes (few-shot records: a method x shots table of mean ± std over
-seeds and an accuracy-vs-shots chart, one line per method, zero-shot flat), the mean of image->text and text->image R@1 for image-text
-retrieval, AP@50 for INQUIRE-style retrieval; other tasks use their first metric. The chart names models and
-datasets by the shortest trailing part of their path or spec that tells them apart (`digits/final`, not
-`/home/me/runs/digits/final`); the tables keep the full names. Every name and value from the results is written
+top-1 accuracy for classification and probes (few-shot records: one table with model, dataset, method, k
+and top-1 mean ± std over seeds, and an accuracy-vs-shots chart, one line per method, zero-shot flat), the
+mean of image->text and text->image R@1 for image-text retrieval, AP@50 for INQUIRE-style retrieval; other
+tasks use their first metric. Models are shown by `clipforge.models.display_name` (a run's checkpoint
+`/home/me/runs/digits/final` as `digits`; two that would look alike fall back to the shortest trailing part
+of their references that tells them apart); the charts name datasets by that shortest trailing part (`val`,
+not `/data/digits/val`); the "All metrics" table keeps every reference whole. Every name and value from the results is written
 through `clipforge.data.display` (`shown`, and `shown_cell` in tables: `|` escaped too), so a newline or an
 escape sequence in a dataset path or a config value can neither forge a line nor reach a terminal raw.
 """
@@ -22,8 +24,10 @@ from clipforge.data.display import shown, shown_cell
 from clipforge.evaluate.plots import FIGURE_KIND, plot_comparison, plot_shots
 from clipforge.output_dirs import OutputFile, file_starts_with, png_marked
 from clipforge.evaluate.results import latest_results, read_results
+from clipforge.models.display_name import display_name
 
-__all__ = ["primary_metric", "config_labels", "short_names", "markdown_report", "write_report", "shot_curves"]
+__all__ = ["primary_metric", "config_labels", "short_names", "model_names", "markdown_report", "write_report",
+           "shot_curves"]
 
 FEWSHOT_TASK = "few-shot"
 
@@ -59,15 +63,27 @@ def _esc(s) -> str:
 
 
 def config_labels(records: list[dict]) -> list[str]:
-    """Per record: its model, plus `[key=value, ...]` for the config settings that vary among `records`."""
+    """Per record: its model's shown name (`model_names`), plus `[key=value, ...]` for the config settings
+    that vary among `records`."""
     configs = [{k: v for k, v in (r.get("config") or {}).items() if k not in _NOT_CONFIG} for r in records]
     keys = sorted({k for c in configs for k in c})
     varying = [k for k in keys if len({repr(c.get(k)) for c in configs}) > 1]
+    names = model_names(r["model"] for r in records)
     out = []
     for r, c in zip(records, configs):
         parts = [f"{k}={_fmt(c.get(k))}" for k in varying]
-        out.append(f"{r['model']} [{', '.join(parts)}]" if parts else str(r["model"]))
+        name = names[str(r["model"])]
+        out.append(f"{name} [{', '.join(parts)}]" if parts else name)
     return out
+
+
+def model_names(refs) -> dict[str, str]:
+    """model reference -> the name it is shown by: `display_name` (a run's name, not `final`), or, for
+    references whose display names collide, the shortest trailing part of the reference that tells it apart."""
+    refs = list(dict.fromkeys(str(r) for r in refs))
+    shown_as = {r: display_name(r) for r in refs}
+    clash = [r for r in refs if sum(v == shown_as[r] for v in shown_as.values()) > 1]
+    return {**shown_as, **short_names(clash)}
 
 
 def short_names(names) -> dict[str, str]:
@@ -92,7 +108,7 @@ def short_names(names) -> dict[str, str]:
 def shot_curves(records: list[dict]) -> dict[str, dict[str, dict[int, tuple[float, float]]]]:
     """Few-shot records -> {"model on dataset": {method: {k: (top-1 mean, std)}}} (the latest per configuration)."""
     rs = [r for r in records if r["task"] == FEWSHOT_TASK]
-    short_m, short_d = short_names(r["model"] for r in rs), short_names(r["dataset"] for r in rs)
+    short_m, short_d = model_names(r["model"] for r in rs), short_names(r["dataset"] for r in rs)
     out: dict = {}
     for r in rs:
         c, m = r.get("config") or {}, r.get("metrics") or {}
@@ -105,17 +121,23 @@ def shot_curves(records: list[dict]) -> dict[str, dict[str, dict[int, tuple[floa
 
 
 def _shots_markdown(records: list[dict]) -> list[str]:
-    lines = []
-    for title, methods in shot_curves(records).items():
-        shots = sorted({k for c in methods.values() for k in c})
-        lines += [f"## few-shot — top-1 (mean ± std over seeds), {shown(title)}", "",
-                  "| method | " + " | ".join(f"{k}-shot" for k in shots) + " |", "|---|" + "---:|" * len(shots)]
-        for name in sorted(methods):
-            cells = [f"{methods[name][k][0]:.4f} ± {methods[name][k][1]:.4f}" if k in methods[name] else "—"
-                     for k in shots]
-            lines.append(f"| {_esc(name)} | " + " | ".join(cells) + " |")
-        lines.append("")
-    return lines
+    """One few-shot table: a row per (model, dataset, method, k), top-1 mean ± std over the seeds."""
+    rs = [r for r in records if r["task"] == FEWSHOT_TASK and (r.get("config") or {}).get("k_shot") is not None
+          and (r.get("metrics") or {}).get("top1") is not None]
+    if not rs:
+        return []
+    names = model_names(r["model"] for r in rs)
+    rs.sort(key=lambda r: (names[str(r["model"])], str(r["dataset"]), str(r["config"].get("method")),
+                           int(r["config"]["k_shot"])))
+    lines = ["## few-shot — top-1 (mean ± std over seeds)", "",
+             "| model | dataset | method | k (shots) | top-1 | seeds |", "|---|---|---|---:|---:|---:|"]
+    for r in rs:
+        c, m = r["config"], r["metrics"]
+        seeds = c.get("seeds")
+        lines.append(f"| {_esc(names[str(r['model'])])} | {_esc(r['dataset'])} | {_esc(c.get('method') or '—')} | "
+                     f"{int(c['k_shot'])} | {m['top1']:.4f} ± {float(m.get('top1_std') or 0.0):.4f} | "
+                     f"{_esc(len(seeds) if isinstance(seeds, list) else (seeds if seeds is not None else '—'))} |")
+    return lines + [""]
 
 
 def _panels(records: list[dict]) -> dict[str, dict[str, dict[str, float]]]:
@@ -126,12 +148,9 @@ def _panels(records: list[dict]) -> dict[str, dict[str, dict[str, float]]]:
     short_ds = short_names(r["dataset"] for r in records)
     for task in tasks:
         rs = [r for r in records if r["task"] == task]
-        labels = config_labels(rs)
-        short_models = short_names(r["model"] for r in rs)
-        for r, label in zip(rs, labels):
+        for r, label in zip(rs, config_labels(rs)):
             name, v = primary_metric(r)
             if v is not None:
-                label = short_models[r["model"]] + label[len(str(r["model"])):]
                 out.setdefault(f"{task} ({name})", {}).setdefault(short_ds[r["dataset"]], {})[label] = v
     return out
 

@@ -68,6 +68,7 @@ from clipforge.errors import ClipforgeError, DiskError, UsageError, disk_error
 from clipforge.retrieval.delete import delete_items
 from clipforge.retrieval.engine import SearchEngine
 from clipforge.retrieval.query import Term, parse_filter, parse_query
+from clipforge.models.display_name import display_name
 from clipforge.retrieval.store import StoreBusy
 from clipforge.serve.classify import ClassifyService
 from clipforge.serve.guards import (INT64_MAX, PUBLIC_PATHS, PUBLIC_PREFIXES, ApiKeyAuth, BodyLimit,  # noqa: F401
@@ -170,12 +171,13 @@ def _public(hit_dict: dict) -> dict:
 
 
 def _public_stats(stats: dict, hidden=HIDDEN_COLUMNS) -> dict:
-    """Engine stats without server paths (model, source, a reranker's model or index); `columns` lists only
-    the filterable ones."""
-    out = {**stats, "model": _short_ref(stats["model"]), "source": _short_ref(stats["source"]),
+    """Engine stats without server paths (model, source, a reranker's model or index); a model is named by
+    `display_name` (its run's name, not `final`); `columns` lists only the filterable ones."""
+    out = {**stats, "model": display_name(stats["model"]), "source": _short_ref(stats["source"]),
            "columns": [c for c in stats.get("columns", []) if c not in hidden]}
     if "rerank" in out:
-        out["rerank"] = {k: (_short_ref(v) if k in ("model", "index") else v) for k, v in out["rerank"].items()}
+        out["rerank"] = {k: (display_name(v) if k == "model" else _short_ref(v) if k == "index" else v)
+                         for k, v in out["rerank"].items()}
     return out
 
 
