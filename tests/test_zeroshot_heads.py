@@ -66,6 +66,24 @@ def test_cupl_descriptions_alone_and_pooled(tmp_path):
     torch.testing.assert_close(pooled.weights[0], _brute(enc, texts))
 
 
+def test_cupl_warns_when_descriptions_never_name_their_class():
+    """CuPL's descriptions alone scored below chance on the digits demo (shape sentences that never say "zero"):
+    such classes are named in a warning, which the pooled and named cases do not get."""
+    import warnings
+
+    from clipforge.zeroshot.cupl import DescriptionsWarning
+
+    enc = FakeTextEncoder()
+    unnamed = {"cat": ["a small furry pet"], "Dog": ["a loyal dog that barks"], "red car": ["a red car"]}
+    with pytest.warns(DescriptionsWarning, match=r"1 of 3 classes .* \(e.g. 'cat'\)"):
+        build_classifier(enc, CLASSES, TEMPLATES, method="cupl", descriptions=unnamed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DescriptionsWarning)
+        build_classifier(enc, CLASSES, TEMPLATES, method="cupl", descriptions=unnamed, pool_templates=True)
+        named = dict(unnamed, cat=["a cat, a small furry pet"])
+        build_classifier(enc, CLASSES, TEMPLATES, method="cupl", descriptions=named)
+
+
 def test_cupl_missing_and_bad_files(tmp_path):
     enc = FakeTextEncoder()
     with pytest.raises(UsageError, match="no descriptions: dog"):
