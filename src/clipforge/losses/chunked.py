@@ -157,7 +157,7 @@ class _BlockCrossEntropy(torch.autograd.Function):
 
 
 def block_cross_entropy(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor, chunk: int, offset: int = 0,
-                        want_cols: bool = True, dot_precision: str = "float32"
+                        want_cols: bool = True, dot_precision: str = "auto"
                         ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Per-row (and per-column) softmax cross-entropy of s·a·bᵀ without materialising it.
 
@@ -230,7 +230,7 @@ class _BlockSoftplusSum(torch.autograd.Function):
 
 def block_softplus_sum(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor,
                        bias: Optional[torch.Tensor], chunk: int, offset: Optional[int] = None,
-                       dot_precision: str = "float32") -> torch.Tensor:
+                       dot_precision: str = "auto") -> torch.Tensor:
     """Σ_ij −log σ(z_ij (s·a_i·b_j + bias)) over the (M, N) pairs, in row blocks of `chunk`; scalar.
     z = +1 for the positives (i, offset + i) when `offset` is given, −1 everywhere else."""
     out_dtype = torch.promote_types(torch.promote_types(a.dtype, b.dtype), torch.float32)

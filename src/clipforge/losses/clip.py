@@ -45,7 +45,7 @@ def _smoothing(q: torch.Tensor, k_all: torch.Tensor, k_pos: torch.Tensor, scale:
 def contrastive_terms(img: torch.Tensor, txt: torch.Tensor, img_all: torch.Tensor, txt_all: torch.Tensor,
                       offset: int, scale: torch.Tensor, *, chunk_size: Optional[int] = None,
                       label_smoothing: float = 0.0, denom: Optional[float] = None,
-                      dot_precision: str = "float32"):
+                      dot_precision: str = "auto"):
     """(image→text, text→image) cross-entropy terms for local rows against gathered columns.
 
     img, txt: (B, D) this rank's features; img_all, txt_all: (N, D) all ranks' features (the same tensors
@@ -80,7 +80,7 @@ def contrastive_terms(img: torch.Tensor, txt: torch.Tensor, img_all: torch.Tenso
 
 
 def clip_loss(img: torch.Tensor, txt: torch.Tensor, logit_scale: torch.Tensor, *,
-              chunk_size: Optional[int] = None, dot_precision: str = "float32") -> torch.Tensor:
+              chunk_size: Optional[int] = None, dot_precision: str = "auto") -> torch.Tensor:
     """Symmetric InfoNCE of one batch. img, txt: (B, D) normalised features; logit_scale: exp'd scalar."""
     i2t, t2i = contrastive_terms(img, txt, img, txt, 0, logit_scale, chunk_size=chunk_size,
                                  dot_precision=dot_precision)
