@@ -1,14 +1,29 @@
 """`clipforge export MODEL --to hf|open_clip --out DIR`: write a model in another ecosystem's format."""
 from __future__ import annotations
 
+import argparse
+
 from clipforge.cli._common import full_parser_for
 
 
 def register(sub):
     p = sub.add_parser(
         "export", help="export a model to Hugging Face transformers or open_clip format",
-        description="Write MODEL (any reference load_model accepts) as a directory that transformers "
-                    "(CLIPModel / SiglipModel.from_pretrained) or open_clip (create_model('local-dir:DIR')) loads.")
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Write MODEL (any reference load_model accepts) as a directory that transformers\n"
+                    "(CLIPModel / SiglipModel.from_pretrained) or open_clip (create_model('local-dir:DIR')) loads.\n"
+                    "\n"
+                    "What each format holds:\n"
+                    "  --to open_clip  class-token ViT image towers, and ResNet ones (vision.arch=resnet:\n"
+                    "                  tiny-resnet, the demo's model, as open_clip's ModifiedResNet)\n"
+                    "  --to hf         class-token ViT (CLIPModel) and SigLIP-type ViT (SiglipModel) towers only:\n"
+                    "                  transformers has no ResNet CLIP, so the demo's model is refused; for an\n"
+                    "                  HF model from the demo train a ViT, e.g.\n"
+                    "                    clipforge train --config demo-digits --set model.name=tiny \\\n"
+                    "                      --set 'model.overrides={vision: {pool: cls, act: quick_gelu}, "
+                    "text: {act: quick_gelu}}'\n"
+                    "Neither takes the registered `tiny` as it is (mean pooling), EfficientNet or Hugging Face text\n"
+                    "towers with a projection head, or per-image normalisation. docs/export.md has the details.")
     p.add_argument("model", help="registered name, checkpoint dir, hf:ORG/NAME, open_clip:ARCH/TAG, or local dir")
     if full_parser_for("export"):  # the converters import torch: only when this command runs
         from clipforge.models.convert.export import FORMATS

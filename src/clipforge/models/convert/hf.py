@@ -98,9 +98,18 @@ def config_from_hf(hf: dict, preprocess: PreprocessConfig = None) -> CLIPConfig:
     return cfg
 
 
+# transformers' CLIPModel and SiglipModel hold ViT image towers only; open_clip holds this very ResNet.
+RESNET_NOT_HF = ("a ResNet image tower (vision.arch=resnet, e.g. tiny-resnet, the demo's model) has no Hugging "
+                 "Face equivalent: transformers' CLIPModel / SiglipModel hold ViT image towers only. Write it as "
+                 "open_clip (`to`=open_clip), whose ModifiedResNet is this architecture, or train a class-token "
+                 "ViT for HF (docs/export.md)")
+
+
 def hf_model_type(cfg: CLIPConfig) -> str:
     """'clip' or 'siglip': which HF class can express `cfg` exactly; UsageError naming what cannot."""
     v, t = cfg.vision, cfg.text
+    if v.arch == "resnet":
+        raise UsageError(RESNET_NOT_HF)
     common = {"vision.arch=vit": v.arch == "vit", "vision.stem=patch": v.stem == "patch",
               "vision.norm_first": v.norm_first, "vision.proj_bias": not v.proj_bias, "text.proj": t.proj}
     clip = {**common, "vision.pool=cls": v.pool == "cls", "vision.ln_pre": v.ln_pre,

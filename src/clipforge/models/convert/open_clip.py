@@ -1,6 +1,7 @@
 """open_clip <-> native: architecture configs, `open_clip:ARCH/TAG` references, and export.
 
-open_clip's built-in ViT CLIP towers store weights in OpenAI's layout (see `openai.py`); what the weights
+open_clip's built-in ViT CLIP towers store weights in OpenAI's layout (see `openai.py`), its ModifiedResNet
+towers (`vision_cfg.layers` a list: native `vision.arch: resnet`) theirs (`open_clip_resnet.py`); what the weights
 cannot tell — activation (open_clip's `quick_gelu` flag: plain GELU unless set, QuickGELU for OpenAI's own
 weights), head counts, text pooling, preprocessing — comes from open_clip's model config and the pretrained
 tag's config. When open_clip is installed its registry is used (all architectures, all tags, downloads);
@@ -77,8 +78,6 @@ def config_from_open_clip(model_cfg: dict, preprocess: Optional[dict] = None, *,
     extra = sorted(set(model_cfg) - _TOP_OK)
     if extra:
         raise ClipforgeError(f"open_clip config keys not supported: {extra}")
-    if isinstance(vc.get("layers", 12), (list, tuple)):
-        raise ClipforgeError("open_clip ModifiedResNet vision towers do not convert (ViT only)")
     _check_defaults(vc, _V_DEFAULTS, {"layers", "width", "head_width", "mlp_ratio", "patch_size", "image_size",
                                       "no_ln_pre", "norm_kwargs"}, "vision_cfg")
     _check_defaults(tc, _T_DEFAULTS, {"context_length", "vocab_size", "width", "heads", "layers", "mlp_ratio",
@@ -94,15 +93,19 @@ def config_from_open_clip(model_cfg: dict, preprocess: Optional[dict] = None, *,
     if pre.get("resize_mode", "shortest") not in ("shortest", "squash"):
         raise ClipforgeError(f"open_clip resize_mode {pre['resize_mode']!r} (letterbox) has no native equivalent")
     image_size = vc.get("image_size", 224)
-    image_size = image_size[0] if isinstance(image_size, (list, tuple)) else image_size
-    return CLIPConfig(
-        embed_dim=int(model_cfg["embed_dim"]),
-        vision=VisionConfig(
-            image_size=int(image_size), patch_size=int(vc.get("patch_size", 16)), width=width,
+    image_size = int(image_size[0] if isinstance(image_size, (list, tuple)) else image_size)
+    if isinstance(vc.get("layers", 12), (list, tuple)):  # ModifiedResNet: width * 32 // head_width heads
+        vision = VisionConfig(arch="resnet", image_size=image_size, width=width, stage_layers=tuple(vc["layers"]),
+                              heads=width * 32 // int(vc.get("head_width", 64)))
+    else:
+        vision = VisionConfig(
+            image_size=image_size, patch_size=int(vc.get("patch_size", 16)), width=width,
             layers=int(vc.get("layers", 12)), heads=width // int(vc.get("head_width", 64)),
             mlp_ratio=float(vc.get("mlp_ratio", 4.0)), act=act, pool="cls", ln_pre=not vc.get("no_ln_pre", False),
-            ln_eps=_eps(vc),
-        ),
+            ln_eps=_eps(vc))
+    return CLIPConfig(
+        embed_dim=int(model_cfg["embed_dim"]),
+        vision=vision,
         text=TextConfig(
             vocab_size=int(tc.get("vocab_size", 49408)), context_length=int(tc.get("context_length", 77)),
             width=int(tc.get("width", 512)), layers=int(tc.get("layers", 12)), heads=int(tc.get("heads", 8)),
@@ -200,31 +203,40 @@ def load_open_clip_dir(path, *, trust_pickle: bool = False, tokenizer=None):
 
 
 # ------------------------------------------------------------------------------------------------- export
-def config_to_open_clip(cfg: CLIPConfig) -> dict:
-    v, t = cfg.vision, cfg.text
-    need = {"vision.arch=vit": v.arch == "vit", "vision.stem=patch": v.stem == "patch",
+def _vision_to_open_clip(v: VisionConfig, text_act: str) -> Tuple[dict, dict]:
+    """(what open_clip's vision_cfg needs that `v` lacks, by name -> met; the vision_cfg)."""
+    if v.arch == "resnet":  # open_clip's ModifiedResNet: heads = width * 32 // head_width (exact here)
+        return {}, {"image_size": v.image_size, "layers": list(v.stage_layers), "width": v.width,
+                    "head_width": v.width * 32 // v.heads}
+    need = {"vision.arch in vit/resnet": v.arch == "vit", "vision.stem=patch": v.stem == "patch",
             "vision.pool=cls": v.pool == "cls", "vision.proj": v.proj, "vision.proj_bias=False": not v.proj_bias,
             "vision.patch_bias=False": not v.patch_bias, "vision.norm_first": v.norm_first,
-            "text.proj": t.proj, "same activation in both towers": v.act == t.act,
-            "activation quick_gelu or gelu": v.act in ("quick_gelu", "gelu"),
-            "text.pool in argmax/eos/first/last": t.pool in ("argmax", "eos", "first", "last"),
-            "width divisible into 64-wide heads or equal heads": v.width % v.heads == 0}
-    bad = [k for k, ok in need.items() if not ok]
-    if bad:
-        raise UsageError(f"this model cannot be written as an open_clip model: it needs {', '.join(bad)}")
+            "same activation in both towers": v.act == text_act}
     vc = {"image_size": v.image_size, "layers": v.layers, "width": v.width, "head_width": v.width // v.heads,
           "mlp_ratio": v.mlp_ratio, "patch_size": v.patch_size}
     if not v.ln_pre:
         vc["no_ln_pre"] = True
+    if v.ln_eps != 1e-5:
+        vc["norm_kwargs"] = {"eps": v.ln_eps}
+    return need, vc
+
+
+def config_to_open_clip(cfg: CLIPConfig) -> dict:
+    v, t = cfg.vision, cfg.text
+    need, vc = _vision_to_open_clip(v, t.act)
+    need.update({"text.proj": t.proj, "activation quick_gelu or gelu": t.act in ("quick_gelu", "gelu"),
+                 "text.pool in argmax/eos/first/last": t.pool in ("argmax", "eos", "first", "last")})
+    bad = [k for k, ok in need.items() if not ok]
+    if bad:
+        raise UsageError(f"this model cannot be written as an open_clip model: it needs {', '.join(bad)}")
     tc = {"context_length": t.context_length, "vocab_size": t.vocab_size, "width": t.width, "heads": t.heads,
           "layers": t.layers, "mlp_ratio": t.mlp_ratio, "pool_type": t.pool, "pad_id": t.pad_token_id,
           "proj_bias": t.proj_bias, "no_causal_mask": not t.causal}
     if t.pool == "eos":
         tc["eos_id"] = t.eos_token_id
-    for d, eps in ((vc, v.ln_eps), (tc, t.ln_eps)):
-        if eps != 1e-5:
-            d["norm_kwargs"] = {"eps": eps}
-    mc = {"embed_dim": cfg.embed_dim, "quick_gelu": v.act == "quick_gelu", "vision_cfg": vc, "text_cfg": tc}
+    if t.ln_eps != 1e-5:
+        tc["norm_kwargs"] = {"eps": t.ln_eps}
+    mc = {"embed_dim": cfg.embed_dim, "quick_gelu": t.act == "quick_gelu", "vision_cfg": vc, "text_cfg": tc}
     if cfg.logit_bias_init is not None:
         mc["init_logit_bias"] = cfg.logit_bias_init
     pre = cfg.preprocess

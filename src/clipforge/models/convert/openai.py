@@ -1,10 +1,12 @@
-"""OpenAI CLIP state-dict layout (also open_clip's for its built-in ViT towers) <-> native.
+"""OpenAI CLIP state-dict layout (also open_clip's for its built-in ViT and ModifiedResNet towers) <-> native.
 
 OpenAI layout: `visual.conv1`, `visual.class_embedding` (W,), `visual.positional_embedding` (1+g*g, W),
 `visual.ln_pre`, `visual.transformer.resblocks.i.{ln_1, attn.in_proj_weight (3W, W) fused q|k|v,
 attn.out_proj, ln_2, mlp.c_fc, mlp.c_proj}`, `visual.ln_post`, `visual.proj` (W, D) applied as x @ proj;
 text: `token_embedding`, `positional_embedding` (ctx, W), `transformer.resblocks.*`, `ln_final`,
-`text_projection` (W, D); `logit_scale` (log-space). Native Linear weights are the transposes of the
+`text_projection` (W, D); `logit_scale` (log-space). A ModifiedResNet image tower (OpenAI's RN50 ..., open_clip's
+RN configs, clipforge's `vision.arch: resnet`) has the same text keys and its own `visual.*` names
+(`open_clip_resnet.py`). Native Linear weights are the transposes of the
 (W, D) projection parameters. The config is inferred from shapes; head counts are not visible in shapes,
 so unless the caller gives them (`vision_heads=`, `text_heads=`) they are guessed by
 OpenAI's rule (width // 64), with a warning saying so — a wrong guess loads without error and gives wrong
@@ -30,6 +32,8 @@ from clipforge.errors import ClipforgeError, UsageError
 from clipforge.models.config import CLIPConfig, PreprocessConfig, TextConfig, VisionConfig
 from clipforge.models.convert.common import KeyReader, StateDict, assemble, mlp_ratio
 from clipforge.models.convert.hf_files import load_hf_tokenizer
+from clipforge.models.convert.open_clip_resnet import (infer_resnet, is_resnet_layout, resnet_from_open_clip,
+                                                       resnet_to_open_clip)
 from clipforge.models.tokenizer import EOT, OPEN_CLIP_PATTERN, SOT, Tokenizer, build_clip_backend, bytes_to_unicode
 
 # Non-weight entries some OpenAI/open_clip state dicts carry (the JIT archive's metadata, causal-mask buffer).
@@ -56,35 +60,26 @@ def is_openai_layout(state: StateDict) -> bool:
 
 def infer_config(state: StateDict, *, act: str = "quick_gelu", vision_heads: Optional[int] = None,
                  text_heads: Optional[int] = None, text_pool: str = "argmax") -> CLIPConfig:
-    """A native config from an OpenAI-layout state dict's shapes (ViT only)."""
+    """A native config from an OpenAI-layout state dict's shapes (ViT or ModifiedResNet image tower)."""
     state = _strip_module(state)
     if "visual.conv1.weight" not in state:
-        kind = "ResNet (ModifiedResNet)" if "visual.layer1.0.conv1.weight" in state else "unknown"
-        raise ClipforgeError(f"not an OpenAI-layout ViT state dict (vision tower looks {kind}); "
-                             "only ViT towers convert to clipforge")
-    conv = state["visual.conv1.weight"]  # (W, 3, p, p)
-    vw, patch = conv.shape[0], conv.shape[-1]
-    n_pos = state["visual.positional_embedding"].shape[0]
-    grid = math.isqrt(n_pos - 1)
-    if grid * grid != n_pos - 1:
-        raise ClipforgeError(f"visual.positional_embedding has {n_pos} rows: not 1 + a square grid")
+        raise ClipforgeError("not an OpenAI-layout state dict: no visual.conv1.weight (neither a ViT's patch "
+                             "embedding nor a ModifiedResNet's stem)")
     tw = state["ln_final.weight"].shape[0]
-    v_fc = state["visual.transformer.resblocks.0.mlp.c_fc.weight"].shape[0]
     t_fc = state["transformer.resblocks.0.mlp.c_fc.weight"].shape[0]
     text_proj = state["text_projection"]
     embed_dim = text_proj.shape[1] if text_proj.ndim == 2 else text_proj.shape[0]
     if "text_projection.weight" in state:  # open_clip proj_bias: a Linear (D, W)
         embed_dim = state["text_projection.weight"].shape[0]
-    vision_heads = _heads(vision_heads, int(vw), "vision")
     text_heads = _heads(text_heads, int(tw), "text")
+    if is_resnet_layout(state):  # OpenAI's rule for its RN models: attention-pool width // 64 heads
+        pool_width = int(state["visual.attnpool.q_proj.weight"].shape[0])
+        vision = VisionConfig(**infer_resnet(state, _heads(vision_heads, pool_width, "vision")))
+    else:
+        vision = _infer_vit(state, act, vision_heads)
     return CLIPConfig(
         embed_dim=int(embed_dim),
-        vision=VisionConfig(
-            image_size=int(patch * grid), patch_size=int(patch), width=int(vw),
-            layers=_count_layers(state, "visual.transformer"), heads=vision_heads,
-            mlp_ratio=mlp_ratio(int(v_fc), int(vw), "visual mlp"), act=act, pool="cls",
-            ln_pre="visual.ln_pre.weight" in state,
-        ),
+        vision=vision,
         text=TextConfig(
             vocab_size=int(state["token_embedding.weight"].shape[0]),
             context_length=int(state["positional_embedding"].shape[0]), width=int(tw),
@@ -95,6 +90,20 @@ def infer_config(state: StateDict, *, act: str = "quick_gelu", vision_heads: Opt
         preprocess=PreprocessConfig(),
         logit_bias_init=0.0 if "logit_bias" in state else None,
     )
+
+
+def _infer_vit(state: StateDict, act: str, heads: Optional[int]) -> VisionConfig:
+    conv = state["visual.conv1.weight"]  # (W, 3, p, p)
+    vw, patch = int(conv.shape[0]), int(conv.shape[-1])
+    n_pos = state["visual.positional_embedding"].shape[0]
+    grid = math.isqrt(n_pos - 1)
+    if grid * grid != n_pos - 1:
+        raise ClipforgeError(f"visual.positional_embedding has {n_pos} rows: not 1 + a square grid")
+    v_fc = state["visual.transformer.resblocks.0.mlp.c_fc.weight"].shape[0]
+    return VisionConfig(image_size=patch * grid, patch_size=patch, width=vw,
+                        layers=_count_layers(state, "visual.transformer"), heads=_heads(heads, vw, "vision"),
+                        mlp_ratio=mlp_ratio(int(v_fc), vw, "visual mlp"), act=act, pool="cls",
+                        ln_pre="visual.ln_pre.weight" in state)
 
 
 def _heads(given: Optional[int], width: int, tower: str) -> int:
@@ -139,16 +148,20 @@ def state_from_openai(state: StateDict, cfg: CLIPConfig, source: str = "OpenAI-l
     """OpenAI/open_clip-layout state dict -> native state dict (leftover keys are an error)."""
     r = KeyReader(_strip_module(state), source, ignore=IGNORED)
     out: StateDict = {}
-    out["visual.conv.weight"] = r.pop("visual.conv1.weight")
-    out["visual.class_embedding"] = r.pop("visual.class_embedding")
-    out["visual.positional_embedding"] = r.pop("visual.positional_embedding")
+    if cfg.vision.arch == "resnet":  # open_clip's / OpenAI's ModifiedResNet: renamed keys
+        resnet_from_open_clip(r, out)
+    else:
+        out["visual.conv.weight"] = r.pop("visual.conv1.weight")
+        out["visual.class_embedding"] = r.pop("visual.class_embedding")
+        out["visual.positional_embedding"] = r.pop("visual.positional_embedding")
+        for kind in ("weight", "bias"):
+            if cfg.vision.ln_pre:
+                out[f"visual.ln_pre.{kind}"] = r.pop(f"visual.ln_pre.{kind}")
+            out[f"visual.ln_post.{kind}"] = r.pop(f"visual.ln_post.{kind}")
+        _blocks_from(r, "visual.transformer", "visual", cfg.vision.layers, out)
+        out["visual.proj.weight"] = r.pop("visual.proj").t()  # (W, D) -> Linear weight (D, W)
     for kind in ("weight", "bias"):
-        if cfg.vision.ln_pre:
-            out[f"visual.ln_pre.{kind}"] = r.pop(f"visual.ln_pre.{kind}")
-        out[f"visual.ln_post.{kind}"] = r.pop(f"visual.ln_post.{kind}")
         out[f"text.ln_final.{kind}"] = r.pop(f"ln_final.{kind}")
-    _blocks_from(r, "visual.transformer", "visual", cfg.vision.layers, out)
-    out["visual.proj.weight"] = r.pop("visual.proj").t()  # (W, D) -> Linear weight (D, W)
     out["text.token_embedding.weight"] = r.pop("token_embedding.weight")
     out["text.positional_embedding"] = r.pop("positional_embedding")
     _blocks_from(r, "transformer", "text", cfg.text.layers, out)
@@ -167,16 +180,20 @@ def state_from_openai(state: StateDict, cfg: CLIPConfig, source: str = "OpenAI-l
 def state_to_openai(sd: StateDict, cfg: CLIPConfig) -> StateDict:
     """Native state dict -> OpenAI/open_clip layout (caller checks the config is expressible)."""
     out: StateDict = {}
-    out["visual.conv1.weight"] = sd["visual.conv.weight"]
-    out["visual.class_embedding"] = sd["visual.class_embedding"]
-    out["visual.positional_embedding"] = sd["visual.positional_embedding"]
+    if cfg.vision.arch == "resnet":
+        out.update(resnet_to_open_clip(sd))
+    else:
+        out["visual.conv1.weight"] = sd["visual.conv.weight"]
+        out["visual.class_embedding"] = sd["visual.class_embedding"]
+        out["visual.positional_embedding"] = sd["visual.positional_embedding"]
+        for kind in ("weight", "bias"):
+            if cfg.vision.ln_pre:
+                out[f"visual.ln_pre.{kind}"] = sd[f"visual.ln_pre.{kind}"]
+            out[f"visual.ln_post.{kind}"] = sd[f"visual.ln_post.{kind}"]
+        _blocks_to(sd, "visual", "visual.transformer", cfg.vision.layers, out)
+        out["visual.proj"] = sd["visual.proj.weight"].t()
     for kind in ("weight", "bias"):
-        if cfg.vision.ln_pre:
-            out[f"visual.ln_pre.{kind}"] = sd[f"visual.ln_pre.{kind}"]
-        out[f"visual.ln_post.{kind}"] = sd[f"visual.ln_post.{kind}"]
         out[f"ln_final.{kind}"] = sd[f"text.ln_final.{kind}"]
-    _blocks_to(sd, "visual", "visual.transformer", cfg.vision.layers, out)
-    out["visual.proj"] = sd["visual.proj.weight"].t()
     out["token_embedding.weight"] = sd["text.token_embedding.weight"]
     out["positional_embedding"] = sd["text.positional_embedding"]
     _blocks_to(sd, "text", "transformer", cfg.text.layers, out)
