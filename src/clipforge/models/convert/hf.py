@@ -340,7 +340,9 @@ def export_hf(model, out_dir, *, overwrite: bool = False) -> Path:
         (tmp / "config.json").write_text(json.dumps(hf, indent=2))
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         if tok is not None:
-            save_hf_tokenizer(tok, tmp, hf["model_type"])
+            # a causal tower pooled at the end token never sees what follows it: pad with the end token
+            save_hf_tokenizer(tok, tmp, hf["model_type"],
+                              pad_with_end=cfg.text.causal and cfg.text.pool in ("argmax", "eos"))
         save_hf_preprocess(cfg, tmp, hf["model_type"])
 
     return write_dir_atomically(Path(out_dir), write, kind="hf-export", overwrite=overwrite,

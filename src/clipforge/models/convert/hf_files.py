@@ -111,9 +111,19 @@ def load_hf_tokenizer(path, cfg: CLIPConfig) -> Optional[Tokenizer]:
     return tok
 
 
-def save_hf_tokenizer(tok: Tokenizer, out: Path, model_type: str) -> None:
+def _is_added(backend: _Backend, token: str) -> bool:
+    """Whether `token` is one of the tokenizer's added (special) tokens, never produced from text."""
+    return any(t.content == token for t in backend.get_added_tokens_decoder().values())
+
+
+def save_hf_tokenizer(tok: Tokenizer, out: Path, model_type: str, pad_with_end: bool = False) -> None:
     """Write tokenizer.json (+ vocab.json/merges.txt for BPE) and tokenizer_config.json that HF loads; a SigLIP
-    tokenizer (clean="siglip") is written as spiece.model for transformers' SiglipTokenizer."""
+    tokenizer (clean="siglip") is written as spiece.model for transformers' SiglipTokenizer.
+
+    The pad token: transformers treats it as special wherever it appears in a text, so a pad token that is
+    also text (CLIP's id 0 is "!") would change every text holding one ("a!b"). With `pad_with_end` (a causal
+    text tower pooled at its end token, which never sees what follows it) the end token pads, as OpenAI's
+    own HF exports do; the ids after the end token then differ from clipforge's, the embeddings do not."""
     if tok.clean == "siglip":
         return save_siglip_tokenizer(tok, out)
     backend = _Backend.from_str(tok.backend.to_str())
@@ -134,6 +144,14 @@ def save_hf_tokenizer(tok: Tokenizer, out: Path, model_type: str) -> None:
         (out / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + ("\n" if merges else ""),
                                         encoding="utf-8")
     pad = backend.id_to_token(tok.pad_id)
+    specials_text = {tok.eot_token, tok.sot_token if tok.add_sot else None}
+    if pad not in specials_text and backend.token_to_id(pad) is not None and not _is_added(backend, pad):
+        if pad_with_end:
+            pad = tok.eot_token
+        else:
+            warnings.warn(f"the pad token {pad!r} is also ordinary text: transformers will read {pad!r} in a text as "
+                          "padding, so such texts embed differently there (this text tower attends past its "
+                          "end token, so the end token cannot pad instead)")
     conf = {
         # CLIPTokenizer rebuilds CLIP's pipeline itself; anything else is read from tokenizer.json as-is.
         "tokenizer_class": "CLIPTokenizer" if is_clip_bpe else "PreTrainedTokenizerFast",
