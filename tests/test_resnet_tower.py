@@ -53,3 +53,25 @@ def test_hf_export_refuses_it_by_name_and_names_open_clip(tmp_path):
     with pytest.raises(UsageError, match=r"vision\.arch=resnet.*`to`=open_clip"):
         export_model(create_model("tiny-resnet"), "hf", tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_load_model_returns_inference_mode_so_batchnorm_uses_its_statistics(tmp_path):
+    """A loaded checkpoint of a BatchNorm tower embeds an image the same alone and in a batch (train mode would
+    normalise each batch by its own statistics: 0.45 apart in the issue's check)."""
+    import torch
+
+    from clipforge.models import create_model, load_model
+
+    torch.manual_seed(0)
+    m = create_model("tiny-resnet")
+    with torch.no_grad():
+        for mod in m.modules():
+            if isinstance(mod, torch.nn.BatchNorm2d):
+                mod.running_mean.normal_(0, 0.1)
+                mod.running_var.uniform_(0.5, 1.5)
+    back = load_model(str(m.save_pretrained(tmp_path / "ck")))
+    assert not back.training and not any(x.training for x in back.modules())
+    x = torch.randn(4, 3, back.config.image_size, back.config.image_size)
+    with torch.no_grad():
+        assert torch.allclose(back.encode_image(x[:1]), back.encode_image(x)[:1], atol=1e-5)
+    assert not load_model("tiny").training

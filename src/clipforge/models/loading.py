@@ -57,7 +57,8 @@ def load_model(ref: Union[str, PathLike], *, weights: Optional[PathLike] = None,
     `vision_heads` / `text_heads` to OpenAI-layout state-dict files, whose shapes do not show head counts;
     `tokenizer` to registered names (a Tokenizer or a clipforge tokenizer directory) and converted
     checkpoints (also HF tokenizer files, or OpenAI's merges file for open_clip / OpenAI-layout ones), not to
-    clipforge checkpoint directories, which carry their own."""
+    clipforge checkpoint directories, which carry their own. The model comes back in eval mode (call
+    `.train()` to train it): a BatchNorm tower in train mode would normalise each batch by its own statistics."""
     ref_s = str(ref)
     base, adapter = split_adapter_ref(ref_s)
     if adapter is not None:
@@ -105,6 +106,7 @@ def load_model(ref: Union[str, PathLike], *, weights: Optional[PathLike] = None,
                 raise UsageError(f"`tokenizer` does not apply to {ref_s!r}: its {resolver.name} loader takes none")
             extra["tokenizer"] = tokenizer
         model = resolver.load(ref_s, weights=weights, trust_pickle=trust_pickle, **extra)
+    model.eval()  # every loaded model in inference mode, as converted ones were: BatchNorm uses its statistics
     return model.to(device) if device is not None else model
 
 
