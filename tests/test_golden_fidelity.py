@@ -242,3 +242,20 @@ def test_retrieval_recall_equals_clip_benchmark(case):
         else:  # images 10-19 duplicate 0-9: for their 100 of 300 captions CLIP_benchmark's torch.topk may
             # list either copy first, ours lists the lower id; every other caption must agree
             assert abs(got[0] - want[0]) <= 100 / 300, k
+
+
+def test_open_clip_export_refuses_a_tokenizer_open_clip_would_replace(tmp_path):
+    """Issue #31: a 49,408-id text tower exported with clipforge's byte-level stand-in tokenizer would be read by
+    open_clip with OpenAI's BPE (other ids for every text, silently); it is refused, and an odd-sized tower (which
+    open_clip cannot pair with its BPE at all) still exports."""
+    from clipforge.errors import UsageError
+    from clipforge.models import create_model
+    from clipforge.models.convert.export import export_model
+
+    vit = {"pool": "cls", "act": "quick_gelu"}
+    stand_in = create_model("tiny", vision=vit, text={"vocab_size": 49408, "act": "quick_gelu"})
+    with pytest.raises(UsageError, match="not OpenAI's 49,408-id BPE"):
+        export_model(stand_in, "open_clip", tmp_path / "oc")
+    assert not (tmp_path / "oc").exists()
+    export_model(create_model("tiny", vision=vit, text={"act": "quick_gelu"}), "open_clip", tmp_path / "ok")
+    assert (tmp_path / "ok" / "open_clip_model.safetensors").is_file()

@@ -25,7 +25,7 @@ from clipforge.models.convert.common import write_dir_atomically
 from clipforge.models.unwrap import unwrap_model
 from clipforge.models.convert.hub import network_error
 from clipforge.models.checkpoint import read_state_dict
-from clipforge.models.convert.openai import load_openai_state, state_to_openai
+from clipforge.models.convert.openai import OPENAI_VOCAB_SIZE, load_openai_state, state_to_openai
 
 _TEXT_B = {"context_length": 77, "vocab_size": 49408, "width": 512, "heads": 8, "layers": 12}
 _TEXT_L = {"context_length": 77, "vocab_size": 49408, "width": 768, "heads": 12, "layers": 12}
@@ -246,9 +246,32 @@ def config_to_open_clip(cfg: CLIPConfig) -> dict:
                                                "interpolation": pre.interpolation, "resize_mode": pre.resize_mode}}
 
 
+def _open_clip_reads_it_otherwise(tok, cfg: CLIPConfig) -> Optional[str]:
+    """Why open_clip would tokenize this model's texts differently (it reads a `local-dir:` export with OpenAI's
+    BPE whenever the text tower has that BPE's 49,408 ids), or None."""
+    if cfg.text.vocab_size != OPENAI_VOCAB_SIZE:
+        return None  # other ids: open_clip cannot run its own BPE on this tower at all (an error, not a silent one)
+    if tok is None:
+        return "the model carries no tokenizer"
+    backend = json.loads(tok.backend.to_str())["model"]
+    if tok.vocab_size != OPENAI_VOCAB_SIZE or backend.get("end_of_word_suffix") != "</w>" or not tok.add_sot:
+        return f"its tokenizer ({tok.vocab_size} ids) is not OpenAI's 49,408-id BPE"
+    return None
+
+
 def export_open_clip(model, out_dir, *, overwrite: bool = False) -> Path:
-    """Write open_clip_config.json + open_clip_model.safetensors (open_clip: `create_model('local-dir:DIR')`)."""
+    """Write open_clip_config.json + open_clip_model.safetensors (open_clip: `create_model('local-dir:DIR')`).
+
+    Refused when open_clip would silently read the export's texts with other ids than clipforge: a 49,408-id
+    text tower whose tokenizer is not OpenAI's BPE (clipforge's byte-level stand-in, say), since open_clip
+    takes that BPE for any such tower. clipforge reads its own copy (`clipforge_tokenizer/`) either way."""
     model = unwrap_model(model)
+    why = _open_clip_reads_it_otherwise(model.tokenizer, model.config)
+    if why is not None:
+        raise UsageError(f"cannot export to open_clip: {why}, and open_clip reads a 49,408-id text tower with "
+                         "OpenAI's BPE, so every text would get other ids there than here; load the model with "
+                         "its real tokenizer (`tokenizer`, or open_clip installed) before exporting, or export "
+                         "to clipforge's own format (save_pretrained)")
     conf = config_to_open_clip(model.config)
     state = state_to_openai(model.state_dict(), model.config)
 
