@@ -87,7 +87,7 @@ def test_index_build_then_search_by_a_near_limit_image(hostile, which, tmp_path)
         assert info["skipped"]["by_reason"].get("member_too_large") == 4
     peak, out = _peak(["search", str(idx), "--image", hostile["big16"], "-k", "3"], tmp_path)
     assert peak < BUDGET, _mib(peak)
-    assert len(out.strip().splitlines()) == 3
+    assert len(out.strip().splitlines()) == 1 + 3  # the header and three hits
 
 
 def test_curate_score(hostile, tmp_path):
