@@ -23,7 +23,6 @@ import json
 import os
 import platform
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).parents[1]
@@ -75,7 +74,6 @@ def main():
 
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
-    t0 = time.time()
     digits = build_digits(str(work / "digits"))
     truth = make_sets(work, digits, 0, 0.4, 0.15)
     scorer = train_run(f"jsonl:{truth['paths']['a_train']}", digits, work / "scorer", 0, a.score_steps)
@@ -101,10 +99,10 @@ def main():
         for r in rs:
             print(name, json.dumps(r), flush=True)
     if a.out:
-        write_page(Path(a.out), a, truth, scorer, rows, time.time() - t0)
+        write_page(Path(a.out), a, truth, scorer, rows)
 
 
-def write_page(out: Path, a, truth: dict, scorer: dict, rows: dict, seconds: float) -> None:
+def write_page(out: Path, a, truth: dict, scorer: dict, rows: dict) -> None:
     import torch
 
     flags = [f for f in ("avx512f", "avx512_bf16", "amx_bf16", "avx2") if f in Path("/proc/cpuinfo").read_text()]

@@ -31,7 +31,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 
 from clipforge.curate.job import read_scores, score_source, scores_info
-from clipforge.curate.near import METHODS, candidate_pairs, keep_greedy
+from clipforge.curate.near import METHODS, RANGE_MAX, candidate_pairs, keep_greedy
 from clipforge.curate.radius import auto_eps
 from clipforge.curate.shifted import merge_pairs, shifted_pairs
 from clipforge.curate.selection import vet_selection_output, write_selection
@@ -97,6 +97,18 @@ def _vectors(column) -> tuple[np.ndarray, np.ndarray]:
     x = flat.reshape(-1, d)
     n = np.linalg.norm(x, axis=1, keepdims=True)
     return np.flatnonzero(valid), x / np.maximum(n, 1e-12)  # float16 storage: renormalise
+
+
+def _grids(column, rows: list) -> Optional[np.ndarray]:
+    """(len(rows), 1024) uint8 pixel grids of these sample rows, read from Arrow without Python lists; None
+    when any of them has none."""
+    col = column.combine_chunks()
+    valid = np.asarray(col.is_valid().to_numpy(zero_copy_only=False), bool)
+    if not valid[rows].all():
+        return None
+    flat = col.flatten().to_numpy(zero_copy_only=False).reshape(-1, col.type.list_size)  # valid rows only
+    at = np.cumsum(valid) - 1  # sample row -> row of flat
+    return np.ascontiguousarray(flat[at[rows]], dtype=np.uint8)
 
 
 def dedup_source(source, out, *, model=None, scores=None, eps: Union[float, str] = "auto", method: str = "auto",
@@ -184,11 +196,10 @@ def dedup_source(source, out, *, model=None, scores=None, eps: Union[float, str]
     if eps == "auto":
         calibration = auto_eps(xa, seed=seed)
         eps = calibration["eps"]
-    grids = None
-    if features == "pixels" and "pixel_grid" in samples.column_names:  # older scores files have none
-        g = samples.column("pixel_grid").to_pylist()
-        if all(g[r] is not None for r in alive):
-            grids = np.array([g[r] for r in alive], np.uint8)
+    grids = None  # the shift stage: pixel grids (older scores files have none), exact search only
+    exact_search = method == "range" or (method == "auto" and len(alive) <= RANGE_MAX)
+    if features == "pixels" and exact_search and "pixel_grid" in samples.column_names:
+        grids = _grids(samples.column("pixel_grid"), alive)
     near, counts, used = near_duplicates(xa, eps, method=method, eps_report=eps_report, grids=grids,
                                          priority=None if keep == "central" else prio[alive],
                                          **({"n_clusters": n_clusters, "seed": seed} if method != "range" else {}))
