@@ -104,7 +104,7 @@ def main():
     from clipforge.data import open_source
     from clipforge.data.demo_sets import build_digits, build_fonts
     from clipforge.encode import Encoder
-    from clipforge.evaluate.fewshot import evaluate_fewshot, parse_int_list
+    from clipforge.evaluate.fewshot_task import evaluate_fewshot, parse_int_list
 
     work = Path(a.work or tempfile.mkdtemp(prefix="bench-adapt-"))
     work.mkdir(parents=True, exist_ok=True)

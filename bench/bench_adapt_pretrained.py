@@ -1,5 +1,5 @@
 """Few-shot adaptation of the PRETRAINED base (`lite0-minilm`, heads aligned on the emoji training concepts:
-runs/align1/final) on two shifted domains, k-shot protocol of `clipforge.evaluate.fewshot` (every method on the
+runs/align1/final) on two shifted domains, k-shot protocol of `clipforge.evaluate.fewshot_task` (every method on the
 same splits), 3 seeds:
 
   emoji     fewshot split of the Twemoji set: 76 held-out concepts (never seen by the heads), same art style
@@ -133,15 +133,15 @@ def main():
     from clipforge.adapt import FEWSHOT, SupportSet, sample_support
     from clipforge.data import open_source
     from clipforge.encode import Encoder
-    from clipforge.evaluate.fewshot import evaluate_fewshot, parse_int_list
+    from clipforge.evaluate.fewshot_task import evaluate_fewshot, parse_int_list
 
     # The CLIP-protocol probe sweeps 13 C values + 8 bisection rounds at max_iter 1000 (30 L-BFGS fits per
     # fit): about a minute per (k, seed) on 76 classes here, 18 minutes for probe + GIST on one domain. The
     # bench narrows the sweep (a setting, reported): the chosen C always fell inside 1e-1..1e4.
     import functools
 
-    import clipforge.adapt.probe_method as pm
-    from clipforge.adapt.linear_probe import fit_linear_probe
+    import clipforge.adapt.linear_probe_method as pm
+    from clipforge.adapt.linear_probe_solver import fit_linear_probe
     pm.fit_linear_probe = functools.partial(fit_linear_probe, c_grid=tuple(float(c) for c in a.probe_grid.split(",")),
                                             refine_steps=a.probe_refine, max_iter=a.probe_iter)
     t_all = time.perf_counter()

@@ -16,7 +16,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from clipforge.adapt import SupportSet, fit_fewshot, sample_support  # noqa: E402
-from clipforge.adapt.heads import tip_logits  # noqa: E402
+from clipforge.adapt.fewshot_heads import tip_logits  # noqa: E402
 from clipforge.encode import Encoder  # noqa: E402
 
 enc = Encoder.load("runs/align1/final", device="cpu")

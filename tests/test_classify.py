@@ -99,7 +99,7 @@ def test_save_head_then_head_gives_same_predictions(ckpt, images, tmp_path, caps
 def test_zpe_uses_the_test_pool_and_reference(model, images, digits_demo):
     from clipforge.data.sources.filelist import open_inputs
     from clipforge.encode import as_encoder
-    from clipforge.zeroshot.heads import model_text_encoder
+    from clipforge.zeroshot.zeroshot_head import model_text_encoder
     from clipforge.zeroshot.zpe import build_zpe_classifier
 
     val = digits_demo["val_dir"]

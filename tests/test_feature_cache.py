@@ -17,7 +17,7 @@ from clipforge.data.demo_emoji import build_emoji  # noqa: E402
 from clipforge.data.sources import open_source  # noqa: E402
 from clipforge.errors import UsageError  # noqa: E402
 from clipforge.models import create_model  # noqa: E402
-from clipforge.models.heads import tower_features  # noqa: E402
+from clipforge.models.projection import tower_features  # noqa: E402
 from clipforge.train import feature_cache as fc  # noqa: E402
 from clipforge.train.config import config_from_dict  # noqa: E402
 from clipforge.train.loop import train  # noqa: E402

@@ -11,11 +11,11 @@ import torch
 import torch.nn.functional as F
 
 from clipforge.adapt import FEWSHOT, SupportSet, load_head, sample_support
-from clipforge.adapt.heads import tip_logits
+from clipforge.adapt.fewshot_heads import tip_logits
 from clipforge.adapt.tip_adapter import search_alpha_beta
 from clipforge.encode import Encoder, SourceFeatures
 from clipforge.errors import UsageError
-from clipforge.evaluate.fewshot import evaluate_fewshot
+from clipforge.evaluate.fewshot_task import evaluate_fewshot
 from clipforge.models import create_model
 
 NAMES = ["cat", "dog", "car", "tree", "boat"]

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from clipforge.adapt.linear_probe import (
+from clipforge.adapt.linear_probe_solver import (
     C_GRID,
     fit_linear_probe,
     kshot_indices,

@@ -145,7 +145,7 @@ def test_interval_from_the_environment(monkeypatch):
 
 def test_fewshot_protocol_logs_each_method_k_seed_step(piped, monkeypatch):
     _pipe(monkeypatch)
-    from clipforge.evaluate.fewshot import evaluate_fewshot
+    from clipforge.evaluate.fewshot_task import evaluate_fewshot
     from clipforge.models import create_model
 
     torch.manual_seed(0)

@@ -102,7 +102,7 @@ def _png_b64(path):
 def test_classify_endpoint_matches_the_zero_shot_head(photos_index, photos_demo):
     import torch
 
-    from clipforge.zeroshot.heads import build_classifier
+    from clipforge.zeroshot.zeroshot_head import build_classifier
     from clipforge.zeroshot.templates import get_templates
 
     eng = SearchEngine(photos_index)

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from clipforge.errors import ClipforgeError, UsageError
 from clipforge.zeroshot.cupl import load_descriptions
-from clipforge.zeroshot.heads import ZeroShotHead, build_classifier
+from clipforge.zeroshot.zeroshot_head import ZeroShotHead, build_classifier
 from conftest import FakeTextEncoder
 
 
@@ -110,7 +110,7 @@ def test_save_load_roundtrip(tmp_path):
 
 
 def test_with_tiny_model(tiny_model):
-    from clipforge.zeroshot.heads import model_text_encoder
+    from clipforge.zeroshot.zeroshot_head import model_text_encoder
 
     enc = model_text_encoder(tiny_model, batch_size=2)
     head = build_classifier(enc, CLASSES, TEMPLATES)

@@ -19,8 +19,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from clipforge.adapt.fewshot import FEWSHOT, SCALE, FewShotMethod
-from clipforge.adapt.heads import LinearHead
+from clipforge.adapt.fewshot_heads import LinearHead
+from clipforge.adapt.fewshot_method import FEWSHOT, SCALE, FewShotMethod
 from clipforge.errors import UsageError
 from clipforge.registry import Option
 

@@ -21,8 +21,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from clipforge.adapt.fewshot import FEWSHOT, FewShotMethod
-from clipforge.adapt.probe_method import probe_head
+from clipforge.adapt.fewshot_method import FEWSHOT, FewShotMethod
+from clipforge.adapt.linear_probe_method import probe_head
 from clipforge.errors import UsageError
 from clipforge.registry import Option
 from clipforge.zeroshot.cupl import load_descriptions

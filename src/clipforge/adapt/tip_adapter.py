@@ -16,8 +16,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from clipforge.adapt.fewshot import FEWSHOT, SCALE, TEMPLATES, FewShotMethod
-from clipforge.adapt.heads import TipAdapterHead, tip_logits
+from clipforge.adapt.fewshot_heads import TipAdapterHead, tip_logits
+from clipforge.adapt.fewshot_method import FEWSHOT, SCALE, TEMPLATES, FewShotMethod
 from clipforge.adapt.zeroshot_baseline import zeroshot_weights
 from clipforge.errors import UsageError
 from clipforge.registry import Option

@@ -11,8 +11,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from clipforge.adapt.fewshot import FEWSHOT, SCALE, FewShotMethod
-from clipforge.adapt.heads import TipAdapterHead
+from clipforge.adapt.fewshot_heads import TipAdapterHead
+from clipforge.adapt.fewshot_method import FEWSHOT, SCALE, FewShotMethod
 from clipforge.adapt.tip_adapter import TIP_OPTIONS, search_alpha_beta
 from clipforge.adapt.zeroshot_baseline import zeroshot_weights
 from clipforge.registry import Option

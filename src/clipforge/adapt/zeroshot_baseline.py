@@ -1,9 +1,9 @@
 """The zero-shot baseline of the few-shot protocol: the class-prompt ensemble, ignoring the support set."""
 from __future__ import annotations
 
-from clipforge.adapt.fewshot import FEWSHOT, SCALE, TEMPLATES, FewShotMethod
-from clipforge.adapt.heads import LinearHead
-from clipforge.zeroshot.heads import build_classifier, model_text_encoder
+from clipforge.adapt.fewshot_heads import LinearHead
+from clipforge.adapt.fewshot_method import FEWSHOT, SCALE, TEMPLATES, FewShotMethod
+from clipforge.zeroshot.zeroshot_head import build_classifier, model_text_encoder
 
 __all__ = ["ZeroShotBaseline", "zeroshot_weights"]
 

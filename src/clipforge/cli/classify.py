@@ -69,7 +69,7 @@ def _print_prediction(p, as_json: bool) -> None:
 def _vet_outputs(args) -> None:
     """--out and --save-head are refused before any model loads (an earlier output of ours is replaced)."""
     from clipforge.zeroshot import prediction_output
-    from clipforge.zeroshot.heads import head_output
+    from clipforge.zeroshot.zeroshot_head import head_output
 
     if args.out:
         prediction_output(args.out, overwrite=args.overwrite)

@@ -1,4 +1,4 @@
-"""Linear-probe evaluation of a model's frozen image features (CLIP protocol, `adapt/linear_probe.py`).
+"""Linear-probe evaluation of a model's frozen image features (CLIP protocol, `adapt/linear_probe_solver.py`).
 
 Features of the train and test sources are computed once (`Encoder.encode_source`, labelled samples only) and
 handed to the probe: optional k-shot sampling per class, a validation split of the training features for the
@@ -13,7 +13,7 @@ from typing import Optional
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-from clipforge.adapt.linear_probe import linear_probe
+from clipforge.adapt.linear_probe_solver import linear_probe
 from clipforge.encode import as_encoder
 from clipforge.errors import UsageError
 from clipforge.evaluate.datasets import is_clip_benchmark_dir, open_eval_dataset

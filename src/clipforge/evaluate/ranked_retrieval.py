@@ -26,7 +26,7 @@ from clipforge.metrics.classification import multilabel_map
 from clipforge.metrics.retrieval import fullrank_metrics
 from clipforge.registry import Option
 from clipforge.zeroshot.classnames import resolve_classnames
-from clipforge.zeroshot.heads import build_classifier, model_text_encoder
+from clipforge.zeroshot.zeroshot_head import build_classifier, model_text_encoder
 from clipforge.zeroshot.methods import TEMPLATES
 
 __all__ = ["read_queries", "evaluate_ranked_retrieval", "RankedRetrieval"]

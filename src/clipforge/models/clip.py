@@ -12,7 +12,7 @@ from clipforge.models.batchnorm import keep_frozen_norms_eval
 from clipforge.models.checkpoint import load_state_dict_strict, save_pretrained
 from clipforge.models.config import CLIPConfig
 from clipforge.models.efficientnet import EfficientNetTower
-from clipforge.models.heads import tower_head
+from clipforge.models.projection import tower_head
 from clipforge.models.hf_text import HFTextTower
 from clipforge.models.pretrained_config import resolve_config
 from clipforge.models.pretrained_sources import (hf_text_dir, read_efficientnet_state,

@@ -19,7 +19,7 @@ from typing import Any, Dict, Optional, Tuple
 
 from clipforge.errors import UsageError
 from clipforge.models.efficientnet import FEATURES, count_backbone_parameters
-from clipforge.models.heads import head_parameters
+from clipforge.models.projection import head_parameters
 from clipforge.models.hf_text import count_encoder_parameters
 
 MAX_PARAMETERS = 20_000_000_000  # far above any CLIP (ViT-bigG/14 is 2.5 B); beyond it is a broken config
@@ -30,7 +30,7 @@ TEXT_POOLS = ("argmax", "eos", "last", "first", "mean")
 STEMS = ("patch", "conv")
 VISION_ARCHS = ("vit", "resnet", "efficientnet")
 EFFICIENTNET_VARIANTS = ("lite0", "lite1", "lite2", "lite3", "lite4")
-HEADS = ("linear", "mlp")  # projection heads of pretrained towers (models/heads.py)
+HEADS = ("linear", "mlp")  # projection heads of pretrained towers (models/projection.py)
 HF_POOLINGS = ("mean", "cls", "eos")
 MAX_HF_CONFIG_CHARS = 100_000  # a Hugging Face config.json is ~1 kB; a larger stored one is broken or hostile
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest")

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from clipforge.models.batchnorm import keep_frozen_norms_eval
-from clipforge.models.heads import projection_head
+from clipforge.models.projection import projection_head
 from clipforge.models.output import TowerOutput
 
 # variant -> (width coefficient, depth coefficient, native resolution)

@@ -18,7 +18,7 @@ from tokenizers import Tokenizer as Backend
 from torch import nn
 
 from clipforge.errors import UsageError
-from clipforge.models.heads import projection_head
+from clipforge.models.projection import projection_head
 from clipforge.models.output import TowerOutput
 from clipforge.models.tokenizer import Tokenizer
 

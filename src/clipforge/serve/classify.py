@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 import torch
 
 from clipforge.errors import UsageError
-from clipforge.zeroshot.heads import ZeroShotHead, build_classifier
+from clipforge.zeroshot.zeroshot_head import ZeroShotHead, build_classifier
 from clipforge.zeroshot.templates import TEMPLATE_SETS, get_templates
 
 __all__ = ["ClassifyService", "DEFAULT_TEMPLATES"]

@@ -30,7 +30,7 @@ from clipforge.data.decode import SkipCounter
 from clipforge.data.loader import epoch_order, make_pair_loader
 from clipforge.errors import ClipforgeError, UsageError
 from clipforge.losses import loss_needs
-from clipforge.models.heads import is_pretrained_tower, tower_features
+from clipforge.models.projection import is_pretrained_tower, tower_features
 from clipforge.progress import Progress
 from clipforge.train.optim import tower_is_frozen
 

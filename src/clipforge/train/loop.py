@@ -25,7 +25,7 @@ from clipforge.output_dirs import claim_output_dir, vet_output_dir
 from clipforge.data.decode import SkipCounter
 from clipforge.data.loader import make_labelled_loader, make_pair_loader
 from clipforge.encode.encoder import SourceFeatures
-from clipforge.models.heads import tower_features, tower_head
+from clipforge.models.projection import tower_features, tower_head
 from clipforge.data.sources import open_source
 from clipforge.data.sources.trust import accept_stored
 from clipforge.encode import pick_device

@@ -9,7 +9,7 @@ from torch import nn
 
 from clipforge.errors import UsageError
 from clipforge.models.batchnorm import keep_frozen_norms_eval
-from clipforge.models.heads import is_pretrained_tower
+from clipforge.models.projection import is_pretrained_tower
 from clipforge.models.resnet import ResNetTower
 from clipforge.models.unwrap import unwrap_model
 

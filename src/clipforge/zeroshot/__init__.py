@@ -5,7 +5,7 @@ Importing the package registers the built-in methods (one module each) in `METHO
 """
 from clipforge.zeroshot import describe, disclip, zpe  # noqa: F401  (register their methods)
 from clipforge.zeroshot.classnames import read_labels, resolve_classnames
-from clipforge.zeroshot.heads import ZeroShotHead, build_classifier, model_text_encoder
+from clipforge.zeroshot.zeroshot_head import ZeroShotHead, build_classifier, model_text_encoder
 from clipforge.zeroshot.methods import METHODS, ZeroShotMethod, create_method, list_methods
 from clipforge.zeroshot.predict import Classification, Prediction, classify, prediction_output, write_predictions
 from clipforge.zeroshot.templates import get_templates, list_template_sets, load_template_file, templates_hash

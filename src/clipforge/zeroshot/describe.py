@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from clipforge.errors import UsageError
 from clipforge.registry import Option
 from clipforge.zeroshot.cupl import load_descriptions, match_descriptions
-from clipforge.zeroshot.heads import EncodeText, encode_normalized, model_text_encoder
+from clipforge.zeroshot.zeroshot_head import EncodeText, encode_normalized, model_text_encoder
 from clipforge.zeroshot.methods import DESCRIPTIONS, METHODS, TEMPLATES, ZeroShotMethod
 from clipforge.zeroshot.templates import fill, get_templates
 

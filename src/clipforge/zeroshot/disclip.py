@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from clipforge.errors import UsageError
 from clipforge.registry import Option
 from clipforge.zeroshot.cupl import load_descriptions, match_descriptions
-from clipforge.zeroshot.heads import EncodeText, build_classifier, encode_normalized, model_text_encoder
+from clipforge.zeroshot.zeroshot_head import EncodeText, build_classifier, encode_normalized, model_text_encoder
 from clipforge.zeroshot.methods import DESCRIPTIONS, METHODS, TEMPLATES, ZeroShotMethod
 
 __all__ = ["DisclipClassifier", "DisclipMethod"]

@@ -34,7 +34,7 @@ from clipforge.encode import as_encoder
 from clipforge.errors import UsageError
 from clipforge.output_dirs import OutputFile, file_head
 from clipforge.zeroshot.head_model import check_head_model, record_model
-from clipforge.zeroshot.heads import ZeroShotHead, head_output
+from clipforge.zeroshot.zeroshot_head import ZeroShotHead, head_output
 from clipforge.zeroshot.methods import METHODS
 
 __all__ = ["Prediction", "Classification", "classify", "write_predictions"]

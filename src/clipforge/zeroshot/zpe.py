@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from clipforge.data.sources.filelist import open_inputs
 from clipforge.errors import UsageError
 from clipforge.registry import Option
-from clipforge.zeroshot.heads import EncodeText, ZeroShotHead, encode_prompt_matrix, model_text_encoder
+from clipforge.zeroshot.zeroshot_head import EncodeText, ZeroShotHead, encode_prompt_matrix, model_text_encoder
 from clipforge.zeroshot.methods import METHODS, TEMPLATES, ZeroShotMethod
 from clipforge.zeroshot.templates import get_templates, templates_hash
 

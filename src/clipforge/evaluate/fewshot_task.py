@@ -17,7 +17,8 @@ from typing import Optional, Sequence
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-from clipforge.adapt.fewshot import FEWSHOT, SupportSet, sample_support
+from clipforge.adapt.fewshot_method import FEWSHOT
+from clipforge.adapt.support import SupportSet, sample_support
 from clipforge.encode import SourceFeatures, as_encoder
 from clipforge.errors import UsageError
 from clipforge.evaluate.datasets import open_eval_dataset

@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from clipforge.adapt.fewshot import FEWSHOT, FewShotMethod
-from clipforge.adapt.heads import LinearHead
-from clipforge.adapt.linear_probe import fit_linear_probe
+from clipforge.adapt.fewshot_heads import LinearHead
+from clipforge.adapt.fewshot_method import FEWSHOT, FewShotMethod
+from clipforge.adapt.linear_probe_solver import fit_linear_probe
 
 __all__ = ["LinearProbeMethod", "probe_head"]
 

@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from clipforge.atomic import atomic_write_path, atomic_write_text
 from clipforge.errors import ClipforgeError, UsageError
 from clipforge.zeroshot.head_model import warn_unrecorded
-from clipforge.zeroshot.heads import ZeroShotHead, head_output, head_paths
+from clipforge.zeroshot.zeroshot_head import ZeroShotHead, head_output, head_paths
 
 __all__ = ["LinearHead", "TipAdapterHead", "load_head", "tip_logits"]
 
