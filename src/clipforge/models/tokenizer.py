@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 from collections import Counter, defaultdict
 
+import regex
 import torch
 from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers
 from tokenizers import Tokenizer as _Backend
@@ -31,6 +32,10 @@ CLIP_PATTERN = r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p
 # open_clip's SimpleTokenizer: its own special words first, matched case-insensitively (so "'ſ" is a contraction).
 OPEN_CLIP_SOT, OPEN_CLIP_EOT = "<start_of_text>", "<end_of_text>"
 OPEN_CLIP_PATTERN = r"""(?i)<start_of_text>|<end_of_text>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
+# The same words as open_clip finds them: Python's `regex` module, case-insensitive. Its Unicode tables and its
+# case-insensitive classes are not those of the Rust backend's regex engine (newly assigned letters such as
+# U+A7D4 or CJK Extension J, and marks whose case fold is a letter such as U+0345, split differently there).
+_OPEN_CLIP_WORDS = regex.compile(OPEN_CLIP_PATTERN[4:], regex.IGNORECASE)
 
 
 @lru_cache()
@@ -47,13 +52,16 @@ def bytes_to_unicode() -> Dict[int, str]:
     return dict(zip(bs, (chr(c) for c in cs)))
 
 
-def _clip_pipeline(tok: _Backend, pattern: str = CLIP_PATTERN) -> _Backend:
+def _clip_pipeline(tok: _Backend, pattern: str = CLIP_PATTERN, byte_regex: bool = False) -> _Backend:
+    """CLIP's normaliser, word split and byte-level mapping on `tok`. `byte_regex` adds GPT-2's byte-level
+    pre-split after CLIP's (as transformers' CLIPTokenizer builds it from vocab.json + merges.txt: "<|" and "|>"
+    become words of their own); HF's saved CLIP tokenizer.json files and OpenAI's tokenizer have none."""
     tok.normalizer = normalizers.Sequence(
         [normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()]
     )
     tok.pre_tokenizer = pre_tokenizers.Sequence([
         pre_tokenizers.Split(Regex(pattern), behavior="removed", invert=True),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=byte_regex),
     ])
     tok.decoder = decoders.ByteLevel()
     return tok
@@ -165,6 +173,7 @@ class Tokenizer:
         if clean not in CLEANERS:
             raise UsageError(f"unknown text cleaning {clean!r}; valid: {', '.join(CLEANERS)}")
         self.clean = clean
+        self._word_backend: Optional[_Backend] = None  # the "openai" route's BPE on pre-split words
         self.parse_special = bool(parse_special)
         self.sot_id = backend.token_to_id(sot_token) if add_sot else None
         self.eot_id = backend.token_to_id(eot_token) if add_eot else None
@@ -178,31 +187,33 @@ class Tokenizer:
     def _clean(self, text: str) -> str:
         return CLEANERS[self.clean](valid_text(text), self.parse_special)
 
-    def _open_clip_specials(self, cleaned: str) -> bool:
-        return self.parse_special and self.clean == "openai" and (OPEN_CLIP_SOT in cleaned or OPEN_CLIP_EOT in cleaned)
-
-    def _open_clip_words(self, cleaned: str) -> List[int]:
-        """open_clip's encode on cleaned text: its word pattern, the words `<start_of_text>` / `<end_of_text>`
-        as the start / end ids, every other word through the BPE model."""
-        specials = {OPEN_CLIP_SOT: self.backend.token_to_id(SOT), OPEN_CLIP_EOT: self.backend.token_to_id(EOT)}
-        ids: List[int] = []
-        norm = self.backend.normalizer.normalize_str(cleaned)
-        for word, _ in self.backend.pre_tokenizer.pre_tokenize_str(norm):
-            if word in specials and specials[word] is not None:
-                ids.append(specials[word])
-            else:
-                ids.extend(t.id for t in self.backend.model.tokenize(word))
-        return ids
+    def _open_clip_words(self, cleaned: List[str]) -> List[List[int]]:
+        """open_clip's encode on cleaned texts: its word pattern (Python `regex`, as open_clip), each word
+        byte-mapped and BPE-merged by the backend's model, and — only with `parse_special` — the words
+        `<start_of_text>` / `<end_of_text>` as the start / end ids (otherwise ordinary characters)."""
+        if self._word_backend is None:
+            wb = _Backend(self.backend.model)
+            wb.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+            self._word_backend = wb
+        words = [_OPEN_CLIP_WORDS.findall(t) for t in cleaned]
+        out = [e.ids for e in self._word_backend.encode_batch(words, is_pretokenized=True, add_special_tokens=False)]
+        if self.parse_special:
+            specials = {OPEN_CLIP_SOT: self.backend.token_to_id(SOT), OPEN_CLIP_EOT: self.backend.token_to_id(EOT)}
+            for i, ws in enumerate(words):
+                if any(w.lower() in specials for w in ws):
+                    enc = self._word_backend.encode_batch([[w] for w in ws], is_pretokenized=True,
+                                                          add_special_tokens=False)
+                    out[i] = [x for w, e in zip(ws, enc)
+                              for x in ([specials[w.lower()]] if w.lower() in specials else e.ids)]
+        return out
 
     def _encode_cleaned(self, texts: List[str]) -> List[List[int]]:
+        if self.clean == "openai":
+            return self._open_clip_words(texts)
         # The backend matches its added tokens in raw text only for HF-style special parsing (set per call: a
-        # backend may be shared); open_clip's special words are found after cleaning, by `_open_clip_words`.
-        self.backend.encode_special_tokens = not (self.parse_special and self.clean != "openai")
-        out = [e.ids for e in self.backend.encode_batch(texts, add_special_tokens=False)]
-        for i, t in enumerate(texts):
-            if self._open_clip_specials(t):
-                out[i] = self._open_clip_words(t)
-        return out
+        # backend may be shared).
+        self.backend.encode_special_tokens = not self.parse_special
+        return [e.ids for e in self.backend.encode_batch(texts, add_special_tokens=False)]
 
     def with_options(self, **options) -> "Tokenizer":
         """A tokenizer on the same backend with some options changed, e.g. `with_options(parse_special=True)`."""

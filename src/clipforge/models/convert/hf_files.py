@@ -49,7 +49,8 @@ def _special(path: Path, key: str, default: Optional[str]) -> Optional[str]:
 
 # ------------------------------------------------------------------------------------------- tokenizers
 def clip_backend_from_files(vocab_file: Path, merges_file: Path, specials=()) -> _Backend:
-    """A CLIP BPE backend from vocab.json + merges.txt (any vocab layout, as transformers' CLIPTokenizer)."""
+    """A CLIP BPE backend from vocab.json + merges.txt (any vocab layout), built as transformers' CLIPTokenizer
+    builds it: CLIP's word split, then GPT-2's byte-level pre-split."""
     vocab = json.loads(vocab_file.read_text(encoding="utf-8"))
     merges = []
     for line in merges_file.read_text(encoding="utf-8").split("\n"):
@@ -60,7 +61,7 @@ def clip_backend_from_files(vocab_file: Path, merges_file: Path, specials=()) ->
     unk = "<|endoftext|>" if "<|endoftext|>" in vocab else None
     bpe = models.BPE(vocab=vocab, merges=merges, end_of_word_suffix="</w>", continuing_subword_prefix="",
                      fuse_unk=False, unk_token=unk)
-    tok = _clip_pipeline(_Backend(bpe))
+    tok = _clip_pipeline(_Backend(bpe), byte_regex=True)
     tok.add_special_tokens([s for s in specials if s])
     return tok
 
