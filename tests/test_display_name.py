@@ -5,7 +5,7 @@ import json
 from clipforge.evaluate.report import _panels, markdown_report, model_names
 from clipforge.evaluate.results import make_record
 from clipforge.models.display_name import display_name
-from clipforge.serve.app import _public_stats
+from clipforge.serve.public import public_stats
 
 
 def test_run_checkpoints_are_named_by_their_run(tmp_path):
@@ -26,7 +26,7 @@ def test_run_checkpoints_are_named_by_their_run(tmp_path):
 def test_stats_and_report_show_the_run_not_final():
     stats = {"model": "/srv/runs/photos-v2/final", "source": "files:/srv/photos", "columns": [],
              "rerank": {"model": "/srv/runs/rr/final", "index": "/srv/idx"}}
-    pub = _public_stats(stats)
+    pub = public_stats(stats)
     assert pub["model"] == "photos-v2" and pub["rerank"]["model"] == "rr" and pub["source"] == "files:photos"
     recs = [make_record(f"/home/u/runs/{run}/final", "/data/digits/val", "zeroshot-classification", {"top1": v})
             for run, v in (("digits-a", 0.5), ("digits-b", 0.7))]

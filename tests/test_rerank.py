@@ -13,6 +13,7 @@ from clipforge.evaluate.two_stage_retrieval import two_stage_ranks
 from clipforge.retrieval.build import INFO_FILE, build_index
 from clipforge.retrieval.engine import SearchEngine
 from clipforge.retrieval.rerank import RERANKERS, create_reranker
+from clipforge.retrieval.search_query import SearchQuery
 from clipforge.retrieval.store import EmbeddingStore
 from clipforge.serve.app import create_app
 
@@ -102,7 +103,7 @@ def test_index_reranker_rescores_the_top_k_with_the_second_models_vectors(two_in
         x, ids = store.load("img")
         keys = store.metadata(["key"]).column("key").to_pylist()
     vec = dict(zip(keys, x))
-    q2 = eng.reranker.query_vector(eng.query_terms("a photo of a cat"))
+    q2 = eng.reranker.query_vector(SearchQuery("a photo of a cat").all_terms())
     for h in hits[:6]:
         assert h.score == pytest.approx(float(vec[h.metadata["key"]] @ q2), abs=1e-5)
         assert h.stage1_score == pytest.approx(next(p.score for p in plain if p.id == h.id))

@@ -11,7 +11,8 @@ from fastapi.testclient import TestClient
 
 from clipforge.retrieval.build import build_index
 from clipforge.retrieval.engine import SearchEngine
-from clipforge.serve.app import Limits, _public, create_app
+from clipforge.serve.app import Limits, create_app
+from clipforge.serve.public import public_item
 
 KEY = "s3cret"
 H = {"X-API-Key": KEY}
@@ -127,7 +128,7 @@ def test_docs_and_errors_do_not_leak_server_paths(client, corpus):
 
 
 def test_old_absolute_meta_errors_are_scrubbed():
-    d = _public({"id": 3, "path": "/srv/data/a.png", "__url__": "/srv/shards/0001.tar",
+    d = public_item({"id": 3, "path": "/srv/data/a.png", "__url__": "/srv/shards/0001.tar",
                  "meta_error": "/srv/data/deep/a.json: Expecting value: line 1 column 1 (char 0)"})
     assert "path" not in d and "__url__" not in d
     assert d["meta_error"] == "a.json: Expecting value: line 1 column 1 (char 0)"

@@ -41,6 +41,7 @@ def run(args) -> int:
     from clipforge.data.display import shown
     from clipforge.errors import UsageError
     from clipforge.retrieval.engine import SearchEngine
+    from clipforge.retrieval.search_query import SearchQuery
 
     if args.query is None and args.image is None and args.like is None:
         raise UsageError("give a query, --image PATH, or --like ID")
@@ -59,8 +60,8 @@ def run(args) -> int:
     engine = SearchEngine(args.index_dir, device=args.device, rerank=args.rerank, rerank_k=args.rerank_k,
                           rerank_options={"device": args.device} if args.rerank and args.device else None,
                           encode_engine=args.engine, threads=args.threads)
-    hits = engine.search(args.query, args.image, k=args.k, offset=args.offset, filters=args.filter,
-                         dedup=args.dedup, image_weight=args.image_weight, like=like)
+    hits = engine.search(SearchQuery(args.query, args.image, k=args.k, offset=args.offset, filters=args.filter,
+                                     dedup=args.dedup, image_weight=args.image_weight, like=like))
     if hits and not args.json:  # the columns of the lines below
         print(f"{'rank':>4}  {'id':>8}  {'score':<6}{'  stage' if engine.reranker is not None else ''}  file  caption")
     for h in hits:

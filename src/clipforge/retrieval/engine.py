@@ -33,8 +33,9 @@ from clipforge.encode import Encoder, TextEmbeddingCache
 from clipforge.errors import ClipforgeError, UsageError
 from clipforge.retrieval.build import INDEX_FILE, INFO_FILE, read_info
 from clipforge.retrieval.index import VectorIndex
-from clipforge.retrieval.query import Hit, Searcher, Term, compose_vector, parse_filter, parse_query
+from clipforge.retrieval.query import Hit, Searcher, Term, compose_vector, parse_filter
 from clipforge.retrieval.rerank import DEFAULT_RERANK_K, Reranker, create_reranker, rerank_hits
+from clipforge.retrieval.search_query import SearchQuery
 from clipforge.retrieval.sharded import open_index
 from clipforge.retrieval.store import EmbeddingStore
 from clipforge.retrieval.sync import sync_index
@@ -207,64 +208,47 @@ class SearchEngine:
         return self._watcher
 
     # -- queries --
-    def query_terms(self, text: str | None = None, image: Any = None, *, text_weight: float = 1.0,
-                    image_weight: float = 1.0, terms: Sequence[Term] = (), allow_paths: bool = True,
-                    base_dir=None) -> list[Term]:
-        """The weighted terms of a query string (the query language), an image and extra terms."""
-        all_terms = list(terms)
-        if text is not None and text.strip():
-            for t in parse_query(text, allow_paths=allow_paths, base_dir=base_dir):
-                t.weight *= text_weight
-                all_terms.append(t)
-        if image is not None:
-            all_terms.append(Term("image", image, image_weight))
-        return all_terms
-
     def _like(self, view: IndexView, like: Optional[int]) -> Optional[int]:
         if like is not None and not view.searcher.known([like])[0]:
             raise UsageError(f"like: no item with id {like} in this index")
         return like
 
-    def query_vector(self, text: str | None = None, image: Any = None, *, text_weight: float = 1.0,
-                     image_weight: float = 1.0, terms: Sequence[Term] = (), like: int | None = None,
-                     like_weight: float = 1.0, allow_paths: bool = True, base_dir=None) -> np.ndarray:
-        """(D,) unit query vector from a query string (the query language), an image (path, bytes or PIL),
-        extra terms, and/or an indexed item's own vector (`like`: "more like this")."""
+    def query_vector(self, query: SearchQuery | str | None = None, image: Any = None, **fields) -> np.ndarray:
+        """(D,) unit query vector of a `SearchQuery` (or its text, `image` and fields, as `search` takes them):
+        its query string (the query language), image (path, bytes or PIL), extra terms, and/or an indexed
+        item's own vector (`like`: "more like this")."""
+        q = SearchQuery.of(query, image, **fields)
         view = self.view
-        all_terms = self.query_terms(text, image, text_weight=text_weight, image_weight=image_weight,
-                                     terms=terms, allow_paths=allow_paths, base_dir=base_dir)
-        return self._vector(view, all_terms, self._like(view, like), like_weight)
+        return self._vector(view, q.all_terms(), self._like(view, q.like), q.like_weight)
 
     def _vector(self, view: IndexView, terms: list[Term], like: Optional[int], like_weight: float) -> np.ndarray:
         like_vecs = [] if like is None else [(view.searcher.vectors_of([int(like)])[0], like_weight)]
         return compose_vector(terms, self.encode_text, self.encode_image, like_vecs)
 
-    def search(self, text: str | None = None, image: Any = None, *, k: int = 20, offset: int = 0,
-               filters: Sequence[str] = (), dedup: float | None = None, rerank: Optional[bool] = None,
-               text_weight: float = 1.0, image_weight: float = 1.0, terms: Sequence[Term] = (),
-               like: int | None = None, like_weight: float = 1.0, allow_paths: bool = True,
-               base_dir=None, hidden_columns: Sequence[str] = ()) -> list[Hit]:
-        """Hits offset..offset+k-1. With a reranker (and `rerank` not False), the first stage's top
+    def search(self, query: SearchQuery | str | None = None, image: Any = None, **fields) -> list[Hit]:
+        """Hits offset..offset+k-1 of a `SearchQuery` (or of its text, `image` and any other of its fields by
+        name: `search("a red bicycle", k=10)`). With a reranker (and `rerank` not False), the first stage's top
         `rerank_k` (after filters and dedup) are re-scored by the second model and come first; hits beyond
         them keep the first stage's order and score (`stage` 1). `filters` may not name the engine's
-        `hidden_columns` nor these `hidden_columns` (refused before any model runs)."""
+        `hidden_columns` nor the query's (refused before any model runs)."""
+        q = SearchQuery.of(query, image, **fields)
         view = self.view  # this search finishes on this view, whatever refresh() does meanwhile
-        hidden = (*self.hidden_columns, *hidden_columns)
-        filters = [parse_filter(f, hidden=hidden) if isinstance(f, str) else f for f in filters]
-        all_terms = self.query_terms(text, image, text_weight=text_weight, image_weight=image_weight,
-                                     terms=terms, allow_paths=allow_paths, base_dir=base_dir)
-        like = self._like(view, like)
-        q = self._vector(view, all_terms, like, like_weight)
-        if rerank and self.reranker is None:
+        hidden = (*self.hidden_columns, *q.hidden_columns)
+        filters = [parse_filter(f, hidden=hidden) if isinstance(f, str) else f for f in q.filters]
+        all_terms = q.all_terms()
+        like = self._like(view, q.like)
+        vec = self._vector(view, all_terms, like, q.like_weight)
+        k, offset = q.k, q.offset
+        if q.rerank and self.reranker is None:
             raise UsageError("`rerank` asked for, but this engine has no second stage (give `rerank=`)")
-        if self.reranker is None or rerank is False:
-            return view.searcher.search(q, k=k, offset=offset, filters=filters, dedup=dedup, hidden=hidden)
+        if self.reranker is None or q.rerank is False:
+            return view.searcher.search(vec, k=k, offset=offset, filters=filters, dedup=q.dedup, hidden=hidden)
         if k < 1 or offset < 0:
             raise UsageError(f"need k >= 1 and offset >= 0, got k={k}, offset={offset}")
-        hits = view.searcher.search(q, k=max(self.rerank_k, offset + k), filters=filters, dedup=dedup,
+        hits = view.searcher.search(vec, k=max(self.rerank_k, offset + k), filters=filters, dedup=q.dedup,
                                     hidden=hidden)
         like_items = [] if like is None else [({"id": int(like), **view.searcher.metadata_rows([int(like)])[0]},
-                                               like_weight)]
+                                               q.like_weight)]
         q2 = self.reranker.query_vector(all_terms, like_items)
         ranked = rerank_hits(self.reranker, hits[:self.rerank_k], q2) + hits[self.rerank_k:]
         return ranked[offset:offset + k]

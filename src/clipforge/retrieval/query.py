@@ -375,8 +375,12 @@ class Hit:
     stage: int = 1  # 1: the index's own model; 2: a reranker's model (see retrieval/rerank)
     stage1_score: Optional[float] = None  # the first stage's score of a re-scored hit
 
-    def to_dict(self) -> dict:
-        out = {**self.metadata, "rank": self.rank, "id": self.id, "score": self.score, "stage": self.stage}
+    def to_dict(self, item: Optional[dict] = None) -> dict:
+        """The one JSON form of a hit (`clipforge search` prints it, the HTTP service sends it): its item's
+        fields — `item`, a form of them the caller prepared (the service's: no server paths), else the
+        metadata — then rank, id, score, stage, and stage1_score when a second stage re-scored it."""
+        out = {**(self.metadata if item is None else item), "rank": self.rank, "id": self.id, "score": self.score,
+               "stage": self.stage}
         if self.stage1_score is not None:
             out["stage1_score"] = self.stage1_score
         return out

@@ -1,0 +1,123 @@
+"""What every route of one app shares: the engine and services, the limits, the counters /stats shows, and
+the one reload-scoped cache.
+
+`ViewCache` holds everything the service derives from the index's current view (an item's public form,
+thumbnails): all of it is dropped together the moment the engine swaps in a new view (`SearchEngine.refresh`),
+since an item, or the file behind it, may have changed. Anything new derived from the index belongs there.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+from fastapi.concurrency import run_in_threadpool
+from fastapi.security import APIKeyHeader
+from starlette.exceptions import HTTPException
+
+from clipforge.serve.classify import ClassifyService
+from clipforge.serve.guards import Limits
+from clipforge.serve.images import ImageDecoder
+from clipforge.serve.public import public_item
+
+__all__ = ["Counters", "ServeState", "ViewCache", "PUBLIC_ITEM_CACHE"]
+
+PUBLIC_ITEM_CACHE = 65_536  # items whose public form is kept (a few hundred bytes each)
+
+
+@dataclass
+class Counters:
+    """What /stats reports of the requests served (latencies: the last 2000 searches, in ms)."""
+    started: float = field(default_factory=time.time)
+    searches: int = 0
+    inline: int = 0  # searches answered on the event loop (cached texts, small index)
+    classifications: int = 0
+    deletes: int = 0
+    errors: int = 0
+    latencies: collections.deque = field(default_factory=lambda: collections.deque(maxlen=2000))
+
+
+class ViewCache:
+    """Public item forms and thumbnails of the engine's current view (see the module docstring)."""
+
+    def __init__(self, engine, max_thumbs: int, max_items: int = PUBLIC_ITEM_CACHE):
+        self.engine, self.max_thumbs, self.max_items = engine, max_thumbs, max_items
+        self._reloads = engine.reloads
+        self._lock = threading.Lock()
+        self._items: dict[int, dict] = {}  # an item's public form is the same in every result
+        self._thumbs: collections.OrderedDict[int, bytes] = collections.OrderedDict()  # LRU
+
+    def _current(self) -> None:
+        """Drop everything if the engine swapped views since (call under the lock)."""
+        if self._reloads != self.engine.reloads:
+            self._items.clear()
+            self._thumbs.clear()
+            self._reloads = self.engine.reloads
+
+    def public_items(self, hits) -> list[dict]:
+        """The public form of each hit's item (`public.public_item`), cached per id."""
+        with self._lock:
+            self._current()
+            out = []
+            for hit in hits:
+                base = self._items.get(hit.id)
+                if base is None:
+                    base = public_item({"id": hit.id, **hit.metadata})
+                    if len(self._items) >= self.max_items:
+                        self._items.clear()
+                    self._items[hit.id] = base
+                out.append(base)
+            return out
+
+    def thumb(self, item_id: int) -> Optional[bytes]:
+        with self._lock:
+            self._current()
+            data = self._thumbs.get(item_id)
+            if data is not None:
+                self._thumbs.move_to_end(item_id)
+            return data
+
+    def put_thumb(self, item_id: int, data: bytes) -> None:
+        with self._lock:
+            self._thumbs[item_id] = data
+            while len(self._thumbs) > self.max_thumbs:
+                self._thumbs.popitem(last=False)
+
+    @property
+    def thumbs_cached(self) -> int:
+        return len(self._thumbs)
+
+
+async def _no_auth():
+    """Without a key: an async no-op (FastAPI runs a plain function dependency in the thread pool, one hop
+    per request)."""
+    return None
+
+
+class ServeState:
+    """One app's shared state: what each router factory (`routes/`) is given."""
+
+    def __init__(self, engine, limits: Limits, api_key: Optional[str] = None):
+        self.engine, self.limits, self.api_key = engine, limits, api_key  # engine: a SearchEngine
+        self.classifier = ClassifyService(engine)
+        self.images = ImageDecoder(limits)  # decodes at once, and each request's images within one budget
+        self.cache = ViewCache(engine, limits.thumb_cache)
+        self.counters = Counters()
+        # ApiKeyAuth has checked the key before any route runs; this dependency only declares the scheme, so
+        # /docs offers "Authorize" and clients see that X-API-Key is expected.
+        self.auth = APIKeyHeader(name="X-API-Key", auto_error=False) if self.keyed else _no_auth
+
+    @property
+    def keyed(self) -> bool:
+        """Whether the server has an API key: every route but the public ones may answer 401."""
+        return self.api_key is not None
+
+    async def in_thread(self, fn: Callable, what: str):
+        """`fn()` in the thread pool, given at most `limits.timeout_s` (503 after)."""
+        try:
+            return await asyncio.wait_for(run_in_threadpool(fn), self.limits.timeout_s)
+        except asyncio.TimeoutError:
+            raise HTTPException(503, f"the {what} took longer than {self.limits.timeout_s} s; try again") from None
