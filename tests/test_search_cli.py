@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 import os
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -91,10 +92,33 @@ def test_search_text_output_pages_and_filters(idx, capsys):
     assert len(lines) == 3 and lines[1].split()[0] == "1" and ".png" in lines[1]
 
 
-def test_weighted_query_and_like(idx, capsys):
+def _ranked(idx, capsys, query: str) -> list[dict]:
     capsys.readouterr()
-    assert main(["search", idx, '"a cat" + 0.5*"grass" - "moon"', "-k", "1", "--json"]) == 0
-    assert len(capsys.readouterr().out.splitlines()) == 1
+    assert main(["search", idx, query, "-k", "22", "--json"]) == 0
+    return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+
+
+def test_weighted_query_ranks_by_the_documented_vector_and_like(idx, capsys):
+    """The query language (retrieval/query.py): term embeddings are L2-normalised, summed with their signed
+    weights, and the sum normalised again; hits are ranked by cosine to that vector."""
+    from clipforge.retrieval.engine import SearchEngine
+    from clipforge.retrieval.store import EmbeddingStore
+
+    hits = _ranked(idx, capsys, '"a cat" + 0.5*"grass" - "moon"')
+    e = SearchEngine(idx).encode_text(["a cat", "grass", "moon"])
+    e = e / np.linalg.norm(e, axis=1, keepdims=True)
+    q = e[0] + 0.5 * e[1] - e[2]
+    q /= np.linalg.norm(q)
+    with EmbeddingStore.open(idx) as store:
+        x, ids = store.load("img")
+    want = ids[np.argsort(-(x @ q), kind="stable")]
+    assert len(hits) == 22 and [h["id"] for h in hits] == want.tolist()
+    by_id = dict(zip(ids.tolist(), (x @ q).tolist()))
+    assert [h["score"] for h in hits] == pytest.approx([by_id[h["id"]] for h in hits], abs=1e-5)
+    # the weights and signs change the ranking: without them, or with "moon" added, it is another one
+    assert [h["id"] for h in _ranked(idx, capsys, '"a cat" + "grass" - "moon"')] != want.tolist()
+    assert [h["id"] for h in _ranked(idx, capsys, '"a cat" + 0.5*"grass" + "moon"')] != want.tolist()
+    capsys.readouterr()
     assert main(["search", idx, "--like", "3", "-k", "1", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["id"] == 3
 
