@@ -116,6 +116,7 @@ RECIPES = {
     ("data convert", "--out"): ("m.jsonl", lambda c, t: ["data", "convert", c["photos"], "--to", "jsonl",
                                                          "--out", t]),
     ("data demo", "--out"): ("demo-digits", lambda c, t: ["data", "demo", "digits", "--out", t]),
+    ("data negatives", "--out"): ("neg.jsonl", lambda c, t: ["data", "negatives", c["photos"], "--out", t]),
     ("data reinforce", "--out"): ("reinforced", lambda c, t: ["data", "reinforce", c["photos"], "--teacher",
                                                               c["ckpt"], "--out", t]),
     ("demo", "--out"): ("demo", lambda c, t: ["demo", "--quick", "--out", t]),

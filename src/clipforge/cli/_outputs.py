@@ -41,6 +41,7 @@ OUTPUTS: dict[tuple[str, str], Output] = {
     ("curate score", "--out"): Output("file", "--overwrite"),
     ("data convert", "--out"): Output("file|folder", "--overwrite", recognised=False),
     ("data demo", "--out"): Output("folder", None),
+    ("data negatives", "--out"): Output("file", "--overwrite", recognised=False),
     ("data reinforce", "--out"): Output("folder", "--overwrite"),
     ("demo", "--out"): Output("folder", "--overwrite"),
     ("embed-dataset", "--out"): Output("run", None),

@@ -86,6 +86,21 @@ def register(subparsers) -> None:
     r.add_argument("--json", action="store_true", help="print the summary as JSON")
     r.set_defaults(func=run_reinforce)
 
+    n = sub.add_parser("negatives", help="write rule-based hard negatives of a captioned source as a selection "
+                                         "JSONL (for eval --task image-caption-selection)",
+                       description="For each sample with a local image and a caption, rewrite its first caption "
+                                   "by each rule in --kinds (word lists and rules: docs/evaluation.md); a caption a "
+                                   "rule finds nothing to change in is skipped for that rule and counted.")
+    _add_source_options(n)
+    n.add_argument("--kinds", default=",".join(_negative_kinds()),
+                   help="comma-separated rules: " + ", ".join(_negative_kinds()) + " (default: all)")
+    n.add_argument("--out", required=True, help="the selection JSONL to write (new, unless --overwrite)")
+    n.add_argument("--overwrite", action="store_true", help="replace OUT when it exists (never a folder, link, "
+                                                            "device or FIFO)")
+    n.add_argument("--seed", type=int, default=0, help="seed of the random replacements and shuffles (default 0)")
+    n.add_argument("--json", action="store_true", help="print the summary as JSON")
+    n.set_defaults(func=run_negatives)
+
     d = sub.add_parser("demo", help="build an offline demo dataset (digits, fonts, photos, counting, long-captions, "
                                     "emoji, openmoji)")
     d.add_argument("name", choices=["digits", "fonts", "photos", "counting", "long-captions", "emoji", "openmoji"],
@@ -108,6 +123,30 @@ def register(subparsers) -> None:
     d.set_defaults(func=run_demo)
 
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+
+
+def _negative_kinds() -> list[str]:
+    # the rule names, without importing the library (numpy) for `clipforge --help`
+    return ["swap-attribute", "swap-object", "replace-attribute", "replace-object", "replace-number",
+            "replace-relation", "shuffle"]
+
+
+def run_negatives(args) -> int:
+    from clipforge.data.negatives import write_negatives
+
+    kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    summary = write_negatives(_open(args), args.out, kinds, seed=args.seed, overwrite=args.overwrite,
+                              progress=_progress())
+    if args.json:
+        print(json.dumps(summary, indent=1))
+    else:
+        print(f"wrote {summary['written']} instances ({summary['images']} images) to {summary['out']}: "
+              + ", ".join(f"{k} {v}" for k, v in summary["made"].items()))
+        skipped = {k: v for k, v in summary["nothing_to_change"].items() if v}
+        if skipped or summary["no_caption"] or summary["no_file"]:
+            print("skipped (nothing to change): " + (", ".join(f"{k} {v}" for k, v in skipped.items()) or "none")
+                  + f"; no caption {summary['no_caption']}, no local file {summary['no_file']}")
+    return 0
 
 
 def _progress():

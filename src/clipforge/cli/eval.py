@@ -39,7 +39,8 @@ def register(sub):
         add_options(p, options)
     p.add_argument("--dataset", "-d", action="append", required=True, help="dataset spec; repeatable")
     p.add_argument("--split", help="split of a CLIP_benchmark folder or Karpathy JSON (default test)")
-    p.add_argument("--image-root", help="Karpathy JSON: folder holding the images (default: the JSON's folder)")
+    p.add_argument("--image-root", help="Karpathy JSON or selection JSONL: folder holding the images (default: the "
+                                        "file's folder)")
     p.add_argument("--seed", type=int, default=0, help="seed for splits and k-shot sampling (default 0)")
     p.add_argument("--out", help="append result records (JSON lines) to this file")
     p.add_argument("--batch-size", type=positive_int, default=256, help="images per batch (default 256)")

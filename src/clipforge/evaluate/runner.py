@@ -22,7 +22,7 @@ from typing import Optional
 from clipforge.encode import Encoder
 from clipforge.encode.engine import check_precision
 from clipforge.errors import UsageError
-from clipforge.evaluate.datasets import open_eval_dataset
+from clipforge.evaluate.datasets import EvalDataset, open_eval_dataset
 from clipforge.evaluate.index_retrieval import index_model_ref, is_index_dir, same_model_ref
 from clipforge.evaluate.results import append_result, make_record, vet_results_file
 from clipforge.evaluate.tasks import TASKS, EvalContext
@@ -95,7 +95,12 @@ def run_eval(model, task: str, dataset, *, model_name: Optional[str] = None, spl
             model = load_model(str(model))
         encoder = model if isinstance(model, Encoder) else Encoder.from_model(model, device=device,
                                                                                 precision=precision)
-        ds = open_eval_dataset(dataset, split=split, image_root=image_root)
+        if spec.opens_dataset:  # the task reads its own format (e.g. a selection JSONL)
+            if split is not None:
+                raise UsageError(f"`split` does not apply to task {task} (its dataset is one file)")
+            ds = EvalDataset(None, str(dataset))
+        else:
+            ds = open_eval_dataset(dataset, split=split, image_root=image_root)
         ds_name = ds.name
         t0 = time.perf_counter()
         res = spec.run(encoder, ds, ctx, **opts)

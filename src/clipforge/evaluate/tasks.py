@@ -49,11 +49,14 @@ class EvalTask:
 
     A task that can score an index directory's stored embeddings (no model needed) sets `accepts_index` and
     implements `run_index(index_dir, ctx, **options)`, returning a TaskResult whose extra holds "model".
+    A task that reads its own file format (a selection JSONL) sets `opens_dataset`: its `dataset` is then an
+    `EvalDataset` with no source, named by the spec as given, and `ctx.image_root` is its image folder.
     """
 
     name: ClassVar[str]
     options: ClassVar = ()
     accepts_index: ClassVar[bool] = False
+    opens_dataset: ClassVar[bool] = False
 
     def run(self, encoder, dataset, ctx: EvalContext, **options) -> TaskResult:
         raise NotImplementedError
