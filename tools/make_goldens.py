@@ -43,6 +43,16 @@ def sha(a: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
 
 
+def store_png(arrays: dict, crop: np.ndarray) -> str:
+    """Store a uint8 (H, W, 3) crop losslessly as PNG bytes in `arrays`, once per checksum; return its key."""
+    key = sha(crop)[:16]
+    if key not in arrays:
+        buf = io.BytesIO()
+        Image.fromarray(crop).save(buf, "PNG", optimize=True)
+        arrays[key] = np.frombuffer(buf.getvalue(), np.uint8)
+    return key
+
+
 # ------------------------------------------------------------------------------------------- preprocess
 def _open_clip_crop(tf, img):
     """open_clip's eval Compose up to (not including) ToTensor: the uint8 RGB crop it normalises."""
@@ -101,12 +111,7 @@ def preprocess_goldens():
             assert full.dtype == np.float32 and full.shape == (3, size, size)
             # The stored uint8 crop reproduces the reference's normalised tensor bit for bit.
             assert np.array_equal(again.transpose(2, 0, 1), full), (name, cname)
-            key = sha(crop)[:16]
-            if key not in arrays:
-                buf = io.BytesIO()
-                Image.fromarray(crop).save(buf, "PNG", optimize=True)
-                arrays[key] = np.frombuffer(buf.getvalue(), np.uint8)
-            entry["crop"][cname] = key
+            entry["crop"][cname] = store_png(arrays, crop)
             entry["output_sha256"][cname] = sha(full)
         meta["images"].append(entry)
     np.savez_compressed(OUT / "preprocess.npz", **arrays)

@@ -12,11 +12,13 @@ RNG (seeded per sample by the training loader) or a given `torch.Generator`.
 from __future__ import annotations
 
 import math
+import platform
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from clipforge.errors import UsageError
@@ -35,7 +37,7 @@ def to_tensor(img: Image.Image, mean: Sequence[float], std: Sequence[float], per
     return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
 
 
-CONVENTIONS = ("open_clip", "hf")
+CONVENTIONS = ("open_clip", "hf", "hf_torchvision")
 
 
 def composite_rgb(img: Image.Image) -> Image.Image:
@@ -63,6 +65,20 @@ def crop_offset(extent: int, size: int, convention: str) -> int:
     return int(round(d / 2.0)) if convention == "open_clip" else d // 2
 
 
+def tv_resize_uint8(x: torch.Tensor, h: int, w: int, interpolation: str) -> torch.Tensor:
+    """torchvision's `resize` of a uint8 (N, C, H, W) tensor on the CPU, antialiased: bicubic always and
+    bilinear on AVX2/AVX-512/ARM run torch's native uint8 kernel; elsewhere it computes in float32, clamps
+    and rounds, as torchvision does."""
+    if interpolation == "nearest":
+        return F.interpolate(x, size=[h, w], mode="nearest")
+    native = interpolation == "bicubic" or torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512") \
+        or platform.machine() in ("aarch64", "arm64")
+    if native:
+        return F.interpolate(x, size=[h, w], mode=interpolation, align_corners=False, antialias=True)
+    y = F.interpolate(x.to(torch.float32), size=[h, w], mode=interpolation, align_corners=False, antialias=True)
+    return y.round_().clamp_(0, 255).to(torch.uint8)
+
+
 class EvalTransform:
     """Resize the shortest side + centre crop (or squash to a square), then normalise; equal to the reference
     pipeline named by `cfg.convention` bit for bit (docs/fidelity.md):
@@ -71,6 +87,9 @@ class EvalTransform:
                (the image is resized in its own mode: palette images nearest-neighbour, RGBA premultiplied).
     hf         transformers' CLIPImageProcessor / SiglipImageProcessor (PIL backend): composite on white to
                RGB, resize, crop with a floored offset, rescale, normalise.
+    hf_torchvision  the same processors' torchvision backend, transformers 5.x's default: composite on white,
+               resize the uint8 tensor with torch's antialiased interpolation (not Pillow's filter: up to 0.135
+               apart on noise), crop with a floored offset, normalise by mean and std scaled to 0..255.
     """
 
     def __init__(self, image_size: int, cfg: PreprocessConfig):
@@ -81,6 +100,8 @@ class EvalTransform:
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
         conv, s = self.cfg.convention, self.size
+        if conv == "hf_torchvision":
+            return self._torchvision(composite_rgb(img))
         if conv == "hf":
             img = composite_rgb(img)
         if self.cfg.resize_mode == "squash":
@@ -93,6 +114,28 @@ class EvalTransform:
             left, top = crop_offset(nw, s, conv), crop_offset(nh, s, conv)
             img = img.crop((left, top, left + s, top + s))
         return to_tensor(img, self.cfg.mean, self.cfg.std, self.cfg.per_image_norm)
+
+    def _torchvision(self, img: Image.Image) -> torch.Tensor:
+        s = self.size
+        x = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)[None]  # (1, 3, H, W)
+        h, w = x.shape[-2:]
+        if self.cfg.resize_mode == "squash":
+            nw, nh = s, s
+        else:
+            nw, nh = resized_size(w, h, s)
+        if (nh, nw) != (h, w):
+            x = tv_resize_uint8(x, nh, nw, self.cfg.interpolation)
+        if self.cfg.resize_mode != "squash":
+            top, left = (x.shape[-2] - s) // 2, (x.shape[-1] - s) // 2
+            x = x[..., top: top + s, left: left + s]
+        # transformers fuses rescale into normalise: (x - 255 mean) / (255 std), in float32
+        scale = 1.0 / (1.0 / 255.0)
+        mean = torch.tensor(self.cfg.mean) * scale
+        std = torch.tensor(self.cfg.std) * scale
+        out = (x[0].to(torch.float32) - mean[:, None, None]) / std[:, None, None]
+        if self.cfg.per_image_norm:
+            out = (out - out.mean()) / (out.std() + 1e-6)
+        return out.contiguous()
 
     def __repr__(self) -> str:
         return f"EvalTransform(size={self.size}, {self.cfg})"
