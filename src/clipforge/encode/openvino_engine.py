@@ -1,12 +1,8 @@
 """The OpenVINO engine: the same cached ONNX towers, compiled by OpenVINO's CPU plugin.
 
-One `openvino.Core` serves the whole process (`shared_core`). Each Core's CPU plugin installs its own alternate
-signal stack on the thread that first compiles with it, and on destruction puts back the one it found. Two
-Cores destroyed in the order they were made therefore leave the thread on the first one's freed stack, and
-the next signal handled there (Python runs its handlers, SIGINT's and pytest-timeout's SIGALRM among them,
-on the alternate stack) kills the process with a kernel-sent SIGSEGV. An engine used to create one Core per
-tower, so dropping an engine could do exactly that (`tests/test_openvino_signal_stack.py` reproduces it in a
-subprocess). A single Core that lives as long as the process never frees its stack.
+One `openvino.Core` serves the whole process (`shared_core`): Cores freed in the order they were made leave
+a thread on a freed alternate signal stack, and its next signal kills the process (the story, and the test that
+reproduces it: docs/design_notes.md).
 """
 from __future__ import annotations
 
