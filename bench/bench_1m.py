@@ -4,9 +4,9 @@
     python bench/bench_1m.py --n 200000 --only ivf_pqfs   # develop on a smaller set
     python bench/bench_1m.py --autofaiss-python /tmp/afenv/bin/python   # add what autofaiss chooses
 
-Data: embedding-shaped vectors (clipforge.retrieval.index.synthetic_embeddings: rank-64 signal with a
+Data: embedding-shaped vectors (clipforge.retrieval.synthetic.synthetic_embeddings: rank-64 signal with a
 decaying spectrum + isotropic noise, unit rows), 1000 queries from the same distribution. Ground truth is
-numpy/BLAS brute force (clipforge.retrieval.index.exact_knn), never faiss. Everything expensive is cached
+numpy/BLAS brute force (clipforge.retrieval.recall.exact_knn), never faiss. Everything expensive is cached
 under --cache (vectors, ground truth, one JSON per candidate), so a rerun only does what is missing
 (--force NAME redoes one).
 
@@ -86,7 +86,8 @@ def data_paths(cache: Path, n: int, d: int) -> dict:
 
 
 def ensure_data(cache: Path, n: int, d: int, n_queries: int = 1000) -> dict:
-    from clipforge.retrieval.index import exact_knn, synthetic_embeddings
+    from clipforge.retrieval.recall import exact_knn
+    from clipforge.retrieval.synthetic import synthetic_embeddings
 
     cache.mkdir(parents=True, exist_ok=True)
     paths = data_paths(cache, n, d)
@@ -175,13 +176,14 @@ def run_one(name: str, spec: dict, paths: dict, out: Path) -> dict:
         search = index.search
         desc = spec["factory"]
     else:  # a clipforge kind
-        from clipforge.retrieval.index import VectorIndex, _train_size_for
+        from clipforge.retrieval.index import VectorIndex
+        from clipforge.retrieval.kinds.ivf import train_size_for
 
         kind = "vi"
         vk, vp = spec["vi"]
         index = VectorIndex.create(d, vk, n, **vp)  # what VectorIndex.build does, with the phases timed
         if not index.is_trained:
-            size = _train_size_for(index.params["nlist"])
+            size = train_size_for(index.params["nlist"])
             index.train(xb[np.random.default_rng(0).choice(n, min(n, size), replace=False)])
         phases["train_s"] = time.perf_counter() - t
         index.add(xb, np.arange(n, dtype=np.int64))

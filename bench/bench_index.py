@@ -5,7 +5,7 @@
     python bench/bench_index.py --data random         # isotropic Gaussian vectors: the worst case for ANN
 
 Data: low-rank signal (rank 64, decaying spectrum) + isotropic noise, unit rows (see
-clipforge.retrieval.index.synthetic_embeddings); queries come from the same distribution. Approximate indexes
+clipforge.retrieval.synthetic.synthetic_embeddings); queries come from the same distribution. Approximate indexes
 get their search parameter (efSearch / nprobe) tuned to the target recall on the first half of the queries,
 then latency and recall are measured on the other half. Latency = one query per call (a user's request);
 "batch" = all queries in one call, per query. Results are appended to docs/bench_index.md.
@@ -22,7 +22,9 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from clipforge.retrieval.index import VectorIndex, exact_knn, synthetic_embeddings, tune_recall
+from clipforge.retrieval.index import VectorIndex
+from clipforge.retrieval.recall import exact_knn, tune_recall
+from clipforge.retrieval.synthetic import synthetic_embeddings
 
 
 def _recall(got, truth):

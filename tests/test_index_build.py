@@ -15,7 +15,9 @@ import torch
 from PIL import Image
 
 from clipforge.errors import UsageError
-from clipforge.retrieval.build import build_index, parse_size, read_info, update_index
+from clipforge.retrieval.build import build_index, update_index
+from clipforge.retrieval.faiss_build import parse_size
+from clipforge.retrieval.index_dir import read_info
 from clipforge.encode import Encoder, resolve_precision
 from clipforge.retrieval.store import EmbeddingStore
 

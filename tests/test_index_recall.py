@@ -8,8 +8,11 @@ import numpy as np
 import pytest
 
 from clipforge.errors import UsageError
-from clipforge.retrieval.build import MIN_RECALL, build_faiss, build_index, read_info
-from clipforge.retrieval.index import VectorIndex, exact_knn
+from clipforge.retrieval.build import build_index
+from clipforge.retrieval.faiss_build import MIN_RECALL, build_faiss
+from clipforge.retrieval.index import VectorIndex
+from clipforge.retrieval.index_dir import read_info
+from clipforge.retrieval.recall import exact_knn
 from clipforge.retrieval.store import EmbeddingStore
 
 

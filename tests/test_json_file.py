@@ -9,7 +9,7 @@ import pytest
 from clipforge.errors import ClipforgeError
 from clipforge.json_file import read_json_file
 from clipforge.models.checkpoint import read_config_json
-from clipforge.retrieval.build import read_info
+from clipforge.retrieval.index_dir import read_info
 
 
 def test_reads_what_it_should(tmp_path):

@@ -10,7 +10,8 @@ from fastapi.testclient import TestClient
 
 from clipforge.errors import UsageError
 from clipforge.evaluate.two_stage_retrieval import two_stage_ranks
-from clipforge.retrieval.build import INFO_FILE, build_index
+from clipforge.retrieval.build import build_index
+from clipforge.retrieval.index_dir import INFO_FILE
 from clipforge.retrieval.engine import SearchEngine
 from clipforge.retrieval.rerank import RERANKERS, create_reranker
 from clipforge.retrieval.search_query import SearchQuery

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from clipforge.errors import UsageError
-from clipforge.retrieval.build import INFO_FILE, update_index
+from clipforge.retrieval.build import update_index
+from clipforge.retrieval.index_dir import INFO_FILE
 from clipforge.retrieval.delete import delete_items, select_items
 from clipforge.retrieval.engine import SearchEngine
 from clipforge.retrieval.store import EmbeddingStore

@@ -6,8 +6,13 @@ import numpy as np
 import pytest
 
 from clipforge.errors import ClipforgeError, UsageError
-from clipforge.retrieval.index import (KINDS, VectorIndex, choose_index, estimate_memory, measure_recall,
-                                       synthetic_embeddings, tune_recall)
+from clipforge.retrieval.index import VectorIndex
+from clipforge.retrieval.index_choice import choose_index, estimate_memory
+from clipforge.retrieval.kinds import INDEX_KINDS
+from clipforge.retrieval.recall import measure_recall, tune_recall
+from clipforge.retrieval.synthetic import synthetic_embeddings
+
+KINDS = INDEX_KINDS.names()
 
 
 def _unit(rng, n, d):

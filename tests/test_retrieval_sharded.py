@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 from clipforge.errors import UsageError
-from clipforge.retrieval.index import VectorIndex, exact_knn, synthetic_embeddings
+from clipforge.retrieval.index import VectorIndex
+from clipforge.retrieval.recall import exact_knn
+from clipforge.retrieval.synthetic import synthetic_embeddings
 from clipforge.retrieval.sharded import (ShardedIndex, build_shard, merge_shards, open_index,
                                          train_template)
 

@@ -15,7 +15,8 @@ import pytest
 ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'clipforge[scale]'")
 pytest.importorskip("ray.data", reason="Ray Data is not installed: pip install 'clipforge[scale]'")
 
-from clipforge.retrieval.build import build_index, read_info  # noqa: E402
+from clipforge.retrieval.build import build_index  # noqa: E402
+from clipforge.retrieval.index_dir import read_info  # noqa: E402
 from clipforge.retrieval.store import EmbeddingStore  # noqa: E402
 
 pytestmark = pytest.mark.slow  # a Ray cluster takes 10-30 s to start on 2 busy cores

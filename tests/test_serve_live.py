@@ -12,7 +12,8 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from clipforge.retrieval.build import INFO_FILE, update_index
+from clipforge.retrieval.build import update_index
+from clipforge.retrieval.index_dir import INFO_FILE
 from clipforge.retrieval.engine import SearchEngine
 from clipforge.serve.app import Limits, create_app
 

@@ -6,9 +6,19 @@ import json
 import logging
 
 from clipforge.cli._common import (add_collection_job_args, add_engine_args, add_executor_args, engine_options,
-                                   add_overwrite_arg, executor_from_args, parse_item_ids, positive_int)
+                                   add_overwrite_arg, executor_from_args, full_parser_for, parse_item_ids,
+                                   positive_int)
 
 logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its INFO lines about CPU builds are noise here
+
+
+def _kind_choices() -> list[str] | None:
+    """auto and the registered index kinds (the registry imports faiss: only for the `index` command itself)."""
+    if not full_parser_for("index"):
+        return None
+    from clipforge.retrieval.kinds import INDEX_KINDS
+
+    return ["auto", *INDEX_KINDS.names()]
 
 
 def register(sub):
@@ -25,7 +35,7 @@ def register(sub):
                         "large, else fp32), fp32, bf16, fp16, or int8 (--engine onnx/openvino/auto: dynamic int8 "
                         "quantisation of the Linear layers)")
     b.add_argument("--shard-size", type=positive_int, default=10_000, help="samples per committed shard")
-    b.add_argument("--index-kind", choices=["auto", "flat", "hnsw", "ivf_flat", "ivf_pq", "ivf_pqfs"], default="auto")
+    b.add_argument("--index-kind", choices=_kind_choices(), default="auto")
     b.add_argument("--min-recall", type=float, default=None,
                    help="warn when the index's recall@10 against exact search (measured on a sample of the "
                         "collection's own vectors, recorded in index.json) is below this (default 0.9)")
@@ -37,7 +47,7 @@ def register(sub):
     u.add_argument("index_dir")
     u.add_argument("--workers", type=int, default=2)
     u.add_argument("--max-memory", default=None)
-    u.add_argument("--index-kind", choices=["auto", "flat", "hnsw", "ivf_flat", "ivf_pq", "ivf_pqfs"], default=None)
+    u.add_argument("--index-kind", choices=_kind_choices(), default=None)
     u.add_argument("--device", default=None)
     u.add_argument("--min-recall", type=float, default=None,
                    help="warn when the rebuilt index's recall@10 is below this (default: the build's)")
@@ -162,16 +172,13 @@ def run_info(args) -> int:
 
 # ---- sharded builds: shard-train, shard-build, merge --------------------------------------------------
 
-_SHARD_KINDS = ["auto", "flat", "hnsw", "ivf_flat", "ivf_pq", "ivf_pqfs"]
-
-
 def _register_sharded(isub) -> None:
     t = isub.add_parser("shard-train", help="train the empty index every shard starts from (sharded build, step 1)",
                         description="Train an empty faiss index on a sample of a store's embeddings. Copy the "
                                     "file to every worker; each runs `index shard-build`, then `index merge`.")
     t.add_argument("store", help="index directory or clip-retrieval embeddings folder (img_emb/, metadata/)")
     t.add_argument("--out", "-o", required=True, help="trained template file to write")
-    t.add_argument("--index-kind", choices=_SHARD_KINDS, default="auto",
+    t.add_argument("--index-kind", choices=_kind_choices(), default="auto",
                    help="auto: what `index build` would choose for the whole store")
     t.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                    help="index parameter, e.g. nlist=4096 or m=64 (repeatable)")
@@ -229,7 +236,7 @@ def _size(path) -> str:
 
 
 def run_shard_train(args) -> int:
-    from clipforge.retrieval.build import parse_size
+    from clipforge.retrieval.faiss_build import parse_size
     from clipforge.retrieval.sharded import train_template_from_store, vet_index_file
 
     vet_index_file(args.out, overwrite=args.overwrite)
@@ -256,23 +263,20 @@ def run_merge(args) -> int:
 
     from clipforge.retrieval.sharded import merge_shards, vet_index_file
 
-    out = Path(args.out)
-    index_dir = out if out.is_dir() and not out.is_symlink() else None
-    if index_dir is not None:
-        from clipforge.retrieval.build import INDEX_FILE
+    from clipforge.retrieval.index_dir import IndexDir
 
-        out = out / INDEX_FILE
+    out = Path(args.out)
+    index_dir = IndexDir(out) if out.is_dir() and not out.is_symlink() else None
+    if index_dir is not None:
+        out = index_dir.index_path
     vet_index_file(out, overwrite=args.overwrite)
     merged = merge_shards(args.shards, out, mode=args.mode, on_disk=args.on_disk,
                           search_params=_parse_params(args.param))
-    if index_dir is not None and (index_dir / "index.json").exists():  # what `index info` and `serve` report
-        from clipforge.atomic import atomic_write_json
-        from clipforge.retrieval.build import read_info
-
-        info = read_info(index_dir)
+    if index_dir is not None and index_dir.info_path.exists():  # what `index info` and `serve` report
+        info = index_dir.read_info()
         info["index"] = {"kind": merged.kind, "reason": f"merged from {len(args.shards)} shards ({args.mode})",
                          "n": len(merged), "dim": merged.d, "params": dict(merged.params)}
-        atomic_write_json(index_dir / "index.json", info)
+        index_dir.write_info(info)
     how = (f"{len(merged.shards)} shards searched together" if hasattr(merged, "shards") else
            "one index" + (" (inverted lists on disk)" if args.on_disk else ""))
     print(f"merged {len(args.shards)} shard(s) into {out}: {len(merged)} vectors, {merged.kind}, {how}")

@@ -25,7 +25,7 @@ import numpy as np
 
 from clipforge.errors import ClipforgeError, UsageError
 from clipforge.metrics.retrieval import image_text_ranked_metrics, image_text_recall
-from clipforge.retrieval.build import read_info
+from clipforge.retrieval.index_dir import IndexDir, read_info
 from clipforge.retrieval.store import EmbeddingStore
 
 __all__ = ["is_index_dir", "index_model_ref", "same_model_ref", "evaluate_index_retrieval"]
@@ -35,8 +35,7 @@ def is_index_dir(dataset) -> bool:
     """True for a directory written by `clipforge index build` (it holds index.json and manifest.json)."""
     if not isinstance(dataset, (str, os.PathLike)):
         return False
-    p = Path(os.path.expanduser(str(dataset)))
-    return p.is_dir() and (p / "index.json").is_file() and (p / "manifest.json").is_file()
+    return IndexDir(os.path.expanduser(str(dataset))).is_index()
 
 
 def _canonical(ref: str) -> str:

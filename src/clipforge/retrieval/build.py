@@ -1,10 +1,9 @@
-"""Embedding jobs: `build_index` (resumable) and `update_index` (incremental), then the faiss index.
+"""Embedding jobs: `build_index` (resumable) and `update_index` (incremental), then its faiss index (`faiss_build`).
 
-An index directory is an `EmbeddingStore` (img_emb/, text_emb/, metadata/, manifest.json) plus:
-    index.faiss   the VectorIndex over the live image embeddings (collection ids)
-    index.json    the job's manifest: source, model, precision, counts, skipped files by reason, the index
-                  kind chosen and its recall@10 against exact search on a sample of the collection's own
-                  vectors (flat: 1.0, exact; a build whose recall is below `min_recall` warns: `build_faiss`)
+An index directory (`index_dir.IndexDir`) is an `EmbeddingStore` plus index.faiss (the VectorIndex over the
+live image embeddings) and index.json, the job's manifest: source, model, precision, counts, skipped files by
+reason, the index kind chosen and its recall@10 against exact search on a sample of the collection's own
+vectors (flat: 1.0, exact; a build whose recall is below `min_recall` warns: `build_faiss`).
 
 The source spec and every file path in the metadata are recorded absolute (`"paths": "absolute"` in
 index.json), so an index built from `files:corpus` serves thumbnails and updates from any working directory.
@@ -23,9 +22,7 @@ import functools
 import json
 import logging
 import os
-import re
 import time
-import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -33,51 +30,23 @@ import numpy as np
 import pyarrow as pa
 
 from clipforge.data.decode import SkipCounter
-from clipforge.json_file import read_json_file
 from clipforge.output_dirs import vet_output_dir
 from clipforge.data.sample import text_safe
 from clipforge.data.sources import absolute_spec, open_source
-from clipforge.data.sources.trust import accept_stored, stored_spec
+from clipforge.data.sources.trust import accept_stored
 from clipforge.encode import Encoder
-from clipforge.errors import ClipforgeError, UsageError
+from clipforge.errors import UsageError
 from clipforge.progress import Progress
-from clipforge.retrieval.index import KINDS, IndexSpec, VectorIndex, choose_index, tune_recall
+from clipforge.retrieval.faiss_build import MIN_RECALL, build_faiss, check_min_recall
+from clipforge.retrieval.index_dir import INDEX_FILE, INFO_FILE, IndexDir, read_info
 from clipforge.retrieval.store import EmbeddingStore, atomic_write_json
 from clipforge.scale import EXECUTORS, EncodeJob, Executor, create_executor
 
 log = logging.getLogger("clipforge.retrieval")
-INFO_FILE, INDEX_FILE = "index.json", "index.faiss"
 INFO_VERSION = 1
 DEFAULT_SHARD_SIZE = 10_000
-RECALL_QUERIES = 1000
-MIN_RECALL = 0.9  # below this recall@10 a build warns: one search in ten loses a true neighbour or more
 _BASE_COLUMNS = {"path": pa.string(), "caption": pa.string(), "captions": pa.string(), "size": pa.int64(),
                  "mtime": pa.float64(), "label": pa.int64()}
-
-
-def parse_size(text: str | int | None) -> int | None:
-    """'4GB', '512MiB', '2e9', 1000 -> bytes (None stays None). Units are powers of 1024."""
-    if text is None or isinstance(text, int):
-        return text
-    m = re.fullmatch(r"\s*([\d.]+(?:e\d+)?)\s*([kmgt]?)(i?b?)\s*", str(text).lower())
-    if not m:
-        raise UsageError(f"memory size {text!r}: expected a number with an optional unit, e.g. 4GB or 512MB")
-    return int(float(m.group(1)) * 1024 ** " kmgt".index(m.group(2) or " "))
-
-
-def read_info(index_dir) -> dict:
-    p = Path(index_dir) / INFO_FILE
-    if not p.exists():
-        raise ClipforgeError(f"{index_dir}: no {INFO_FILE}; build it with `clipforge index build`")
-    try:
-        info = read_json_file(p)
-    except ClipforgeError as e:
-        raise ClipforgeError(f"cannot read the index manifest: {e}") from None
-    if not isinstance(info, dict):
-        raise ClipforgeError(f"{p}: not a clipforge index manifest (not a JSON object)")
-    if "source" in info:  # the file's word, not the user's: a `pipe:` command in it is not run unasked
-        info["source"] = stored_spec(info["source"], p)
-    return info
 
 
 # ---- the embedding loop ---------------------------------------------------------------------------------
@@ -193,76 +162,7 @@ def _keys_of(source) -> list:
     return list(enumerate(source))
 
 
-# ---- the faiss index ----------------------------------------------------------------------------------
-
-def build_faiss(index_dir, max_memory=None, kind: str = "auto", target_recall: float = 0.95,
-                seed: int = 0, min_recall: float = MIN_RECALL) -> dict:
-    """(Re)build index.faiss from the store's live image embeddings; returns what goes in index.json.
-
-    Approximate kinds are tuned (efSearch / nprobe) until recall@10 against exact search reaches
-    target_recall on up to 1000 stored vectors used as queries, and the measured figure is recorded
-    ("recall@10"; a flat index records 1.0 unmeasured: it is exact search, and checking it is not free at every
-    update: 256 sample queries took 14 s at 200k x 512 on 2 busy cores). Below `min_recall` (e.g. IVF-PQ codes without
-    a re-ranking store, all a small `max_memory` leaves room for) the build warns and records the warning.
-    """
-    _check_min_recall(min_recall)
-    root = Path(index_dir)
-    store = EmbeddingStore.open(root)
-    x, ids = store.load("img")  # (N, D) float32, (N,) int64
-    n, d = x.shape
-    if kind == "auto":
-        spec = choose_index(n, d, parse_size(max_memory))
-    elif kind in KINDS:
-        spec = IndexSpec(kind, {}, "chosen by the user")
-    else:
-        raise UsageError(f"index kind {kind!r}: choose from {['auto', *KINDS]}")
-    t0 = time.perf_counter()
-    vi = VectorIndex.build(x, ids, spec.kind, **spec.params)
-    out = {"kind": spec.kind, "reason": spec.reason, "n": n, "dim": d,
-           "build_s": round(time.perf_counter() - t0, 3), "store_generation": store.generation}
-    out["min_recall"] = min_recall
-    if spec.kind == "flat":
-        out["recall@10"] = {"recall@10": 1.0, "k": 10, "exact": True, "kind": "flat"}
-    elif n:
-        rng = np.random.default_rng(seed)
-        q = x[rng.choice(n, min(n, RECALL_QUERIES), replace=False)]
-        out["recall@10"] = {k: v for k, v in tune_recall(vi, x, q, target_recall, 10, ids).items()
-                            if k != "params"}
-        low = _low_recall(out, min_recall, chosen=kind == "auto")
-        if low:
-            out["warning"] = low
-            warnings.warn(low, stacklevel=2)
-    out["params"] = dict(vi.params)
-    vi.info.update(out)
-    vi.save(root / INDEX_FILE)
-    return out
-
-
-def _check_min_recall(min_recall) -> None:
-    if not isinstance(min_recall, (int, float)) or not 0.0 <= min_recall <= 1.0:
-        raise UsageError(f"`min_recall` must be a number in [0, 1], got {min_recall!r}")
-
-
-def _low_recall(out: dict, min_recall: float, chosen: bool) -> str | None:
-    """The one-line warning for a measured recall@10 below `min_recall` (None when it is not). `chosen`: the
-    kind came from the memory budget (advice: a larger budget), else the user named it (advice: another)."""
-    rec = out["recall@10"]
-    if rec["recall@10"] >= min_recall:
-        return None
-    todo = ("raise `max_memory` so that a re-ranking store fits, or choose `index_kind` flat (exact search)"
-            if chosen else "choose another `index_kind` (flat: exact search; ivf_pqfs: re-ranks with the exact "
-            "vectors)")
-    return (f"the {out['kind']} index finds {rec['recall@10']:.3f} of the exact top 10 (recall@10 on "
-            f"{rec['n_queries']} of its own vectors, below `min_recall` {min_recall:g}; {out['reason']}): {todo}")
-
-
 # ---- public jobs --------------------------------------------------------------------------------------
-
-def _is_index_dir(p: Path) -> bool:
-    """An index (or embedding store) folder, or one a killed build left with only its hidden lock/temp files."""
-    return (p / INFO_FILE).is_file() or (p / "manifest.json").is_file() or all(n.startswith(".") for n in
-                                                                             os.listdir(p))
-
 
 def build_index(source: str, model: str, out_dir, *, batch_size: int = 64, workers: int = 0,
                 max_memory=None, precision: str = "auto", shard_size: int = DEFAULT_SHARD_SIZE,
@@ -286,15 +186,15 @@ def build_index(source: str, model: str, out_dir, *, batch_size: int = 64, worke
         raise UsageError(f"need batch_size >= 1, shard_size >= 1, workers >= 0; got {batch_size}, "
                          f"{shard_size}, {workers}")
     EXECUTORS.check(executor, executor_options or {})  # a misplaced option fails before any work
-    _check_min_recall(min_recall)
+    check_min_recall(min_recall)
     root, _ = vet_output_dir(out_dir, "index", param="out_dir", overwritable=False,  # never into other files
-                             recognise=_is_index_dir)
+                             recognise=lambda p: IndexDir(p).is_own_output())
     info_path = root / INFO_FILE
     ref = str(Path(model).resolve()) if Path(model).is_dir() else str(model)
     source = absolute_spec(source)  # recorded so that `index update` and /thumb work from any directory
     src = open_source(source, **(source_options or {}))  # first: a source that is an index says so
     info = read_info(root) if info_path.exists() else None
-    if info is None and (root / "manifest.json").exists():
+    if info is None and IndexDir(root).manifest_path.exists():
         raise UsageError(f"{root}: holds an embedding store without {INFO_FILE}; choose another `out_dir`")
     if info is not None:
         if (absolute_spec(info["source"]), info["model"]) != (source, ref):
@@ -350,7 +250,7 @@ def update_index(index_dir, *, workers: int = 0, max_memory=None, index_kind: st
     a program's output) is refused unless `allow_pipe` accepts it (`clipforge.data.sources.trust`).
     `min_recall` (default: the one the index was built with) as in `build_index`."""
     if min_recall is not None:
-        _check_min_recall(min_recall)
+        check_min_recall(min_recall)
     root = Path(index_dir)
     info = read_info(root)
     info_path = root / INFO_FILE
@@ -447,5 +347,4 @@ def index_info(index_dir) -> dict:
     return info
 
 
-__all__ = ["build_index", "update_index", "build_faiss", "index_info", "read_info", "parse_size",
-           "INFO_FILE", "INDEX_FILE", "MIN_RECALL"]
+__all__ = ["build_index", "update_index", "index_info"]

@@ -22,7 +22,6 @@ the first `rerank_k` hits are re-scored by the second model; each hit says which
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -31,8 +30,8 @@ import numpy as np
 
 from clipforge.encode import Encoder, TextEmbeddingCache
 from clipforge.errors import ClipforgeError, UsageError
-from clipforge.retrieval.build import INDEX_FILE, INFO_FILE, read_info
 from clipforge.retrieval.index import VectorIndex
+from clipforge.retrieval.index_dir import IndexDir
 from clipforge.retrieval.query import Hit, Searcher, Term, compose_vector, parse_filter
 from clipforge.retrieval.rerank import DEFAULT_RERANK_K, Reranker, create_reranker, rerank_hits
 from clipforge.retrieval.search_query import SearchQuery
@@ -40,23 +39,9 @@ from clipforge.retrieval.sharded import open_index
 from clipforge.retrieval.store import EmbeddingStore
 from clipforge.retrieval.sync import sync_index
 
-__all__ = ["SearchEngine", "IndexView", "index_signature"]
+__all__ = ["SearchEngine", "IndexView"]
 
 log = logging.getLogger("clipforge.retrieval")
-_WATCHED = ("manifest.json", INFO_FILE, INDEX_FILE)
-
-
-def index_signature(root) -> tuple:
-    """What changes when any writer commits to an index directory: (inode, mtime, size) of the store
-    manifest, index.json and index.faiss (every one is replaced atomically, so a new inode each time)."""
-    out = []
-    for name in _WATCHED:
-        try:
-            st = os.stat(Path(root) / name)
-            out.append((st.st_ino, st.st_mtime_ns, st.st_size))
-        except OSError:
-            out.append(None)
-    return tuple(out)
 
 
 class IndexView:
@@ -64,14 +49,15 @@ class IndexView:
 
     def __init__(self, root):
         self.root = Path(root)
-        self.signature = index_signature(self.root)  # taken first: a change while loading is seen next time
-        self.info = read_info(self.root)
+        layout = IndexDir(self.root)
+        self.signature = layout.signature()  # taken first: a change while loading is seen next time
+        self.info = layout.read_info()
         with EmbeddingStore.open(self.root) as store:
             self.store_stats = store.stats()
             self.generation = store.generation
             x, ids = store.load("img")  # (N, D) float32 unit rows, (N,) int64
             self.metadata = store.metadata()
-        p = self.root / INDEX_FILE
+        p = layout.index_path
         self.synced: dict = {}
         if p.exists():
             index = open_index(p)  # a file, or a manifest of shards
@@ -183,7 +169,7 @@ class SearchEngine:
         """Load the index directory again if it changed (or `force`), then swap the new view in. Returns
         whether it swapped. The model is reloaded only if the index now names another model or precision."""
         with self._refresh_lock:
-            if not force and index_signature(self.root) == self.view.signature:
+            if not force and IndexDir(self.root).signature() == self.view.signature:
                 if self.reranker is not None:
                     self.reranker.refresh()
                 return False

@@ -32,7 +32,11 @@ import numpy as np
 from clipforge.atomic import atomic_write
 from clipforge.errors import ClipforgeError, UsageError
 from clipforge.output_dirs import OutputFile, file_starts_with
-from clipforge.retrieval.index import INDEX_MAGIC, VectorIndex, choose_index, header_bytes, merge_topk, read_header
+from clipforge.retrieval.index import VectorIndex
+from clipforge.retrieval.index_choice import choose_index
+from clipforge.retrieval.index_file import INDEX_MAGIC, header_bytes, read_header
+from clipforge.retrieval.kinds import index_kind
+from clipforge.retrieval.topk import merge_topk
 from clipforge.retrieval.store import EmbeddingStore
 
 _SHARDS_MAGIC = b"CFSHARD1"
@@ -123,39 +127,11 @@ def build_shard_from_store(store_dir, template, part: str | tuple[int, int]) -> 
 
 # ---- merging ------------------------------------------------------------------------------------------
 
-def _ivf_parts(index: faiss.Index):
-    """(id_map wrapper or None, refine index or None, the IVF) of a VectorIndex's faiss object."""
-    wrapper = index if isinstance(index, faiss.IndexIDMap2) else None
-    inner = faiss.downcast_index(index.index) if wrapper is not None else index
-    refine = inner if isinstance(inner, faiss.IndexRefine) else None
-    ivf = faiss.downcast_index(refine.base_index) if refine is not None else faiss.extract_index_ivf(inner)
-    return wrapper, refine, ivf
-
-
 def _merge_into(base: VectorIndex, other: VectorIndex) -> None:
     """Append other's vectors to base (same template); other is emptied."""
-    if base.kind == "flat":
-        base.index.merge_from(other.index)
-    else:
-        _merge_ivf(base.index, other.index)
+    index_kind(base.kind).merge(base.index, other.index)
     base._contents_changed()
     other._contents_changed()
-
-
-def _merge_ivf(base: faiss.Index, other: faiss.Index) -> None:
-    bw, br, bivf = _ivf_parts(base)
-    ow, orf, oivf = _ivf_parts(other)
-    offset = bivf.ntotal if bw is not None else 0  # wrapped IVFs number their rows 0..n-1
-    bivf.merge_from(oivf, offset)
-    if br is not None:  # the refinement store: append the other shard's codes row for row
-        bref, oref = faiss.downcast_index(br.refine_index), faiss.downcast_index(orf.refine_index)
-        bref.add_sa_codes(faiss.vector_to_array(oref.codes).reshape(oref.ntotal, oref.code_size))
-        br.ntotal = bivf.ntotal
-    if bw is not None:
-        ids = np.concatenate([faiss.vector_to_array(bw.id_map), faiss.vector_to_array(ow.id_map)])
-        faiss.copy_array_to_vector(ids, bw.id_map)
-        bw.ntotal = bivf.ntotal
-        bw.construct_rev_map()
 
 
 def _check_compatible(shards: Sequence[VectorIndex], names: Sequence[str]) -> None:
@@ -165,7 +141,7 @@ def _check_compatible(shards: Sequence[VectorIndex], names: Sequence[str]) -> No
         if s.kind != first.kind or s.d != first.d:
             raise UsageError(f"merge: {name} is a {s.kind} index of dim {s.d}, {names[0]} a {first.kind} "
                              f"of dim {first.d}")
-        if first.kind not in ("flat", "hnsw") and s.info.get("template", {}).get("id") != tid:
+        if index_kind(first.kind).shared_training and s.info.get("template", {}).get("id") != tid:
             raise UsageError(f"merge: {name} was not built from the same trained template as {names[0]} "
                              "(IVF shards must share one coarse quantiser)")
     seen = np.concatenate([s.ids() for s in shards])
@@ -200,12 +176,11 @@ def merge_shards(shards: Sequence[str | os.PathLike | VectorIndex], out=None, mo
     names = [str(s) if not isinstance(s, VectorIndex) else f"shard {i}" for i, s in enumerate(shards)]
     loaded = [VectorIndex.load(s) if not isinstance(s, VectorIndex) else s for s in shards]
     _check_compatible(loaded, names)
-    kind = loaded[0].kind
+    refusal = index_kind(loaded[0].kind).merge_refusal
     if mode == "auto":
-        mode = "query" if kind == "hnsw" else "single"
-    if mode == "single" and kind == "hnsw":
-        raise UsageError("merge: HNSW graphs cannot be merged into one; use mode='query' (search the shards "
-                         "together) or rebuild one HNSW index")
+        mode = "query" if refusal else "single"
+    if mode == "single" and refusal:
+        raise UsageError(f"merge: {refusal}")
     if on_disk:
         if mode != "single" or out is None:
             raise UsageError("merge: on_disk needs mode 'single' (or 'auto') and an output path")
@@ -230,11 +205,10 @@ def merge_shards(shards: Sequence[str | os.PathLike | VectorIndex], out=None, mo
 
 def _merge_on_disk(shards: Sequence[VectorIndex], out: Path, search_params: dict | None) -> VectorIndex:
     base = shards[0]
-    wrapper, refine, _ = _ivf_parts(base.index) if base.kind != "flat" else (None, None, None)
-    if base.kind not in ("ivf_flat", "ivf_pq", "ivf_pqfs") or wrapper is not None or refine is not None:
+    if not index_kind(base.kind).codes_in_lists(base.index):
         raise UsageError(f"merge: on_disk needs an IVF index whose codes all live in its inverted lists "
                          f"(ivf_flat, or ivf_pq / ivf_pqfs with refine=None); these shards are {base.kind}"
-                         + (f" with refine={base.params.get('refine')!r}" if refine is not None else ""))
+                         + (f" with refine={base.params['refine']!r}" if base.params.get("refine") else ""))
     out.parent.mkdir(parents=True, exist_ok=True)
     merged = _copy(base)
     ivf = faiss.extract_index_ivf(merged.index)
@@ -365,9 +339,7 @@ class ShardedIndex:
 
 
 def _search_params(index: VectorIndex) -> dict:
-    names = {"hnsw": ("efSearch",), "ivf_flat": ("nprobe",), "ivf_pq": ("nprobe", "k_factor"),
-             "ivf_pqfs": ("nprobe", "k_factor")}.get(index.kind, ())
-    return {k: index.params[k] for k in names if k in index.params}
+    return {k: index.params[k] for k in index_kind(index.kind).search_params if k in index.params}
 
 
 def open_index(path) -> "VectorIndex | ShardedIndex":

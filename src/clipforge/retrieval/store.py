@@ -1,11 +1,7 @@
 """Embedding store: L2-normalised float16 embeddings in shards, parquet metadata, one JSON manifest.
 
-Layout (the one clip-retrieval writes, so its users can bring their folders, plus a manifest):
-
-    ROOT/manifest.json                      model reference, dim, schema version, shard list, tombstones
-    ROOT/img_emb/img_emb_{i}.npy            (n_i, D) float16, rows L2-normalised
-    ROOT/text_emb/text_emb_{i}.npy          optional, same rows
-    ROOT/metadata/metadata_{i}.parquet      one row per embedding: `id` int64, `key` str, then user columns
+Layout: the one clip-retrieval writes (so its users can bring their folders), plus a manifest
+(`store_files`; older layouts are migrated on open: `store_migrations`).
 
 `key` is the caller's stable string id (a relative path, a URL, a sample key); `id` is the int64 the faiss
 index returns. An id is assigned once per key and never reused, so results stay valid across updates.
@@ -26,10 +22,8 @@ update's removals without its additions). A block that raises publishes nothing;
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
-import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -38,19 +32,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from clipforge.atomic import atomic_write, atomic_write_json  # noqa: F401 (re-exported)
-from clipforge.json_file import read_json_file
 from clipforge.errors import ClipforgeError, UsageError
+from clipforge.retrieval.store_files import (MANIFEST_FILE, SHARD_RE, read_manifest, read_npy, read_parquet,
+                                             shard_ids, shard_keys, shard_path)
+from clipforge.retrieval.store_lock import StoreBusy, writer_lock  # noqa: F401 (StoreBusy re-exported)
+from clipforge.retrieval.store_migrations import SCHEMA_VERSION, migrate
 
-SCHEMA_VERSION = 1
 MODALITIES = ("img", "text")
-_SHARD_RE = re.compile(r"^(img_emb|text_emb|metadata)_(\d+)\.(npy|parquet)$")
-# Columns clip-retrieval writes that name the item; the first present becomes `key` for adopted folders.
-_KEY_COLUMNS = ("key", "image_path", "url", "path")
 
 
-# ---- atomic file writes: clipforge.atomic (atomic_write_json is re-exported from here) -------------------
-
-_atomic_write = atomic_write  # kept for callers of the old private name
+_atomic_write = atomic_write  # the shard writer (tests replace it to fail a write midway)
 
 
 def normalize_rows(x: np.ndarray) -> np.ndarray:
@@ -60,89 +51,7 @@ def normalize_rows(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(n, 1e-12)
 
 
-def _damaged(path: Path, e: BaseException) -> ClipforgeError:
-    return ClipforgeError(f"{path}: cannot read it ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
-                          "the store is damaged")
-
-
-def _read_npy(path: Path) -> np.ndarray:
-    """A shard's embeddings, memory-mapped; a missing, truncated or non-.npy file (pickles are never loaded) is a
-    one-line `ClipforgeError` naming it."""
-    try:
-        x = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError, EOFError) as e:
-        if "pickle" in str(e):
-            raise ClipforgeError(f"{path}: holds a pickle, not a .npy array (pickles are never loaded); "
-                                 "the store is damaged") from None
-        raise _damaged(path, e) from None
-    if not isinstance(x, np.ndarray) or x.ndim != 2:
-        raise ClipforgeError(f"{path}: not a 2-D embedding array; the store is damaged")
-    return x
-
-
-def _read_parquet(path: Path, columns=None) -> pa.Table:
-    try:
-        return pq.read_table(path, columns=columns)
-    except (OSError, ValueError, pa.ArrowException) as e:
-        raise _damaged(path, e) from None
-
-
-def _read_schema_names(path: Path) -> list[str]:
-    try:
-        return pq.read_schema(path).names
-    except (OSError, ValueError, pa.ArrowException) as e:
-        raise _damaged(path, e) from None
-
-
-def _read_manifest(path: Path) -> dict:
-    try:
-        m = read_json_file(path)
-    except ClipforgeError as e:
-        raise ClipforgeError(f"{e}; the store is damaged") from None
-    if not isinstance(m, dict):
-        raise ClipforgeError(f"{path}: not a store manifest (not a JSON object); the store is damaged")
-    return m
-
-
-# ---- schema migrations: MIGRATIONS[v] turns a version-v manifest into version v+1 ----------------------
-
-def _migrate_0_adopt_clip_retrieval(root: Path, manifest: dict) -> dict:
-    """Version 0 = a clip-retrieval output folder with no manifest: list its shards, number its rows."""
-    shards, next_id = [], 0
-    for npy in sorted((root / "img_emb").glob("img_emb_*.npy"), key=lambda p: int(p.stem.rsplit("_", 1)[1])):
-        i = int(npy.stem.rsplit("_", 1)[1])
-        arr = _read_npy(npy)
-        dim = arr.shape[1]
-        shards.append({"index": i, "count": int(arr.shape[0]), "first_id": next_id, "deleted": []})
-        next_id += int(arr.shape[0])
-    if not shards:
-        raise ClipforgeError(f"{root}: no manifest.json and no img_emb/img_emb_*.npy: not an embedding store")
-    mods = ["img"] + (["text"] if (root / "text_emb").is_dir() else [])
-    return {"format": "clipforge-embedding-store", "version": 1, "model": manifest.get("model"),
-            "dim": int(dim), "modalities": mods, "shards": shards, "next_id": next_id,
-            "next_shard": max(s["index"] for s in shards) + 1}
-
-
-MIGRATIONS = {0: _migrate_0_adopt_clip_retrieval}
-
-
-def _migrate(root: Path, manifest: dict) -> tuple[dict, bool]:
-    v = manifest.get("version", 0)
-    if v > SCHEMA_VERSION:
-        raise ClipforgeError(f"{root}: store schema version {v} is newer than this clipforge ({SCHEMA_VERSION});"
-                             " upgrade clipforge")
-    changed = False
-    while v < SCHEMA_VERSION:
-        manifest = MIGRATIONS[v](root, manifest)
-        v, changed = manifest["version"], True
-    return manifest, changed
-
-
 # ---- the store ----------------------------------------------------------------------------------------
-
-class StoreBusy(ClipforgeError):
-    """Another writer holds the store's lock (an index build, update or delete is running)."""
-
 
 class EmbeddingStore:
     """Open with `EmbeddingStore.create(root, dim, model=...)` or `EmbeddingStore.open(root, writable=...)`."""
@@ -162,7 +71,7 @@ class EmbeddingStore:
         bad = [m for m in mods if m not in MODALITIES]
         if bad or "img" not in mods and "text" not in mods:
             raise UsageError(f"modalities {mods!r}: choose from {list(MODALITIES)}")
-        if (root / "manifest.json").exists():
+        if (root / MANIFEST_FILE).exists():
             if not exist_ok:
                 raise ClipforgeError(f"{root}: a store already exists (open it, or choose another directory)")
             store = cls.open(root, writable=True)
@@ -175,7 +84,7 @@ class EmbeddingStore:
                     "dim": int(dim), "modalities": mods, "shards": [], "next_id": 0, "next_shard": 0}
         lock = cls._lock(root)
         try:
-            atomic_write_json(root / "manifest.json", manifest)
+            atomic_write_json(root / MANIFEST_FILE, manifest)
         except BaseException:  # e.g. a full disk: the lock must not outlive the failed call
             os.close(lock)
             raise
@@ -188,9 +97,9 @@ class EmbeddingStore:
             raise ClipforgeError(f"{root}: no such store directory")
         lock = cls._lock(root) if writable else None
         try:
-            mpath = root / "manifest.json"
-            manifest = _read_manifest(mpath) if mpath.exists() else {"version": 0}
-            manifest, changed = _migrate(root, manifest)
+            mpath = root / MANIFEST_FILE
+            manifest = read_manifest(mpath) if mpath.exists() else {"version": 0}
+            manifest, changed = migrate(root, manifest)
             if changed and writable:
                 atomic_write_json(mpath, manifest)
             store = cls(root, manifest, writable, lock)
@@ -204,13 +113,7 @@ class EmbeddingStore:
 
     @staticmethod
     def _lock(root: Path) -> int:
-        fd = os.open(root / ".writer.lock", os.O_CREAT | os.O_RDWR, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise StoreBusy(f"{root}: another process is writing this store") from None
-        return fd
+        return writer_lock(root)
 
     def close(self) -> None:
         if self._lock_fd is not None:
@@ -231,7 +134,7 @@ class EmbeddingStore:
             if not d.is_dir():
                 continue
             for p in d.iterdir():
-                m = _SHARD_RE.match(p.name)
+                m = SHARD_RE.match(p.name)
                 if (m and int(m.group(2)) not in listed) or (p.name.startswith(".") and p.name.endswith(".tmp")):
                     p.unlink()
 
@@ -264,25 +167,13 @@ class EmbeddingStore:
                 "generation": self.generation}
 
     def _path(self, kind: str, i: int) -> Path:
-        ext = "parquet" if kind == "metadata" else "npy"
-        return self.root / kind / f"{kind}_{i}.{ext}"
+        return shard_path(self.root, kind, i)
 
     def _shard_ids(self, shard: dict) -> np.ndarray:
-        p = self._path("metadata", shard["index"])
-        if p.exists():
-            names = _read_schema_names(p)
-            if "id" in names:
-                return _read_parquet(p, columns=["id"]).column("id").to_numpy().astype(np.int64)
-        return shard["first_id"] + np.arange(shard["count"], dtype=np.int64)  # adopted folders
+        return shard_ids(self.root, shard)
 
     def _shard_keys(self, shard: dict, ids: np.ndarray) -> list[str]:
-        p = self._path("metadata", shard["index"])
-        if p.exists():
-            names = _read_schema_names(p)
-            for col in _KEY_COLUMNS:
-                if col in names:
-                    return [str(k) for k in _read_parquet(p, columns=[col]).column(col).to_pylist()]
-        return [str(i) for i in ids]
+        return shard_keys(self.root, shard, ids)
 
     def _key_map(self) -> dict[str, tuple[int, int, int]]:
         if self._keys is None:
@@ -427,7 +318,7 @@ class EmbeddingStore:
             self._txn["dirty"] = True
             return
         m["generation"] = int(m.get("generation", 0)) + 1
-        atomic_write_json(self.root / "manifest.json", m)  # the commit point
+        atomic_write_json(self.root / MANIFEST_FILE, m)  # the commit point
         self.manifest, self._keys = m, None
 
     @contextlib.contextmanager
@@ -465,7 +356,7 @@ class EmbeddingStore:
 
     def _read_shard(self, modality: str, s: dict) -> np.ndarray:
         path = self._path(f"{modality}_emb", s["index"])
-        x = _read_npy(path)
+        x = read_npy(path)
         if x.shape != (s["count"], self.dim):
             raise ClipforgeError(f"{path}: shape {x.shape}, manifest says ({s['count']}, {self.dim}); "
                                  "the store is damaged")
@@ -507,7 +398,7 @@ class EmbeddingStore:
             keep = self._live_rows(s)
             p = self._path("metadata", s["index"])
             if p.exists():
-                t = _read_parquet(p)
+                t = read_parquet(p)
             else:
                 t = pa.table({})
             if "id" not in t.column_names:  # adopted clip-retrieval folder

@@ -18,7 +18,8 @@ import logging
 
 import numpy as np
 
-from clipforge.retrieval.index import EXACT_THRESHOLD, VectorIndex
+from clipforge.retrieval.index import VectorIndex
+from clipforge.retrieval.index_choice import EXACT_THRESHOLD
 
 __all__ = ["index_generation", "is_current", "sync_index"]
 

@@ -10,6 +10,7 @@ import numpy as np
 from clipforge.data.decode import SkipCounter
 from clipforge.errors import UsageError
 from clipforge.registry import Option, Registry
+from clipforge.retrieval.index_dir import IndexDir
 from clipforge.retrieval.query import Hit, Term, compose_vector
 
 __all__ = ["RERANKERS", "Reranker", "create_reranker", "rerank_hits", "DEFAULT_RERANK_K"]
@@ -71,7 +72,7 @@ def create_reranker(spec: Any, **options) -> Reranker:
     if not isinstance(spec, (str, os.PathLike)) or not str(spec).strip():
         raise UsageError(f"`rerank` must be a model reference or an index directory, got {spec!r}")
     p = Path(os.path.expanduser(str(spec)))
-    kind = "index" if p.is_dir() and (p / "index.json").is_file() else "model"
+    kind = "index" if p.is_dir() and IndexDir(p).info_path.is_file() else "model"
     return RERANKERS.create(kind, str(spec), **options)
 
 

@@ -21,22 +21,17 @@ import numpy as np
 from clipforge.encode import Encoder, TextEmbeddingCache
 from clipforge.errors import ClipforgeError
 from clipforge.registry import Option
-from clipforge.retrieval.build import read_info
+from clipforge.retrieval.index_dir import INFO_FILE, IndexDir, read_info
 from clipforge.retrieval.rerank.base import RERANKERS, Reranker
 from clipforge.retrieval.store import EmbeddingStore
+from clipforge.retrieval.store_files import MANIFEST_FILE
 
 __all__ = ["IndexReranker"]
 
 
 def _signature(root: Path) -> tuple:
-    out = []
-    for name in ("manifest.json", "index.json"):
-        try:
-            st = (root / name).stat()
-            out.append((st.st_ino, st.st_mtime_ns, st.st_size))
-        except OSError:
-            out.append(None)
-    return tuple(out)
+    """The second index's stored vectors and manifest change together: its store manifest and index.json."""
+    return IndexDir(root).signature((MANIFEST_FILE, INFO_FILE))
 
 
 @RERANKERS.register("index")
