@@ -20,7 +20,7 @@ pytest.importorskip("transformers")
 
 from clipforge.errors import ClipforgeError, UsageError  # noqa: E402
 from clipforge.models import create_model, load_model  # noqa: E402
-from clipforge.models.config import get_model_config  # noqa: E402
+from clipforge.models.model_registry import get_model_config  # noqa: E402
 from clipforge.models.efficientnet import EfficientNetLite, stage_plan  # noqa: E402
 from clipforge.models.pretrained_sources import imagenet_model  # noqa: E402
 from clipforge.train.optim import lock_tower, tower_is_frozen  # noqa: E402

@@ -1,4 +1,4 @@
-"""The ResNet image tower (`vision.arch: resnet`): config checks, exact parameter estimate, tokens, training
+"""The ResNet image tower (`vision.arch: resnet`): config checks, exact parameter count, tokens, training
 step, and the HF export that refuses it by name (the shared contract test covers `tiny-resnet` too)."""
 from __future__ import annotations
 
@@ -7,14 +7,14 @@ import torch
 
 from clipforge.errors import UsageError
 from clipforge.models import create_model
-from clipforge.models.config import estimate_parameters
+from clipforge.models.param_count import count_parameters
 from clipforge.models.convert.export import export_model
 
 
 @pytest.mark.parametrize("overrides", [{}, {"width": 8, "heads": 4, "image_size": 64, "stage_layers": [2, 1, 3, 1]}])
-def test_parameter_estimate_is_exact(overrides):
+def test_parameter_count_is_exact(overrides):
     model = create_model("tiny-resnet", vision=overrides)
-    assert estimate_parameters(model.config) == sum(p.numel() for p in model.parameters())
+    assert count_parameters(model.config) == sum(p.numel() for p in model.parameters())
 
 
 @pytest.mark.parametrize("bad, key", [({"stage_layers": [1, 1, 1]}, "vision.stage_layers"),

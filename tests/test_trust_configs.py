@@ -23,7 +23,8 @@ from peak_rss import embed_each_in_child
 from clipforge.errors import ClipforgeError, UsageError
 from clipforge.models import budget, create_model, load_model
 from clipforge.models.adapter import save_adapter
-from clipforge.models.config import CLIPConfig, estimate_parameters
+from clipforge.models.config import CLIPConfig
+from clipforge.models.param_count import count_parameters
 from clipforge.models.factory import expected_state_shapes
 from clipforge.models.lora import MAX_RANK, LoRAConfig, apply_lora
 from clipforge.train.config import load_config, max_threads, max_workers
@@ -134,7 +135,7 @@ def test_weights_are_checked_against_the_header_first(base, tmp_path, monkeypatc
     import clipforge.models.loading as loading
 
     d = _sized(base, tmp_path / "b16", 2048, 16)
-    assert 1.6e9 < estimate_parameters(CLIPConfig.from_dict(json.loads((d / "config.json").read_text())["config"]))
+    assert 1.6e9 < count_parameters(CLIPConfig.from_dict(json.loads((d / "config.json").read_text())["config"]))
     monkeypatch.setattr(budget, "available_memory", lambda: (None, ""))  # whatever this machine has
     monkeypatch.setattr(loading, "build_model", lambda *a, **k: pytest.fail("built before checking the weights"))
     with pytest.raises(ClipforgeError, match=r"weights in .* do not match the model's shapes \(stored vs config\): "
@@ -146,7 +147,7 @@ def test_weights_are_checked_against_the_header_first(base, tmp_path, monkeypatc
 def test_the_17b_config_states_what_it_needs(base, tmp_path):
     d = _sized(base, tmp_path / "big", 4096, 44)
     meta = json.loads((d / "config.json").read_text())
-    assert len(json.dumps(meta)) < 1400 and estimate_parameters(CLIPConfig.from_dict(meta["config"])) > 17.7e9
+    assert len(json.dumps(meta)) < 1400 and count_parameters(CLIPConfig.from_dict(meta["config"])) > 17.7e9
     with pytest.raises(ClipforgeError, match=r"17\.73 B parameters\) needs 70\.9 GB of memory, but only") as e:
         load_model(str(d))
     assert "\n" not in str(e.value) and "--" not in str(e.value)

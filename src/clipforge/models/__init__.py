@@ -3,13 +3,14 @@ from clipforge.models.checkpoint import save_pretrained  # noqa: F401
 from clipforge.models.clip import CLIPModel  # noqa: F401
 from clipforge.models.config import (  # noqa: F401
     CLIPConfig,
+    EfficientNetConfig,
     PreprocessConfig,
+    ResNetConfig,
     TextConfig,
     VisionConfig,
-    get_model_config,
-    list_models,
-    register_model,
+    ViTConfig,
 )
+from clipforge.models.model_registry import get_model_config, list_models, register_model  # noqa: F401
 from clipforge.models.factory import build_model, create_model  # noqa: F401
 from clipforge.models.adapter import attach_adapter, base_hash, save_adapter  # noqa: F401
 from clipforge.models.lora import LoRAConfig, apply_lora, has_lora, merge_lora  # noqa: F401

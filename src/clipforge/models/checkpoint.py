@@ -35,7 +35,8 @@ from clipforge.json_file import read_json_file
 from clipforge.output_dirs import vet_output_dir
 from clipforge.errors import ClipforgeError, UsageError
 from clipforge.models.budget import check_memory, format_count
-from clipforge.models.config import CLIPConfig, estimate_parameters
+from clipforge.models.config import CLIPConfig
+from clipforge.models.param_count import count_parameters
 from clipforge.models.torchscript import is_torchscript_archive, read_torchscript_state
 from clipforge.models.tokenizer import Tokenizer
 from clipforge.models.unwrap import unwrap_model
@@ -224,7 +225,7 @@ def read_checkpoint_dir(path: PathLike, expected_shapes: Optional[Callable[[CLIP
     header = read_safetensors_header(weights)
     if expected_shapes is not None:
         item = torch.get_default_dtype().itemsize
-        n = estimate_parameters(cfg)
+        n = count_parameters(cfg)
         check_memory(n * item, f"the model {p}/config.json describes ({format_count(n)} parameters)")
         shapes = expected_shapes(cfg)
         check_header_shapes(header, shapes, f"weights in {p}")

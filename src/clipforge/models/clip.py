@@ -11,36 +11,30 @@ from clipforge.errors import UsageError
 from clipforge.models.batchnorm import keep_frozen_norms_eval
 from clipforge.models.checkpoint import load_state_dict_strict, save_pretrained
 from clipforge.models.config import CLIPConfig
-from clipforge.models.efficientnet import EfficientNetTower
-from clipforge.models.projection import tower_head
-from clipforge.models.hf_text import HFTextTower
+from clipforge.models.output import CLIPOutput
 from clipforge.models.pretrained_config import resolve_config
 from clipforge.models.pretrained_sources import (hf_text_dir, read_efficientnet_state,
                                                  resolve_efficientnet_pretrained)
-from clipforge.models.output import CLIPOutput
-from clipforge.models.text import TextTower
+from clipforge.models.projection import tower_head
+from clipforge.models.towers import text_tower, vision_tower
 from clipforge.models.transforms import image_transform
-from clipforge.models.resnet import ResNetTower
-from clipforge.models.vision import VisionTower
 
 
 def _vision_tower(config: CLIPConfig, pretrained: bool) -> nn.Module:
     v = config.vision
-    if v.arch == "efficientnet":
-        tower = EfficientNetTower(v, config.embed_dim)
-        path = resolve_efficientnet_pretrained(v.variant, v.pretrained) if pretrained else None
-        if path is not None:
-            state = {k: t for k, t in read_efficientnet_state(path).items() if not k.startswith("_fc.")}
-            load_state_dict_strict(tower.backbone, state, str(path))  # (the ImageNet classifier is dropped)
-        return tower
-    return (ResNetTower if v.arch == "resnet" else VisionTower)(v, config.embed_dim)
+    tower = vision_tower(v, config.embed_dim)
+    path = None
+    if pretrained and v.arch == "efficientnet":
+        path = resolve_efficientnet_pretrained(v.variant, v.pretrained)
+    if path is not None:
+        state = {k: t for k, t in read_efficientnet_state(path).items() if not k.startswith("_fc.")}
+        load_state_dict_strict(tower.backbone, state, str(path))  # (the ImageNet classifier is dropped)
+    return tower
 
 
 def _text_tower(config: CLIPConfig, pretrained: bool) -> nn.Module:
-    if config.text.hf is not None:
-        return HFTextTower(config.text, config.embed_dim,
-                           pretrained_dir=hf_text_dir(config.text.hf) if pretrained else None)
-    return TextTower(config.text, config.embed_dim)
+    t = config.text
+    return text_tower(t, config.embed_dim, pretrained_dir=hf_text_dir(t.hf) if pretrained and t.hf else None)
 
 
 class CLIPModel(nn.Module):

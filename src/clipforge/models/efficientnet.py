@@ -201,8 +201,3 @@ class EfficientNetTower(nn.Module):
         ImageNet statistics instead of drifting to each batch's; models/batchnorm.py)."""
         return keep_frozen_norms_eval(super().train(mode))
 
-
-def count_backbone_parameters(variant: str, num_classes: int = 0) -> int:
-    """Exact parameter count of a backbone, built on the meta device (nothing allocated)."""
-    with torch.device("meta"):
-        return sum(p.numel() for p in EfficientNetLite(variant, num_classes).parameters())

@@ -14,7 +14,9 @@ import torch
 from clipforge.errors import UsageError
 from clipforge.models.budget import check_memory, format_count
 from clipforge.models.clip import CLIPModel
-from clipforge.models.config import CLIPConfig, estimate_parameters, get_model_config
+from clipforge.models.config import CLIPConfig
+from clipforge.models.model_registry import get_model_config
+from clipforge.models.param_count import count_parameters
 from clipforge.models.hf_text import hf_tokenizer
 from clipforge.models.pretrained_config import resolve_config
 from clipforge.models.pretrained_sources import hf_text_dir
@@ -37,7 +39,7 @@ def build_model(cfg: CLIPConfig, *, tokenizer: Optional[Tokenizer] = None, devic
     """A model for `cfg` (randomly initialised; `pretrained` loads the pretrained towers' weights). The
     tokenizer defaults to a Hugging Face text tower's own, else to the merge-free byte-level one."""
     cfg = resolve_config(cfg)
-    check_memory(model_bytes(cfg), f"a model of {format_count(estimate_parameters(cfg))} parameters "
+    check_memory(model_bytes(cfg), f"a model of {format_count(count_parameters(cfg))} parameters "
                                    f"({str(torch.get_default_dtype()).replace('torch.', '')})")
     if tokenizer is None and cfg.text.hf is not None:  # (a checkpoint directory passes its own)
         tokenizer = hf_tokenizer(hf_text_dir(cfg.text.hf), cfg.text.context_length)
@@ -51,8 +53,8 @@ def build_model(cfg: CLIPConfig, *, tokenizer: Optional[Tokenizer] = None, devic
 
 
 def model_bytes(cfg: CLIPConfig) -> int:
-    """Bytes of the parameters of `cfg`'s model in the default dtype, from the config alone."""
-    return estimate_parameters(resolve_config(cfg)) * torch.get_default_dtype().itemsize
+    """Bytes of the parameters of `cfg`'s model in the default dtype (counted on the meta device)."""
+    return count_parameters(resolve_config(cfg)) * torch.get_default_dtype().itemsize
 
 
 def expected_state_shapes(cfg: CLIPConfig) -> dict[str, tuple[int, ...]]:

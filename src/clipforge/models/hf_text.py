@@ -9,7 +9,6 @@ directory (tests/test_pretrained_towers.py, against golden files made with sente
 """
 from __future__ import annotations
 
-import functools
 import json
 from pathlib import Path
 
@@ -196,18 +195,3 @@ def _special_tokens(d: Path, backend) -> dict:
     return {"sot": tok("cls_token", "[CLS]", "<s>"), "eot": tok("sep_token", "[SEP]", "</s>"),
             "pad": tok("pad_token", "[PAD]", "<pad>")}
 
-
-def count_encoder_parameters(hf_config: dict) -> int:
-    """Exact parameter count of the encoder `hf_config` describes, built on the meta device (no memory).
-    Every CLIPConfig validation counts its parameters: the count is cached per config (~20 ms each)."""
-    return _count_encoder(json.dumps(hf_config, sort_keys=True))
-
-
-@functools.lru_cache(maxsize=32)
-def _count_encoder(hf_config_json: str) -> int:
-    hf_config = json.loads(hf_config_json)
-    tf = _transformers()
-    extra = {"add_pooling_layer": False} if hf_config.get("model_type") in _POOLER_MODELS else {}
-    with torch.device("meta"):
-        enc = tf.AutoModel.from_config(hf_config_object(hf_config), **extra)
-    return sum(p.numel() for p in enc.parameters())

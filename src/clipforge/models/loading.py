@@ -23,7 +23,7 @@ from clipforge.models.checkpoint import (PathLike, check_header_shapes, is_check
                                          read_checkpoint_dir, read_config_json, read_safetensors_header,
                                          read_state_dict)
 from clipforge.models.clip import CLIPModel
-from clipforge.models.config import get_model_config, list_models
+from clipforge.models.model_registry import get_model_config, list_models
 from clipforge.models.convert import RESOLVERS, Resolver, refuse_weights
 from clipforge.models.factory import build_model, create_model, expected_state_shapes
 from clipforge.models.tokenizer import Tokenizer

@@ -29,13 +29,6 @@ def projection_head(kind: str, in_dim: int, out_dim: int, hidden: int = 0) -> nn
     raise ValueError(f"unknown head {kind!r}; valid: {', '.join(HEADS)}")  # configs validate before this
 
 
-def head_parameters(kind: str, in_dim: int, out_dim: int, hidden: int = 0) -> int:
-    if kind == "linear":
-        return in_dim * out_dim + out_dim
-    h = hidden or max(in_dim, out_dim)
-    return in_dim * h + h + h * out_dim + out_dim
-
-
 def is_pretrained_tower(tower: nn.Module) -> bool:
     """EfficientNetTower, HFTextTower: an encoder (`features`) and a projection head (`head`)."""
     return hasattr(tower, "feature_dim")

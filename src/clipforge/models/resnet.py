@@ -16,7 +16,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clipforge.models.config import VisionConfig
 from clipforge.models.output import TowerOutput
 
 
@@ -71,7 +70,8 @@ class AttentionPool2d(nn.Module):
 
 
 class ResNetTower(nn.Module):
-    def __init__(self, cfg: VisionConfig, embed_dim: int):
+    def __init__(self, cfg, embed_dim: int):
+        """`cfg`: a `ResNetConfig` (validated when constructed)."""
         super().__init__()
         self.cfg = cfg
         w = cfg.width

@@ -29,7 +29,7 @@ import torch
 
 from clipforge.errors import UsageError
 from clipforge.models.factory import build_model
-from clipforge.models.text import SHORT_POSITIONS
+from clipforge.models.config_checks import SHORT_POSITIONS
 
 __all__ = ["stretch_positions", "stretch_model", "freeze_kept_positions"]
 

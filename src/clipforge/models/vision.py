@@ -1,10 +1,11 @@
-"""Vision transformer tower: patch embedding, optional class token, transformer, pooling, projection."""
+"""Vision transformer tower: patch embedding, optional class token, transformer, pooling, projection.
+
+Built from a `ViTConfig`, which validated itself (`config_checks`): nothing is checked again here."""
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from clipforge.models.config import VisionConfig
 from clipforge.models.layers import AttentionPoolHead, Transformer
 from clipforge.models.output import TowerOutput
 
@@ -16,9 +17,7 @@ class ConvStem(nn.Module):
 
     def __init__(self, width: int, patch_size: int):
         super().__init__()
-        n = patch_size.bit_length() - 1
-        if patch_size < 2 or 2 ** n != patch_size:
-            raise ValueError(f"stem 'conv' needs a power-of-two patch_size >= 2, got {patch_size}")
+        n = patch_size.bit_length() - 1  # a power of two >= 2 (config_checks)
         chans = [3] + [max(width // 2 ** (n - i), 8) for i in range(1, n + 1)]
         layers = []
         for cin, cout in zip(chans[:-1], chans[1:]):
@@ -31,23 +30,16 @@ class ConvStem(nn.Module):
 
 
 class VisionTower(nn.Module):
-    def __init__(self, cfg: VisionConfig, embed_dim: int):
+    def __init__(self, cfg, embed_dim: int):
+        """`cfg`: a `ViTConfig`."""
         super().__init__()
-        if cfg.image_size % cfg.patch_size:
-            raise ValueError(f"image_size {cfg.image_size} is not a multiple of patch_size {cfg.patch_size}")
-        if cfg.pool not in ("cls", "mean", "map"):
-            raise ValueError(f"unknown vision pool {cfg.pool!r}; valid: cls, mean, map")
-        if not cfg.proj and cfg.width != embed_dim:
-            raise ValueError(f"vision proj=False needs width ({cfg.width}) == embed_dim ({embed_dim})")
         self.cfg = cfg
         W = cfg.width
         self.grid = cfg.image_size // cfg.patch_size
-        if cfg.stem == "patch":
-            self.conv = nn.Conv2d(3, W, cfg.patch_size, cfg.patch_size, bias=cfg.patch_bias)
-        elif cfg.stem == "conv":
+        if cfg.stem == "conv":
             self.conv = ConvStem(W, cfg.patch_size)
-        else:
-            raise ValueError(f"unknown vision stem {cfg.stem!r}; valid: patch, conv")
+        else:  # "patch"
+            self.conv = nn.Conv2d(3, W, cfg.patch_size, cfg.patch_size, bias=cfg.patch_bias)
         self.class_embedding = nn.Parameter(torch.randn(W) * W ** -0.5) if cfg.pool == "cls" else None
         n_tokens = self.grid ** 2 + (1 if cfg.pool == "cls" else 0)
         self.positional_embedding = nn.Parameter(torch.randn(n_tokens, W) * W ** -0.5)

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from clipforge.errors import UsageError
-from clipforge.models.config import own_projection
+from clipforge.models.config_checks import own_projection
 from clipforge.models.adapter import merged_model
 from clipforge.models.checkpoint import load_state_dict_strict
 from clipforge.models.factory import build_model

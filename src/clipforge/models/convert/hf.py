@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 
 from clipforge.errors import ClipforgeError, UsageError
 from clipforge.json_file import read_json_object
-from clipforge.models.config import CLIPConfig, PreprocessConfig, TextConfig, VisionConfig
+from clipforge.models.config import CLIPConfig, PreprocessConfig, TextConfig, ViTConfig
 from clipforge.models.unwrap import unwrap_model
 from clipforge.models.convert.common import HF_ACTS, KeyReader, StateDict, assemble, fuse_qkv, mlp_hidden, mlp_ratio, native_act, split_qkv, write_dir_atomically
 from clipforge.models.checkpoint import load_safetensors, read_state_dict
@@ -78,7 +78,7 @@ def config_from_hf(hf: dict, preprocess: PreprocessConfig = None) -> CLIPConfig:
             raise ClipforgeError(f"SigLIP text projection_size {proj_size} != vision hidden_size {vw}")
         vision.update(pool="map", ln_pre=False, patch_bias=True, proj=False)
         text.update(causal=False, pool="last", proj=True, proj_bias=True)
-        cfg = CLIPConfig(embed_dim=embed_dim, vision=VisionConfig(**vision), text=TextConfig(**text),
+        cfg = CLIPConfig(embed_dim=embed_dim, vision=ViTConfig(**vision), text=TextConfig(**text),
                          preprocess=preprocess or PreprocessConfig(mean=(0.5,) * 3, std=(0.5,) * 3,
                                                                    resize_mode="squash", convention="hf"),
                          logit_scale_init=0.0, logit_bias_init=0.0)
@@ -92,7 +92,7 @@ def config_from_hf(hf: dict, preprocess: PreprocessConfig = None) -> CLIPConfig:
         embed_dim = int(hf.get("projection_dim") or 512)
         vision.update(pool="cls", ln_pre=True, patch_bias=False, proj=True)
         text.update(causal=True, proj=True, proj_bias=False)
-        cfg = CLIPConfig(embed_dim=embed_dim, vision=VisionConfig(**vision), text=TextConfig(**text),
+        cfg = CLIPConfig(embed_dim=embed_dim, vision=ViTConfig(**vision), text=TextConfig(**text),
                          preprocess=preprocess or PreprocessConfig(convention="hf"),
                          logit_scale_init=float(hf.get("logit_scale_init_value", 2.6592)))
     return cfg

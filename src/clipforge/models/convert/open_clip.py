@@ -20,7 +20,8 @@ from safetensors.torch import save_file
 
 from clipforge.errors import ClipforgeError, UsageError
 from clipforge.json_file import read_json_object
-from clipforge.models.config import OPENAI_MEAN, OPENAI_STD, CLIPConfig, PreprocessConfig, TextConfig, VisionConfig
+from clipforge.models.config import (OPENAI_MEAN, OPENAI_STD, CLIPConfig, PreprocessConfig, ResNetConfig, TextConfig,
+                                     VisionConfig, ViTConfig)
 from clipforge.models.convert.common import write_dir_atomically
 from clipforge.models.unwrap import unwrap_model
 from clipforge.models.convert.hub import network_error
@@ -95,10 +96,10 @@ def config_from_open_clip(model_cfg: dict, preprocess: Optional[dict] = None, *,
     image_size = vc.get("image_size", 224)
     image_size = int(image_size[0] if isinstance(image_size, (list, tuple)) else image_size)
     if isinstance(vc.get("layers", 12), (list, tuple)):  # ModifiedResNet: width * 32 // head_width heads
-        vision = VisionConfig(arch="resnet", image_size=image_size, width=width, stage_layers=tuple(vc["layers"]),
+        vision = ResNetConfig(image_size=image_size, width=width, stage_layers=tuple(vc["layers"]),
                               heads=width * 32 // int(vc.get("head_width", 64)))
     else:
-        vision = VisionConfig(
+        vision = ViTConfig(
             image_size=image_size, patch_size=int(vc.get("patch_size", 16)), width=width,
             layers=int(vc.get("layers", 12)), heads=width // int(vc.get("head_width", 64)),
             mlp_ratio=float(vc.get("mlp_ratio", 4.0)), act=act, pool="cls", ln_pre=not vc.get("no_ln_pre", False),

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import List, Optional, Tuple
 
 from clipforge.errors import ClipforgeError, UsageError
-from clipforge.models.config import CLIPConfig, PreprocessConfig, TextConfig, VisionConfig
+from clipforge.models.config import CLIPConfig, PreprocessConfig, TextConfig, ViTConfig, vision_config
 from clipforge.models.convert.common import KeyReader, StateDict, assemble, mlp_ratio
 from clipforge.models.convert.hf_files import load_hf_tokenizer
 from clipforge.models.convert.open_clip_resnet import (infer_resnet, is_resnet_layout, resnet_from_open_clip,
@@ -74,7 +74,7 @@ def infer_config(state: StateDict, *, act: str = "quick_gelu", vision_heads: Opt
     text_heads = _heads(text_heads, int(tw), "text")
     if is_resnet_layout(state):  # OpenAI's rule for its RN models: attention-pool width // 64 heads
         pool_width = int(state["visual.attnpool.q_proj.weight"].shape[0])
-        vision = VisionConfig(**infer_resnet(state, _heads(vision_heads, pool_width, "vision")))
+        vision = vision_config(**infer_resnet(state, _heads(vision_heads, pool_width, "vision")))
     else:
         vision = _infer_vit(state, act, vision_heads)
     return CLIPConfig(
@@ -92,7 +92,7 @@ def infer_config(state: StateDict, *, act: str = "quick_gelu", vision_heads: Opt
     )
 
 
-def _infer_vit(state: StateDict, act: str, heads: Optional[int]) -> VisionConfig:
+def _infer_vit(state: StateDict, act: str, heads: Optional[int]) -> ViTConfig:
     conv = state["visual.conv1.weight"]  # (W, 3, p, p)
     vw, patch = int(conv.shape[0]), int(conv.shape[-1])
     n_pos = state["visual.positional_embedding"].shape[0]
@@ -100,10 +100,10 @@ def _infer_vit(state: StateDict, act: str, heads: Optional[int]) -> VisionConfig
     if grid * grid != n_pos - 1:
         raise ClipforgeError(f"visual.positional_embedding has {n_pos} rows: not 1 + a square grid")
     v_fc = state["visual.transformer.resblocks.0.mlp.c_fc.weight"].shape[0]
-    return VisionConfig(image_size=patch * grid, patch_size=patch, width=vw,
-                        layers=_count_layers(state, "visual.transformer"), heads=_heads(heads, vw, "vision"),
-                        mlp_ratio=mlp_ratio(int(v_fc), vw, "visual mlp"), act=act, pool="cls",
-                        ln_pre="visual.ln_pre.weight" in state)
+    return ViTConfig(image_size=patch * grid, patch_size=patch, width=vw,
+                     layers=_count_layers(state, "visual.transformer"), heads=_heads(heads, vw, "vision"),
+                     mlp_ratio=mlp_ratio(int(v_fc), vw, "visual mlp"), act=act, pool="cls",
+                     ln_pre="visual.ln_pre.weight" in state)
 
 
 def _heads(given: Optional[int], width: int, tower: str) -> int:
