@@ -23,7 +23,7 @@ LAYERS = [
     {"models", "data", "losses", "metrics"},
     {"encode"},
     {"scale"},
-    {"zeroshot", "adapt", "retrieval", "curate"},
+    {"zeroshot", "adapt", "retrieval", "curate", "explain"},
     {"evaluate"},
     {"train", "serve", "tour", "tour_pretrained"},
     {"cli"},
