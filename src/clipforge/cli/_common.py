@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 from typing import Iterable
 
+from clipforge.cli._token_merge import add_token_merge_args, token_merge_options
 from clipforge.errors import UsageError
 from clipforge.registry import Option
 
@@ -46,6 +47,7 @@ def add_model_args(p: argparse.ArgumentParser, default: str = None) -> None:
                    help="texts longer than the model's context: cut them and say so once (warn, the default), "
                         "cut quietly (silent), or stop (error); `clipforge stretch` makes a longer context")
     add_engine_args(p)
+    add_token_merge_args(p)
 
 
 ENGINE_CHOICES = ("auto", "torch", "onnx", "openvino")  # clipforge.encode.ENGINES (kept torch-free for --help)
@@ -65,9 +67,11 @@ def add_engine_args(p: argparse.ArgumentParser, default: str | None = "torch", e
 
 
 def engine_options(args) -> dict:
-    """The engine keyword arguments for `Encoder.from_model` / `Encoder.load` from --engine / --threads."""
+    """The engine keyword arguments for `Encoder.from_model` / `Encoder.load` from --engine / --threads (and
+    --token-merge / --merge-method where the command offers them)."""
     engine = getattr(args, "engine", None)
-    return {"engine": engine if engine in ENGINE_CHOICES else "torch", "threads": getattr(args, "threads", None)}
+    return {"engine": engine if engine in ENGINE_CHOICES else "torch", "threads": getattr(args, "threads", None),
+            **token_merge_options(args)}
 
 
 def load_encoder_from_args(args):

@@ -5,6 +5,7 @@ import json
 import sys
 
 from clipforge.cli._common import add_engine_args, add_options, engine_options, option_values, positive_int, full_parser_for
+from clipforge.cli._token_merge import add_token_merge_args
 from clipforge.errors import UsageError
 
 
@@ -50,6 +51,7 @@ def register(sub):
                         "or auto (picked per machine and model)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     add_engine_args(p)
+    add_token_merge_args(p)
     p.add_argument("--json", action="store_true", help="print the full records as JSON lines")
     p.set_defaults(func=run)
 

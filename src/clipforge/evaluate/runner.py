@@ -105,8 +105,10 @@ def run_eval(model, task: str, dataset, *, model_name: Optional[str] = None, spl
         t0 = time.perf_counter()
         res = spec.run(encoder, ds, ctx, **opts)
         extra = res.extra
+        merged = getattr(encoder.engine, "token_merge", None)  # approximate embeddings: the record says so
         config = {"task": task, "dataset": ds.name, "split": ds.split, "batch_size": batch_size, "seed": seed,
-                  "precision": encoder.precision, **res.config}
+                  "precision": encoder.precision, **({"token_merge": merged.to_dict()} if merged else {}),
+                  **res.config}
     elapsed = time.perf_counter() - t0
     recs = [make_record(name, ds_name, task, part.metrics, config={**config, **part.config},
                         templates_hash=part.templates_hash or res.templates_hash, elapsed_s=elapsed,

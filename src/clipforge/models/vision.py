@@ -8,6 +8,7 @@ from torch import nn
 
 from clipforge.models.layers import AttentionPoolHead, Transformer
 from clipforge.models.output import TowerOutput
+from clipforge.models.token_merge import merged_pooled
 
 
 class ConvStem(nn.Module):
@@ -30,6 +31,8 @@ class ConvStem(nn.Module):
 
 
 class VisionTower(nn.Module):
+    token_merge = None  # a `token_merge.TokenMerge` (set by `apply_token_merge`): merged blocks for pooled output
+
     def __init__(self, cfg, embed_dim: int):
         """`cfg`: a `ViTConfig`."""
         super().__init__()
@@ -60,6 +63,8 @@ class VisionTower(nn.Module):
             cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
             x = torch.cat([cls, x], dim=1)  # (B, 1 + g*g, W)
         x = self.ln_pre(x + self.positional_embedding.to(x.dtype))
+        if self.token_merge is not None and not return_tokens:  # per-patch tokens are computed unmerged
+            return TowerOutput(merged_pooled(self, x), None)
         if self.cfg.pool == "cls" and not return_tokens:  # only the class token's last-block row is needed
             return TowerOutput(self.proj(self.ln_post(self.transformer(x, keep=0))[:, 0]), None)
         x = self.ln_post(self.transformer(x))

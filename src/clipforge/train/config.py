@@ -38,6 +38,7 @@ import yaml
 from clipforge.data.fs import FileRefused, read_regular
 from clipforge.data.sources.trust import StoredSpec, accept_stored, stored_spec
 from clipforge.errors import UsageError
+from clipforge.models.token_merge import token_merge_setting
 from clipforge.models.lora import LoRAConfig
 from clipforge.train.step import check_loss_inputs
 
@@ -101,6 +102,10 @@ class ModelSection:
     lock_text: bool = False
     lock_text_unlocked_groups: int = 0
     weights: Optional[str] = None  # a weights file for a registered architecture
+    # ViT image tower: tokens merged per block while training (ToMe trains with it; models/token_merge.py):
+    # R, or "R1,R2,..." one count per block; null: none. Not stored in the checkpoint: evaluate with the same R.
+    token_merge: Optional[str] = None
+    merge_method: str = "tome"  # tome | pitome
 
 
 @dataclass
@@ -216,6 +221,10 @@ class TrainConfig:
         # lock_image + lock_text together: pretrained towers still train their projection heads (projector
         # alignment, from a feature cache); for clipforge's own towers the optimizer finds nothing to train.
         check_loss_inputs(self)  # a loss whose inputs the pipeline cannot supply is refused here
+        try:
+            token_merge_setting(self.model.token_merge, self.model.merge_method)
+        except UsageError as e:
+            raise UsageError(f"model.token_merge / model.merge_method: {e}") from None
         if self.adapt.method is not None:
             self.adapt.lora_config()
             if self.model.lock_image or self.model.lock_text:

@@ -49,6 +49,7 @@ from clipforge.train.schedule import lr_at
 from clipforge.train.sync_batchnorm import convert_sync_batchnorm
 from clipforge.train.state import open_resume, resolve_resume, save_checkpoint, set_rng_state
 from clipforge.models.stretch import freeze_kept_positions
+from clipforge.models.token_merge import apply_token_merge
 from clipforge.train.step import forward_loss, pair_extras, reinforcement_store
 
 log = logging.getLogger("clipforge.train")
@@ -173,6 +174,8 @@ def train(cfg: TrainConfig, out_dir, resume: Optional[str] = None, overwrite: bo
     if cfg.model.lock_text:
         lock_tower(model.text, cfg.model.lock_text_unlocked_groups)
     model.set_grad_checkpointing(cfg.model.grad_checkpointing)
+    if cfg.model.token_merge is not None:  # the periodic evaluation encodes with it too
+        apply_token_merge(model, cfg.model.token_merge, cfg.model.merge_method)
     freeze_kept_positions(model)  # a stretched text tower (Long-CLIP) trains only its interpolated positions
     model.to(device).train()
     core = model
