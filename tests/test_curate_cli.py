@@ -98,7 +98,7 @@ def test_score_and_dedup_take_the_executor_flags(done, tmp_path, capsys):
     spec, out = done["spec"], str(tmp_path / "s.parquet")
     assert main(["curate", "score", spec, "-m", "tiny", "--out", out, "--address", "auto"]) == 2
     err = capsys.readouterr().err.strip()
-    assert "--address does not apply to execution engine 'local'" in err and "ray" in err and "\n" not in err
+    assert "--address does not apply to executor 'local'" in err and "ray" in err and "\n" not in err
     assert main(["curate", "dedup", spec, "-m", "tiny", "--out", str(tmp_path / "d.jsonl"),
                  "--num-gpus-per-worker", "1"]) == 2
     assert "--num-gpus-per-worker does not apply" in capsys.readouterr().err

@@ -2,6 +2,7 @@
 image facts find byte / pixel copies, a killed job resumes without duplicates or gaps."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -240,8 +241,9 @@ def test_ray_code_path_scores_where_encoded_and_equals_local(pairs, tmp_path, mo
 
     threads = torch.get_num_threads()
     made = []
-    monkeypatch.setattr(job_mod, "create_executor",
-                        lambda name, job, **o: made.append((name, job)) or _ActorLogicExecutor(job, **o))
+    real = job_mod.create_executor  # the local run below goes through the real local executor
+    monkeypatch.setattr(job_mod, "create_executor", lambda name, job, **o: made.append((name, job)) or (
+        _ActorLogicExecutor(job, **o) if name == "ray" else real(name, job, **o)))
     try:
         remote = score_source(pairs["spec"], "tiny", tmp_path / "ray.parquet", batch_size=5, part_size=7,
                               precision="fp32", progress=False, pixel_features=True, executor="ray",
@@ -250,7 +252,13 @@ def test_ray_code_path_scores_where_encoded_and_equals_local(pairs, tmp_path, mo
         torch.set_num_threads(threads)  # the actor logic pins its process to its CPUs
     local = score_source(pairs["spec"], "tiny", tmp_path / "local.parquet", batch_size=5, part_size=7,
                          precision="fp32", progress=False, pixel_features=True)
-    assert made[0][0] == "ray" and made[0][1].after is not None and made[0][1].inspect is not None
+    (ray_name, ray_job), (local_name, local_job) = made  # one job, either executor
+    assert (ray_name, local_name) == ("ray", "local") and ray_job.after is not None and ray_job.inspect is not None
+    assert dataclasses.replace(ray_job, after=None, inspect=None) == dataclasses.replace(local_job, after=None,
+                                                                                         inspect=None)
+    for f in ("after", "inspect"):
+        assert (getattr(ray_job, f).func, getattr(ray_job, f).keywords) == \
+            (getattr(local_job, f).func, getattr(local_job, f).keywords)
     assert remote["executor"] == {"executor": "ray", "num_workers": 2} and local["executor"] == {"executor": "local"}
     a, b = read_scores(tmp_path / "ray.parquet"), read_scores(tmp_path / "local.parquet")
     assert a.num_rows == b.num_rows and remote["skipped"] == local["skipped"] and remote["skipped"]["total"] > 0

@@ -11,7 +11,7 @@ import torch
 from clipforge.cli import main
 from clipforge.encode import Encoder, plan_batches
 from clipforge.errors import ClipforgeError, UsageError
-from clipforge.retrieval.build import build_index
+from clipforge.retrieval.build import build_index, update_index
 from clipforge.retrieval.embed_dataset import embed_dataset
 from clipforge.retrieval.store import EmbeddingStore
 from clipforge.scale import EXECUTORS, EncodeJob, create_executor, plan_units
@@ -31,7 +31,7 @@ def test_plan_units_groups_runs_and_rejects_bad_grouping():
 
 def test_options_are_checked_against_the_executor():
     job = EncodeJob("files:/nowhere", "tiny")
-    with pytest.raises(UsageError, match="`address` does not apply to execution engine 'local'.*ray"):
+    with pytest.raises(UsageError, match="`address` does not apply to executor 'local'.*ray"):
         create_executor("local", job, address="auto")
     with pytest.raises(UsageError, match="`executor` 'spark' is unknown.*local, ray"):
         create_executor("spark", job)
@@ -80,6 +80,84 @@ def test_first_caption_rows_without_one_are_zero():
     assert torch.allclose(out[[0, 3]], enc.encode_texts(["a red car", "a dog"]), atol=1e-6)
 
 
+@pytest.fixture
+def spy(monkeypatch):
+    """The local executor, recording every one made: its job, each call's plan, units and source, and what it
+    yielded. It stands in for "local" in the registry, so a job that encodes any other way records nothing."""
+    from clipforge.scale.local import LocalExecutor
+
+    made = []
+
+    class Spy(LocalExecutor):
+        def __init__(self, job, **kw):
+            super().__init__(job, **kw)
+            self.calls, self.yielded = [], []
+            made.append(self)
+
+        def iter_batches(self, plan, units=None, *, source=None, **kw):
+            self.calls.append((plan, units, source))
+            for item in super().iter_batches(plan, units, source=source, **kw):
+                self.yielded.append(item)
+                yield item
+
+    monkeypatch.setitem(EXECUTORS._entries, "local", Spy)
+    return made
+
+
+def test_index_build_and_update_encode_only_through_the_executor(photos_demo, tmp_path, spy):
+    """build_index and update_index hand the executor one job carrying engine, precision and threads (the
+    model runs as the job says), one unit per committed shard, and the source they opened; every stored row
+    is one the executor yielded."""
+    import shutil
+
+    root = tmp_path / "photos"
+    shutil.copytree(photos_demo["images_dir"], root)
+    out = tmp_path / "idx"
+    build_index(f"files:{root}", "tiny", out, batch_size=3, shard_size=7, workers=0, precision="fp32",
+                engine="torch", threads=1, index_kind="flat", progress=False)
+    (ex,) = spy
+    job = ex.job
+    assert (job.engine, job.threads, job.precision, job.captions, job.workers) == ("torch", 1, "fp32", True, 0)
+    assert ex.encoder.engine.name == "torch" and ex.encoder.engine.threads == 1  # loaded as the job says
+    ((plan, units, source),) = ex.calls
+    assert source is not None and len(source) == photos_demo["num_photos"]  # the build's own opened source
+    assert all(len(b) <= 3 for b in plan) and units == sorted(units)
+    per_unit = {u: [p for b, v in zip(plan, units) if v == u for p in b] for u in set(units)}
+    assert [len(per_unit[u]) for u in sorted(per_unit)] == [len(g) for g in plan_batches(range(len(source)), 7)]
+    keys, _, _ = _store_rows(out)
+    assert sorted(keys) == sorted(i for b in ex.yielded for i in b.ids) and len(keys) == len(set(keys))
+
+    first = next(p for p in sorted(root.iterdir()) if p.suffix == ".png")
+    shutil.copy(first, root / "zz_new.png")
+    shutil.copy(first.with_suffix(".txt"), root / "zz_new.txt")
+    s = update_index(out, workers=0, threads=2, progress=False)
+    _, upd = spy
+    assert (upd.job.engine, upd.job.threads, upd.job.precision, upd.job.captions) == ("torch", 2, "fp32", True)
+    assert s["added"] == 1 and [i for b in upd.yielded for i in b.ids] == ["zz_new.png"]
+    assert len(_store_rows(out)[0]) == photos_demo["num_photos"] + 1
+
+
+def test_curate_score_encodes_only_through_the_executor(photos_demo, tmp_path, spy):
+    """score_source hands the executor one job (inspect and score where each batch is encoded, engine and
+    threads), one unit per committed part; a loaded model is handed over as it is, never loaded again."""
+    from clipforge.curate import read_scores, score_source
+
+    spec = f"files:{photos_demo['images_dir']}"
+    s = score_source(spec, "tiny", tmp_path / "a.parquet", batch_size=4, part_size=6, precision="fp32",
+                     engine="torch", threads=1, lang=False, progress=False)
+    (ex,) = spy
+    assert (ex.job.engine, ex.job.threads, ex.job.precision) == ("torch", 1, "fp32")
+    assert ex.job.after is not None and ex.job.inspect is not None and s["executor"] == {"executor": "local"}
+    ((plan, units, source),) = ex.calls
+    assert units == [p // 6 for b in plan for p in b[:1]] and source is not None
+    rows = read_scores(tmp_path / "a.parquet").column("id").to_pylist()
+    assert rows == [i for t in ex.yielded for i in t.column("id").to_pylist()]  # every row came from it
+
+    enc = Encoder.load("tiny")
+    score_source(spec, enc, tmp_path / "b.parquet", part_size=6, lang=False, progress=False)
+    assert spy[1].encoder is enc
+
+
 def _store_rows(root, modality="img"):
     s = EmbeddingStore.open(root)
     x, ids = s.load(modality, as_float32=False)
@@ -121,7 +199,7 @@ def test_cli_embed_dataset_and_engine_flags(photos_demo, tmp_path, capsys):
     # an executor option the chosen engine does not take is an error naming the flags, before any work
     rc = main(["index", "build", src, "-m", "tiny", "--out", str(tmp_path / "x"), "--address", "auto"])
     err = capsys.readouterr().err
-    assert rc == 2 and "--address does not apply to execution engine 'local'" in err and "ray" in err
+    assert rc == 2 and "--address does not apply to executor 'local'" in err and "ray" in err
     assert not (tmp_path / "x").exists()
     rc = main(["embed-dataset", src, "-m", "tiny", "--out", str(tmp_path / "y"), "--engine", "ray",
                "--num-workers", "0"])

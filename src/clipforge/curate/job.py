@@ -1,10 +1,10 @@
 """The resumable scoring job: `score_source(source, model, out)` -> one parquet file of `score.py` rows.
 
-Work is cut into parts of `part_size` source positions, each read in batches by `clipforge.encode` (decoding
-workers, skips counted) and scored by `score_batch`. A finished part is written atomically to
-`<out>.parts/part-NNNNNN.parquet`, then the job manifest (`<out>.parts/manifest.json`) is rewritten
-atomically to list it. A job killed at any moment therefore leaves only whole parts, and only the parts the
-manifest lists count: re-running the same call re-plans the same parts from the source, skips those listed
+Work is cut into parts of `part_size` source positions, each read in batches by a `clipforge.scale` executor
+(decoding workers, skips counted) and scored by `score_batch` where the batch was encoded (`EncodeJob.after`).
+A finished part is written atomically to `<out>.parts/part-NNNNNN.parquet`, then the job manifest
+(`<out>.parts/manifest.json`) is rewritten atomically to list it. A job killed at any moment therefore leaves
+only whole parts, and only the parts the manifest lists count: re-running the same call re-plans the same parts from the source, skips those listed
 and scores the rest (a part written but not yet listed is scored again and overwritten), so the result has
 every sample exactly once. When every part is done they are concatenated in order into `out` (atomically,
 with the job's description in the file's metadata) and the parts folder is removed.
@@ -13,11 +13,12 @@ Re-running on a finished `out` with the same source, model and options returns i
 settings are refused unless `overwrite=True`, and so is a file at `out` that is not a scores file (a folder, link,
 device or FIFO there is refused always: `output_dirs`).
 
-`executor="ray"` (options as `clipforge.scale.RayExecutor` declares them: address, num_workers, ...) scores on
-a Ray cluster: one part is one unit of work, each actor decodes, inspects, encodes and scores its part's
-batches itself (`EncodeJob.inspect` / `EncodeJob.after` with the same `image_facts` and `score_batch`), only
-the rows travel back, in plan order, and they are committed here exactly as above, so the file equals the
-local run's (same rows, same skips) and a job killed under one engine resumes under either.
+`executor="local"` (the default) runs that here; `executor="ray"` (options as `clipforge.scale.RayExecutor`
+declares them: address, num_workers, ...) scores on a Ray cluster: one part is one unit of work, each actor
+decodes, inspects, encodes and scores its part's batches itself (the same job: `EncodeJob.inspect` /
+`EncodeJob.after` with `image_facts` and `score_batch`), only the rows travel back, in plan order, and they
+are committed here exactly as above, so the file equals the local run's (same rows, same skips) and a job
+killed under one executor resumes under either.
 """
 from __future__ import annotations
 
@@ -37,9 +38,8 @@ from clipforge.atomic import atomic_write_json, atomic_write_path
 from clipforge.curate.facts import image_facts
 from clipforge.curate.lang import resolve_lang
 from clipforge.curate.score import schema_for, score_batch
-from clipforge.data.decode import SkipCounter
 from clipforge.data.sources import open_source
-from clipforge.encode import Encoder, as_encoder
+from clipforge.encode import as_encoder
 from clipforge.errors import ClipforgeError, UsageError
 from clipforge.output_dirs import OutputFile
 from clipforge.progress import Progress
@@ -116,9 +116,10 @@ def score_source(source, model, out, *, batch_size: int = 256, part_size: int = 
 
     texts: score captions (False: image facts and embeddings only). lang: "auto" | True | False (a language
     guess per caption, with py3langid). embeddings: keep each image's embedding (de-duplication reuses them).
-    pixel_features: keep a model-free pixel descriptor per image (de-duplication's default features). executor: "local" (this process, run by
-    `engine` with `threads`) or "ray" (`executor_options`; needs `model` as a reference, and `source` as a spec
-    string when it needs `source_options`). Returns the job summary.
+    pixel_features: keep a model-free pixel descriptor per image (de-duplication's default features).
+    executor: "local" (this process) or "ray" (`executor_options`; needs `model` as a reference, and `source`
+    as a spec string when it needs `source_options`); either runs the model with the inference `engine` and
+    `threads`. Returns the job summary.
     """
     if batch_size < 1 or part_size < 1 or workers < 0:
         raise UsageError(f"need `batch_size` >= 1, `part_size` >= 1, `workers` >= 0; got {batch_size}, "
@@ -154,34 +155,28 @@ def score_source(source, model, out, *, batch_size: int = 256, part_size: int = 
         shutil.rmtree(parts)
         manifest = None
     precision = (manifest or {}).get("precision", precision)  # a resumed job encodes exactly like the first run
-    runner = enc = None
-    if executor != "local":
-        opts = job["options"]
-        runner = create_executor(executor, EncodeJob(
-            src.spec, job["model"], dict(source_options or {}), precision=precision, device=device, workers=workers,
-            inspect=functools.partial(image_facts, pixel_features=opts["pixel_features"]),
-            after=functools.partial(score_batch, texts=opts["texts"], lang=opts["lang"],
-                                    embeddings=opts["embeddings"], pixel_features=opts["pixel_features"])),
-            **(executor_options or {}))
-        prec, dim = runner.precision, runner.embed_dim
-    else:
-        enc = as_encoder(model) if not isinstance(model, (str, os.PathLike)) else Encoder.load(
-            job["model"], device=device, precision=precision, engine=engine, threads=threads)
-        prec, dim = enc.precision, enc.embed_dim
+    opts = job["options"]
+    # each batch is decoded, inspected, encoded and scored where the executor runs it; only the rows come back
+    encode = EncodeJob(src.spec, job["model"], dict(source_options or {}), precision=precision, engine=engine,
+                       threads=threads, device=device, workers=workers,
+                       inspect=functools.partial(image_facts, pixel_features=opts["pixel_features"]),
+                       after=functools.partial(score_batch, texts=opts["texts"], lang=opts["lang"],
+                                               embeddings=opts["embeddings"], pixel_features=opts["pixel_features"]))
+    loaded = {} if isinstance(model, (str, os.PathLike)) else {"encoder": as_encoder(model)}
+    runner = create_executor(executor, encode, **loaded, **(executor_options or {}))
     try:
-        return _start(out, src, job, manifest, manifest_path, parts, prec, dim, enc, runner, progress, on_part,
-                      workers, batch_size, part_size, output)
+        return _start(out, src, job, manifest, manifest_path, parts, runner, progress, on_part, batch_size,
+                      part_size, output)
     finally:
-        if runner is not None:
-            runner.close()
+        runner.close()
 
 
-def _start(out, src, job, manifest, manifest_path, parts, prec, dim, enc, runner, progress, on_part,
-           workers, batch_size, part_size, output) -> dict:
-    """The rest of `score_source`, once the model is loaded here (`enc`) or in the executor's workers."""
+def _start(out, src, job, manifest, manifest_path, parts, runner, progress, on_part, batch_size, part_size,
+           output) -> dict:
+    """The rest of `score_source`, once the executor has the model loaded (here or in its workers)."""
     n = _n_positions(src)
     if manifest is None:
-        manifest = {**job, "precision": prec, "embed_dim": dim, "n_positions": n,
+        manifest = {**job, "precision": runner.precision, "embed_dim": runner.embed_dim, "n_positions": n,
                     "batch_size": batch_size, "part_size": part_size, "done": {},
                     "open_skipped": src.open_skipped.as_dict(), "created": time.time()}
     elif manifest["n_positions"] != n:
@@ -193,10 +188,9 @@ def _start(out, src, job, manifest, manifest_path, parts, prec, dim, enc, runner
     resumed = sum(v["positions"] for v in manifest["done"].values())
     if resumed:
         log.info("resuming %s: %d of %d positions already scored", out, resumed, n)
-    t0, scored = time.perf_counter(), _run_parts(src, enc, manifest, manifest_path, parts, progress, on_part,
-                                                 workers, runner)
+    t0, scored = time.perf_counter(), _run_parts(src, runner, manifest, manifest_path, parts, progress, on_part)
     res = _finish(out, parts, manifest, resumed, scored, time.perf_counter() - t0, output)
-    return {**res, "executor": runner.describe() if runner is not None else {"executor": "local"}}
+    return {**res, "executor": runner.describe()}
 
 
 def _place_skips(table: pa.Table, planned) -> pa.Table:
@@ -214,8 +208,7 @@ def _place_skips(table: pa.Table, planned) -> pa.Table:
     return table.set_column(k, table.schema.field(k), pa.array(pos, pa.int64()))
 
 
-def _run_parts(src, enc, manifest, manifest_path: Path, parts: Path, progress, on_part, workers,
-               runner=None) -> int:
+def _run_parts(src, runner, manifest, manifest_path: Path, parts: Path, progress, on_part) -> int:
     n, ps, bs = manifest["n_positions"], manifest["part_size"], manifest["batch_size"]
     opts = manifest["options"]
     todo = [p for p in range(-(-n // ps)) if str(p) not in manifest["done"]]
@@ -225,21 +218,13 @@ def _run_parts(src, enc, manifest, manifest_path: Path, parts: Path, progress, o
         for i in range(0, len(positions), bs):
             plan.append(positions[i:i + bs])
             part_of.append(p)
-    inspect = functools.partial(image_facts, pixel_features=opts["pixel_features"])
     schema = schema_for(lang=opts["lang"], embed_dim=manifest["embed_dim"] if opts["embeddings"] else None,
                         pixel_features=opts["pixel_features"])
     pending: list[pa.Table] = []
     scored = 0
-    skipped = SkipCounter()
-    if runner is not None:  # each batch already scored where it was encoded (the job's `after`)
-        tables = (_place_skips(t, plan[b]) for b, t in enumerate(
-            runner.iter_batches(plan, part_of, source=src, progress=False)))
-    else:
-        tables = (score_batch(enc, batch, texts=opts["texts"], lang=opts["lang"], embeddings=opts["embeddings"],
-                              pixel_features=opts["pixel_features"], planned=plan[b])
-                  for b, batch in enumerate(enc.iter_source(src, bs, batches=plan, workers=workers,
-                                                            skipped=skipped, progress=False,
-                                                            inspect=inspect)))
+    # each batch already scored where it was encoded (the job's `after`)
+    tables = (_place_skips(t, plan[b]) for b, t in enumerate(
+        runner.iter_batches(plan, part_of, source=src, progress=False)))
     bar = Progress(sum(len(g) for g in plan), desc="scoring", unit="img", progress=progress)
     with bar:
         for b, table in enumerate(tables):

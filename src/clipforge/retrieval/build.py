@@ -8,16 +8,16 @@ vectors (flat: 1.0, exact; a build whose recall is below `min_recall` warns: `bu
 The source spec and every file path in the metadata are recorded absolute (`"paths": "absolute"` in
 index.json), so an index built from `files:corpus` serves thumbnails and updates from any working directory.
 
-Work is cut into shards of `shard_size` samples, each split into batches; `clipforge.encode` reads them (its
-DataLoader workers decode and preprocess whole batches while the model runs). A shard is appended to the
-store atomically, so a killed build resumes after the last committed shard: samples whose keys are done are skipped, the rest are embedded
-in the same order, the same batches, and get the same ids. Files that could not be decoded are recorded
+Work is cut into shards of `shard_size` samples, each split into batches; a `clipforge.scale` executor encodes
+them (local: `clipforge.encode` here, its DataLoader workers decoding whole batches while the model runs; ray:
+one shard per unit of work on a cluster), and they come back in plan order. A shard is appended to the store
+atomically, so a killed build resumes after the last committed shard: samples whose keys are done are skipped,
+the rest are embedded in the same order, the same batches, and get the same ids. Files that could not be decoded are recorded
 (key -> reason) in index.json and not retried on resume; `update_index` retries them.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import logging
@@ -34,7 +34,6 @@ from clipforge.output_dirs import vet_output_dir
 from clipforge.data.sample import text_safe
 from clipforge.data.sources import absolute_spec, open_source
 from clipforge.data.sources.trust import accept_stored
-from clipforge.encode import Encoder
 from clipforge.errors import UsageError
 from clipforge.progress import Progress
 from clipforge.retrieval.faiss_build import MIN_RECALL, build_faiss, check_min_recall
@@ -81,14 +80,12 @@ def _metadata_table(captions: list[list[str]], meta: list[dict]) -> pa.Table:
     return pa.table(arrays)
 
 
-def _embed(store: EmbeddingStore, source, indices: list[int], encoder: Encoder, info: dict, info_path: Path, *,
-           batch_size: int, shard_size: int, workers: int, replace: bool, progress, on_batch,
-           runner: Executor | None = None) -> dict:
+def _embed(store: EmbeddingStore, source, indices: list[int], runner: Executor, info: dict, info_path: Path, *,
+           batch_size: int, shard_size: int, replace: bool, progress, on_batch) -> dict:
     """Embed source[indices] into the store, one atomic shard per `shard_size` samples.
 
-    `runner`: a `clipforge.scale` executor that encodes the planned batches elsewhere (e.g. on a Ray cluster),
-    one shard per unit of work; None encodes them here with `encoder`. Either way the shards are committed
-    here, in plan order."""
+    `runner`: the `clipforge.scale` executor that encodes the planned batches (here, or e.g. on a Ray cluster),
+    one shard per unit of work; the shards are committed here, in plan order."""
     text = "text" in store.modalities
     shards = [indices[i:i + shard_size] for i in range(0, len(indices), shard_size)]
     batches, shard_of = [], []  # batches never straddle shards, so a resume re-forms the same batches
@@ -122,11 +119,7 @@ def _embed(store: EmbeddingStore, source, indices: list[int], encoder: Encoder, 
     # held and block the resume. Each worker closes its copy (the parent's stays locked).
     init = functools.partial(_close_fd, lock_fd) if lock_fd is not None else None
     try:
-        if runner is not None:
-            it = runner.iter_batches(batches, shard_of, source=source)
-        else:
-            it = encoder.iter_source(source, batch_size, batches=batches, workers=workers, progress=False,
-                                     worker_init_fn=init, captions=text)
+        it = runner.iter_batches(batches, shard_of, source=source, progress=False, worker_init_fn=init)
         for b, batch in enumerate(it):
             for key, reason in batch.skipped.samples:
                 skipped.add(key, reason)
@@ -177,10 +170,11 @@ def build_index(source: str, model: str, out_dir, *, batch_size: int = 64, worke
     stores caption embeddings (text_emb/) when the source has captions. `index_kind` None embeds only (no
     index.faiss; a later build on the same out_dir adds it). `executor`: "local" (this process) or "ray"
     (a Ray cluster, `executor_options` as `clipforge.scale.RayExecutor` declares them: address,
-    num_workers, ...); the shards and their ids are the same. `engine` (torch | onnx | openvino | auto) runs
-    the model in this process (`clipforge.encode`); it is recorded, and updates and queries use it unless told
-    otherwise (Ray workers run torch). The index's recall@10 against exact search is measured and recorded; below
-    `min_recall` the build warns (`build_faiss`). Returns a summary (also index.json).
+    num_workers, ...); the shards and their ids are the same. `engine` (torch | onnx | openvino | auto) is the
+    inference runtime the executor runs the model with (`clipforge.encode`), with `threads`; it is recorded,
+    and updates and queries use it unless told otherwise. The index's recall@10 against exact search is
+    measured and recorded; below `min_recall` the build warns (`build_faiss`). Returns a summary (also
+    index.json).
     """
     if batch_size < 1 or shard_size < 1 or workers < 0:
         raise UsageError(f"need batch_size >= 1, shard_size >= 1, workers >= 0; got {batch_size}, "
@@ -206,12 +200,10 @@ def build_index(source: str, model: str, out_dir, *, batch_size: int = 64, worke
     if text == "auto":
         text = any(s.captions for _, s in positions[:64])
     text = bool(info["text"]) if info is not None else bool(text)
-    job = EncodeJob(source, ref, dict(source_options or {}), precision=precision, device=device, captions=text,
-                    workers=workers)
-    runner = create_executor(executor, job, **(executor_options or {})) if executor != "local" else None
-    enc = (Encoder.load(ref, device=device, precision=precision, engine=engine, threads=threads)
-           if runner is None else None)
-    prec, dim = (enc.precision, enc.embed_dim) if runner is None else (runner.precision, runner.embed_dim)
+    job = EncodeJob(source, ref, dict(source_options or {}), precision=precision, engine=engine, threads=threads,
+                    device=device, captions=text, workers=workers)
+    runner = create_executor(executor, job, **(executor_options or {}))
+    prec, dim = runner.precision, runner.embed_dim
     if info is None:
         info = {"format": "clipforge-index", "version": INFO_VERSION, "source": source, "paths": "absolute",
                 "source_options": source_options or {}, "model": ref, "precision": prec, "text": bool(text),
@@ -220,8 +212,7 @@ def build_index(source: str, model: str, out_dir, *, batch_size: int = 64, worke
                 "created": time.time()}
     mods = ("img", "text") if info["text"] else ("img",)
     root.mkdir(parents=True, exist_ok=True)
-    with runner if runner is not None else contextlib.nullcontext(), \
-            EmbeddingStore.create(root, dim, model={"ref": ref, "precision": prec},
+    with runner, EmbeddingStore.create(root, dim, model={"ref": ref, "precision": prec},
                                   modalities=mods, exist_ok=True) as store:
         atomic_write_json(info_path, info)
         done, bad = store.done_keys(), set(info["bad"])
@@ -229,10 +220,9 @@ def build_index(source: str, model: str, out_dir, *, batch_size: int = 64, worke
         resumed = len(done)
         if resumed:
             log.info("resuming: %d samples already embedded, %d to go", resumed, len(todo))
-        res = _embed(store, src, todo, enc, info, info_path, batch_size=info["batch_size"],
-                     shard_size=info["shard_size"], workers=workers, replace=False, progress=progress,
-                     on_batch=on_batch, runner=runner)
-    res["executor"] = runner.describe() if runner is not None else {"executor": "local"}
+        res = _embed(store, src, todo, runner, info, info_path, batch_size=info["batch_size"],
+                     shard_size=info["shard_size"], replace=False, progress=progress, on_batch=on_batch)
+    res["executor"] = runner.describe()
     return _finish(root, info, res, max_memory, index_kind, {"resumed_from": resumed}, min_recall=min_recall)
 
 
@@ -257,12 +247,16 @@ def update_index(index_dir, *, workers: int = 0, max_memory=None, index_kind: st
     if include_deleted:
         info["excluded"] = {}
     excluded = set(info.get("excluded", {}))
-    src = open_source(accept_stored(info["source"], allow_pipe), **info.get("source_options", {}))
-    enc = Encoder.load(info["model"], device=device, precision=info["precision"],
-                       engine=engine or info.get("engine", "torch"), threads=threads)
+    spec = accept_stored(info["source"], allow_pipe)
+    src = open_source(spec, **info.get("source_options", {}))
     # one store transaction: readers see the index before this update or after it, never its removals alone
     # (a killed update publishes nothing; the next run starts over)
-    with EmbeddingStore.open(root, writable=True) as store, store.transaction():
+    job = functools.partial(EncodeJob, spec, info["model"], dict(info.get("source_options", {})),
+                            precision=info["precision"], engine=engine or info.get("engine", "torch"),
+                            threads=threads, device=device, workers=workers)
+    # (the model loads once the store's modalities say whether captions are embedded too)
+    with EmbeddingStore.open(root, writable=True) as store, store.transaction(), \
+            create_executor("local", job(captions="text" in store.modalities)) as runner:
         old = store.metadata(["key", "size", "mtime", "caption"]).to_pylist()
         old = {r["key"]: r for r in old}
         positions = _keys_of(src)
@@ -283,9 +277,8 @@ def update_index(index_dir, *, workers: int = 0, max_memory=None, index_kind: st
         gone = [k for k in old if k not in seen]
         info["bad"] = {}  # failures are retried (and re-recorded) with everything else
         deleted = store.delete(gone)
-        res = _embed(store, src, todo, enc, info, info_path, batch_size=info["batch_size"],
-                     shard_size=info["shard_size"], workers=workers, replace=True, progress=progress,
-                     on_batch=on_batch)
+        res = _embed(store, src, todo, runner, info, info_path, batch_size=info["batch_size"],
+                     shard_size=info["shard_size"], replace=True, progress=progress, on_batch=on_batch)
     extra = {"added": added, "changed": changed, "deleted": deleted, "retried": len(retry & seen),
              "excluded": len(excluded & seen)}
     kind = index_kind or info.get("index", {}).get("requested_kind", "auto")

@@ -1,28 +1,30 @@
 """The executor seam: where an `EncodeJob`'s planned batches are encoded.
 
     ex = create_executor("ray", job, address="auto", num_gpus_per_worker=1)   # or "local"
-    for batch in ex.iter_batches(plan, units):    # every planned batch, encoded, in plan order
+    for batch in ex.iter_batches(plan, units, source=src):   # every planned batch, encoded, in plan order
         ...                                       # ImageBatch: ids, feats, text_feats, skipped, ...
     ex.close()
 
 `plan` is a list of batches of source positions; `units[b]` is the unit of work batch b belongs to (a
 non-decreasing run of integers: a unit is the part one worker takes at a time, e.g. the batches of one
-committed shard). Executors are a registry whose entries declare their options, so another cluster engine
-is one new module.
+committed shard). Every job that encodes a collection (index builds and updates, embedding jobs, curation)
+goes through an executor, "local" included, so the job's engine, precision and threads mean the same wherever
+it runs. Executors are a registry whose entries declare their options, so another cluster executor is one new
+module.
 """
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import ClassVar, Iterator, Optional, Sequence
+from typing import Callable, ClassVar, Iterator, Optional, Sequence
 
-from clipforge.encode import ImageBatch
+from clipforge.encode import Encoder, ImageBatch
 from clipforge.errors import UsageError
 from clipforge.registry import Option, Registry
 from clipforge.scale.job import EncodeJob
 
 __all__ = ["EXECUTORS", "Executor", "create_executor", "list_executors", "plan_units"]
 
-EXECUTORS = Registry("execution engine", param="executor")
+EXECUTORS = Registry("executor", param="executor")
 
 
 class Executor(ABC):
@@ -39,12 +41,16 @@ class Executor(ABC):
 
     @abstractmethod
     def iter_batches(self, plan: Sequence[Sequence[int]], units: Optional[Sequence[int]] = None, *,
-                     source=None, progress: Optional[bool] = False) -> Iterator[ImageBatch]:
+                     source=None, progress: Optional[bool] = False,
+                     worker_init_fn: Optional[Callable[[int], None]] = None) -> Iterator[ImageBatch]:
         """Yield every planned batch, encoded (`feats`, and `text_feats` when the job asks for captions), in
         plan order, including batches whose images were all unreadable (they carry their skips).
 
-        `source`: the job's source as the caller opened it, if it has, so that a distributed executor can
-        tell each worker which part of the collection a unit lives in (`Source.locate`)."""
+        `source`: the job's source as the caller opened it, if it has: the local executor reads it (instead of
+        opening the job's spec again), a distributed one tells each worker which part of the collection a unit
+        lives in (`Source.locate`). `worker_init_fn(worker_id)` runs in each decoding process forked from
+        this one (the local executor's); executors whose workers are not forked from this process ignore
+        it."""
 
     def describe(self) -> dict:
         return {"executor": self.name, "precision": self.precision}
@@ -78,9 +84,17 @@ def plan_units(plan: Sequence[Sequence[int]], units: Optional[Sequence[int]],
     return groups
 
 
-def create_executor(name: str, job: EncodeJob, **options) -> Executor:
-    """An executor of kind `name` ("local", "ray") for `job`, its options checked against its declaration."""
-    return EXECUTORS.create(name, job, **options)
+def create_executor(name: str, job: EncodeJob, *, encoder: Optional[Encoder] = None, **options) -> Executor:
+    """An executor of kind `name` ("local", "ray") for `job`, its options checked against its declaration.
+
+    `encoder`: a model already loaded in this process, used as it is instead of loading `job.model` (the local
+    executor only: the others load the model in their workers)."""
+    if encoder is None:
+        return EXECUTORS.create(name, job, **options)
+    if name != "local":
+        raise UsageError(f"executor {name!r} loads the model in its workers: pass a model reference (a name or a "
+                         "path), not a loaded model")
+    return EXECUTORS.get(name)(job, encoder=encoder, **EXECUTORS.check(name, options))
 
 
 def list_executors() -> list[str]:

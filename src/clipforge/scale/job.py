@@ -1,8 +1,9 @@
 """`EncodeJob`: everything a worker needs to encode part of a collection exactly as a local run would.
 
 It holds names, not objects (a source spec, a model reference), so it pickles to any worker, which opens the
-source and loads the model itself. Registered model names without weights are initialised from `seed`, so
-every worker gets the same weights (see `Encoder.load`).
+source and loads the model itself, run by the job's `engine` in its `precision` with its `threads`. Registered
+model names without weights are initialised from `seed`, so every worker gets the same weights (see
+`Encoder.load`).
 """
 from __future__ import annotations
 
@@ -19,12 +20,16 @@ __all__ = ["EncodeJob", "encode_batches", "UnitView"]
 
 @dataclass(frozen=True)
 class EncodeJob:
-    """What to encode and how. `precision` may be "auto" until an executor resolves it where it runs."""
+    """What to encode and how. `precision` may be "auto" until an executor resolves it where it runs; `engine`
+    is the inference runtime every worker runs the model with (torch | onnx | openvino | auto, see
+    `clipforge.encode`), with `threads` intra-op threads (None: the engine's default; a Ray actor's CPUs)."""
 
     source: str
     model: str
     source_options: dict = field(default_factory=dict)
     precision: str = "auto"
+    engine: str = "torch"
+    threads: Optional[int] = None
     device: Optional[str] = None  # None: CUDA where the worker has it, else the CPU
     captions: bool = False  # also embed each row's first caption (ImageBatch.text_feats)
     require: Optional[str] = None  # "label" / "caption": skip (and count) samples without one
@@ -54,7 +59,8 @@ class EncodeJob:
         return open_source(self.source, **self.source_options)
 
     def load_encoder(self) -> Encoder:
-        return Encoder.load(self.model, device=self.device, precision=self.precision, seed=self.seed)
+        return Encoder.load(self.model, engine=self.engine, device=self.device, precision=self.precision,
+                            threads=self.threads, seed=self.seed)
 
 
 def encode_batches(job: EncodeJob, source, encoder: Encoder, plan: Sequence[Sequence[int]], *,

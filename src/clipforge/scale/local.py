@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Iterator, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 from clipforge.encode import Encoder, ImageBatch
 from clipforge.scale.executor import EXECUTORS, Executor
@@ -15,20 +15,31 @@ __all__ = ["LocalExecutor"]
 class LocalExecutor(Executor):
     """this process (the reference every other executor is compared with)
 
-    A Python caller that already holds the opened source or the loaded encoder passes them (`source`,
-    `encoder`) instead of having them opened again; `worker_init_fn` runs in each decoding worker.
+    The model is loaded here as the job says (engine, precision, threads), unless the caller passes one it
+    already holds (`encoder`, used as it is); the source is the one `iter_batches` is given, else the job's
+    spec opened on first use.
     """
 
     options = ()
 
-    def __init__(self, job: EncodeJob, *, source=None, encoder: Optional[Encoder] = None, worker_init_fn=None):
+    def __init__(self, job: EncodeJob, *, encoder: Optional[Encoder] = None):
         self.encoder = encoder if encoder is not None else job.load_encoder()
         self.job = replace(job, precision=self.encoder.precision)
         self.embed_dim = self.encoder.embed_dim
-        self.source = source if source is not None else job.open_source()
-        self.worker_init_fn = worker_init_fn
+        self._source = None
+
+    @property
+    def source(self):
+        """The job's source, opened here (once)."""
+        if self._source is None:
+            self._source = self.job.open_source()
+        return self._source
 
     def iter_batches(self, plan: Sequence[Sequence[int]], units: Optional[Sequence[int]] = None, *,
-                     source=None, progress: Optional[bool] = False) -> Iterator[ImageBatch]:
-        return encode_batches(self.job, self.source, self.encoder, plan, progress=progress,
-                              worker_init_fn=self.worker_init_fn)
+                     source=None, progress: Optional[bool] = False,
+                     worker_init_fn: Optional[Callable[[int], None]] = None) -> Iterator[ImageBatch]:
+        return encode_batches(self.job, self.source if source is None else source, self.encoder, plan,
+                              progress=progress, worker_init_fn=worker_init_fn)
+
+    def describe(self) -> dict:
+        return {"executor": self.name}  # the precision is the job's record (index.json, the scores file)

@@ -1,6 +1,6 @@
 """The Ray executor: the job's units of work on a pool of Ray Data actors.
 
-Each actor loads the model once, then encodes whole units: a unit is a list of planned batches of source
+Each actor loads the model once (the job's engine, precision and threads), then encodes whole units: a unit is a list of planned batches of source
 positions, and the actor runs exactly the call the local executor runs (`encode_batches`) on them, reading
 through the data layer's own readers (`open_source(spec)`), so ids and skip reasons are identical. When the
 caller passes its opened source, each unit also carries where its positions live (`Source.locate`): for
@@ -26,7 +26,7 @@ import logging
 import os
 import pickle
 from dataclasses import replace
-from typing import Iterator, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -157,7 +157,8 @@ class RayExecutor(Executor):
         Option("address", str, None, help="Ray cluster: auto (this machine's `ray start` cluster), HOST:PORT or "
                                           "ray://HOST:10001; default: a local cluster on 127.0.0.1"),
         Option("num_workers", int, None, help="actors (default: as many as the cluster's CPUs / GPUs allow)"),
-        Option("num_cpus_per_worker", float, 1.0, help="CPUs each actor reserves (and its torch threads)"),
+        Option("num_cpus_per_worker", float, 1.0,
+               help="CPUs each actor reserves (also its threads, unless threads are set)"),
         Option("num_gpus_per_worker", float, 0.0, help="GPUs each actor reserves (fractions share a GPU)"),
         Option("batches_per_unit", int, 8, cli=False,
                help="planned batches per unit of work, for callers that do not group them into units"),
@@ -197,7 +198,9 @@ class RayExecutor(Executor):
                 "num_cpus_per_worker": self.cpus, "num_gpus_per_worker": self.gpus}
 
     def iter_batches(self, plan: Sequence[Sequence[int]], units: Optional[Sequence[int]] = None, *,
-                     source=None, progress: Optional[bool] = False) -> Iterator[ImageBatch]:
+                     source=None, progress: Optional[bool] = False,
+                     worker_init_fn: Optional[Callable[[int], None]] = None) -> Iterator[ImageBatch]:
+        # worker_init_fn is ignored: the actors' decoding workers are not forked from this process
         plan = [[int(p) for p in b] for b in plan]
         groups = plan_units(plan, units, self.batches_per_unit)
         if not groups:
