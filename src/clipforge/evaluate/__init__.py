@@ -4,6 +4,8 @@ from clipforge.evaluate import fewshot_task, linear_probe_task, ranked_retrieval
 from clipforge.evaluate import zeroshot_classification, zeroshot_retrieval  # noqa: F401
 from clipforge.evaluate import image_caption_selection  # noqa: F401
 from clipforge.evaluate import clustering  # noqa: F401
+from clipforge.evaluate import robustness  # noqa: F401
+from clipforge.evaluate import zeroshot_multilabel  # noqa: F401
 from clipforge.evaluate.runner import run_eval
 from clipforge.evaluate.tasks import TASKS, EvalTask, list_tasks
 
