@@ -92,8 +92,8 @@ def test_bad_input_is_one_line_naming_the_flag(done, tmp_path, capsys, argv, nee
 
 
 def test_score_and_dedup_take_the_executor_flags(done, tmp_path, capsys):
-    """`--engine ray` and its options reach curate score / dedup's embedding step; an executor option without
-    `--engine ray` is one line naming the flag, exit 2, before any work."""
+    """`--executor ray` and its options reach curate score / dedup's embedding step; an executor option without
+    `--executor ray` is one line naming the flag, exit 2, before any work."""
     capsys.readouterr()
     spec, out = done["spec"], str(tmp_path / "s.parquet")
     assert main(["curate", "score", spec, "-m", "tiny", "--out", out, "--address", "auto"]) == 2
@@ -102,8 +102,8 @@ def test_score_and_dedup_take_the_executor_flags(done, tmp_path, capsys):
     assert main(["curate", "dedup", spec, "-m", "tiny", "--out", str(tmp_path / "d.jsonl"),
                  "--num-gpus-per-worker", "1"]) == 2
     assert "--num-gpus-per-worker does not apply" in capsys.readouterr().err
-    # every flag parses with --engine ray; the executor itself checks its values before starting Ray
-    assert main(["curate", "score", spec, "-m", "tiny", "--out", out, "--engine", "ray", "--address", "auto",
+    # every flag parses with --executor ray; the executor itself checks its values before starting Ray
+    assert main(["curate", "score", spec, "-m", "tiny", "--out", out, "--executor", "ray", "--address", "auto",
                  "--num-workers", "0", "--num-cpus-per-worker", "1", "--num-gpus-per-worker", "0"]) == 2
     err = capsys.readouterr().err.strip()
     assert "--num-workers must be >= 1" in err and "\n" not in err

@@ -201,9 +201,70 @@ def test_cli_embed_dataset_and_engine_flags(photos_demo, tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and "--address does not apply to executor 'local'" in err and "ray" in err
     assert not (tmp_path / "x").exists()
-    rc = main(["embed-dataset", src, "-m", "tiny", "--out", str(tmp_path / "y"), "--engine", "ray",
+    rc = main(["embed-dataset", src, "-m", "tiny", "--out", str(tmp_path / "y"), "--executor", "ray",
                "--num-workers", "0"])
     assert rc == 2 and "--num-workers must be >= 1" in capsys.readouterr().err
+
+
+@pytest.fixture
+def fake_ray(monkeypatch):
+    """A stand-in for the Ray executor (same name and options, encoding here): each one made, as (job,
+    options)."""
+    from clipforge.scale.local import LocalExecutor
+    from clipforge.scale.ray_executor import RayExecutor
+
+    made = []
+
+    class FakeRay(LocalExecutor):
+        name, options = "ray", RayExecutor.options
+
+        def __init__(self, job, **options):
+            made.append((job, options))
+            super().__init__(job)
+
+        def describe(self):
+            return {"executor": "ray", "num_workers": made[-1][1]["num_workers"]}
+
+    monkeypatch.setitem(EXECUTORS._entries, "ray", FakeRay)
+    return made
+
+
+@pytest.mark.parametrize("command", ["embed-dataset", "curate score"])
+def test_executor_flag_and_deprecated_engine_ray_pick_the_same_executor(command, photos_demo, tmp_path, capsys,
+                                                                         fake_ray):
+    """`--executor ray` and the old `--engine ray` reach the same executor with the same options and runtime;
+    only the old spelling prints its one deprecation line. --engine then names the runtime alone."""
+    src = f"files:{photos_demo['images_dir']}"
+    out = {"embed-dataset": "emb", "curate score": "s.parquet"}[command]
+    base = [*command.split(), src, "-m", "tiny", "--workers", "0", "--num-workers", "2", "--json"]
+    errs = []
+    for i, flags in enumerate((["--executor", "ray"], ["--engine", "ray"], ["--executor", "ray", "--threads", "1"])):
+        assert main(base + ["--out", str(tmp_path / str(i) / out), *flags]) == 0
+        got = capsys.readouterr()
+        assert json.loads(got.out)["executor"] == {"executor": "ray", "num_workers": 2}
+        errs.append([line for line in got.err.splitlines() if "deprecated" in line])
+    (new, new_opts), (old, old_opts), (threads, _) = fake_ray
+    assert new_opts == old_opts and new_opts["num_workers"] == 2 and new_opts["address"] is None
+    assert (new.engine, new.threads) == (old.engine, old.threads) == ("torch", None)
+    assert (threads.engine, threads.threads) == ("torch", 1)  # the runtime's flags reach every worker's job
+    assert errs[0] == errs[2] == [] and errs[1] == [
+        "warning: --engine ray is deprecated and will be removed in the next release: use --executor ray "
+        "(--engine names the inference runtime: auto, torch, onnx, openvino)"]
+
+
+def test_executor_flag_errors_name_the_flags(photos_demo, tmp_path, capsys, fake_ray):
+    src = f"files:{photos_demo['images_dir']}"
+    base = ["embed-dataset", src, "-m", "tiny", "--out", str(tmp_path / "x")]
+    with pytest.raises(SystemExit) as e:
+        main(base + ["--executor", "spark"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "argument --executor: invalid choice: 'spark'" in err and "ray" in err
+    assert main(base + ["--engine", "ray", "--executor", "local"]) == 2
+    err = capsys.readouterr().err
+    assert "--engine ray (the deprecated spelling of --executor ray) and --executor local disagree" in err
+    assert main(base + ["--engine", "onnx", "--address", "auto"]) == 2  # an executor option needs its executor
+    assert "--address does not apply to executor 'local'" in capsys.readouterr().err
+    assert not fake_ray and not (tmp_path / "x").exists()
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 """The Ray executor on a real local Ray cluster (2 CPUs, in this process, bound to 127.0.0.1): an index of the
 photos demo built with `executor="ray"` has the same ids, keys, skips and vectors as the local build; killing
 one Ray worker mid-job still gives every sample exactly once; a killed driver resumes with no duplicates or
-gaps; `curate score --engine ray` writes the same scores file as the local engine. Skipped only when Ray is not installed (`pip install 'clipforge[scale]'`)."""
+gaps; `curate score --executor ray` writes the same scores file as the local executor. Skipped only when Ray is not installed (`pip install 'clipforge[scale]'`)."""
 import os
 import shutil
 import signal
@@ -169,7 +169,7 @@ build_index(sys.argv[1], "tiny", out, batch_size=2, shard_size=4, index_kind="fl
 
 def test_killed_driver_resumes(photos, local_build, tmp_path):
     """An index build on Ray killed with -9 (driver, its local cluster and its workers) after its first committed
-    shard; `clipforge index build --engine ray` on the same folder finishes the job: the store equals the
+    shard; `clipforge index build --executor ray` on the same folder finishes the job: the store equals the
     uninterrupted local build. The kill point is fixed by the build's progress, not by a timer: a poll from
     outside can see the first shard only after the last one on a busy machine."""
     out = tmp_path / "resumed"
@@ -186,7 +186,7 @@ def test_killed_driver_resumes(photos, local_build, tmp_path):
     first = EmbeddingStore.open(out).manifest["shards"]
     assert first and sum(s["count"] for s in first) < photos[1]
     cmd = [sys.executable, "-m", "clipforge", "index", "build", photos[0], "-m", "tiny", "--out", str(out),
-           "--batch-size", "2", "--shard-size", "4", "--index-kind", "flat", "--workers", "0", "--engine", "ray",
+           "--batch-size", "2", "--shard-size", "4", "--index-kind", "flat", "--workers", "0", "--executor", "ray",
            "--num-workers", "1"]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -196,8 +196,8 @@ def test_killed_driver_resumes(photos, local_build, tmp_path):
 
 
 def test_ray_curate_score_equals_local(cluster, photos, tmp_path, capsys):
-    """`clipforge curate score --engine ray`: each part scored in a Ray actor, committed here in plan order; the
-    scores file has the same rows (ids, positions, captions, facts, skips) and scores as the local engine's."""
+    """`clipforge curate score --executor ray`: each part scored in a Ray actor, committed here in plan order; the
+    scores file has the same rows (ids, positions, captions, facts, skips) and scores as the local executor's."""
     import json
 
     from clipforge.cli import main
@@ -207,7 +207,7 @@ def test_ray_curate_score_equals_local(cluster, photos, tmp_path, capsys):
               "--precision", "fp32", "--pixel-features", "--json"]
     assert main(common + ["--out", str(tmp_path / "local.parquet")]) == 0
     local = json.loads(capsys.readouterr().out)
-    assert main(common + ["--out", str(tmp_path / "ray.parquet"), "--engine", "ray", "--num-workers", "2"]) == 0
+    assert main(common + ["--out", str(tmp_path / "ray.parquet"), "--executor", "ray", "--num-workers", "2"]) == 0
     remote = json.loads(capsys.readouterr().out)
     assert remote["executor"]["executor"] == "ray" and remote["executor"]["num_workers"] == 2
     assert remote["skipped"] == local["skipped"] and local["skipped"]["total"] >= 2

@@ -6,6 +6,7 @@ its parser, so top-level imports would load torch, scikit-learn, faiss and FastA
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Iterable
 
 from clipforge.cli._token_merge import add_token_merge_args, token_merge_options
@@ -54,9 +55,10 @@ ENGINE_CHOICES = ("auto", "torch", "onnx", "openvino")  # clipforge.encode.ENGIN
 
 
 def add_engine_args(p: argparse.ArgumentParser, default: str | None = "torch", extra: tuple = (),
-                    extra_help: str = "") -> None:
-    """--engine and --threads: which runtime encodes (see `clipforge.encode`), with how many threads."""
-    p.add_argument("--engine", choices=ENGINE_CHOICES + tuple(extra), default=default,
+                    extra_help: str = "", metavar: str | None = None) -> None:
+    """--engine and --threads: which runtime encodes (see `clipforge.encode`), with how many threads. `extra`:
+    more accepted values (not shown when `metavar` is given)."""
+    p.add_argument("--engine", choices=ENGINE_CHOICES + tuple(extra), default=default, metavar=metavar,
                    help=f"inference engine (default {default or 'the one the index was built with'}): torch "
                         "(PyTorch eager, the reference), onnx (ONNX Runtime), openvino, or auto (the fastest "
                         "measured on this machine for this model; the first use per model exports and measures, "
@@ -149,31 +151,46 @@ def add_collection_job_args(p: argparse.ArgumentParser, *, model_help: str, out_
     p.add_argument("--out", "-o", dest="out_dir", required=True, help=out_help)
     p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--workers", type=int, default=2,
-                   help="DataLoader workers decoding images (0: in-process); per actor with --engine ray")
+                   help="DataLoader workers decoding images (0: in-process); per actor with --executor ray")
 
 
 def add_executor_args(p: argparse.ArgumentParser, command: str) -> None:
-    """--engine / --threads for a whole-collection job: a runtime that encodes in this process (torch, onnx,
-    openvino, auto; `local` is torch) or a cluster executor (ray: a Ray Data actor pool, each actor running
-    torch), and every option the executors declare (--address, --num-gpus-per-worker, ...)."""
+    """Two axes for a whole-collection job: --engine / --threads, the inference runtime (torch, onnx, openvino,
+    auto) wherever the model runs, and --executor, where the job runs (local: this process; ray: a Ray Data
+    actor pool), with every option the executors declare (--address, --num-gpus-per-worker, ...).
+
+    `--engine ray` (and `--engine local`), the old spelling that mixed the two, still parses for one release:
+    `executor_from_args` reads it as --executor with a deprecation line."""
     executors: tuple = ()
     if full_parser_for(command):
         from clipforge.scale import EXECUTORS
 
-        executors = tuple(n for n in EXECUTORS.names() if n != "local")
-    add_engine_args(p, extra=("local",) + executors,
-                    extra_help="; " + ", ".join(executors) + ": encode on a cluster (docs/scale.md)" if executors else "")
+        executors = tuple(EXECUTORS.names())
+    add_engine_args(p, extra=executors, metavar="{" + ",".join(ENGINE_CHOICES) + "}",
+                    extra_help="; the executor's workers run it too")
+    p.add_argument("--executor", choices=executors or None, default=None,
+                   help="where the job runs: local (this process, the default; --workers decoding processes) or "
+                        "ray (a Ray Data actor pool on a local or remote Ray cluster; docs/scale.md)")
     if executors:
         add_options(p, EXECUTORS.all_options().values())
 
 
 def executor_from_args(args) -> tuple[str, dict]:
-    """(executor name, the executor options given on the command line): `--engine ray` picks the Ray
-    executor; every in-process engine runs on the local one."""
+    """(executor name, the executor options given on the command line), from --executor (default local). The
+    deprecated `--engine ray` / `--engine local` mean --executor ray / local (a one-line warning on stderr;
+    the runtime is then torch, as it was)."""
     from clipforge.scale import EXECUTORS
 
     given = option_values(args, EXECUTORS.all_options().values())
-    name = args.engine if args.engine in EXECUTORS.names() and args.engine not in ENGINE_CHOICES else "local"
-    return name, {k: v for k, v in given.items() if v is not None}
+    name = getattr(args, "executor", None)
+    old = getattr(args, "engine", None)
+    if old in EXECUTORS.names() and old not in ENGINE_CHOICES:
+        print(f"warning: --engine {old} is deprecated and will be removed in the next release: use --executor {old} "
+              f"(--engine names the inference runtime: {', '.join(ENGINE_CHOICES)})", file=sys.stderr)
+        if name is not None and name != old:
+            raise UsageError(f"--engine {old} (the deprecated spelling of --executor {old}) and --executor {name} "
+                             "disagree: give --executor alone")
+        name = old
+    return name or "local", {k: v for k, v in given.items() if v is not None}
 
 

@@ -39,7 +39,8 @@ def run(args) -> int:
         return 0
     ex = s.get("executor", {})
     print(f"embedded {s['out_dir']}: {s['count']} items, model {s['model']} ({s['precision']}), "
-          f"engine {ex.get('executor', 'local')}" + (f" ({ex['num_workers']} workers)" if "num_workers" in ex else ""))
+          f"executor {ex.get('executor', 'local')}"
+          + (f" ({ex['num_workers']} workers)" if "num_workers" in ex else ""))
     print(f"  this run: embedded {s['embedded']} in {s['seconds']:.1f} s ({s['images_per_s']:.1f} images/s), "
           f"skipped {s['skipped_this_run']}"
           + (f", resumed after {s['resumed_from']}" if s.get("resumed_from") else ""))

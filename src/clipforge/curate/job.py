@@ -1,13 +1,13 @@
 """The resumable scoring job: `score_source(source, model, out)` -> one parquet file of `score.py` rows.
 
 Work is cut into parts of `part_size` source positions, each read in batches by a `clipforge.scale` executor
-(decoding workers, skips counted) and scored by `score_batch` where the batch was encoded (`EncodeJob.after`).
-A finished part is written atomically to `<out>.parts/part-NNNNNN.parquet`, then the job manifest
+(decoding workers, skips counted) and scored by `score_batch` where the batch was encoded (`EncodeJob.after`). A
+finished part is written atomically to `<out>.parts/part-NNNNNN.parquet`, then the job manifest
 (`<out>.parts/manifest.json`) is rewritten atomically to list it. A job killed at any moment therefore leaves
-only whole parts, and only the parts the manifest lists count: re-running the same call re-plans the same parts from the source, skips those listed
-and scores the rest (a part written but not yet listed is scored again and overwritten), so the result has
-every sample exactly once. When every part is done they are concatenated in order into `out` (atomically,
-with the job's description in the file's metadata) and the parts folder is removed.
+only whole parts, and only the parts the manifest lists count: re-running the same call re-plans the same parts
+from the source, skips those listed and scores the rest (a part written but not yet listed is scored again and
+overwritten), so the result has every sample exactly once. When every part is done they are concatenated in order
+into `out` (atomically, with the job's description in the file's metadata) and the parts folder is removed.
 
 Re-running on a finished `out` with the same source, model and options returns its summary without work; other
 settings are refused unless `overwrite=True`, and so is a file at `out` that is not a scores file (a folder, link,

@@ -1,14 +1,14 @@
 """The Ray executor: the job's units of work on a pool of Ray Data actors.
 
-Each actor loads the model once (the job's engine, precision and threads), then encodes whole units: a unit is a list of planned batches of source
-positions, and the actor runs exactly the call the local executor runs (`encode_batches`) on them, reading
-through the data layer's own readers (`open_source(spec)`), so ids and skip reasons are identical. When the
-caller passes its opened source, each unit also carries where its positions live (`Source.locate`): for
-webdataset shards, the single shards holding them, so an actor opens (and indexes) only the shards it reads,
-never the whole collection. Units go through `Dataset.map_batches` with a fixed-size actor pool
-(`concurrency=num_workers`, each actor reserving `num_cpus_per_worker` CPUs and `num_gpus_per_worker` GPUs);
-results come back to the caller in plan order (`preserve_order`), so a caller that commits them in order
-assigns the same ids as a local run.
+Each actor loads the model once (the job's engine, precision and threads), then encodes whole units: a unit is a
+list of planned batches of source positions, and the actor runs exactly the call the local executor runs
+(`encode_batches`) on them, reading through the data layer's own readers (`open_source(spec)`), so ids and skip
+reasons are identical. When the caller passes its opened source, each unit also carries where its positions live
+(`Source.locate`): for webdataset shards, the single shards holding them, so an actor opens (and indexes) only
+the shards it reads, never the whole collection. Units go through `Dataset.map_batches` with a fixed-size actor
+pool (`concurrency=num_workers`, each actor reserving `num_cpus_per_worker` CPUs and `num_gpus_per_worker` GPUs);
+results come back to the caller in plan order (`preserve_order`), so a caller that commits them in order assigns
+the same ids as a local run.
 
 Fault tolerance is Ray Data's: an actor that dies (a killed process, a lost node) is restarted and its
 unfinished unit is run again from the start, and only finished units' results reach the caller, so a unit is
