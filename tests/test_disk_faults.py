@@ -28,7 +28,7 @@ from safetensors.torch import load_file
 from clipforge.cli import main
 from clipforge.errors import ClipforgeError, DiskError, UsageError, disk_error
 from clipforge.retrieval.delete import delete_items
-from clipforge.retrieval.engine import SearchEngine
+from clipforge.retrieval.index_searcher import IndexSearcher
 from clipforge.serve.app import create_app
 from clipforge.train import load_config, train
 
@@ -191,19 +191,19 @@ def cases(photos_index, photos_demo, digits_demo, tmp_path):
         (d / "idx" / "index.json").write_text(json.dumps(info))
 
     def live(d: Path) -> int:
-        return len(SearchEngine(d / "idx").index)
+        return len(IndexSearcher(d / "idx").index)
 
     return {
         "index delete": Case(
             "index", lambda d: ["index", "delete", str(d / "idx"), "--id", "3"], lambda d: d / "idx", index_copy,
-            done=lambda d: live(d) == 21 and not SearchEngine(d / "idx").has_id(3), intact=lambda d: d / "idx"),
+            done=lambda d: live(d) == 21 and not IndexSearcher(d / "idx").has_id(3), intact=lambda d: d / "idx"),
         "index update": Case(
             "index", lambda d: ["index", "update", str(d / "idx"), "--workers", "0"], lambda d: d / "idx",
             index_copy, done=lambda d: live(d) == 23, intact=lambda d: d / "idx"),
         "index build": Case(
             "index", lambda d: ["index", "build", f"files:{images}", "--model", "tiny", "--out", str(d / "new"),
                                 "--batch-size", "8", "--shard-size", "8", "--workers", "0"],
-            lambda d: d / "new", done=lambda d: len(SearchEngine(d / "new").index) == 22),
+            lambda d: d / "new", done=lambda d: len(IndexSearcher(d / "new").index) == 22),
         "data convert wds": Case(
             "data", lambda d: ["data", "convert", f"jsonl:{photos_demo['manifest']}", "--to", "wds", "--out",
                                str(d / "wds"), "--shard-size", "8"],
@@ -287,7 +287,7 @@ def test_real_disk_filling_up_partway_resumes(name, cases, tmp_path, capsys):
         assert main(case.argv(d)) == 1
         _one_error_line(capsys, case.command, case.target(d), "full")
         if name != "curate score":
-            SearchEngine(case.target(d)).search("a photo", k=3)  # whatever was committed loads
+            IndexSearcher(case.target(d)).search("a photo", k=3)  # whatever was committed loads
         filler.unlink()
         assert main(case.argv(d)) == 0, capsys.readouterr().err
         assert case.done(d)
@@ -331,7 +331,7 @@ def test_simulated_fault_partway_is_one_line_and_the_rerun_completes(name, code,
     if before is not None and name == "index delete":
         assert _digest(case.intact(d)) == before
     if case.intact:  # whatever was committed loads
-        SearchEngine(case.intact(d)).search("a photo", k=3)
+        IndexSearcher(case.intact(d)).search("a photo", k=3)
     assert main((case.rerun or case.argv)(d)) == 0, capsys.readouterr().err
     assert case.done(d)
 
@@ -361,7 +361,7 @@ def test_delete_survives_a_full_disk_at_each_of_its_writes(failing_write, writab
             assert e.value.full and "nothing was deleted" in str(e.value)
         else:
             assert delete_items(idx, ids=[3])["deleted"] == 1
-    eng = SearchEngine(idx)
+    eng = IndexSearcher(idx)
     if failing_write <= 2:
         assert _digest(idx) == before and eng.has_id(3)
     else:
@@ -369,7 +369,7 @@ def test_delete_survives_a_full_disk_at_each_of_its_writes(failing_write, writab
         from clipforge.retrieval.build import update_index
 
         update_index(idx)  # the item's file is still in the source: it stays out
-        assert not SearchEngine(idx).has_id(3) and len(SearchEngine(idx).index) == 21
+        assert not IndexSearcher(idx).has_id(3) and len(IndexSearcher(idx).index) == 21
 
 
 # ---- the server -----------------------------------------------------------------------------------------

@@ -65,7 +65,7 @@ def test_cli_and_http_image_queries_embed_an_exif_rotated_photo_identically(rota
     from fastapi.testclient import TestClient
 
     from clipforge.retrieval.build import build_index
-    from clipforge.retrieval.engine import SearchEngine
+    from clipforge.retrieval.index_searcher import IndexSearcher
     from clipforge.serve.app import create_app
 
     path, upright = rotated
@@ -84,12 +84,12 @@ def test_cli_and_http_image_queries_embed_an_exif_rotated_photo_identically(rota
         shutil.copy(f"{photos_demo['images_dir']}/{name}.png", photos)
     idx = tmp_path / "idx"
     build_index(f"files:{photos}", "tiny", idx, batch_size=8, progress=False)
-    engine = SearchEngine(idx)
+    engine = IndexSearcher(idx)
     np.testing.assert_allclose(engine.query_vector(image=str(path)), want / np.linalg.norm(want), atol=1e-6)
 
     assert main(["search", str(idx), "--image", str(path), "-k", "5", "--json"]) == 0
     cli = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    client = TestClient(create_app(idx, engine=SearchEngine(idx)))
+    client = TestClient(create_app(idx, searcher=IndexSearcher(idx)))
     r = client.post("/search", json={"image": base64.b64encode(path.read_bytes()).decode(), "k": 5})
     assert r.status_code == 200, r.text
     http = r.json()["results"]

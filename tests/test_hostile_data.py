@@ -176,12 +176,12 @@ def test_relative_sources_record_absolute_paths(photos_demo, tmp_path, monkeypat
     assert main(["index", "build", "files:corpus", "--model", "tiny", "--out", "idx", "--workers", "0"]) == 0
     info = json.loads((tmp_path / "idx" / "index.json").read_text())
     assert info["paths"] == "absolute" and info["source"] == f"files:{corpus}"
-    from clipforge.retrieval.engine import SearchEngine
+    from clipforge.retrieval.index_searcher import IndexSearcher
 
     other = tmp_path / "elsewhere"
     other.mkdir()
     monkeypatch.chdir(other)  # served from another working directory, every file is still found
-    engine = SearchEngine(tmp_path / "idx")
+    engine = IndexSearcher(tmp_path / "idx")
     for item_id in engine.metadata.column("id").to_pylist():
         p = engine.path_of(item_id)
         assert os.path.isabs(p) and os.path.isfile(p)

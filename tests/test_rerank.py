@@ -12,7 +12,7 @@ from clipforge.errors import UsageError
 from clipforge.evaluate.two_stage_retrieval import two_stage_ranks
 from clipforge.retrieval.build import build_index
 from clipforge.retrieval.index_dir import INFO_FILE
-from clipforge.retrieval.engine import SearchEngine
+from clipforge.retrieval.index_searcher import IndexSearcher
 from clipforge.retrieval.rerank import RERANKERS, create_reranker
 from clipforge.retrieval.search_query import SearchQuery
 from clipforge.retrieval.store import EmbeddingStore
@@ -92,7 +92,7 @@ def two_indexes(photos_demo, tiny_checkpoint, tmp_path_factory):
 
 def test_index_reranker_rescores_the_top_k_with_the_second_models_vectors(two_indexes):
     first, second, _ = two_indexes
-    eng = SearchEngine(first, rerank=str(second), rerank_k=6)
+    eng = IndexSearcher(first, rerank=str(second), rerank_k=6)
     assert eng.reranker.name == "index"
     plain = eng.search("a photo of a cat", k=22, rerank=False)
     hits = eng.search("a photo of a cat", k=22)
@@ -116,8 +116,8 @@ def test_index_reranker_rescores_the_top_k_with_the_second_models_vectors(two_in
 
 def test_model_reranker_scores_the_stored_files_like_the_second_index(two_indexes):
     first, second, second_model = two_indexes
-    by_index = SearchEngine(first, rerank=str(second), rerank_k=8).search("a rocket", k=8)
-    model_eng = SearchEngine(first, rerank=second_model, rerank_k=8)
+    by_index = IndexSearcher(first, rerank=str(second), rerank_k=8).search("a rocket", k=8)
+    model_eng = IndexSearcher(first, rerank=second_model, rerank_k=8)
     assert model_eng.reranker.name == "model"
     by_model = model_eng.search("a rocket", k=8)
     # the same model on the same files through the same decoder: the same order (stored vectors are float16)
@@ -133,7 +133,7 @@ def test_a_candidate_whose_file_is_gone_keeps_its_first_stage_place(photos_demo,
     shutil.copytree(photos_demo["images_dir"], src)
     idx = tmp_path / "idx"
     build_index(f"files:{src}", "tiny", idx, batch_size=8, progress=False)
-    eng = SearchEngine(idx, rerank="tiny", rerank_k=5)
+    eng = IndexSearcher(idx, rerank="tiny", rerank_k=5)
     top = eng.search("a cup of coffee", k=5, rerank=False)
     os.remove(src / top[0].metadata["key"])
     hits = eng.search("a cup of coffee", k=5)
@@ -143,9 +143,9 @@ def test_a_candidate_whose_file_is_gone_keeps_its_first_stage_place(photos_demo,
 
 def test_reranker_errors_name_parameters(photos_index):
     with pytest.raises(UsageError, match="rerank_k"):
-        SearchEngine(photos_index, rerank="tiny", rerank_k=0)
+        IndexSearcher(photos_index, rerank="tiny", rerank_k=0)
     with pytest.raises(UsageError, match="rerank"):
-        SearchEngine(photos_index).search("a cat", rerank=True)
+        IndexSearcher(photos_index).search("a cat", rerank=True)
     with pytest.raises(UsageError):
         create_reranker(42)
     assert set(RERANKERS.names()) >= {"model", "index"}

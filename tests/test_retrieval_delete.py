@@ -1,5 +1,5 @@
 """Deleting items from an index: by id, path glob and filter; stable ids across updates; consistency after
-kill -9 mid-delete; a SearchEngine sees deletes and updates via refresh, and searches in flight keep their view."""
+kill -9 mid-delete; a IndexSearcher sees deletes and updates via refresh, and searches in flight keep their view."""
 import json
 import os
 import shutil
@@ -15,7 +15,7 @@ from clipforge.errors import UsageError
 from clipforge.retrieval.build import update_index
 from clipforge.retrieval.index_dir import INFO_FILE
 from clipforge.retrieval.delete import delete_items, select_items
-from clipforge.retrieval.engine import SearchEngine
+from clipforge.retrieval.index_searcher import IndexSearcher
 from clipforge.retrieval.store import EmbeddingStore
 
 
@@ -33,13 +33,13 @@ def _id_of(engine, name):
 
 
 def test_delete_by_id_removes_from_search_items_and_the_index_file(idx):
-    eng = SearchEngine(idx)
+    eng = IndexSearcher(idx)
     before = _all_ids(eng)
     victim = sorted(before)[3]
     res = delete_items(idx, ids=[victim, 10**9])
     assert res["deleted"] == 1 and res["ids"] == [victim] and res["not_found"] == [10**9]
     assert res["count"] == len(before) - 1
-    fresh = SearchEngine(idx)
+    fresh = IndexSearcher(idx)
     assert _all_ids(fresh) == before - {victim}
     assert fresh.item(victim) is None and not fresh.has_id(victim)
     with pytest.raises(UsageError, match="like"):
@@ -49,20 +49,20 @@ def test_delete_by_id_removes_from_search_items_and_the_index_file(idx):
 
 
 def test_delete_by_filter_and_by_path_glob(idx):
-    eng = SearchEngine(idx)
+    eng = IndexSearcher(idx)
     keys = {h.metadata["key"]: h.id for h in eng.search("a photo", k=200)}
     want = {k for k in keys if k.startswith("c")}
     assert want
     assert {r["key"] for r in select_items(idx, filters=["key~c*"])} == want  # what would go
     res = delete_items(idx, filters=["key~c*"], dry_run=True)
-    assert res["deleted"] == len(want) and len(SearchEngine(idx).search("a photo", k=200)) == len(keys)
+    assert res["deleted"] == len(want) and len(IndexSearcher(idx).search("a photo", k=200)) == len(keys)
     res = delete_items(idx, filters=["key~c*"])
     assert set(res["keys"]) == want
-    left = {h.metadata["key"] for h in SearchEngine(idx).search("a photo", k=200)}
+    left = {h.metadata["key"] for h in IndexSearcher(idx).search("a photo", k=200)}
     assert left == set(keys) - want
     res = delete_items(idx, paths=["*/horse.png"])  # a glob over the absolute path
     assert res["keys"] == ["horse.png"]
-    assert "horse.png" not in {h.metadata["key"] for h in SearchEngine(idx).search("a photo", k=200)}
+    assert "horse.png" not in {h.metadata["key"] for h in IndexSearcher(idx).search("a photo", k=200)}
 
 
 def test_exactly_one_selector_and_bad_filters_are_usage_errors(idx):
@@ -75,16 +75,16 @@ def test_exactly_one_selector_and_bad_filters_are_usage_errors(idx):
 
 
 def test_ids_are_stable_and_deleted_items_stay_out_of_updates(idx):
-    eng = SearchEngine(idx)
+    eng = IndexSearcher(idx)
     ids = {h.metadata["key"]: h.id for h in eng.search("a photo", k=200)}
     delete_items(idx, ids=[ids["moon.png"]])
     s = update_index(idx, workers=0, progress=False)  # the file is still in the source
     assert s["excluded"] == 1 and s["added"] == 0
-    after = {h.metadata["key"]: h.id for h in SearchEngine(idx).search("a photo", k=200)}
+    after = {h.metadata["key"]: h.id for h in IndexSearcher(idx).search("a photo", k=200)}
     assert "moon.png" not in after
     assert after == {k: v for k, v in ids.items() if k != "moon.png"}  # every other id unchanged
     update_index(idx, workers=0, progress=False, include_deleted=True)
-    back = {h.metadata["key"]: h.id for h in SearchEngine(idx).search("a photo", k=200)}
+    back = {h.metadata["key"]: h.id for h in IndexSearcher(idx).search("a photo", k=200)}
     assert "moon.png" in back and back["moon.png"] not in ids.values()  # a new id: never reused
 
 
@@ -108,7 +108,7 @@ d.delete_items(sys.argv[1], ids=[int(sys.argv[3])])
 
 @pytest.mark.parametrize("stage", ["before_commit", "after_commit"])
 def test_kill_9_during_a_delete_leaves_a_consistent_index(idx, stage):
-    eng = SearchEngine(idx)
+    eng = IndexSearcher(idx)
     before = _all_ids(eng)
     victim = _id_of(eng, "rocket.png")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
@@ -121,7 +121,7 @@ def test_kill_9_during_a_delete_leaves_a_consistent_index(idx, stage):
     finally:
         proc.wait(30)
     gone = stage == "after_commit"
-    reader = SearchEngine(idx)  # a fresh reader: the store manifest is the truth, the index file lags
+    reader = IndexSearcher(idx)  # a fresh reader: the store manifest is the truth, the index file lags
     assert _all_ids(reader) == (before - {victim} if gone else before)
     assert reader.has_id(victim) is not gone
     with EmbeddingStore.open(idx) as store:  # committed state is whole: every live row has metadata
@@ -131,11 +131,11 @@ def test_kill_9_during_a_delete_leaves_a_consistent_index(idx, stage):
     delete_items(idx, ids=[other])
     from clipforge.retrieval.sharded import open_index
     in_file = set(np.asarray(open_index(idx / "index.faiss").ids()).tolist())
-    assert in_file == _all_ids(SearchEngine(idx)) == (before - {victim, other} if gone else before - {other})
+    assert in_file == _all_ids(IndexSearcher(idx)) == (before - {victim, other} if gone else before - {other})
 
 
 def test_refresh_swaps_views_and_in_flight_searches_keep_theirs(idx, photos_demo):
-    eng = SearchEngine(idx)
+    eng = IndexSearcher(idx)
     old_view = eng.view
     victim = _id_of(eng, "coffee.png")
     assert not eng.refresh()  # nothing changed
@@ -154,7 +154,7 @@ def test_refresh_swaps_views_and_in_flight_searches_keep_theirs(idx, photos_demo
 
 
 def test_watcher_sees_a_delete_within_a_second(idx):
-    eng = SearchEngine(idx)
+    eng = IndexSearcher(idx)
     victim = _id_of(eng, "clock.png")
     w = eng.watch(0.05)
     try:
@@ -172,7 +172,7 @@ def test_path_globs_match_names_with_newlines():
     """`*` covers every name: a file whose name holds a newline was silently left out of `index delete --path '*'`."""
     import pyarrow as pa
 
-    from clipforge.retrieval.query import Filter
+    from clipforge.retrieval.filters import Filter
 
     table = pa.table({"path": ["/a/plain.png", "/a/new\nline.png", "/a/esc\x1b.png", "/b/x.png"]})
     assert Filter("path", "~", "*").mask(table).tolist() == [True, True, True, True]

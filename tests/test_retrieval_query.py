@@ -9,8 +9,10 @@ from PIL import Image
 
 from clipforge.errors import UsageError
 from clipforge.retrieval.index import VectorIndex
-from clipforge.retrieval.query import (Filter, Searcher, Term, compose, embed_query, filter_mask, parse_filter,
-                                       parse_query)
+from clipforge.retrieval.filters import Filter, filter_mask, parse_filter
+from clipforge.retrieval.query_language import Term, compose, parse_query
+from clipforge.retrieval.query_vector import embed_query
+from clipforge.retrieval.searcher import Searcher
 
 
 def _kw(terms):

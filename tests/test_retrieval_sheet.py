@@ -3,7 +3,7 @@
 import numpy as np
 from PIL import Image
 
-from clipforge.retrieval.query import Hit
+from clipforge.retrieval.searcher import Hit
 from clipforge.retrieval.sheet import contact_sheet
 
 

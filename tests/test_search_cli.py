@@ -99,13 +99,13 @@ def _ranked(idx, capsys, query: str) -> list[dict]:
 
 
 def test_weighted_query_ranks_by_the_documented_vector_and_like(idx, capsys):
-    """The query language (retrieval/query.py): term embeddings are L2-normalised, summed with their signed
-    weights, and the sum normalised again; hits are ranked by cosine to that vector."""
-    from clipforge.retrieval.engine import SearchEngine
+    """The query language (retrieval/query_language.py, query_vector.py): term embeddings are L2-normalised,
+    summed with their signed weights, and the sum normalised again; hits are ranked by cosine to that vector."""
+    from clipforge.retrieval.index_searcher import IndexSearcher
     from clipforge.retrieval.store import EmbeddingStore
 
     hits = _ranked(idx, capsys, '"a cat" + 0.5*"grass" - "moon"')
-    e = SearchEngine(idx).encode_text(["a cat", "grass", "moon"])
+    e = IndexSearcher(idx).encode_text(["a cat", "grass", "moon"])
     e = e / np.linalg.norm(e, axis=1, keepdims=True)
     q = e[0] + 0.5 * e[1] - e[2]
     q /= np.linalg.norm(q)

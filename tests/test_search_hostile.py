@@ -64,11 +64,11 @@ def test_bad_query_images_are_one_line_errors(index_dir, tmp_path, capsys):
 def test_cli_image_query_applies_exif_like_the_http_path(index_dir, tmp_path):
     """A photo stored sideways with an EXIF orientation tag embeds like the upright photo (the HTTP path always
     applied EXIF; the CLI path skipped it)."""
-    from clipforge.retrieval.engine import SearchEngine
+    from clipforge.retrieval.index_searcher import IndexSearcher
 
     data, upright = exif_rotated_jpeg()
     (tmp_path / "rotated.jpg").write_bytes(data)
-    engine = SearchEngine(index_dir)
+    engine = IndexSearcher(index_dir)
     from_file = engine.query_vector(image=str(tmp_path / "rotated.jpg"))
     from_pixels = engine.query_vector(image=Image.open(io.BytesIO(data)).transpose(Image.Transpose.ROTATE_270))
     raw = engine.query_vector(image=Image.open(io.BytesIO(data)))  # the sideways pixels, EXIF ignored
@@ -79,9 +79,9 @@ def test_cli_image_query_applies_exif_like_the_http_path(index_dir, tmp_path):
 
 def test_dedup_bounds_in_the_library(index_dir):
     from clipforge.errors import UsageError
-    from clipforge.retrieval.engine import SearchEngine
+    from clipforge.retrieval.index_searcher import IndexSearcher
 
-    engine = SearchEngine(index_dir)
+    engine = IndexSearcher(index_dir)
     hits = engine.search("a photo", k=5, dedup=1.0)  # the bounds themselves are allowed
     assert len(hits) == 5
     with pytest.raises(UsageError, match="dedup"):

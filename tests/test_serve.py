@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from clipforge.retrieval.build import build_index
-from clipforge.retrieval.engine import SearchEngine
+from clipforge.retrieval.index_searcher import IndexSearcher
 from clipforge.serve.app import Limits, create_app
 
 
@@ -25,13 +25,13 @@ def index_dir(photos_demo, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def engine(index_dir):
-    return SearchEngine(index_dir)
+    return IndexSearcher(index_dir)
 
 
 @pytest.fixture(scope="module")
 def client(index_dir, engine):
     limits = Limits(max_body_bytes=200_000, max_image_pixels=1_000_000, max_k=50)
-    return TestClient(create_app(index_dir, limits=limits, engine=engine))
+    return TestClient(create_app(index_dir, limits=limits, searcher=engine))
 
 
 def _b64_png(img: Image.Image) -> str:
@@ -177,7 +177,7 @@ def test_hostile_requests_get_4xx_and_server_keeps_serving(client, case):
 
 
 def test_api_key(index_dir, engine):
-    c = TestClient(create_app(index_dir, api_key="s3cret", engine=engine))
+    c = TestClient(create_app(index_dir, api_key="s3cret", searcher=engine))
     assert c.get("/healthz").status_code == 200  # liveness needs no key
     assert c.post("/search", json={"text": "cat"}).status_code == 401
     assert c.get("/thumb/0", headers={"X-API-Key": "wrong"}).status_code == 401

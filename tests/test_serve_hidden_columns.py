@@ -6,8 +6,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from clipforge.errors import UsageError
-from clipforge.retrieval.engine import SearchEngine
-from clipforge.retrieval.query import filter_mask, parse_filter
+from clipforge.retrieval.index_searcher import IndexSearcher
+from clipforge.retrieval.filters import filter_mask, parse_filter
 from clipforge.serve.app import HIDDEN_COLUMNS, create_app
 
 KEY = "k"
@@ -49,13 +49,13 @@ def test_the_schema_and_stats_say_so_and_other_filters_work(client):
 
 def test_python_users_keep_path_filters_and_the_engine_enforces_hidden_ones(photos_index, photos_demo):
     glob = f"path~{photos_demo['images_dir']}/astro*"
-    hits = SearchEngine(photos_index).search("a photo", k=50, filters=[glob])
+    hits = IndexSearcher(photos_index).search("a photo", k=50, filters=[glob])
     assert [h.metadata["key"] for h in hits] == ["astronaut.png"] and "path" in hits[0].metadata
-    hidden = SearchEngine(photos_index, hidden_columns=HIDDEN_COLUMNS)  # no route can forget it
+    hidden = IndexSearcher(photos_index, hidden_columns=HIDDEN_COLUMNS)  # no route can forget it
     with pytest.raises(UsageError, match="'path' is not filterable"):
         hidden.search("a photo", filters=[glob])
     with pytest.raises(UsageError, match="not filterable"):  # or add one per search
-        SearchEngine(photos_index).search("a photo", filters=["caption*=a"], hidden_columns=["caption"])
+        IndexSearcher(photos_index).search("a photo", filters=["caption*=a"], hidden_columns=["caption"])
 
 
 def test_the_path_alias_cannot_reach_a_hidden_column():

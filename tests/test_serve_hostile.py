@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from clipforge.retrieval.build import build_index
-from clipforge.retrieval.engine import SearchEngine
+from clipforge.retrieval.index_searcher import IndexSearcher
 from clipforge.serve.app import Limits, create_app
 from clipforge.serve.public import public_item
 
@@ -34,8 +34,8 @@ def corpus(photos_demo, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def client(corpus):
-    engine = SearchEngine(corpus / "idx")
-    return TestClient(create_app(corpus / "idx", api_key=KEY, engine=engine, limits=Limits(max_k=50)),
+    engine = IndexSearcher(corpus / "idx")
+    return TestClient(create_app(corpus / "idx", api_key=KEY, searcher=engine, limits=Limits(max_k=50)),
                       raise_server_exceptions=False)
 
 
@@ -94,7 +94,7 @@ def test_lone_surrogates_in_text_are_a_422_and_pairs_work(client):
 
 def test_lone_surrogates_reach_the_tokenizer_safely_from_python(client):
     """The library path (CLI, Python) has no JSON validation in front: the tokenizer itself copes."""
-    engine = client.app.state.engine
+    engine = client.app.state.searcher
     hits = engine.search("\ud800 a cat \udfff", k=2)
     assert len(hits) == 2
     assert engine.encode_text(["\ud800"]).shape == (1, engine.dim)
@@ -135,7 +135,7 @@ def test_old_absolute_meta_errors_are_scrubbed():
 
 
 def test_thumbnail_of_a_file_swapped_for_a_fifo_is_a_404_not_a_hang(client, corpus):
-    engine = client.app.state.engine
+    engine = client.app.state.searcher
     item = next(i for i in engine.metadata.column("id").to_pylist() if engine.path_of(i).endswith("coffee.png"))
     path = engine.path_of(item)
     backup = path + ".bak"

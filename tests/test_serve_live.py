@@ -14,7 +14,7 @@ from PIL import Image
 
 from clipforge.retrieval.build import update_index
 from clipforge.retrieval.index_dir import INFO_FILE
-from clipforge.retrieval.engine import SearchEngine
+from clipforge.retrieval.index_searcher import IndexSearcher
 from clipforge.serve.app import Limits, create_app
 
 KEY = "live-key"
@@ -56,7 +56,7 @@ def test_delete_item_needs_the_key_and_removes_it_everywhere(idx):
         assert again.status_code == 404 and again.json()["error"]["status"] == 404
         assert c.delete("/items/-1", headers=h).status_code == 422
         assert c.get("/stats", headers=h).json()["deletes"] == 1
-    assert victim not in {x.id for x in SearchEngine(idx).search("a photo", k=50)}  # on disk, not only in memory
+    assert victim not in {x.id for x in IndexSearcher(idx).search("a photo", k=50)}  # on disk, not only in memory
 
 
 def test_delete_without_an_api_key_is_forbidden(idx):
@@ -106,8 +106,8 @@ def test_classify_endpoint_matches_the_zero_shot_head(photos_index, photos_demo)
     from clipforge.zeroshot.zeroshot_head import build_classifier
     from clipforge.zeroshot.templates import get_templates
 
-    eng = SearchEngine(photos_index)
-    app = create_app(photos_index, api_key=KEY, engine=eng, limits=Limits(max_labels=5, max_label_chars=30),
+    eng = IndexSearcher(photos_index)
+    app = create_app(photos_index, api_key=KEY, searcher=eng, limits=Limits(max_labels=5, max_label_chars=30),
                      reload_interval=None)
     c = TestClient(app)
     h = {"X-API-Key": KEY}

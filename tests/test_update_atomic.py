@@ -1,4 +1,4 @@
-"""`index update` is one atomic swap: a reader (a fresh `IndexView`, or a running `SearchEngine.refresh`) sees the
+"""`index update` is one atomic swap: a reader (a fresh `IndexView`, or a running `IndexSearcher.refresh`) sees the
 index before the update or after it, never in between (removals without the additions, half the new shards).
 
 Every file the update publishes goes through `os.replace` (clipforge.atomic); the tests look at the index
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from clipforge.retrieval.build import build_index, update_index
-from clipforge.retrieval.engine import IndexView, SearchEngine
+from clipforge.retrieval.index_searcher import IndexView, IndexSearcher
 from clipforge.retrieval.store import EmbeddingStore
 
 
@@ -58,7 +58,7 @@ def grown(photos_demo, tmp_path):
 
 def test_readers_see_the_old_or_the_new_index_never_a_part(grown, monkeypatch):
     idx, old, new = grown
-    engine = SearchEngine(idx)  # a server's engine, refreshed at every point (the watcher's call)
+    engine = IndexSearcher(idx)  # a server's engine, refreshed at every point (the watcher's call)
     seen_views, seen_engine = [], []
 
     def look():

@@ -17,7 +17,7 @@ from clipforge.evaluate.results import append_result, make_record
 from clipforge.evaluate.zeroshot_classification import evaluate_zeroshot_classification
 from clipforge.models import load_model
 from clipforge.retrieval.build import build_index
-from clipforge.retrieval.engine import SearchEngine
+from clipforge.retrieval.index_searcher import IndexSearcher
 from clipforge.retrieval.sheet import contact_sheet
 from clipforge.train.config import config_from_dict, load_config
 from clipforge.train.loop import train
@@ -108,10 +108,10 @@ def run_demo(out_dir, quick: bool = False, overwrite: bool = False) -> dict:
           "photos of this index for this model, and are not probabilities. A model this small, trained on 88\n"
           "captions, gives its own training captions scores near 0.9 (memorised); new wordings score lower, and\n"
           "the right photo ranks high only where the query shares words and meaning with what it learned.")
-    engine = SearchEngine(index_dir)
+    searcher = IndexSearcher(index_dir)
     found = 0
     for query, want in UNSEEN_QUERIES:
-        hits = engine.search(query, k=engine.stats()["count"])
+        hits = searcher.search(query, k=searcher.stats()["count"])
         names = [Path(h.metadata.get("path") or str(h.id)).stem for h in hits]
         rank = names.index(want) + 1 if want in names else None
         found += rank == 1
@@ -122,11 +122,11 @@ def run_demo(out_dir, quick: bool = False, overwrite: bool = False) -> dict:
     print(f"{found} of {len(UNSEEN_QUERIES)} unseen phrasings put their photo first")
     summary["unseen_queries_first"] = found
     coffee = UNSEEN_QUERIES[0][0]
-    contact_sheet(engine.search(coffee, k=10), out / "sheet-coffee.png", title=f'clipforge search: "{coffee}"',
+    contact_sheet(searcher.search(coffee, k=10), out / "sheet-coffee.png", title=f'clipforge search: "{coffee}"',
                   overwrite=True)
     probe = sorted(Path(photos["root"]).rglob("astronaut*.png"))
     if probe:
-        hits = engine.search(image=str(probe[0]), k=3)
+        hits = searcher.search(image=str(probe[0]), k=3)
         print(f"image query {probe[0].name}: " + ", ".join(Path(h.metadata.get('path', '?')).name for h in hits))
     _, report, _ = write_report(results, out / "report.md", overwrite=True)
     print(f"\ncontact sheet: {out / 'sheet-coffee.png'}   report: {report}")

@@ -18,7 +18,7 @@ from clipforge.data.demo_sets import build_photos
 from clipforge.evaluate.zeroshot_classification import evaluate_zeroshot_classification
 from clipforge.models import load_model
 from clipforge.retrieval.build import build_index
-from clipforge.retrieval.engine import SearchEngine
+from clipforge.retrieval.index_searcher import IndexSearcher
 from clipforge.retrieval.sheet import contact_sheet
 from clipforge.tour import UNSEEN_QUERIES, _say, start_tour
 from clipforge.train.config import load_config
@@ -78,17 +78,17 @@ def run_pretrained_demo(out_dir, quick: bool = False, overwrite: bool = False) -
     _say("4/5 index scikit-image's photos (a domain the heads never saw) and search them")
     index_dir = out / "index-photos"
     build_index(f"jsonl:{photos['manifest']}", str(run_dir / "final"), index_dir, batch_size=16, progress=False)
-    engine = SearchEngine(index_dir)
-    n = engine.stats()["count"]
+    searcher = IndexSearcher(index_dir)
+    n = searcher.stats()["count"]
     ranks = {}
     for query, want in UNSEEN_QUERIES:
-        hits = engine.search(query, k=n)
+        hits = searcher.search(query, k=n)
         names = [Path(h.metadata.get("path") or str(h.id)).stem for h in hits]
         ranks[query] = names.index(want) + 1 if want in names else None
         top = ", ".join(f"{nm} {h.score:.2f}" for nm, h in zip(names[:3], hits[:3]))
         print(f'"{query}": {want} ranks #{ranks[query]} of {n}   (top: {top})')
     summary["query_ranks"] = ranks
-    contact_sheet(engine.search(UNSEEN_QUERIES[0][0], k=8), out / "sheet-pretrained.png",
+    contact_sheet(searcher.search(UNSEEN_QUERIES[0][0], k=8), out / "sheet-pretrained.png",
                   title=f'clipforge (pretrained) search: "{UNSEEN_QUERIES[0][0]}"', overwrite=True)
 
     _say("5/5 zero-shot labels for the photos")

@@ -40,7 +40,7 @@ def register(sub):
 def run(args) -> int:
     from clipforge.data.display import shown
     from clipforge.errors import UsageError
-    from clipforge.retrieval.engine import SearchEngine
+    from clipforge.retrieval.index_searcher import IndexSearcher
     from clipforge.retrieval.search_query import SearchQuery
 
     if args.query is None and args.image is None and args.like is None:
@@ -57,18 +57,18 @@ def run(args) -> int:
                              "does not exist")
         # refused before the model loads and the search runs
         OutputFile(overwrite=args.overwrite, param="sheet", owned=png_marked(SHEET_KIND)).vet(args.sheet)
-    engine = SearchEngine(args.index_dir, device=args.device, rerank=args.rerank, rerank_k=args.rerank_k,
-                          rerank_options={"device": args.device} if args.rerank and args.device else None,
-                          encode_engine=args.engine, threads=args.threads)
-    hits = engine.search(SearchQuery(args.query, args.image, k=args.k, offset=args.offset, filters=args.filter,
-                                     dedup=args.dedup, image_weight=args.image_weight, like=like))
+    searcher = IndexSearcher(args.index_dir, device=args.device, rerank=args.rerank, rerank_k=args.rerank_k,
+                             rerank_options={"device": args.device} if args.rerank and args.device else None,
+                             encode_engine=args.engine, threads=args.threads)
+    hits = searcher.search(SearchQuery(args.query, args.image, k=args.k, offset=args.offset, filters=args.filter,
+                                       dedup=args.dedup, image_weight=args.image_weight, like=like))
     if hits and not args.json:  # the columns of the lines below
-        print(f"{'rank':>4}  {'id':>8}  {'score':<6}{'  stage' if engine.reranker is not None else ''}  file  caption")
+        print(f"{'rank':>4}  {'id':>8}  {'score':<6}{'  stage' if searcher.reranker is not None else ''}  file  caption")
     for h in hits:
         if args.json:
             print(json.dumps(h.to_dict(), default=str))
         else:
-            stage = f"  s{h.stage}" if engine.reranker is not None else ""
+            stage = f"  s{h.stage}" if searcher.reranker is not None else ""
             # one line per hit: control characters in names and captions are escaped, never sent to the terminal
             print(f"{h.rank + 1:>4}  {h.id:>8}  {h.score:.4f}{stage}  "
                   f"{shown(h.metadata.get('path') or h.metadata.get('key'))}  {shown(h.metadata.get('caption') or '')}")

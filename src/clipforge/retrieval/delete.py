@@ -29,7 +29,7 @@ import numpy as np
 
 from clipforge.errors import ClipforgeError, UsageError, disk_error
 from clipforge.retrieval.index_dir import INDEX_FILE, INFO_FILE, read_info
-from clipforge.retrieval.query import Filter, filter_mask, parse_filter
+from clipforge.retrieval.filters import Filter, filter_mask, parse_filter
 from clipforge.retrieval.sharded import open_index
 from clipforge.retrieval.store import EmbeddingStore, atomic_write_json
 from clipforge.retrieval.sync import sync_index

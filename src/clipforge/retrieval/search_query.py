@@ -1,7 +1,7 @@
-"""A search as one value: what the search engine's `search` and `query_vector` take.
+"""A search as one value: what `IndexSearcher.search` and `IndexSearcher.query_vector` take.
 
-    engine.search(SearchQuery("a red bicycle", k=10, filters=["path~*/2023/*"]))
-    engine.search("a red bicycle", k=10)          # the same: the text, then any SearchQuery field by name
+    searcher.search(SearchQuery("a red bicycle", k=10, filters=["path~*/2023/*"]))
+    searcher.search("a red bicycle", k=10)        # the same: the text, then any SearchQuery field by name
 
 Each caller builds one (the CLI from its flags, the HTTP service from a request body), so a new search
 option is one field here, not a keyword argument threaded through every layer.
@@ -12,18 +12,18 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
-from clipforge.retrieval.query import Term, parse_query
+from clipforge.retrieval.query_language import Term, parse_query
 
 __all__ = ["SearchQuery"]
 
 
 @dataclass(frozen=True)
 class SearchQuery:
-    text: Optional[str] = None       # the query language (`query.parse_query`): plain text or weighted terms
+    text: Optional[str] = None       # the query language (`query_language.parse_query`): plain text or weighted terms
     image: Any = None                # a query image (path, bytes or PIL image), composed with the text
     k: int = 20                      # hits offset..offset+k-1
     offset: int = 0
-    filters: Sequence = ()           # COLUMN OP VALUE strings (or parsed `query.Filter`s), all must match
+    filters: Sequence = ()           # COLUMN OP VALUE strings (or parsed `filters.Filter`s), all must match
     dedup: Optional[float] = None    # collapse hits with cosine above this
     rerank: Optional[bool] = None    # False: the first stage only; None: the second stage when there is one
     text_weight: float = 1.0         # multiplies every term of `text`
@@ -33,7 +33,7 @@ class SearchQuery:
     like_weight: float = 1.0
     allow_paths: bool = True         # whether `text` may name image files (the HTTP service: never)
     base_dir: Any = None             # where relative image paths in `text` are looked up
-    hidden_columns: Sequence[str] = ()  # columns `filters` may not name, beside the engine's own
+    hidden_columns: Sequence[str] = ()  # columns `filters` may not name, beside the searcher's own
 
     @classmethod
     def of(cls, query: "SearchQuery | str | None" = None, image: Any = None, **fields) -> "SearchQuery":

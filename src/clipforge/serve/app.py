@@ -17,7 +17,7 @@ all before the model runs (422); JSON types are strict and unknown fields are re
 never name files (no `img:` terms from the network), template sets are names, never paths, and /thumb takes
 an integer id that must map to a regular file recorded in the index, so nothing from a request ever becomes
 a filesystem path. Responses never show server paths, and filters cannot name the columns that hold them
-(`HIDDEN_COLUMNS`, refused by the engine itself: 422), so a filter cannot probe the server's directories.
+(`HIDDEN_COLUMNS`, refused by the searcher itself: 422), so a filter cannot probe the server's directories.
 Every error is JSON: {"error": {"status": N, "message": "..."}}, and an unexpected failure is a 500 with no
 details; each route documents its error statuses in /openapi.json (`responses.py`), a 405 names the allowed
 methods in `Allow`, and the request schema's patterns read alike in every regex dialect (`patterns.py`), so
@@ -33,13 +33,13 @@ pool, where concurrent text misses share one forward (`TextEmbeddingCache`), wit
 Responses are rendered straight to JSON (no per-field re-encoding); a hit's one JSON form is `Hit.to_dict`.
 
 Live updates: the app watches the index directory (every `reload_interval` s) and swaps in a new view of it
-after `clipforge index update` / `index delete` (`SearchEngine.refresh`); requests in flight finish on the
+after `clipforge index update` / `index delete` (`IndexSearcher.refresh`); requests in flight finish on the
 view they started with. A DELETE refreshes its own worker before answering. What the service derives from
 the index (items' public forms, thumbnails) lives in one reload-scoped cache (`state.ViewCache`).
 
-Layout: this module builds the app (engine, middleware, error handlers) and includes one router per resource
+Layout: this module builds the app (searcher, middleware, error handlers) and includes one router per resource
 from `routes/` (search, classify, items, thumbs, info: /healthz + /stats, page: / + /static); `state.py`
-holds what the routers share (`ServeState`: engine, limits, services, counters, the cache), `public.py` what
+holds what the routers share (`ServeState`: searcher, limits, services, counters, the cache), `public.py` what
 the API shows of an index, `error_handlers.py` how failures become the one error shape.
 
 Adding an endpoint: one file `routes/NAME.py` defining `router(state: ServeState) -> APIRouter` (its routes
@@ -57,7 +57,7 @@ from typing import Optional
 from fastapi import FastAPI
 
 from clipforge.errors import UsageError
-from clipforge.retrieval.engine import SearchEngine
+from clipforge.retrieval.index_searcher import IndexSearcher
 from clipforge.serve.error_handlers import install_error_handlers
 from clipforge.serve.guards import PUBLIC_PATHS, PUBLIC_PREFIXES, ApiKeyAuth, BodyLimit, Limits  # noqa: F401
 from clipforge.serve.hosts import HostAllowlist, allowed_host_names
@@ -69,26 +69,26 @@ RELOAD_INTERVAL_S = 0.25
 
 
 def create_app(index_dir, api_key: str | None = None, limits: Limits = Limits(), device=None,
-               engine: SearchEngine | None = None, *, rerank=None, rerank_k: int | None = None,
+               searcher: IndexSearcher | None = None, *, rerank=None, rerank_k: int | None = None,
                reload_interval: Optional[float] = RELOAD_INTERVAL_S, encode_engine: str | None = None,
                threads: int | None = None, allowed_hosts=None) -> FastAPI:
-    """The service over `index_dir`. `engine`: a ready SearchEngine (else one is opened, with `rerank` /
-    `rerank_k` as SearchEngine takes them, and `encode_engine` / `threads` for the runtime that embeds queries).
+    """The service over `index_dir`. `searcher`: a ready IndexSearcher (else one is opened, with `rerank` /
+    `rerank_k` as IndexSearcher takes them, and `encode_engine` / `threads` for the runtime that embeds queries).
     `reload_interval`: seconds between checks of the index directory for changes while the app runs (None:
     never; the app's lifespan starts and stops the watcher). `allowed_hosts`: the Host names it answers to
     (hosts.HostAllowlist; None: any)."""
-    if engine is None:
-        engine = SearchEngine(index_dir, device=device, rerank=rerank, encode_engine=encode_engine,
-                              threads=threads, hidden_columns=HIDDEN_COLUMNS,
-                              **({"rerank_k": rerank_k} if rerank_k is not None else {}))
+    if searcher is None:
+        searcher = IndexSearcher(index_dir, device=device, rerank=rerank, encode_engine=encode_engine,
+                                 threads=threads, hidden_columns=HIDDEN_COLUMNS,
+                                 **({"rerank_k": rerank_k} if rerank_k is not None else {}))
     elif rerank is not None or rerank_k is not None or encode_engine is not None:
-        raise UsageError("give `rerank` / `rerank_k` / `encode_engine` to the SearchEngine passed as `engine`")
-    engine.encoder  # load now, so the first request is not slow  # noqa: B018
-    state = ServeState(engine, limits, api_key)
+        raise UsageError("give `rerank` / `rerank_k` / `encode_engine` to the IndexSearcher passed as `searcher`")
+    searcher.encoder  # load now, so the first request is not slow  # noqa: B018
+    state = ServeState(searcher, limits, api_key)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
-        watcher = engine.watch(reload_interval) if reload_interval else None
+        watcher = searcher.watch(reload_interval) if reload_interval else None
         yield
         if watcher is not None:
             watcher.stop()
@@ -112,7 +112,7 @@ def create_app(index_dir, api_key: str | None = None, limits: Limits = Limits(),
     app.include_router(thumbs.router(state))
 
     app.state.serve = state
-    app.state.engine, app.state.classifier, app.state.images = engine, state.classifier, state.images
+    app.state.searcher, app.state.classifier, app.state.images = searcher, state.classifier, state.images
     return app
 
 

@@ -25,10 +25,10 @@ DEFAULT_TEMPLATES = "openai_imagenet"  # what `clipforge classify` uses when no 
 
 
 class ClassifyService:
-    """Probabilities of labels for images, on a `SearchEngine`'s model (its lock, its precision)."""
+    """Probabilities of labels for images, on a `IndexSearcher`'s model (its lock, its precision)."""
 
-    def __init__(self, engine, heads: int = 64):
-        self.engine, self.max_heads = engine, heads
+    def __init__(self, searcher, heads: int = 64):
+        self.searcher, self.max_heads = searcher, heads
         self._heads: OrderedDict[tuple, ZeroShotHead] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -44,13 +44,13 @@ class ClassifyService:
         name = templates or DEFAULT_TEMPLATES
         if name not in TEMPLATE_SETS:
             raise UsageError(f"`templates` {name!r} is not a template set; choose from {', '.join(self.template_sets())}")
-        key = (tuple(labels), name, self.engine.model_key)
+        key = (tuple(labels), name, self.searcher.model_key)
         with self._lock:
             head = self._heads.get(key)
             if head is not None:
                 self._heads.move_to_end(key)
                 return head
-        head = build_classifier(self.engine.encode_text_uncached, labels, get_templates(name), progress=False)
+        head = build_classifier(self.searcher.encode_text_uncached, labels, get_templates(name), progress=False)
         with self._lock:
             self._heads[key] = head
             while len(self._heads) > self.max_heads:
@@ -62,7 +62,7 @@ class ClassifyService:
         "prompts_per_label", "took_ms"}."""
         t0 = time.perf_counter()
         head = self.head(labels, templates)
-        feats = torch.from_numpy(self.engine.encode_image([image]))  # (1, D)
+        feats = torch.from_numpy(self.searcher.encode_image([image]))  # (1, D)
         probs = head.probs(feats)[0]  # (C,)
         order = torch.argsort(probs, descending=True, stable=True).tolist()
         name = templates or DEFAULT_TEMPLATES

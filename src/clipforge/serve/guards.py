@@ -29,7 +29,7 @@ INT64_MAX = 2**63 - 1
 # (which describe the API, never the data).
 PUBLIC_PATHS = ("/", "/healthz", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc")
 PUBLIC_PREFIXES = ("/static/",)
-FILTER_PATTERN = r"^\s*[A-Za-z_][\w.]*\s*(!=|<=|>=|\*=|=|<|>|~)\s*\S"  # COLUMN OP VALUE (query.parse_filter)
+FILTER_PATTERN = r"^\s*[A-Za-z_][\w.]*\s*(!=|<=|>=|\*=|=|<|>|~)\s*\S"  # COLUMN OP VALUE (filters.parse_filter)
 
 
 @dataclass(frozen=True)

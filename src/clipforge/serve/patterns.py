@@ -18,7 +18,7 @@ WHITESPACE = r"\u0009-\u000d\u001c-\u0020\u0085\u00a0\u1680\u2000-\u200a\u2028\u
 NON_BLANK = f"[^{WHITESPACE}]"  # (unanchored: the text holds at least one character that is not whitespace)
 
 _S, _V = f"[{WHITESPACE}]", f"[^{WHITESPACE}]"
-# A metadata filter as `retrieval.query.parse_filter` reads it: COLUMN OP VALUE, the operator the longest one
+# A metadata filter as `retrieval.filters.parse_filter` reads it: COLUMN OP VALUE, the operator the longest one
 # at its place (`a<=` is `<=` with no value, not `<` with "="), the value not blank. Columns are ASCII here
 # (what metadata columns are named), so no \w.
 FILTER = (f"^{_S}*[A-Za-z_][A-Za-z0-9_.]*{_S}*"

@@ -1,7 +1,7 @@
-"""What the service shows of an index: an item's public form and the engine's stats, without server paths.
+"""What the service shows of an index: an item's public form and the searcher's stats, without server paths.
 
 `HIDDEN_COLUMNS` hold the server's paths (the file of an item, the shard it came from): never shown, never
-filterable over HTTP (the app opens its engine with them hidden, so the engine itself refuses such filters).
+filterable over HTTP (the app opens its searcher with them hidden, so the searcher itself refuses such filters).
 A hit is rendered by `Hit.to_dict(item=public_item(...))`, the one JSON form of a hit.
 """
 from __future__ import annotations

@@ -1,8 +1,8 @@
-"""What every route of one app shares: the engine and services, the limits, the counters /stats shows, and
+"""What every route of one app shares: the searcher and services, the limits, the counters /stats shows, and
 the one reload-scoped cache.
 
 `ViewCache` holds everything the service derives from the index's current view (an item's public form,
-thumbnails): all of it is dropped together the moment the engine swaps in a new view (`SearchEngine.refresh`),
+thumbnails): all of it is dropped together the moment the searcher swaps in a new view (`IndexSearcher.refresh`),
 since an item, or the file behind it, may have changed. Anything new derived from the index belongs there.
 """
 from __future__ import annotations
@@ -41,21 +41,21 @@ class Counters:
 
 
 class ViewCache:
-    """Public item forms and thumbnails of the engine's current view (see the module docstring)."""
+    """Public item forms and thumbnails of the searcher's current view (see the module docstring)."""
 
-    def __init__(self, engine, max_thumbs: int, max_items: int = PUBLIC_ITEM_CACHE):
-        self.engine, self.max_thumbs, self.max_items = engine, max_thumbs, max_items
-        self._reloads = engine.reloads
+    def __init__(self, searcher, max_thumbs: int, max_items: int = PUBLIC_ITEM_CACHE):
+        self.searcher, self.max_thumbs, self.max_items = searcher, max_thumbs, max_items
+        self._reloads = searcher.reloads
         self._lock = threading.Lock()
         self._items: dict[int, dict] = {}  # an item's public form is the same in every result
         self._thumbs: collections.OrderedDict[int, bytes] = collections.OrderedDict()  # LRU
 
     def _current(self) -> None:
-        """Drop everything if the engine swapped views since (call under the lock)."""
-        if self._reloads != self.engine.reloads:
+        """Drop everything if the searcher swapped views since (call under the lock)."""
+        if self._reloads != self.searcher.reloads:
             self._items.clear()
             self._thumbs.clear()
-            self._reloads = self.engine.reloads
+            self._reloads = self.searcher.reloads
 
     def public_items(self, hits) -> list[dict]:
         """The public form of each hit's item (`public.public_item`), cached per id."""
@@ -100,11 +100,11 @@ async def _no_auth():
 class ServeState:
     """One app's shared state: what each router factory (`routes/`) is given."""
 
-    def __init__(self, engine, limits: Limits, api_key: Optional[str] = None):
-        self.engine, self.limits, self.api_key = engine, limits, api_key  # engine: a SearchEngine
-        self.classifier = ClassifyService(engine)
+    def __init__(self, searcher, limits: Limits, api_key: Optional[str] = None):
+        self.searcher, self.limits, self.api_key = searcher, limits, api_key  # searcher: an IndexSearcher
+        self.classifier = ClassifyService(searcher)
         self.images = ImageDecoder(limits)  # decodes at once, and each request's images within one budget
-        self.cache = ViewCache(engine, limits.thumb_cache)
+        self.cache = ViewCache(searcher, limits.thumb_cache)
         self.counters = Counters()
         # ApiKeyAuth has checked the key before any route runs; this dependency only declares the scheme, so
         # /docs offers "Authorize" and clients see that X-API-Key is expected.

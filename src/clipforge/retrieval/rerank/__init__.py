@@ -1,8 +1,8 @@
 """Second-stage reranking (INQUIRE-style two-stage retrieval): the index's own model returns the top
 `rerank_k` candidates fast, and a second, stronger model (larger, or fine-tuned) re-scores only those.
 
-    engine = SearchEngine("photos-index", rerank="runs/big/final", rerank_k=100)
-    for hit in engine.search("a heron catching a fish", k=10):
+    searcher = IndexSearcher("photos-index", rerank="runs/big/final", rerank_k=100)
+    for hit in searcher.search("a heron catching a fish", k=10):
         hit.stage, hit.score, hit.stage1_score      # 2, the second model's cosine, the first model's
 
 Rerankers are a registry (`RERANKERS`), one module per kind:

@@ -11,7 +11,9 @@ from clipforge.data.decode import SkipCounter
 from clipforge.errors import UsageError
 from clipforge.registry import Option, Registry
 from clipforge.retrieval.index_dir import IndexDir
-from clipforge.retrieval.query import Hit, Term, compose_vector
+from clipforge.retrieval.query_language import Term
+from clipforge.retrieval.query_vector import compose_vector
+from clipforge.retrieval.searcher import Hit
 
 __all__ = ["RERANKERS", "Reranker", "create_reranker", "rerank_hits", "DEFAULT_RERANK_K"]
 

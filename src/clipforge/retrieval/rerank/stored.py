@@ -2,7 +2,7 @@
 
     build_index("files:photos", "tiny", "idx")                     # first stage (a fast model)
     build_index("files:photos", "runs/big/final", "idx-big")       # the second model, once
-    SearchEngine("idx", rerank="idx-big", rerank_k=100).search("a heron")
+    IndexSearcher("idx", rerank="idx-big", rerank_k=100).search("a heron")
 
 Candidates are looked up in the second index by their key (the source's stable sample id, the same in both
 indexes), so re-scoring 100 candidates is a gather and a (100, D) x (D,) product: no image is decoded at

@@ -14,16 +14,16 @@ from clipforge.serve.state import ServeState
 
 def router(state: ServeState) -> APIRouter:
     r = APIRouter()
-    engine, counters = state.engine, state.counters
+    searcher, counters = state.searcher, state.counters
 
     @r.get("/healthz", responses=error_responses())
     async def healthz():
-        return {"status": "ok", "count": len(engine.index)}
+        return {"status": "ok", "count": len(searcher.index)}
 
     @r.get("/stats", dependencies=[Depends(state.auth)], responses=error_responses(key=state.keyed))
     async def get_stats():
         lat = np.array(counters.latencies) if counters.latencies else np.zeros(1)
-        return {**public_stats(engine.stats(), HIDDEN_COLUMNS),
+        return {**public_stats(searcher.stats(), HIDDEN_COLUMNS),
                 "uptime_s": round(time.time() - counters.started, 1),
                 "searches": counters.searches, "searches_inline": counters.inline,
                 "classifications": counters.classifications, "deletes": counters.deletes,

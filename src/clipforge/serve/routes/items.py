@@ -26,12 +26,12 @@ log = logging.getLogger("clipforge.serve")
 
 def router(state: ServeState) -> APIRouter:
     r = APIRouter()
-    engine = state.engine
+    searcher = state.searcher
 
     @r.get("/items/{item_id}", dependencies=[Depends(state.auth)],
            responses=error_responses(404, 422, key=state.keyed))
     async def item(item_id: int = Depends(item_id_param)):
-        found = engine.item(item_id)
+        found = searcher.item(item_id)
         if found is None:
             raise HTTPException(404, f"no item with id {item_id}")
         return JSONResponse(public_item(found))
@@ -41,19 +41,19 @@ def router(state: ServeState) -> APIRouter:
     async def delete_item(item_id: int = Depends(item_id_param)):
         if not state.keyed:
             raise HTTPException(403, "deleting needs a server started with an API key")
-        if engine.item(item_id) is None:
+        if searcher.item(item_id) is None:
             raise HTTPException(404, f"no item with id {item_id}")
 
         def work():
             try:
-                res = delete_items(engine.root, ids=[item_id])
+                res = delete_items(searcher.root, ids=[item_id])
             except StoreBusy:
                 raise HTTPException(409, "the index is being changed by another process (an index update or "
                                          "delete); try again when it is done") from None
             except DiskError as e:  # nothing was deleted; reads go on from the unchanged index
                 log.warning("DELETE /items/%d: %s", item_id, e)
                 raise HTTPException(disk_status(e), disk_reason(e, "nothing was deleted")) from None
-            engine.refresh()  # this worker answers from the new view from now on
+            searcher.refresh()  # this worker answers from the new view from now on
             return res
 
         res = await state.in_thread(work, "delete")

@@ -13,7 +13,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from clipforge.errors import UsageError
-from clipforge.retrieval.query import Term, parse_filter, parse_query
+from clipforge.retrieval.filters import parse_filter
+from clipforge.retrieval.query_language import Term, parse_query
 from clipforge.retrieval.search_query import SearchQuery
 from clipforge.serve.guards import request_models
 from clipforge.serve.public import HIDDEN_COLUMNS
@@ -28,24 +29,24 @@ INLINE_MAX_VECTORS = 8192
 
 def router(state: ServeState) -> APIRouter:
     r = APIRouter()
-    engine, limits, counters = state.engine, state.limits, state.counters
-    _, SearchIn = request_models(limits, rerank=engine.reranker is not None, hidden=HIDDEN_COLUMNS)
+    searcher, limits, counters = state.searcher, state.limits, state.counters
+    _, SearchIn = request_models(limits, rerank=searcher.reranker is not None, hidden=HIDDEN_COLUMNS)
 
     def cached_text_query(req) -> bool:
         """Whether `req` needs no model and no image decoding: text only, every text already cached."""
         if req.image is not None or any(t.image is not None for t in req.terms):
             return False
-        if engine.reranker is not None and req.rerank is not False:
+        if searcher.reranker is not None and req.rerank is not False:
             return False
-        if len(engine.index) > INLINE_MAX_VECTORS:
+        if len(searcher.index) > INLINE_MAX_VECTORS:
             return False
         texts = [t.text for t in req.terms]
         if req.text is not None and req.text.strip():
             texts += [t.value for t in parse_query(req.text, allow_paths=False)]  # text only without paths
-        return engine.texts.has_all(texts)
+        return searcher.texts.has_all(texts)
 
     async def search(req):
-        if req.like is not None and not engine.has_id(req.like):  # an unknown item, as for /items/{id}
+        if req.like is not None and not searcher.has_id(req.like):  # an unknown item, as for /items/{id}
             raise HTTPException(404, f"like: no item with id {req.like} in this index")
         for i, f in enumerate(req.filters):  # syntax, length and glob checked before the model runs
             try:
@@ -60,7 +61,7 @@ def router(state: ServeState) -> APIRouter:
             terms = [Term("text", t.text, t.weight) if t.text is not None else
                      Term("image", decode(t.image, f"terms[{i}].image"),
                           t.weight) for i, t in enumerate(req.terms)]
-            hits = engine.search(SearchQuery(
+            hits = searcher.search(SearchQuery(
                 req.text, image, k=req.k, offset=req.offset, filters=req.filters, dedup=req.dedup,
                 rerank=req.rerank, text_weight=req.text_weight, image_weight=req.image_weight, terms=terms,
                 like=req.like, allow_paths=False, hidden_columns=HIDDEN_COLUMNS))

@@ -44,7 +44,7 @@ def router(state: ServeState) -> APIRouter:
     async def thumb(item_id: int = Depends(item_id_param)):
         data = state.cache.thumb(item_id)
         if data is None:
-            path = state.engine.path_of(item_id)  # only files recorded in the index
+            path = state.searcher.path_of(item_id)  # only files recorded in the index
             if path is None:
                 raise HTTPException(404, f"no indexed file for id {item_id}")
             try:

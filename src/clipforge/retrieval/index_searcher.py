@@ -1,8 +1,8 @@
 """An index directory opened for queries: metadata, vectors, the faiss index and (loaded on first use) the
 model that embeds queries — shared by `clipforge search`, the HTTP service and Python users.
 
-    engine = SearchEngine("my-index")
-    for hit in engine.search("a red bicycle", k=10, filters=["path~*/2023/*"]):
+    searcher = IndexSearcher("my-index")
+    for hit in searcher.search("a red bicycle", k=10, filters=["path~*/2023/*"]):
         print(hit.rank, hit.id, hit.score, hit.metadata["path"])
 
 Queries embed with the model, precision and engine the index was built with (index.json), unless another
@@ -30,16 +30,19 @@ import numpy as np
 
 from clipforge.encode import Encoder, TextEmbeddingCache
 from clipforge.errors import ClipforgeError, UsageError
+from clipforge.retrieval.filters import parse_filter
 from clipforge.retrieval.index import VectorIndex
 from clipforge.retrieval.index_dir import IndexDir
-from clipforge.retrieval.query import Hit, Searcher, Term, compose_vector, parse_filter
+from clipforge.retrieval.query_language import Term
+from clipforge.retrieval.query_vector import compose_vector
 from clipforge.retrieval.rerank import DEFAULT_RERANK_K, Reranker, create_reranker, rerank_hits
 from clipforge.retrieval.search_query import SearchQuery
+from clipforge.retrieval.searcher import Hit, Searcher
 from clipforge.retrieval.sharded import open_index
 from clipforge.retrieval.store import EmbeddingStore
 from clipforge.retrieval.sync import sync_index
 
-__all__ = ["SearchEngine", "IndexView"]
+__all__ = ["IndexSearcher", "IndexView"]
 
 log = logging.getLogger("clipforge.retrieval")
 
@@ -80,7 +83,7 @@ class IndexView:
         return (str(self.info["model"]), str(self.info["precision"]))
 
 
-class SearchEngine:
+class IndexSearcher:
     """Queries over one index directory (see the module docstring).
 
     model: an already loaded model or Encoder for queries (default: the index's, loaded on first use).
@@ -88,7 +91,7 @@ class SearchEngine:
     rerank: a second stage (`create_reranker`: a model reference, an index directory, or a Reranker), with
     rerank_options for its kind; rerank_k: candidates it re-scores. encode_engine / threads: the runtime that
     embeds queries (`clipforge.encode` engines; default: the one the index was built with).
-    hidden_columns: metadata columns no search through this engine may filter on (`query.parse_filter`):
+    hidden_columns: metadata columns no search through this searcher may filter on (`filters.parse_filter`):
     what a service never shows its clients (the HTTP service: the server's file paths), so a filter cannot
     probe them; each search may add more. Python and CLI users, who own the files, keep the default ().
     """
@@ -215,7 +218,7 @@ class SearchEngine:
         """Hits offset..offset+k-1 of a `SearchQuery` (or of its text, `image` and any other of its fields by
         name: `search("a red bicycle", k=10)`). With a reranker (and `rerank` not False), the first stage's top
         `rerank_k` (after filters and dedup) are re-scored by the second model and come first; hits beyond
-        them keep the first stage's order and score (`stage` 1). `filters` may not name the engine's
+        them keep the first stage's order and score (`stage` 1). `filters` may not name the searcher's
         `hidden_columns` nor the query's (refused before any model runs)."""
         q = SearchQuery.of(query, image, **fields)
         view = self.view  # this search finishes on this view, whatever refresh() does meanwhile
@@ -226,7 +229,7 @@ class SearchEngine:
         vec = self._vector(view, all_terms, like, q.like_weight)
         k, offset = q.k, q.offset
         if q.rerank and self.reranker is None:
-            raise UsageError("`rerank` asked for, but this engine has no second stage (give `rerank=`)")
+            raise UsageError("`rerank` asked for, but this searcher has no second stage (give `rerank=`)")
         if self.reranker is None or q.rerank is False:
             return view.searcher.search(vec, k=k, offset=offset, filters=filters, dedup=q.dedup, hidden=hidden)
         if k < 1 or offset < 0:
@@ -271,18 +274,18 @@ class SearchEngine:
 
 
 class _Watcher(threading.Thread):
-    """Polls the index directory and refreshes the engine when it changed (see SearchEngine.watch)."""
+    """Polls the index directory and refreshes the searcher when it changed (see IndexSearcher.watch)."""
 
-    def __init__(self, engine: SearchEngine, interval: float):
+    def __init__(self, searcher: IndexSearcher, interval: float):
         super().__init__(name="clipforge-index-watcher", daemon=True)
-        self.engine, self.interval = engine, interval
+        self.searcher, self.interval = searcher, interval
         self._stop_event = threading.Event()
         self.errors = 0
 
     def run(self) -> None:
         while not self._stop_event.wait(self.interval):
             try:
-                self.engine.refresh()
+                self.searcher.refresh()
             except Exception as e:  # noqa: BLE001 - caught mid-write (a shard compacted away): next poll
                 self.errors += 1
                 log.info("index reload failed, retrying (%s: %s)", type(e).__name__, e)
