@@ -1,5 +1,7 @@
 """Sharded index build + merge: merged results equal one index's (exact kinds, and IVF from one training),
-ground truth from numpy brute force, query-time merging of HNSW shards, on-disk inverted lists, errors."""
+ground truth from numpy brute force (a full sort here, sharing no code with the merge under test), query-time
+merging of HNSW shards, `merge_topk` itself (ties, k beyond the candidates, empty shards), on-disk inverted
+lists, errors."""
 
 import os
 import subprocess
@@ -10,10 +12,10 @@ import pytest
 
 from clipforge.errors import UsageError
 from clipforge.retrieval.index import VectorIndex
-from clipforge.retrieval.recall import exact_knn
-from clipforge.retrieval.synthetic import synthetic_embeddings
 from clipforge.retrieval.sharded import (ShardedIndex, build_shard, merge_shards, open_index,
                                          train_template)
+from clipforge.retrieval.synthetic import synthetic_embeddings
+from clipforge.retrieval.topk import merge_topk
 
 _SMALL = {"flat": {}, "ivf_flat": {"nlist": 64, "nprobe": 8}, "ivf_pq": {"nlist": 64, "nprobe": 8, "m": 16},
           "ivf_pqfs": {"nlist": 64, "nprobe": 8, "m": 32, "quantizer": "hnsw"}, "hnsw": {"M": 16, "efConstruction": 40,
@@ -32,6 +34,19 @@ def _parts(n, n_parts=4, seed=3):
     order = np.random.default_rng(seed).permutation(n)
     cuts = np.sort(np.random.default_rng(seed).choice(np.arange(1, n), n_parts - 1, replace=False))
     return np.split(order, cuts)
+
+
+def _brute_force(xb, q, k, ids):
+    """Exact top k by numpy: every score, one full sort per query (descending score, then ascending id), -1 / -inf
+    past the collection's end. Deliberately not `recall.exact_knn`, which merges blocks with `merge_topk`."""
+    s = q.astype(np.float32) @ np.asarray(xb, np.float32).T  # (n, N)
+    order = np.lexsort((np.broadcast_to(ids, s.shape), -s), axis=1)[:, :k]
+    w = order.shape[1]
+    scores = np.full((len(q), k), -np.inf, np.float32)
+    out = np.full((len(q), k), -1, np.int64)
+    scores[:, :w] = np.take_along_axis(s, order, 1)
+    out[:, :w] = ids[order]
+    return scores, out
 
 
 def _recall(got, truth):
@@ -62,7 +77,7 @@ def test_flat_shards_equal_one_exact_index_and_numpy(data, mode, tmp_path):
     assert isinstance(merged, ShardedIndex if mode == "query" else VectorIndex) and len(merged) == len(xb)
     s, i = merged.search(q, 10)
     assert i.dtype == np.int64 and s.dtype == np.float32 and i.shape == (len(q), 10)
-    ts, ti = exact_knn(xb, q, 10, ids)  # numpy brute force, not faiss
+    ts, ti = _brute_force(xb, q, 10, ids)  # numpy brute force: neither faiss nor merge_topk
     _same_up_to_ties(s, i, ts, ti)
     one = VectorIndex.build(xb, ids, "flat")
     _same_up_to_ties(s, i, *one.search(q, 10))
@@ -85,7 +100,7 @@ def test_ivf_shards_merge_to_the_index_one_process_builds(data, kind):
     s_1, i_1 = single.search(q, 10)
     # the same candidates in a different list order can swap exactly tied scores only
     _same_up_to_ties(s_m, i_m, s_1, i_1)
-    truth = exact_knn(xb, q, 10, ids)[1]
+    truth = _brute_force(xb, q, 10, ids)[1]
     assert _recall(i_m, truth) == pytest.approx(_recall(i_1, truth))
     assert _recall(i_m, truth) > 0.5  # a working index, not an empty merge
     # removal still works on a merged index
@@ -95,7 +110,7 @@ def test_ivf_shards_merge_to_the_index_one_process_builds(data, kind):
 
 def test_hnsw_shards_are_searched_together_with_matching_recall(data, tmp_path):
     xb, q, ids = data
-    truth = exact_knn(xb, q, 10, ids)[1]
+    truth = _brute_force(xb, q, 10, ids)[1]
     template = train_template(xb[:100], "hnsw", n=len(xb), **_SMALL["hnsw"])
     parts = _parts(len(xb))
     for i, r in enumerate(parts):
@@ -116,6 +131,60 @@ def test_hnsw_shards_are_searched_together_with_matching_recall(data, tmp_path):
     back = open_index(moved / "h.cfidx")
     back.set_search_params(efSearch=48)
     np.testing.assert_array_equal(back.search(q, 10)[1], merged.search(q, 10)[1])
+
+
+def _reference_topk(scores, ids, k):
+    """merge_topk's rule by plain sorting, row by row: real ids (>= 0) by (-score, id), then -1 / -inf padding."""
+    out_s = np.full((len(scores), k), -np.inf, np.float32)
+    out_i = np.full((len(scores), k), -1, np.int64)
+    for r, (srow, irow) in enumerate(zip(scores, ids)):
+        best = sorted((-float(sc), int(i)) for sc, i in zip(srow, irow) if i >= 0 and np.isfinite(sc))[:k]
+        out_s[r, :len(best)] = [-sc for sc, _ in best]
+        out_i[r, :len(best)] = [i for _, i in best]
+    return out_s, out_i
+
+
+def test_merge_topk_breaks_ties_by_the_smaller_id_whatever_the_candidate_order():
+    rng = np.random.default_rng(12)
+    scores = rng.integers(0, 4, (50, 30)).astype(np.float32) / 4  # many exact ties
+    ids = np.stack([rng.permutation(1000)[:30] for _ in range(50)]).astype(np.int64)
+    got_s, got_i = merge_topk(scores, ids, 10)
+    want_s, want_i = _reference_topk(scores, ids, 10)
+    np.testing.assert_array_equal(got_i, want_i)
+    np.testing.assert_array_equal(got_s, want_s)
+    shuffled = rng.permutation(30)  # the order shards answer in does not matter
+    np.testing.assert_array_equal(merge_topk(scores[:, shuffled], ids[:, shuffled], 10)[1], want_i)
+    assert got_s.dtype == np.float32 and got_i.dtype == np.int64
+
+
+def test_merge_topk_pads_when_k_exceeds_the_candidates_and_ignores_padding_in_them():
+    # two shards' answers for k=6: shard A holds 2 vectors, shard B 3 (the rest of each is -1 padding, whatever
+    # score it carries), and one query where both shards are empty
+    scores = np.array([[0.9, 0.1, 5.0, 5.0, 5.0, 5.0, 0.5, 0.9, 0.2, 7.0, 7.0, 7.0],
+                       [-np.inf] * 12], np.float32)
+    ids = np.array([[7, 3, -1, -1, -1, -1, 9, 4, 8, -1, -1, -1], [-1] * 12], np.int64)
+    s, i = merge_topk(scores, ids, 6)
+    assert i.tolist() == [[4, 7, 9, 8, 3, -1], [-1] * 6]  # 0.9 tie: id 4 before 7
+    np.testing.assert_array_equal(s[0, :5], np.float32([0.9, 0.9, 0.5, 0.2, 0.1]))
+    assert np.isneginf(s[0, 5]) and np.isneginf(s[1]).all()
+    s, i = merge_topk(scores[:, :2], ids[:, :2], 5)  # fewer candidate columns than k
+    assert i.tolist() == [[7, 3, -1, -1, -1], [-1] * 5] and s.shape == (2, 5)
+    s, i = merge_topk(np.zeros((3, 0), np.float32), np.zeros((3, 0), np.int64), 4)  # no shard answered
+    assert i.tolist() == [[-1] * 4] * 3 and np.isneginf(s).all()
+
+
+def test_sharded_search_with_empty_and_small_shards_equals_brute_force(data):
+    """k beyond every shard's size (and beyond the whole collection), with an empty shard among them."""
+    xb, q, ids = data
+    template = train_template(xb[:10], "flat", n=12)
+    rows = [np.arange(0, 3), np.arange(3, 3), np.arange(3, 12)]  # 3 vectors, none, 9
+    sharded = ShardedIndex([build_shard(template, xb[r], ids[r]) for r in rows])
+    assert len(sharded) == 12
+    for k in (5, 12, 20):
+        s, i = sharded.search(q[:20], k)
+        ts, ti = _brute_force(xb[:12], q[:20], k, ids[:12])
+        _same_up_to_ties(s[:, :12], i[:, :12], ts[:, :12], ti[:, :12])
+        assert (i[:, 12:] == -1).all() and np.isneginf(s[:, 12:]).all()
 
 
 def test_sharded_index_contract_updates_and_save(data, tmp_path):
@@ -223,7 +292,7 @@ def test_cli_shard_train_build_merge_search(data, tmp_path, capsys):
     merged = open_index(tmp_path / "m" / "x.cfidx")
     assert merged.params["nprobe"] == 32 and sorted(merged.ids().tolist()) == sorted(ids.tolist())
     xs = np.stack([x / np.linalg.norm(x) for x in xb.astype(np.float16).astype(np.float32)])  # stored as fp16
-    _same_up_to_ties(*merged.search(q, 10), *exact_knn(xs, q, 10, ids), tol=1e-4)
+    _same_up_to_ties(*merged.search(q, 10), *_brute_force(xs, q, 10, ids), tol=1e-4)
     # bad input: one line, exit 2
     assert main(["index", "shard-build", str(tmp_path / "store"), "--trained", str(t), "--part", "3/3",
                  "--out", str(tmp_path / "bad.cfidx")]) == 2
@@ -239,7 +308,7 @@ def test_200k_x_512_in_four_shards():
     xb, q = synthetic_embeddings(200_000, 512, seed=7, n_queries=100)
     ids = np.random.default_rng(8).choice(10**9, len(xb), replace=False).astype(np.int64)
     parts = _parts(len(xb), 4, seed=9)
-    ts, ti = exact_knn(xb, q, 10, ids)
+    ts, ti = _brute_force(xb, q, 10, ids)
     flat_t = train_template(xb[:10], "flat", n=len(xb))
     merged = merge_shards([build_shard(flat_t, xb[r], ids[r]) for r in parts])
     _same_up_to_ties(*merged.search(q, 10), ts, ti)
@@ -276,6 +345,6 @@ def test_cli_merge_into_an_index_directory(data, tmp_path):
                  "--param", "efSearch=64"]) == 0
     info = json.loads((store / "index.json").read_text())
     assert info["index"]["kind"] == "hnsw" and info["index"]["n"] == 3000 and info["model"] == "tiny"
-    served = open_index(store / "index.faiss")  # what SearchEngine opens
+    served = open_index(store / "index.faiss")  # what IndexSearcher opens
     assert isinstance(served, ShardedIndex) and served.params["efSearch"] == 64
     assert sorted(served.ids().tolist()) == sorted(ids.tolist())
