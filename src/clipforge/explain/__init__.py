@@ -9,8 +9,8 @@ Methods: `maskclip` / `tokens` (dense features, `models.dense`: the cosine of ea
 `gradcam` (Grad-CAM of the pooled cosine); `auto` is the tower's dense default. docs/explain.md has the
 methods, their sources and their measured localisation.
 """
-from clipforge.explain.maps import EXPLAIN_METHODS, MAX_TEXTS, Explanation, explain, explain_vectors
+from clipforge.explain.maps import EXPLAIN_METHODS, MAX_TEXTS, Explanation, explain, explain_vectors, heatmaps
 from clipforge.explain.render import EXPLAIN_KIND, heat_overlay, render_explanation
 
-__all__ = ["EXPLAIN_METHODS", "MAX_TEXTS", "Explanation", "explain", "explain_vectors", "EXPLAIN_KIND",
+__all__ = ["EXPLAIN_METHODS", "MAX_TEXTS", "Explanation", "explain", "explain_vectors", "heatmaps", "EXPLAIN_KIND",
            "heat_overlay", "render_explanation"]

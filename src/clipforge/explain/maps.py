@@ -9,7 +9,7 @@ Their scales differ: compare maps of one method, or rank cells within one map.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Hashable, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -17,11 +17,11 @@ import torch.nn.functional as F
 
 from clipforge.encode import Encoder, as_encoder
 from clipforge.encode.dense import encode_dense, encode_gradcam
-from clipforge.encode.images import ImageInput, open_image
+from clipforge.encode.images import ImageError, ImageInput, open_image
 from clipforge.errors import UsageError
 from clipforge.models.dense import DENSE_METHODS, resolve_dense_method
 
-__all__ = ["EXPLAIN_METHODS", "MAX_TEXTS", "Explanation", "explain", "explain_vectors"]
+__all__ = ["EXPLAIN_METHODS", "MAX_TEXTS", "Explanation", "explain", "explain_vectors", "heatmaps"]
 
 EXPLAIN_METHODS = (*DENSE_METHODS, "gradcam")
 MAX_TEXTS = 16  # texts per call (one map each); a caller may allow more with `max_texts`
@@ -122,3 +122,18 @@ def explain(model, image: ImageInput, texts: Sequence[str] | str, *, method: str
     encoder = _encoder(model)
     _method(encoder, method)  # an unknown method is refused before any text is encoded
     return explain_vectors(encoder, [image], encoder.encode_texts(texts), texts, method=method, size=size)[0]
+
+
+def heatmaps(model, images: Mapping[Hashable, ImageInput], vector, label: str = "query", *,
+             method: str = "auto", size: Optional[int] = None) -> dict:
+    """key -> (h, w) float32 map of one query `vector` (D,) on each image (a search's top hits): where the
+    query matches. An image that cannot be read is left out (its key is missing), never an error."""
+    encoder = _encoder(model)
+    q = np.asarray(vector, dtype=np.float32).reshape(1, -1)
+    out = {}
+    for key, image in images.items():
+        try:
+            out[key] = explain_vectors(encoder, [image], q, [label], method=method, size=size)[0].maps[0]
+        except ImageError:
+            continue
+    return out

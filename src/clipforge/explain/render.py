@@ -21,7 +21,7 @@ from clipforge.encode.images import ImageInput, open_image
 from clipforge.explain.maps import Explanation
 from clipforge.output_dirs import PNG_MARK_KEY, OutputFile, png_marked
 
-__all__ = ["EXPLAIN_KIND", "colorize", "heat_overlay", "render_explanation", "explain_output"]
+__all__ = ["EXPLAIN_KIND", "colorize", "draw_text", "heat_overlay", "render_explanation", "explain_output"]
 
 EXPLAIN_KIND = "explain-map"
 _RAMP = np.array([[48, 18, 59], [50, 100, 230], [30, 200, 220], [120, 250, 90], [250, 210, 40], [240, 90, 20],
@@ -51,7 +51,8 @@ def heat_overlay(image: Image.Image, grid_map: np.ndarray, alpha: float = 0.5) -
     return Image.blend(image, Image.fromarray(colorize(up)), alpha)
 
 
-def _text(draw, xy, text: str, fill, font) -> None:
+def draw_text(draw, xy, text: str, fill, font) -> None:
+    """`draw.text`, in Latin-1 where Pillow has no FreeType (its bitmap font draws nothing else)."""
     try:
         draw.text(xy, text, fill=fill, font=font)
     except UnicodeEncodeError:  # Pillow without FreeType: its bitmap font draws Latin-1 only
@@ -86,26 +87,26 @@ def render_explanation(image: ImageInput, explanation: Explanation, out_path: st
     sheet = Image.new("RGB", (pad + cols * cell_w, pad + top + rows * cell_h), _BG)
     draw = ImageDraw.Draw(sheet)
     if title:
-        _text(draw, (pad, pad), shown(title)[: (sheet.width - 2 * pad) // 6], _FG, font)
+        draw_text(draw, (pad, pad), shown(title)[: (sheet.width - 2 * pad) // 6], _FG, font)
     for k in range(n):
         x, y = pad + (k % cols) * cell_w, pad + top + (k // cols) * cell_h
         if k == 0:
-            _text(draw, (x, y), "image", _FG, font)
-            _text(draw, (x, y + line_h), f"{explanation.method}, grid {explanation.maps.shape[1]}x"
+            draw_text(draw, (x, y), "image", _FG, font)
+            draw_text(draw, (x, y + line_h), f"{explanation.method}, grid {explanation.maps.shape[1]}x"
                                          f"{explanation.maps.shape[2]}"[:chars], _DIM, font)
             sheet.paste(shown_img, (x, y + 2 * line_h))
             continue
         t = k - 1
-        _text(draw, (x, y), shown(explanation.texts[t])[:chars], _FG, font)
-        _text(draw, (x, y + line_h), f"pooled cos {float(explanation.scores[t]):.3f}", _DIM, font)
+        draw_text(draw, (x, y), shown(explanation.texts[t])[:chars], _FG, font)
+        draw_text(draw, (x, y + line_h), f"pooled cos {float(explanation.scores[t]):.3f}", _DIM, font)
         sheet.paste(heat_overlay(shown_img, explanation.maps[t], alpha), (x, y + 2 * line_h))
         _, lo, hi = _unit(explanation.maps[t])
         by = y + 2 * line_h + h + 4
         ramp = colorize(np.tile(np.linspace(0, 1, w, dtype=np.float32), (bar_h, 1)))
         sheet.paste(Image.fromarray(ramp), (x, by))
-        _text(draw, (x, by + bar_h + 1), f"{lo:.3f}", _DIM, font)
+        draw_text(draw, (x, by + bar_h + 1), f"{lo:.3f}", _DIM, font)
         hi_s = f"{hi:.3f}"
-        _text(draw, (x + w - 6 * len(hi_s), by + bar_h + 1), hi_s, _DIM, font)
+        draw_text(draw, (x + w - 6 * len(hi_s), by + bar_h + 1), hi_s, _DIM, font)
     if out_path is not None:
         info = PngInfo()
         info.add_text(PNG_MARK_KEY, EXPLAIN_KIND)

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import textwrap
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
+import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from PIL.PngImagePlugin import PngInfo
 
 from clipforge.atomic import atomic_write
 from clipforge.data.decode import BadSample, DecodeOptions, decode_image, read_bytes
 from clipforge.data.display import shown
+from clipforge.explain.render import draw_text as _text, heat_overlay
 from clipforge.output_dirs import PNG_MARK_KEY, OutputFile, png_marked
 
 _BG, _FG, _DIM, _MISSING = (255, 255, 255), (20, 20, 20), (110, 110, 110), (225, 225, 225)
@@ -44,21 +46,17 @@ def _default_loader(hit: Any) -> Image.Image | None:
     return None
 
 
-def _text(draw: ImageDraw.ImageDraw, xy, text: str, fill, font) -> None:
-    try:
-        draw.text(xy, text, fill=fill, font=font)
-    except UnicodeEncodeError:  # Pillow without FreeType: its bitmap font draws Latin-1 only
-        draw.text(xy, text.encode("latin-1", "replace").decode("latin-1"), fill=fill, font=font)
-
-
 def contact_sheet(hits: Sequence[Any], out_path: str | Path | None = None, thumb: int = 160, cols: int = 5,
                   caption_lines: int = 2, title: str | None = None,
                   load: Callable[[Any], Image.Image | None] = _default_loader,
-                  overwrite: bool = False) -> Image.Image:
+                  overwrite: bool = False, heatmaps: Optional[Mapping[Any, np.ndarray]] = None,
+                  alpha: float = 0.5) -> Image.Image:
     """Render hits (Hit objects or dicts with rank/id/score and path/caption) as a grid; save as PNG if
     out_path is given (atomically). load(hit) returns the image or None (drawn as a grey tile).
     An existing file at `out_path` is replaced only if it is an earlier contact sheet, or with `overwrite`;
-    a folder, link, device or FIFO there is always refused (`output_dirs`)."""
+    a folder, link, device or FIFO there is always refused (`output_dirs`). `heatmaps`: hit id -> (h, w) map
+    (`clipforge.explain.heatmaps`) drawn over that hit's thumbnail, min-max coloured, blended by `alpha`; the
+    hit's line then ends in "map"."""
     output = OutputFile(overwrite=overwrite, param="out_path", owned=png_marked(SHEET_KIND))
     if out_path is not None:
         output.vet(out_path)  # before any image is loaded
@@ -84,12 +82,14 @@ def contact_sheet(hits: Sequence[Any], out_path: str | Path | None = None, thumb
             draw.rectangle([x, y, x + thumb - 1, y + thumb - 1], fill=_MISSING)
             draw.text((x + 4, y + thumb // 2 - 6), "no image", fill=_DIM, font=font)
         else:
-            img = img.copy()
+            hid = _field(hit, "id")
+            img = heat_overlay(img, heatmaps[hid], alpha) if heatmaps and hid in heatmaps else img.copy()
             img.thumbnail((thumb, thumb))
             sheet.paste(img, (x + (thumb - img.width) // 2, y + (thumb - img.height) // 2))
         rank, score = _field(hit, "rank", n), _field(hit, "score")
         head = (f"#{rank + 1}" + (f"  {score:.3f}" if score is not None else "")
-                + f"  id {shown(_field(hit, 'id', '?'))}")
+                + f"  id {shown(_field(hit, 'id', '?'))}" + ("  map" if heatmaps and _field(hit, "id") in heatmaps
+                                                             else ""))
         _text(draw, (x, y + thumb + 2), head[:chars], _FG, font)
         caption = shown(_field(hit, "caption") or _field(hit, "key") or "")  # one line of printable text
         for i, line in enumerate(textwrap.wrap(caption, chars)[:caption_lines]):
