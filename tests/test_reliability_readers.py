@@ -27,7 +27,7 @@ from clipforge.data import open_source
 from clipforge.data.check import check_source, format_report
 from clipforge.data.decode import REASONS
 from clipforge.data.loader import make_pair_loader
-from clipforge.data.sources import manifest as manifest_mod
+from clipforge.data.sources import manifest_rows as manifest_mod
 from clipforge.data.sources.files import parse_json
 from clipforge.errors import ClipforgeError, UsageError
 from data_fixtures import encode, pattern
@@ -349,11 +349,11 @@ def test_data_check_on_gib_members_stays_in_the_memory_budget(tmp_path, gz):
 def test_the_tar_reader_never_reads_more_than_it_is_asked_for(tmp_path):
     """The gzip bomb at the bottom: ~1 MB that inflates to 1 GiB, read through the shard reader, never yields
     (or holds) more than one read asked for."""
-    from clipforge.data.sources.wds import _TarBytes
+    from clipforge.data.sources.tar_bytes import TarBytes
 
     path = hf.write_tar(str(tmp_path / "z.tar.gz"), [hf.member("0001.bin", b"", size=hf.GIB)], gzip_level=9)
     with open(path, "rb") as raw:
-        stream = _TarBytes(raw)
+        stream = TarBytes(raw)
         header = stream.read(512)
         assert tarfile.TarInfo.frombuf(header, "utf-8", "surrogateescape").size == hf.GIB
         for n in (1, 511, 4096, 1 << 20):

@@ -28,20 +28,17 @@ Every shard is read as untrusted bytes, with memory bounded whatever its headers
   `shard_truncated` once for the shard; one that is damaged (a bad header checksum, corrupt compressed data)
   counts `bad_record` once the same way, and one that cannot be read (an I/O error, a failed `pipe:` command)
   `unreadable`. After a compressed tar's end its stream is read on to the codec's checksum (up to
-  `_VERIFY_BYTES`), so corruption before the end blocks is found too. A member name repeated within a sample
-  is counted as `bad_record` (webdataset's rule) and not read. No read of tar metadata (a pax or GNU long-name
-  header) may exceed `_MAX_HEADER_BYTES`.
+  `tar_bytes.VERIFY_BYTES`), so corruption before the end blocks is found too. A member name repeated within a
+  sample is counted as `bad_record` (webdataset's rule) and not read. No read of tar metadata (a pax or GNU
+  long-name header) may exceed `tar_bytes.MAX_HEADER_BYTES`.
+
+The tar stream is `tar_bytes`, the grouping of members into samples `tar_walk`, the shard list `shards`.
 """
 from __future__ import annotations
 
-import bz2
-import lzma
 import os
-import re
-import tarfile
-import zlib
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, NamedTuple
+from typing import Iterator
 
 from clipforge.data.captions import check_byte_cap
 from clipforge.data.decode import BadSample, SkipCounter
@@ -50,39 +47,13 @@ from clipforge.data.sample import Sample
 from clipforge.data.sources.base import Source, StreamingOnly
 from clipforge.data.sources.files import MAX_SIDECAR_BYTES, as_label, captions_from_meta, parse_json, split_captions
 from clipforge.data.sources.folder import IMAGE_EXTS
+from clipforge.data.sources.shards import expand_shards, is_local, open_remote
+from clipforge.data.sources.tar_bytes import Cut
+from clipforge.data.sources.tar_walk import Refused, walk
 from clipforge.data.sources.trust import check_commands, is_stored
 from clipforge.errors import ClipforgeError
 
-_SKIP_META = re.compile(r"__[^/]*__($|/)")  # webdataset's own rule for metadata members
-_KEY_RE = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")  # webdataset.tariterators.base_plus_ext
 TEXT_EXTS = ("txt", "json", "cls")
-_CHUNK = 1 << 20  # the most a compressed shard is decompressed at a time
-_COMPRESSED_CHUNK = 1 << 16  # compressed bytes fed at a time (zlib copies what it leaves over on each call)
-_VERIFY_BYTES = 16 << 20  # decompressed after a compressed tar's end, to reach the codec's checksum
-_MAX_HEADER_BYTES = 1 << 20  # a pax / GNU long-name header claiming more is a damaged shard, not read
-_FILE_TYPES = (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE)
-_COMPRESSED = ((re.compile(rb"\x1f\x8b\x08"), lambda: zlib.decompressobj(31)),  # gzip
-               (re.compile(rb"BZh[1-9]1AY&SY"), bz2.BZ2Decompressor),
-               (re.compile(rb"\xfd7zXZ\x00"), lzma.LZMADecompressor))
-
-
-def expand_shards(pattern: str) -> list[str]:
-    """`DIR` -> its *.tar files; otherwise '::'-separated brace patterns, expanded in order."""
-    if os.path.isdir(pattern):
-        names = sorted(n for n in os.listdir(pattern) if n.endswith((".tar", ".tar.gz", ".tgz")))
-        if not names:
-            raise ClipforgeError(f"folder {pattern!r} has no .tar shards")
-        return [os.path.join(pattern, n) for n in names]
-    from webdataset.shardlists import expand_urls
-
-    urls = expand_urls(pattern)
-    if not urls:
-        raise ClipforgeError(f"shard pattern {pattern!r} names no shards")
-    return urls
-
-
-def _is_local(url: str) -> bool:
-    return "://" not in url and not url.startswith("pipe:")
 
 
 def _is_image_ext(ext: str) -> bool:
@@ -94,244 +65,6 @@ def image_key(files: dict) -> str | None:
         if _is_image_ext(ext):
             return ext
     return None
-
-
-# --- reading a shard's bytes ---------------------------------------------------------------------------------
-
-class _Cut(Exception):
-    """The shard's bytes end inside a member."""
-
-
-class _TarBytes:
-    """The tar stream of one shard, read forward only, as `tarfile.TarFile` reads a file.
-
-    A seekable uncompressed file is read and skipped in place (holes and unread members cost nothing). A
-    compressed one (gzip, bzip2, xz, told from its first bytes) is decompressed at most `_CHUNK` bytes at a
-    time however far a block expands, and skipped by decompressing and dropping. `short` turns True when a
-    read got fewer bytes than it asked for: the bytes, or the compressed stream, ended early. Reads by
-    `tarfile` itself (headers) are refused above `_MAX_HEADER_BYTES`; member data is read by `data()`.
-    """
-
-    def __init__(self, raw, *, allow_compressed: bool = True):
-        self.raw, self.pos, self.short, self._data_read = raw, 0, False, False
-        head = raw.read(10)
-        self.make = next((make for magic, make in _COMPRESSED if magic.match(head)), None)
-        if self.make is not None and not allow_compressed:
-            raise tarfile.ReadError("compressed, not a plain tar: name it .tar.gz (.tar.bz2, .tar.xz) to "
-                                    "read it in order")
-        try:
-            self.seekable = self.make is None and raw.seekable()
-        except (AttributeError, OSError):
-            self.seekable = False
-        if self.seekable:
-            raw.seek(0)
-            head = b""
-        self.head = head  # bytes taken from `raw` but not yet given out (plain) or decompressed
-        self.dec = self.make() if self.make is not None else None
-        self.pending = False  # the decompressor may hold output for input it already has
-
-    def tell(self) -> int:
-        return self.pos
-
-    def seek(self, pos: int, whence: int = 0) -> int:
-        if whence != 0 or pos < self.pos:
-            raise tarfile.StreamError("a shard is read forward only")
-        if self.seekable:
-            self.raw.seek(pos)
-            self.pos = pos
-            return pos
-        while self.pos < pos:  # skip: read and drop, a chunk at a time
-            if not self._read(min(pos - self.pos, _CHUNK)):
-                break
-        return self.pos
-
-    def read(self, n: int = -1) -> bytes:
-        if n is None or n < 0 or (n > _MAX_HEADER_BYTES and not self._data_read):
-            raise tarfile.HeaderError(f"a tar header claims {n} bytes of metadata")
-        return self._read(n)
-
-    def data(self, offset: int, size: int, name: str) -> bytes:
-        """Member `name`'s data: `size` bytes at `offset`, or `_Cut`."""
-        self.seek(offset)
-        self._data_read = True
-        try:
-            data = self._read(size)
-        finally:
-            self._data_read = False
-        if len(data) < size:
-            raise _Cut(f"the shard ends inside {name}, at byte {self.pos}")
-        return data
-
-    def _read(self, n: int) -> bytes:
-        if n <= 0:
-            return b""
-        if self.seekable:
-            data = self.raw.read(n)
-        else:
-            pieces, want = [], n
-            while want > 0:
-                piece = self._some(want)
-                if not piece:
-                    break
-                pieces.append(piece)
-                want -= len(piece)
-            data = b"".join(pieces)
-        self.pos += len(data)
-        if len(data) < n:
-            self.short = True
-        return data
-
-    def verify_rest(self) -> None:
-        """After the tar's end: decompress what follows (end padding, up to `_VERIFY_BYTES`) so the codec
-        checks its trailer (gzip's CRC-32): damage anywhere in the stream is then found, not only before the
-        end blocks. A stream cut after the tar's end loses nothing, and is not an error."""
-        left = _VERIFY_BYTES
-        while self.dec is not None and left > 0:
-            piece = self._some(min(left, _CHUNK))
-            if not piece:
-                break
-            left -= len(piece)
-
-    def _some(self, n: int) -> bytes:
-        """Up to `n` more bytes of the tar stream; b"" at its end."""
-        if self.dec is None and self.make is None:  # plain, not seekable
-            if self.head:
-                out, self.head = self.head[:n], self.head[n:]
-                return out
-            return self.raw.read(n)
-        while self.dec is not None:
-            if self.dec.eof:
-                self._next_stream()
-                continue
-            data, self.head = self.head, b""
-            if not data and not self.pending and getattr(self.dec, "needs_input", True):
-                data = self.raw.read(_COMPRESSED_CHUNK)
-                if not data:
-                    return b""  # the compressed stream stops before its end
-            out = self.dec.decompress(data, n)  # never more than n bytes, whatever the ratio
-            self.head = getattr(self.dec, "unconsumed_tail", b"")  # zlib hands back what it did not take
-            self.pending = len(out) == n
-            if out:
-                return out
-        return b""
-
-    def _next_stream(self) -> None:
-        """After one compressed stream: the next one when another follows (multi-member gzip), else the end
-        (trailing zeros or other bytes after the last stream are not tar data)."""
-        rest = self.dec.unused_data + self.head
-        while len(rest) < 10:
-            more = self.raw.read(_CHUNK)
-            if not more:
-                break
-            rest += more
-        if any(magic.match(rest) for magic, make in _COMPRESSED if make is self.make):
-            self.dec, self.head, self.pending = self.make(), rest, False
-        else:
-            self.dec, self.head = None, b""
-
-
-def _header_class(stops: list):
-    """A `TarInfo` that records each header error: `tarfile` ends its iteration silently at a cut or damaged
-    header after the first, and the reader must tell that from a proper end-of-archive block."""
-
-    class _Header(tarfile.TarInfo):
-        @classmethod
-        def fromtarfile(cls, tf):
-            try:
-                return super().fromtarfile(tf)
-            except tarfile.HeaderError as e:
-                stops.append(e)
-                raise
-
-    return _Header
-
-
-class _Refused(NamedTuple):
-    name: str
-    size: int
-    cap: int
-
-
-def _is_file(m: tarfile.TarInfo) -> bool:
-    return m.type in _FILE_TYPES and m.sparse is None
-
-
-def _ending(error, stops: list, stream: _TarBytes | None) -> tuple[str, str] | None:
-    """How a shard's walk ended: None for a proper end, else (reason, what happened)."""
-    last = stops[-1] if stops else None
-    at = f"at byte {stream.pos}" if stream is not None else "at its start"
-    cut = (tarfile.EmptyHeaderError, tarfile.TruncatedHeaderError)
-    if error is None and (last is None or isinstance(last, tarfile.EOFHeaderError)):
-        return None
-    if isinstance(error, _Cut):
-        return "shard_truncated", str(error)
-    if (stream is not None and stream.short) or any(isinstance(s, cut) for s in stops):
-        return "shard_truncated", f"the shard ends early, {at}"
-    if isinstance(error, OSError) and not isinstance(error, tarfile.TarError):  # I/O, a failed `pipe:`
-        return "unreadable", f"{at}: {error.strerror or error}"
-    what = error if error is not None else last
-    return "bad_record", f"damaged {at}: {str(what) or 'unreadable'}"
-
-
-def _walk(raw, take: Callable, caps: Callable, url: str, found: SkipCounter, *,
-          allow_compressed: bool = True) -> Iterator[tuple[str, dict]]:
-    """(key, {ext: take(stream, member)}) for every sample of the shard open as `raw`, in tar order.
-
-    `caps(ext, group)` is the byte cap of a member a reader uses, None for one it does not (never taken); a
-    member over its cap is a `_Refused` in the group. Non-regular members are counted in `found` and never
-    taken; the shard's ending is counted there once. A sample whose member was cut is not yielded.
-    """
-    stops: list = []
-    key, group, spoiled, error, stream = None, {}, False, None, None
-    try:
-        stream = _TarBytes(raw, allow_compressed=allow_compressed)
-        tf = tarfile.TarFile(fileobj=stream, mode="r", tarinfo=_header_class(stops))
-        in_group = False  # the last member seen belongs to `group` (its data is skipped by the next header)
-        while True:
-            n_stops = len(stops)
-            try:
-                m = tf.next()
-            except Exception:
-                if len(stops) == n_stops and in_group:  # not a header: the data of the member before it
-                    spoiled = True
-                raise
-            if m is None:
-                if stream.make is not None and (not stops or isinstance(stops[-1], tarfile.EOFHeaderError)):
-                    stream.verify_rest()
-                break
-            tf.members = []  # tarfile keeps every header it reads; a shard may have millions
-            in_group = False
-            if m.isdir():
-                continue
-            if not _is_file(m):
-                found.add(m.name, "not_a_file")
-                continue
-            match = None if _SKIP_META.match(m.name) else _KEY_RE.match(m.name)
-            if not match:
-                continue
-            k, ext = match.group(1), match.group(2).lower()
-            if k != key:
-                if key is not None and not spoiled:
-                    yield key, group
-                key, group, spoiled = k, {}, False
-            if ext in group:
-                found.add(m.name, "bad_record")  # a repeated member name
-                continue
-            in_group = True
-            cap = caps(ext, group)
-            if cap is not None:
-                try:
-                    group[ext] = _Refused(m.name, m.size, cap) if m.size > cap else take(stream, m)
-                except Exception:
-                    spoiled = True
-                    raise
-    except Exception as e:  # noqa: BLE001 - tarfile and the codecs raise many types for a broken shard
-        error = e
-    if key is not None and not spoiled:
-        yield key, group
-    ending = _ending(error, stops, stream)
-    if ending is not None:
-        found.add(f"{url}: {ending[1]}", ending[0])
 
 
 @dataclass
@@ -372,7 +105,7 @@ class WdsSource(Source):
         # stored file and the user did not accept it (clipforge.data.sources.trust)
         check_commands(self.urls, spec, pattern)
         self._stored = next((s for s in (spec, pattern) if is_stored(s)), None)
-        local = [u for u in self.urls if _is_local(u)]
+        local = [u for u in self.urls if is_local(u)]
         missing = [u for u in local if not is_file(u)]
         if missing:
             raise ClipforgeError(f"{len(missing)} of {len(self.urls)} shards do not exist or are not files, "
@@ -382,7 +115,7 @@ class WdsSource(Source):
         self.classnames = list(classnames) if classnames else self._find_classnames()
 
     def _find_classnames(self) -> list[str] | None:
-        if not _is_local(self.urls[0]):
+        if not is_local(self.urls[0]):
             return None
         path = os.path.join(os.path.dirname(self.urls[0]), "classnames.txt")
         if not is_file(path):
@@ -402,7 +135,7 @@ class WdsSource(Source):
         return None
 
     def _refused(self, key: str, group: dict, counter: SkipCounter) -> bool:
-        if any(isinstance(v, _Refused) for v in group.values()):
+        if any(isinstance(v, Refused) for v in group.values()):
             counter.add(key, "member_too_large")
             return True
         return False
@@ -459,12 +192,12 @@ class WdsSource(Source):
     def _stream(self, url: str) -> Iterator[Sample]:
         """The samples of one shard read in order (compressed or remote); what is wrong goes to `skipped`."""
         try:
-            raw = open(url, "rb") if _is_local(url) else _open_remote(url, self._stored)
+            raw = open(url, "rb") if is_local(url) else open_remote(url, self._stored)
         except OSError as e:
             self.skipped.add(f"{url}: {e.strerror or e}", "unreadable")
             return
         try:
-            groups = _walk(raw, lambda stream, m: stream.data(m.offset_data, m.size, m.name), self._cap, url,
+            groups = walk(raw, lambda stream, m: stream.data(m.offset_data, m.size, m.name), self._cap, url,
                            self.skipped)
             for key, files in groups:
                 if not self._refused(key, files, self.skipped):
@@ -491,10 +224,10 @@ class WdsSource(Source):
 
                 def where(stream, m, size=size):  # checked from the header, nothing read
                     if m.offset_data + m.size > size:
-                        raise _Cut(f"the shard ends inside {m.name}, at byte {size}")
+                        raise Cut(f"the shard ends inside {m.name}, at byte {size}")
                     return m.offset_data, m.size
 
-                for key, group in _walk(raw, where, self._cap, url, found, allow_compressed=False):
+                for key, group in walk(raw, where, self._cap, url, found, allow_compressed=False):
                     if not self._refused(key, group, found):
                         index.append((url, key, group))
         self.open_skipped.merge(found)
@@ -545,16 +278,3 @@ class WdsSource(Source):
         except OSError as e:
             raise BadSample("unreadable", f"{url}: {e.strerror or e}") from None
         return self._make(key, url, files, image=(image, (url, *members[image])) if image else None)
-
-
-def _open_remote(url: str, stored_spec=None):
-    """A remote or `pipe:` shard, open for reading. `stored_spec`: the stored spec it came from, if any (its
-    commands are refused here too, where the command would start)."""
-    import webdataset
-
-    check_commands([url], stored_spec)
-
-    try:
-        return webdataset.gopen(url, "rb")
-    except Exception as e:  # noqa: BLE001 - gopen raises what its transport raises
-        raise OSError(str(e)) from None
