@@ -27,7 +27,8 @@ from clipforge.models.config import CLIPConfig
 from clipforge.models.param_count import count_parameters
 from clipforge.models.factory import expected_state_shapes
 from clipforge.models.lora import MAX_RANK, LoRAConfig, apply_lora
-from clipforge.train.config import load_config, max_threads, max_workers
+from clipforge.train.config import load_config
+from clipforge.train.config_checks import max_threads, max_workers
 
 GB = 2**30
 
