@@ -8,10 +8,7 @@ import faiss
 
 __all__ = ["omp_threads", "set_blas_for", "BLAS_FROM_NQ"]
 
-# faiss chooses between a SIMD scan and BLAS for exact (flat) distances via the global
-# distance_compute_blas_threshold; this build ships 128000, so BLAS never runs for realistic batches.
-# Measured here (one thread, 50k-200k x 512): a single query is 3x faster without BLAS (4.7 vs 15 ms at
-# 50k), from 4 queries on BLAS wins (1.2 vs 4.8 ms/query at 16, 0.7 vs 5 at 64). search() sets it per call.
+# exact distances by BLAS from this many queries, a SIMD scan below (measured: docs/design_notes.md)
 BLAS_FROM_NQ = 4
 
 

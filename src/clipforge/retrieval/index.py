@@ -176,9 +176,7 @@ class VectorIndex:
         if fetch == 0 or len(q) == 0:
             return scores, out
         set_blas_for(len(q))
-        # faiss parallelises over queries: a parallel region for fewer queries than threads only waits at its
-        # barrier (nq=1 on 22 vectors, 2 threads: 1.1 ms of CPU and 4 ms of wall time on a busy 2-core
-        # machine, vs 0.05 ms with one thread), so a search never asks for more threads than queries
+        # never more threads than queries: idle ones only wait at faiss's barrier (docs/design_notes.md)
         with omp_threads(max(1, min(len(q), faiss.omp_get_max_threads()))):
             s, i = self.index.search(q, fetch)
         if not dead:

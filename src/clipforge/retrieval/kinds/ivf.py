@@ -19,14 +19,8 @@ from clipforge.retrieval.kinds.base import INDEX_KINDS, IndexKind
 
 __all__ = ["IvfKind", "IvfFlat", "nlist_for", "nprobe_for", "train_size_for", "ivf_parts"]
 
-# k-means iterations for the coarse quantiser (faiss's default is 25; 10 reaches the same recall here
-# at 40% of the training time, which dominates IVF builds on few cores)
-KMEANS_NITER = 10
-# from this many lists the coarse quantiser is an HNSW graph over the centroids (a walk instead of a scan
-# over all centroids). Below it a flat scan wins: at 2048 lists, 200k x 512, the flat quantiser added
-# vectors 4x faster (one BLAS product per batch vs a graph walk per vector at efSearch = 2 nprobe) and
-# searched faster, with the same recall
-HNSW_QUANTIZER_FROM = 8192
+KMEANS_NITER = 10  # coarse k-means iterations: faiss's 25 buy no recall here (docs/design_notes.md)
+HNSW_QUANTIZER_FROM = 8192  # from this many lists an HNSW graph over the centroids, a flat scan below (same)
 
 
 def nlist_for(n: int, per_sqrt: int = 4) -> int:
@@ -114,9 +108,8 @@ class IvfKind(IndexKind):
                           max_points_per_centroid=len(sample))  # the caller chose the sample size
         km.train(sample)
         ivf.quantizer.add(km.centroids)  # a filled quantiser counts as trained: faiss skips its k-means
-        # 2. the codebooks (PQ: one tiny k-means per sub-space) on ONE thread: faiss runs these with
-        # OpenMP barriers that stall whenever another process holds a core (measured on this 2-core
-        # machine under load: 76 s with 2 threads, 1.6 s with 1 for 128 sub-quantisers on 30k rows)
+        # 2. the codebooks (PQ: one tiny k-means per sub-space) on ONE thread: faiss's OpenMP barriers stall
+        # whenever another process holds a core (docs/design_notes.md)
         with omp_threads(1):
             index.train(sample)
 

@@ -73,8 +73,7 @@ class _PqKind(IvfKind):
     def memory(self, n: int, d: int, params: dict) -> int:
         m = params["m"] or pq_m(d, fast_scan=self.fast_scan)
         code = m * self.code_bits(params) // 8
-        # ids: 8 B in the lists; a refined index maps rows to ids in IndexIDMap2 (a vector + a hash map):
-        # ivf_pqfs at 1M x 512 measured 2.30 GB resident against 2.18 GB of codes and vectors
+        # ids: 8 B in the lists, plus IndexIDMap2's map for a refined index (measured: docs/design_notes.md)
         ids = 8 + (112 if params["refine"] else 0)
         return n * (code + REFINE_BYTES[params["refine"]] * d + ids)  # PQ codes + refine store + ids
 
