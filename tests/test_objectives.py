@@ -50,8 +50,11 @@ def reinforced(digits_demo, tiny_checkpoint, tmp_path_factory):
 def _extra_sets(name, options, reinforced):
     if name == "siglip":
         return ["model.overrides={logit_bias_init: -10, logit_scale_init: 2.302585}"]
-    if "teacher_embeddings" in loss_needs(get_loss(name, **yaml.safe_load(options or "{}"))):
+    needs = loss_needs(get_loss(name, **yaml.safe_load(options or "{}")))
+    if "teacher_embeddings" in needs:
         return [f"data.reinforcement={reinforced['store']}"]
+    if "caption_logits" in needs:  # a captioning model
+        return ["model.name=coca-tiny"]
     return []
 
 

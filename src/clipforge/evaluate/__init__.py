@@ -6,6 +6,7 @@ from clipforge.evaluate import image_caption_selection  # noqa: F401
 from clipforge.evaluate import clustering  # noqa: F401
 from clipforge.evaluate import robustness  # noqa: F401
 from clipforge.evaluate import zeroshot_multilabel  # noqa: F401
+from clipforge.evaluate import captioning  # noqa: F401
 from clipforge.evaluate.runner import run_eval
 from clipforge.evaluate.tasks import TASKS, EvalTask, list_tasks
 

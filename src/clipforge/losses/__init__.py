@@ -8,7 +8,7 @@ Every wrapper computes the distributed part itself (features gathered with gradi
 under DDP the gradient equals one process holding the whole batch. `chunk_size` bounds memory at
 O(chunk · N) instead of N×N; `clipforge.losses.gradcache` bounds activation memory for huge batches.
 """
-from clipforge.losses import counting, cwcl, distill, filip, longclip, multipos  # noqa: F401  (registers them)
+from clipforge.losses import coca, counting, cwcl, distill, filip, longclip, multipos  # noqa: F401  (registers them)
 from clipforge.losses.align import ALIGNLoss, align_loss
 from clipforge.losses.clip import CLIPLoss, clamp_logit_scale_, clip_loss, contrastive_terms
 from clipforge.losses.registry import NEEDS, LossOutput, get_loss, list_losses, loss_needs, register_loss

@@ -32,6 +32,7 @@ NEEDS = {
     "counterfactual_captions": "counterfactual captions",
     "caption_lists": "several captions per image",
     "short_captions": "each caption's first sentence",
+    "caption_logits": "a captioning model's caption logits (a CoCa)",
 }
 
 

@@ -36,6 +36,7 @@ from clipforge.output_dirs import vet_output_dir
 from clipforge.errors import ClipforgeError, UsageError
 from clipforge.models.budget import check_memory, format_count
 from clipforge.models.config import CLIPConfig
+from clipforge.models.config_family import config_from_dict
 from clipforge.models.param_count import count_parameters
 from clipforge.models.torchscript import is_torchscript_archive, read_torchscript_state
 from clipforge.models.tokenizer import Tokenizer
@@ -218,7 +219,7 @@ def read_checkpoint_dir(path: PathLike, expected_shapes: Optional[Callable[[CLIP
         raise ClipforgeError(f"{p} was written by a newer clipforge (format {version})")
     if not isinstance(meta.get("config"), dict):
         raise ClipforgeError(f"{p}/config.json has no \"config\" object (the model's architecture)")
-    cfg = CLIPConfig.from_dict(meta["config"])  # validated, parameter count bounded: nothing allocated yet
+    cfg = config_from_dict(meta["config"])  # CLIP or CoCa (`family`), validated, bounded: nothing allocated
     weights = p / "model.safetensors"
     if not weights.is_file():
         raise ClipforgeError(f"{p} has no model.safetensors")

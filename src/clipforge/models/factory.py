@@ -15,6 +15,7 @@ from clipforge.errors import UsageError
 from clipforge.models.budget import check_memory, format_count
 from clipforge.models.clip import CLIPModel
 from clipforge.models.config import CLIPConfig
+from clipforge.models.families import model_class
 from clipforge.models.model_registry import get_model_config
 from clipforge.models.param_count import count_parameters
 from clipforge.models.hf_text import hf_tokenizer
@@ -47,7 +48,7 @@ def build_model(cfg: CLIPConfig, *, tokenizer: Optional[Tokenizer] = None, devic
     if tok.vocab_size > cfg.text.vocab_size:
         raise UsageError(f"tokenizer has {tok.vocab_size} ids but the text tower only {cfg.text.vocab_size}: "
                          f"set text.vocab_size >= {tok.vocab_size}")
-    model = CLIPModel(cfg, tokenizer=tok, pretrained=pretrained)
+    model = model_class(cfg)(cfg, tokenizer=tok, pretrained=pretrained)
     return model.to(device) if device is not None else model
 
 
@@ -61,5 +62,5 @@ def expected_state_shapes(cfg: CLIPConfig) -> dict[str, tuple[int, ...]]:
     """name -> shape of every tensor in the state dict of `cfg`'s model, from a build on the meta device (no
     tensor memory is allocated: a 17.7 B-parameter config takes about a second)."""
     with torch.device("meta"):
-        model = CLIPModel(resolve_config(cfg), tokenizer=None, pretrained=False)
+        model = model_class(cfg)(resolve_config(cfg), tokenizer=None, pretrained=False)
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}

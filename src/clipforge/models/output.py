@@ -33,6 +33,9 @@ class CLIPOutput:
     image_tokens: (B, N, D) projected patch tokens (no class token), only when asked for
     text_tokens:  (B, T, D) projected text tokens, only when asked for
     text_mask:    (B, T) bool, True on real (non-padding) text tokens, only with text_tokens
+    caption_logits: (B, T-1, vocab) next-token logits of a captioning model (CoCa) for each image's caption,
+                  teacher-forced: row t predicts token t+1
+    caption_labels: (B, T-1) long, the tokens they predict, -100 where the caption is padding (ignored)
     """
 
     image_embeds: Optional[torch.Tensor]
@@ -42,6 +45,8 @@ class CLIPOutput:
     image_tokens: Optional[torch.Tensor] = None
     text_tokens: Optional[torch.Tensor] = None
     text_mask: Optional[torch.Tensor] = None
+    caption_logits: Optional[torch.Tensor] = None
+    caption_labels: Optional[torch.Tensor] = None
 
     def logits(self) -> torch.Tensor:
         """(B_img, B_txt) similarity logits: scale * img @ txt.T (+ bias)."""

@@ -15,6 +15,8 @@ from typing import Optional
 import torch
 from torch import nn
 
+from clipforge.models.coca_decoder import CaptionDecoder
+from clipforge.models.coca_towers import CoCaTextTower, CoCaVisionTower
 from clipforge.models.projection import projection_head
 from clipforge.models.towers import text_tower, vision_tower
 
@@ -29,7 +31,7 @@ def parameter_counts(cfg) -> Optional[dict[str, int]]:
     """{"total", "vision", "text"} parameters of the model a `CLIPConfig` describes (total adds the logit scale
     and bias), or None when its sizes overflow."""
     key = json.dumps([cfg.embed_dim, cfg.logit_bias_init is not None, dataclasses.asdict(cfg.vision),
-                      dataclasses.asdict(cfg.text)], sort_keys=True, default=str)
+                      dataclasses.asdict(cfg.text), _coca_key(cfg)], sort_keys=True, default=str)
     if key not in _CACHE:
         if len(_CACHE) >= 256:
             _CACHE.clear()
@@ -47,12 +49,27 @@ def count_parameters(cfg) -> Optional[int]:
 _CACHE: dict[str, Optional[dict[str, int]]] = {}
 
 
+def _coca_key(cfg):
+    """What a CoCa config (`coca_config.CoCaConfig`) adds to the towers' sizes, or None for a CLIP."""
+    dec = getattr(cfg, "decoder", None)
+    return None if dec is None else [dataclasses.asdict(dec), cfg.pooler_queries, cfg.pooler_heads]
+
+
+def _coca_counts(cfg) -> tuple[int, int]:
+    """(vision, text) parameters of a CoCa: the pooled image tower, the text tower and caption decoder."""
+    d, t = cfg.embed_dim, cfg.text
+    vision = _numel(CoCaVisionTower(cfg.vision, d, cfg.pooler_queries, cfg.pooler_heads))
+    return vision, _numel(CoCaTextTower(t, d)) + _numel(CaptionDecoder(cfg.decoder, t.vocab_size))
+
+
 def _build_counts(cfg) -> Optional[dict[str, int]]:
     t, d = cfg.text, cfg.embed_dim
     try:
         with torch.device("meta"):
             vision = _numel(vision_tower(cfg.vision, d))
-            if t.hf is not None and t.hf_config is None:
+            if _coca_key(cfg) is not None:
+                vision, text = _coca_counts(cfg)
+            elif t.hf is not None and t.hf_config is None:
                 text = _numel(projection_head(t.head, t.width, d, t.head_hidden))
             else:
                 text = _numel(text_tower(t, d))

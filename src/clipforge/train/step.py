@@ -34,7 +34,8 @@ TEXT_STREAMS = (("counterfactual_tokens", "counterfactual_text_embeds"),
                 ("short_tokens", "short_text_embeds"))
 _TO_DEVICE = ("count_index", "sub_caption_index", "teacher_image_embeds", "teacher_text_embeds")
 # What gradient caching cannot supply: it embeds pooled image/text features of the batch's captions only.
-_NOT_WITH_GRADCACHE = ("token_features", "counterfactual_captions", "caption_lists", "short_captions")
+_NOT_WITH_GRADCACHE = ("token_features", "counterfactual_captions", "caption_lists", "short_captions",
+                       "caption_logits")
 
 
 def pair_extras(loss_fn, reinforcement=None) -> PairExtras:
@@ -105,6 +106,9 @@ def check_loss_inputs(cfg) -> list[str]:
             if mc.logit_bias_init is None:
                 refuse(need, f"and model {cfg.model.name!r} has none (set model.overrides: "
                              "{logit_bias_init: -10, logit_scale_init: 2.302585})")
+        if need == "caption_logits" and cfg.model.name in list_models() and not hasattr(
+                get_model_config(cfg.model.name), "decoder"):
+            refuse(need, f"and model {cfg.model.name!r} has no caption decoder (use a CoCa config, e.g. coca-tiny)")
     return needs
 
 

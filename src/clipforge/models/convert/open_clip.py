@@ -25,6 +25,7 @@ from clipforge.models.config import (OPENAI_MEAN, OPENAI_STD, CLIPConfig, Prepro
 from clipforge.models.convert.common import write_dir_atomically
 from clipforge.models.unwrap import unwrap_model
 from clipforge.models.convert.hub import network_error
+from clipforge.models.convert.open_clip_coca import is_open_clip_coca, load_open_clip_coca
 from clipforge.models.checkpoint import read_state_dict
 from clipforge.models.convert.openai import OPENAI_VOCAB_SIZE, load_openai_state, state_to_openai
 
@@ -174,9 +175,12 @@ def load_open_clip(spec: str, *, weights=None, trust_pickle: bool = False, token
     elif weights is None:
         raise UsageError(f"open_clip:{arch} needs weights: give a pretrained tag (open_clip:{arch}/TAG) or a local "
                          "`weights` file")
-    cfg = config_from_open_clip(model_cfg, pre, quick_gelu=quick, name=spec)
     # Files open_clip itself fetched for a registry tag are as trusted as open_clip (still weights_only=True).
     state = read_state_dict(weights, trust_pickle=trust_pickle or bool(tag))
+    if is_open_clip_coca(model_cfg):  # coca_ViT-B-32 ...: a contrastive captioner (open_clip_coca.py)
+        return load_open_clip_coca(state, model_cfg, preprocess=pre, quick_gelu=quick, name=spec, tokenizer=tokenizer,
+                                   directory=Path(weights).parent, source=f"open_clip:{spec} weights")
+    cfg = config_from_open_clip(model_cfg, pre, quick_gelu=quick, name=spec)
     return load_openai_state(state, source=f"open_clip:{spec} weights", cfg=cfg, tokenizer=tokenizer,
                              directory=Path(weights).parent)
 
@@ -192,12 +196,16 @@ def load_open_clip_dir(path, *, trust_pickle: bool = False, tokenizer=None):
     conf = read_json_object(p / "open_clip_config.json")
     if not isinstance(conf.get("model_cfg"), dict):
         raise ClipforgeError(f"{p}/open_clip_config.json has no \"model_cfg\" object (the model's architecture)")
-    cfg = config_from_open_clip(conf["model_cfg"], conf.get("preprocess_cfg"), name=p.name)
     for name in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin", "open_clip_pytorch_model.pth"):
         if (p / name).is_file():
             break
     else:
         raise ClipforgeError(f"{p}: no open_clip weights (open_clip_model.safetensors / open_clip_pytorch_model.bin)")
+    if is_open_clip_coca(conf["model_cfg"]):
+        return load_open_clip_coca(read_state_dict(p / name, trust_pickle=trust_pickle), conf["model_cfg"],
+                                   preprocess=conf.get("preprocess_cfg"), name=p.name, tokenizer=tokenizer,
+                                   directory=p, source=f"open_clip CoCa weights in {p}")
+    cfg = config_from_open_clip(conf["model_cfg"], conf.get("preprocess_cfg"), name=p.name)
     # export_open_clip also leaves clipforge's own tokenizer files, so custom BPE vocabularies survive.
     return load_openai_state(read_state_dict(p / name, trust_pickle=trust_pickle), source=f"open_clip weights in {p}",
                              cfg=cfg, tokenizer=tokenizer, directory=p)
