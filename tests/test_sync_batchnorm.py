@@ -14,7 +14,7 @@ from clipforge.losses import get_loss
 from clipforge.models import create_model
 from clipforge.train.config import load_config
 from clipforge.train.distributed import DistInfo
-from clipforge.train.loop import _sync_batchnorm
+from clipforge.train.model_setup import synchronise_batchnorm
 from clipforge.train.optim import lock_tower
 from clipforge.train.sync_batchnorm import SyncBatchNorm2d, convert_sync_batchnorm
 
@@ -95,16 +95,16 @@ def test_trainer_synchronises_train_mode_batchnorm_only(caplog):
     two = DistInfo(rank=0, world_size=2)
     cfg = load_config(None, ["data.train=jsonl:unused.jsonl", "run.steps=1", "data.batch_size=32"])
     model = _model()
-    _sync_batchnorm(cfg, model, two)
+    synchronise_batchnorm(cfg, model, two)
     assert sum(isinstance(m, SyncBatchNorm2d) for m in model.modules()) == 19
     locked = _model()
     lock_tower(locked.visual)
     locked.train()
-    _sync_batchnorm(cfg, locked, two)
+    synchronise_batchnorm(cfg, locked, two)
     assert not any(isinstance(m, SyncBatchNorm2d) for m in locked.modules())
     cfg.run.sync_batchnorm = False
     model = _model()
     with caplog.at_level(logging.WARNING, logger="clipforge.train"):
-        _sync_batchnorm(cfg, model, two)
+        synchronise_batchnorm(cfg, model, two)
     assert not any(isinstance(m, SyncBatchNorm2d) for m in model.modules())
     assert "19 BatchNorm layers normalise by each process's own 16 samples" in caplog.text

@@ -4,16 +4,17 @@ Same code on 1 process or N (torchrun): each rank takes its own slice of every g
 features with gradient, and DDP averages gradients, so the update equals one process on the whole batch.
 A step-level checkpoint holds everything needed to continue bit-exactly (CPU): weights, optimizer, grad
 scaler, RNG states, epoch and data position.
+
+The model it trains is set up by `model_setup`, one optimiser update is `update`, the run folder `run_dir`,
+the periodic zero-shot evaluation `zeroshot_eval`.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
 import os
 import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Optional
 
@@ -21,100 +22,31 @@ import torch
 from tqdm.auto import tqdm
 
 from clipforge.atomic import atomic_write_text
-from clipforge.output_dirs import claim_output_dir, vet_output_dir
 from clipforge.data.decode import SkipCounter
-from clipforge.data.loader import make_labelled_loader, make_pair_loader
-from clipforge.encode.encoder import SourceFeatures
-from clipforge.models.projection import tower_features, tower_head
+from clipforge.data.loader import make_pair_loader
 from clipforge.data.sources import open_source
 from clipforge.data.sources.trust import accept_stored
 from clipforge.encode import pick_device
 from clipforge.errors import UsageError
-from clipforge.evaluate.zeroshot_classification import evaluate_zeroshot_classification
-from clipforge.losses import clamp_logit_scale_, get_loss
+from clipforge.losses import get_loss
 from clipforge.losses.distributed import all_reduce_mean
-from clipforge.losses.gradcache import gradcache_step
-from clipforge.models import (Tokenizer, create_model, get_model_config, list_models, load_model,
-                              train_tokenizer)
-from clipforge.models.adapter import base_hash, save_adapter
-from clipforge.models.batchnorm import train_mode_batchnorms
-from clipforge.models.checkpoint import load_state_dict_strict, read_state_dict
-from clipforge.models.lora import apply_lora, has_lora, mark_only_lora_trainable
-from clipforge.train.config import TrainConfig, dump_config
+from clipforge.models import load_model
+from clipforge.models.adapter import save_adapter
+from clipforge.models.lora import has_lora
+from clipforge.train.config import dump_config
+from clipforge.train.config_sections import TrainConfig
 from clipforge.train.distributed import DistInfo, barrier, init_distributed
 from clipforge.train.feature_cache import FeatureCache, cache_refusal
-from clipforge.train.optim import lock_tower, make_optimizer, tower_is_frozen
+from clipforge.train.model_setup import build_training_model, prepare_model, synchronise_batchnorm
+from clipforge.train.optim import make_optimizer
+from clipforge.train.run_dir import claim_run_dir, vet_run_dir
 from clipforge.train.run_log import MetricsLog, plot_curves, progress_line
-from clipforge.train.schedule import lr_at
-from clipforge.train.sync_batchnorm import convert_sync_batchnorm
 from clipforge.train.state import open_resume, resolve_resume, save_checkpoint, set_rng_state
-from clipforge.models.stretch import freeze_kept_positions
-from clipforge.models.token_merge import apply_token_merge
-from clipforge.train.step import forward_loss, pair_extras, reinforcement_store
+from clipforge.train.step import pair_extras, reinforcement_store
+from clipforge.train.update import Updater
+from clipforge.train.zeroshot_eval import ZeroShotCallback
 
 log = logging.getLogger("clipforge.train")
-RUN_KIND = "training-run"
-
-
-def _train_tokenizer(cfg: TrainConfig, source):
-    def captions():
-        for i in range(len(source)):
-            yield from source[i].captions
-
-    ctx = cfg.model.overrides.get("text", {}).get("context_length") if cfg.model.overrides else None
-    ctx = ctx or get_model_config(cfg.model.name).text.context_length
-    return train_tokenizer(captions(), cfg.model.tokenizer_vocab_size, context_length=ctx)
-
-
-def build_training_model(cfg: TrainConfig, source):
-    """A fresh model (registered name) or a pretrained one (any load_model reference), with its tokenizer."""
-    name = cfg.model.name
-    if cfg.adapt.method is not None and name in list_models():
-        raise UsageError(f"adapt.method trains an adapter on a pretrained base: model.name must be a reference "
-                         f"that carries its weights (a checkpoint directory, hf:..., open_clip:...), not the "
-                         f"registered architecture {name!r}")
-    if name in list_models():
-        overrides = json.loads(json.dumps(cfg.model.overrides or {}))
-        tok = None
-        if cfg.model.tokenizer == "train":
-            tok = _train_tokenizer(cfg, source)
-            overrides.setdefault("text", {}).setdefault("vocab_size", cfg.model.tokenizer_vocab_size)
-        elif cfg.model.tokenizer:
-            tok = Tokenizer.load(cfg.model.tokenizer)
-        model = create_model(name, tokenizer=tok, **overrides)
-        if cfg.model.weights:
-            load_state_dict_strict(model, read_state_dict(cfg.model.weights), cfg.model.weights)
-        return model
-    if cfg.model.overrides or cfg.model.tokenizer:
-        raise UsageError("model.overrides / model.tokenizer apply to registered names only; "
-                         f"{name!r} is loaded with its own config and tokenizer")
-    return load_model(name)
-
-
-def _autocast(cfg: TrainConfig, device: torch.device):
-    if cfg.run.precision == "fp32":
-        return nullcontext()
-    dtype = torch.bfloat16 if cfg.run.precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def _is_run_dir(path: Path) -> bool:
-    """A run directory an older version wrote (without the folder marker)."""
-    return (path / "config.yaml").is_file() and any(
-        (path / n).exists() for n in ("metrics.jsonl", "checkpoints", "final", "summary.json"))
-
-
-def _vet_run_dir(out_dir, resume: Optional[str], overwrite: bool) -> Path:
-    """The run directory, checked: an existing run is continued only with `resume`, restarted only with
-    `overwrite`; a folder that is not a run is refused unless `overwrite`."""
-    if resume is not None and overwrite:
-        raise UsageError("`resume` and `overwrite` contradict each other: one continues the run, the other "
-                         "starts it again")
-    out, state = vet_output_dir(out_dir, RUN_KIND, overwrite=overwrite, recognise=_is_run_dir)
-    if state == "same" and resume is None and not overwrite:
-        raise UsageError(f"{out} holds a training run: pass `resume` latest to continue it, or `overwrite` to "
-                         "start it again from scratch")
-    return out
 
 
 def train(cfg: TrainConfig, out_dir, resume: Optional[str] = None, overwrite: bool = False,
@@ -134,7 +66,7 @@ def train(cfg: TrainConfig, out_dir, resume: Optional[str] = None, overwrite: bo
     cfg.validate()
     dist = init_distributed(cfg.run.device)
     # only the main process vets and claims the folder (the others would see the run it has just marked)
-    out = _vet_run_dir(out_dir, resume, overwrite) if dist.is_main else Path(os.path.abspath(out_dir))
+    out = vet_run_dir(out_dir, resume, overwrite) if dist.is_main else Path(os.path.abspath(out_dir))
     device = pick_device(cfg.run.device, local_rank=dist.local_rank, param="run.device")
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
@@ -153,33 +85,16 @@ def train(cfg: TrainConfig, out_dir, resume: Optional[str] = None, overwrite: bo
     if resume and resume != "latest":
         resolve_resume(resume, out)  # a path that is no checkpoint at all fails before the folder is claimed
     if dist.is_main:  # marks the folder as a run; with `overwrite`, the old one is replaced by an empty one
-        claim_output_dir(out, RUN_KIND, overwrite=overwrite, recognise=_is_run_dir, fresh=overwrite)
+        claim_run_dir(out, overwrite)
     torch.manual_seed(cfg.run.seed)
     # the newest checkpoint that loads (a damaged one is passed over with a warning); RNG comes from its state
     ckpt, model, state = open_resume(resume, out, load_model) if resume else (None, None, None)
     if model is None:
         model = build_training_model(cfg, source)
-    if cfg.adapt.method is not None:  # only the adapter trains; the base is frozen and saved by reference
-        if not ckpt:
-            model.adapter_base_hash = base_hash(model)
-            apply_lora(model, cfg.adapt.lora_config())
-            model.adapter_base = cfg.model.name
-        elif not has_lora(model):
-            raise UsageError(f"`resume` {ckpt} holds a full model, but this config trains an adapter (adapt.method)")
-        n = mark_only_lora_trainable(model)
-        log.info("adapter %s: %s trainable parameters in %d layers", cfg.adapt.method, f"{n:,}",
-                 sum(1 for n_, _ in model.named_parameters() if n_.endswith(".lora_A")))
-    if cfg.model.lock_image:
-        lock_tower(model.visual, cfg.model.lock_image_unlocked_groups)
-    if cfg.model.lock_text:
-        lock_tower(model.text, cfg.model.lock_text_unlocked_groups)
-    model.set_grad_checkpointing(cfg.model.grad_checkpointing)
-    if cfg.model.token_merge is not None:  # the periodic evaluation encodes with it too
-        apply_token_merge(model, cfg.model.token_merge, cfg.model.merge_method)
-    freeze_kept_positions(model)  # a stretched text tower (Long-CLIP) trains only its interpolated positions
+    prepare_model(cfg, model, ckpt)
     model.to(device).train()
     core = model
-    _sync_batchnorm(cfg, model, dist)
+    synchronise_batchnorm(cfg, model, dist)
     if dist.enabled:
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -197,7 +112,7 @@ def train(cfg: TrainConfig, out_dir, resume: Optional[str] = None, overwrite: bo
         total = cfg.run.steps or math.ceil(cfg.run.epochs * steps_per_epoch)
     opt = make_optimizer(model, cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.betas, cfg.optim.eps)
     scaler = torch.amp.GradScaler("cuda") if cfg.run.precision == "fp16" and device.type == "cuda" else None
-    params = [p for p in core.parameters() if p.requires_grad]
+    update = Updater(cfg, model, core, loss_fn, opt, scaler, device, total)
 
     step = epoch = position = 0
     if ckpt:
@@ -216,7 +131,7 @@ def train(cfg: TrainConfig, out_dir, resume: Optional[str] = None, overwrite: bo
         atomic_write_text(out / "config.yaml", dump_config(cfg))
         metrics = MetricsLog(out / "metrics.jsonl", resume_step=step if ckpt else None,
                              tensorboard_dir=out / "tensorboard" if cfg.run.tensorboard else None)
-    evaluator = _ZeroShotCallback(cfg, core, val_source) if val_source is not None else None
+    evaluator = ZeroShotCallback(cfg, core, val_source) if val_source is not None else None
     skipped = SkipCounter()
     log.info("training %s for %d steps (%d per epoch), global batch %d on %d process(es), %s, %s",
              cfg.model.name, total, steps_per_epoch, cfg.data.batch_size, dist.world_size, device, cfg.run.precision)
@@ -234,30 +149,7 @@ def train(cfg: TrainConfig, out_dir, resume: Optional[str] = None, overwrite: bo
                                       workers=cfg.data.workers, extras=extras)
         k = 0
         for batch in loader:
-            lr = lr_at(step, base_lr=cfg.optim.lr, total_steps=total, warmup_steps=cfg.schedule.warmup_steps,
-                       name=cfg.schedule.name, min_lr=cfg.schedule.min_lr)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            with _autocast(cfg, device):
-                if cfg.run.gradcache_sub_batch:
-                    pixels = batch["pixels"].to(device, non_blocking=True)
-                    tokens = batch["tokens"].to(device, non_blocking=True)
-                    res = gradcache_step(model, pixels, tokens, loss_fn, cfg.run.gradcache_sub_batch, batch=batch)
-                else:
-                    res = forward_loss(model, loss_fn, batch, device)
-            if not cfg.run.gradcache_sub_batch:
-                (scaler.scale(res.total) if scaler else res.total).backward()
-            if scaler is not None:
-                scaler.unscale_(opt)
-            grad_norm = (torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
-                         if cfg.optim.grad_clip else None)
-            if scaler is not None:
-                scaler.step(opt)
-                scaler.update()
-            else:
-                opt.step()
-            opt.zero_grad(set_to_none=True)
-            clamp_logit_scale_(core)
+            res, lr, grad_norm = update(batch, step)
             step, k = step + 1, k + 1
             position = loader.position_after(k)
             bar.update(1)
@@ -319,22 +211,6 @@ def train(cfg: TrainConfig, out_dir, resume: Optional[str] = None, overwrite: bo
     return summary
 
 
-def _sync_batchnorm(cfg: TrainConfig, model, dist: DistInfo) -> None:
-    """Under DDP, BatchNorm layers in train mode normalise by the statistics of the whole global batch
-    (`run.sync_batchnorm`, on unless false), so N processes train exactly as one; frozen ones run in eval mode."""
-    norms = train_mode_batchnorms(model)
-    if not (dist.enabled and norms):
-        return
-    if cfg.run.sync_batchnorm is False:
-        log.warning("run.sync_batchnorm is false: %d BatchNorm layers normalise by each process's own %d samples, "
-                    "so this run differs from one process on the whole batch", len(norms),
-                    cfg.data.batch_size // dist.world_size)
-        return
-    n = convert_sync_batchnorm(model)
-    log.info("synchronised BatchNorm: %d layers normalise by the statistics of the global batch of %d "
-             "(all %d processes)", n, cfg.data.batch_size, dist.world_size)
-
-
 def _feature_cache(cfg: TrainConfig, model, source, loss_fn, out: Path, dist: DistInfo, device):
     """The run's feature cache when both towers are frozen up to their heads (see data.feature_cache)."""
     if cfg.data.feature_cache is False:
@@ -354,53 +230,3 @@ def _feature_cache(cfg: TrainConfig, model, source, loss_fn, out: Path, dist: Di
     log.info("feature cache: %d images (%d skipped) x %d view(s), %d captions: training the projection heads "
              "only", len(cache), cache.skipped.total, cache.views, cache.text.shape[0])
     return cache
-
-
-class _ZeroShotCallback:
-    """Periodic zero-shot evaluation on a labelled validation source (rank 0; others wait)."""
-
-    def __init__(self, cfg: TrainConfig, model, source):
-        self.cfg, self.model = cfg, model
-        self.source = source  # cfg.data.val, opened
-        self._frozen_val = None  # (SourceFeatures of the frozen image features) when the image tower is frozen
-
-    def _val_features(self):
-        """A frozen image tower's validation features are computed once; each evaluation runs only the head."""
-        if not tower_is_frozen(self.model.visual):
-            return None
-        if self._frozen_val is None:
-            feats, ids, labels = [], [], []
-            skipped = SkipCounter()
-            was = self.model.training
-            self.model.eval()
-            loader = make_labelled_loader(self.source, self.model.preprocess, 128, shuffle=False,
-                                          drop_last=False, on_bad="drop")
-            with torch.inference_mode():
-                for b in loader:
-                    if b["pixels"].shape[0]:
-                        feats.append(tower_features(self.model.visual, b["pixels"].to(self.model.device)).float())
-                        ids += list(b["ids"])
-                        labels += [int(y) if int(y) >= 0 else None for y in b["labels"]]
-            skipped.merge(loader.skipped)
-            self.model.train(was)
-            self._frozen_val = SourceFeatures(torch.cat(feats) if feats else torch.zeros(0, 1), ids,
-                                              [[] for _ in ids], labels, skipped=skipped)
-        with torch.no_grad():
-            head = tower_head(self.model.visual)
-            emb = torch.nn.functional.normalize(head(self._frozen_val.feats.to(self.model.dtype)).float(), dim=-1)
-        return dataclasses.replace(self._frozen_val, feats=emb.cpu())
-
-    def __call__(self, step: int, dist: DistInfo) -> Optional[dict]:
-        row = None
-        if dist.is_main:
-            res = evaluate_zeroshot_classification(
-                self.model, self.source, classnames=self.cfg.data.val_classnames,
-                templates=self.cfg.data.val_templates, batch_size=256, progress=False,
-                features=self._val_features())
-            m = res["metrics"]
-            row = {"step": step, "zeroshot_top1": m["top1"], "zeroshot_mean_per_class_recall": m["mean_per_class_recall"]}
-            if "top5" in m:
-                row["zeroshot_top5"] = m["top5"]
-            log.info("step %d: zero-shot top-1 %.4f on %s", step, m["top1"], self.cfg.data.val)
-        barrier(dist)
-        return row
