@@ -165,3 +165,28 @@ def test_training_with_token_merge(digits_demo, tmp_path):
     assert not torch.equal(a[key], b[key])
     with pytest.raises(UsageError, match="model.token_merge"):
         load_config(None, _train_cfg(digits_demo, "model.token_merge=a"))
+
+
+def test_cli_token_merge_on_embed(tmp_path, capsys):
+    """--token-merge reaches the image tower from the command line; a bad value is one line naming the flag."""
+    import json
+
+    from PIL import Image
+
+    from clipforge.cli import main
+    from clipforge.models import save_pretrained
+
+    save_pretrained(_vit("cls"), tmp_path / "m")
+    img = tmp_path / "x.png"
+    Image.fromarray((torch.rand(40, 40, 3) * 255).to(torch.uint8).numpy()).save(img)
+
+    def vector(*extra):
+        assert main(["embed", "-m", str(tmp_path / "m"), "--image", str(img), "--json", *extra]) == 0
+        return json.loads(capsys.readouterr().out)[0]["vector"]
+
+    exact = vector()
+    assert vector("--token-merge", "0") == exact
+    assert vector("--token-merge", "8", "--merge-method", "pitome") != exact
+    assert main(["embed", "-m", str(tmp_path / "m"), "--image", str(img), "--token-merge", "2x"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--token-merge '2x'" in err and "\n" not in err

@@ -4,8 +4,8 @@ from __future__ import annotations
 import json
 import sys
 
-from clipforge.cli._common import add_engine_args, add_options, engine_options, option_values, positive_int, full_parser_for
-from clipforge.cli._token_merge import add_token_merge_args
+from clipforge.cli._common import (add_engine_args, add_options, add_token_merge_args, engine_options, full_parser_for,
+                                   option_values, positive_int)
 from clipforge.errors import UsageError
 
 
