@@ -9,7 +9,8 @@
 Every output is an ordinary source (a manifest or webdataset shards) with a removals file naming each removed
 sample or caption and why. `score_batch(encoder, batch)` is the per-batch unit a scale-out engine calls.
 """
-from clipforge.curate.calibrate import KNOWN_THRESHOLDS, calibrate_threshold, quantile_threshold
+from clipforge.curate.calibrate import (KNOWN_THRESHOLDS, calibrate_threshold, estimate_mismatch_rate,
+                                        quantile_threshold)
 from clipforge.curate.dedup import dedup_source, exact_duplicates, near_duplicates
 from clipforge.curate.facts import caption_facts, image_facts, pixel_descriptor
 from clipforge.curate.filter import FilterRules, decide, filter_source
@@ -21,5 +22,5 @@ from clipforge.curate.selection import Selection, read_removals
 
 __all__ = ["score_source", "score_batch", "read_scores", "scores_info", "filter_source", "FilterRules", "decide",
            "dedup_source", "exact_duplicates", "near_duplicates", "candidate_pairs", "keep_greedy",
-           "KNOWN_THRESHOLDS", "calibrate_threshold", "quantile_threshold", "image_facts", "caption_facts",
-           "pixel_descriptor", "Selection", "read_removals", "write_report"]
+           "KNOWN_THRESHOLDS", "calibrate_threshold", "estimate_mismatch_rate", "quantile_threshold", "image_facts",
+           "caption_facts", "pixel_descriptor", "Selection", "read_removals", "write_report"]

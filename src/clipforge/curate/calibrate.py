@@ -8,6 +8,12 @@ Calibration rule (kept fraction matching): on the same pairs (matched by sample 
 reference model's threshold keeps a fraction f of them; the new model's threshold is the score that keeps the
 same fraction f of the new model's scores, i.e. its (1 - f) quantile. The pairs may be a sample of the data:
 score a sample with both models, calibrate, then filter everything with the new model's threshold.
+
+Mismatch rate (`estimate_mismatch_rate`): how many pairs of a scored set do not match, without their ground
+truth. The threshold t keeping a fraction q of clean pairs scored by the same model sends 1 - q of them below
+it; if the set holds a share p of mismatched pairs and they score below t, the share of the set below t is
+r = (1 - p)(1 - q) + p, so p = (r - (1 - q)) / q. Mismatched pairs scoring above t are not counted: a lower
+bound, within a few points when the scorer separates them (bench_curation reports it beside the true rate).
 """
 from __future__ import annotations
 
@@ -17,7 +23,8 @@ import numpy as np
 
 from clipforge.errors import UsageError
 
-__all__ = ["KNOWN_THRESHOLDS", "resolve_min_score", "quantile_threshold", "calibrate_threshold"]
+__all__ = ["KNOWN_THRESHOLDS", "resolve_min_score", "quantile_threshold", "calibrate_threshold",
+           "estimate_mismatch_rate"]
 
 # name -> (threshold, what it was used for). LAION-400M: ViT-B/32 cosine >= 0.3; LAION-5B: ViT-B/32 >= 0.28 for
 # English (LAION-2B-en), multilingual CLIP >= 0.26 for the other languages (LAION-2B-multi, LAION-1B-nolang).
@@ -73,3 +80,18 @@ def calibrate_threshold(ref: dict, ref_threshold: float, new: dict) -> dict:
         raise UsageError(f"the reference threshold {ref_threshold} keeps none of the {len(keys)} shared pairs")
     return {"threshold": quantile_threshold([new[k] for k in keys], f), "kept_fraction": f, "pairs": len(keys),
             "ref_threshold": float(ref_threshold)}
+
+
+def estimate_mismatch_rate(scores, clean_scores, keep_clean: float = 0.9) -> dict:
+    """{"rate": the estimated share of mismatched pairs in `scores` (clipped to [0, 1]), "threshold": the score
+    keeping `keep_clean` of `clean_scores`, "below": the share of `scores` under it, "pairs": how many scores}."""
+    s = np.asarray(scores, dtype=np.float64)
+    s = s[np.isfinite(s)]
+    if not len(s):
+        raise UsageError("no scored pairs to estimate a mismatch rate from")
+    if not 0.0 < keep_clean < 1.0:
+        raise UsageError(f"`keep_clean` must be a fraction in (0, 1), got {keep_clean}")
+    t = quantile_threshold(clean_scores, keep_clean)
+    below = float((s < t).mean())
+    rate = (below - (1.0 - keep_clean)) / keep_clean
+    return {"rate": float(min(max(rate, 0.0), 1.0)), "threshold": t, "below": below, "pairs": int(len(s))}
