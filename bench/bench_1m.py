@@ -22,13 +22,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+import common
+from common import add_common_args, summarize, write_results
 
 HERE = Path(__file__).resolve().parent
 TARGET, K = 0.98, 10
@@ -56,44 +58,31 @@ OPTIONAL = {"ivf_pqfs_m128"}  # run with --only
 # ---- machine facts ------------------------------------------------------------------------------------
 
 def machine() -> dict:
-    flags = set()
-    model = platform.processor() or platform.machine()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    a = np.random.default_rng(0).standard_normal((2048, 2048), dtype=np.float32)
-    a @ a
-    t = time.perf_counter()
-    for _ in range(5):
-        a @ a
-    gflops = 5 * 2 * 2048**3 / (time.perf_counter() - t) / 1e9
     import faiss
-    return {"cpu": model, "cores": os.cpu_count(), "simd": sorted(f for f in flags if f.startswith(("avx", "amx", "fma"))),
-            "numpy_fp32_matmul_gflops": round(gflops, 1), "faiss": faiss.__version__,
-            "load_avg": os.getloadavg()}
+
+    return {**common.machine(), "faiss": faiss.__version__}
 
 
 # ---- data + ground truth (cached) -----------------------------------------------------------------------
 
-def data_paths(cache: Path, n: int, d: int) -> dict:
-    tag = f"{n}x{d}"
+def data_paths(cache: Path, n: int, d: int, seed: int = 0) -> dict:
+    tag = tag_of(n, d, seed)
     return {k: cache / f"{k}_{tag}.npy" for k in ("xb", "q", "gt")}
 
 
-def ensure_data(cache: Path, n: int, d: int, n_queries: int = 1000) -> dict:
+def tag_of(n: int, d: int, seed: int) -> str:
+    return f"{n}x{d}" + (f"-s{seed}" if seed else "")  # seed 0 keeps the older cache names
+
+
+def ensure_data(cache: Path, n: int, d: int, n_queries: int = 1000, seed: int = 0) -> dict:
     from clipforge.retrieval.recall import exact_knn
     from clipforge.retrieval.synthetic import synthetic_embeddings
 
     cache.mkdir(parents=True, exist_ok=True)
-    paths = data_paths(cache, n, d)
+    paths = data_paths(cache, n, d, seed)
     if not (paths["xb"].exists() and paths["q"].exists()):
         t = time.perf_counter()
-        xb, q = synthetic_embeddings(n, d, seed=0, n_queries=n_queries)
+        xb, q = synthetic_embeddings(n, d, seed=seed, n_queries=n_queries)
         for k, v in (("xb", xb), ("q", q)):
             tmp = paths[k].with_suffix(".tmp.npy")
             np.save(tmp, v)
@@ -265,10 +254,10 @@ def run_autofaiss(python: str, paths: dict, cache: Path) -> dict | None:
 
 # ---- report -----------------------------------------------------------------------------------------
 
-def write_report(out: Path, results: list[dict], mach: dict, load_before, load_after, n: int, d: int) -> None:
-    lines = [f"\n## {time.strftime('%Y-%m-%d %H:%M')}: {n:,} x {d} embedding-shaped vectors\n\n",
-             f"Machine: {mach['cpu']}, {mach['cores']} cores, SIMD {' '.join(mach['simd'])}; numpy fp32 matmul "
-             f"2048^2: {mach['numpy_fp32_matmul_gflops']} GFLOP/s; faiss {mach['faiss']}. Load average "
+def write_report(out: Path, results: list[dict], mach: dict, load_before, load_after, n: int, d: int,
+                 seed: int = 0) -> None:
+    lines = [f"\n## {time.strftime('%Y-%m-%d %H:%M')}: {n:,} x {d} embedding-shaped vectors, seed {seed}\n\n",
+             f"Machine: {common.machine_line(mach)}; faiss {mach['faiss']}. Load average "
              f"before {load_before[0]:.2f}, after {load_after[0]:.2f}. Build: {mach['cores']} threads; search: "
              f"1 thread, one query per call. Goal: recall@10 >= {TARGET}, p50 <= 3 ms, build <= 120 s. "
              "Wall times include waiting for the neighbours' jobs; CPU times are the work itself (search: the "
@@ -314,15 +303,36 @@ def main(argv=None) -> int:
     ap.add_argument("--no-report", action="store_true")
     ap.add_argument("--run-one", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--spec", default=None, help=argparse.SUPPRESS)
+    add_common_args(ap, seeds=(0,), seeds_help="synthetic collections (each seed its own vectors, queries and "
+                                               "ground truth; seed 0: the cached 1M set)")
     args = ap.parse_args(argv)
     cache = Path(args.cache)
-    paths = ensure_data(cache, args.n, args.d)
+    if args.run_one:
+        seed = args.seeds[0]
+        paths = ensure_data(cache, args.n, args.d, seed=seed)
+        spec = json.loads(args.spec) if args.spec else CANDIDATES[args.run_one]
+        run_one(args.run_one, spec, paths, cache / "results" / f"{args.run_one}_{tag_of(args.n, args.d, seed)}.json")
+        return 0
+    per_seed = {seed: measure_seed(args, cache, seed) for seed in args.seeds}
+    summary = {}
+    for name in per_seed[args.seeds[0]]:
+        got = [(s, per_seed[s][name]) for s in args.seeds if name in per_seed[s]]
+        chosen = [(s, choose(r["rows"])[0]) for s, r in got]
+        seeds = [s for s, _ in got]
+        summary[name] = {"build_s": summarize([r["build_s"] for _, r in got], seeds),
+                         "recall_eval": summarize([c["recall_eval"] for _, c in chosen], seeds),
+                         "p50_ms": summarize([c["p50_ms"] for _, c in chosen], seeds),
+                         "p50_cpu_ms": summarize([c["p50_cpu_ms"] for _, c in chosen], seeds)}
+    if not args.no_report:
+        write_results(args.out, {"bench": "1m", "seeds": args.seeds, "n": args.n, "d": args.d,
+                                 "results": per_seed, "summary": summary, "machine": machine()}, args.json)
+    return 0
+
+
+def measure_seed(args, cache: Path, seed: int) -> dict:
+    paths = ensure_data(cache, args.n, args.d, seed=seed)
     res_dir = cache / "results"
     res_dir.mkdir(exist_ok=True)
-    if args.run_one:
-        spec = json.loads(args.spec) if args.spec else CANDIDATES[args.run_one]
-        run_one(args.run_one, spec, paths, res_dir / f"{args.run_one}_{args.n}x{args.d}.json")
-        return 0
 
     load_before = os.getloadavg()
     mach = machine()
@@ -349,13 +359,13 @@ def main(argv=None) -> int:
     for name in filter(None, args.remeasure.split(",")):
         specs[name] = {**specs[name], "reuse": True}
         force.add(name)
-    results = []
+    results = {}
     for name in names:
-        out = res_dir / f"{name}_{args.n}x{args.d}.json"
+        out = res_dir / f"{name}_{tag_of(args.n, args.d, seed)}.json"
         if name in force or not out.exists():
-            print(f"== {name}", flush=True)
+            print(f"== {name} (seed {seed})", flush=True)
             cmd = [sys.executable, __file__, "--n", str(args.n), "--d", str(args.d), "--cache", str(cache),
-                   "--run-one", name, "--spec", json.dumps(specs[name])]
+                   "--run-one", name, "--spec", json.dumps(specs[name]), "--seeds", str(seed)]
             if subprocess.run(cmd).returncode:
                 print(f"{name}: failed", flush=True)
                 continue
@@ -364,11 +374,11 @@ def main(argv=None) -> int:
         print(f"{name:24s} build {r['build_s']:6.0f} s (cpu {r.get('build_cpu_s') or float('nan'):.0f} s)  index "
               f"{r['index_rss_mb'] / 1024:.2f} GB  chosen {c['params']} recall@10 {c['recall_eval']:.4f} "
               f"p50 {c['p50_ms']:.2f} ms (cpu {c['p50_cpu_ms']:.2f})", flush=True)
-        results.append(r)
+        results[name] = r
     if results and not args.no_report:
-        write_report(Path(args.out), results, mach, load_before, os.getloadavg(), args.n, args.d)
+        write_report(Path(args.out), list(results.values()), mach, load_before, os.getloadavg(), args.n, args.d, seed)
         print(f"appended to {args.out}")
-    return 0
+    return results
 
 
 if __name__ == "__main__":

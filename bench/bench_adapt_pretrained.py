@@ -16,7 +16,7 @@ metadata: Unicode name, category, sub-category; no LLM). LoRA and full fine-tuni
 captions (the concept name), then zero-shot on the query with the unseen templates.
 
     .venv/bin/python bench/bench_adapt_pretrained.py --out docs/bench_adapt_pretrained.md \
-        [--base runs/align1/final] [--seeds 3] [--shots 1,2,4] [--train-shots 4] [--train-steps 20] [--work DIR]
+        [--base runs/align1/final] [--seeds 0,1,2] [--shots 1,2,4] [--train-shots 4] [--train-steps 20] [--work DIR]
 
 Image features are cached in --work (features-<domain>.pt, keyed by the checkpoint's mtime).
 """
@@ -31,6 +31,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+
+from common import add_common_args, fmt, parse_seeds, publish, summarize, write_results  # noqa: E402
 
 HEADS = ["zero-shot", "linear-probe", "tip-adapter", "tip-adapter-f", "coop", "gist"]
 DOMAINS = {"emoji": ROOT / "clipforge-demo/emoji", "openmoji": ROOT / "clipforge-demo/openmoji"}
@@ -92,19 +94,13 @@ def subset_manifest(manifest: Path, idx, path: Path) -> str:
     return str(path)
 
 
-def fmt(m, s):
-    return f"{m:.3f} ± {s:.3f}"
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=None)
-    ap.add_argument("--json", default=None, help="raw results (default: --work/results.json)")
     ap.add_argument("--work", default=str(ROOT / "runs/bench_adapt_pretrained"))
     ap.add_argument("--base", default="runs/align1/final")
     ap.add_argument("--domains", default="emoji,openmoji")
     ap.add_argument("--shots", default="1,2,4")
-    ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--methods", default=",".join(HEADS))
     ap.add_argument("--val-shots", type=int, default=None, help="protocol default min(k, 4) capped by the pool")
     ap.add_argument("--coop-epochs", type=int, default=None, help="default: the paper's 50 / 100 by k")
@@ -118,16 +114,16 @@ def main():
     ap.add_argument("--train-methods", default="lora,full-ft")
     ap.add_argument("--train-steps", type=int, default=20)
     ap.add_argument("--train-batch", type=int, default=32)
-    ap.add_argument("--train-seeds", type=int, default=None, help="default --seeds")
+    ap.add_argument("--train-seeds", default=None, help="LoRA / fine-tuning seeds, e.g. 0,1 (default --seeds)")
     ap.add_argument("--probe-grid", default="1e-1,1e0,1e1,1e2,1e3,1e4",
                     help="linear probe / GIST: C values swept (library default 1e6..1e-6, 13 values)")
     ap.add_argument("--probe-refine", type=int, default=3, help="probe: bisection rounds (library default 8)")
     ap.add_argument("--probe-iter", type=int, default=300, help="probe: L-BFGS max_iter (library default 1000)")
     ap.add_argument("--lora-lr", type=float, default=1e-3)
     ap.add_argument("--ft-lr", type=float, default=1e-5)
+    add_common_args(ap, seeds_help="support-set draws")
     a = ap.parse_args()
 
-    import numpy as np
     import torch
 
     from clipforge.adapt import FEWSHOT, SupportSet, sample_support
@@ -151,7 +147,8 @@ def main():
     base = a.base
     key = f"{Path(base).resolve()}:{os.path.getmtime(Path(base) / 'model.safetensors')}"
     enc = Encoder.load(base, device="cpu")
-    shots, seeds = parse_int_list(a.shots, "shots"), list(range(a.seeds))
+    shots, seeds = parse_int_list(a.shots, "shots"), a.seeds
+    tseeds = parse_seeds(a.train_seeds) if a.train_seeds else seeds
     methods = [m.strip() for m in a.methods.split(",") if m.strip()]
     results, walls = {}, {}
     for dom in [d.strip() for d in a.domains.split(",") if d.strip()]:
@@ -181,7 +178,8 @@ def main():
                                      val_shots=a.val_shots, progress=False, **opts)
             walls[f"{dom}: {m}"] = time.perf_counter() - t
             for p in parts:
-                results[(dom, m, p["k_shot"])] = {"top1": p["metrics"]["top1"], "std": p["metrics"]["top1_std"],
+                st = summarize(p["metrics"]["top1_per_seed"], seeds)  # sample std (the task reports ddof=0)
+                results[(dom, m, p["k_shot"])] = {"top1": st["mean"], "std": st["std"], "summary": st,
                                                   "per_seed": p["metrics"]["top1_per_seed"],
                                                   "fit_s": p["metrics"]["fit_s"], "meta": p["head_meta"]}
             print(dom, m, [f"{p['k_shot']}:{p['metrics']['top1']:.3f}±{p['metrics']['top1_std']:.3f}" for p in parts],
@@ -190,7 +188,6 @@ def main():
         # LoRA / full fine-tuning through the trainer on the same support images
         y = pool.label_tensor().numpy()
         man = ddir / "fewshot/support.jsonl"
-        tseeds = list(range(a.train_seeds if a.train_seeds is not None else a.seeds))
         for k in (parse_int_list(a.train_shots, "train_shots") if a.train_shots else []):
             for name in [x.strip() for x in a.train_methods.split(",") if x.strip()]:
                 lora = name == "lora"
@@ -209,32 +206,31 @@ def main():
                     head = FEWSHOT.create("zero-shot", templates=templates).fit(e2, support)
                     accs.append(float((head.scores(tf.feats).argmax(-1) == tf.label_tensor()).float().mean()))
                     print(dom, name, k, seed, f"{accs[-1]:.3f}", f"{fits[-1]:.0f}s", flush=True)
-                results[(dom, name, k)] = {"top1": float(np.mean(accs)), "std": float(np.std(accs)),
-                                           "per_seed": accs, "fit_s": float(np.mean(fits)), "meta": []}
+                st = summarize(accs, tseeds)
+                results[(dom, name, k)] = {"top1": st["mean"], "std": st["std"], "summary": st, "per_seed": accs, "fit_s": float(np.mean(fits)), "meta": []}
                 walls[f"{dom}: {name}"] = sum(fits)
 
     total = time.perf_counter() - t_all
     raw = [{"domain": d, "method": m, "k": k, **v} for (d, m, k), v in results.items()]
-    Path(a.json or work / "results.json").write_text(json.dumps(raw, indent=1, default=str))
     all_k = sorted({k for _, _, k in results})
     lines = []
     for dom in sorted({d for d, _, _ in results}, key=list(DOMAINS).index):
         lines += [f"### {dom}", "", "| method | " + " | ".join(f"{k}-shot" for k in all_k) + " | fit s/run (largest k) |",
                   "|---|" + "---:|" * (len(all_k) + 1)]
         for m in [m for m in HEADS + ["lora", "full-ft"] if any(mm == m and d == dom for d, mm, _ in results)]:
-            cells = [fmt(results[(dom, m, k)]["top1"], results[(dom, m, k)]["std"]) if (dom, m, k) in results
+            cells = [fmt(results[(dom, m, k)]["summary"], seeds=False) if (dom, m, k) in results
                      else "—" for k in all_k]
             last = max(k for d, mm, k in results if mm == m and d == dom)
             lines.append(f"| {m} | " + " | ".join(cells) + f" | {results[(dom, m, last)]['fit_s']:.1f} |")
         lines.append("")
     text = (f"`.venv/bin/python bench/bench_adapt_pretrained.py {' '.join(sys.argv[1:])}` — torch "
             f"{torch.__version__}, {torch.get_num_threads()} threads, load average {load0[0]:.1f} at start, "
-            f"{os.getloadavg()[0]:.1f} at end, total {total:.0f} s. Seeds {seeds}; mean ± std over seeds; "
+            f"{os.getloadavg()[0]:.1f} at end, total {total:.0f} s. Seeds {seeds}; mean ± sample std over seeds; "
             f"top-1 on the 152 query images (76 classes).\n\n" + "\n".join(lines)
             + "\nWall times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in walls.items()) + "\n")
-    print(text)
-    if a.out:
-        Path(a.out).write_text(text)
+    publish(text, a.out)
+    write_results(a.out, {"bench": "adapt_pretrained", "seeds": seeds, "train_seeds": tseeds, "shots": shots,
+                          "results": raw}, a.json or (None if a.out else str(work / "results.json")))
 
 
 if __name__ == "__main__":

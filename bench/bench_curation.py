@@ -1,6 +1,7 @@
 """Curation, measured: corrupt the digits demo on purpose, curate it with clipforge.curate, and train on both.
 
     python bench/bench_curation.py --work /tmp/curbench --out docs/bench_curation.md [--steps 200] [--seeds 0,1,2]
+    python bench/bench_curation.py --work /tmp/curcurve --p-wrong 0.1 0.2 0.4 0.6 0.7 --steps 100 --out page.md
 
 1. Data. The digits demo (1,437 training images x 6 captions, 360 held-out validation digits) is split once
    (seeded): set A (300 images, clean captions) trains the scoring model (250) and calibrates its threshold
@@ -19,7 +20,11 @@
    the filter pass), for the same number of steps and seeds; zero-shot top-1 on the 360 held-out digits
    with unseen templates.
 
-Stages are cached in --work, so a rerun only does what is missing (delete a file to redo its stage).
+Stages are cached in --work, so a rerun only does what is missing (delete a file to redo its stage). Several
+--p-wrong rates give a curve: each rate in --work/p-wrong-RATE (set A, and so the scoring model, is the same at
+every rate: the first rate's scorer is reused), one page with a row per rate and the raw JSON beside it.
+The seeds are the training seeds of the raw / curated runs (paired: same seed, same steps); the split, the
+corruption and the scorer are seed 0.
 """
 from __future__ import annotations
 
@@ -35,6 +40,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from common import add_common_args, fmt, machine, publish, summarize, write_results
 
 ROOT = Path(__file__).parents[1]
 sys.path.insert(0, str(ROOT / "src"))
@@ -224,8 +231,8 @@ def main():
     ap.add_argument("--out", default=None, help="markdown results page to write")
     ap.add_argument("--steps", type=int, default=200, help="training steps of each raw / curated run")
     ap.add_argument("--score-steps", type=int, default=150, help="training steps of the scoring model")
-    ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--p-wrong", type=float, default=0.4)
+    ap.add_argument("--p-wrong", type=float, nargs="+", default=[0.4],
+                    help="share of corrupted captions; several rates: one curve (default 0.4)")
     ap.add_argument("--dup-frac", type=float, default=0.15)
     ap.add_argument("--keep-clean", type=float, default=0.9, help="threshold keeps this fraction of clean pairs")
     ap.add_argument("--eps", type=float, default=0.02, help="near-duplicate eps of the curated training set")
@@ -240,19 +247,41 @@ def main():
     ap.add_argument("--threads", type=int, default=0, help="torch threads per training run (0: torch's default)")
     ap.add_argument("--job-timeout", type=float, default=3600.0,
                     help="seconds to wait for each training run with --parallel > 1 before failing (default 3600)")
+    add_common_args(ap, seeds_help="training seeds of the raw and curated runs")
     a = ap.parse_args()
-    import torch
+    t_start, load0 = time.time(), os.getloadavg()
+    rates, out = a.p_wrong, {}
+    for i, rate in enumerate(rates):
+        work = Path(a.work) if len(rates) == 1 else Path(a.work) / f"p-wrong-{rate:g}"
+        if i and not (work / "scorer" / "summary.json").exists():  # set A does not depend on the rate
+            prev = Path(a.work) / f"p-wrong-{rates[0]:g}" / "scorer"
+            if (prev / "summary.json").exists():
+                shutil.copytree(prev, work / "scorer", dirs_exist_ok=True)
+        out[rate] = run_rate(a, work, rate)
+    if any(r is None for r in out.values()):
+        return  # --runs raw: training only
+    load1 = os.getloadavg()
+    wall = time.time() - t_start
+    if len(rates) == 1:
+        report = render(a, *out[rates[0]]["render"], load0, load1, wall)
+    else:
+        report = render_curve(a, out, load0, load1, wall)
+    publish(report, a.out)
+    write_results(a.out, {"bench": "curation", "seeds": a.seeds, "steps": a.steps, "score_steps": a.score_steps,
+                          "keep_clean": a.keep_clean, "rates": {f"{k:g}": v["json"] for k, v in out.items()},
+                          "wall_s": round(wall), "machine": machine()}, a.json)
 
-    from clipforge.curate import (dedup_source, filter_source, quantile_threshold, read_removals, read_scores,
-                                  score_source)
+
+def run_rate(a, work: Path, p_wrong: float):
+    """Everything at one corruption rate: sets, scorer, scores, filter, dedup, raw / curated training runs.
+    Returns {"render": render()'s arguments, "json": the raw results}; None with `runs` 'raw' (training only)."""
+    from clipforge.curate import (dedup_source, estimate_mismatch_rate, filter_source, quantile_threshold,
+                                  read_removals, read_scores, score_source)
     from clipforge.data.demo_sets import build_digits
 
-    work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
-    t_start = time.time()
-    load0 = os.getloadavg()
     digits = build_digits(str(work / "digits"))
-    truth = make_sets(work, digits, 0, a.p_wrong, a.dup_frac)
+    truth = make_sets(work, digits, 0, p_wrong, a.dup_frac)
     paths = truth["paths"]
     wrong = {tuple(x) for x in truth["wrong"]}
     of = {c["id"]: c["of"] for c in truth["copies"]}
@@ -266,10 +295,10 @@ def main():
 
     if a.runs == "raw" and not a.skip_training:  # raw runs need no scoring: start them while the scorer trains
         jobs = [("raw", (f"jsonl:{paths['b_raw']}", digits, work / "runs" / f"raw-{seed}", seed, a.steps, a.threads))
-                for seed in [int(x) for x in a.seeds.split(",")]]
+                for seed in a.seeds]
         for name, r in run_jobs(jobs, a.parallel, a.job_timeout):
             print(name, r, flush=True)
-        return
+        return None
     # 2. the scoring model and the scores
     scorer = train_run(f"jsonl:{paths['a_train']}", digits, work / "scorer", 0, a.score_steps, a.threads)
     print("scorer:", scorer, flush=True)
@@ -288,6 +317,7 @@ def main():
     pos = np.array([s for i, c, s in zip(ids, caps, sc) if s is not None and (i, c) not in wrong])
     neg = np.array([s for i, c, s in zip(ids, caps, sc) if s is not None and (i, c) in wrong])
     pr_main = filter_pr(tb, wrong, thr)
+    est = estimate_mismatch_rate([s for s in sc if s is not None], clean_cal, a.keep_clean)  # no ground truth used
     pr_top = [dict(filter_pr(tb, wrong, quantile_threshold(pos.tolist() + neg.tolist(), f)), keep_top=f)
               for f in (0.5, 0.6, 0.7, 0.8)]
     print("filter:", pr_main, flush=True)
@@ -313,7 +343,7 @@ def main():
                         min_score=thr, also_remove=[str(dsel)])
     print("curated:", {k: cur[k] for k in ("samples_kept", "pairs_kept", "removed_by_reason")}, flush=True)
     runs = {"raw": [], "curated": []}
-    seeds = [int(s) for s in a.seeds.split(",")]
+    seeds = a.seeds
     specs = {"raw": f"jsonl:{paths['b_raw']}", "curated": f"jsonl:{cur['out']}"}
     train_now = [] if a.skip_training else [x for x in a.runs.split(",") if x]
     for name in specs:  # runs not trained by this call count when an earlier call finished them
@@ -328,19 +358,70 @@ def main():
         for name, r in run_jobs(jobs, a.parallel, a.job_timeout):
             runs[name].append(r)
             print(name, r, flush=True)
-    load1 = os.getloadavg()
-    report = render(a, truth, scorer, score_s, s_b, thr, pr_main, pr_top, auc(pos, neg), pos, neg, dd, cur, runs,
-                    load0, load1, time.time() - t_start, torch)
-    print(report)
-    if a.out:
-        Path(a.out).write_text(report)
+    roc = auc(pos, neg)
+    by_seed = {name: {r["seed"]: r for r in rs} for name, rs in runs.items()}
+    both = sorted(set(by_seed["raw"]) & set(by_seed["curated"]))  # equal steps, same seeds: paired
+    top1 = {name: summarize([by_seed[name][s]["zeroshot_top1"] for s in both], both) for name in runs} if both else {}
+    if both:
+        top1["curated - raw"] = summarize([by_seed["curated"][s]["zeroshot_top1"] - by_seed["raw"][s]["zeroshot_top1"]
+                                           for s in both], both)
+    raw_json = {"p_wrong": p_wrong, "pairs": truth["pairs_b"], "mismatched_pairs": truth["n_wrong"],
+                "copies": truth["n_copies"], "scorer_top1": scorer["zeroshot_top1"], "threshold": thr,
+                "auc": roc, "estimated_mismatch_rate": est["rate"], "filter": pr_main, "keep_top": pr_top,
+                "dedup": {f"{f} eps={e}": {k: v["all"][k] for k in ("removed", "precision", "recall")}
+                          for (f, e), v in dd.items()},
+                "curated": {k: cur[k] for k in ("samples_kept", "pairs_kept", "removed_by_reason")},
+                "runs": runs, "zeroshot_top1": top1}
+    return {"render": (truth, scorer, score_s, s_b, thr, pr_main, pr_top, roc, pos, neg, dd, cur, runs),
+            "json": raw_json}
+
+
+def render_curve(a, out: dict, load0, load1, wall) -> str:
+    """One row per corruption rate: the filter at the calibrated threshold and the paired training result."""
+    import torch
+
+    rates = " ".join(f"{r:g}" for r in out)
+    L = ["# Curation benchmark: curated vs raw over corruption rates\n",
+         f"`python bench/bench_curation.py --p-wrong {rates} --steps {a.steps} --score-steps {a.score_steps} "
+         f"--seeds {','.join(map(str, a.seeds))} --threads {a.threads}` (torch {torch.__version__}, "
+         f"{platform.machine()}, {os.cpu_count()} cores; load average {load0[0]:.1f} at the start, {load1[0]:.1f} "
+         f"at the end: the machine was shared; {wall / 60:.0f} min in this call, cached stages not counted).\n",
+         "Per rate: set B's captions corrupted at that rate (15% planted copies as always), the same scoring model "
+         f"(trained on clean set A, seed 0), the threshold that keeps {a.keep_clean:.0%} of A's clean held-out "
+         "pairs, de-duplication applied in the filter pass; raw and curated B then train the demo config for "
+         f"{a.steps} steps from the same seeds. Top-1: zero-shot on the 360 held-out digits, unseen templates, mean "
+         "± sample std over the seeds; curated − raw is paired by seed. Estimated: "
+         "`clipforge.curate.estimate_mismatch_rate` from the scores and A's clean held-out scores alone.\n",
+         "| corrupted pairs | estimated (no ground truth) | pairs removed by the filter | precision | recall | "
+         "clean pairs kept | pairs kept | raw top-1 | curated top-1 | curated − raw | seeds curated > raw |",
+         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for rate, r in out.items():
+        j, f = r["json"], r["json"]["filter"]
+        t = j["zeroshot_top1"]
+        if not t:
+            continue
+        d = t["curated - raw"]
+        wins = sum(v > 0 for v in d["values"])
+        L.append(f"| {j['mismatched_pairs'] / j['pairs']:.1%} (p {rate:g}) | {j['estimated_mismatch_rate']:.1%} | "
+                 f"{f['removed']} | {f['precision']:.3f} | "
+                 f"{f['recall']:.3f} | {f['clean_kept']:.3f} | {j['curated']['pairs_kept']} of {j['pairs']} | "
+                 f"{fmt(t['raw'], seeds=False)} | {fmt(t['curated'], seeds=False)} | **{d['mean']:+.3f}**"
+                 + (f" ± {d['std']:.3f}" if d["std"] is not None else "") + f" | {wins} of {d['n']} |")
+    L += ["", "Per seed (raw → curated):", ""]
+    for rate, r in out.items():
+        runs = {name: {x["seed"]: x["zeroshot_top1"] for x in rs} for name, rs in r["json"]["runs"].items()}
+        L.append(f"- p {rate:g}: " + ", ".join(f"seed {s} {runs['raw'][s]:.3f} → {runs['curated'][s]:.3f}"
+                                                for s in sorted(set(runs["raw"]) & set(runs["curated"]))))
+    return "\n".join(L) + "\n"
 
 
 def render(a, truth, scorer, score_s, s_b, thr, pr_main, pr_top, roc, pos, neg, dd, cur, runs, load0, load1,
-           wall, torch) -> str:
+           wall) -> str:
+    import torch
+
     L = [f"# Curation benchmark: corrupted digits, curated vs raw\n",
-         f"`python bench/bench_curation.py --steps {a.steps} --score-steps {a.score_steps} --seeds {a.seeds} "
-         f"--parallel {a.parallel} --threads {a.threads}` "
+         f"`python bench/bench_curation.py --steps {a.steps} --score-steps {a.score_steps} --seeds "
+         f"{','.join(map(str, a.seeds))} --p-wrong {a.p_wrong[0]:g} --parallel {a.parallel} --threads {a.threads}` "
          f"(torch {torch.__version__}, {platform.machine()}, {os.cpu_count()} cores; load average "
          f"{load0[0]:.1f} at the start, {load1[0]:.1f} at the end: the machine was shared; total {wall / 60:.0f} min)\n",
          "## Data",

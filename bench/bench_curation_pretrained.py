@@ -55,7 +55,7 @@ def write(path: Path, rows) -> str:
 
 def main() -> None:
     from bench_curation import auc, filter_pr
-    from bench_report import publish
+    from common import add_common_args, fmt, publish, summarize, write_results
     from clipforge.curate import dedup_source, filter_source, quantile_threshold, read_removals, read_scores, score_source
     from clipforge.data.demo_emoji import build_emoji
 
@@ -64,6 +64,8 @@ def main() -> None:
     ap.add_argument("--rates", default="0.2,0.5")
     ap.add_argument("--steps", type=int, default=500)
     ap.add_argument("--out", default=None)
+    add_common_args(ap, seeds=(0,), seeds_help="training seeds of the raw and curated runs (the scorer and the "
+                                               "corruption are seed 0)")
     a = ap.parse_args()
     work = Path(a.work)
     t_start, load0 = time.time(), os.getloadavg()
@@ -111,18 +113,20 @@ def main() -> None:
         label = {r["id"]: r["label"] for r in raw}
         same = sum(1 for x in rem if label.get(x.get("duplicate_of") or x.get("of")) == label.get(x.get("id")))
         cur = filter_source(raw_spec, d / "scores.parquet", d / "curated.jsonl", min_score=thr)
-        runs = {name: align(spec, emoji, d / name, a.steps) for name, spec in
-                (("raw", raw_spec), ("curated", f"jsonl:{cur['out']}"))}
+        runs = {name: [align(spec, emoji, d / (name if seed == 0 else f"{name}-{seed}"), a.steps, seed)
+                       ["final"].get("zeroshot_top1") for seed in a.seeds]  # seed 0 keeps the older folder name
+                for name, spec in (("raw", raw_spec), ("curated", f"jsonl:{cur['out']}"))}
         res = {"rate": rate, "pairs": s.get("pairs"), "wrong_pairs": len(wrong), "score_s": round(score_s, 1),
                "auc": auc(pos, neg), **{f"filter_{k}": v for k, v in pr.items()},
                "dedup_removed": len(rem), "dedup_same_concept": same,
                "pairs_kept": cur.get("pairs_kept"), "samples_kept": cur.get("samples_kept"),
-               "raw_top1": runs["raw"]["final"].get("zeroshot_top1"),
-               "curated_top1": runs["curated"]["final"].get("zeroshot_top1")}
+               "raw_top1": summarize(runs["raw"], a.seeds), "curated_top1": summarize(runs["curated"], a.seeds),
+               "curated_minus_raw": summarize([c - r for r, c in zip(runs["raw"], runs["curated"])], a.seeds)}
         results.append(res)
         print(json.dumps(res), flush=True)
     L = ["# Curation on real pairs, pretrained base (emoji, lite0-minilm)", "",
-         f"`python bench/bench_curation_pretrained.py --rates {a.rates} --steps {a.steps}` ({platform.processor()}, "
+         f"`python bench/bench_curation_pretrained.py --rates {a.rates} --steps {a.steps} --seeds "
+         f"{','.join(map(str, a.seeds))}` ({platform.processor()}, "
          f"{os.cpu_count()} cores; load {load0[0]:.1f} at the start, {os.getloadavg()[0]:.1f} at the end; "
          f"{(time.time() - t_start) / 60:.0f} min). Scorer: heads aligned on {len(a_rows) - len(cal)} clean pairs of "
          f"{len(in_a)} concepts (zero-shot top-1 {scorer['final'].get('zeroshot_top1', float('nan')):.3f} on the "
@@ -133,10 +137,13 @@ def main() -> None:
     for r in results:
         L.append(f"| {r['rate']:.0%} | {r['wrong_pairs']} of {r['pairs']} | {r['auc']:.3f} | "
                  f"{r['filter_precision']:.3f} | {r['filter_recall']:.3f} | {r['filter_clean_kept']:.3f} | "
-                 f"{r['pairs_kept']} | {r['dedup_removed']} ({r['dedup_same_concept']}) | {r['raw_top1']:.3f} | "
-                 f"{r['curated_top1']:.3f} |")
-    L += ["", "Zero-shot: 475 concepts never in A or B, unseen prompts; one seed per cell."]
+                 f"{r['pairs_kept']} | {r['dedup_removed']} ({r['dedup_same_concept']}) | {fmt(r['raw_top1'])} | "
+                 f"{fmt(r['curated_top1'])} |")
+    L += ["", f"Zero-shot: 475 concepts never in A or B, unseen prompts; training seeds {a.seeds} per cell (mean ± "
+          "sample std when more than one)."]
     publish("\n".join(L) + "\n", a.out)
+    write_results(a.out, {"bench": "curation_pretrained", "seeds": a.seeds, "steps": a.steps, "threshold": thr,
+                          "results": results}, a.json)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """De-duplication's default, measured: the radius measured on the data (eps="auto") against fixed radii, for the
 pixel descriptor and a model's embeddings, on planted copies and on a set with no duplicates at all.
 
-    python bench/bench_dedup.py --work /tmp/dedupbench --out docs/bench_dedup.md [--score-steps 150]
+    python bench/bench_dedup.py --work /tmp/dedupbench --out docs/bench_dedup.md [--score-steps 150] [--seeds 0]
 
 1. Planted set: bench_curation's set B (1,137 digits of the digits demo, mismatched captions do not matter
    here) with a planted copy of 15% of them: exact byte copy, PNG re-save, up-scaled 32->48, down-scaled
@@ -14,7 +14,9 @@ pixel descriptor and a model's embeddings, on planted copies and on a set with n
    copy kind; on the distinct set every removal is wrong. The default is `dedup_source(source, out,
    scores=...)` with nothing else given.
 
-Stages are cached in --work (the scorer, the scores).
+Stages are cached in --work (the scorer, the scores). Each seed plants its own copies and trains its own scorer
+(seed 0 in --work itself, seed N in --work/seed-N); the page shows the first seed, the JSON every seed and the
+mean ± sample std of each row's precision and recall over the seeds.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ ROOT = Path(__file__).parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from common import add_common_args, summarize, write_results  # noqa: E402
 from bench_curation import COPY_KINDS, dedup_pr, load_jsonl, make_sets, train_run, write_jsonl  # noqa: E402
 
 RADII = ("auto", 0.005, 0.01, 0.02, 0.05)
@@ -68,15 +71,31 @@ def main():
     ap.add_argument("--distinct", type=int, default=400)
     ap.add_argument("--demo-model", default=None,
                     help="also measure the model `clipforge demo` trains (its runs/digits/final): the README's case")
+    add_common_args(ap, seeds=(0,), seeds_help="planted-copy draws and scorer seeds")
     a = ap.parse_args()
+    per_seed = {seed: measure(a, Path(a.work) / ("" if seed == 0 else f"seed-{seed}"), seed) for seed in a.seeds}
+    truth, scorer, rows = per_seed[a.seeds[0]]
+    summary = {}
+    for name, rs in rows.items():
+        for i, r in enumerate(rs):
+            for key in ("precision", "recall", "removed"):
+                vals = [per_seed[s][2][name][i].get(key) for s in a.seeds]
+                if None not in vals:
+                    summary[f"{name} {r['features']} eps={r['eps']} {key}"] = summarize(vals, a.seeds)
+    if a.out:
+        write_page(Path(a.out), a, truth, scorer, rows)
+    write_results(a.out, {"bench": "dedup", "seeds": a.seeds, "score_steps": a.score_steps,
+                          "rows": {s: v[2] for s, v in per_seed.items()}, "summary": summary}, a.json)
+
+
+def measure(a, work: Path, seed: int):
     from clipforge.curate import score_source
     from clipforge.data.demo_sets import build_digits
 
-    work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
     digits = build_digits(str(work / "digits"))
-    truth = make_sets(work, digits, 0, 0.4, 0.15)
-    scorer = train_run(f"jsonl:{truth['paths']['a_train']}", digits, work / "scorer", 0, a.score_steps)
+    truth = make_sets(work, digits, seed, 0.4, 0.15)
+    scorer = train_run(f"jsonl:{truth['paths']['a_train']}", digits, work / "scorer", seed, a.score_steps)
     ckpt = str(work / "scorer" / "final")
     planted, distinct = f"jsonl:{truth['paths']['b_raw']}", work / "distinct.jsonl"
     if not distinct.exists():
@@ -98,8 +117,7 @@ def main():
     for name, rs in rows.items():
         for r in rs:
             print(name, json.dumps(r), flush=True)
-    if a.out:
-        write_page(Path(a.out), a, truth, scorer, rows)
+    return truth, scorer, rows
 
 
 def write_page(out: Path, a, truth: dict, scorer: dict, rows: dict) -> None:
@@ -107,11 +125,13 @@ def write_page(out: Path, a, truth: dict, scorer: dict, rows: dict) -> None:
 
     flags = [f for f in ("avx512f", "avx512_bf16", "amx_bf16", "avx2") if f in Path("/proc/cpuinfo").read_text()]
     lines = ["# De-duplication: the measured radius against fixed ones", "",
-             f"`python bench/bench_dedup.py --score-steps {a.score_steps} --distinct {a.distinct}"
+             f"`python bench/bench_dedup.py --score-steps {a.score_steps} --distinct {a.distinct} --seeds "
+             f"{','.join(map(str, a.seeds))}"
              + (" --demo-model DEMO/runs/digits/final` (DEMO: the folder `clipforge demo --out DEMO` wrote; torch "
                 if a.demo_model else "` (torch ")
              + f"{torch.__version__}, {platform.machine()}, {os.cpu_count()} cores, CPU flags {', '.join(flags)}); "
-             "Nothing here is timed.", "",
+             f"Nothing here is timed. Tables: seed {a.seeds[0]} (planted copies and scorer); every seed's rows and "
+             "their mean ± sample std are in the JSON beside this page.", "",
              f"- planted set: {truth['n_b']} digits + {truth['n_copies']} planted copies "
              f"({', '.join(COPY_KINDS)}, one kind each in turn)",
              f"- distinct set: the first {a.distinct} training digits, no copies (every removal is wrong)",

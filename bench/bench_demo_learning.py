@@ -1,7 +1,7 @@
 """The digits learning benchmark: train the packaged demo-digits config from scratch and record zero-shot accuracy on
 held-out digits with unseen templates, against training wall time (issue #18: >= 98% with fewer steps and less time than 0.942 at 400 steps).
 
-    python bench/bench_demo_learning.py --out docs/bench_learning.md [--repeats 2] [--keep DIR]
+    python bench/bench_demo_learning.py --out docs/bench_learning.md [--seeds 0,1] [--keep DIR]
 
 With --openclip-python PY (an environment with open_clip), every seed is then trained a second time by open_clip's
 own code, in a subprocess under PY, on the same data (`openclip_peer_prepare.py` writes what it needs;
@@ -26,6 +26,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+
+from common import add_common_args, fmt, machine, publish, summarize, write_results  # noqa: E402
 
 # What the open_clip row does differently from the clipforge row, beyond what the two libraries' own code
 # does differently (docs: written into the report under the table).
@@ -97,9 +99,9 @@ class EvalClock:
         self.wall = self.cpu = 0.0
 
     def __enter__(self):
-        from clipforge.train import loop
+        from clipforge.train.zeroshot_eval import ZeroShotCallback
 
-        self._cls, self._call = loop._ZeroShotCallback, loop._ZeroShotCallback.__call__
+        self._cls, self._call = ZeroShotCallback, ZeroShotCallback.__call__
         clock, call = self, self._call
 
         def timed(cb, *args, **kw):
@@ -196,10 +198,9 @@ def comparison_table(rows: list, target: float) -> str:
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=None)
-    ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--set", action="append", default=[])
     ap.add_argument("--steps", type=int, default=None, help="shorthand for --set run.steps=N (a quick check)")
-    ap.add_argument("--keep", default=None, help="copy seed 0's trained model here (e.g. for bench_int8_accuracy.py)")
+    ap.add_argument("--keep", default=None, help="copy the first seed's trained model here (e.g. for bench_int8_accuracy.py)")
     ap.add_argument("--openclip-python", default=None,
                     help="python of an environment with open_clip: also train each seed with open_clip's code")
     ap.add_argument("--openclip-tuned", action="store_true",
@@ -207,6 +208,7 @@ def main():
     ap.add_argument("--openclip-work", default=None,
                     help="keep the open_clip work folders (arrays, config, logs) under this folder, one per seed")
     ap.add_argument("--target", type=float, default=0.98, help="accuracy whose first reaching is reported")
+    add_common_args(ap, seeds=(0,), seeds_help="training seeds")
     a = ap.parse_args()
     if a.steps is not None:
         a.set.append(f"run.steps={a.steps}")
@@ -216,17 +218,16 @@ def main():
 
     import torch
 
-    from clipforge.encode.auto import machine_fingerprint
-
     load0 = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
-        runs = [one_run(Path(tmp), seed, a.set) for seed in range(a.repeats)]
+        runs = [one_run(Path(tmp), seed, a.set) for seed in a.seeds]
         if a.keep:
             import shutil
 
-            shutil.copytree(Path(tmp) / "run-0" / "final", a.keep, dirs_exist_ok=True)
+            shutil.copytree(Path(tmp) / f"run-{a.seeds[0]}" / "final", a.keep, dirs_exist_ok=True)
     load1 = os.getloadavg()[0]
-    m = machine_fingerprint()
+    m = machine()
+    top1 = summarize([r["zeroshot_top1"] for r in runs], a.seeds)
     for r in runs:
         print(json.dumps(r))
     lines = ["| seed | steps | training time (s) | wall incl. evals (s) | process CPU (s) | zero-shot top-1 (unseen templates) |",
@@ -238,27 +239,22 @@ def main():
             f"{torch.get_num_threads()} threads; overrides: {a.set or 'none'}) on {m['cpu']}, {m['cores']} cores, flags "
             f"{' '.join(m['flags'])}; load average before / after {load0:.1f} / {load1:.1f} (process CPU time is "
             f"the figure a busy machine does not inflate)\n\n" + "\n".join(lines)
-            + f"\n\nZero-shot top-1 by step (seed 0): {curve}\n")
-    print(text)
-    if a.out:
-        from clipforge.atomic import atomic_write_text
-
-        atomic_write_text(a.out, text)
+            + f"\n\nZero-shot top-1: {fmt(top1)}. By step (seed {a.seeds[0]}): {curve}\n")
+    publish(text, a.out)
+    write_results(a.out, {"bench": "demo_learning", "seeds": a.seeds, "overrides": a.set, "runs": runs,
+                          "zeroshot_top1": top1, "machine": m}, a.json)
 
 
 def compare(a) -> None:
     """clipforge's demo, then open_clip's peer, per seed; one table."""
     import shutil
 
-    from clipforge.encode.auto import machine_fingerprint
-
-    sys.path.insert(0, str(Path(__file__).parent))
     from openclip_peer_prepare import prepare
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        for seed in range(a.repeats):
+        for seed in a.seeds:
             l0 = os.getloadavg()[0]
             with EvalClock() as evals:
                 run = one_run(tmp, seed, a.set)
@@ -272,11 +268,11 @@ def compare(a) -> None:
                 rows.append(openclip_run(a.openclip_python, work, seed, tuned))
                 print(json.dumps(rows[-1]), flush=True)
         if a.keep:
-            shutil.copytree(tmp / "run-0" / "final", a.keep, dirs_exist_ok=True)
-    m = machine_fingerprint()
+            shutil.copytree(tmp / f"run-{a.seeds[0]}" / "final", a.keep, dirs_exist_ok=True)
+    m = machine()
     text = (f"# Learning benchmark: digits demo, clipforge and open_clip\n\n"
             f"`python bench/bench_demo_learning.py --openclip-python {a.openclip_python}"
-            f"{' --openclip-tuned' if a.openclip_tuned else ''}{f' --repeats {a.repeats}' if a.repeats != 1 else ''}` (overrides: {a.set or 'none'}) on {m['cpu']}, "
+            f"{' --openclip-tuned' if a.openclip_tuned else ''} --seeds {','.join(map(str, a.seeds))}` (overrides: {a.set or 'none'}) on {m['cpu']}, "
             f"{m['cores']} cores, flags {' '.join(m['flags']) or '-'}. Training time excludes the zero-shot "
             f"evaluations; CPU times are process CPU seconds (all threads), the figure a busy machine does not "
             f"inflate; load averages are 1-minute, read before / after each row.\n\n"
@@ -284,11 +280,9 @@ def compare(a) -> None:
             + "\n\nZero-shot top-1 on the held-out digits with unseen templates at each evaluation step (training "
               "seconds up to it in brackets).\n\nDifferences between the two rows that this benchmark does not "
               "remove:\n\n" + OPENCLIP_DIFFERENCES)
-    print(text)
-    if a.out:
-        from clipforge.atomic import atomic_write_text
-
-        atomic_write_text(a.out, text)
+    publish(text, a.out)
+    write_results(a.out, {"bench": "demo_learning_vs_open_clip", "seeds": a.seeds, "overrides": a.set, "rows": rows,
+                          "machine": m}, a.json)
 
 
 if __name__ == "__main__":

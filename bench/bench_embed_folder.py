@@ -1,7 +1,7 @@
 """Folder embedding with ViT-B/32: clipforge's engines vs open_clip eager, same JPEGs, same run, parity checked.
 
     python bench/bench_embed_folder.py --openclip-python /work/refenv/bin/python [--images 96] \
-        [--workers 1] [--batch-size 32] [--repeats 2] [--out docs/bench_embed_folder.md]
+        [--workers 1] [--batch-size 32] [--seeds 0,1] [--out docs/bench_embed_folder.md]
 
 Makes a folder of 640x480 JPEGs (the photos demo with random crops, rotations, flips and colour jitter), then
 embeds it with the same randomly initialised ViT-B-32 weights (clipforge's, exported to open_clip with
@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from bench_index_build import make_jpegs  # noqa: E402  (the same augmented photo JPEGs)
-from bench_report import publish  # noqa: E402
+from common import add_common_args, fmt, machine, machine_line, publish, summarize, write_results  # noqa: E402
 
 OPENCLIP_SIDE = r"""
 import json, sys, time
@@ -69,21 +69,6 @@ print(json.dumps({"images_per_s": (len(files) - n0) / wall, "busy": busy / wall,
 """
 
 
-def machine_line() -> tuple[str, float]:
-    """CPU model + the flags that matter, and the measured fp32 matmul peak (GFLOP/s, 2048^2, best of 5)."""
-    import torch
-
-    from clipforge.encode.auto import machine_fingerprint
-
-    m = machine_fingerprint()
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
-    a @ b
-    best = min(_t(lambda: a @ b) for _ in range(5))
-    peak = 2 * 2048 ** 3 / best / 1e9
-    return (f"{m['cpu']}, {m['cores']} cores, flags {' '.join(m['flags']) or '-'}, torch {torch.__version__} "
-            f"({torch.get_num_threads()} threads); measured fp32 matmul peak {peak:.0f} GFLOP/s", peak)
-
-
 def vit_image_gflop(v, embed_dim: int, pruned: bool) -> float:
     """Matmul GFLOP of one ViT image forward (patch conv, qkv, attention, output projection, MLP, final
     projection). `pruned`: the last block computes only the class token's row, as clipforge's cls-pooled
@@ -96,12 +81,6 @@ def vit_image_gflop(v, embed_dim: int, pruned: bool) -> float:
         rows = 1 if pruned and i == v.layers - 1 and v.pool == "cls" else N
         macs += N * 3 * W * W + 2 * rows * N * W + rows * per_row  # qkv for all, attention + rest for `rows`
     return 2 * macs / 1e9
-
-
-def _t(fn) -> float:
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
 
 
 def run_clipforge(encoder, folder: str, batch: int, workers: int) -> dict:
@@ -148,9 +127,10 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--engines", default="torch,onnx,openvino,onnx-int8,openvino-int8")
-    ap.add_argument("--repeats", type=int, default=2, help="rounds, alternating order; each side's best is kept")
     ap.add_argument("--openclip-python", default=None, help="python of an environment with open_clip")
     ap.add_argument("--out", default=None, help="write the markdown page here")
+    add_common_args(ap, seeds=(0, 1), seeds_help="one round per seed (alternating order; the first seed draws the "
+                                               "JPEGs' augmentation and the weights)")
     a = ap.parse_args(argv)
 
     import torch
@@ -162,11 +142,12 @@ def main(argv=None) -> int:
     from clipforge.models.convert.export import export_model
 
     load = os.getloadavg()
-    machine, peak = machine_line()
+    mach = machine()
+    peak = mach["fp32_matmul_gflops"]
     with tempfile.TemporaryDirectory(prefix="bench-embed-") as tmp:
         build_photos(os.path.join(tmp, "photos"), max_side=640)
         files = make_jpegs(os.path.join(tmp, "photos", "images"), os.path.join(tmp, "jpegs"), a.images, (640, 480))
-        torch.manual_seed(0)
+        torch.manual_seed(a.seeds[0])
         model = create_model(a.arch).eval()
         cache = os.path.join(tmp, "cache")
         installed = available_engines(None)
@@ -199,8 +180,8 @@ def main(argv=None) -> int:
                 return {**r, "feats": np.load(os.path.join(tmp, "oc.npy"))}
 
             runners["open_clip eager"] = run_open_clip
-        best, ref = {}, None
-        for rep in range(a.repeats):  # alternate the order so that a load change hits both sides alike
+        best, ref, rounds = {}, None, {label: [] for label in runners}
+        for rep, seed in enumerate(a.seeds):  # alternate the order so that a load change hits both sides alike
             for label in (list(runners) if rep % 2 == 0 else list(runners)[::-1]):
                 r = runners[label]()
                 if ref is None:
@@ -208,10 +189,12 @@ def main(argv=None) -> int:
                 r["parity"] = cos_dist(r["feats"], ref)
                 r = {"impl": label, **{k: v for k, v in r.items() if k != "feats"}}
                 print(json.dumps({"run": rep + 1, **r}), flush=True)
+                rounds[label].append(r["images_per_s"])
                 if label not in best or r["images_per_s"] > best[label]["images_per_s"]:
                     best[label] = r
-        rows = [best[label] for label in runners]
-        oc = best.get("open_clip eager")
+        stats = {label: summarize(rounds[label], a.seeds) for label in runners}
+        rows = [dict(best[label], images_per_s=stats[label]["mean"], stats=stats[label]) for label in runners]
+        oc = next((r for r in rows if r["impl"] == "open_clip eager"), None)
         if oc:
             oc["impl"] = f"open_clip eager ({oc['impl_version']})"
     load_after = os.getloadavg()
@@ -223,7 +206,7 @@ def main(argv=None) -> int:
     for r in rows:
         ratio = f"{r['images_per_s'] / oc['images_per_s']:.2f}x" if oc else "-"
         gf = r["images_per_s"] * (gflop_cf if r["impl"].startswith("clipforge") else gflop_oc)
-        lines.append(f"| {r['impl']} | {r['images_per_s']:.2f} | {ratio} | {r['busy']:.0%} | "
+        lines.append(f"| {r['impl']} | {fmt(r['stats'], 2, seeds=False)} | {ratio} | {r['busy']:.0%} | "
                      f"{gf:.0f} ({gf / peak:.0%}) | {r['parity']:.1e} |")
     top = max((r for r in rows if r["impl"].startswith("clipforge") and "int8" not in r["impl"]),
               key=lambda r: r["images_per_s"])
@@ -232,9 +215,10 @@ def main(argv=None) -> int:
                   "open_clip not measured (no --openclip-python)")
                + f"; its parity vs the torch engine: {top['parity']:.1e} cosine distance (goal <= 1e-4).")
     head = (f"`python bench/bench_embed_folder.py --images {a.images} --workers {a.workers} --batch-size "
-            f"{a.batch_size} --repeats {a.repeats}{' --openclip-python ...' if a.openclip_python else ''}` — {a.arch} (random init, the "
+            f"{a.batch_size} --seeds {','.join(map(str, a.seeds))}{' --openclip-python ...' if a.openclip_python else ''}` — {a.arch} (random init, the "
             f"same weights in both), {a.images} JPEGs of 640x480, {a.workers} decode worker(s), batch "
-            f"{a.batch_size}; first batch excluded; best of {a.repeats} alternating rounds. Machine: {machine}. Load average before / after: "
+            f"{a.batch_size}; first batch excluded; images/s mean ± sample std over {len(a.seeds)} alternating rounds "
+            f"(seeds {','.join(map(str, a.seeds))}). Machine: {machine_line(mach)}. Load average before / after: "
             f"{load[0]:.2f} / {load_after[0]:.2f} ({platform.machine()}).")
     notes = ("Cosine distance: max over images vs clipforge's torch engine on the same pixels (open_clip's row: "
              "end to end, its own preprocessing). Model busy: time inside the model / wall time (the rest is "
@@ -246,6 +230,8 @@ def main(argv=None) -> int:
     text = "\n".join(["# Folder embedding: clipforge engines vs open_clip", "", head, "", *lines, "", summary, "",
                       notes, ""])
     publish(text, a.out)
+    write_results(a.out, {"bench": "embed_folder", "seeds": a.seeds, "arch": a.arch, "images": a.images,
+                          "rows": rows, "machine": mach}, a.json)
     return 0
 
 

@@ -1,11 +1,12 @@
 """A/B the encoding path of two clipforge source trees in the same run (e.g. before and after a refactor).
 
-    python bench/bench_encode_ab.py --a /path/to/old/src --b src [--rounds 3]
+    python bench/bench_encode_ab.py --a /path/to/old/src --b src [--seeds 0,1,2] [--json PATH]
 
 Each round runs, in a fresh process per tree and alternating A, B so both see the same machine load:
 zero-shot classification of 60 PNGs (320x240, 10 classes x 7 templates) and an index build of 48 JPEGs
 (640x480, one decode worker), both with the same randomly initialised ViT-B-32 in fp32, batch 32, 2 threads.
-Prints one JSON line per run and the mean per tree; writes nothing else.
+One round per seed (the seed draws the model's weights). Prints one JSON line per run and the mean ± sample
+std per tree; --json writes the raw runs.
 """
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from common import add_common_args, fmt, summarize, write_results
+
 RUN = r'''
 import json, sys, tempfile, time
 from pathlib import Path
@@ -27,7 +30,7 @@ from clipforge.evaluate.zeroshot_classification import evaluate_zeroshot_classif
 from clipforge.models import create_model
 from clipforge.retrieval.build import build_index
 data = Path(sys.argv[1])
-torch.manual_seed(0)
+torch.manual_seed(int(sys.argv[2]))
 model = create_model("ViT-B-32").eval()
 t = time.perf_counter()
 res = evaluate_zeroshot_classification(model, open_source(f"imagefolder:{data / 'cls'}"),
@@ -65,20 +68,24 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--a", required=True, help="source tree A (the folder holding the clipforge package)")
     ap.add_argument("--b", required=True, help="source tree B")
-    ap.add_argument("--rounds", type=int, default=3)
+    add_common_args(ap, seeds_help="one round per seed")
     args = ap.parse_args()
     data = Path(tempfile.mkdtemp())
     make_data(data)
     runs: dict[str, list[dict]] = {"A": [], "B": []}
-    for _ in range(args.rounds):
+    for seed in args.seeds:
         for name, src in (("A", args.a), ("B", args.b)):
             env = {**os.environ, "PYTHONPATH": str(Path(src).resolve())}
-            out = subprocess.run([sys.executable, "-c", RUN, str(data)], env=env, capture_output=True, text=True,
+            out = subprocess.run([sys.executable, "-c", RUN, str(data), str(seed)], env=env, capture_output=True, text=True,
                                  check=True, cwd=tempfile.gettempdir()).stdout.strip().splitlines()[-1]
             runs[name].append(json.loads(out))
             print(name, out, flush=True)
-    for name, rs in runs.items():
-        print(name, {k: round(sum(r[k] for r in rs) / len(rs), 3) for k in ("eval_s", "index_s", "images_per_s")})
+    summary = {name: {k: summarize([r[k] for r in rs], args.seeds) for k in ("eval_s", "index_s", "images_per_s")}
+               for name, rs in runs.items()}
+    for name, s in summary.items():
+        print(name, {k: fmt(v) for k, v in s.items()})
+    write_results(None, {"bench": "encode_ab", "seeds": args.seeds, "a": args.a, "b": args.b, "runs": runs,
+                         "summary": summary}, args.json)
 
 
 if __name__ == "__main__":

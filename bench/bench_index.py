@@ -14,14 +14,13 @@ then latency and recall are measured on the other half. Latency = one query per 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import time
 from pathlib import Path
 
 import faiss
 import numpy as np
 
+from common import add_common_args, fmt, machine, machine_line, summarize, write_results
 from clipforge.retrieval.index import VectorIndex
 from clipforge.retrieval.recall import exact_knn, tune_recall
 from clipforge.retrieval.synthetic import synthetic_embeddings
@@ -62,15 +61,49 @@ def main(argv=None) -> int:
     ap.add_argument("--ef-construction", type=int, default=80)
     ap.add_argument("--threads", type=int, default=None, help="faiss OpenMP threads (default: all)")
     ap.add_argument("--out", default="docs/bench_index.md")
+    add_common_args(ap, seeds=(0,), seeds_help="one repeat per seed, each on its own synthetic collection and queries")
     args = ap.parse_args(argv)
     if args.threads:
         faiss.omp_set_num_threads(args.threads)
 
+    per_seed = {seed: measure(args, seed) for seed in args.seeds}
+    rows = []
+    for i, r in enumerate(per_seed[args.seeds[0]]):
+        stats = {k: summarize([per_seed[s][i][k] for s in args.seeds], args.seeds)
+                 for k in ("build_s", "recall", "p50_ms", "p99_ms", "batch_ms")}
+        rows.append({"kind": r["kind"], "params": r["params"], **stats})
+
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    head = "" if out.exists() else (
+        "# Index benchmark\n\nWritten by `bench/bench_index.py` (one section per run, newest last). "
+        "Recall@10 is against exact search on held-out queries; approximate kinds are tuned to the target "
+        "recall on separate queries first. p50/p99: one query per call. Each figure: mean ± sample std over "
+        "the seeds (each seed its own collection and queries).\n")
+    seeds = ",".join(map(str, args.seeds))
+    lines = [head, f"\n## {time.strftime('%Y-%m-%d %H:%M')}: {args.n:,} x {args.d} {args.data} vectors, seeds {seeds}\n",
+             f"\nMachine: {machine_line()}, faiss {faiss.__version__}, "
+             f"{faiss.omp_get_max_threads()} threads, target recall@10 {args.target}.\n\n",
+             "| kind | params (first seed) | build s | recall@10 | p50 ms | p99 ms | batch ms/query |\n",
+             "|---|---|---:|---:|---:|---:|---:|\n"]
+    for r in rows:
+        p = ", ".join(f"{k}={v}" for k, v in r["params"].items()) or "-"
+        lines.append(f"| {r['kind']} | {p} | {fmt(r['build_s'], 1, False)} | {fmt(r['recall'], 3, False)} | "
+                     f"{fmt(r['p50_ms'], 2, False)} | {fmt(r['p99_ms'], 2, False)} | {fmt(r['batch_ms'], 3, False)} |\n")
+    with open(out, "a") as f:
+        f.write("".join(lines))
+    print(f"appended to {out}")
+    write_results(out, {"bench": "index", "seeds": args.seeds, "n": args.n, "d": args.d, "data": args.data,
+                        "rows": rows, "per_seed": per_seed, "machine": machine()}, args.json)
+    return 0
+
+
+def measure(args, seed: int) -> list[dict]:
     t0 = time.perf_counter()
     if args.data == "embedding":
-        xb, q = synthetic_embeddings(args.n, args.d, seed=0, n_queries=args.queries)
+        xb, q = synthetic_embeddings(args.n, args.d, seed=seed, n_queries=args.queries)
     else:
-        rng = np.random.default_rng(0)
+        rng = np.random.default_rng(seed)
         xb = rng.standard_normal((args.n, args.d), dtype=np.float32)
         q = rng.standard_normal((args.queries, args.d), dtype=np.float32)
         xb /= np.linalg.norm(xb, axis=1, keepdims=True)
@@ -88,27 +121,7 @@ def main(argv=None) -> int:
         rows.append(r)
         print(f"{kind:9s} build {r['build_s']:7.1f} s  recall@10 {r['recall']:.3f}  p50 {r['p50_ms']:.2f} ms  "
               f"p99 {r['p99_ms']:.2f} ms  batch {r['batch_ms']:.3f} ms/q  {r['params']}", flush=True)
-
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    head = "" if out.exists() else (
-        "# Index benchmark\n\nWritten by `bench/bench_index.py` (one section per run, newest last). "
-        "Recall@10 is against exact search on held-out queries; approximate kinds are tuned to the target "
-        "recall on separate queries first. p50/p99: one query per call.\n")
-    cpu = platform.processor() or platform.machine()
-    lines = [head, f"\n## {time.strftime('%Y-%m-%d %H:%M')}: {args.n:,} x {args.d} {args.data} vectors\n",
-             f"\nMachine: {os.cpu_count()} CPUs ({cpu}), faiss {faiss.__version__}, "
-             f"{faiss.omp_get_max_threads()} threads, target recall@10 {args.target}.\n\n",
-             "| kind | params | build s | recall@10 | p50 ms | p99 ms | batch ms/query |\n",
-             "|---|---|---:|---:|---:|---:|---:|\n"]
-    for r in rows:
-        p = ", ".join(f"{k}={v}" for k, v in r["params"].items()) or "-"
-        lines.append(f"| {r['kind']} | {p} | {r['build_s']:.1f} | {r['recall']:.3f} | {r['p50_ms']:.2f} | "
-                     f"{r['p99_ms']:.2f} | {r['batch_ms']:.3f} |\n")
-    with open(out, "a") as f:
-        f.write("".join(lines))
-    print(f"appended to {out}")
-    return 0
+    return rows
 
 
 if __name__ == "__main__":

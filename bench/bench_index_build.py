@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shutil
 import sys
 import tempfile
 import time
 
 import numpy as np
-import torch
 from PIL import Image, ImageEnhance
+
+from common import add_common_args, fmt, machine_line, summarize, write_results
 
 
 def make_jpegs(photos_dir: str, out: str, n: int, size=256, seed: int = 0) -> list:
@@ -51,6 +51,7 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--out", default=None)
+    add_common_args(ap, seeds=(0,), seeds_help="one repeat per seed, each on its own augmented JPEG folder")
     args = ap.parse_args(argv)
 
     from clipforge.data.demo_sets import build_photos
@@ -61,37 +62,46 @@ def main(argv=None) -> int:
     photos = build_photos(os.path.join(tmp, "photos"))
     rows = []
     try:
-        for model, n in (("tiny", args.images), ("ViT-B-32", args.vit_images)):
-            folder = os.path.join(tmp, f"jpegs-{n}")
+        for seed, (model, n) in ((s, c) for s in args.seeds for c in (("tiny", args.images),
+                                                                       ("ViT-B-32", args.vit_images))):
+            folder = os.path.join(tmp, f"jpegs-{n}-{seed}")
             if not os.path.isdir(folder):
-                make_jpegs(photos["images_dir"], folder, n)
+                make_jpegs(photos["images_dir"], folder, n, seed=seed)
             for prec in ("fp32", "bf16"):
                 out = os.path.join(tmp, f"idx-{model}-{prec}")
                 t = time.perf_counter()
                 s = build_index(f"files:{folder}", model, out, batch_size=args.batch_size, workers=args.workers,
                                 precision=prec, progress=False, text=False)
                 wall = time.perf_counter() - t
-                rows.append({"model": model, "precision": prec, "images": n, "embed_s": s["seconds"],
+                rows.append({"seed": seed, "model": model, "precision": prec, "images": n, "embed_s": s["seconds"],
                              "images_per_s": s["images_per_s"], "wall_s": wall})
                 print(rows[-1], flush=True)
                 shutil.rmtree(out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    cells = {}
+    for r in rows:
+        cells.setdefault((r["model"], r["precision"], r["images"]), []).append(r)
+    stats = [{"model": m, "precision": p, "images": n,
+              "images_per_s": summarize([r["images_per_s"] for r in rs], [r["seed"] for r in rs]),
+              "wall_s": summarize([r["wall_s"] for r in rs], [r["seed"] for r in rs])}
+             for (m, p, n), rs in cells.items()]
+    write_results(args.out, {"bench": "index_build", "seeds": args.seeds, "rows": rows, "summary": stats}, args.json)
     if args.out:
         lines = ["# `index build` throughput (CPU)", "",
                  f"`python bench/bench_index_build.py --images {args.images} --vit-images {args.vit_images} "
-                 f"--workers {args.workers} --batch-size {args.batch_size}` on {platform.machine()}, "
-                 f"{os.cpu_count()} CPUs (native bf16: {cpu_has_native_bf16()}), torch {torch.__version__}, "
-                 f"{torch.get_num_threads()} threads; the machine was shared with other jobs while measured, so "
+                 f"--workers {args.workers} --batch-size {args.batch_size} --seeds {','.join(map(str, args.seeds))}` on "
+                 f"{machine_line()} (native bf16: {cpu_has_native_bf16()}); mean ± sample std over the seeds (each "
+                 "its own JPEG folder); the machine was shared with other jobs while measured, so "
                  "treat the figures as lower bounds and compare rows with each other.", "",
                  "Folder of 256 px JPEGs made from the photos demo with random crops, rotations, flips and colour "
                  "jitter. images/s = embedding phase of `build_index` (DataLoader decode + preprocess + model + "
                  "float16 shard writes); wall includes model load and the faiss index.", "",
                  "| model | precision | images | images/s | wall s |", "|---|---|---:|---:|---:|"]
-        for r in rows:
-            lines.append(f"| {r['model']} | {r['precision']} | {r['images']} | {r['images_per_s']:.1f} | "
-                         f"{r['wall_s']:.1f} |")
-        by = {(r["model"], r["precision"]): r["images_per_s"] for r in rows}
+        for r in stats:
+            lines.append(f"| {r['model']} | {r['precision']} | {r['images']} | {fmt(r['images_per_s'], 1, False)} | "
+                         f"{fmt(r['wall_s'], 1, False)} |")
+        by = {(r["model"], r["precision"]): r["images_per_s"]["mean"] for r in stats}
         lines += ["", "bf16 / fp32 speed-up: " + ", ".join(
             f"{m} {by[(m, 'bf16')] / by[(m, 'fp32')]:.2f}x" for m in ("tiny", "ViT-B-32")), "",
             "`--precision auto` uses bf16 weights on CPUs with native bf16 for models of at least "

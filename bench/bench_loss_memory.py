@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -23,10 +22,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import add_common_args, fmt, machine_line, summarize, write_results
+
 DOC = Path(__file__).resolve().parents[1] / "docs" / "bench_loss_memory.md"
 
 
-def _one(loss_name: str, n: int, d: int, chunk: int | None) -> dict:
+def _one(loss_name: str, n: int, d: int, chunk: int | None, seed: int = 0) -> dict:
     """Runs inside the subprocess: one forward+backward, returns peak-RSS growth and time."""
     import torch
     import torch.nn.functional as F
@@ -48,8 +49,8 @@ def _one(loss_name: str, n: int, d: int, chunk: int | None) -> dict:
         txt = F.normalize(torch.randn(m, d, generator=g), dim=-1).requires_grad_()
         return img, txt, torch.tensor(10.0, requires_grad=True), torch.tensor(-10.0, requires_grad=True)
 
-    run(*leaves(256, 1))                       # warm-up: thread pools, kernels
-    inputs = leaves(n, 0)
+    run(*leaves(256, seed + 1))                # warm-up: thread pools, kernels
+    inputs = leaves(n, seed)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024      # bytes (Linux reports KiB)
     t0 = time.perf_counter()
     value = run(*inputs)
@@ -66,8 +67,8 @@ def _available_bytes() -> int:
     return 0
 
 
-def _spawn(loss_name, n, d, chunk) -> dict:
-    cmd = [sys.executable, __file__, "--one", loss_name, str(n), str(d), str(chunk or 0)]
+def _spawn(loss_name, n, d, chunk, seed) -> dict:
+    cmd = [sys.executable, __file__, "--one", loss_name, str(n), str(d), str(chunk or 0), "--seeds", str(seed)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -76,8 +77,8 @@ def _gb(b: float) -> str:
     return f"{b / 2**30:.2f} GB" if b >= 2**30 else f"{b / 2**20:.0f} MB"
 
 
-def bench(sizes, d, chunk, losses, mem_fraction) -> str:
-    rows = []
+def bench(sizes, d, chunk, losses, mem_fraction, seeds) -> tuple[str, list]:
+    rows, raw = [], []
     for loss_name in losses:
         dense_per_n2 = None       # bytes per N² measured on the smallest dense run
         for n in sorted(sizes):
@@ -89,27 +90,29 @@ def bench(sizes, d, chunk, losses, mem_fraction) -> str:
                         rows.append(f"{label} skipped: would need ≈ {_gb(need)} | – | – |")
                         print(rows[-1], flush=True)
                         continue
-                r = _spawn(loss_name, n, d, chunk if mode == "chunked" else None)
+                runs = [_spawn(loss_name, n, d, chunk if mode == "chunked" else None, seed) for seed in seeds]
+                peak, secs = (summarize([r[k] for r in runs], seeds) for k in ("peak_bytes", "seconds"))
                 if mode == "dense" and dense_per_n2 is None:
-                    dense_per_n2 = r["peak_bytes"] / (n * n)
-                rows.append(f"{label} {_gb(r['peak_bytes'])} | {r['seconds']:.2f} | {r['loss']:.6f} |")
+                    dense_per_n2 = peak["mean"] / (n * n)
+                raw.append({"loss": loss_name, "n": n, "mode": mode, "runs": runs, "peak_bytes": peak, "seconds": secs})
+                spread = f" ± {_gb(peak['std'])}" if peak["std"] is not None else ""
+                rows.append(f"{label} {_gb(peak['mean'])}{spread} | {fmt(secs, 2, False)} | {runs[0]['loss']:.6f} |")
                 print(rows[-1], flush=True)
-    import torch
-
     head = [
         "# Loss memory: chunked vs dense logits",
         "",
         f"One forward+backward of the loss on random unit features, D = {d}, float32, CPU "
-        f"({platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads). Peak = growth of the process's peak RSS during the step "
+        f"({machine_line()}). Peak = growth of the process's peak RSS during the step "
         "(inputs and their gradients excluded). One N×N float32 matrix is 4·N² bytes: 64 MB at 4k, "
-        "1 GB at 16k, 4 GB at 32k. Produced by `python bench/bench_loss_memory.py`; the machine was shared "
+        "1 GB at 16k, 4 GB at 32k. Produced by `python bench/bench_loss_memory.py --seeds "
+        f"{','.join(map(str, seeds))}`: memory and time are mean ± sample std over the seeds (each its own random "
+        "features; loss value: the first seed's); the machine was shared "
         "with other jobs, so times are indicative.",
         "",
         "| loss | global batch N | logits | peak extra memory | time (s) | loss value |",
         "|---|---|---|---|---|---|",
     ]
-    return "\n".join(head + rows) + "\n"
+    return "\n".join(head + rows) + "\n", raw
 
 
 def main(argv=None) -> int:
@@ -122,18 +125,20 @@ def main(argv=None) -> int:
                    help="skip dense runs predicted to need more than this share of available memory")
     p.add_argument("--out", type=Path, default=DOC)
     p.add_argument("--one", nargs=4, help=argparse.SUPPRESS)
+    add_common_args(p, seeds=(0,), seeds_help="one subprocess per configuration and seed (its random features)")
     args = p.parse_args(argv)
     if args.one:
         loss_name, n, d, chunk = args.one
-        print(json.dumps(_one(loss_name, int(n), int(d), int(chunk) or None)))
+        print(json.dumps(_one(loss_name, int(n), int(d), int(chunk) or None, args.seeds[0])))
         return 0
-    table = bench(args.sizes, args.dim, args.chunk, args.losses, args.mem_fraction)
+    table, raw = bench(args.sizes, args.dim, args.chunk, args.losses, args.mem_fraction, args.seeds)
     print(table)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=args.out.parent, suffix=".tmp")
     with os.fdopen(fd, "w") as f:
         f.write(table)
     os.replace(tmp, args.out)
+    write_results(args.out, {"bench": "loss_memory", "seeds": args.seeds, "dim": args.dim, "rows": raw}, args.json)
     return 0
 
 

@@ -2,23 +2,27 @@
 
 Features are float32; the reference is the same loss computed in float64 on the same (upcast) features
 (clipforge's chunked form in float64 for every row, so all rows share one ground truth).
-Reported per case (batch 256, feature dim D, text = image + noise, five seeds: median / max): relative
+Reported per case (batch 256, feature dim D, text = image + noise, seeds 0-4 by default (`--seeds`): median / max): relative
 error of the value, and of the gradient w.r.t. both feature matrices (‖g32 − g64‖ / ‖g64‖). Runs clipforge's dense and chunked CLIP and SigLIP losses, and open_clip's ClipLoss /
 SigLipLoss when open_clip is importable (run it in the reference environment for those rows):
 
-    PYTHONPATH=src python bench/bench_loss_precision.py [--json out.json] [--cost]
+    PYTHONPATH=src python bench/bench_loss_precision.py [--json out.json] [--cost] [--seeds 0,1,2,3,4]
 
 `--cost` times the chunked CLIP loss (forward + backward) with float32 and with float64 block products
-(`dot_precision`) at a few batch sizes, D = 512, chunk 1024 — the price of the float64 option; compare it with
+(`dot_precision`) at a few batch sizes, D = 512, chunk 1024, one repeat per seed (mean ± sample std) — the price of the float64 option; compare it with
 the model's step time (docs/bench_train_step.md).
 """
 from __future__ import annotations
 
 import argparse
-import json
+import sys
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import add_common_args, summarize, write_results  # noqa: E402
 
 
 def features(n=256, d=32, noise=0.05, seed=0):
@@ -85,8 +89,8 @@ def run(cases, dims=(32, 256), seeds=range(5)):
     return rows
 
 
-def cost(sizes=(1024, 4096, 8192), d=512, chunk=1024, reps=3):
-    """Median seconds of one forward + backward of the chunked CLIP loss, float32 vs float64 block products."""
+def cost(sizes=(1024, 4096, 8192), d=512, chunk=1024, seeds=(0, 1, 2)):
+    """Mean ± sample std (over seeds: features and repeat) of the seconds of one forward + backward of the chunked CLIP loss, float32 vs float64 block products."""
     import os
     import time
 
@@ -94,17 +98,20 @@ def cost(sizes=(1024, 4096, 8192), d=512, chunk=1024, reps=3):
 
     rows = []
     for n in sizes:
-        img, txt = features(n=n, d=d, noise=0.5)
         row = {"batch": n, "dim": d, "chunk": chunk}
-        for precision in ("float32", "float64"):
-            times = []
-            for _ in range(reps):
+        times = {"float32": [], "float64": []}
+        for seed in seeds:
+            img, txt = features(n=n, d=d, noise=0.5, seed=seed)
+            for precision in times:
                 a, b = img.clone().requires_grad_(), txt.clone().requires_grad_()
                 t0 = time.perf_counter()
                 clip_loss(a, b, torch.tensor(100.0), chunk_size=chunk, dot_precision=precision).backward()
-                times.append(time.perf_counter() - t0)
-            row[f"{precision}_s"] = sorted(times)[reps // 2]
-        row["ratio"] = row["float64_s"] / row["float32_s"]
+                times[precision].append(time.perf_counter() - t0)
+        for precision, ts in times.items():
+            row[f"{precision}_s"] = summarize(ts, list(seeds))["mean"]
+            row[f"{precision}_summary"] = summarize(ts, list(seeds))
+        row["ratio_summary"] = summarize([b / a for a, b in zip(times["float32"], times["float64"])], list(seeds))
+        row["ratio"] = row["ratio_summary"]["mean"]
         row["load"] = os.getloadavg()[0]
         rows.append(row)
         print(f"batch {n:6d} D {d}: float32 {row['float32_s']:.3f} s, float64 {row['float64_s']:.3f} s "
@@ -114,25 +121,21 @@ def cost(sizes=(1024, 4096, 8192), d=512, chunk=1024, reps=3):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--json")
     ap.add_argument("--cost", action="store_true", help="time float32 vs float64 block products instead")
+    add_common_args(ap, seeds=(0, 1, 2, 3, 4), seeds_help="feature draws of every case")
     args = ap.parse_args()
     torch.set_num_threads(2)
     if args.cost:
-        rows = cost()
-        if args.json:
-            with open(args.json, "w") as f:
-                json.dump(rows, f, indent=1)
+        rows = cost(seeds=args.seeds)
+        write_results(None, {"bench": "loss_precision_cost", "seeds": args.seeds, "rows": rows}, args.json)
         return
-    rows = run([0.05, 0.1, 0.15, 0.5])
+    rows = run([0.05, 0.1, 0.15, 0.5], seeds=args.seeds)
     print(f"{'loss':26s} {'D':>4s} {'noise':>5s} {'loss (fp64)':>11s} {'value err med/max':>19s} {'grad err med/max':>19s}")
     for r in rows:
         print(f"{r['loss']:26s} {r['dim']:4d} {r['noise']:5.2f} {r['value64_median']:11.2e} "
               f"{r['value_rel_err_median']:9.1e}/{r['value_rel_err_max']:.1e} "
               f"{r['grad_rel_err_median']:9.1e}/{r['grad_rel_err_max']:.1e}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=1)
+    write_results(None, {"bench": "loss_precision", "seeds": args.seeds, "rows": rows}, args.json)
 
 
 if __name__ == "__main__":

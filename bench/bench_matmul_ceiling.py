@@ -30,7 +30,7 @@ ROOT = Path(__file__).parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench_report import publish  # noqa: E402
+from common import add_common_args, fmt, machine, machine_line, publish, summarize, write_results  # noqa: E402
 
 SHAPES = {"mlp.fc": (1600, 768, 3072), "attn.qkv": (1600, 768, 2304)}
 
@@ -97,8 +97,9 @@ def candidates(x: np.ndarray, w: np.ndarray, threads: int, tmp: str) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=None, help="intra-op threads (default: torch's)")
-    ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--repeats", type=int, default=10, help="calls per round (the best counts)")
     ap.add_argument("--out", default=None, help="write the markdown page here")
+    add_common_args(ap, seeds=(0, 1), seeds_help="one round per seed (its own matrices; the order alternates)")
     a = ap.parse_args(argv)
 
     import logging
@@ -106,26 +107,28 @@ def main(argv=None) -> int:
     import torch
 
     from clipforge.encode.auto import _time as best_time  # warm-up, then the best of `reps` calls
-    from clipforge.encode.auto import machine_fingerprint
 
     logging.getLogger().setLevel(logging.ERROR)  # onnxruntime's quantiser warns about pre-processing
     if a.threads:
         torch.set_num_threads(a.threads)
     threads = torch.get_num_threads()
-    m = machine_fingerprint()
-    rng = np.random.default_rng(0)
-    results = {}  # shape -> label -> GFLOP/s
+    m = machine()
+    rounds = {}  # shape -> label -> [GFLOP/s per seed]
     with tempfile.TemporaryDirectory(prefix="bench-ceiling-") as tmp:
         for shape, (M, K, N) in SHAPES.items():
-            x = rng.standard_normal((M, K)).astype(np.float32)
-            w = (rng.standard_normal((K, N)) * K ** -0.5).astype(np.float32)
-            fns = candidates(x, w, threads, tmp)
-            best = {label: float("inf") for label in fns}
-            for rep in range(2):  # alternate the order so that a load change hits every library alike
-                for label in (list(fns) if rep == 0 else list(fns)[::-1]):
-                    best[label] = min(best[label], best_time(fns[label], a.repeats))
-            results[shape] = {label: 2 * M * K * N / t / 1e9 for label, t in best.items()}
-            print(shape, {k: round(v, 1) for k, v in results[shape].items()}, flush=True)
+            rounds[shape] = {}
+            for rep, seed in enumerate(a.seeds):  # alternate the order so that a load change hits every library alike
+                rng = np.random.default_rng(seed)
+                x = rng.standard_normal((M, K)).astype(np.float32)
+                w = (rng.standard_normal((K, N)) * K ** -0.5).astype(np.float32)
+                sub = os.path.join(tmp, f"{shape}-{seed}")
+                os.makedirs(sub)
+                fns = candidates(x, w, threads, sub)
+                for label in (list(fns) if rep % 2 == 0 else list(fns)[::-1]):
+                    rounds[shape].setdefault(label, []).append(2 * M * K * N / best_time(fns[label], a.repeats) / 1e9)
+            print(shape, {k: [round(x, 1) for x in v] for k, v in rounds[shape].items()}, flush=True)
+    stats = {shape: {label: summarize(v, a.seeds) for label, v in r.items()} for shape, r in rounds.items()}
+    results = {shape: {label: st["mean"] for label, st in r.items()} for shape, r in stats.items()}
     labels = list(next(iter(results.values())))
     lines = ["| library, arithmetic | " + " | ".join(f"{s} GFLOP/s | vs torch fp32" for s in SHAPES) + " |",
              "|---|" + "---:|---:|" * len(SHAPES)]
@@ -133,13 +136,14 @@ def main(argv=None) -> int:
         cells = []
         for s in SHAPES:
             g = results[s][label]
-            cells += [f"{g:.0f}", f"{g / results[s]['torch fp32']:.2f}x"]
+            cells += [fmt(stats[s][label], 0, False), f"{g / results[s]['torch fp32']:.2f}x"]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     best_label = max(labels, key=lambda lab: results["mlp.fc"][lab])
     ceiling = results["mlp.fc"][best_label] / results["mlp.fc"]["torch fp32"]
-    head = (f"`python bench/bench_matmul_ceiling.py --repeats {a.repeats}` — {m['cpu']}, {m['cores']} cores, "
-            f"flags {' '.join(m['flags']) or '-'}, {threads} threads, torch {torch.__version__}. GFLOP/s = "
-            f"fp32-equivalent rate (2·M·K·N / time), best of {a.repeats} calls x 2 alternating rounds.")
+    head = (f"`python bench/bench_matmul_ceiling.py --repeats {a.repeats} --seeds {','.join(map(str, a.seeds))}` — "
+            f"{machine_line(m)}; {threads} threads. GFLOP/s = fp32-equivalent rate (2·M·K·N / time): per round the "
+            f"best of {a.repeats} calls, then mean ± sample std over {len(a.seeds)} alternating rounds (one per seed, "
+            "each its own matrices).")
     summary = (f"Fastest GEMM on the MLP shape: **{best_label}**, {ceiling:.2f}x torch fp32 (what open_clip eager "
                "runs). A ViT-B/32 forward spends ~96% of its FLOPs in these layers, so on this machine no engine "
                f"can beat an fp32 eager peer that reaches the fp32 peak by much more than {ceiling:.2f}x, plus "
@@ -147,6 +151,8 @@ def main(argv=None) -> int:
     text = "\n".join(["# GEMM ceiling per arithmetic: how fast can a ViT-B/32 engine be here?", "", head, "",
                       *lines, "", summary, ""])
     publish(text, a.out)
+    write_results(a.out, {"bench": "matmul_ceiling", "seeds": a.seeds, "repeats": a.repeats, "gflops": stats,
+                          "machine": m}, a.json)
     return 0
 
 

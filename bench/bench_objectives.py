@@ -1,6 +1,6 @@
 """Objectives at equal steps on the offline synthetic sets (docs/objectives.md, docs/benchmarks.md).
 
-    python bench/bench_objectives.py counting  [--steps 200] [--seeds 0 1 2] [--count-fraction 0.25] [--json out.json]
+    python bench/bench_objectives.py counting  [--steps 200] [--seeds 0 1 2 3 4] [--count-fraction 0.25] [--json out.json]
     python bench/bench_objectives.py distill   [--teacher-steps 400] [--steps 100] [--seeds 0 1 2] [--arms ...]
     python bench/bench_objectives.py longclip  [--base-steps 300] [--steps 150] [--seeds 0 1 2]
     python bench/bench_objectives.py sweep     [--steps 100] [--losses clip filip clip+multipos cwcl]
@@ -21,7 +21,8 @@ sweep     Trains the digits demo with each objective that needs no extra data at
           zero-shot top-1 on held-out digits with unseen templates.
 
 Every bench trains the digits demo's tiny-resnet recipe (`--recipe vit`: the previous tiny ViT). Each arm runs
-every seed; the table gives each seed's value, the mean and the spread (max - min). Wall times depend on the machine's load (printed with `uptime`'s load average).
+every seed (default 0-4); the JSON gives each seed's value, the mean, the sample standard deviation (ddof=1),
+n and the seeds (bench/common.py), and for two-arm benches the paired difference per seed. Wall times depend on the machine's load (printed with `uptime`'s load average).
 """
 from __future__ import annotations
 
@@ -40,6 +41,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from common import add_common_args, machine, summarize, write_results  # noqa: E402
 from clipforge.data import open_source  # noqa: E402
 from clipforge.encode import Encoder  # noqa: E402
 from clipforge.models import load_model  # noqa: E402
@@ -86,12 +88,6 @@ def run(sets: list[str], out: Path, base: list[str] = BASE) -> dict:
     return result
 
 
-def stats(values: list[float]) -> dict:
-    v = np.asarray(values, dtype=float)
-    return {"values": [round(float(x), 4) for x in v], "mean": round(float(v.mean()), 4),
-            "spread": round(float(v.max() - v.min()), 4)}
-
-
 # ---------------------------------------------------------------------------------------------- counting
 def counting_accuracy(model_dir: Path, val_manifest: str) -> float:
     from clipforge.data.demo_counting import COLORS, EVAL_TEMPLATE, SHAPES, count_caption
@@ -128,7 +124,9 @@ def bench_counting(args, work: Path) -> dict:
             accs.append(r["accuracy"])
             print(f"counting {loss} seed {seed}: accuracy {r['accuracy']:.4f} ({r['wall_s']} s, load {r['load']})",
                   flush=True)
-        out["arms"][loss] = {"accuracy": stats(accs), "runs": runs}
+        out["arms"][loss] = {"accuracy": summarize(accs, args.seeds), "runs": runs}
+    a, b = (out["arms"][k]["accuracy"]["values"] for k in ("clip", "clip+count"))
+    out["clip+count - clip"] = summarize([y - x for x, y in zip(a, b)], args.seeds)  # paired by seed
     return out
 
 
@@ -183,7 +181,7 @@ def digits_arm(bench: str, label: str, loss: str, args, digits: dict, prefix: Pa
         runs.append(r)
         accs.append(r["top1"])
         print(f"{bench} {label} seed {seed}: top-1 {r['top1']:.4f} ({r['wall_s']} s, load {r['load']})", flush=True)
-    return {"top1": stats(accs), "runs": runs}
+    return {"top1": summarize(accs, args.seeds), "runs": runs}
 
 
 # -------------------------------------------------------------------------------------------------- sweep
@@ -246,8 +244,8 @@ def bench_longclip(args, work: Path) -> dict:
             r["load"] = round(load(), 1)
             rows.append(r)
             print(f"longclip {arm} seed {seed}: {r['full']} short {r['first_sentence']}", flush=True)
-        out["arms"][arm] = {"text_to_image_r1": stats([r["full"]["text_to_image_r1"] for r in rows]),
-                            "image_to_text_r1": stats([r["full"]["image_to_text_r1"] for r in rows]),
+        out["arms"][arm] = {"text_to_image_r1": summarize([r["full"]["text_to_image_r1"] for r in rows], args.seeds),
+                            "image_to_text_r1": summarize([r["full"]["image_to_text_r1"] for r in rows], args.seeds),
                             "runs": rows}
     return out
 
@@ -262,7 +260,6 @@ def main():
     ap.add_argument("--teacher-steps", type=int, default=400)
     ap.add_argument("--base-steps", type=int, default=300)
     ap.add_argument("--augmentations", type=int, default=4)
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--batch", type=int, default=64, help="global batch of every run (default 64)")
     ap.add_argument("--work", default=None, help="working folder (default: a temporary one)")
     ap.add_argument("--recipe", choices=["resnet", "vit"], default="resnet",
@@ -271,7 +268,7 @@ def main():
     ap.add_argument("--count-fraction", type=float, default=1.0,
                     help="counting: share of training images whose captions state the count (the rest name colour "
                          "and shape only, like most web captions)")
-    ap.add_argument("--json", default=None)
+    add_common_args(ap, seeds=(0, 1, 2, 3, 4), seeds_help="training seeds of every arm")
     args = ap.parse_args()
     args.steps = args.steps or {"counting": 200, "distill": 100, "longclip": 150, "sweep": 100}[args.which]
     logging.basicConfig(level=logging.WARNING)
@@ -287,10 +284,9 @@ def main():
     res = {"counting": bench_counting, "distill": bench_distill, "longclip": bench_longclip,
            "sweep": bench_sweep}[args.which](args, work)
     res.update({"bench": args.which, "recipe": args.recipe, "wall_s": round(time.perf_counter() - t0, 1), "load_end": round(load(), 1),
-                "torch": torch.__version__, "cpus": os.cpu_count()})
+                "machine": machine()})
     print(json.dumps(res, indent=1))
-    if args.json:
-        Path(args.json).write_text(json.dumps(res, indent=1))
+    write_results(None, res, args.json)
 
 
 if __name__ == "__main__":

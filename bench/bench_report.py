@@ -1,12 +1,5 @@
-"""What every bench script does with its markdown page: print it, and write it atomically where --out says."""
+"""The older home of `publish` (print a page, write it atomically): it lives in bench/common.py now, with the rest
+of the bench convention; this name stays for the scripts that still import it from here."""
 from __future__ import annotations
 
-from typing import Optional
-
-
-def publish(text: str, out: Optional[str] = None) -> None:
-    print(text)
-    if out:
-        from clipforge.atomic import atomic_write_text
-
-        atomic_write_text(out, text)
+from common import publish  # noqa: F401

@@ -19,6 +19,7 @@ import sys
 
 import numpy as np
 
+from common import add_common_args, fmt, publish, summarize, write_results
 from clipforge.evaluate.two_stage_retrieval import two_stage_ranks
 
 
@@ -50,19 +51,19 @@ def main(argv=None) -> int:
     ap.add_argument("--weak", type=float, default=1.6, help="noise of the first stage (per unit of signal)")
     ap.add_argument("--strong", type=float, default=0.9, help="noise of the second stage")
     ap.add_argument("--rerank-k", default="10,50,100")
-    ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--out", default=None)
+    add_common_args(ap, seeds_help="planted sets")
     args = ap.parse_args(argv)
     ks = [int(k) for k in args.rerank_k.split(",")]
-    seeds = [int(s) for s in args.seeds.split(",")]
+    seeds = args.seeds
     runs = [one_seed(s, args.images, args.captions, args.dim, args.weak, args.strong, ks) for s in seeds]
     cols = ["stage1", "stage2", "rerank", "cand", "rerank_on_cand", "stage2_on_cand"]
-    lines = []
+    lines, stats = [], {}
     for k in ks:
         cells = []
         for c in cols:
-            v = np.array([r[k][c] for r in runs])
-            cells.append(f"{v.mean():.3f} ± {v.std():.3f}")
+            stats[f"k={k} {c}"] = summarize([r[k][c] for r in runs], seeds)
+            cells.append(fmt(stats[f"k={k} {c}"], seeds=False))
         lines.append(f"| {k} | " + " | ".join(cells) + " |")
         ok = all(r[k]["rerank_on_cand"] >= r[k]["stage2_on_cand"] for r in runs)
         lines[-1] += f" {'yes' if ok else 'NO'} |"
@@ -71,18 +72,16 @@ def main(argv=None) -> int:
              "every seed |\n|---:|---:|---:|---:|---:|---:|---:|---|\n" + "\n".join(lines))
     text = f"""# Two-stage retrieval on a synthetic set
 
-`python bench/bench_rerank.py --images {args.images} --captions {args.captions} --weak {args.weak} --strong {args.strong} --seeds {args.seeds}`
+`python bench/bench_rerank.py --images {args.images} --captions {args.captions} --weak {args.weak} --strong {args.strong} --seeds {','.join(map(str, seeds))}`
 (Python {platform.python_version()}). {args.images} images, {args.captions} captions each ({args.images * args.captions}
 queries), planted embeddings of dim {args.dim}: first stage noise {args.weak}, second stage {args.strong} (see the
-script's docstring). Mean ± std over seeds {args.seeds}. Rankings by `two_stage_ranks`, the function behind
+script's docstring). Mean ± sample std over seeds {','.join(map(str, seeds))}. Rankings by `two_stage_ranks`, the function behind
 `clipforge eval --task zeroshot-retrieval --rerank`.
 
 {table}
 """
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text)
+    publish(text, args.out)
+    write_results(args.out, {"bench": "rerank", "seeds": seeds, "recall_at_1": stats, "runs": runs}, args.json)
     return 0
 
 

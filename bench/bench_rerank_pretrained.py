@@ -15,19 +15,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
-
-import numpy as np
 
 ROOT = Path(__file__).parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 
 def main() -> None:
-    from bench_report import publish
+    from common import add_common_args, fmt, machine_line, publish, summarize, write_results
     from clipforge.data.demo_emoji import build_emoji
     from clipforge.evaluate.two_stage_retrieval import evaluate_two_stage_retrieval
     from clipforge.models import load_model
@@ -37,11 +34,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--align", required=True, help="the aligned lite0-minilm checkpoint (stage 2)")
     ap.add_argument("--work", default="/tmp/clipforge-rerank-pretrained")
-    ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--ks", default="10,50,100")
     ap.add_argument("--out", default=None)
+    add_common_args(ap, seeds_help="stage-1 training seeds")
     a = ap.parse_args()
+    seeds = ",".join(map(str, a.seeds))
     work = Path(a.work)
     t0 = time.perf_counter()
     emoji = build_emoji(str(work / "emoji"))
@@ -53,7 +51,7 @@ def main() -> None:
     stage2 = load_model(a.align).eval()
     ks = [int(k) for k in a.ks.split(",")]
     res = {k: [] for k in ks}
-    for seed in [int(s) for s in a.seeds.split(",")]:
+    for seed in a.seeds:
         run = work / f"tiny-{seed}"
         if not (run / "final" / "model.safetensors").is_file():
             cfg = config_from_dict({
@@ -71,22 +69,26 @@ def main() -> None:
             res[k].append(m)
             print(seed, k, {n: round(v, 3) for n, v in m.items() if isinstance(v, float)}, flush=True)
 
+    stats = {}
+
     def ms(k, key):
-        v = np.array([m[key] for m in res[k]])
-        return f"{v.mean():.3f} ± {v.std():.3f}"
+        stats[f"k={k} {key}"] = summarize([m[key] for m in res[k]], a.seeds)
+        return fmt(stats[f"k={k} {key}"], seeds=False)
 
     cols = [("stage 1 R@1", "t2i_R@1"), ("stage 2 alone R@1", "stage2_t2i_R@1"), ("two-stage R@1", "rerank_t2i_R@1"),
             ("two-stage R@5", "rerank_t2i_R@5"), ("two-stage MRR", "rerank_t2i_MRR"), ("candidate recall", None)]
     lines = ["# Two-stage retrieval with the pretrained base as second stage", "",
-             f"Machine: {platform.processor() or platform.machine()}. Collection: {len(plain)} held-out emoji "
+             f"Machine: {machine_line()}. Collection: {len(plain)} held-out emoji "
              f"concepts (one image each), queried by name; stage 1 `tiny` from scratch, {a.steps} steps, seeds "
-             f"{a.seeds}; stage 2 `{a.align}`. Total {time.perf_counter() - t0:.0f} s. Command: "
-             f"`python bench/bench_rerank_pretrained.py --align {a.align} --seeds {a.seeds} --steps {a.steps}`.", "",
+             f"{seeds}; stage 2 `{a.align}`. Total {time.perf_counter() - t0:.0f} s. Command: "
+             f"`python bench/bench_rerank_pretrained.py --align {a.align} --seeds {seeds} --steps {a.steps}`.", "",
              "| rerank_k | " + " | ".join(c for c, _ in cols) + " |", "|---:|" + "---:|" * len(cols)]
     for k in ks:
         lines.append(f"| {k} | " + " | ".join(ms(k, key or f"candidates_R@{k}") for _, key in cols) + " |")
-    lines += ["", "Mean ± std over seeds (stage 1 differs per seed; stage 2 is one checkpoint)."]
+    lines += ["", "Mean ± sample std over the seeds (stage 1 differs per seed; stage 2 is one checkpoint)."]
     publish("\n".join(lines) + "\n", a.out)
+    write_results(a.out, {"bench": "rerank_pretrained", "seeds": a.seeds, "steps": a.steps, "recall": stats,
+                          "runs": {k: v for k, v in res.items()}}, a.json)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
 """Images per second per CPU core for clipforge.encode, and what the Ray executor costs beside the local one.
 
-    python bench/bench_scale_throughput.py [--rounds 3] [--models tiny,ViT-B-32] [--parts model,text,decode,e2e]
+    python bench/bench_scale_throughput.py [--seeds 0,1,2] [--json PATH] [--models tiny,ViT-B-32] [--parts model,text,decode,e2e]
 
 1. Model throughput: `Encoder.encode_pixels` on preprocessed (32, 3, S, S) batches, fp32, with 1 and 2 torch
-   threads; each model and thread count measured `--rounds` times, alternating, so all see the same load.
+   threads; each model and thread count measured once per seed (the seed draws the weights and inputs),
+   alternating, so all see the same load; the summary is mean ± sample std over the seeds.
    Reports wall images/s and images per CPU-second (process CPU time over all threads): the second is the
    per-core figure a dedicated core would give, and it is far less sensitive to other processes on a shared
    machine than the wall figure.
@@ -23,11 +24,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
+
+from common import add_common_args, fmt, machine, summarize, write_results
 from pathlib import Path
 
 MODEL_RUN = r'''
@@ -117,13 +119,14 @@ print(json.dumps({"decode": f"{w_px}x{h_px}", "model": name, "images": n, "wall_
 '''
 
 
-def run(code: str, *args: str) -> dict:
+def run(code: str, seed: int, *args: str) -> dict:
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    code = f"import torch\ntorch.manual_seed({seed})\n" + code  # the seed draws the weights and the inputs
     r = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True)
     if r.returncode != 0:
         raise SystemExit(r.stderr[-3000:])
     out = json.loads(r.stdout.strip().splitlines()[-1])
-    out["load1"] = round(os.getloadavg()[0], 1)
+    out["load1"], out["seed"] = round(os.getloadavg()[0], 1), seed
     print(json.dumps(out), flush=True)
     return out
 
@@ -142,57 +145,63 @@ def make_jpegs(root: Path, n: int = 48) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--models", default="tiny,ViT-B-32")
     ap.add_argument("--e2e-model", default="ViT-B-32")
     ap.add_argument("--parts", default="model,text,decode,e2e", help="which measurements (comma-separated)")
     ap.add_argument("--skip-ray", action="store_true", help="same as leaving e2e out of --parts")
+    add_common_args(ap, seeds_help="one round per seed")
     args = ap.parse_args()
     parts = set(args.parts.split(",")) - ({"e2e"} if args.skip_ray else set())
     print(json.dumps({"machine": os.uname().machine, "cpus": os.cpu_count(), "load1_start": os.getloadavg()[0]}))
     rows, texts, decodes = [], [], []
-    for _ in range(args.rounds):
+    for seed in args.seeds:
         for name in args.models.split(","):
             if "model" in parts:
                 for threads in (1, 2):
-                    rows.append(run(MODEL_RUN, str(threads), name, "3" if name != "tiny" else "30"))
+                    rows.append(run(MODEL_RUN, seed, str(threads), name, "3" if name != "tiny" else "30"))
             if "text" in parts:
-                texts.append(run(TEXT_RUN, name, "2" if name != "tiny" else "20"))
+                texts.append(run(TEXT_RUN, seed, name, "2" if name != "tiny" else "20"))
         if "decode" in parts:
             for size in ("640 480", "256 256"):
-                decodes.append(run(DECODE_RUN, args.e2e_model, *size.split()))
+                decodes.append(run(DECODE_RUN, seed, args.e2e_model, *size.split()))
     e2e = []
     if "e2e" in parts:
         with tempfile.TemporaryDirectory() as tmp:
             make_jpegs(Path(tmp) / "jpg")
-            for _ in range(args.rounds):
+            for seed in args.seeds:
                 for ex in ("local", "ray"):
-                    e2e.append(run(E2E_RUN, ex, str(Path(tmp) / "jpg"), args.e2e_model))
-    print("summary (median over rounds):")
+                    e2e.append(run(E2E_RUN, seed, ex, str(Path(tmp) / "jpg"), args.e2e_model))
+    summary = {}
+
+    def stat(label: str, rs: list, key: str) -> str:
+        summary[f"{label} {key}"] = summarize([x[key] for x in rs], [x["seed"] for x in rs])
+        return fmt(summary[f"{label} {key}"], 2, False)
+
+    print(f"summary (mean ± sample std over seeds {','.join(map(str, args.seeds))}):")
     for name in args.models.split(","):
-        t = [x["captions_per_cpu_s"] for x in texts if x["text_model"] == name]
+        t = [x for x in texts if x["text_model"] == name]
         if t:
-            print(f"  {name:9s} text tower, 1 thread: {statistics.median(t):8.2f} captions per CPU-second "
-                  f"(range {min(t)}-{max(t)})")
+            print(f"  {name:9s} text tower, 1 thread: {stat(name + ' text', t, 'captions_per_cpu_s')} captions per "
+                  "CPU-second")
         for threads in (1, 2):
             r = [x for x in rows if x["model"] == name and x["threads"] == threads]
-            if not r:
-                continue
-            print(f"  {name:9s} {threads} thread(s): {statistics.median(x['images_per_s'] for x in r):8.2f} images/s wall, "
-                  f"{statistics.median(x['images_per_cpu_s'] for x in r):8.2f} images per CPU-second "
-                  f"(range {min(x['images_per_cpu_s'] for x in r)}-{max(x['images_per_cpu_s'] for x in r)})")
+            if r:
+                label = f"{name} {threads} threads"
+                print(f"  {name:9s} {threads} thread(s): {stat(label, r, 'images_per_s')} images/s wall, "
+                      f"{stat(label, r, 'images_per_cpu_s')} images per CPU-second")
     for size in ("640x480", "256x256"):
-        d = [x["images_per_cpu_s"] for x in decodes if x["decode"] == size]
+        d = [x for x in decodes if x["decode"] == size]
         if d:
-            print(f"  decode + preprocess {size}, 1 thread: {statistics.median(d):7.1f} images per CPU-second "
-                  f"(range {min(d)}-{max(d)})")
+            print(f"  decode + preprocess {size}, 1 thread: {stat('decode ' + size, d, 'images_per_cpu_s')} images "
+                  "per CPU-second")
     for ex in ("local", "ray"):
         r = [x for x in e2e if x["executor"] == ex]
         if r:
-            print(f"  end to end {ex:5s}: {statistics.median(x['images_per_s'] for x in r):6.2f} images/s in the "
-                  f"embedding loop, job {statistics.median(x['job_s'] for x in r):.1f} s, cluster start "
-                  f"{statistics.median(x['cluster_start_s'] for x in r):.1f} s")
+            print(f"  end to end {ex:5s}: {stat(ex, r, 'images_per_s')} images/s in the embedding loop, job "
+                  f"{stat(ex, r, 'job_s')} s, cluster start {stat(ex, r, 'cluster_start_s')} s")
     print(json.dumps({"load1_end": os.getloadavg()[0]}))
+    write_results(None, {"bench": "scale_throughput", "seeds": args.seeds, "model": rows, "text": texts,
+                         "decode": decodes, "e2e": e2e, "summary": summary, "machine": machine()}, args.json)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ from pathlib import Path
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1] / "tests")]
 from bench_serve_memory import _free_port, rss_mb  # noqa: E402
+from common import add_common_args, summarize_fields, write_results  # noqa: E402
 from hostile_images import png_stream  # noqa: E402
 
 
@@ -158,6 +159,7 @@ def main(argv=None) -> int:
                     help="the /healthz client's address (127.0.0.1: the attacker's own)")
     ap.add_argument("--bombs", type=int, default=6, help="concurrent PNG-bomb requests (default 6)")
     ap.add_argument("--skip", default="", help="comma-separated: slowloris,body,http09,png")
+    add_common_args(ap, seeds=(0,), seeds_help="one round of every attack per seed (the attacks are fixed: the seed only counts the repeat)")
     argv = sys.argv[1:] if argv is None else list(argv)
     cut = argv.index("--") if "--" in argv else len(argv)
     args = ap.parse_args(argv[:cut])
@@ -174,22 +176,33 @@ def main(argv=None) -> int:
                 raise SystemExit("the server did not start: " + proc.stderr.read().decode()[-2000:])
             time.sleep(0.2)
         print("serve args:", " ".join(args.serve_args) or "(defaults)")
-        if "slowloris" not in skip:
-            print("slowloris:", json.dumps(slowloris(port, args.slow, args.interval, args.seconds,
-                                                          args.probe_source)))
-        if "body" not in skip:
-            s, first = held_for(port, f"POST /search HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: "
-                                      "application/json\r\nContent-Length: 10000000\r\n\r\n{".encode())
-            print(f"slow body: held {s:.1f} s, answer {first[:40]!r}")
-        if "http09" not in skip:
-            s, first = held_for(port, b"GET /\r\n")
-            print(f"HTTP/0.9: held {s:.1f} s, answer {first[:40]!r}")
-        if "png" not in skip:
-            print(f"PNG bombs x{args.bombs}:", json.dumps(png_bombs(port, proc.pid, args.bombs)))
+        rounds = [attack_round(args, port, proc, skip, seed) for seed in args.seeds]
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+    write_results(None, {"bench": "serve_attacks", "seeds": args.seeds, "serve_args": args.serve_args,
+                         "rounds": rounds, "summary": summarize_fields(rounds, args.seeds)}, args.json)
     return 0
+
+
+def attack_round(args, port: int, proc, skip: set, seed: int) -> dict:
+    out = {"seed": seed}
+    if "slowloris" not in skip:
+        out["slowloris"] = slowloris(port, args.slow, args.interval, args.seconds, args.probe_source)
+        print("slowloris:", json.dumps(out["slowloris"]))
+    if "body" not in skip:
+        s, first = held_for(port, f"POST /search HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: "
+                                  "application/json\r\nContent-Length: 10000000\r\n\r\n{".encode())
+        out["slow_body_held_s"] = s
+        print(f"slow body: held {s:.1f} s, answer {first[:40]!r}")
+    if "http09" not in skip:
+        s, first = held_for(port, b"GET /\r\n")
+        out["http09_held_s"] = s
+        print(f"HTTP/0.9: held {s:.1f} s, answer {first[:40]!r}")
+    if "png" not in skip:
+        out["png_bombs"] = png_bombs(port, proc.pid, args.bombs)
+        print(f"PNG bombs x{args.bombs}:", json.dumps(out["png_bombs"]))
+    return out
 
 
 if __name__ == "__main__":

@@ -31,8 +31,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
+
+from common import add_common_args, fmt, summarize_fields, write_results
 
 LUA = r"""
 local bodies, n, nthreads, i = {}, 0, 1, 0
@@ -171,6 +174,7 @@ def main(argv=None) -> int:
     ap.add_argument("--sets", default="repeat,unique")
     ap.add_argument("--index", default=None, help="an existing index directory (default: build the photos demo)")
     ap.add_argument("--out", default=None, help="append a markdown section here")
+    add_common_args(ap, seeds=(0,), seeds_help="one run of every query set per seed (the seed draws the queries)")
     args = ap.parse_args(argv)
     if shutil.which("wrk") is None:
         print("wrk is not installed (apt-get install wrk)")
@@ -192,7 +196,7 @@ def main(argv=None) -> int:
         cmd += ["--workers", str(args.workers)]
     cmd += ["--http", args.http]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    results = {}
+    results, per_seed = {}, {}
     try:
         import httpx
 
@@ -208,12 +212,15 @@ def main(argv=None) -> int:
             raise RuntimeError(f"the server did not answer within 600 s: {proc.stderr.read1(2000)!r}")
         time.sleep(5.0 if args.workers > 1 else 0)  # the other workers finish loading
         pids = _server_pids(proc.pid)
-        sets = query_sets()
-        for name in args.sets.split(","):
-            # warm-up: 2 s of other texts (not counted), so the first batch and thread pool are not measured
-            measure(url, pids, [f"warm up {i}" for i in range(2000)], 2, args.connections, tmp)
-            results[name] = measure(url, pids, sets[name], args.seconds, args.connections, tmp)
-            print(name, json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in results[name].items()}))
+        for seed in args.seeds:
+            sets = query_sets(seed=seed)
+            for name in args.sets.split(","):
+                # warm-up: 2 s of other texts (not counted), so the first batch and thread pool are not measured
+                measure(url, pids, [f"warm up {seed} {i}" for i in range(2000)], 2, args.connections, tmp)
+                r = per_seed.setdefault(name, {})[seed] = measure(url, pids, sets[name], args.seconds,
+                                                                    args.connections, tmp)
+                print(name, seed, json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in r.items()}))
+        results = {name: summarize_fields([rs[s] for s in args.seeds], args.seeds) for name, rs in per_seed.items()}
         stats = httpx.get(url + "/stats").json()
     finally:
         proc.terminate()
@@ -221,20 +228,26 @@ def main(argv=None) -> int:
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
+    out_json = (Path(args.out).with_name(Path(args.out).stem + "_last.json") if args.out else None)
+    write_results(None, {"bench": "serve_load", "seeds": args.seeds, "per_seed": per_seed, "summary": results},
+                  args.json or out_json)  # the page collects sections; the JSON is the latest run's
     if args.out:
+        def f_(r, k, d):
+            return fmt(r[k], d, False)
         rows = "\n".join(
-            f"| {name} | {r['requests']} | {r['errors']} | **{r['qps']:.0f}** | {r['p50_ms']:.1f} | {r['p90_ms']:.1f} | "
-            f"{r['p99_ms']:.1f} | {r['max_ms']:.0f} | {r['server_cpu_ms_per_req']:.2f} | {r['wrk_cpu_ms_per_req']:.2f} | "
-            f"{r['load_before']} |" for name, r in results.items())
+            f"| {name} | {f_(r, 'requests', 0)} | {f_(r, 'errors', 0)} | **{f_(r, 'qps', 0)}** | {f_(r, 'p50_ms', 1)} | "
+            f"{f_(r, 'p90_ms', 1)} | {f_(r, 'p99_ms', 1)} | {f_(r, 'max_ms', 0)} | {f_(r, 'server_cpu_ms_per_req', 2)} | "
+            f"{f_(r, 'wrk_cpu_ms_per_req', 2)} | {f_(r, 'load_before', 1)} |" for name, r in results.items())
         tc = stats.get("text_cache", {})
         text = f"""
 ### {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: {args.workers} server process(es), --http {args.http}, {args.connections} connections, {args.seconds} s per set
 
-`python bench/bench_serve_load.py --seconds {args.seconds} --connections {args.connections} --workers {args.workers} --http {args.http}`
+`python bench/bench_serve_load.py --seconds {args.seconds} --connections {args.connections} --workers {args.workers} --http {args.http} --seeds {','.join(map(str, args.seeds))}`
 on {platform.machine()} with {os.cpu_count()} CPUs shared by the server, wrk and other jobs, Python
 {platform.python_version()}; photos demo index (22 items, tiny model, exact index), k = 10. Load generator:
 wrk (2 threads, Lua script replaying the query set). CPU columns: CPU time per request of the server
-process(es) and of wrk, measured over the run. Load: the 1-minute load average just before the run.
+process(es) and of wrk, measured over the run. Load: the 1-minute load average just before the run. Each cell:
+mean ± sample std over the seeds (each seed its own draw of the query set).
 
 | query set | requests | errors | queries/s | p50 ms | p90 ms | p99 ms | max ms | server CPU ms/req | wrk CPU ms/req | load |
 |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|
@@ -244,7 +257,7 @@ Server text cache at the end (last worker answering /stats): {json.dumps(tc)}.
 """
         with open(args.out, "a") as f:
             f.write(text)
-    return 1 if any(r["errors"] for r in results.values()) else 0
+    return 1 if any(r["errors"]["mean"] for r in results.values()) else 0
 
 
 if __name__ == "__main__":

@@ -28,6 +28,8 @@ import time
 import httpx
 import numpy as np
 
+from common import add_common_args, fmt, publish, summarize_fields, write_results
+
 KEY = "bench-key"
 
 
@@ -134,8 +136,20 @@ def main(argv=None) -> int:
     ap.add_argument("--clients", type=int, default=64)
     ap.add_argument("--warmup-seconds", type=float, default=10.0)
     ap.add_argument("--out", default=None, help="write a markdown report here")
+    add_common_args(ap, seeds=(0,), seeds_help="one server and burst per seed (the seed draws the query images)")
     args = ap.parse_args(argv)
+    runs = [measure(args, seed) for seed in args.seeds]
+    summary = summarize_fields([{k: v for k, v in r.items() if k not in ("load_before", "load_after")} for r in runs],
+                               args.seeds)
+    write_results(args.out, {"bench": "serve_memory", "seeds": args.seeds, "runs": runs, "summary": summary},
+                  args.json)
+    ok = all(r["ok"] for r in runs)
+    if args.out:
+        write_page(args, runs[0], summary, ok)
+    return 0 if ok else 1
 
+
+def measure(args, seed: int) -> dict:
     from clipforge.data.demo_sets import build_photos
     from clipforge.retrieval.build import build_index
 
@@ -145,7 +159,7 @@ def main(argv=None) -> int:
     idx = os.path.join(tmp, "idx")
     build_index(f"files:{photos['images_dir']}", "tiny", idx, batch_size=16, progress=False)
     n_items = photos["num_photos"]
-    images = [_png_b64(s) for s in range(16)]
+    images = [_png_b64(16 * seed + s) for s in range(16)]
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen([sys.executable, "-m", "clipforge", "serve", idx, "--host", "127.0.0.1",
@@ -182,15 +196,22 @@ def main(argv=None) -> int:
            "rss_peak_mb": max(samples + [rss_burst_end]), "rss_burst_end_mb": rss_burst_end,
            "rss_after_idle_mb": rss_after, "growth_pct": 100 * (rss_after - rss_warm) / rss_warm,
            "alive": alive, "server_tracebacks": err.count("Traceback"),
-           "load_before": load_before, "load_after": load_after}
+           "load_before": load_before, "load_after": load_after, "seed": seed}
     print(res)
     if warm_err or burst_err:
         print("first problems:", warm_err + burst_err)
-    ok = res["errors"] == 0 and res["unexpected_status"] == 0 and abs(res["growth_pct"]) <= 20 and alive
-    if args.out:
-        text = f"""# Server memory under a burst (loopback)
+    res["ok"] = res["errors"] == 0 and res["unexpected_status"] == 0 and abs(res["growth_pct"]) <= 20 and alive
+    return res
 
-`python bench/bench_serve_memory.py --seconds {args.seconds:g} --clients {args.clients}` on {platform.machine()} with
+
+def write_page(args, res: dict, summary: dict, ok: bool) -> None:
+    load_before, load_after, alive = res["load_before"], res["load_after"], res["alive"]
+    rss_start, rss_warm, rss_burst_end, rss_after = (res[k] for k in ("rss_start_mb", "rss_warm_mb",
+                                                                       "rss_burst_end_mb", "rss_after_idle_mb"))
+    seeds = ",".join(map(str, args.seeds))
+    text = f"""# Server memory under a burst (loopback)
+
+`python bench/bench_serve_memory.py --seconds {args.seconds:g} --clients {args.clients} --seeds {seeds}` on {platform.machine()} with
 {os.cpu_count()} CPUs, shared with other jobs while measured (1 / 5 / 15-minute load average {_load(load_before)}
 before, {_load(load_after)} after), Python {platform.python_version()}. One
 `clipforge serve` process (API key on) over the photos demo index (22 items, tiny model). Warm-up:
@@ -209,15 +230,17 @@ requests: 3 text queries that are all different (the text cache fills), 1 image 
 | server | {rss_start:.0f} | {rss_warm:.0f} | {res['rss_peak_mb']:.0f} | {rss_burst_end:.0f} | {rss_after:.0f} | \
 {res['growth_pct']:+.1f}% |
 
-Acceptance (RSS after the burst within 20% of RSS after warm-up, 0 errors): {"met" if ok else "NOT met"}.
+Tables: seed {res['seed']}. Over seeds {seeds} (mean ± sample std): QPS {fmt(summary['qps'], 0, False)}, p50
+{fmt(summary['p50_ms'], 1, False)} ms, p99 {fmt(summary['p99_ms'], 1, False)} ms, growth
+{fmt(summary['growth_pct'], 1, False)}%.
+
+Acceptance (RSS after the burst within 20% of RSS after warm-up, 0 errors), every seed: {"met" if ok else "NOT met"}.
 Server alive afterwards: {alive}; tracebacks in its log: {res['server_tracebacks']}.
 What bounds memory: request bodies (16 MB) and heads (16 KB) are capped, at most 128 connections are
 served at once (`--max-connections`), the text-embedding cache (4,096 entries) and thumbnail cache (4,096)
 are LRU-bounded, and the latency window keeps the last 2,000 searches.
 """
-        with open(args.out, "w") as f:
-            f.write(text)
-    return 0 if ok else 1
+    publish(text, args.out)
 
 
 if __name__ == "__main__":

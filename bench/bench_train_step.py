@@ -7,8 +7,11 @@ pixels/tokens, CLIP loss, backward, AdamW step. Achieved GFLOP/s counts 3x the f
 (fwd + bwd) over the positions each implementation computes (clipforge trims the padding after the last end
 token and computes only the pooled row in each tower's last block, open_clip runs every position), against a bf16/fp32 matmul peak measured in the same run.
 
-    python bench/bench_train_step.py --openclip-python /work/refenv/bin/python --out docs/bench_train_step.md [--repeats 3]
+    python bench/bench_train_step.py --openclip-python /work/refenv/bin/python --out docs/bench_train_step.md [--seeds 0,1,2]
     python bench/bench_train_step.py --worker clipforge --model tiny --precision bf16 --batch 256   # one cell
+
+Each seed is one repeat: it draws the model's initial weights and the synthetic batch, and the two libraries
+alternate (AB, BA, AB...) over the seeds; the summary is mean ± sample std over the seeds (bench/common.py).
 """
 from __future__ import annotations
 
@@ -20,6 +23,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from common import add_common_args, fmt, machine, machine_line, publish, summarize, write_results
 
 # The tiny config in open_clip terms (same widths, depths, heads, patching, mean pooling, context, vocab).
 OC_TINY = dict(embed_dim=64,
@@ -62,10 +67,10 @@ def forward_flops(model_name: str, text_tokens: int, pruned_last: bool = False) 
 
 
 def worker(impl: str, model_name: str, precision: str, batch: int, steps: int, warmup: int,
-           caption_tokens: int = 0) -> dict:
+           caption_tokens: int = 0, seed: int = 0) -> dict:
     import torch
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     if impl == "clipforge":
         from clipforge.losses import get_loss
         from clipforge.models import create_model
@@ -124,7 +129,7 @@ def worker(impl: str, model_name: str, precision: str, batch: int, steps: int, w
     return {"impl": impl, "model": model_name, "precision": precision, "batch": batch, "steps": steps,
             "median_step_s": med, "samples_per_s": batch / med,
             "text_tokens_run": text_run, "gflops": 3 * forward_flops(model_name, text_run, impl == "clipforge") * batch / med / 1e9,
-            "torch": torch.__version__, "threads": torch.get_num_threads(), "caption_tokens": n}
+            "torch": torch.__version__, "threads": torch.get_num_threads(), "caption_tokens": n, "seed": seed}
 
 
 def matmul_peak(dtype_name: str) -> float:
@@ -141,9 +146,10 @@ def matmul_peak(dtype_name: str) -> float:
 
 
 def run_cell(python: str, impl: str, model: str, precision: str, batch: int, steps: int, warmup: int,
-             caption_tokens: int) -> dict:
+             caption_tokens: int, seed: int) -> dict:
     cmd = [python, __file__, "--worker", impl, "--model", model, "--precision", precision, "--batch", str(batch),
-           "--steps", str(steps), "--warmup", str(warmup), "--caption-tokens", str(caption_tokens)]
+           "--steps", str(steps), "--warmup", str(warmup), "--caption-tokens", str(caption_tokens),
+           "--seeds", str(seed)]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
     r = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if r.returncode:
@@ -159,14 +165,6 @@ def native_precisions() -> list[str]:
     return ["fp32", "bf16"] if cpu_has_native_bf16() else ["fp32"]
 
 
-def machine_line() -> str:
-    sys.path.insert(0, str(Path(__file__).parents[1] / "src"))
-    from clipforge.encode.auto import machine_fingerprint
-
-    m = machine_fingerprint()
-    return f"{m['cpu']}, {m['cores']} cores, flags {' '.join(m['flags']) or '-'}"
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--worker", choices=["clipforge", "open_clip"])
@@ -177,16 +175,17 @@ def main():
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--repeats", type=int, default=3,
-                    help="consecutive runs per cell; the two libraries alternate (AB, BA, AB...)")
     ap.add_argument("--openclip-python", default=None, help="python of an environment with open_clip installed")
     ap.add_argument("--out", default=None, help="markdown file for the results table")
     ap.add_argument("--cells", default="tiny:256,ViT-B-32:32")
     ap.add_argument("--caption-tokens", type=int, default=16,
                     help="tokens per caption incl. start/end (0 = fill the context); real captions are ~10-20")
+    add_common_args(ap, seeds_help="one consecutive run per cell and seed (weights and batch drawn from it; the "
+                                   "two libraries alternate AB, BA, AB...)")
     a = ap.parse_args()
     if a.worker:
-        print(json.dumps(worker(a.worker, a.model, a.precision, a.batch, a.steps, a.warmup, a.caption_tokens)))
+        print(json.dumps(worker(a.worker, a.model, a.precision, a.batch, a.steps, a.warmup, a.caption_tokens,
+                                a.seeds[0])))
         return
     precisions = a.precisions.split(",") if a.precisions else native_precisions()
     load0 = os.getloadavg()[0]
@@ -197,10 +196,10 @@ def main():
         steps, warmup = (20, 5) if model == "tiny" else (4, 1)
         for precision in precisions:
             impls = [("clipforge", sys.executable)] + ([("open_clip", a.openclip_python)] if a.openclip_python else [])
-            for rep in range(a.repeats):
+            for rep, seed in enumerate(a.seeds):
                 pair = {}
                 for impl, py in (impls if rep % 2 == 0 else impls[::-1]):
-                    row = run_cell(py, impl, model, precision, int(batch), steps, warmup, a.caption_tokens)
+                    row = run_cell(py, impl, model, precision, int(batch), steps, warmup, a.caption_tokens, seed)
                     row["peak_gflops"], row["run"] = peaks[precision], rep + 1
                     print(json.dumps(row), flush=True)
                     pair[impl] = row
@@ -217,26 +216,33 @@ def main():
         ratio = f"**{r['ratio']:.2f}x**" if "ratio" in r else ""
         lines.append(f"| {r['model']} | {r['batch']} | {r['precision']} | {r['run']} | {r['impl']} (torch {r['torch']}) | "
                      f"{r['samples_per_s']:.1f} | {r['gflops']:.0f} | {100 * r['gflops'] / r['peak_gflops']:.0f}% | {ratio} |")
-    summary = []
+    summary, stats = [], {}
     for cell in a.cells.split(","):
         model = cell.split(":")[0]
         for precision in precisions:
-            rs = [r["ratio"] for r in rows if r.get("model") == model and r.get("precision") == precision and "ratio" in r]
+            for impl in ("clipforge", "open_clip"):
+                rs = [r for r in rows if r.get("model") == model and r.get("precision") == precision
+                      and r.get("impl") == impl and "samples_per_s" in r]
+                if rs:
+                    s = summarize([r["samples_per_s"] for r in rs], [r["seed"] for r in rs])
+                    stats[f"{model} {precision} {impl} samples_per_s"] = s
+                    summary.append(f"- {model} {precision} {impl}: {fmt(s, 1)} samples/s")
+            rs = [r for r in rows if r.get("model") == model and r.get("precision") == precision and "ratio" in r]
             if rs:
-                summary.append(f"- {model} {precision}: clipforge / open_clip = {', '.join(f'{x:.2f}x' for x in rs)} "
-                               f"(min {min(rs):.2f}x over {len(rs)} consecutive runs)")
-    head = (f"`python bench/bench_train_step.py --openclip-python ... --repeats {a.repeats} --caption-tokens "
-            f"{a.caption_tokens}` on {machine_line()}; measured matmul peak (2048², torch's threads): "
+                s = summarize([r["ratio"] for r in rs], [r["seed"] for r in rs])
+                stats[f"{model} {precision} ratio"] = s
+                summary.append(f"- {model} {precision}: clipforge / open_clip = {fmt(s, 2)}x "
+                               f"(min {min(s['values']):.2f}x)")
+    head = (f"`python bench/bench_train_step.py --openclip-python ... --seeds {','.join(map(str, a.seeds))} "
+            f"--caption-tokens {a.caption_tokens}` on {machine_line()}; measured matmul peak (2048², torch's threads): "
             + ", ".join(f"{p} {v:.0f} GFLOP/s" for p, v in peaks.items())
             + f". Precisions: {', '.join(precisions)} (the ones this CPU runs natively). Load average before / after: "
             f"{load0:.2f} / {load1:.2f}. Text rows: {a.caption_tokens or 'full context'} tokens. clipforge runs torch "
             "2.13.0, open_clip its own environment's torch (shown per row): different torch versions.")
     table = "\n".join(["# Train-step throughput", "", head, "", *lines, "", *summary, ""])
-    print(table)
-    if a.out:
-        tmp = Path(a.out).with_name(f".{Path(a.out).name}.tmp")
-        tmp.write_text(table)
-        os.replace(tmp, a.out)
+    publish(table, a.out)
+    write_results(a.out, {"bench": "train_step", "seeds": a.seeds, "cells": a.cells, "precisions": precisions,
+                          "peaks_gflops": peaks, "rows": rows, "summary": stats, "machine": machine()}, a.json)
 
 
 if __name__ == "__main__":

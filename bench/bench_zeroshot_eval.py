@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -28,6 +27,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+
+from common import add_common_args, fmt, machine_line, publish, summarize, write_results  # noqa: E402
 
 
 def run_clipforge(model, val_dir, names, templates, batch_size, workers):
@@ -69,9 +70,10 @@ def main():
     ap.add_argument("--workers", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None, help="torch threads for both (default: torch's)")
     ap.add_argument("--templates", default="openai_imagenet")
-    ap.add_argument("--repeats", type=int, default=1, help="alternating runs per tool (the minimum is kept)")
     ap.add_argument("--bf16", action="store_true", help="also time the reduced-precision paths")
     ap.add_argument("--out", help="write the markdown table here")
+    add_common_args(ap, seeds=(0,), seeds_help="one timed round per seed, the tools alternating (the first seed "
+                                               "draws the weights)")
     a = ap.parse_args()
 
     import open_clip
@@ -89,7 +91,7 @@ def main():
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         val_dir = build_digits(os.path.join(tmp, "digits"))["val_dir"]
-        torch.manual_seed(0)
+        torch.manual_seed(a.seeds[0])
         cf = create_model(a.arch).eval()
         export_model(cf, "open_clip", os.path.join(tmp, "oc"))
         oc, _, oc_pre = open_clip.create_model_and_transforms(f"local-dir:{os.path.join(tmp, 'oc')}")
@@ -98,12 +100,9 @@ def main():
         common = (val_dir, names, templates, a.batch_size, a.workers)
 
         def timed(label, fn, *args):
-            best = None
-            for _ in range(a.repeats):
-                wall, acc, n = fn(*args)
-                best = wall if best is None else min(best, wall)
-            print(json.dumps({"run": label, "wall_s": round(best, 2), "top1": acc, "n": n}), flush=True)
-            return best, acc, n
+            wall, acc, n = fn(*args)
+            print(json.dumps({"run": label, "wall_s": round(wall, 2), "top1": acc, "n": n}), flush=True)
+            return wall, acc, n
 
         pairs = [("fp32", lambda: timed("clipforge fp32", run_clipforge, cf, *common),
                   lambda: timed("CLIP_benchmark fp32", run_clip_benchmark, oc, oc_pre, oc_tok, *common, False))]
@@ -115,27 +114,29 @@ def main():
                           lambda: timed("CLIP_benchmark amp (bf16 autocast)", run_clip_benchmark, oc, oc_pre,
                                         oc_tok, *common, True)))
         for prec, ours, theirs in pairs:
-            t_cf, acc_cf, n_cf = ours()
-            t_cb, acc_cb, n_cb = theirs()
-            rows.append({"precision": prec, "clipforge_s": t_cf, "clip_benchmark_s": t_cb, "ratio": t_cb / t_cf,
+            runs = []
+            for i, _seed in enumerate(a.seeds):  # alternate the order so that a load change hits both alike
+                (t_cf, acc_cf, n_cf), (t_cb, acc_cb, n_cb) = ((ours(), theirs()) if i % 2 == 0
+                                                              else reversed((theirs(), ours())))
+                runs.append((t_cf, t_cb))
+            cf_s, cb_s = (summarize([r[j] for r in runs], a.seeds) for j in (0, 1))
+            rows.append({"precision": prec, "clipforge_s": cf_s, "clip_benchmark_s": cb_s,
+                         "ratio": summarize([cb / c for c, cb in runs], a.seeds),
                          "top1_cf": acc_cf, "top1_cb": acc_cb, "n": n_cf, "n_cb": n_cb})
 
     head = (f"`bench/bench_zeroshot_eval.py` — {a.arch} (random init, same weights in both via open_clip export), "
             f"digits val ({rows[0]['n']} images, 32 px upscaled to 224), {len(names)} classes x {len(templates)} "
-            f"templates ({a.templates}), batch {a.batch_size}, workers {a.workers}, torch {torch.__version__} "
-            f"with {torch.get_num_threads()} threads, open_clip {open_clip.__version__}, {platform.machine()}, "
-            f"best of {a.repeats}.")
+            f"templates ({a.templates}), batch {a.batch_size}, workers {a.workers}, open_clip "
+            f"{open_clip.__version__}, {machine_line()}; seconds are mean ± sample std over {len(a.seeds)} alternating "
+            f"rounds (seeds {','.join(map(str, a.seeds))}).")
     lines = ["| precision | clipforge eval (s) | CLIP_benchmark (s) | speed-up | top-1 clipforge / CLIP_benchmark |",
              "|---|---|---|---|---|"]
-    lines += [f"| {r['precision']} | {r['clipforge_s']:.1f} | {r['clip_benchmark_s']:.1f} | {r['ratio']:.2f}x | "
+    lines += [f"| {r['precision']} | {fmt(r['clipforge_s'], 1, False)} | {fmt(r['clip_benchmark_s'], 1, False)} | "
+              f"{fmt(r['ratio'], 2, False)}x | "
               f"{r['top1_cf']:.4f} / {r['top1_cb']:.4f} |" for r in rows]
     text = "\n".join(["# Zero-shot classification eval: wall time", "", head, "", *lines, ""])
-    print(text)
-    if a.out:
-        out = Path(a.out)
-        tmpf = out.with_name(f".{out.name}.tmp")
-        tmpf.write_text(text)
-        os.replace(tmpf, out)
+    publish(text, a.out)
+    write_results(a.out, {"bench": "zeroshot_eval", "seeds": a.seeds, "arch": a.arch, "rows": rows}, a.json)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Zero-shot methods on the pretrained base (runs/align1/final) over the emoji set's 475 HELD-OUT concepts
 (val/ image folder, 855 images): mean (prompt ensemble), zpe, cupl, describe, disclip. No LLM runs here: the
 description-based methods get sentences built from the set's own metadata (concepts.json: Unicode name,
-category, sub-category), the same builder as bench_adapt_pretrained.py's GIST descriptions.
+category, sub-category), the same builder as bench_adapt_pretrained.py's GIST descriptions. Nothing here is
+random (fixed checkpoint, fixed images, deterministic methods): `--seeds` is recorded, and one seed is one run.
 
     .venv/bin/python bench/bench_zeroshot_pretrained.py --out docs/bench_zeroshot_pretrained.md
         [--templates train|unseen|both] [--methods mean,zpe,cupl,describe,disclip]
@@ -18,6 +19,8 @@ ROOT = Path(__file__).parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from common import add_common_args, publish, write_results  # noqa: E402
+
 
 def main():
     ap = argparse.ArgumentParser()
@@ -26,7 +29,10 @@ def main():
     ap.add_argument("--data", default=str(ROOT / "clipforge-demo/emoji"))
     ap.add_argument("--work", default=str(ROOT / "runs/bench_adapt_pretrained"))
     ap.add_argument("--methods", default="mean,zpe,cupl,describe,disclip")
+    add_common_args(ap, seeds=(0,), seeds_help="recorded only: the figures do not depend on a seed")
     a = ap.parse_args()
+    if len(a.seeds) > 1:
+        print(f"note: this bench is deterministic; seeds {a.seeds} would give the same figures: run once")
 
     import torch
 
@@ -66,10 +72,12 @@ def main():
     text = (f"`.venv/bin/python bench/bench_zeroshot_pretrained.py {' '.join(sys.argv[1:])}` — torch "
             f"{torch.__version__}, {torch.get_num_threads()} threads; {len(y)} images of {len(names)} held-out "
             f"classes; image encoding {enc_s:.0f} s (cached after the first run), total "
-            f"{time.perf_counter() - t_all:.0f} s. Templates: {templates}.\n\n" + "\n".join(lines) + "\n")
-    print(text)
-    if a.out:
-        Path(a.out).write_text(text)
+            f"{time.perf_counter() - t_all:.0f} s. Templates: {templates}. Deterministic (no seed enters): single "
+            "run.\n\n" + "\n".join(lines) + "\n")
+    publish(text, a.out)
+    write_results(a.out, {"bench": "zeroshot_pretrained", "seeds": a.seeds[:1], "deterministic": True,
+                          "rows": [{"method": m, "top1": t1, "top5": t5, "seconds": sec, "note": note}
+                                   for m, t1, t5, sec, note in rows]}, a.json)
 
 
 if __name__ == "__main__":
