@@ -88,7 +88,8 @@ def ctx(tmp_path_factory, photos_demo, photos_index, digits_demo):
     return {"ckpt": ckpt, "adapter": adapter, "photos": photos, "scores": str(scores), "index": str(photos_index),
             "summary": str(root / "kept.summary.json"), "results": str(results), "template": str(template),
             "shard": str(shard), "digits": digits_demo["train_manifest"], "root": root,
-            "digits_val": f"imagefolder:{digits_demo['val_dir']}"}
+            "digits_val": f"imagefolder:{digits_demo['val_dir']}",
+            "image": str(sorted(p for p in Path(photos_demo["images_dir"]).rglob("*") if p.is_file())[0])}
 
 
 def _train(c, t):
@@ -102,6 +103,7 @@ RECIPES = {
     ("adapt export", "--base-out"): ("hf", lambda c, t: ["adapt", "export", c["adapter"], "--to", "peft", "--out",
                                                          str(Path(t).parent / "peft-new"), "--base-out", t]),
     ("adapt merge", "--out"): ("merged", lambda c, t: ["adapt", "merge", c["adapter"], "--out", t]),
+    ("benchmark", "--out"): ("bench", lambda c, t: ["benchmark", "demo", "-m", c["ckpt"], "--out", t]),
     ("classify", "--out"): ("pred.csv", lambda c, t: ["classify", c["photos"], "-m", c["ckpt"], "--labels",
                                                       "dog,cat", "--out", t]),
     ("classify", "--save-head"): ("h.safetensors", lambda c, t: ["classify", c["photos"], "-m", c["ckpt"],
@@ -111,6 +113,8 @@ RECIPES = {
     ("curate filter", "--out"): ("kept.jsonl", lambda c, t: ["curate", "filter", c["photos"], "--scores",
                                                              c["scores"], "--out", t, "--min-side", "1"]),
     ("curate report", "--out"): ("report", lambda c, t: ["curate", "report", c["summary"], "--out", t]),
+    ("curate recaption", "--out"): ("recap", lambda c, t: ["curate", "recaption", c["photos"], "-m", "coca-tiny",
+                                                           "--out", t, "--method", "greedy", "--max-tokens", "2"]),
     ("curate score", "--out"): ("s.parquet", lambda c, t: ["curate", "score", c["photos"], "-m", c["ckpt"],
                                                            "--out", t, "--workers", "0"]),
     ("data convert", "--out"): ("m.jsonl", lambda c, t: ["data", "convert", c["photos"], "--to", "jsonl",
@@ -123,6 +127,8 @@ RECIPES = {
     ("embed-dataset", "--out"): ("emb", lambda c, t: ["embed-dataset", c["photos"], "-m", c["ckpt"], "--out", t]),
     ("eval", "--out"): ("res.jsonl", lambda c, t: ["eval", "--task", "zeroshot-retrieval", "--dataset", c["index"],
                                                    "--out", t]),
+    ("explain", "--out"): ("map.png", lambda c, t: ["explain", "-m", c["ckpt"], "--image", c["image"], "--text",
+                                                    "a photo", "--out", t]),
     ("export", "--out"): ("hf", lambda c, t: ["export", c["ckpt"], "--to", "hf", "--out", t]),
     ("index build", "--out"): ("idx", lambda c, t: ["index", "build", c["photos"], "-m", c["ckpt"], "--out", t,
                                                     "--workers", "0"]),

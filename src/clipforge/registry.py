@@ -22,7 +22,7 @@ import inspect
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Optional
 
-from clipforge.errors import UsageError
+from clipforge.errors import ClipforgeError, UsageError
 
 __all__ = ["Option", "Registry"]
 
@@ -91,11 +91,17 @@ class Registry:
         return tuple(declared) if declared is not None else _signature_options(cls)
 
     def all_options(self) -> dict[str, Option]:
-        """Every option any entry declares (first declaration wins), e.g. to offer them all as flags."""
+        """Every option any entry declares, e.g. to offer them all as flags. Entries sharing an option name
+        share its flag, so they must agree on its type and choices (ClipforgeError naming both otherwise)."""
         out: dict[str, Option] = {}
+        first: dict[str, str] = {}
         for name in self.names():
             for opt in self.options(name):
-                out.setdefault(opt.name, opt)
+                seen = out.setdefault(opt.name, opt)
+                first.setdefault(opt.name, name)
+                if seen is not opt and (seen.type, seen.choices) != (opt.type, opt.choices):
+                    raise ClipforgeError(f"{self.kind} {first[opt.name]!r} and {name!r} both declare option "
+                                         f"{opt.name!r} with different types or choices; rename one")
         return out
 
     def owners(self, option: str) -> list[str]:

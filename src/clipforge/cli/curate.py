@@ -8,6 +8,7 @@ import sys
 
 from clipforge.cli._common import (add_executor_args, add_overwrite_arg, engine_options, executor_from_args,
                                    positive_int)
+from clipforge.cli.caption import add_captioner_args, captioner_from_args, decode_options
 
 SOURCE_HELP = ("a source spec: folder:PATH, files:PATH, csv:/tsv:/jsonl:/parquet:PATH, wds:PATH/{000..009}.tar, "
                "or a path to auto-detect")
@@ -47,7 +48,7 @@ def register(sub) -> None:
     s.add_argument("--batch-size", type=positive_int, default=256)
     s.add_argument("--part-size", type=positive_int, default=4096, help="samples per committed part")
     s.add_argument("--workers", type=int, default=2,
-                   help="DataLoader workers decoding images (0: in-process); per actor with --engine ray")
+                   help="DataLoader workers decoding images (0: in-process); per actor with --executor ray")
     s.add_argument("--precision", default="auto", help="auto, fp32, bf16 or fp16")
     s.add_argument("--device", default=None)
     s.add_argument("--no-lang", dest="lang", action="store_false", help="no language guess (py3langid)")
@@ -129,6 +130,20 @@ def register(sub) -> None:
                         "images (refused otherwise: a command read from a file runs only when you accept it; see "
                         "docs/security.md)")
     r.set_defaults(func=run_report)
+
+    c = cs.add_parser("recaption", help="a source whose samples carry a CoCa model's caption beside the original "
+                                        "(resumable)")
+    c.add_argument("source", help=SOURCE_HELP + " (random-access: a folder or a manifest)")
+    c.add_argument("--out", "-o", required=True, help="folder to write (samples.jsonl, open it as jsonl:OUT/"
+                                                      "samples.jsonl); re-run to resume")
+    c.add_argument("--order", default="original-first", choices=["original-first", "synthetic-first", "synthetic"],
+                   help="which captions each sample lists, first first (what training and curate score read)")
+    c.add_argument("--part-size", type=positive_int, default=1024, help="images per committed part")
+    c.add_argument("--workers", type=int, default=0, help="DataLoader workers decoding images")
+    c.add_argument("--overwrite", action="store_true", help="replace a job of another source, model or setting")
+    c.add_argument("--json", action="store_true")
+    add_captioner_args(c)
+    c.set_defaults(func=run_recaption)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
 
@@ -198,6 +213,17 @@ def run_dedup(args) -> int:
     at = ", ".join(f"eps {k}: {v}" for k, v in s["near_removed_at_eps"].items())
     _print(s, args.json, _done_line(s) + f"\n  near-duplicates at other eps: {at}"
            + "".join(f"\n  warning: {w}" for w in s["warnings"]))
+    return 0
+
+
+def run_recaption(args) -> int:
+    from clipforge.curate.recaption import recaption_source
+    from clipforge.data.sources import open_source
+
+    s = recaption_source(open_source(args.source), captioner_from_args(args), args.out,
+                         order=args.order.replace("-", "_"), batch_size=args.batch_size, part_size=args.part_size,
+                         workers=args.workers, overwrite=args.overwrite, **decode_options(args))
+    _print(s, args.json, f"recaptioned {s['samples']} images ({s['captioned_now']} now) -> {s['spec']}")
     return 0
 
 

@@ -28,6 +28,11 @@ def register(sub):
     p.add_argument("--sheet", default=None, help="write a contact-sheet PNG of the hits (a new file, or an "
                    "earlier sheet, which is replaced)")
     add_overwrite_arg(p, "SHEET")
+    p.add_argument("--heatmap", type=positive_int, nargs="?", const=10, default=None, metavar="N",
+                   help="on the contact sheet, draw where the query matches over the top N hits (default 10; "
+                        "needs --sheet; see clipforge explain)")
+    p.add_argument("--heatmap-method", default="auto", choices=("auto", "maskclip", "tokens", "gradcam"),
+                   help="how --heatmap maps are computed (docs/explain.md)")
     p.add_argument("--rerank", default=None, metavar="MODEL|INDEX",
                    help="re-score the top candidates with a second model (a model reference) or with a second "
                         "index of the same source built with a stronger model")
@@ -48,6 +53,8 @@ def run(args) -> int:
     if args.offset < 0:
         raise UsageError(f"--offset must be >= 0, got {args.offset}")
     like = None if args.like is None else parse_item_ids([args.like], "--like")[0]
+    if args.heatmap and not args.sheet:
+        raise UsageError("--heatmap draws on the contact sheet: give --sheet PATH too")
     if args.sheet:
         from clipforge.output_dirs import OutputFile, png_marked
         from clipforge.retrieval.sheet import SHEET_KIND
@@ -60,8 +67,9 @@ def run(args) -> int:
     searcher = IndexSearcher(args.index_dir, device=args.device, rerank=args.rerank, rerank_k=args.rerank_k,
                              rerank_options={"device": args.device} if args.rerank and args.device else None,
                              encode_engine=args.engine, threads=args.threads)
-    hits = searcher.search(SearchQuery(args.query, args.image, k=args.k, offset=args.offset, filters=args.filter,
-                                       dedup=args.dedup, image_weight=args.image_weight, like=like))
+    query = SearchQuery(args.query, args.image, k=args.k, offset=args.offset, filters=args.filter,
+                        dedup=args.dedup, image_weight=args.image_weight, like=like)
+    hits = searcher.search(query)
     if hits and not args.json:  # the columns of the lines below
         print(f"{'rank':>4}  {'id':>8}  {'score':<6}{'  stage' if searcher.reranker is not None else ''}  file  caption")
     for h in hits:
@@ -78,7 +86,18 @@ def run(args) -> int:
         from clipforge.retrieval.sheet import contact_sheet
 
         title = args.query or args.image or f"like {args.like}"
-        contact_sheet(hits, args.sheet, title=f"{title}  ({args.index_dir})", overwrite=args.overwrite)
+        heat = None
+        if args.heatmap:
+            from clipforge.encode import Encoder
+            from clipforge.explain import heatmaps
+
+            enc = searcher.encoder  # maps need the model's own towers: an exported engine's model, in torch
+            enc = enc if enc.engine.name == "torch" else Encoder.from_model(enc.model)
+            paths = {h.id: searcher.path_of(h.id) for h in hits[:args.heatmap]}
+            heat = heatmaps(enc, {i: p for i, p in paths.items() if p}, searcher.query_vector(query),
+                            method=args.heatmap_method)
+        contact_sheet(hits, args.sheet, title=f"{title}  ({args.index_dir})", overwrite=args.overwrite,
+                      heatmaps=heat)
         if not args.json:
             print(f"contact sheet: {shown(args.sheet)}")
     return 0

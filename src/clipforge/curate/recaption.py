@@ -38,6 +38,8 @@ ORDERS = ("original_first", "synthetic_first", "synthetic")
 
 
 def _captions(original: list, synthetic: str, order: str) -> list:
+    if not synthetic.strip():  # a model that generated nothing adds no caption (counted as `empty_synthetic`)
+        return list(original)
     if order == "synthetic":
         return [synthetic]
     return [synthetic, *original] if order == "synthetic_first" else [*original, synthetic]
@@ -109,8 +111,9 @@ def recaption_source(source, captioner: Captioner, out_dir, *, order: str = "ori
     for i in range(len(parts)):  # the skips of every part, those of earlier runs included
         counts = json.loads((parts_dir / f"part-{i:06d}.skips.json").read_text(encoding="utf-8"))
         total.update({r: total.get(r, 0) + n for r, n in counts.items()})
+    empty = sum(not json.loads(line)["synthetic_caption"].strip() for line in text.splitlines())
     summary = {"source": source.spec, "model": job["model"], "spec": f"jsonl:{out / 'samples.jsonl'}",
-               "samples": text.count("\n"), "captioned_now": captioned, "parts": len(parts),
+               "samples": text.count("\n"), "captioned_now": captioned, "parts": len(parts), "empty_synthetic": empty,
                "skipped": total, "seconds": round(time.perf_counter() - t0, 2), "order": order, "decode": options}
     atomic_write_json(out / "summary.json", summary)
     return summary

@@ -21,6 +21,7 @@ import torch
 from clipforge.data.decode import DEFAULT_MAX_PIXELS, SkipCounter
 from clipforge.encode.device import pick_device
 from clipforge.encode.batches import ImageBatch, iter_image_batches
+from clipforge.encode.dense import encode_dense, encode_gradcam
 from clipforge.encode.engine import Engine, create_engine
 from clipforge.encode.images import ImageInput, open_image
 from clipforge.models import load_model
@@ -65,10 +66,13 @@ class Encoder:
 
     @classmethod
     def load(cls, ref, *, engine: str = "torch", device=None, precision: str = "auto", seed: int = 0,
-             threads: Optional[int] = None, **load_options) -> "Encoder":
+             threads: Optional[int] = None, token_merge=None, merge_method: Optional[str] = None,
+             **load_options) -> "Encoder":
         """Load a model reference (`load_model`) for inference: on `device` (default: CUDA when available),
         in `precision` ("auto" picks per machine and model), run by `engine` (torch | onnx | openvino | auto)
-        with `threads` intra-op threads (default: all cores; auto measures).
+        with `threads` intra-op threads (default: all cores; auto measures). `token_merge` (torch engine, ViT
+        image towers): tokens merged per block, or per-block counts, by `merge_method` tome | pitome
+        (`models.token_merge`: faster, approximate; 0 or None exact).
 
         A registered architecture name without weights is randomly initialised from a fixed `seed`, so every
         process that loads the same reference gets the same weights: a resumed index build or a query must
@@ -78,7 +82,7 @@ class Encoder:
             torch.manual_seed(seed)
             model = load_model(str(ref), **load_options)
         return cls.from_model(model, engine=engine, device=pick_device(device), precision=precision,
-                              threads=threads, ref=str(ref))
+                              threads=threads, ref=str(ref), token_merge=token_merge, merge_method=merge_method)
 
     # -- what the engine carries --
     @property
@@ -143,6 +147,18 @@ class Encoder:
                               for im in images[i:i + batch_size]])
             out.append(self.encode_pixels(px, normalize=normalize))
         return torch.cat(out) if out else self._empty()
+
+    # -- where in an image (encode/dense.py; torch engine) --
+    def encode_dense(self, images: Sequence[ImageInput], *, method: str = "auto", size: Optional[int] = None,
+                     normalize: bool = True, batch_size: int = 16) -> torch.Tensor:
+        """Images -> (N, H', W', D) float32 per-cell joint-space features (`method` auto | maskclip | tokens;
+        images squashed to `size` px, default `models.dense.default_dense_size`)."""
+        return encode_dense(self, images, method=method, size=size, normalize=normalize, batch_size=batch_size)
+
+    def gradcam_maps(self, images: Sequence[ImageInput], text_feats: torch.Tensor, *,
+                     size: Optional[int] = None) -> torch.Tensor:
+        """Images and (T, D) text embeddings -> (N, T, h, w) Grad-CAM maps of the pooled cosine."""
+        return encode_gradcam(self, images, text_feats, size=size)
 
     # -- collections --
     def iter_source(self, source, batch_size: int = 256, *, batches=None, workers: int = 0,

@@ -48,17 +48,19 @@ def evaluate_captioning(model, source, *, method: str = DEFAULTS["method"], max_
 class Captioning(EvalTask):
     """BLEU-1..4 and CIDEr-D of generated captions against a source's reference captions (a CoCa model)."""
 
-    options = (Option("method", str, DEFAULTS["method"], help="decoding: greedy | beam | top_p (default beam)",
+    # "decoding", not "method": task options share one flag namespace and zero-shot tasks own `method`
+    options = (Option("decoding", str, DEFAULTS["method"], help="decoding: greedy | beam | top_p (default beam)",
                       choices=METHODS),
                Option("max_tokens", int, DEFAULTS["max_tokens"], help="most tokens per caption (default 20)"),
                Option("beams", int, DEFAULTS["beams"], help="beam search width (default 4)"),
                Option("examples", int, 10, help="captions recorded in the result as examples (default 10)"))
 
-    def run(self, encoder, dataset, ctx, *, method=DEFAULTS["method"], max_tokens=DEFAULTS["max_tokens"],
+    def run(self, encoder, dataset, ctx, *, decoding=DEFAULTS["method"], max_tokens=DEFAULTS["max_tokens"],
             beams=DEFAULTS["beams"], examples=10) -> TaskResult:
+        method = decoding
         res = evaluate_captioning(encoder, dataset.source, method=method, max_tokens=max_tokens, beams=beams,
                                   examples=examples, batch_size=min(ctx.batch_size, 64), workers=ctx.workers,
                                   progress=ctx.progress)
-        config = {"method": method, "max_tokens": max_tokens, **({"beams": beams} if method == "beam" else {})}
+        config = {"decoding": method, "max_tokens": max_tokens, **({"beams": beams} if method == "beam" else {})}
         extra = {k: res[k] for k in ("num_images", "num_references", "examples", "skipped")}
         return TaskResult(res["metrics"], config, extra)

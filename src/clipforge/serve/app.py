@@ -62,7 +62,7 @@ from clipforge.serve.error_handlers import install_error_handlers
 from clipforge.serve.guards import PUBLIC_PATHS, PUBLIC_PREFIXES, ApiKeyAuth, BodyLimit, Limits  # noqa: F401
 from clipforge.serve.hosts import HostAllowlist, allowed_host_names
 from clipforge.serve.public import HIDDEN_COLUMNS
-from clipforge.serve.routes import classify, info, items, page, search, thumbs
+from clipforge.serve.routes import caption, classify, explain, info, items, page, search, thumbs
 from clipforge.serve.state import ServeState
 
 RELOAD_INTERVAL_S = 0.25
@@ -110,6 +110,8 @@ def create_app(index_dir, api_key: str | None = None, limits: Limits = Limits(),
     app.include_router(classify.router(state))
     app.include_router(items.router(state))
     app.include_router(thumbs.router(state))
+    app.include_router(caption.router(state))
+    app.include_router(explain.router(state))
 
     app.state.serve = state
     app.state.searcher, app.state.classifier, app.state.images = searcher, state.classifier, state.images

@@ -1,4 +1,5 @@
-// clipforge page: plain JS, no build step. Search (POST /search, GET /thumb/{id}) and classify (POST /classify).
+// clipforge page: plain JS, no build step. Search (POST /search, GET /thumb/{id}) and classify (POST /classify);
+// on a text search's results, "where?" lays the query's similarity map over the thumbnail (POST /explain).
 // A text search lives in the URL (?q=...&k=...&offset=...&f=FILTER&like=ID): shareable, and the back button
 // steps through earlier searches. Image queries cannot be put in a URL; they are not shareable.
 "use strict";
@@ -32,14 +33,45 @@ async function thumbUrl(id) {
   return URL.createObjectURL(await r.blob());
 }
 
-function card(hit) {
+async function toggleOverlay(hit, text, frame, button) {
+  // the map of `text` on this item, drawn over its thumbnail; a second click hides it
+  const shown = frame.querySelector("img.overlay");
+  if (shown) {
+    shown.hidden = !shown.hidden;
+    button.classList.toggle("on", !shown.hidden);
+    return;
+  }
+  button.disabled = true;
+  try {
+    const r = await fetch("/explain", { method: "POST", headers: headers(true),
+                                         body: JSON.stringify({ id: hit.id, texts: [text], format: "overlay" }) });
+    if (!r.ok) {
+      const data = await r.json().catch(() => ({}));
+      setStatus(((data.error && data.error.message) || `error ${r.status}`) + needsKey(r), true);
+      return;
+    }
+    const over = document.createElement("img");
+    over.className = "overlay";
+    over.alt = `where "${text}" matches`;
+    over.src = URL.createObjectURL(await r.blob());
+    frame.append(over);
+    button.classList.add("on");
+  } finally {
+    button.disabled = false;
+  }
+}
+
+function card(hit, text) {
   const div = document.createElement("div");
   div.className = "card";
   div.title = "click: more like this";
   div.dataset.id = hit.id;
+  const frame = document.createElement("div");
+  frame.className = "frame";
   const img = document.createElement("img");
   img.alt = hit.caption || hit.key || String(hit.id);
   thumbUrl(hit.id).then((u) => { if (u) img.src = u; });
+  frame.append(img);
   const meta = document.createElement("div");
   meta.className = "meta";
   const score = document.createElement("div");
@@ -58,7 +90,16 @@ function card(hit) {
   cap.className = "caption";
   cap.textContent = hit.caption || "";
   meta.append(score, key, cap);
-  div.append(img, meta);
+  if (text) {
+    const where = document.createElement("button");
+    where.type = "button";
+    where.className = "where";
+    where.textContent = "where?";
+    where.title = `show where "${text}" matches in this image`;
+    where.addEventListener("click", (e) => { e.stopPropagation(); toggleOverlay(hit, text, frame, where); });
+    score.append(where);
+  }
+  div.append(frame, meta);
   div.addEventListener("click", () => moreLikeThis(hit));
   return div;
 }
@@ -140,7 +181,7 @@ async function runSearch(history) {
     return;
   }
   const grid = $("results");
-  grid.replaceChildren(...data.results.map(card));
+  grid.replaceChildren(...data.results.map((hit) => card(hit, body.text)));
   const what = state.like !== null ? `items like #${state.like}` : (body.text || "your image");
   const from = body.offset ? ` from #${body.offset + 1}` : "";
   setStatus(data.results.length ? `${data.results.length} results for ${what}${from} (${data.took_ms.toFixed(1)} ms)`
