@@ -24,8 +24,8 @@ import numpy as np
 
 from clipforge.errors import ClipforgeError, UsageError
 
-__all__ = ["config_hash", "package_versions", "make_record", "append_result", "vet_results_file", "read_results",
-           "latest_results", "record_key"]
+__all__ = ["config_hash", "package_versions", "make_record", "append_result", "append_results", "vet_results_file",
+           "read_results", "latest_results", "record_key"]
 
 log = logging.getLogger(__name__)
 _PACKAGES = ("clipforge", "torch", "numpy", "scikit-learn", "open_clip_torch", "transformers", "faiss-cpu")
@@ -124,10 +124,17 @@ def vet_results_file(path, param: str = "out") -> Path:
 def append_result(path, record: dict) -> None:
     """Append one record as a single JSON line (O_APPEND, one write, fsync) to a new file or a results file
     (`vet_results_file`)."""
-    missing = [k for k in REQUIRED if k not in record]
-    if missing:
-        raise UsageError(f"result record lacks {', '.join(missing)}")
-    line = (json.dumps(_clean(record), ensure_ascii=False, allow_nan=False) + "\n").encode()
+    append_results(path, [record])
+
+
+def append_results(path, records: list) -> None:
+    """Append `records` as JSON lines in one write (O_APPEND, fsync): together or, after a crash, as a torn
+    last line that readers skip (a benchmark cell's several records land as one)."""
+    for record in records:
+        missing = [k for k in REQUIRED if k not in record]
+        if missing:
+            raise UsageError(f"result record lacks {', '.join(missing)}")
+    data = "".join(json.dumps(_clean(r), ensure_ascii=False, allow_nan=False) + "\n" for r in records).encode()
     path = vet_results_file(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0)
@@ -135,9 +142,9 @@ def append_result(path, record: dict) -> None:
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):  # swapped for something else since the check
             raise UsageError(f"`out` {path} is not a regular file: name a results file")
-        written = os.write(fd, line)
-        if written != len(line):  # pragma: no cover - regular files do not short-write in practice
-            raise ClipforgeError(f"short write to {path}: {written} of {len(line)} bytes")
+        written = os.write(fd, data)
+        if written != len(data):  # pragma: no cover - regular files do not short-write in practice
+            raise ClipforgeError(f"short write to {path}: {written} of {len(data)} bytes")
         os.fsync(fd)
     finally:
         os.close(fd)
