@@ -32,7 +32,7 @@ LAYER = {pkg: i for i, layer in enumerate(LAYERS) for pkg in layer}
 # Optional dependencies (extras) may be imported where they are used, so the core works without them.
 OPTIONAL = ("transformers", "open_clip", "huggingface_hub", "webdataset", "torch.utils.tensorboard", "ftfy",
             "sentencepiece", "google.protobuf", "uvicorn", "fastapi", "ray", "py3langid", "onnx", "onnxruntime",
-            "openvino")
+            "openvino", "timm")
 
 
 def _module_name(path: Path) -> str:

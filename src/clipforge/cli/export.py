@@ -22,8 +22,8 @@ def register(sub):
                     "                    clipforge train --config demo-digits --set model.name=tiny \\\n"
                     "                      --set 'model.overrides={vision: {pool: cls, act: quick_gelu}, "
                     "text: {act: quick_gelu}}'\n"
-                    "Neither takes the registered `tiny` as it is (mean pooling), EfficientNet or Hugging Face text\n"
-                    "towers with a projection head, or per-image normalisation. docs/export.md has the details.")
+                    "Neither takes the registered `tiny` as it is (mean pooling), EfficientNet, timm or Hugging Face\n"
+                    "text towers with a projection head, or per-image normalisation. docs/export.md has the details.")
     p.add_argument("model", help="registered name, checkpoint dir, hf:ORG/NAME, open_clip:ARCH/TAG, or local dir")
     if full_parser_for("export"):  # the converters import torch: only when this command runs
         from clipforge.models.convert.export import FORMATS

@@ -7,6 +7,7 @@ from clipforge.models.config import (  # noqa: F401
     PreprocessConfig,
     ResNetConfig,
     TextConfig,
+    TimmConfig,
     VisionConfig,
     ViTConfig,
 )

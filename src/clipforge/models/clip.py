@@ -13,8 +13,8 @@ from clipforge.models.checkpoint import load_state_dict_strict, save_pretrained
 from clipforge.models.config import CLIPConfig
 from clipforge.models.output import CLIPOutput
 from clipforge.models.pretrained_config import resolve_config
-from clipforge.models.pretrained_sources import (hf_text_dir, read_efficientnet_state,
-                                                 resolve_efficientnet_pretrained)
+from clipforge.models.pretrained_sources import (hf_text_dir, read_efficientnet_state, read_timm_state,
+                                                 resolve_efficientnet_pretrained, timm_weights_path)
 from clipforge.models.projection import tower_head
 from clipforge.models.towers import text_tower, vision_tower
 from clipforge.models.transforms import image_transform
@@ -29,6 +29,9 @@ def _vision_tower(config: CLIPConfig, pretrained: bool) -> nn.Module:
     if path is not None:
         state = {k: t for k, t in read_efficientnet_state(path).items() if not k.startswith("_fc.")}
         load_state_dict_strict(tower.backbone, state, str(path))  # (the ImageNet classifier is dropped)
+    if pretrained and v.arch == "timm" and v.pretrained is not None:
+        path = timm_weights_path(v.pretrained)  # a local file only; its classifier is dropped
+        load_state_dict_strict(tower.model, read_timm_state(path, tower.model), str(path))
     return tower
 
 
@@ -44,8 +47,8 @@ class CLIPModel(nn.Module):
     """
 
     def __init__(self, config: CLIPConfig, tokenizer=None, pretrained: bool = False):
-        """`pretrained`: load the pretrained towers' weights (EfficientNet `vision.pretrained`, `text.hf`) from
-        where the config names them; False builds them randomly initialised (a checkpoint's state follows)."""
+        """`pretrained`: load the pretrained towers' weights (EfficientNet / timm `vision.pretrained`, `text.hf`)
+        from where the config names them; False builds them randomly initialised (a checkpoint's state follows)."""
         super().__init__()
         config = resolve_config(config)  # a Hugging Face text tower's config read into `text.hf_config`
         self.config = config

@@ -1,6 +1,7 @@
 """Model architectures as data: frozen dataclass configs, one per tower kind, read from and written to dicts.
 
-    CLIPConfig(embed_dim, vision=ViTConfig | ResNetConfig | EfficientNetConfig, text=TextConfig, preprocess)
+    CLIPConfig(embed_dim, vision=ViTConfig | ResNetConfig | EfficientNetConfig | TimmConfig, text=TextConfig,
+               preprocess)
 
 Each dataclass is checked when constructed (`config_checks`: one-line `UsageError`s, the parameter limit), so
 a config that exists is valid. `from_dict` reads a stored config: the vision part's class follows its
@@ -17,10 +18,11 @@ from typing import Any, Dict, Optional, Tuple, Union
 
 from clipforge.errors import UsageError
 from clipforge.models.config_checks import (check_clip, check_efficientnet, check_preprocess, check_resnet,
-                                            check_text, check_vit)
+                                            check_text, check_timm, check_vit)
 
-__all__ = ["ViTConfig", "ResNetConfig", "EfficientNetConfig", "VisionConfig", "VISION_CONFIGS", "vision_config",
-           "TextConfig", "PreprocessConfig", "CLIPConfig", "OPENAI_MEAN", "OPENAI_STD", "HALF_MEAN", "HALF_STD"]
+__all__ = ["ViTConfig", "ResNetConfig", "EfficientNetConfig", "TimmConfig", "VisionConfig", "VISION_CONFIGS",
+           "vision_config", "TextConfig", "PreprocessConfig", "CLIPConfig", "OPENAI_MEAN", "OPENAI_STD", "HALF_MEAN",
+           "HALF_STD"]
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -86,8 +88,33 @@ class EfficientNetConfig:
         check_efficientnet(self)
 
 
-VisionConfig = Union[ViTConfig, ResNetConfig, EfficientNetConfig]
-VISION_CONFIGS = {"vit": ViTConfig, "resnet": ResNetConfig, "efficientnet": EfficientNetConfig}
+@dataclass(frozen=True)
+class TimmConfig:
+    """A timm image model (models/timm_tower.py; needs the `timm` extra): `timm.create_model(model,
+    pretrained=False, num_classes=0)`, pooled by timm (`pool`: its `global_pool`, e.g. avg | max | avgmax |
+    token; null: the model's default), then a projection head (`head`, `head_hidden` as for EfficientNet).
+    `pretrained`: a local weights file in timm's layout (.safetensors, or a .pth/.bin read weights-only), or a
+    directory holding model.safetensors / pytorch_model.bin (a timm hub snapshot); null: random init.
+    `image_size` null: the model's pretrained_cfg input size. `timm_preprocess`: take mean, std, interpolation
+    and crop_pct from the pretrained_cfg. `feature_dim` (the pooled width) is read from the model when it is
+    first built (0: not yet); the config then holds everything, so a checkpoint rebuilds with timm alone."""
+
+    model: str = "resnet18"
+    pool: Optional[str] = None
+    pretrained: Optional[str] = None
+    head: str = "linear"
+    head_hidden: int = 0
+    image_size: Optional[int] = None
+    timm_preprocess: bool = True
+    feature_dim: int = 0
+    arch: str = field(default="timm", init=False)
+
+    def __post_init__(self):
+        check_timm(self)
+
+
+VisionConfig = Union[ViTConfig, ResNetConfig, EfficientNetConfig, TimmConfig]
+VISION_CONFIGS = {"vit": ViTConfig, "resnet": ResNetConfig, "efficientnet": EfficientNetConfig, "timm": TimmConfig}
 _VISION_KEYS = {f.name for c in VISION_CONFIGS.values() for f in dataclasses.fields(c)}
 
 
@@ -151,6 +178,7 @@ class PreprocessConfig:
     crop_scale: Tuple[float, float] = (0.9, 1.0)  # train: random resized crop area range (open_clip default)
     hflip: bool = False  # train: random horizontal flip (off by default: text may say left/right)
     per_image_norm: bool = False  # standardise each image by its own mean/std after normalisation
+    crop_pct: float = 1.0  # eval: resize to floor(image_size / crop_pct), then centre crop image_size (timm's)
     # Whose eval pipeline to copy bit for bit (docs/fidelity.md): "open_clip" (torchvision: crop offset
     # round-half-even, non-RGB images resized in their own mode and converted after the crop) or "hf"
     # (transformers' image processors: crop offset floored, transparency composited on white first).

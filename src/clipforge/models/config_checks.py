@@ -11,13 +11,14 @@ from __future__ import annotations
 import json
 import math
 import numbers
+import re
 from typing import Optional
 
 from clipforge.errors import UsageError
 from clipforge.models.param_count import count_parameters
 
 __all__ = ["MAX_PARAMETERS", "MAX_LAYERS", "own_projection", "check_vit", "check_resnet", "check_efficientnet",
-           "check_text", "check_preprocess", "check_clip"]
+           "check_timm", "check_text", "check_preprocess", "check_clip"]
 
 MAX_PARAMETERS = 20_000_000_000  # far above any CLIP (ViT-bigG/14 is 2.5 B); beyond it is a broken config
 MAX_LAYERS = 1024                # a config asking for more blocks is broken (even tiny ones take minutes)
@@ -33,6 +34,7 @@ SHORT_POSITIONS = ("original", "stretched")
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
 RESIZE_MODES = ("shortest", "squash")
 CONVENTIONS = ("open_clip", "hf", "hf_torchvision")  # whose eval preprocessing to copy (models/transforms.py)
+TIMM_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")  # timm model names (resnet18, vit_base_patch16_224.augreg_in1k)
 
 
 def _fail(key: str, want: str, value) -> None:
@@ -137,6 +139,20 @@ def check_efficientnet(cfg) -> None:
                          f"{cfg.image_size}")
 
 
+def check_timm(cfg) -> None:
+    for key in ("model", "pool"):
+        v = getattr(cfg, key)
+        if (v is not None or key == "model") and (not isinstance(v, str) or not TIMM_NAME.match(v)):
+            _fail(f"vision.{key}", "a timm name (letters, digits, _ . -)" + (" or null" if key == "pool" else ""), v)
+    _head(cfg, "vision")
+    if cfg.pretrained is not None and (not isinstance(cfg.pretrained, str) or not cfg.pretrained.strip()):
+        _fail("vision.pretrained", "a local weights file or directory, or null", cfg.pretrained)
+    if cfg.image_size is not None:
+        _int(cfg, "image_size", "vision", lo=16, hi=8192)
+    _bool(cfg, ("timm_preprocess",), "vision")
+    _int(cfg, "feature_dim", "vision", lo=0, hi=1 << 20)
+
+
 def _hf_config(d) -> None:
     if not isinstance(d, dict) or not isinstance(d.get("model_type"), str):
         _fail("text.hf_config", "a Hugging Face config (a mapping with model_type)", type(d).__name__)
@@ -194,12 +210,15 @@ def check_preprocess(cfg) -> None:
     _choice(cfg, "resize_mode", w, RESIZE_MODES)
     _choice(cfg, "convention", w, CONVENTIONS)
     _bool(cfg, ("hflip", "per_image_norm"), w)
+    _real(cfg, "crop_pct", w)
+    if cfg.crop_pct > 1:
+        _fail("preprocess.crop_pct", "a number in (0, 1]", cfg.crop_pct)
 
 
 def own_projection(tower) -> bool:
     """True for clipforge's own towers (ViT, ResNet, text transformer: `proj`); False for pretrained encoders
-    with a projection head (EfficientNet, Hugging Face text)."""
-    return getattr(tower, "arch", None) != "efficientnet" and getattr(tower, "hf", None) is None
+    with a projection head (EfficientNet, timm, Hugging Face text)."""
+    return getattr(tower, "arch", None) not in ("efficientnet", "timm") and getattr(tower, "hf", None) is None
 
 
 def check_clip(cfg, nested: dict) -> None:
@@ -225,7 +244,7 @@ def check_clip(cfg, nested: dict) -> None:
         v, t = cfg.vision, cfg.text
         vision = {"vit": lambda: f"vision {v.width} x {v.layers} layers",
                   "resnet": lambda: f"vision resnet {v.width} x {list(v.stage_layers)} blocks",
-                  "efficientnet": lambda: f"vision {v.variant}"}[v.arch]()
+                  "efficientnet": lambda: f"vision {v.variant}", "timm": lambda: f"vision timm {v.model}"}[v.arch]()
         raise UsageError(f"this config describes a model of {size} parameters, over the "
                          f"{MAX_PARAMETERS / 1e9:.0f} B limit: check its sizes ({vision}, text {t.width} x "
                          f"{t.layers} layers, vocab {t.vocab_size})")

@@ -1,4 +1,5 @@
-"""Resolving a config's pretrained towers: what `text.hf` names is read once, into the config itself.
+"""Resolving a config's pretrained towers: what `text.hf` and a timm image tower name is read once, into the
+config itself (the timm part: `timm_tower.resolve_timm`).
 
 `resolve_config(cfg)` returns `cfg` unchanged when it names no Hugging Face text model, or when that model's
 config is already in it (a checkpoint). Otherwise it reads the model directory's `config.json` into
@@ -12,12 +13,14 @@ import dataclasses
 
 from clipforge.models.config import CLIPConfig
 from clipforge.models.pretrained_sources import hf_text_dir, read_hf_text_config
+from clipforge.models.timm_tower import resolve_timm
 
 DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout",
                 "activation_dropout", "classifier_dropout")
 
 
 def resolve_config(cfg: CLIPConfig) -> CLIPConfig:
+    cfg = resolve_timm(cfg)
     t = cfg.text
     if t.hf is None or t.hf_config is not None:
         return cfg

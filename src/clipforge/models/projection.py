@@ -30,7 +30,7 @@ def projection_head(kind: str, in_dim: int, out_dim: int, hidden: int = 0) -> nn
 
 
 def is_pretrained_tower(tower: nn.Module) -> bool:
-    """EfficientNetTower, HFTextTower: an encoder (`features`) and a projection head (`head`)."""
+    """EfficientNetTower, TimmTower, HFTextTower: an encoder (`features`) and a projection head (`head`)."""
     return hasattr(tower, "feature_dim")
 
 

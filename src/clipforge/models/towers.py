@@ -9,15 +9,17 @@ from clipforge.models.efficientnet import EfficientNetTower
 from clipforge.models.hf_text import HFTextTower
 from clipforge.models.resnet import ResNetTower
 from clipforge.models.text import TextTower
+from clipforge.models.timm_tower import timm_tower
 from clipforge.models.vision import VisionTower
 
 __all__ = ["VISION_TOWERS", "vision_tower", "text_tower"]
 
-VISION_TOWERS = {"vit": VisionTower, "resnet": ResNetTower, "efficientnet": EfficientNetTower}
+VISION_TOWERS = {"vit": VisionTower, "resnet": ResNetTower, "efficientnet": EfficientNetTower, "timm": timm_tower}
 
 
 def vision_tower(cfg, embed_dim: int) -> nn.Module:
-    """The image tower of a `ViTConfig`, `ResNetConfig` or `EfficientNetConfig` (no pretrained weights)."""
+    """The image tower of a `ViTConfig`, `ResNetConfig`, `EfficientNetConfig` or `TimmConfig` (no pretrained
+    weights; a timm tower needs timm, except for counting: `timm_tower.timm_tower`)."""
     return VISION_TOWERS[cfg.arch](cfg, embed_dim)
 
 

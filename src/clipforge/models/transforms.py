@@ -90,42 +90,40 @@ class EvalTransform:
     hf_torchvision  the same processors' torchvision backend, transformers 5.x's default: composite on white,
                resize the uint8 tensor with torch's antialiased interpolation (not Pillow's filter: up to 0.135
                apart on noise), crop with a floored offset, normalise by mean and std scaled to 0..255.
+
+    `crop_pct` < 1 (timm's eval crop) resizes to floor(size / crop_pct) first, shortest side or squashed, and
+    crops the centre `size` x `size`: timm's `transforms_imagenet_eval` (torchvision on PIL, as open_clip).
     """
 
     def __init__(self, image_size: int, cfg: PreprocessConfig):
         self.size, self.cfg = int(image_size), cfg
+        self.scale = self.size if cfg.crop_pct == 1 else math.floor(self.size / cfg.crop_pct)  # timm's formula
         self.resample = _RESAMPLE[cfg.interpolation]
         if cfg.convention not in CONVENTIONS:
             raise UsageError(f"unknown preprocess convention {cfg.convention!r}; valid: {', '.join(CONVENTIONS)}")
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
-        conv, s = self.cfg.convention, self.size
+        conv, s, scale = self.cfg.convention, self.size, self.scale
         if conv == "hf_torchvision":
             return self._torchvision(composite_rgb(img))
         if conv == "hf":
             img = composite_rgb(img)
-        if self.cfg.resize_mode == "squash":
-            if img.size != (s, s):
-                img = img.resize((s, s), self.resample)
-        else:
-            nw, nh = resized_size(*img.size, s)
-            if (nw, nh) != img.size:
-                img = img.resize((nw, nh), self.resample)
+        nw, nh = (scale, scale) if self.cfg.resize_mode == "squash" else resized_size(*img.size, scale)
+        if (nw, nh) != img.size:
+            img = img.resize((nw, nh), self.resample)
+        if (nw, nh) != (s, s):
             left, top = crop_offset(nw, s, conv), crop_offset(nh, s, conv)
             img = img.crop((left, top, left + s, top + s))
         return to_tensor(img, self.cfg.mean, self.cfg.std, self.cfg.per_image_norm)
 
     def _torchvision(self, img: Image.Image) -> torch.Tensor:
-        s = self.size
+        s, scale = self.size, self.scale
         x = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)[None]  # (1, 3, H, W)
         h, w = x.shape[-2:]
-        if self.cfg.resize_mode == "squash":
-            nw, nh = s, s
-        else:
-            nw, nh = resized_size(w, h, s)
+        nw, nh = (scale, scale) if self.cfg.resize_mode == "squash" else resized_size(w, h, scale)
         if (nh, nw) != (h, w):
             x = tv_resize_uint8(x, nh, nw, self.cfg.interpolation)
-        if self.cfg.resize_mode != "squash":
+        if (nh, nw) != (s, s):
             top, left = (x.shape[-2] - s) // 2, (x.shape[-1] - s) // 2
             x = x[..., top: top + s, left: left + s]
         # transformers fuses rescale into normalise: (x - 255 mean) / (255 std), in float32

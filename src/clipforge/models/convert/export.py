@@ -24,8 +24,9 @@ def export_model(model, to: str, out_dir, *, overwrite: bool = False) -> Path:
         model = merged_model(model)
     cfg = model.config
     if to in FORMATS and (not own_projection(cfg.vision) or not own_projection(cfg.text)):
-        towers = [w for w, t in (("an EfficientNet image tower", cfg.vision), ("a Hugging Face text tower",
-                                                                                cfg.text)) if not own_projection(t)]
+        image = {"timm": f"a timm image tower ({getattr(cfg.vision, 'model', '')})"}.get(
+            cfg.vision.arch, "an EfficientNet image tower")
+        towers = [w for w, t in ((image, cfg.vision), ("a Hugging Face text tower", cfg.text)) if not own_projection(t)]
         raise UsageError(f"this model has {' and '.join(towers)} with a projection head: neither transformers' "
                          "CLIPModel nor open_clip's CLIP holds such towers, so it cannot be written as "
                          f"{to!r}; save it as a clipforge checkpoint (model.save_pretrained(DIR), or a training "
