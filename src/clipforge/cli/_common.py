@@ -78,10 +78,11 @@ def engine_options(args) -> dict:
 MERGE_METHODS = ("tome", "pitome")  # clipforge.models.token_merge.METHODS (kept torch-free for --help)
 
 
-def add_token_merge_args(p: argparse.ArgumentParser) -> None:
+def add_token_merge_args(p: argparse.ArgumentParser, default: str = "0 exact (default)") -> None:
+    """--token-merge / --merge-method; `default` says what an unset --token-merge means."""
     p.add_argument("--token-merge", default=None, metavar="R",
                    help="ViT image towers: merge R similar tokens in every transformer block (or R1,R2,... one "
-                        "count per block): faster, approximate; 0 exact (default). Measured speed and accuracy "
+                        f"count per block): faster, approximate; {default}. Measured speed and accuracy "
                         "per R: docs/token_merge.md. Needs --engine torch")
     p.add_argument("--merge-method", choices=MERGE_METHODS, default=None,
                    help="which tokens merge: tome (bipartite matching on attention keys, the default) or pitome "

@@ -6,8 +6,8 @@ import json
 import logging
 
 from clipforge.cli._common import (add_collection_job_args, add_engine_args, add_executor_args, engine_options,
-                                   add_overwrite_arg, executor_from_args, full_parser_for, parse_item_ids,
-                                   positive_int)
+                                   add_overwrite_arg, add_token_merge_args, executor_from_args, full_parser_for,
+                                   parse_item_ids, positive_int, token_merge_options)
 
 logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its INFO lines about CPU builds are noise here
 
@@ -42,6 +42,8 @@ def register(sub):
     b.add_argument("--no-text", action="store_true", help="do not embed captions (text_emb/)")
     b.add_argument("--device", default=None)
     add_executor_args(b, "index")
+    add_token_merge_args(b, default="0 exact (default); recorded in index.json: updates, a resumed build and "
+                                    "image queries use it")
     b.set_defaults(func=run_build)
     u = isub.add_parser("update", help="add new, re-embed changed, drop deleted files; rebuild the index")
     u.add_argument("index_dir")
@@ -57,6 +59,7 @@ def register(sub):
                    help="run the shell command of a pipe: source that INDEX_DIR/index.json records (refused "
                         "otherwise: a command read from a file runs only when you accept it; see docs/security.md)")
     add_engine_args(u, default=None)
+    add_token_merge_args(u, default="0 exact; default: as the index was built (a different value is refused)")
     u.set_defaults(func=run_update)
     d = isub.add_parser("delete", help="remove items by id, path glob or metadata filter (ids are never reused)",
                         description="Remove items from an index: they leave search at once (a running "
@@ -81,12 +84,21 @@ def register(sub):
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
 
+def _merge_said(info: dict) -> str:
+    """", token merge tome r=2" for an index embedded with token merging, else ""."""
+    from clipforge.models.token_merge import token_merge_setting
+
+    tm = token_merge_setting(info.get("token_merge"))
+    return f", token merge {tm.describe()}" if tm is not None else ""
+
+
 def _print_summary(s: dict) -> None:
     from clipforge.data.display import shown  # names and paths: one line each, no control characters raw
 
     idx = s["index"]
     rec = (idx.get("recall@10") or {}).get("recall@10")
-    print(f"index {shown(s['out_dir'])}: {s['count']} items, model {shown(s['model'])} ({s['precision']})")
+    print(f"index {shown(s['out_dir'])}: {s['count']} items, model {shown(s['model'])} ({s['precision']}"
+          f"{_merge_said(s)})")
     print(f"  this run: embedded {s['embedded']} in {s['seconds']:.1f} s ({s['images_per_s']:.1f} images/s), "
           f"skipped {s['skipped_this_run']}" + "".join(f", {k} {s[k]}" for k in ("added", "changed", "deleted")
                                                        if k in s))
@@ -115,7 +127,7 @@ def run_update(args) -> int:
     s = update_index(args.index_dir, workers=args.workers, max_memory=args.max_memory,
                      index_kind=args.index_kind, device=args.device, include_deleted=args.include_deleted,
                      engine=args.engine, threads=args.threads, allow_pipe=args.allow_pipe,
-                     min_recall=args.min_recall)
+                     min_recall=args.min_recall, **token_merge_options(args))
     _print_summary(s)
     return 0
 
@@ -162,8 +174,8 @@ def run_info(args) -> int:
     rec = (idx.get("recall@10") or {}).get("recall@10")
     print(f"{shown(args.index_dir)}: {info['store']['live']} items ({info['store']['deleted']} deleted rows), "
           f"dim {info['store']['dim']}, status {info['status']}")
-    print(f"  source {shown(info['source'])}\n  model {shown(info['model'])} ({info['precision']}), captions "
-          f"embedded: {info['text']}")
+    print(f"  source {shown(info['source'])}\n  model {shown(info['model'])} ({info['precision']}"
+          f"{_merge_said(info)}), captions embedded: {info['text']}")
     print(f"  faiss {idx.get('kind')}: {idx.get('reason')}" + (f"; recall@10 {rec:.3f}" if rec is not None else ""))
     sk = info.get("skipped", {})
     print(f"  unreadable files: {sk.get('total', 0)} {json.dumps(sk.get('by_reason', {}))}")

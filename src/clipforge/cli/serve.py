@@ -6,7 +6,7 @@ import json
 import os
 from dataclasses import asdict
 
-from clipforge.cli._common import add_engine_args, positive_int
+from clipforge.cli._common import add_engine_args, add_token_merge_args, positive_int, token_merge_options
 
 MAX_HEADER_BYTES = 16 * 1024
 
@@ -79,6 +79,8 @@ def register(sub):
                         "docs/bench_serve.md; heads over 16 KB get 431 from the app once read)")
     p.add_argument("--device", default=None)
     add_engine_args(p, default=None)
+    add_token_merge_args(p, default="0 exact; default: as the index was built (image queries and /classify "
+                                    "then embed like the collection)")
     p.set_defaults(func=run)
 
 
@@ -112,7 +114,7 @@ def run(args) -> int:
     options = dict(index_dir=os.path.abspath(args.index_dir), limits=asdict(limits), device=args.device,
                    rerank=args.rerank, rerank_k=args.rerank_k if args.rerank else None,
                    reload_interval=args.reload_interval or None,
-                   encode_engine=args.engine, threads=args.threads,
+                   encode_engine=args.engine, threads=args.threads, **token_merge_options(args),
                    allowed_hosts=list(allowed_hosts) if allowed_hosts else None)
     if args.workers > 1:  # each worker process builds its app from the environment (uvicorn imports it anew)
         os.environ[SERVE_ENV] = json.dumps(options)

@@ -35,6 +35,7 @@ from clipforge.data.sample import text_safe
 from clipforge.data.sources import absolute_spec, open_source
 from clipforge.data.sources.trust import accept_stored
 from clipforge.errors import UsageError
+from clipforge.models.token_merge import token_merge_setting
 from clipforge.progress import Progress
 from clipforge.retrieval.faiss_build import MIN_RECALL, build_faiss, check_min_recall
 from clipforge.retrieval.index_dir import INDEX_FILE, INFO_FILE, IndexDir, read_info
@@ -163,7 +164,7 @@ def build_index(source: str, model: str, out_dir, *, batch_size: int = 64, worke
                 source_options: dict | None = None,
                 on_batch: Callable[[dict], None] | None = None, executor: str = "local",
                 executor_options: dict | None = None, engine: str = "torch", threads: int | None = None,
-                min_recall: float = MIN_RECALL) -> dict:
+                min_recall: float = MIN_RECALL, token_merge=None, merge_method: str | None = None) -> dict:
     """Embed every image of a data-layer source into out_dir, then build its faiss index.
 
     Re-running on the same out_dir resumes a killed build (same source and model required). text: "auto"
@@ -173,8 +174,10 @@ def build_index(source: str, model: str, out_dir, *, batch_size: int = 64, worke
     num_workers, ...); the shards and their ids are the same. `engine` (torch | onnx | openvino | auto) is the
     inference runtime the executor runs the model with (`clipforge.encode`), with `threads`; it is recorded,
     and updates and queries use it unless told otherwise. The index's recall@10 against exact search is
-    measured and recorded; below `min_recall` the build warns (`build_faiss`). Returns a summary (also
-    index.json).
+    measured and recorded; below `min_recall` the build warns (`build_faiss`). `token_merge` / `merge_method`:
+    token merging in a ViT image tower (`models.token_merge`: faster, approximate; None or 0 exact), recorded
+    in index.json: a resumed build and `update_index` embed with it, image queries too (`IndexSearcher`).
+    Returns a summary (also index.json).
     """
     if batch_size < 1 or shard_size < 1 or workers < 0:
         raise UsageError(f"need batch_size >= 1, shard_size >= 1, workers >= 0; got {batch_size}, "
@@ -196,18 +199,19 @@ def build_index(source: str, model: str, out_dir, *, batch_size: int = 64, worke
                              "use `clipforge index update` for it, or choose another `out_dir`")
         precision = info["precision"]  # a resumed build embeds exactly like the first run
         engine = info.get("engine", engine)
+    merge = _token_merge(root, info, token_merge, merge_method)
     positions = _keys_of(src)
     if text == "auto":
         text = any(s.captions for _, s in positions[:64])
     text = bool(info["text"]) if info is not None else bool(text)
     job = EncodeJob(source, ref, dict(source_options or {}), precision=precision, engine=engine, threads=threads,
-                    device=device, captions=text, workers=workers)
+                    token_merge=merge, device=device, captions=text, workers=workers)
     runner = create_executor(executor, job, **(executor_options or {}))
     prec, dim = runner.precision, runner.embed_dim
     if info is None:
         info = {"format": "clipforge-index", "version": INFO_VERSION, "source": source, "paths": "absolute",
                 "source_options": source_options or {}, "model": ref, "precision": prec, "text": bool(text),
-                "engine": engine,
+                "engine": engine, "token_merge": merge,
                 "batch_size": batch_size, "shard_size": shard_size, "status": "building", "bad": {},
                 "created": time.time()}
     mods = ("img", "text") if info["text"] else ("img",)
@@ -229,7 +233,7 @@ def build_index(source: str, model: str, out_dir, *, batch_size: int = 64, worke
 def update_index(index_dir, *, workers: int = 0, max_memory=None, index_kind: str | None = None,
                  progress: bool | None = None, device=None, on_batch=None, include_deleted: bool = False,
                  engine: str | None = None, threads: int | None = None, allow_pipe: bool = False,
-                 min_recall: float | None = None) -> dict:
+                 min_recall: float | None = None, token_merge=None, merge_method: str | None = None) -> dict:
     """Bring an index up to date with its source: embed new files, re-embed changed ones (size, mtime or
     caption differ; they keep their ids), remove deleted ones, retry files that failed before.
 
@@ -238,7 +242,9 @@ def update_index(index_dir, *, workers: int = 0, max_memory=None, index_kind: st
 
     The source is the one index.json records: a file, so a `pipe:` command in it (webdataset shards read from
     a program's output) is refused unless `allow_pipe` accepts it (`clipforge.data.sources.trust`).
-    `min_recall` (default: the one the index was built with) as in `build_index`."""
+    `min_recall` (default: the one the index was built with) as in `build_index`. New and changed items are
+    embedded with the token merging the index was built with (index.json); a `token_merge` / `merge_method`
+    that differs from it is refused (every item of an index is embedded alike)."""
     if min_recall is not None:
         check_min_recall(min_recall)
     root = Path(index_dir)
@@ -247,13 +253,14 @@ def update_index(index_dir, *, workers: int = 0, max_memory=None, index_kind: st
     if include_deleted:
         info["excluded"] = {}
     excluded = set(info.get("excluded", {}))
+    merge = _token_merge(root, info, token_merge, merge_method)
     spec = accept_stored(info["source"], allow_pipe)
     src = open_source(spec, **info.get("source_options", {}))
     # one store transaction: readers see the index before this update or after it, never its removals alone
     # (a killed update publishes nothing; the next run starts over)
     job = functools.partial(EncodeJob, spec, info["model"], dict(info.get("source_options", {})),
                             precision=info["precision"], engine=engine or info.get("engine", "torch"),
-                            threads=threads, device=device, workers=workers)
+                            threads=threads, token_merge=merge, device=device, workers=workers)
     # (the model loads once the store's modalities say whether captions are embedded too)
     with EmbeddingStore.open(root, writable=True) as store, store.transaction(), \
             create_executor("local", job(captions="text" in store.modalities)) as runner:
@@ -289,6 +296,27 @@ def update_index(index_dir, *, workers: int = 0, max_memory=None, index_kind: st
                    min_recall=min_recall)
 
 
+def _token_merge(root: Path, info: dict | None, token_merge, merge_method: str | None) -> dict | None:
+    """The token merging an index embeds with, as index.json records it (None: exact): for a new index what was
+    given; for an existing one (a resumed build, an update) the recorded one, and a given one that differs from
+    it is refused in one line."""
+    recorded = token_merge_setting(info.get("token_merge")) if info is not None else None
+    if token_merge is None and merge_method is None:
+        wanted = recorded
+    else:
+        if token_merge is None and recorded is None:
+            raise UsageError("`merge_method` needs `token_merge` (the tokens merged per block)")
+        wanted = token_merge_setting(recorded if token_merge is None else token_merge, merge_method)
+    if info is not None and wanted != recorded:
+        def said(tm):
+            return tm.describe() if tm is not None else "none (exact)"
+
+        raise UsageError(f"{root} was embedded with token merging {said(recorded)}, not {said(wanted)}: every "
+                         "item of an index is embedded alike; give the same `token_merge` / `merge_method` (or "
+                         "none: the recorded one is used), or build another index")
+    return wanted.to_dict() if wanted is not None else None
+
+
 def _finish(root: Path, info: dict, res: dict, max_memory, index_kind: str, extra: dict,
             rebuild: bool = True, min_recall: float = MIN_RECALL) -> dict:
     if rebuild and index_kind is not None:
@@ -307,7 +335,8 @@ def _finish(root: Path, info: dict, res: dict, max_memory, index_kind: str, extr
     atomic_write_json(root / INFO_FILE, info)
     if res["skipped"].total:
         log.warning("skipped %d unreadable files: %s", res["skipped"].total, dict(res["skipped"]))
-    return {**{k: info.get(k) for k in ("source", "model", "precision", "count", "skipped", "index")},
+    return {**{k: info.get(k) for k in ("source", "model", "precision", "token_merge", "count", "skipped",
+                                         "index")},
             **info["last_run"], "out_dir": str(root), "skipped_samples": res["skipped"].as_dict()["samples"]}
 
 

@@ -6,9 +6,11 @@ model that embeds queries — shared by `clipforge search`, the HTTP service and
         print(hit.rank, hit.id, hit.score, hit.metadata["path"])
 
 Queries embed with the model, precision and engine the index was built with (index.json), unless another
-engine is asked for. Text query embeddings go through a `TextEmbeddingCache`: repeated texts come from an LRU
-cache, and the misses of concurrent callers share one forward (micro-batches). One model forward runs at a time
-(several competing ones only fight over the same cores).
+engine is asked for, and with the token merging it was built with (`models.token_merge`, unless another is
+asked for): image queries then embed like the collection (text towers are never merged). Text query
+embeddings go through a `TextEmbeddingCache`: repeated texts come from an LRU cache, and the misses of
+concurrent callers share one forward (micro-batches). One model forward runs at a time (several competing ones
+only fight over the same cores).
 
 Live updates: the index directory's state is an immutable `IndexView`. `refresh()` loads a new view when the
 directory changed (`index update`, `index delete`, a rebuild) and swaps it in with one reference assignment:
@@ -30,6 +32,7 @@ import numpy as np
 
 from clipforge.encode import Encoder, TextEmbeddingCache
 from clipforge.errors import ClipforgeError, UsageError
+from clipforge.models.token_merge import token_merge_setting
 from clipforge.retrieval.filters import parse_filter
 from clipforge.retrieval.index import VectorIndex
 from clipforge.retrieval.index_dir import IndexDir
@@ -90,7 +93,10 @@ class IndexSearcher:
     text_cache: texts whose embeddings are kept (0: none); text_batch: most texts per text forward.
     rerank: a second stage (`create_reranker`: a model reference, an index directory, or a Reranker), with
     rerank_options for its kind; rerank_k: candidates it re-scores. encode_engine / threads: the runtime that
-    embeds queries (`clipforge.encode` engines; default: the one the index was built with).
+    embeds queries (`clipforge.encode` engines; default: the one the index was built with). token_merge /
+    merge_method: token merging in the query model's ViT image tower (`models.token_merge`; default: what the
+    index records, so image queries and image classification embed like the collection; 0: exact). A `model`
+    given as a model (not an Encoder) gets the index's precision and this token merging, in place.
     hidden_columns: metadata columns no search through this searcher may filter on (`filters.parse_filter`):
     what a service never shows its clients (the HTTP service: the server's file paths), so a filter cannot
     probe them; each search may add more. Python and CLI users, who own the files, keep the default ().
@@ -99,7 +105,7 @@ class IndexSearcher:
     def __init__(self, index_dir, device=None, model=None, text_cache: int = 4096, *, text_batch: int = 64,
                  rerank: Any = None, rerank_k: int = DEFAULT_RERANK_K, rerank_options: Optional[dict] = None,
                  encode_engine: str | None = None, threads: int | None = None,
-                 hidden_columns: Sequence[str] = ()):
+                 hidden_columns: Sequence[str] = (), token_merge=None, merge_method: Optional[str] = None):
         self.root = Path(index_dir)
         self.hidden_columns = tuple(hidden_columns)
         self.view = IndexView(self.root)
@@ -107,8 +113,13 @@ class IndexSearcher:
         # The runtime that embeds queries: as asked, else the one the index was built with (fp32 engines agree
         # within 1e-4 cosine distance; an int8 index needs an engine that offers int8).
         self._engine = {"engine": encode_engine or self.view.info.get("engine", "torch"), "threads": threads}
+        if token_merge is None and merge_method is not None and self.view.info.get("token_merge") is None:
+            raise UsageError("`merge_method` needs `token_merge` (the tokens merged per block)")
+        token_merge_setting(token_merge, merge_method)  # a bad setting fails now, not at the first query
+        self._merge_asked = (token_merge, merge_method)
+        self._merge = self._merge_for(self.view)
         if model is not None and not isinstance(model, Encoder):
-            model = Encoder.from_model(model, precision=self.view.info["precision"])
+            model = Encoder.from_model(model, precision=self.view.info["precision"], token_merge=self._merge)
         self._encoder = model  # None: loaded on first use
         self._encoder_key = self.view.model_key
         self._model_lock = threading.Lock()  # one forward at a time
@@ -136,13 +147,23 @@ class IndexSearcher:
     cache_hits = property(lambda self: self.texts.hits)
 
     # -- the model --
+    def _merge_for(self, view: IndexView) -> Optional[dict]:
+        """The token merging queries embed with over `view`: as asked, else what its index records."""
+        token_merge, method = self._merge_asked
+        if token_merge is None and method is None:
+            return view.info.get("token_merge")
+        tm = token_merge_setting(view.info.get("token_merge") if token_merge is None else token_merge, method)
+        return tm.to_dict() if tm is not None else None
+
+    def _load(self, ref: str, precision: str, merge: Optional[dict]) -> Encoder:
+        return Encoder.load(ref, device=self._device, precision=precision, token_merge=merge, **self._engine)
+
     @property
     def encoder(self) -> Encoder:
-        """The index's model in the index's precision (loaded on first use)."""
+        """The index's model in the index's precision, with its token merging (loaded on first use)."""
         with self._load_lock:
             if self._encoder is None:
-                ref, precision = self._encoder_key
-                self._encoder = Encoder.load(ref, device=self._device, precision=precision, **self._engine)
+                self._encoder = self._load(*self._encoder_key, self._merge)
             return self._encoder
 
     def encode_text_uncached(self, texts: list[str]) -> np.ndarray:
@@ -167,21 +188,27 @@ class IndexSearcher:
         """(model reference, precision) of the model queries are embedded with."""
         return self._encoder_key
 
+    @property
+    def token_merge(self) -> Optional[dict]:
+        """The token merging image queries embed with (`TokenMerge.to_dict()`; None: exact)."""
+        return self._merge
+
     # -- live updates --
     def refresh(self, force: bool = False) -> bool:
         """Load the index directory again if it changed (or `force`), then swap the new view in. Returns
-        whether it swapped. The model is reloaded only if the index now names another model or precision."""
+        whether it swapped. The model is reloaded only if the index now names another model, precision or (when
+        none was asked for) token merging."""
         with self._refresh_lock:
             if not force and IndexDir(self.root).signature() == self.view.signature:
                 if self.reranker is not None:
                     self.reranker.refresh()
                 return False
             view = IndexView(self.root)
-            if view.model_key != self._encoder_key:  # rebuilt with another model: its queries need that one
-                ref, precision = view.model_key
-                encoder = Encoder.load(ref, device=self._device, precision=precision, **self._engine)
+            merge = self._merge_for(view)
+            if view.model_key != self._encoder_key or merge != self._merge:  # rebuilt: its queries need that
+                encoder = self._load(*view.model_key, merge)
                 with self._load_lock:
-                    self._encoder, self._encoder_key = encoder, view.model_key
+                    self._encoder, self._encoder_key, self._merge = encoder, view.model_key, merge
                 self.texts.clear()
             self.view = view  # the swap: one reference assignment
             self.reloads += 1
@@ -259,6 +286,7 @@ class IndexSearcher:
         idx = view.info.get("index", {})
         out = {"count": len(view.index), "dim": view.dim, "model": view.info["model"],
                "precision": view.info["precision"], "source": view.info["source"],
+               "token_merge": self._merge, "index_token_merge": view.info.get("token_merge"),
                "index_kind": view.index.kind, "recall@10": (idx.get("recall@10") or {}).get("recall@10"),
                "skipped": view.info.get("skipped", {}), "text_cache_hits": self.texts.hits,
                "text_cache": self.texts.stats(), "has_text_embeddings": bool(view.info.get("text")),

@@ -1,7 +1,8 @@
 """`EncodeJob`: everything a worker needs to encode part of a collection exactly as a local run would.
 
 It holds names, not objects (a source spec, a model reference), so it pickles to any worker, which opens the
-source and loads the model itself, run by the job's `engine` in its `precision` with its `threads`. Registered
+source and loads the model itself, run by the job's `engine` in its `precision` with its `threads` (and its
+`token_merge` / `merge_method`: token merging in a ViT image tower, `clipforge.models.token_merge`). Registered
 model names without weights are initialised from `seed`, so every worker gets the same weights (see
 `Encoder.load`).
 """
@@ -22,7 +23,9 @@ __all__ = ["EncodeJob", "encode_batches", "UnitView"]
 class EncodeJob:
     """What to encode and how. `precision` may be "auto" until an executor resolves it where it runs; `engine`
     is the inference runtime every worker runs the model with (torch | onnx | openvino | auto, see
-    `clipforge.encode`), with `threads` intra-op threads (None: the engine's default; a Ray actor's CPUs)."""
+    `clipforge.encode`), with `threads` intra-op threads (None: the engine's default; a Ray actor's CPUs).
+    `token_merge` / `merge_method`: token merging in the model's ViT image tower (torch engine; anything
+    `models.token_merge.token_merge_setting` reads, e.g. 4, "8,8,4" or a recorded dict; None: exact)."""
 
     source: str
     model: str
@@ -30,6 +33,8 @@ class EncodeJob:
     precision: str = "auto"
     engine: str = "torch"
     threads: Optional[int] = None
+    token_merge: Any = None
+    merge_method: Optional[str] = None
     device: Optional[str] = None  # None: CUDA where the worker has it, else the CPU
     captions: bool = False  # also embed each row's first caption (ImageBatch.text_feats)
     require: Optional[str] = None  # "label" / "caption": skip (and count) samples without one
@@ -60,7 +65,8 @@ class EncodeJob:
 
     def load_encoder(self) -> Encoder:
         return Encoder.load(self.model, engine=self.engine, device=self.device, precision=self.precision,
-                            threads=self.threads, seed=self.seed)
+                            threads=self.threads, seed=self.seed, token_merge=self.token_merge,
+                            merge_method=self.merge_method)
 
 
 def encode_batches(job: EncodeJob, source, encoder: Encoder, plan: Sequence[Sequence[int]], *,

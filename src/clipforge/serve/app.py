@@ -71,18 +71,23 @@ RELOAD_INTERVAL_S = 0.25
 def create_app(index_dir, api_key: str | None = None, limits: Limits = Limits(), device=None,
                searcher: IndexSearcher | None = None, *, rerank=None, rerank_k: int | None = None,
                reload_interval: Optional[float] = RELOAD_INTERVAL_S, encode_engine: str | None = None,
-               threads: int | None = None, allowed_hosts=None) -> FastAPI:
+               threads: int | None = None, allowed_hosts=None, token_merge=None,
+               merge_method: str | None = None) -> FastAPI:
     """The service over `index_dir`. `searcher`: a ready IndexSearcher (else one is opened, with `rerank` /
-    `rerank_k` as IndexSearcher takes them, and `encode_engine` / `threads` for the runtime that embeds queries).
+    `rerank_k` as IndexSearcher takes them, `encode_engine` / `threads` for the runtime that embeds queries, and
+    `token_merge` / `merge_method` for the token merging image queries and /classify embed with: default the
+    index's own, `models.token_merge`).
     `reload_interval`: seconds between checks of the index directory for changes while the app runs (None:
     never; the app's lifespan starts and stops the watcher). `allowed_hosts`: the Host names it answers to
     (hosts.HostAllowlist; None: any)."""
     if searcher is None:
         searcher = IndexSearcher(index_dir, device=device, rerank=rerank, encode_engine=encode_engine,
-                                 threads=threads, hidden_columns=HIDDEN_COLUMNS,
-                                 **({"rerank_k": rerank_k} if rerank_k is not None else {}))
-    elif rerank is not None or rerank_k is not None or encode_engine is not None:
-        raise UsageError("give `rerank` / `rerank_k` / `encode_engine` to the IndexSearcher passed as `searcher`")
+                                 threads=threads, hidden_columns=HIDDEN_COLUMNS, token_merge=token_merge,
+                                 merge_method=merge_method, **({"rerank_k": rerank_k} if rerank_k is not None else {}))
+    elif rerank is not None or rerank_k is not None or encode_engine is not None or token_merge is not None \
+            or merge_method is not None:
+        raise UsageError("give `rerank` / `rerank_k` / `encode_engine` / `token_merge` / `merge_method` to the "
+                         "IndexSearcher passed as `searcher`")
     searcher.encoder  # load now, so the first request is not slow  # noqa: B018
     state = ServeState(searcher, limits, api_key)
 
