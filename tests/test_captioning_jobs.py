@@ -102,3 +102,10 @@ def test_post_caption(images, photos_index, tmp_path):
     assert r.status_code == 200 and isinstance(r.json()["caption"], str)
     assert app.post("/caption", json={"image": img, "max_tokens": 10_000}).status_code == 422
     assert app.post("/caption", json={"image": "bm90IGFuIGltYWdl"}).status_code == 400
+    # the page's caption button: an indexed item by id, offered only when /stats says the model can caption
+    assert app.get("/stats").json()["can_caption"] is True and clip_app.get("/stats").json()["can_caption"] is False
+    by_id = app.post("/caption", json={"id": 0, "method": "greedy", "max_tokens": 2})
+    upload = app.post("/caption", json={"image": _b64(images / "red.png"), "method": "greedy", "max_tokens": 2})
+    assert by_id.status_code == 200 and by_id.json()["caption"] == upload.json()["caption"]  # item 0 is red.png
+    assert app.post("/caption", json={"id": 10**6}).status_code == 404
+    assert app.post("/caption", json={"id": 0, "image": img}).status_code == 422  # exactly one of the two

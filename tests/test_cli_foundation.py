@@ -17,6 +17,15 @@ def test_models_json_lists_registry(capsys):
     assert rows["siglip-B-16"]["head"] == "sigmoid"
 
 
+def test_models_table_lists_every_registered_model(capsys):
+    """The text table, too (a tower without patches, ResNet / EfficientNet, once crashed its formatting)."""
+    assert main(["models", "--json"]) == 0
+    names = [r["name"] for r in json.loads(capsys.readouterr().out)]
+    assert main(["models"]) == 0
+    lines = capsys.readouterr().out.splitlines()[1:]
+    assert [ln.split()[0] for ln in lines] == names
+
+
 def test_embed_text_and_images(tmp_path, capsys):
     good = tmp_path / "a.png"
     Image.fromarray(np.full((20, 20, 3), 120, np.uint8)).save(good)

@@ -24,7 +24,7 @@ def run(args) -> int:
         return 0
     print(f"{'name':<14}{'params':>14}{'embed':>7}{'image':>7}{'patch':>7}{'ctx':>5}  head")
     for r in rows:
-        print(f"{r['name']:<14}{r['parameters']:>14,}{r['embed_dim']:>7}{r['image_size']:>7}{r['patch_size']:>7}"
+        print(f"{r['name']:<14}{r['parameters']:>14,}{r['embed_dim']:>7}{r['image_size']:>7}{r['patch_size'] or '-':>7}"
               f"{r['context_length']:>5}  {r['head']}")
     return 0
 

@@ -18,6 +18,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.security import APIKeyHeader
 from starlette.exceptions import HTTPException
 
+from clipforge.encode.images import ImageError, open_image
 from clipforge.serve.classify import ClassifyService
 from clipforge.serve.guards import Limits
 from clipforge.serve.images import ImageDecoder
@@ -114,6 +115,18 @@ class ServeState:
     def keyed(self) -> bool:
         """Whether the server has an API key: every route but the public ones may answer 401."""
         return self.api_key is not None
+
+    def item_image(self, item_id: int):
+        """The decoded image of indexed item `item_id`, within the decoded-pixel limit: 404 when there is no such
+        item or file, 422 when it is too large (the "where?" and "caption" buttons on a result)."""
+        path = self.searcher.path_of(item_id)
+        if path is None:
+            raise HTTPException(404, f"no item with id {item_id}, or it has no image file")
+        try:
+            return open_image(path, max_pixels=self.limits.max_image_pixels)
+        except ImageError as e:
+            raise HTTPException(422 if e.reason == "too_large" else 404,
+                                f"item {item_id}: its image cannot be read ({e.reason})") from None
 
     async def in_thread(self, fn: Callable, what: str):
         """`fn()` in the thread pool, given at most `limits.timeout_s` (503 after)."""

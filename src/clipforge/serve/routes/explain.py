@@ -20,7 +20,6 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from clipforge.encode import Encoder
-from clipforge.encode.images import ImageError, open_image
 from clipforge.explain import EXPLAIN_METHODS, explain, render_explanation
 from clipforge.explain.render import colorize
 from clipforge.serve.guards import INT64_MAX
@@ -81,14 +80,7 @@ def router(state: ServeState) -> APIRouter:
     def load(req):
         if req.image is not None:
             return state.images.request()(req.image, "image")
-        path = state.searcher.path_of(req.id)
-        if path is None:
-            raise HTTPException(404, f"no item with id {req.id}, or it has no image file")
-        try:
-            return open_image(path, max_pixels=limits.max_image_pixels)
-        except ImageError as e:
-            raise HTTPException(422 if e.reason == "too_large" else 404,
-                                f"item {req.id}: its image cannot be read ({e.reason})") from None
+        return state.item_image(req.id)
 
     async def explain_route(req):
         def work():

@@ -7,6 +7,7 @@ from dataclasses import asdict
 import numpy as np
 from fastapi import APIRouter, Depends
 
+from clipforge.models.families import can_caption
 from clipforge.serve.public import HIDDEN_COLUMNS, public_stats
 from clipforge.serve.responses import error_responses
 from clipforge.serve.state import ServeState
@@ -30,6 +31,7 @@ def router(state: ServeState) -> APIRouter:
                 "errors": counters.errors, "thumbs_cached": state.cache.thumbs_cached,
                 "search_ms_p50": round(float(np.percentile(lat, 50)), 3),
                 "search_ms_p99": round(float(np.percentile(lat, 99)), 3), "limits": asdict(state.limits),
-                "template_sets": state.classifier.template_sets()}
+                "template_sets": state.classifier.template_sets(),
+                "can_caption": can_caption(getattr(searcher.encoder, "model", None))}
 
     return r

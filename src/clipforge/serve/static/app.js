@@ -4,7 +4,7 @@
 // steps through earlier searches. Image queries cannot be put in a URL; they are not shareable.
 "use strict";
 const $ = (id) => document.getElementById(id);
-const state = { image: null, like: null, offset: 0, classifyImage: null };
+const state = { image: null, like: null, offset: 0, classifyImage: null, canCaption: false };
 
 function headers(json) {
   const h = json ? { "Content-Type": "application/json" } : {};
@@ -61,6 +61,29 @@ async function toggleOverlay(hit, text, frame, button) {
   }
 }
 
+async function modelCaption(hit, meta, button) {
+  button.disabled = true;
+  try {
+    const r = await fetch("/caption", { method: "POST", headers: headers(true),
+                                         body: JSON.stringify({ id: hit.id, method: "greedy" }) });
+    const data = await r.json().catch(() => ({}));
+    if (!r.ok) {
+      setStatus(((data.error && data.error.message) || `error ${r.status}`) + needsKey(r), true);
+      return;
+    }
+    let line = meta.querySelector(".model-caption");
+    if (!line) {
+      line = document.createElement("div");
+      line.className = "model-caption";
+      meta.append(line);
+    }
+    line.textContent = `model: ${data.caption}`;
+    button.hidden = true;
+  } finally {
+    button.disabled = false;
+  }
+}
+
 function card(hit, text) {
   const div = document.createElement("div");
   div.className = "card";
@@ -98,6 +121,16 @@ function card(hit, text) {
     where.title = `show where "${text}" matches in this image`;
     where.addEventListener("click", (e) => { e.stopPropagation(); toggleOverlay(hit, text, frame, where); });
     score.append(where);
+  }
+  if (state.canCaption) {
+    // the index's model can caption (a CoCa): "caption" asks it for this image's caption (POST /caption)
+    const ask = document.createElement("button");
+    ask.type = "button";
+    ask.className = "ask-caption";
+    ask.textContent = "caption";
+    ask.title = "the model's own caption of this image";
+    ask.addEventListener("click", (e) => { e.stopPropagation(); modelCaption(hit, meta, ask); });
+    score.append(ask);
   }
   div.append(frame, meta);
   div.addEventListener("click", () => moreLikeThis(hit));
@@ -346,6 +379,7 @@ dropZone($("cdrop"), $("classify-image"), useClassifyFile);
 // ---- start: the server's facts, then whatever the URL asks for ----
 fetch("/stats", { headers: headers(false) }).then((r) => r.ok ? r.json() : null).then((s) => {
   if (!s) return;
+  state.canCaption = Boolean(s.can_caption);
   $("stats").textContent = `${s.count} items · ${s.model} · ${s.index_kind}` + (s.rerank ? " · reranked" : "");
   $("columns").textContent = (s.columns || []).join(", ");
   const sel = $("templates");
