@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from common import add_common_args, write_results
 from clipforge.data.demo_sets import DIGIT_NAMES, TRAIN_TEMPLATES, build_digits
 from clipforge.encode.captioner import Captioner
 from clipforge.evaluate.captioning import evaluate_captioning
@@ -39,14 +40,14 @@ def _references(digits: dict, out: Path, n: int) -> str:
     return f"jsonl:{path}"
 
 
-def _run(name: str, digits: dict, out: Path, steps: int, loss: str, batch: int) -> Path:
+def _run(name: str, digits: dict, out: Path, steps: int, loss: str, batch: int, seed: int = 0) -> Path:
     run = out / name
     if (run / "summary.json").is_file():
         return run
     sets = [f"data.train=jsonl:{digits['train_manifest']}", f"data.val=imagefolder:{digits['val_dir']}",
             f"data.val_classnames={digits['classnames']}", f"data.val_templates={digits['templates_unseen']}",
             f"run.steps={steps}", "run.progress=false", f"loss.name={loss}", "run.checkpoint_every=100",
-            "run.keep_checkpoints=20", "run.eval_every=100", f"data.batch_size={batch}"]
+            "run.keep_checkpoints=20", "run.eval_every=100", f"data.batch_size={batch}", f"run.seed={seed}"]
     if loss != "coca":
         sets.append("loss.options={}")
     cfg = load_config("coca-digits", sets)
@@ -68,14 +69,18 @@ def main() -> None:
     ap.add_argument("--heldout", type=int, default=200, help="validation images captioned per checkpoint")
     ap.add_argument("--out", default="/tmp/bench_captioning")
     ap.add_argument("--threads", type=int, default=2)
+    add_common_args(ap, seeds=(0,), seeds_help="training seeds (each seed trains both runs; the curve and examples "
+                                               "are the first seed's)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     digits = build_digits(str(out / "digits"))
     refs = _references(digits, out, args.heldout)
-    coca = _run("coca", digits, out, args.steps, "coca", args.batch_size)
-    clip = _run("clip_only", digits, out, args.steps, "clip", args.batch_size)
+    suffix = {s: ("" if i == 0 else f"-seed{s}") for i, s in enumerate(args.seeds)}
+    runs = {s: (_run("coca" + suffix[s], digits, out, args.steps, "coca", args.batch_size, s),
+                _run("clip_only" + suffix[s], digits, out, args.steps, "clip", args.batch_size, s)) for s in args.seeds}
+    coca, clip = runs[args.seeds[0]]
     ckpts = sorted((coca / "checkpoints").iterdir(), key=lambda p: int(p.name.split("-")[-1]))
     final = load_model(str(coca / "final"))
     torch.manual_seed(0)
@@ -95,9 +100,11 @@ def main() -> None:
     result = {"steps": args.steps, "batch_size": args.batch_size, "heldout_images": args.heldout, "curve_greedy": curve,
               "final_beam4": {k: round(v, 4) for k, v in beam.items()},
               "zeroshot_top1": {"coca": _zeroshot(coca), "clip_only": _zeroshot(clip)},
+              "zeroshot_top1_per_seed": {s: {"coca": _zeroshot(c), "clip_only": _zeroshot(k)}
+                                         for s, (c, k) in runs.items()}, "seeds": args.seeds,
               "examples": [{"id": r["id"], "digit": r["label"], "untrained": examples[0][i],
                             "final": examples[curve[-1]["step"]][i]} for i, r in enumerate(rows)]}
-    (out / "results.json").write_text(json.dumps(result, indent=1))
+    write_results(None, result, args.json or str(out / "results.json"))
     print(json.dumps(result, indent=1))
 
 

@@ -24,6 +24,8 @@ import json
 import time
 from pathlib import Path
 
+from common import add_common_args, summarize_fields, write_results
+
 import numpy as np
 import torch
 from PIL import Image
@@ -135,9 +137,10 @@ def main():
     ap.add_argument("--per", type=int, default=4, help="objects per collage")
     ap.add_argument("--canvas", type=int, default=0, help="canvas px (default: 4x the model's image size)")
     ap.add_argument("--gallery", type=int, default=300, help="small-object gallery size (digits)")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=None, help="where the raw JSON goes (default: printed only)")
+    add_common_args(ap, seeds=(0,), seeds_help="seeds of the collages and the small-object gallery")
     a = ap.parse_args()
-    torch.manual_seed(a.seed)
+    torch.manual_seed(a.seeds[0])
     enc = Encoder.load(a.model, precision="fp32")
     obj = enc.model.config.vision.image_size
     canvas = a.canvas or 4 * obj
@@ -147,13 +150,18 @@ def main():
     dense = [m for m in ("maskclip", "tokens") if _offers(enc.model, m)]
     t0 = time.time()
     objects = _objects(a.kind, Path(a.data))
-    out = {"model": a.model, "kind": a.kind, "canvas": canvas, "object": obj, "seed": a.seed,
-           "localisation": localisation(enc, objects, a.kind, a.collages, a.seed, canvas, obj, a.per,
-                                        (*dense, "gradcam"))}
-    if a.kind == "digits":
-        out["small_objects"] = small_objects(enc, objects, a.seed, canvas, obj, a.gallery, dense[0])
+    runs = []
+    for seed in a.seeds:
+        run = {"localisation": localisation(enc, objects, a.kind, a.collages, seed, canvas, obj, a.per,
+                                            (*dense, "gradcam"))}
+        if a.kind == "digits":
+            run["small_objects"] = small_objects(enc, objects, seed, canvas, obj, a.gallery, dense[0])
+        runs.append(run)
+    out = {"model": a.model, "kind": a.kind, "canvas": canvas, "object": obj, "seeds": a.seeds, "per_seed": runs,
+           "summary": summarize_fields(runs, a.seeds)}
     out["seconds"] = round(time.time() - t0, 1)
     print(json.dumps(out, indent=1))
+    write_results(None, out, a.json or a.out)
 
 
 def _offers(model, method):

@@ -11,10 +11,11 @@ captions (replace-number: the digit's word swapped for another; shuffle). Writes
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
+
+from common import add_common_args, fmt, summarize, write_results
 
 EPSILONS = "1/255,2/255,4/255,8/255"
 
@@ -40,6 +41,7 @@ def main() -> None:
     ap.add_argument("--work", help="working folder (default: a temporary one)")
     ap.add_argument("--run", help="a trained demo-digits checkpoint (skips training)")
     ap.add_argument("--out", default="docs/bench_robustness.md")
+    add_common_args(ap, seeds=(0,), seeds_help="seeds of PGD's random start and the corruption noise")
     args = ap.parse_args()
 
     from clipforge.data.demo_sets import build_digits
@@ -54,26 +56,39 @@ def main() -> None:
     digits = build_digits(str(work / "digits"))
     val = f"imagefolder:{digits['val_dir']}"
     common = dict(templates=digits["templates_unseen"], classnames=digits["classnames"], batch_size=120)
-    recs = {}
-    for attack in ("pgd", "fgsm"):
+    per_seed = []
+    for seed in args.seeds:
+        recs = {}
+        for attack in ("pgd", "fgsm"):
+            t = time.perf_counter()
+            recs[attack] = run_eval(str(ckpt), "robustness", val, attack=attack, epsilons=EPSILONS, seed=seed,
+                                    **common)
+            recs[attack]["bench_s"] = round(time.perf_counter() - t, 1)
         t = time.perf_counter()
-        recs[attack] = run_eval(str(ckpt), "robustness", val, attack=attack, epsilons=EPSILONS, **common)
-        recs[attack]["bench_s"] = round(time.perf_counter() - t, 1)
-    t = time.perf_counter()
-    recs["corruptions"] = run_eval(str(ckpt), "robustness", val, attack="none", corruptions="all", **common)
-    recs["corruptions"]["bench_s"] = round(time.perf_counter() - t, 1)
+        recs["corruptions"] = run_eval(str(ckpt), "robustness", val, attack="none", corruptions="all", seed=seed,
+                                       **common)
+        recs["corruptions"]["bench_s"] = round(time.perf_counter() - t, 1)
+        per_seed.append(recs)
+    recs = per_seed[0]
     neg = work / "digits-negatives.jsonl"
     write_negatives(open_source(f"jsonl:{digits['val_manifest']}"), neg, ["replace-number", "shuffle"],
                     overwrite=True, progress=False)
     sel = run_eval(str(ckpt), "image-caption-selection", str(neg))
 
-    m_pgd, m_fgsm, m_c = (recs[k]["metrics"] for k in ("pgd", "fgsm", "corruptions"))
+    m_pgd, m_fgsm, m_c = ({m: summarize([r[k]["metrics"][m] for r in per_seed], args.seeds)["mean"]
+                            for m in per_seed[0][k]["metrics"] if isinstance(per_seed[0][k]["metrics"][m], float)}
+                           for k in ("pgd", "fgsm", "corruptions"))
+    m_pgd["n"] = recs["pgd"]["metrics"]["n"]
+    spread = {k: fmt(summarize([r[k]["metrics"]["robust_top1@4/255"] for r in per_seed], args.seeds))
+              for k in ("pgd", "fgsm")}
     eps = ["0"] + EPSILONS.split(",")
     key = ["clean_top1"] + [f"robust_top1@{e}" for e in EPSILONS.split(",")]
     lines = ["# Robustness of the trained digits demo model (issue 27)", "",
              f"`python bench/bench_robustness.py` — the packaged `demo-digits` config ({'given run' if args.run else f'trained here in {train_s:.0f} s'}),"
              f" zero-shot head from the unseen templates, {m_pgd['n']} held-out digits; "
-             "PGD: 10 steps, α = 2.5 ε / 10, random start (seed 0); FGSM: one step. ε in [0, 1] pixel units.", "",
+             f"PGD: 10 steps, α = 2.5 ε / 10, random start; FGSM: one step. ε in [0, 1] pixel units. Mean over "
+             f"seeds {','.join(map(str, args.seeds))} (robust top-1 at ε 4/255: PGD {spread['pgd']}, FGSM "
+             f"{spread['fgsm']}).", "",
              "| ε | " + " | ".join(eps) + " |", "|---|" + "---:|" * len(eps),
              "| PGD top-1 | " + " | ".join(f"{m_pgd[k]:.3f}" for k in key) + " |",
              "| FGSM top-1 | " + " | ".join(f"{m_fgsm[k]:.3f}" for k in key) + " |", "",
@@ -90,9 +105,11 @@ def main() -> None:
               f"{sel['metrics'].get('acc/shuffle', float('nan')):.3f}; chance 0.5).", "",
               f"Times: PGD {recs['pgd']['bench_s']} s, FGSM {recs['fgsm']['bench_s']} s, corruptions "
               f"{recs['corruptions']['bench_s']} s (2 CPU cores)."]
-    Path(args.out).write_text("\n".join(lines) + "\n")
+    from clipforge.atomic import atomic_write_text
+
+    atomic_write_text(Path(args.out), "\n".join(lines) + "\n")
     print("\n".join(lines))
-    (work / "records.json").write_text(json.dumps({**recs, "selection": sel}, indent=1))
+    write_results(args.out, {"seeds": args.seeds, "per_seed": per_seed, "selection": sel}, args.json)
 
 
 if __name__ == "__main__":

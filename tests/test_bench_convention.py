@@ -26,11 +26,7 @@ HELPERS = {
 
 # scripts other helpers added while the convention landed, not yet converted (their authors' files): each is an
 # expected failure until it conforms, and then a strict XPASS says to strike it from here
-PENDING = {
-    "bench_captioning.py": "issue 28 (CoCa captioning bench)",
-    "bench_localisation.py": "issue 29 (localisation bench)",
-    "bench_robustness.py": "issue 27 (robustness bench)",
-}
+PENDING: dict = {}  # scripts other helpers add before they conform: an expected failure each, struck when they do
 
 sys.path.insert(0, str(BENCH))
 try:
