@@ -96,6 +96,9 @@ def _worker(rank, init_file, out_file):
     for name, kwargs in FEATURE_CONFIGS:
         results["features-" + name] = _feature_step(name, kwargs, sl)
     torch.save(results, f"{out_file}.{rank}")
+    # both ranks leave together: a rank still in destroy_process_group while the other has exited and the file
+    # store is gone waited forever once (CI, loaded machine, both results already written)
+    dist.barrier()
     dist.destroy_process_group()
 
 

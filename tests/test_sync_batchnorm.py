@@ -50,6 +50,9 @@ def _rank(rank: int, init: str, out: str) -> None:
         get_loss("clip")(ddp(pixels[half], tokens[half])).total.backward()
         results[sync] = ({k: p.grad for k, p in model.named_parameters()}, _statistics(model))
     torch.save(results, f"{out}-{rank}.pt")
+    # both ranks leave together: a rank still in destroy_process_group while the other has exited and the file
+    # store is gone waited forever once (CI, loaded machine, both results already written)
+    dist.barrier()
     dist.destroy_process_group()
 
 
