@@ -169,10 +169,11 @@ def test_an_emptied_index_answers_404_not_500(photos_index, tmp_path):
 
 # What a schema cannot say, answered with a documented status (REASONS in serve/responses.py): bytes that are
 # no image, a filter naming a column the index lacks or a glob that does not compile or a non-number for a
-# numeric column, and query text whose terms cancel out or break the query language. Any other 400 / 422 for
+# numeric column, query text whose terms cancel out or break the query language, and a caption asked of a model
+# without a caption decoder. Any other 400 / 422 for
 # a schema-valid request (a validator's message) is a disagreement between the schema and the server.
 SEMANTIC = re.compile(r"not a readable image|filter on unknown column|not a valid glob|column is numeric|"
-                      r"terms cancel out|query error at column|empty query")
+                      r"terms cancel out|query error at column|empty query|model cannot caption")
 
 
 @pytest.mark.slow
@@ -197,6 +198,12 @@ checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404",
 [[operations]]
 include-name = "POST /classify"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404", "409", "429", "400"]
+[[operations]]
+include-name = "POST /caption"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404", "409", "429", "400", "422"]
+[[operations]]
+include-name = "POST /explain"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404", "409", "429", "400", "422"]
 """)
     schema = schemathesis.openapi.from_asgi("/openapi.json", app, config=config)
     schema.config.update(headers=H)

@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException
 from clipforge.data.decode import DEFAULT_MAX_DECODED_BYTES, BadSample, DecodeOptions, decode_image
 from clipforge.serve.patterns import BASE64_IMAGE, FILTER, NON_BLANK
 
-__all__ = ["Limits", "INT64_MAX", "PUBLIC_PATHS", "PUBLIC_PREFIXES", "FILTER_PATTERN", "request_models",
+__all__ = ["Limits", "INT64_MAX", "ItemId", "PUBLIC_PATHS", "PUBLIC_PREFIXES", "FILTER_PATTERN", "request_models",
            "classify_model", "error_body", "error_response", "ApiKeyAuth", "BodyLimit", "decode_b64_image"]
 
 INT64_MAX = 2**63 - 1
@@ -61,6 +61,11 @@ def _json_int(value):
     if isinstance(value, (bool, str, bytes)):
         raise ValueError("Input should be a valid integer")
     return value
+
+
+# An item id in a JSON body: int64 as the schema says (3 or 3.0, never `true` or "3"); a larger one names no item
+# (404), as validators comparing JSON numbers as doubles cannot enforce the bound exactly.
+ItemId = Annotated[int, Field(ge=0, json_schema_extra={"maximum": INT64_MAX}), BeforeValidator(_json_int)]
 
 
 def request_models(limits: Limits, rerank: bool = True,
@@ -112,8 +117,7 @@ def request_models(limits: Limits, rerank: bool = True,
                                     description="extra weighted text / image terms")
         # ids are int64, as the schema says; a larger `like` names no item: 404, like any id not in the index
         # (a bound the server enforced would disagree with validators that compare JSON numbers as doubles)
-        like: Optional[Annotated[int, Field(ge=0, json_schema_extra={"maximum": INT64_MAX}),
-                                 BeforeValidator(_json_int)]] = Field(
+        like: Optional[ItemId] = Field(
             None, description="an item id: more like this (404 when no item has it)")
         k: Annotated[int, Field(ge=1, le=limits.max_k), BeforeValidator(_json_int)] = Field(
             20, description="results per page")

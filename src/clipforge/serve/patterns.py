@@ -10,7 +10,7 @@ newline; the server's engine does not (a base64 image or an id ending in a newli
 """
 from __future__ import annotations
 
-__all__ = ["BASE64_IMAGE", "FILTER", "NON_BLANK", "WHITESPACE", "decimal_at_most"]
+__all__ = ["BASE64_IMAGE", "FILTER", "NON_BLANK", "ONE_IMAGE", "WHITESPACE", "decimal_at_most"]
 
 # Python's whitespace (`str.isspace`, what `str.strip` and `re`'s \s take: the server strips labels and parses
 # filters with them), spelled out as \uXXXX escapes, the one spelling all three dialects read the same
@@ -43,3 +43,9 @@ def decimal_at_most(limit: int) -> str:
             alts.append(f"{top[:i]}[0-{int(c) - 1}]{rest}")
     alts.append(top)
     return "^(?:" + "|".join(alts) + ")$"
+
+
+# A body naming its image either as an upload (`image`) or as an indexed item (`id`), exactly one of them
+# (/caption, /explain): published as JSON Schema, so a schema-valid body is one the server accepts.
+ONE_IMAGE = {"oneOf": [{"required": ["image"], "properties": {"image": {"type": "string"}}},
+                       {"required": ["id"], "properties": {"id": {"type": "integer"}}}]}

@@ -31,7 +31,8 @@ REASONS = {
     409: "the index is being changed by another process; try again when it is done",
     413: "request body, or a query image's pixels or decoded size, over this server's limit",
     422: "the request does not fit the schema or this server's limits, or names what the index lacks (an "
-         "unknown filter column, a `like` id not in the index, a query-language error)",
+         "unknown filter column, a `like` id not in the index, a query-language error, a model that cannot "
+         "caption)",
     431: "request headers over this server's limit",
     500: "internal error (no details are given)",
     503: "the work took longer than this server's timeout, or the index is on a read-only file system; "

@@ -20,7 +20,7 @@ from starlette.exceptions import HTTPException
 
 from clipforge.encode.images import ImageError, open_image
 from clipforge.serve.classify import ClassifyService
-from clipforge.serve.guards import Limits
+from clipforge.serve.guards import INT64_MAX, Limits
 from clipforge.serve.images import ImageDecoder
 from clipforge.serve.public import public_item
 
@@ -119,7 +119,7 @@ class ServeState:
     def item_image(self, item_id: int):
         """The decoded image of indexed item `item_id`, within the decoded-pixel limit: 404 when there is no such
         item or file, 422 when it is too large (the "where?" and "caption" buttons on a result)."""
-        path = self.searcher.path_of(item_id)
+        path = self.searcher.path_of(item_id) if item_id <= INT64_MAX else None
         if path is None:
             raise HTTPException(404, f"no item with id {item_id}, or it has no image file")
         try:

@@ -14,8 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_vali
 
 from clipforge.encode.captioner import Captioner
 from clipforge.models.families import can_caption
-from clipforge.serve.guards import INT64_MAX
-from clipforge.serve.patterns import BASE64_IMAGE
+from clipforge.serve.guards import ItemId
+from clipforge.serve.patterns import BASE64_IMAGE, ONE_IMAGE
 from clipforge.serve.responses import error_responses
 from clipforge.serve.state import ServeState
 
@@ -24,11 +24,10 @@ MAX_BEAMS = 8
 
 
 class CaptionIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=ONE_IMAGE)
     image: Optional[Annotated[str, StringConstraints(min_length=1, pattern=BASE64_IMAGE)]] = Field(
         None, description="the image, base64 (a data: URL prefix is accepted); or give `id`")
-    id: Optional[int] = Field(None, ge=0, le=INT64_MAX, strict=True,
-                              description="an indexed item instead of an upload (the page's caption button)")
+    id: Optional[ItemId] = Field(None, description="an indexed item instead of an upload (the page's caption button)")
     method: Literal["greedy", "beam", "top_p"] = Field("beam", description="decoding (default beam)")
     max_tokens: int = Field(20, ge=1, le=MAX_TOKENS, description="most tokens in the caption (default 20)")
     beams: int = Field(4, ge=1, le=MAX_BEAMS, description="beam width for method beam (default 4)")

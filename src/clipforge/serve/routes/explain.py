@@ -22,8 +22,8 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_vali
 from clipforge.encode import Encoder
 from clipforge.explain import EXPLAIN_METHODS, explain, render_explanation
 from clipforge.explain.render import colorize
-from clipforge.serve.guards import INT64_MAX
-from clipforge.serve.patterns import BASE64_IMAGE, NON_BLANK
+from clipforge.serve.guards import ItemId
+from clipforge.serve.patterns import BASE64_IMAGE, NON_BLANK, ONE_IMAGE
 from clipforge.serve.responses import error_responses
 from clipforge.serve.state import ServeState
 
@@ -49,11 +49,10 @@ def router(state: ServeState) -> APIRouter:
     Text = Annotated[str, StringConstraints(min_length=1, max_length=limits.max_query_chars, pattern=NON_BLANK)]
 
     class ExplainIn(BaseModel):
-        model_config = ConfigDict(extra="forbid")
+        model_config = ConfigDict(extra="forbid", json_schema_extra=ONE_IMAGE)
         image: Optional[Annotated[str, StringConstraints(min_length=1, pattern=BASE64_IMAGE)]] = Field(
             None, description="the image, base64 (a data: URL prefix is accepted); or give `id`")
-        id: Optional[int] = Field(None, ge=0, le=INT64_MAX, strict=True, description="an indexed item instead "
-                                                                                     "of an upload")
+        id: Optional[ItemId] = Field(None, description="an indexed item instead of an upload")
         texts: list[Text] = Field(..., min_length=1, max_length=limits.max_terms,
                                   description=f"the texts to locate (one map each, at most {limits.max_terms})")
         method: Literal[EXPLAIN_METHODS] = Field("auto", description="auto | maskclip | tokens | gradcam "
