@@ -98,6 +98,9 @@ class EvalTransform:
     def __init__(self, image_size: int, cfg: PreprocessConfig):
         self.size, self.cfg = int(image_size), cfg
         self.scale = self.size if cfg.crop_pct == 1 else math.floor(self.size / cfg.crop_pct)  # timm's formula
+        # hf_torchvision: transformers fuses rescale into normalise, (x - 255 mean) / (255 std) in float32
+        self._tv_mean = (torch.tensor(cfg.mean) * (1.0 / (1.0 / 255.0)))[:, None, None]
+        self._tv_std = (torch.tensor(cfg.std) * (1.0 / (1.0 / 255.0)))[:, None, None]
         self.resample = _RESAMPLE[cfg.interpolation]
         if cfg.convention not in CONVENTIONS:
             raise UsageError(f"unknown preprocess convention {cfg.convention!r}; valid: {', '.join(CONVENTIONS)}")
@@ -126,11 +129,7 @@ class EvalTransform:
         if (nh, nw) != (s, s):
             top, left = (x.shape[-2] - s) // 2, (x.shape[-1] - s) // 2
             x = x[..., top: top + s, left: left + s]
-        # transformers fuses rescale into normalise: (x - 255 mean) / (255 std), in float32
-        scale = 1.0 / (1.0 / 255.0)
-        mean = torch.tensor(self.cfg.mean) * scale
-        std = torch.tensor(self.cfg.std) * scale
-        out = (x[0].to(torch.float32) - mean[:, None, None]) / std[:, None, None]
+        out = (x[0].to(torch.float32) - self._tv_mean) / self._tv_std
         if self.cfg.per_image_norm:
             out = (out - out.mean()) / (out.std() + 1e-6)
         return out.contiguous()
