@@ -44,8 +44,8 @@ def check_config(cfg) -> None:
     if (cfg.run.steps is None) == (cfg.run.epochs is None):
         raise UsageError("give exactly one of run.steps and run.epochs")
     _check_ranges(cfg)
-    if cfg.run.precision not in ("fp32", "bf16", "fp16"):
-        raise UsageError(f"run.precision must be fp32, bf16 or fp16, got {cfg.run.precision!r}")
+    if cfg.run.precision not in ("fp32", "bf16", "fp16", "auto"):
+        raise UsageError(f"run.precision must be fp32, bf16, fp16 or auto, got {cfg.run.precision!r}")
     if cfg.schedule.name not in ("cosine", "constant"):
         raise UsageError(f"schedule.name must be cosine or constant, got {cfg.schedule.name!r}")
     # lock_image + lock_text together: pretrained towers still train their projection heads (projector

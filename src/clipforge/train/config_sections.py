@@ -78,7 +78,7 @@ class RunSection:
     steps: Optional[int] = None  # total optimizer steps (or give epochs)
     epochs: Optional[float] = None
     seed: int = 0
-    precision: str = "fp32"  # fp32 | bf16 (autocast) | fp16 (autocast + grad scaler, CUDA)
+    precision: str = "fp32"  # fp32 | bf16 (autocast) | fp16 (autocast + grad scaler, CUDA) | auto (see update.py)
     device: Optional[str] = None  # default: cuda when available (per local rank), else cpu
     gradcache_sub_batch: Optional[int] = None  # gradient caching: exact big-batch gradient, sub-batch memory
     # (not exact where BatchNorm trains: each sub-batch is normalised by its own statistics, and a warning says so)
@@ -86,6 +86,9 @@ class RunSection:
     # null: whenever a tower has BatchNorm in train mode; false: by each process's own share
     sync_batchnorm: Optional[bool] = None
     threads: Optional[int] = None  # torch intra-op threads on CPU
+    # torch.compile the closed-form feature-cache step (train/projector_step.py): fuses its ~30 small kernels;
+    # compiling takes ~5 s (20 s cold), so it pays off on long runs only (docs/bench_feature_cache.md)
+    compile_step: bool = False
     log_every: int = 10
     eval_every: int = 0  # zero-shot eval every N steps (0: only at the end, when data.val is set)
     checkpoint_every: int = 200

@@ -33,6 +33,7 @@ from clipforge.losses.distributed import all_reduce_mean
 from clipforge.models import load_model
 from clipforge.models.adapter import save_adapter
 from clipforge.models.lora import has_lora
+from clipforge.train import projector_step
 from clipforge.train.config import dump_config
 from clipforge.train.config_sections import TrainConfig
 from clipforge.train.distributed import DistInfo, barrier, init_distributed
@@ -43,7 +44,7 @@ from clipforge.train.run_dir import claim_run_dir, vet_run_dir
 from clipforge.train.run_log import MetricsLog, plot_curves, progress_line
 from clipforge.train.state import open_resume, resolve_resume, save_checkpoint, set_rng_state
 from clipforge.train.step import pair_extras, reinforcement_store
-from clipforge.train.update import Updater
+from clipforge.train.update import Updater, train_precision
 from clipforge.train.zeroshot_eval import ZeroShotCallback
 
 log = logging.getLogger("clipforge.train")
@@ -111,8 +112,12 @@ def train(cfg: TrainConfig, out_dir, resume: Optional[str] = None, overwrite: bo
                              f"{cfg.data.batch_size}")
         total = cfg.run.steps or math.ceil(cfg.run.epochs * steps_per_epoch)
     opt = make_optimizer(model, cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.betas, cfg.optim.eps)
-    scaler = torch.amp.GradScaler("cuda") if cfg.run.precision == "fp16" and device.type == "cuda" else None
-    update = Updater(cfg, model, core, loss_fn, opt, scaler, device, total)
+    closed = cache is not None and projector_step.refusal(core, loss_fn, "bf16", dist.world_size) is None
+    precision = train_precision(cfg.run.precision, device, closed_form=closed)
+    scaler = torch.amp.GradScaler("cuda") if precision == "fp16" and device.type == "cuda" else None
+    closed_form = _closed_form_step(precision, core, loss_fn, dist, cfg.run.compile_step) if cache is not None \
+        else None
+    update = Updater(cfg, model, core, loss_fn, opt, scaler, device, total, closed_form, precision)
 
     step = epoch = position = 0
     if ckpt:
@@ -134,7 +139,8 @@ def train(cfg: TrainConfig, out_dir, resume: Optional[str] = None, overwrite: bo
     evaluator = ZeroShotCallback(cfg, core, val_source) if val_source is not None else None
     skipped = SkipCounter()
     log.info("training %s for %d steps (%d per epoch), global batch %d on %d process(es), %s, %s",
-             cfg.model.name, total, steps_per_epoch, cfg.data.batch_size, dist.world_size, device, cfg.run.precision)
+             cfg.model.name, total, steps_per_epoch, cfg.data.batch_size, dist.world_size, device,
+             precision if precision == cfg.run.precision else f"{precision} ({cfg.run.precision})")
     bar = tqdm(total=total, initial=step, desc="train", unit="step",
                disable=(not dist.is_main) or (None if cfg.run.progress is None else not cfg.run.progress))
     log_lines = dist.is_main and bar.disable  # no bar (not a terminal, or progress off): log lines instead
@@ -142,7 +148,8 @@ def train(cfg: TrainConfig, out_dir, resume: Optional[str] = None, overwrite: bo
     while step < total:
         if cache is not None:
             loader = cache.loader(per_rank, seed=cfg.run.seed, epoch=epoch, start=position, rank=dist.rank,
-                                  world_size=dist.world_size)
+                                  world_size=dist.world_size, dtype=closed_form.mm_dtype if closed_form and
+                                  closed_form.all_heads else torch.float32)
         else:
             loader = make_pair_loader(source, core.preprocess_train, core.tokenizer, per_rank, seed=cfg.run.seed,
                                       epoch=epoch, start=position, rank=dist.rank, world_size=dist.world_size,
@@ -209,6 +216,16 @@ def train(cfg: TrainConfig, out_dir, resume: Optional[str] = None, overwrite: bo
             log.warning("skipped %d bad samples: %s", skipped.total, dict(skipped.items()))
     barrier(dist)
     return summary
+
+
+def _closed_form_step(precision: str, core, loss_fn, dist: DistInfo, compile_step: bool = False):
+    """The closed-form cached step (train/projector_step.py) when it applies, else None (autograd)."""
+    why = projector_step.refusal(core, loss_fn, precision, dist.world_size)
+    if why:
+        log.info("feature cache: autograd step (%s)", why)
+        return None
+    log.info("feature cache: closed-form step (linear heads, CLIP loss, %s matmuls)", precision)
+    return projector_step.ProjectorStep(core, loss_fn, precision, compile=compile_step)
 
 
 def _feature_cache(cfg: TrainConfig, model, source, loss_fn, out: Path, dist: DistInfo, device):
