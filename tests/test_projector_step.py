@@ -168,3 +168,14 @@ def test_the_compiled_step_equals_the_eager_one(lite):
     assert float(got.total) == pytest.approx(float(eager.total), rel=1e-5)
     for k in g_eager:
         assert (g_got[k] - g_eager[k]).abs().max() <= 1e-5 * g_eager[k].abs().max(), k
+
+
+def test_auto_precision_is_bf16_only_where_it_pays(monkeypatch):
+    from clipforge.train import update
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(update, "cpu_has_native_bf16", lambda: True)
+    assert update.train_precision("auto", cpu, closed_form=True) == "bf16"
+    assert update.train_precision("auto", cpu, closed_form=False) == "fp32"   # autograd / pixels: fp32 on CPU
+    assert update.train_precision("fp32", cpu, closed_form=True) == "fp32"    # an explicit choice stands
+    monkeypatch.setattr(update, "cpu_has_native_bf16", lambda: False)
+    assert update.train_precision("auto", cpu, closed_form=True) == "fp32"    # emulated bf16 is slow

@@ -69,7 +69,8 @@ class Updater:
                    name=cfg.schedule.name, min_lr=cfg.schedule.min_lr)
         for g in opt.param_groups:
             g["lr"] = lr
-        if self.closed_form is not None and "image_features" in batch:
+        closed = self.closed_form is not None and "image_features" in batch
+        if closed:
             res = self.closed_form(batch)              # loss, and every trainable parameter's .grad
         else:
             res = self._forward_backward(batch)
@@ -81,7 +82,8 @@ class Updater:
             scaler.update()
         else:
             self.opt_step()
-        opt.zero_grad(set_to_none=True)
+        if not closed:  # the closed form assigns every gradient afresh: nothing accumulates
+            opt.zero_grad(set_to_none=True)
         clamp_logit_scale_(self.core)
         return res, lr, grad_norm
 
